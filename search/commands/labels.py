@@ -1,0 +1,42 @@
+"""`swipr labels STUDY.toml`: (re)make the labels file with its fixed validation split."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers, name: str, help_text: str) -> None:
+    p = subparsers.add_parser(
+        name, help=help_text,
+        description="Apply the study file's [data.rules] to the pics database, drop rows whose "
+                    "image is missing or broken, split off a fixed validation set and write the "
+                    "labels file (CSV) with its .meta.json. An existing labels file is remade.",
+    )
+    p.add_argument("study_file", type=Path, metavar="STUDY.toml", help="the study file")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE",
+                   help="labels file to write (default: [data] labels_file of the study file)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from search.study_file import load_study_file
+    from swipr_core.split import prepare_labels
+
+    data = load_study_file(args.study_file).data
+    labels_file = args.output or data.labels_file
+    # Always rebuild: this command is how a user asks for a new labels file.
+    split = prepare_labels(data.database, data.image_root, data.rules, data.valid_pct,
+                           data.split_seed, labels_file, rebuild=True)
+    counts, excluded = split.counts(), split.meta["excluded"]
+    if args.json:
+        print(json.dumps({"labels_file": str(labels_file), "fingerprint": split.fingerprint,
+                          "counts": counts, "excluded": excluded}, indent=2))
+        return 0
+    reasons = ", ".join(f"{reason} {count}" for reason, count in excluded.items())
+    print(f"wrote {labels_file} (fingerprint {split.fingerprint})")
+    print(f"{len(split)} rows: YES {counts['YES']}, NO {counts['NO']}, valid {counts['valid']}; "
+          f"excluded {sum(excluded.values())} ({reasons})")
+    return 0

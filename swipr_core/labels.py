@@ -1,0 +1,251 @@
+"""LIKE/PASS labels from the Swipr pics database.
+
+The folder a photo sits in says what the user did with it (a "yes" or a "no" folder); the
+metadata columns then demote a "yes" photo to NO when it fails a rule (no face found, a man
+in the picture, a group photo, ages outside the wanted range). Rows that cannot be used are
+never dropped silently: each is counted under exactly one reason in `EXCLUSION_REASONS`.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from PIL import Image
+
+from swipr_core.errors import SwiprError
+
+YES, NO = "YES", "NO"
+EXCLUSION_REASONS = ("invalid_flag", "invalid_label", "outside_dirs", "missing_file", "undecodable")
+PICS_COLUMNS = ("path", "label", "invalid", "ages", "num_people", "male_present")
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_INT_RULES = ("min_people", "max_people", "min_age", "max_age")
+
+
+@dataclass(frozen=True)
+class LabelRules:
+    """The `[data.rules]` table of a study file; checked on construction."""
+
+    yes_dirs: tuple[str, ...] = ()
+    no_dirs: tuple[str, ...] = ()
+    invalid_labels: tuple[int, ...] = ()  # rows with these label codes are dropped
+    fail_labels: tuple[int, ...] = ()  # e.g. "no face", "rotation didn't help": always NO
+    fail_on_male: bool = False
+    min_people: int = 0  # 0 = no limit
+    max_people: int = 0
+    min_age: int = 0
+    max_age: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("yes_dirs", "no_dirs", "invalid_labels", "fail_labels"):
+            value = getattr(self, key)
+            # A lone string would otherwise be read as a sequence of one-letter folders.
+            if not isinstance(value, (list, tuple)):
+                raise SwiprError(f"[data.rules] {key} must be a list, but got {value!r}")
+            object.__setattr__(self, key, tuple(value))  # lists from TOML, kept hashable
+        for key in ("yes_dirs", "no_dirs"):
+            for folder in getattr(self, key):
+                parts = PurePosixPath(folder).parts if isinstance(folder, str) else ()
+                if not parts or parts[0] == "/" or ".." in parts:
+                    raise SwiprError(f"[data.rules] {key}: each entry must be a folder relative "
+                                     f"to image_root, without '..', but got {folder!r}")
+        for key in ("invalid_labels", "fail_labels"):
+            if not all(_is_int(code) for code in getattr(self, key)):
+                raise SwiprError(f"[data.rules] {key}: label codes must be integers, "
+                                 f"but got {list(getattr(self, key))!r}")
+        if not isinstance(self.fail_on_male, bool):
+            raise SwiprError(f"[data.rules] fail_on_male must be true or false, "
+                             f"but got {self.fail_on_male!r}")
+        for key in _INT_RULES:
+            value = getattr(self, key)
+            if not _is_int(value) or value < 0:
+                raise SwiprError(f"[data.rules] {key} must be an integer >= 0 (0 = no limit), "
+                                 f"but got {key}={value!r}")
+        for low, high in (("min_people", "max_people"), ("min_age", "max_age")):
+            lo, hi = getattr(self, low), getattr(self, high)
+            if lo and hi and lo > hi:
+                raise SwiprError(f"[data.rules] {low} must not exceed {high}, "
+                                 f"but got {low}={lo} and {high}={hi}")
+
+
+@dataclass(frozen=True)
+class PicRow:
+    """One row of the `pics` table, NULL integers read as 0 and ages parsed."""
+
+    rowid: int
+    path: str
+    label: int
+    invalid: int
+    ages: tuple[int, ...]
+    num_people: int
+    male_present: int
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    paths: tuple[str, ...]  # relative to image_root, as stored in the db, in db rowid order
+    labels: tuple[str, ...]  # "YES" / "NO", same length
+    excluded: dict[str, int]  # reason -> count (every reason key present, 0 if none)
+
+
+def read_pics(database: Path) -> list[PicRow]:
+    """All rows of the `pics` table in rowid order; a SwiprError for anything unusable."""
+    database = Path(database)
+    if not database.is_file():
+        raise SwiprError(f"{database}: database file not found")
+    with open(database, "rb") as handle:
+        header = handle.read(len(_SQLITE_MAGIC))
+    # sqlite3 opens anything and only fails on the first query, with a vaguer message.
+    if header != _SQLITE_MAGIC:
+        raise SwiprError(f"{database}: not an SQLite database")
+    # Read-only, so that a wrong path never leaves an empty database or a journal behind.
+    connection = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                              "AND name = 'pics'").fetchone() is None:
+            raise SwiprError(f"{database}: no table 'pics'")
+        present = {row[1] for row in connection.execute("PRAGMA table_info(pics)")}
+        missing = [column for column in PICS_COLUMNS if column not in present]
+        if missing:
+            raise SwiprError(f"{database}: table pics lacks column(s) {', '.join(missing)}")
+        rows = connection.execute(f"SELECT rowid, {', '.join(PICS_COLUMNS)} FROM pics "
+                                  "ORDER BY rowid").fetchall()
+    except sqlite3.Error as error:
+        raise SwiprError(f"{database}: cannot read table pics ({error})") from None
+    finally:
+        connection.close()
+    return [_pic_row(database, row) for row in rows]
+
+
+def classify(row: PicRow, rules: LabelRules) -> str:
+    """"YES", "NO" or the exclusion reason, from the row alone (files are not looked at)."""
+    if row.invalid != 0:
+        return "invalid_flag"
+    if row.label in rules.invalid_labels:
+        return "invalid_label"
+    parts = PurePosixPath(row.path).parts
+    if any(_is_under(parts, folder) for folder in rules.no_dirs):
+        return NO  # a "no" folder wins over a "yes" folder above or below it
+    if not any(_is_under(parts, folder) for folder in rules.yes_dirs):
+        return "outside_dirs"
+    return YES if _passes(row, rules) else NO
+
+
+def build_labels(database: Path, image_root: Path, rules: LabelRules) -> LabelTable:
+    """Classify every row, then drop kept rows whose image is missing or does not decode."""
+    image_root = Path(image_root)
+    if not image_root.is_dir():
+        raise SwiprError(f"{image_root}: image_root is not a directory")
+    rows = read_pics(database)
+    if not rows:
+        raise SwiprError(f"{database}: table pics has no rows")
+    excluded = dict.fromkeys(EXCLUSION_REASONS, 0)
+    kept: list[tuple[str, str]] = []
+    for row in rows:
+        verdict = classify(row, rules)
+        if verdict in (YES, NO):
+            kept.append((row.path, verdict))
+        else:
+            excluded[verdict] += 1
+    # Decoding is the slow part on a real photo collection; PIL releases the GIL while it works.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        problems = list(pool.map(lambda item: _file_problem(image_root / item[0]), kept))
+    paths, labels = [], []
+    for (path, label), problem in zip(kept, problems):
+        if problem:
+            excluded[problem] += 1
+        else:
+            paths.append(path)
+            labels.append(label)
+    for wanted in (YES, NO):
+        if wanted not in labels:
+            raise SwiprError(f"{database}: no {wanted} rows left after the rules "
+                             f"({_summary(labels, excluded)})")
+    return LabelTable(paths=tuple(paths), labels=tuple(labels), excluded=excluded)
+
+
+def _pic_row(database: Path, row: tuple) -> PicRow:
+    rowid, path, label, invalid, ages, num_people, male_present = row
+    if not isinstance(path, str) or not path.strip():
+        raise SwiprError(f"{database}: pics row {rowid}: path must be non-empty text, "
+                         f"but got {path!r}")
+    if PurePosixPath(path).is_absolute():
+        raise SwiprError(f"{database}: pics row {rowid}: path {path!r} must be relative "
+                         "to image_root")
+    values = {}
+    for column, value in (("label", label), ("invalid", invalid), ("num_people", num_people),
+                          ("male_present", male_present)):
+        values[column] = _int_cell(database, rowid, column, value)
+    return PicRow(rowid=rowid, path=path, ages=_parse_ages(ages), **values)
+
+
+def _int_cell(database: Path, rowid: int, column: str, value) -> int:
+    if value is None:
+        return 0  # the notebook treated a missing count or flag as "not set"
+    try:
+        number = float(value)
+        if number.is_integer():
+            return int(number)
+    except (TypeError, ValueError):
+        pass
+    raise SwiprError(f"{database}: pics row {rowid}: {column} must be an integer, "
+                     f"but got {value!r}")
+
+
+def _parse_ages(text) -> tuple[int, ...]:
+    # The face model writes "25,31"; stray parts such as "x" or a trailing comma are ignored.
+    ages = []
+    for part in str(text if text is not None else "").split(","):
+        try:
+            ages.append(int(part.strip()))
+        except ValueError:
+            continue
+    return tuple(ages)
+
+
+def _passes(row: PicRow, rules: LabelRules) -> bool:
+    if row.label in rules.fail_labels:
+        return False
+    if rules.fail_on_male and row.male_present:
+        return False
+    if rules.min_people and row.num_people < rules.min_people:
+        return False
+    if rules.max_people and row.num_people > rules.max_people:
+        return False
+    if rules.min_age and any(age < rules.min_age for age in row.ages):
+        return False
+    if rules.max_age and any(age > rules.max_age for age in row.ages):
+        return False
+    return True
+
+
+def _file_problem(path: Path) -> str | None:
+    if not path.is_file():
+        return "missing_file"
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (64, 64))  # decode at 1/2..1/8 scale: enough to find damage
+            image.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        return "undecodable"
+    return None
+
+
+def _summary(labels: list[str], excluded: dict[str, int]) -> str:
+    counts = f"YES {labels.count(YES)}, NO {labels.count(NO)}"
+    reasons = ", ".join(f"{reason} {count}" for reason, count in excluded.items() if count)
+    return f"{counts}; excluded: {reasons or 'none'}"
+
+
+def _is_under(parts: tuple[str, ...], folder: str) -> bool:
+    prefix = PurePosixPath(folder).parts
+    return len(parts) > len(prefix) and parts[: len(prefix)] == prefix
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
