@@ -1,0 +1,91 @@
+"""An Optuna trial -> one fine-tuning run, reported epoch by epoch.
+
+Parameter names are the study file's [space] keys, so a trial's params are exactly a
+training config. The run reports validation loss on its single epoch counter, and the
+pruner's verdict is raised as TrialPruned from inside the run (the core carries it out
+of fastai and re-raises it here), so Optuna records PRUNED.
+"""
+from __future__ import annotations
+
+import optuna
+
+from swipr_core.data import Dataset
+from swipr_core.model import ModelSpec
+from swipr_core.training import EpochRecord, TrainConfig, TrainResult, train
+
+# The notebook's two hand-tuned runs, enqueued first on a warm start:
+# fit(1e-4, 3, cycle_len=1, cycle_mult=2) at 224 px, then fit(1e-3, 3, ...) frozen at 229 px.
+NOTEBOOK_CONFIGS = (
+    {"lr": 1e-4, "batch_size": 24, "image_size": 224, "freeze": "unfrozen",
+     "n_cycles": 3, "cycle_len": 1, "cycle_mult": 2},
+    {"lr": 1e-3, "batch_size": 24, "image_size": 229, "freeze": "frozen",
+     "n_cycles": 3, "cycle_len": 1, "cycle_mult": 2},
+)
+
+
+def suggest(trial: optuna.Trial, name: str, spec):
+    from search.study_file import Range
+
+    if isinstance(spec, Range):
+        if spec.is_int:
+            return trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
+        return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
+    return trial.suggest_categorical(name, list(spec.values))
+
+
+def in_space(spec, value) -> bool:
+    from search.study_file import Range
+
+    if isinstance(spec, Range):
+        return isinstance(value, (int, float)) and spec.low <= value <= spec.high
+    return value in spec.values
+
+
+def config_from_trial(trial: optuna.Trial, space: dict, head_epochs: int, seed: int) -> TrainConfig:
+    values = {name: suggest(trial, name, spec) for name, spec in space.items()}
+    return TrainConfig(**values, head_epochs=head_epochs, seed=seed)
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    return study_seed * 100_003 + trial_number
+
+
+class FinetuneObjective:
+    """Callable objective: fine-tune with the trial's params, return final validation loss."""
+
+    def __init__(self, dataset: Dataset, space: dict, model_spec: ModelSpec, *, head_epochs: int = 1,
+                 seed: int = 0, device: str = "auto", precision: str = "auto", checkpoint_dir_for=None,
+                 on_result=None):
+        self.dataset = dataset
+        self.space = space
+        self.model_spec = model_spec
+        self.head_epochs = head_epochs
+        self.seed = seed
+        self.device = device
+        self.precision = precision
+        # trial -> folder for its per-epoch checkpoints (or None): how a retried trial resumes
+        self.checkpoint_dir_for = checkpoint_dir_for or (lambda trial: None)
+        # (trial, TrainResult) -> None: artifacts, notes, anything after a finished run
+        self.on_result = on_result
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        config = config_from_trial(trial, self.space, self.head_epochs, trial_seed(self.seed, trial.number))
+        trial.set_user_attr("seed", config.seed)
+        trial.set_user_attr("planned_epochs", config.epochs)
+        trial.set_user_attr("data_fingerprint", self.dataset.fingerprint)
+
+        def report(record: EpochRecord) -> None:
+            trial.report(record.valid_loss, step=record.epoch)
+            trial.set_user_attr("epochs", record.epoch + 1)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {record.epoch} (val_loss {record.valid_loss:.4f})")
+
+        result: TrainResult = train(self.dataset, config, self.model_spec, device=self.device,
+                                    precision=self.precision, on_epoch=report,
+                                    checkpoint_dir=self.checkpoint_dir_for(trial))
+        for key, value in result.metrics.items():
+            if key != "val_loss":
+                trial.set_user_attr(key, value)
+        if self.on_result is not None:
+            self.on_result(trial, result)
+        return result.metrics["val_loss"]

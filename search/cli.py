@@ -1,0 +1,68 @@
+"""The `swipr` command line.
+
+Each sub-command lives in its own module under `search/commands/` with two functions,
+`add_parser(subparsers)` and `run(args) -> int`. Modules are imported only when their
+command runs, so `swipr --help` answers without importing torch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module under search.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo-data": ("demo_data", "write a small Swipr-shaped demo dataset"),
+    "labels": ("labels", "turn the pics database into a labels file with a fixed split"),
+    "study": ("study", "run, inspect or report on a study"),
+    "dashboard": ("dashboard", "serve optuna-dashboard on a study's storage"),
+    "fit": ("fit", "replay a trial and write a model bundle"),
+    "predict": ("predict", "answer YES or NO for images with a model bundle"),
+}
+
+
+def _command_module(name: str):
+    return importlib.import_module(f"search.commands.{COMMANDS[name][0]}")
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swipr",
+        description="Hyperparameter search for a LIKE/PASS photo classifier, on Optuna.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        if name == selected:
+            _command_module(name).add_parser(subparsers, name, help_text)
+        else:
+            subparsers.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(selected)
+    args = parser.parse_args(argv)
+    if selected is None:
+        parser.print_help()
+        return 0 if not argv else 2
+
+    import warnings
+
+    # torch.jit's deprecation notice fires on importing fastai: noise, not news, for users.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+    from swipr_core.errors import SwiprError
+
+    try:
+        return int(args.func(args) or 0)
+    except SwiprError as error:
+        print(f"swipr: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("swipr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The network: one timm factory call, its own normalisation, and a body/head split.
+
+Normalisation comes from the model's pretrained config (timm's data config), never from
+hard-coded ImageNet numbers, so a study can switch arch without silently mis-normalising.
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from swipr_core.errors import SwiprError
+
+HUB_HOST = "huggingface.co"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str = "resnext50_32x4d"
+    pretrained: bool = True
+    weights: Path | None = None   # a local weights file: pretrained weights without a network
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    # The hub client retries for about a minute before it gives up offline; one quick
+    # connect tells the same thing in seconds.
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline_help(spec: ModelSpec, reason: str) -> str:
+    return (
+        f"[model] arch '{spec.arch}': can't fetch its pretrained weights ({reason}). "
+        f"On a machine offline, download them once elsewhere (timm.create_model('{spec.arch}', pretrained=True), "
+        f"then save model.state_dict() with safetensors) and set [model] weights = \"/path/to/file.safetensors\"; "
+        f"or set [model] pretrained = false to train from scratch"
+    )
+
+
+def create_model(spec: ModelSpec, num_classes: int = 2):
+    import timm
+
+    if not timm.is_model(spec.arch):
+        close = timm.list_models(f"*{spec.arch.split('_')[0]}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise SwiprError(f"[model] arch '{spec.arch}' is not a timm model{hint}")
+    if spec.weights is not None:
+        if not spec.weights.is_file():
+            raise SwiprError(f"[model] weights file {spec.weights} not found")
+        try:
+            return timm.create_model(spec.arch, pretrained=True, num_classes=num_classes,
+                                     pretrained_cfg_overlay={"file": str(spec.weights)})
+        except Exception as error:  # a wrong or corrupt file surfaces as many error types
+            raise SwiprError(f"[model] weights file {spec.weights} doesn't load into '{spec.arch}': {error}") from None
+    if not spec.pretrained:
+        return timm.create_model(spec.arch, pretrained=False, num_classes=num_classes)
+    try:
+        # Weights already in the local hub cache load without a network.
+        return _create_offline(spec, num_classes)
+    except Exception:
+        pass
+    if not _hub_reachable():
+        raise SwiprError(_offline_help(spec, f"{HUB_HOST} is not reachable"))
+    try:
+        return timm.create_model(spec.arch, pretrained=True, num_classes=num_classes)
+    except Exception as error:
+        raise SwiprError(_offline_help(spec, str(error).splitlines()[0] if str(error) else type(error).__name__)) from None
+
+
+def _create_offline(spec: ModelSpec, num_classes: int):
+    import os
+
+    import timm
+
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hub_constants
+
+        was = hub_constants.HF_HUB_OFFLINE
+        hub_constants.HF_HUB_OFFLINE = True
+        try:
+            return timm.create_model(spec.arch, pretrained=True, num_classes=num_classes)
+        finally:
+            hub_constants.HF_HUB_OFFLINE = was
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+
+
+def normalisation(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std the model was pretrained with, from timm's data config."""
+    from timm.data import resolve_model_data_config
+
+    config = resolve_model_data_config(model)
+    return tuple(config["mean"]), tuple(config["std"])
+
+
+def body_and_head(model) -> list[list]:
+    """Two parameter groups for fastai: the body, then the classifier head.
+
+    fastai's freeze() trains only the last group; discriminative learning rates
+    (lr_max=slice(lo, hi)) spread across the groups from body to head.
+    """
+    head = list(model.get_classifier().parameters())
+    head_ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    return [body, head]

@@ -1,0 +1,168 @@
+"""A fixed validation split, stored with the labels and fingerprinted.
+
+The labels file is a CSV (`path`, `label`, `is_valid`). Beside it, `<file>.meta.json`
+keeps how it was made (rules, valid_pct, split_seed, counts). The fingerprint is a hash of
+the rows themselves, so it is recomputed from the CSV on every read: a hand-edited labels
+file changes the fingerprint, and a study refuses it.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import random
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from swipr_core.errors import SwiprError
+from swipr_core.labels import LabelRules, LabelTable
+
+CLASSES = ("NO", "YES")  # class order of the model's outputs: index 1 is YES
+
+
+@dataclass(frozen=True)
+class LabeledSplit:
+    paths: tuple[str, ...]
+    labels: tuple[str, ...]
+    is_valid: tuple[bool, ...]
+    fingerprint: str
+    meta: dict
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def indices(self, valid: bool) -> list[int]:
+        return [i for i, flag in enumerate(self.is_valid) if flag == valid]
+
+    def targets(self) -> list[int]:
+        return [CLASSES.index(label) for label in self.labels]
+
+    def counts(self) -> dict[str, int]:
+        yes = sum(label == "YES" for label in self.labels)
+        return {"YES": yes, "NO": len(self.labels) - yes, "valid": sum(self.is_valid)}
+
+
+def fingerprint(paths, labels, is_valid) -> str:
+    digest = hashlib.sha256()
+    for path, label, valid in zip(paths, labels, is_valid):
+        digest.update(f"{path}\t{label}\t{int(valid)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def split_rows(labels: tuple[str, ...], valid_pct: float, seed: int) -> tuple[bool, ...]:
+    """Stratified random split: each class keeps its share in the validation set.
+
+    The data is about 80% NO, so a plain random 20% could leave the validation set's YES
+    share off by several points on small datasets; per-class sampling keeps it exact.
+    """
+    rng = random.Random(seed)
+    is_valid = [False] * len(labels)
+    for cls in CLASSES:
+        members = [i for i, label in enumerate(labels) if label == cls]
+        rng.shuffle(members)
+        n_valid = max(1, round(len(members) * valid_pct)) if len(members) > 1 else 0
+        for i in members[:n_valid]:
+            is_valid[i] = True
+    return tuple(is_valid)
+
+
+def make_split(table: LabelTable, rules: LabelRules, valid_pct: float, seed: int, source: str) -> LabeledSplit:
+    is_valid = split_rows(table.labels, valid_pct, seed)
+    meta = {
+        "source": source,
+        "rules": asdict(rules),
+        "valid_pct": valid_pct,
+        "split_seed": seed,
+        "excluded": dict(table.excluded),
+    }
+    split = LabeledSplit(table.paths, table.labels, is_valid, fingerprint(table.paths, table.labels, is_valid), meta)
+    split.meta["counts"] = split.counts()
+    split.meta["fingerprint"] = split.fingerprint
+    return split
+
+
+def meta_path(labels_file: Path) -> Path:
+    return labels_file.with_name(labels_file.name + ".meta.json")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_split(split: LabeledSplit, labels_file: Path) -> None:
+    from io import StringIO
+
+    buffer = StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label", "is_valid"])
+    for row in zip(split.paths, split.labels, split.is_valid):
+        writer.writerow([row[0], row[1], int(row[2])])
+    # Meta first: a crash between the two leaves a CSV whose fingerprint doesn't match its
+    # meta, which read_split reports, rather than a silently stale pair.
+    _atomic_write(meta_path(labels_file), json.dumps(split.meta, indent=2) + "\n")
+    _atomic_write(labels_file, buffer.getvalue())
+
+
+def read_split(labels_file: Path) -> LabeledSplit:
+    if not labels_file.is_file():
+        raise SwiprError(f"{labels_file}: labels file not found (make it with `swipr labels STUDY.toml`)")
+    paths, labels, is_valid = [], [], []
+    with labels_file.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or set(reader.fieldnames) != {"path", "label", "is_valid"}:
+            raise SwiprError(f"{labels_file}: header must be path,label,is_valid, got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            if row["label"] not in CLASSES or row["is_valid"] not in ("0", "1") or not row["path"]:
+                raise SwiprError(f"{labels_file}: row {line} is not path,YES|NO,0|1: {row}")
+            paths.append(row["path"])
+            labels.append(row["label"])
+            is_valid.append(row["is_valid"] == "1")
+    try:
+        meta = json.loads(meta_path(labels_file).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        meta = {}
+    except json.JSONDecodeError as error:
+        raise SwiprError(f"{meta_path(labels_file)}: not valid JSON: {error}") from None
+    split = LabeledSplit(tuple(paths), tuple(labels), tuple(is_valid), fingerprint(paths, labels, is_valid), meta)
+    return split
+
+
+def prepare_labels(database: Path, image_root: Path, rules: LabelRules, valid_pct: float, seed: int,
+                   labels_file: Path, rebuild: bool = False) -> LabeledSplit:
+    """Read the labels file if it exists and was made the same way; make it otherwise.
+
+    An existing file is kept as it is (that is the point of a fixed split) unless `rebuild`.
+    If it was made with other rules or split settings than asked for now, that is an error:
+    silently re-splitting would change every later trial's validation set.
+    """
+    if labels_file.is_file() and not rebuild:
+        split = read_split(labels_file)
+        wanted = {"rules": asdict(rules), "valid_pct": valid_pct, "split_seed": seed}
+        made = {key: split.meta.get(key) for key in wanted}
+        if split.meta and _jsonable(made) != _jsonable(wanted):
+            changed = [key for key in wanted if _jsonable(made[key]) != _jsonable(wanted[key])]
+            raise SwiprError(
+                f"{labels_file}: made with other {', '.join(changed)} than the study file asks for; "
+                f"run `swipr labels STUDY.toml` to remake it (a study started on the old split will refuse the new one)"
+            )
+        return split
+    from swipr_core.labels import build_labels
+
+    table = build_labels(database, image_root, rules)
+    split = make_split(table, rules, valid_pct, seed, source=str(database))
+    write_split(split, labels_file)
+    return split
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))

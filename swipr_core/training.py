@@ -1,0 +1,330 @@
+"""One fine-tuning run: fastai's Learner and SGDR schedule over a timm model.
+
+The run reports every epoch on ONE counter (0, 1, 2, ...) that keeps counting across the
+frozen and unfrozen phases of `frozen_then_unfrozen`; fastai's own epoch counter restarts
+at 0 on every fit. Whoever wants to stop a run early (a pruner) raises from `on_epoch`;
+the exception is carried out of fastai cleanly and re-raised to the caller.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from swipr_core.data import Dataset
+from swipr_core.errors import SwiprError
+from swipr_core.loaders import Augment, CachedBatches
+from swipr_core.model import ModelSpec, body_and_head, create_model, normalisation
+
+FREEZE_STRATEGIES = ("frozen", "unfrozen", "frozen_then_unfrozen")
+# frozen_then_unfrozen: the body learns at lr / BODY_LR_DIVISOR, the head at lr (fastai's
+# discriminative learning rates, as in fine_tune's slice(base_lr/lr_mult, base_lr)).
+BODY_LR_DIVISOR = 100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float
+    batch_size: int
+    image_size: int
+    freeze: str
+    n_cycles: int
+    cycle_len: int
+    cycle_mult: int
+    head_epochs: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.freeze not in FREEZE_STRATEGIES:
+            raise SwiprError(f"freeze must be one of {', '.join(FREEZE_STRATEGIES)}, got {self.freeze!r}")
+
+    def phases(self) -> list[tuple[str, int]]:
+        """(phase name, epochs) in order."""
+        sgdr = sgdr_epochs(self.n_cycles, self.cycle_len, self.cycle_mult)
+        if self.freeze == "frozen_then_unfrozen":
+            return [("frozen", self.head_epochs), ("unfrozen", sgdr)]
+        return [(self.freeze, sgdr)]
+
+    @property
+    def epochs(self) -> int:
+        return sum(n for _, n in self.phases())
+
+
+def sgdr_epochs(n_cycles: int, cycle_len: int, cycle_mult: int) -> int:
+    return cycle_len * n_cycles if cycle_mult == 1 else cycle_len * (cycle_mult ** n_cycles - 1) // (cycle_mult - 1)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int            # the one counter across phases
+    phase: str            # frozen | unfrozen
+    train_loss: float
+    valid_loss: float
+    accuracy: float
+    seconds: float
+    lrs: list[float] = field(default_factory=list)   # the head's learning rate at every batch
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochRecord]
+    metrics: dict
+    valid_probs: np.ndarray     # P(YES) for each validation row, in split order
+    valid_targets: np.ndarray
+    model: torch.nn.Module = field(repr=False)
+    mean: tuple = ()
+    std: tuple = ()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SwiprError(f"[train] device is '{name}' but no CUDA GPU is visible; use device = \"auto\" or \"cpu\"")
+    return device
+
+
+def _precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name != "fp32" and device.type != "cuda":
+        return "fp32"   # autocast on a CPU is slower than fp32 there, and not what users mean
+    return name
+
+
+def _epoch_callback_class():
+    from fastai.callback.core import Callback, CancelFitException
+    from fastai.learner import Recorder
+
+    class EpochReporter(Callback):
+        """Reports each trained epoch on the run's own counter; keeps what the caller raised."""
+
+        order = Recorder.order + 1   # after Recorder has written the epoch's losses
+
+        def __init__(self, run: "_Run", phase: str, first_epoch: int):
+            self.run, self.phase, self.first_epoch = run, phase, first_epoch
+
+        def before_epoch(self):
+            self.trained, self.lrs, self.images, self.train_seconds = False, [], 0, 0.0
+
+        def before_train(self):
+            self.started = time.perf_counter()
+
+        def after_batch(self):
+            if self.training:
+                self.lrs.append(float(self.opt.hypers[-1]["lr"]))
+                self.images += len(self.yb[0])
+
+        def after_train(self):
+            self.train_seconds = time.perf_counter() - self.started
+
+        def after_validate(self):
+            self.trained = True
+
+        def after_epoch(self):
+            if not self.trained:   # an epoch SkipToEpoch skipped while resuming
+                return
+            log = self.recorder.log   # [epoch, train_loss, valid_loss, accuracy, time]
+            record = EpochRecord(epoch=self.first_epoch + self.epoch, phase=self.phase,
+                                 train_loss=float(log[1]), valid_loss=float(log[2]), accuracy=float(log[3]),
+                                 seconds=self.train_seconds, lrs=self.lrs)
+            try:
+                self.run.epoch_done(self.learn, record, self.images)
+            except BaseException as error:
+                self.run.stopped_by = error
+                raise CancelFitException() from None
+
+    return EpochReporter
+
+
+class _Run:
+    """State shared by the phases of one run: history, timing, checkpoints, the caller's hook."""
+
+    def __init__(self, on_epoch, checkpoint_dir: Path | None):
+        self.history: list[EpochRecord] = []
+        self.on_epoch = on_epoch
+        self.checkpoint_dir = checkpoint_dir
+        self.stopped_by: BaseException | None = None
+        self.train_seconds = 0.0
+        self.train_images = 0
+
+    def epoch_done(self, learn, record: EpochRecord, images: int) -> None:
+        self.history.append(record)
+        self.train_seconds += record.seconds
+        self.train_images += images
+        if self.checkpoint_dir is not None:
+            save_checkpoint(self.checkpoint_dir, learn, self)
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+
+
+CHECKPOINT_FILE = "last.pth"
+
+
+def save_checkpoint(directory: Path, learn, run: _Run) -> None:
+    """Weights, optimizer and history after an epoch, written to a temp file then renamed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": learn.model.state_dict(),
+        "opt": learn.opt.state_dict() if learn.opt is not None else None,
+        "history": [asdict(r) for r in run.history],
+        "train_seconds": run.train_seconds,
+        "train_images": run.train_images,
+    }
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, directory / CHECKPOINT_FILE)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def load_checkpoint(directory: Path | None) -> dict | None:
+    if directory is None or not (directory / CHECKPOINT_FILE).is_file():
+        return None
+    try:
+        return torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    except Exception:
+        return None   # a checkpoint torn by a crash: start the trial over rather than fail it
+
+
+def _fit_sgdr(learn, n_cycles, cycle_len, lr_max, cycle_mult, cbs, start_epoch):
+    if cycle_mult > 1:
+        learn.fit_sgdr(n_cycles, cycle_len, lr_max=lr_max, cycle_mult=cycle_mult, cbs=cbs, start_epoch=start_epoch)
+        return
+    # fastai's fit_sgdr divides by (cycle_mult - 1); equal-length restarts are the same
+    # schedule with equal pieces.
+    from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds
+
+    if learn.opt is None:
+        learn.create_opt()
+    learn.opt.set_hyper("lr", lr_max)
+    lr_max = np.array([h["lr"] for h in learn.opt.hypers])
+    scheds = {"lr": combine_scheds([1 / n_cycles] * n_cycles, [SchedCos(lr_max, 0) for _ in range(n_cycles)])}
+    learn.fit(cycle_len * n_cycles, cbs=[ParamScheduler(scheds), *cbs], start_epoch=start_epoch)
+
+
+def make_loaders(dataset: Dataset, config: TrainConfig, mean, std, device):
+    array = dataset.cache.open()
+    targets = dataset.split.targets()
+    aug = Augment(image_size=config.image_size, mean=mean, std=std)
+    train_idx, valid_idx = dataset.split.indices(False), dataset.split.indices(True)
+    train = CachedBatches(array, train_idx, [targets[i] for i in train_idx], config.batch_size, aug, True,
+                          device, seed=config.seed)
+    valid = CachedBatches(array, valid_idx, [targets[i] for i in valid_idx], config.batch_size, aug, False,
+                          device, seed=config.seed)
+    return train, valid
+
+
+def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: str = "auto",
+          precision: str = "auto", on_epoch: Callable[[EpochRecord], None] | None = None,
+          checkpoint_dir: Path | None = None) -> TrainResult:
+    """Fine-tune and evaluate. With `checkpoint_dir`, each epoch is saved there, and a run
+    that finds a checkpoint resumes after its last epoch."""
+    import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
+    import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_sgdr)
+    import fastai.callback.fp16  # noqa: F401  (adds Learner.to_bf16)
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import accuracy
+    from fastai.torch_core import set_seed
+
+    torch_device = resolve_device(device)
+    precision = _precision(precision, torch_device)
+    set_seed(config.seed)
+    model = create_model(model_spec)
+    mean, std = normalisation(model)
+    if torch_device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    train_dl, valid_dl = make_loaders(dataset, config, mean, std, torch_device)
+    dls = DataLoaders(train_dl, valid_dl, device=torch_device)
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, splitter=body_and_head,
+                    path=tempfile.gettempdir())
+    learn.model.to(torch_device)
+    if precision == "bf16":
+        learn.to_bf16()
+    elif precision == "fp16":
+        learn.to_fp16()
+
+    run = _Run(on_epoch, checkpoint_dir)
+    done = 0
+    saved = load_checkpoint(checkpoint_dir)
+    if saved is not None:
+        learn.model.load_state_dict(saved["model"])
+        run.history = [EpochRecord(**r) for r in saved["history"]]
+        run.train_seconds, run.train_images = saved["train_seconds"], saved["train_images"]
+        done = len(run.history)
+        train_dl.passes = done   # the shuffles continue where the saved run was
+    reporter = _epoch_callback_class()
+    first = 0
+    with learn.no_logging(), learn.no_bar():
+        for phase, n_epochs in config.phases():
+            if done >= first + n_epochs:
+                first += n_epochs
+                continue
+            if phase == "frozen":
+                learn.freeze()
+                lr = config.lr
+            elif config.freeze == "frozen_then_unfrozen":
+                learn.unfreeze()
+                lr = slice(config.lr / BODY_LR_DIVISOR, config.lr)
+            else:
+                learn.unfreeze()
+                lr = config.lr
+            start = max(0, done - first)
+            if learn.opt is None:
+                learn.create_opt()
+                if saved is not None and saved.get("opt") is not None and start > 0:
+                    learn.opt.load_state_dict(saved["opt"])
+            # The head-only warm-up of frozen_then_unfrozen is one cosine cycle of head_epochs.
+            n_cycles, cycle_len, cycle_mult = (1, n_epochs, 1) if phase == "frozen" and config.freeze == \
+                "frozen_then_unfrozen" else (config.n_cycles, config.cycle_len, config.cycle_mult)
+            _fit_sgdr(learn, n_cycles, cycle_len, lr_max=lr, cycle_mult=cycle_mult,
+                      cbs=[reporter(run, phase, first)], start_epoch=start)
+            if run.stopped_by is not None:
+                raise run.stopped_by
+            first += n_epochs
+    probs, targets = predict_valid(learn.model, valid_dl, precision)
+    metrics = evaluate(probs, targets, run, config)
+    return TrainResult(run.history, metrics, probs, targets, learn.model, mean, std)
+
+
+@torch.no_grad()
+def predict_valid(model, loader, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    probs, targets = [], []
+    device = loader.device
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    for images, target in loader:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(images)
+        probs.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
+        targets.append(target.cpu())
+    return torch.cat(probs).numpy(), torch.cat(targets).numpy()
+
+
+def evaluate(probs: np.ndarray, targets: np.ndarray, run: _Run, config: TrainConfig) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    last = run.history[-1] if run.history else None
+    majority = max(targets.mean(), 1 - targets.mean()) if len(targets) else math.nan
+    auc = roc_auc_score(targets, probs) if len(set(targets.tolist())) == 2 else math.nan
+    return {
+        "val_loss": last.valid_loss if last else math.nan,
+        "val_accuracy": last.accuracy if last else math.nan,
+        "val_roc_auc": float(auc),
+        "majority_accuracy": float(majority),
+        "epochs": len(run.history),
+        "train_seconds": run.train_seconds,
+        "train_images_per_s": run.train_images / run.train_seconds if run.train_seconds else 0.0,
+    }
