@@ -17,7 +17,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     run_p.add_argument("--n-trials", type=int, metavar="N", help="trials to run now (default: [study] n_trials)")
     run_p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
     run_p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: [train] device)")
-    run_p.set_defaults(func=run_study)
+    run_p.set_defaults(func=_run)
 
     status_p = actions.add_parser("status", help="list the study's trials")
     status_p.add_argument("study_file", type=Path, metavar="STUDY.toml")
@@ -36,61 +36,6 @@ def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def run_study(args: argparse.Namespace) -> int:
-    from objectives.finetune import FinetuneObjective
-    from search.study import check_fingerprint, data_spec, describe_trial, enqueue_warm_start, open_study
-    from search.study_file import load_study_file
-    from search.storage import redact
-    from swipr_core.data import prepare_data
-    from swipr_core.errors import SwiprError
-    from swipr_core.model import ModelSpec
-
-    study_file = load_study_file(args.study_file)
-    n_trials = study_file.study.n_trials if args.n_trials is None else args.n_trials
-    if n_trials < 1:
-        raise SwiprError(f"--n-trials must be 1 or more, got {n_trials}")
-    timeout = args.timeout if args.timeout is not None else (study_file.study.timeout or None)
-    if timeout is not None and (timeout <= 0 or not math.isfinite(timeout)):
-        raise SwiprError(f"--timeout must be a positive number of seconds, got {args.timeout}")
-    _quiet_optuna()
-
-    dataset = prepare_data(data_spec(study_file))
-    counts = dataset.split.counts()
-    print(f"data: {len(dataset.split)} images, YES {counts['YES']}, NO {counts['NO']}, "
-          f"valid {counts['valid']}, fingerprint {dataset.fingerprint}")
-    study = open_study(study_file, create=True)
-    check_fingerprint(study, dataset, study_file)
-    if enqueue_warm_start(study, study_file):
-        print("warm start: the notebook's configurations go first")
-    done_before = len(study.trials)
-    print(f"study '{study.study_name}' in {redact(study_file.study.storage)}: "
-          f"{done_before} trials so far, running {n_trials} more")
-
-    model = study_file.model
-    objective = FinetuneObjective(
-        dataset, study_file.space, ModelSpec(model.arch, model.pretrained, model.weights),
-        head_epochs=study_file.train.head_epochs, seed=study_file.study.seed,
-        device=args.device or study_file.train.device, precision=study_file.train.precision,
-    )
-
-    def announce(study, trial) -> None:
-        print(describe_trial(trial), flush=True)
-
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[announce],
-                   catch=(RuntimeError, ValueError))
-    _print_best(study)
-    return 0
-
-
-def _print_best(study) -> None:
-    try:
-        trial = study.best_trial
-    except ValueError:
-        print("no trial completed yet")
-        return
-    print(f"best: trial {trial.number} val_loss {trial.value:.4f} params {json.dumps(trial.params)}")
-
-
 def _trial_row(trial) -> dict:
     return {
         "number": trial.number,
@@ -101,6 +46,12 @@ def _trial_row(trial) -> dict:
         "val_accuracy": trial.user_attrs.get("val_accuracy"),
         "duration_s": trial.duration.total_seconds() if trial.duration else None,
     }
+
+
+def _run(args: argparse.Namespace) -> int:
+    from search.run import run_study
+
+    return run_study(args)
 
 
 def status(args: argparse.Namespace) -> int:

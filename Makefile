@@ -1,0 +1,29 @@
+# make demo : set everything up and run the demo study (CPU, SQLite, generated data)
+# make test : set everything up and run the tests
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test setup system-deps bench-loader clean
+
+$(BIN)/swipr: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(BIN)/swipr
+
+system-deps:
+	bash scripts/system-deps.sh
+
+demo: setup
+	@[ -f demo-data/pics.db ] || $(BIN)/swipr demo-data demo-data
+	$(BIN)/swipr study run studies/demo.toml
+	$(BIN)/swipr study best studies/demo.toml
+
+test: setup system-deps
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf demo-data studies/*.db studies/*.labels.csv* studies/.swipr-cache
