@@ -174,7 +174,7 @@ def save_checkpoint(directory: Path, learn, run: _Run) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {
         "model": learn.model.state_dict(),
-        "opt": learn.opt.state_dict() if learn.opt is not None else None,
+        "opt": _plain(learn.opt.state_dict()) if learn.opt is not None else None,
         "history": [asdict(r) for r in run.history],
         "train_seconds": run.train_seconds,
         "train_images": run.train_images,
@@ -186,6 +186,20 @@ def save_checkpoint(directory: Path, learn, run: _Run) -> None:
         os.replace(tmp, directory / CHECKPOINT_FILE)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _plain(value):
+    """fastai's optimizer state holds fastcore `L` lists and numpy scalars, which torch.load(weights_only=True)
+    refuses; plain lists and dicts load without unpickling arbitrary classes."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "L":
+        return [_plain(item) for item in value]
+    if isinstance(value, np.generic):   # numpy scalars in the hypers (fit_sgdr's lr_max)
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
 
 
 def load_checkpoint(directory: Path | None) -> dict | None:
@@ -285,7 +299,9 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
             if learn.opt is None:
                 learn.create_opt()
                 if saved is not None and saved.get("opt") is not None and start > 0:
-                    learn.opt.load_state_dict(saved["opt"])
+                    from fastcore.foundation import L
+
+                    learn.opt.load_state_dict({"state": L(saved["opt"]["state"]), "hypers": L(saved["opt"]["hypers"])})
             # The head-only warm-up of frozen_then_unfrozen is one cosine cycle of head_epochs.
             n_cycles, cycle_len, cycle_mult = (1, n_epochs, 1) if phase == "frozen" and config.freeze == \
                 "frozen_then_unfrozen" else (config.n_cycles, config.cycle_len, config.cycle_mult)

@@ -1,0 +1,95 @@
+"""One training run: a single epoch counter across phases, stopping early, resuming."""
+import math
+
+import pytest
+
+from swipr_core.data import DataSpec, prepare_data
+from swipr_core.demo_data import DEMO_RULES
+from swipr_core.model import ModelSpec
+from swipr_core.training import TrainConfig, load_checkpoint, sgdr_epochs, train
+from tests.studykit import demo_data
+
+TINY = ModelSpec(arch="test_resnet", pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    database = demo_data(folder)
+    spec = DataSpec(database=database, image_root=folder, labels_file=folder / "labels.csv",
+                    cache_dir=folder / "cache", cache_px=40, valid_pct=0.25, split_seed=1, rules=DEMO_RULES)
+    return prepare_data(spec)
+
+
+def config(**overrides) -> TrainConfig:
+    values = dict(lr=1e-2, batch_size=32, image_size=32, freeze="unfrozen", n_cycles=1, cycle_len=1,
+                  cycle_mult=1, head_epochs=1, seed=0)
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_sgdr_epoch_counts():
+    assert sgdr_epochs(3, 1, 2) == 7    # the notebook's fit(lr, 3, cycle_len=1, cycle_mult=2)
+    assert sgdr_epochs(2, 2, 1) == 4
+    assert config(freeze="frozen_then_unfrozen", head_epochs=2, n_cycles=2, cycle_mult=2).epochs == 5
+
+
+def test_one_epoch_counter_runs_on_across_both_phases(dataset):
+    seen = []
+    cfg = config(freeze="frozen_then_unfrozen", head_epochs=2, n_cycles=2, cycle_mult=2)
+    result = train(dataset, cfg, TINY, device="cpu", on_epoch=seen.append)
+    # 2 frozen epochs, then SGDR 1 + 2 unfrozen epochs: 0..4 on one counter, no restart at 0.
+    assert [r.epoch for r in seen] == [0, 1, 2, 3, 4]
+    assert [r.phase for r in seen] == ["frozen", "frozen", "unfrozen", "unfrozen", "unfrozen"]
+    assert all(math.isfinite(r.valid_loss) for r in seen)
+    assert result.metrics["epochs"] == 5
+    assert result.metrics["val_loss"] == seen[-1].valid_loss
+    # SGDR restarts: the learning rate climbs back up at the start of the second cycle.
+    assert seen[3].lrs[0] > seen[2].lrs[-1]
+
+
+def test_metrics_and_the_learner_actually_learns(dataset):
+    result = train(dataset, config(n_cycles=2, cycle_len=2), TINY, device="cpu")
+    metrics = result.metrics
+    assert set(metrics) >= {"val_loss", "val_accuracy", "val_roc_auc", "majority_accuracy", "epochs",
+                            "train_seconds", "train_images_per_s"}
+    n_valid = len(dataset.split.indices(True))
+    assert len(result.valid_probs) == n_valid
+    share_no = 1 - result.valid_targets.mean()
+    assert metrics["majority_accuracy"] == pytest.approx(max(share_no, 1 - share_no))
+    assert metrics["val_roc_auc"] > 0.8     # the demo's YES and NO pictures differ visibly
+    assert metrics["train_images_per_s"] > 0
+
+
+def test_an_exception_from_on_epoch_stops_the_run_and_reaches_the_caller(dataset):
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def stop_after_second(record):
+        seen.append(record.epoch)
+        if record.epoch == 1:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        train(dataset, config(n_cycles=4), TINY, device="cpu", on_epoch=stop_after_second)
+    assert seen == [0, 1]
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint(dataset, tmp_path):
+    class Crash(Exception):
+        pass
+
+    def crash_at_2(record):
+        if record.epoch == 2:
+            raise Crash()
+
+    cfg = config(freeze="frozen_then_unfrozen", head_epochs=1, n_cycles=2, cycle_mult=2)
+    with pytest.raises(Crash):
+        train(dataset, cfg, TINY, device="cpu", on_epoch=crash_at_2, checkpoint_dir=tmp_path)
+    assert len(load_checkpoint(tmp_path)["history"]) == 3
+    seen = []
+    result = train(dataset, cfg, TINY, device="cpu", on_epoch=seen.append, checkpoint_dir=tmp_path)
+    # Only the epoch after the checkpoint runs again; the history carries the earlier ones.
+    assert [r.epoch for r in seen] == [3]
+    assert [r.epoch for r in result.history] == [0, 1, 2, 3]
