@@ -65,6 +65,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "device": (str, "auto"),            # auto | cpu | cuda | cuda:N
         "head_epochs": (int, 1),            # frozen epochs before unfreezing (frozen_then_unfrozen)
         "precision": (str, "auto"),         # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+        "compile": (str, "auto"),           # torch.compile: auto (on only where measured faster) | on | off
     },
 }
 SECTION_ORDER = ("study", "data", "model", "train", "space")
@@ -109,6 +110,7 @@ class TrainSection:
     device: str
     head_epochs: int
     precision: str
+    compile: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,7 @@ def load_study_file(path: str | Path) -> StudyFile:
         raise SwiprError(f"{path}: [train] device must be auto, cpu, cuda or cuda:N, got {train['device']!r}")
     if train["head_epochs"] < 1:
         raise SwiprError(f"{path}: [train] head_epochs must be 1 or more, got {train['head_epochs']}")
+    _one_of(path, "[train] compile", train["compile"], ("auto", "on", "off"))
 
     space = _parse_space(path, raw)
     sizes = space["image_size"]
@@ -373,6 +376,7 @@ def load_study_file(path: str | Path) -> StudyFile:
             pretrained=model["pretrained"],
             weights=_resolve(base, model["weights"]) if model["weights"] else None,
         ),
-        train=TrainSection(device=train["device"], head_epochs=train["head_epochs"], precision=train["precision"]),
+        train=TrainSection(device=train["device"], head_epochs=train["head_epochs"], precision=train["precision"],
+                           compile=train["compile"]),
         space=space,
     )

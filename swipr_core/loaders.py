@@ -1,13 +1,18 @@
 """Batches from the image cache, augmented on the device that trains.
 
-A batch is gathered from the memory-mapped uint8 cache (no JPEG decoding per epoch),
-moved to the device (pinned memory on CUDA), and only then turned into floats,
-randomly zoomed (up to 1.1), shifted, flipped, resized and normalised — one
-affine_grid/grid_sample call for the whole batch. The same code runs on a CPU.
-Batches are prepared one step ahead on a thread so gathering overlaps training.
+A batch is gathered from the memory-mapped uint8 cache (no JPEG decoding per epoch)
+straight into one buffer (pinned memory on CUDA), moved to the device, and only there
+turned into floats, randomly zoomed (up to 1.1), shifted, flipped, resized and normalised:
+one affine_grid/grid_sample call for the whole batch. The same code runs on a CPU.
+
+The GPU never waits on the host inside a batch: the random affine parameters are drawn
+on a CPU thread one step ahead and travel with the images; on CUDA the copy runs on a
+side stream, and the consumer's stream waits on an event, not the host. The
+normalisation constants live on the device once, not a new tensor per batch.
 """
 from __future__ import annotations
 
+import functools
 import math
 import queue
 import threading
@@ -30,11 +35,38 @@ class Augment:
     flip: bool = True
 
 
+def random_affine(n: int, aug: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(n, 2, 3) affine_grid matrices on the CPU: zoom in up to max_zoom, shift within the
+    image, flip half of them. Drawn on the CPU so a seed gives the same batch anywhere."""
+    rand = torch.rand((n, 4), generator=generator)
+    zoom = 1 + (aug.max_zoom - 1) * rand[:, 0]
+    span = 1 - 1 / zoom   # how far the zoomed window can move and stay inside the image
+    flip = torch.where(rand[:, 3] < 0.5, -1.0, 1.0) if aug.flip else torch.ones(n)
+    theta = torch.zeros((n, 2, 3))
+    theta[:, 0, 0] = flip / zoom
+    theta[:, 0, 2] = (rand[:, 1] * 2 - 1) * span
+    theta[:, 1, 1] = 1 / zoom
+    theta[:, 1, 2] = (rand[:, 2] * 2 - 1) * span
+    return theta
+
+
+@functools.lru_cache(maxsize=16)
+def _scale_and_shift(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """x in 0..255 -> (x - 255·mean) · 1/(255·std): the /255 folded into normalisation.
+    Made once per device; a fresh torch.tensor per batch would be a host-to-device copy
+    that waits for the GPU to drain."""
+    shift = torch.tensor([255 * m for m in mean], device=device).view(1, 3, 1, 1)
+    scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, 3, 1, 1)
+    return shift, scale
+
+
 def augment_batch(images: torch.Tensor, aug: Augment, train: bool, generator: torch.Generator | None = None,
-                  channels_last: bool = False) -> torch.Tensor:
-    """uint8 (B, H, W, 3) on any device -> normalised float (B, 3, S, S) on that device."""
+                  channels_last: bool = False, theta: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (B, H, W, 3) on any device -> normalised float (B, 3, S, S) on that device.
+
+    `theta` (from random_affine, already on the device) skips drawing it here."""
     device = images.device
-    x = images.permute(0, 3, 1, 2).float().div_(255)
+    x = images.permute(0, 3, 1, 2).float()   # values 0..255; the permuted view is channels_last in memory
     size = aug.image_size
     if train:
         # Shrink first with antialiasing so the bilinear sampling below never skips pixels.
@@ -42,27 +74,27 @@ def augment_batch(images: torch.Tensor, aug: Augment, train: bool, generator: to
         if x.shape[-1] > pre:
             x = F.interpolate(x, size=(pre, pre), mode="bilinear", antialias=True, align_corners=False)
         n = x.shape[0]
-        rand = torch.rand((n, 4), generator=generator)  # params drawn on the CPU: reproducible anywhere
-        zoom = 1 + (aug.max_zoom - 1) * rand[:, 0]
-        span = 1 - 1 / zoom   # how far the zoomed window can move and stay inside the image
-        shift_x = (rand[:, 1] * 2 - 1) * span
-        shift_y = (rand[:, 2] * 2 - 1) * span
-        flip = torch.where(rand[:, 3] < 0.5, -1.0, 1.0) if aug.flip else torch.ones(n)
-        theta = torch.zeros((n, 2, 3))
-        theta[:, 0, 0] = flip / zoom
-        theta[:, 0, 2] = shift_x
-        theta[:, 1, 1] = 1 / zoom
-        theta[:, 1, 2] = shift_y
-        grid = F.affine_grid(theta.to(device), [n, 3, size, size], align_corners=False)
+        if theta is None:
+            theta = random_affine(n, aug, generator).to(device)
+        grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     elif x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(aug.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(aug.std, device=device).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    shift, scale = _scale_and_shift(tuple(aug.mean), tuple(aug.std), device)
+    x = x.sub_(shift).mul_(scale)   # in place: x is always a new tensor here (.float() copies)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def gather_rows(array: np.ndarray, rows: np.ndarray, pin: bool = False) -> torch.Tensor:
+    """array[rows] copied once, straight into a (pinned, if asked) tensor.
+
+    Sorted rows read the memmap front to back; pages come from the OS page cache that
+    every process on the machine shares."""
+    out = torch.empty((len(rows), *array.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+    np.take(array, rows, axis=0, out=out.numpy())
+    return out
 
 
 class CachedBatches:
@@ -99,26 +131,48 @@ class CachedBatches:
             return np.arange(len(self.indices))
         return np.random.default_rng(self.seed + self.passes).permutation(len(self.indices))
 
-    def _host_batches(self, order):
-        cuda = self.device.type == "cuda"
+    def _host_batches(self, order, generator):
+        """(uint8 images, targets, theta or None) on the host, in batch order."""
+        pin = self.device.type == "cuda"
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             chosen = np.sort(order[start:start + self.batch_size])  # sorted: sequential reads from the memmap
-            rows = self.indices[chosen]
-            images = torch.from_numpy(np.ascontiguousarray(self.array[rows]))
+            images = gather_rows(self.array, self.indices[chosen], pin)
             targets = torch.from_numpy(self.targets[chosen])
-            if cuda:
-                images, targets = images.pin_memory(), targets.pin_memory()
-            yield images, targets
+            theta = random_affine(len(chosen), self.aug, generator) if self.train else None
+            if pin:
+                targets = targets.pin_memory()
+                theta = theta.pin_memory() if theta is not None else None
+            yield images, targets, theta
+
+    def _device_batches(self, host_batches):
+        """On CUDA: copy each batch on a side stream, on the prefetch thread, so the copy
+        overlaps the previous step; hand over an event to wait on instead of a sync."""
+        if self.device.type != "cuda":
+            for images, targets, theta in host_batches:
+                yield images.to(self.device), targets.to(self.device), \
+                    theta.to(self.device) if theta is not None else None, None
+            return
+        stream = torch.cuda.Stream(self.device)
+        for batch in host_batches:
+            with torch.cuda.stream(stream):
+                moved = tuple(t.to(self.device, non_blocking=True) if t is not None else None for t in batch)
+                ready = torch.cuda.Event()
+                ready.record(stream)
+            yield (*moved, ready)
 
     def __iter__(self):
         order = self._order()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.passes)
         self.passes += 1
-        channels_last = self.device.type == "cuda"
-        for images, targets in _prefetched(self._host_batches(order)):
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            yield augment_batch(images, self.aug, self.train, generator, channels_last), targets
+        cuda = self.device.type == "cuda"
+        for images, targets, theta, ready in _prefetched(self._device_batches(self._host_batches(order, generator))):
+            if ready is not None:
+                current = torch.cuda.current_stream(self.device)
+                current.wait_event(ready)   # the GPU waits for the copy; the host does not
+                for tensor in (images, targets, theta):
+                    if tensor is not None:
+                        tensor.record_stream(current)   # allocated on the side stream, used on this one
+            yield augment_batch(images, self.aug, self.train, channels_last=cuda, theta=theta), targets
 
 
 def _prefetched(batches, depth: int = PREFETCH):

@@ -239,11 +239,41 @@ def make_loaders(dataset: Dataset, config: TrainConfig, mean, std, device):
     return train, valid
 
 
+COMPILE_MODES = ("auto", "on", "off")
+# "auto" turns torch.compile on only where it was measured faster (bench/gpu.py's
+# "compile" figures); nothing has been measured yet, so auto is off everywhere.
+COMPILE_AUTO_ON_DEVICES: tuple[str, ...] = ()
+
+
+def _compile_enabled(mode: str, device: torch.device) -> bool:
+    if mode not in COMPILE_MODES:
+        raise SwiprError(f"[train] compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    return mode == "on" or (mode == "auto" and device.type in COMPILE_AUTO_ON_DEVICES)
+
+
+def _keep_smooth_loss_on_device(learn) -> None:
+    """fastai's smoothed training loss copies the loss to the CPU every batch: a sync that
+    leaves the GPU idle while Python queues the next step. This one stays on the device;
+    fastai reads it once per epoch for the log."""
+    from fastai.learner import AvgSmoothLoss
+
+    class DeviceSmoothLoss(AvgSmoothLoss):
+        def accumulate(self, learn):
+            loss = learn.loss.mean().detach()
+            if self.count == 0:
+                self.val = torch.zeros_like(loss)
+            self.count += 1
+            self.val = torch.lerp(loss, self.val, self.beta)
+
+    learn.recorder.smooth_loss = DeviceSmoothLoss(beta=learn.recorder.smooth_loss.beta)
+
+
 def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: str = "auto",
           precision: str = "auto", on_epoch: Callable[[EpochRecord], None] | None = None,
-          checkpoint_dir: Path | None = None) -> TrainResult:
+          checkpoint_dir: Path | None = None, compile: str = "auto") -> TrainResult:
     """Fine-tune and evaluate. With `checkpoint_dir`, each epoch is saved there, and a run
-    that finds a checkpoint resumes after its last epoch."""
+    that finds a checkpoint resumes after its last epoch. `compile`: torch.compile the
+    model (on | off | auto = on only where measured faster)."""
     import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
     import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_sgdr)
     import fastai.callback.fp16  # noqa: F401  (adds Learner.to_bf16)
@@ -265,6 +295,11 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, splitter=body_and_head,
                     path=tempfile.gettempdir())
     learn.model.to(torch_device)
+    if torch_device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # one input shape per run: let cuDNN pick its fastest kernels
+        _keep_smooth_loss_on_device(learn)
+    if _compile_enabled(compile, torch_device):
+        learn.model.compile()   # in place: same module, same state_dict keys, fastai's splitter still works
     if precision == "bf16":
         learn.to_bf16()
     elif precision == "fp16":
