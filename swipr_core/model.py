@@ -111,3 +111,9 @@ def body_and_head(model) -> list[list]:
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if id(p) not in head_ids]
     return [body, head]
+
+
+def check_model(spec: ModelSpec) -> None:
+    """Fail before the first trial, not inside it: unknown arch, missing weights file, or
+    pretrained weights that can't be fetched (this also fills the hub cache once)."""
+    create_model(spec)

@@ -1,0 +1,66 @@
+"""The objective: a trial's params become a run, reported on one counter, pruned by Optuna."""
+import optuna
+import pytest
+
+from objectives.finetune import FinetuneObjective
+from search.study_file import load_study_file
+from swipr_core.data import prepare_data
+from swipr_core.model import ModelSpec
+from search.study import data_spec
+from tests.studykit import write_study
+
+SPACE = """
+[space]
+lr = 0.01
+batch_size = 32
+image_size = 32
+freeze = "frozen_then_unfrozen"
+n_cycles = 2
+cycle_len = 1
+cycle_mult = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("objective")
+    study_file = load_study_file(write_study(folder, folder / "data", space=SPACE))
+    dataset = prepare_data(data_spec(study_file))
+    objective = FinetuneObjective(dataset, study_file.space, ModelSpec("test_resnet", False), device="cpu")
+    return objective
+
+
+class PruneAtStep(optuna.pruners.BasePruner):
+    """Prunes once a trial has reported `step`: proves that step was reported at all."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def prune(self, study, trial) -> bool:
+        return trial.last_step is not None and trial.last_step >= self.step
+
+
+def test_second_phase_reaches_the_pruner(setup):
+    # frozen_then_unfrozen: epoch 0 is frozen, epochs 1..3 unfrozen. A pruner that acts at
+    # step 2 only fires if the unfrozen phase reports on the same counter.
+    study = optuna.create_study(pruner=PruneAtStep(2))
+    study.optimize(setup, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert sorted(trial.intermediate_values) == [0, 1, 2]
+    assert trial.user_attrs["epochs"] == 3
+
+
+def test_complete_trial_records_its_metrics(setup):
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    study.optimize(setup, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == [0, 1, 2, 3]
+    assert trial.value == trial.intermediate_values[3]
+    assert trial.params == {"lr": 0.01, "batch_size": 32, "image_size": 32, "freeze": "frozen_then_unfrozen",
+                            "n_cycles": 2, "cycle_len": 1, "cycle_mult": 2}
+    for key in ("val_accuracy", "val_roc_auc", "majority_accuracy", "epochs", "train_seconds",
+                "train_images_per_s", "seed", "data_fingerprint"):
+        assert key in trial.user_attrs, key
+    assert 0.5 <= trial.user_attrs["majority_accuracy"] <= 1
