@@ -28,9 +28,17 @@ class ImageCache:
     paths: tuple[str, ...]
     px: int
 
-    def open(self) -> np.ndarray:
-        """The (N, px, px, 3) uint8 array, memory-mapped read-only."""
-        return np.load(self.file, mmap_mode="r")
+    def open(self) -> np.memmap:
+        """The (N, px, px, 3) uint8 array, memory-mapped read-only.
+
+        Every process that opens it maps the same file: its pages sit once in the OS page
+        cache (file-backed, shared), never as a private copy per trial or worker, and pages
+        not read lately can be dropped, so the cache need not fit in RAM."""
+        array = np.load(self.file, mmap_mode="r")
+        if array.shape != (len(self.paths), self.px, self.px, 3) or array.dtype != np.uint8:
+            raise SwiprError(f"{self.file}: image cache holds {array.dtype} {array.shape}, expected uint8 "
+                             f"({len(self.paths)}, {self.px}, {self.px}, 3); delete it to rebuild")
+        return array
 
 
 def cache_key(image_root: Path, paths, px: int) -> str:
@@ -61,6 +69,8 @@ def load_square(file: Path, px: int) -> np.ndarray:
 
 
 def _fill_chunk(args) -> None:
+    # Each chunk is written straight into the memmap and flushed, so building holds one
+    # chunk of decoded images in memory per worker, however many images there are.
     target, image_root, paths, start, px = args
     array = np.load(target, mmap_mode="r+")
     for offset, rel in enumerate(paths):
@@ -97,7 +107,10 @@ def build_cache(image_root: Path, paths, cache_dir: Path, px: int, workers: int 
                 for job, _ in zip(jobs, pool.map(_fill_chunk, jobs)):
                     if progress:
                         progress(len(job[2]))
-        (cache_dir / f"images-{px}px-{key}.json").write_text(json.dumps({"paths": paths}))
+        index = cache_dir / f"images-{px}px-{key}.json"
+        index_tmp = index.with_name(f".{index.name}.{os.getpid()}.tmp")
+        index_tmp.write_text(json.dumps({"paths": paths}))
+        os.replace(index_tmp, index)
         os.replace(tmp, file)  # another worker may have won the race: same content, fine
     finally:
         tmp.unlink(missing_ok=True)
