@@ -1,0 +1,34 @@
+"""`swipr fit STUDY.toml --out DIR`: replay the best (or a chosen) trial and write its model bundle."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers, name: str, help_text: str) -> None:
+    p = subparsers.add_parser(
+        name, help=help_text,
+        description="Replay a COMPLETE trial exactly (its params, seed, split and epochs), check that its "
+                    "final validation loss matches the trial's, pick the decision threshold on the "
+                    "validation split, and write a model bundle (safetensors weights, an ONNX model for "
+                    "CPU servers, manifest.json with every file's SHA-256). The trial gets user attrs "
+                    "naming the bundle. DIR may be absent, empty, or a previous bundle (replaced).",
+    )
+    p.add_argument("study_file", type=Path, metavar="STUDY.toml", help="the study file")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the bundle to")
+    p.add_argument("--trial", type=int, metavar="N", help="trial number to replay (default: the best trial)")
+    p.add_argument("--target-precision", type=float, metavar="P",
+                   help="pick the threshold with at least this precision for YES on validation "
+                        "(default: the threshold with the best F1)")
+    p.add_argument("--device", help="override [train] device (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--strict", action="store_true",
+                   help="write no bundle when the replay's loss is outside the tolerance")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.fit import fit
+
+    fit(args.study_file, args.out, trial_number=args.trial, target_precision=args.target_precision,
+        device=args.device, strict=args.strict, echo=lambda line: print(line, flush=True))
+    return 0

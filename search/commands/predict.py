@@ -1,0 +1,49 @@
+"""`swipr predict BUNDLE IMAGE_OR_DIR...`: YES or NO and P(YES) for each image, on the CPU.
+
+Exit status: 0 when every image got an answer, 1 when some could not be read (their rows
+say why), 2 when the bundle is refused.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers, name: str, help_text: str) -> None:
+    p = subparsers.add_parser(
+        name, help=help_text,
+        description="Verify a model bundle (manifest and every file's SHA-256), then answer YES or NO "
+                    "with P(YES) for each image, batched on the CPU with onnxruntime. Folders are "
+                    "walked for image files. A missing or broken image gets a row with its error.",
+    )
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="a bundle folder written by `swipr fit`")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    p.add_argument("--json", action="store_true", help="print one JSON object with a row per image")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
+    p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from swipr_core.predict import Predictor, as_dict, expand_inputs
+
+    predictor = Predictor(args.bundle, threads=args.threads)
+    images = expand_inputs(args.images)
+    failed = 0
+    rows = []
+    for row in predictor.predict(images, batch_size=args.batch_size):
+        failed += row.error is not None
+        if args.json:
+            rows.append(as_dict(row))
+        elif row.error is None:
+            print(f"{row.answer:<5} {row.p_yes:.4f}  {row.image}", flush=True)
+        else:
+            print(f"ERROR -       {row.image}  ({row.error})", flush=True)
+    if args.json:
+        manifest = predictor.manifest
+        print(json.dumps({"bundle": str(args.bundle), "manifest_sha256": predictor.manifest_sha256,
+                          "study": manifest.get("study"), "trial": manifest.get("trial"),
+                          "threshold": predictor.threshold, "predictions": rows}, indent=2))
+    return 1 if failed else 0

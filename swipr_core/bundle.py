@@ -1,0 +1,182 @@
+"""A model bundle on disk: the files, a manifest that hashes every one, write and verify.
+
+A bundle is a folder: `model.safetensors` (the weights), `model.onnx` (what a CPU server runs)
+and `manifest.json` (how to feed the model and what it scored). Nothing in it is a pickle.
+The manifest lists the SHA-256 of every other file and carries a checksum of its own
+canonical JSON, so one changed byte anywhere is caught before anything is loaded. The
+checksum catches corruption and careless edits, not an attacker (who could recompute it):
+for that, compare the manifest file's SHA-256 with the one recorded on the study's trial.
+
+Writes go to a temporary folder beside the target and are renamed into place, so a crash
+leaves either the old bundle or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from swipr_core.errors import SwiprError
+
+FORMAT = "swipr-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+ONNX = "model.onnx"
+REQUIRED_FILES = (WEIGHTS, ONNX)
+MAX_MANIFEST_BYTES = 1 << 20
+CHECKSUM_KEY = "manifest_checksum"
+
+# What predict relies on, with the type each must have: checked on every load.
+REQUIRED_KEYS = {
+    "format": str, "format_version": int, "arch": str, "cache_px": int, "image_size": int,
+    "mean": list, "std": list, "classes": list, "threshold": float, "files": dict,
+}
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_checksum(manifest: dict) -> str:
+    """SHA-256 of the manifest's canonical JSON, without the checksum itself."""
+    body = {key: value for key, value in manifest.items() if key != CHECKSUM_KEY}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return sha256_bytes(canonical.encode())
+
+
+def is_bundle(path: Path) -> bool:
+    """A folder that holds a manifest of this format (valid or not): safe to replace."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_bytes()[:MAX_MANIFEST_BYTES])
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def check_target(out: Path) -> None:
+    """Refuse a target that is a file, or a non-empty folder that is not a bundle."""
+    if out.exists() and not out.is_dir():
+        raise SwiprError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not is_bundle(out):
+        raise SwiprError(f"{out}: folder is not empty and holds no model bundle; refusing to overwrite it")
+    if not out.parent.is_dir():
+        raise SwiprError(f"{out.parent}: folder does not exist")
+
+
+def staging_dir(out: Path) -> Path:
+    """An empty folder beside `out`, on the same file system, for the new bundle's files."""
+    check_target(out)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+
+
+def finish(staging: Path, out: Path, manifest: dict) -> str:
+    """Hash the staged files into the manifest, write it, move the bundle into place.
+    Returns the SHA-256 of the manifest file."""
+    check_target(out)
+    files = sorted(p.name for p in staging.iterdir())
+    missing = [name for name in REQUIRED_FILES if name not in files]
+    if missing:
+        raise SwiprError(f"{staging}: bundle is missing {', '.join(missing)}")
+    manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
+                "files": {name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
+                          for name in files if name != MANIFEST}}
+    manifest[CHECKSUM_KEY] = manifest_checksum(manifest)
+    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    (staging / MANIFEST).write_text(text, encoding="utf-8")
+    # mkdtemp and some writers make private files; a server under another user must read them.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
+    for name in (*files, MANIFEST):
+        os.chmod(staging / name, 0o666 & ~umask)
+    old = None
+    if out.exists():
+        # Two renames: the old bundle steps aside, the new one takes its name.
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / "bundle")
+    try:
+        os.replace(staging, out)
+    except OSError:
+        if old is not None:
+            os.replace(old / "bundle", out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return sha256_bytes(text.encode())
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    path: Path
+    manifest: dict
+    manifest_sha256: str
+    contents: dict[str, bytes]    # the files asked for, exactly the bytes that were hashed
+
+
+def verify(path: str | Path, load: tuple[str, ...] = (ONNX,)) -> VerifiedBundle:
+    """Check the manifest and every file's SHA-256; return the bytes of the files in `load`.
+
+    Every check runs before any model file is parsed; the returned bytes are the ones that
+    were hashed, so the file can't change between the check and the load.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise SwiprError(f"{path}: not a model bundle folder")
+    manifest_file = path / MANIFEST
+    try:
+        raw = manifest_file.read_bytes()
+    except OSError:
+        raise SwiprError(f"{path}: no {MANIFEST}; not a model bundle") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise SwiprError(f"{manifest_file}: larger than {MAX_MANIFEST_BYTES} bytes; not a bundle manifest")
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise SwiprError(f"{manifest_file}: corrupt, not valid JSON ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise SwiprError(f"{manifest_file}: not a {FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise SwiprError(f"{manifest_file}: format_version {manifest.get('format_version')!r}; "
+                         f"this swipr reads version {FORMAT_VERSION}")
+    if manifest.get(CHECKSUM_KEY) != manifest_checksum(manifest):
+        raise SwiprError(f"{manifest_file}: checksum does not match its contents; the manifest was changed or is corrupt")
+    for key, kind in REQUIRED_KEYS.items():
+        value = manifest.get(key)
+        ok = isinstance(value, kind) and not isinstance(value, bool) or (kind is float and type(value) is int)
+        if not ok:
+            raise SwiprError(f"{manifest_file}: '{key}' must be {kind.__name__}, got {value!r}")
+    files = manifest["files"]
+    for name in (*REQUIRED_FILES, *load):
+        if name not in files:
+            raise SwiprError(f"{manifest_file}: lists no {name}")
+    contents = {}
+    for name, entry in files.items():
+        if Path(name).name != name or name in ("", ".", "..", MANIFEST):
+            raise SwiprError(f"{manifest_file}: file name {name!r} is not a plain file name in the bundle")
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise SwiprError(f"{manifest_file}: files.{name} has no sha256")
+        try:
+            data = (path / name).read_bytes() if name in load else None
+            digest = sha256_bytes(data) if data is not None else sha256_file(path / name)
+        except OSError:
+            raise SwiprError(f"{path / name}: listed in the manifest but can't be read") from None
+        if digest != entry["sha256"]:
+            raise SwiprError(f"{path / name}: SHA-256 {digest[:16]}… does not match the manifest's "
+                             f"{entry['sha256'][:16]}…; the file was changed or is corrupt")
+        if data is not None:
+            contents[name] = data
+    return VerifiedBundle(path, manifest, sha256_bytes(raw), contents)
