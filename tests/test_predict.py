@@ -1,0 +1,159 @@
+"""`swipr predict`: a verified bundle answers YES/NO on the CPU without torch, row per image."""
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from swipr_core import bundle
+from swipr_core.cache import load_square
+from swipr_core.errors import SwiprError
+from swipr_core.predict import Predictor, expand_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+SWIPR = [sys.executable, "-m", "search.cli"]
+CACHE_PX, IMAGE_SIZE = 48, 32
+
+
+def make_images(folder: Path, n: int = 7) -> list[Path]:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        # Different sizes and aspect ratios: load_square must bring each to CACHE_PX.
+        pixels = rng.integers(0, 256, (40 + 9 * i, 64 - 3 * i, 3), dtype=np.uint8)
+        file = folder / f"img_{i}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(pixels).save(file)
+        files.append(file)
+    return files
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """An untrained tiny network exported as a bundle; threshold at the median probability
+    of the demo images so that both answers occur."""
+    import timm
+    import torch
+
+    from swipr_core.export import ServingModel, export_onnx, save_weights, torch_probs
+    from swipr_core.loaders import Augment
+
+    root = tmp_path_factory.mktemp("predict")
+    images = make_images(root / "photos")
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=2).eval()
+    serving = ServingModel(model, Augment(image_size=IMAGE_SIZE, mean=(0.5,) * 3, std=(0.25,) * 3)).eval()
+    pixels = np.stack([load_square(f, CACHE_PX) for f in images])
+    reference = torch_probs(serving, pixels)
+    out = root / "bundle"
+    staging = bundle.staging_dir(out)
+    save_weights(model, staging / bundle.WEIGHTS, {"arch": "test_resnet"})
+    export_onnx(serving, CACHE_PX, staging / bundle.ONNX)
+    manifest = {"arch": "test_resnet", "cache_px": CACHE_PX, "image_size": IMAGE_SIZE, "mean": [0.5] * 3,
+                "std": [0.25] * 3, "classes": ["NO", "YES"], "threshold": float(np.median(reference))}
+    bundle.finish(staging, out, manifest)
+    return out, images, reference
+
+
+def test_answers_match_pytorch_and_broken_files_get_their_own_row(served, tmp_path):
+    out, images, reference = served
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    missing = tmp_path / "missing.jpg"
+    predictor = Predictor(out)
+    inputs = [images[0], broken, *images[1:4], missing, *images[4:]]
+    rows = list(predictor.predict(inputs, batch_size=3))
+    # One row per input, in input order; the two bad ones carry an error and no answer.
+    assert [row.image for row in rows] == [str(p) for p in inputs]
+    assert rows[1].answer is None and "can't decode image" in rows[1].error
+    assert rows[5].answer is None and rows[5].error == "no such file"
+    good = [row for row in rows if row.error is None]
+    probs = np.array([row.p_yes for row in good])
+    # The exported model gives PyTorch's probabilities, through predict's own decoding.
+    np.testing.assert_allclose(probs, reference, atol=1e-5)
+    assert [row.answer for row in good] == ["YES" if p >= predictor.threshold else "NO" for p in probs]
+    assert {row.answer for row in good} == {"YES", "NO"}
+
+
+def test_batch_size_does_not_change_probabilities(served):
+    out, images, _ = served
+    predictor = Predictor(out)
+    one = [row.p_yes for row in predictor.predict(images, batch_size=1)]
+    many = [row.p_yes for row in predictor.predict(images, batch_size=32)]
+    np.testing.assert_allclose(one, many, atol=1e-6)
+    with pytest.raises(SwiprError, match="batch-size"):
+        list(predictor.predict(images, batch_size=0))
+
+
+def test_folders_are_walked_for_images(served, tmp_path):
+    _, images, _ = served
+    (images[0].parent / "notes.txt").write_text("not an image")
+    found = expand_inputs([images[0].parent, tmp_path / "nope.jpg"])
+    assert found == [*sorted(images), tmp_path / "nope.jpg"]
+
+
+def test_nothing_is_unpickled(served, monkeypatch):
+    out, images, _ = served
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("predict must never unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    assert all(row.error is None for row in Predictor(out).predict(images))
+
+
+def test_predict_needs_neither_torch_nor_training_stack(served):
+    # A CPU server has only Pillow, numpy and onnxruntime: predicting must not import more.
+    out, images, _ = served
+    script = (
+        "import sys; from swipr_core.predict import Predictor\n"
+        f"rows = list(Predictor({str(out)!r}).predict([{str(images[0])!r}]))\n"
+        "assert rows[0].error is None, rows\n"
+        "loaded = [m for m in ('torch', 'fastai', 'optuna', 'timm') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_cli_json_rows_and_exit_status(served, tmp_path):
+    out, images, _ = served
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"PNG? no")
+    done = subprocess.run([*SWIPR, "predict", str(out), str(images[0].parent), str(broken), "--json"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr   # 1: some images could not be read
+    report = json.loads(done.stdout)
+    rows = report["predictions"]
+    assert len(rows) == len(images) + 1
+    assert all(row["answer"] in ("YES", "NO") and 0 <= row["p_yes"] <= 1 for row in rows[:-1])
+    assert rows[-1]["image"] == str(broken) and rows[-1]["answer"] is None and rows[-1]["error"]
+    assert report["manifest_sha256"] == bundle.sha256_file(out / bundle.MANIFEST)
+    plain = subprocess.run([*SWIPR, "predict", str(out), str(images[0])], cwd=ROOT, capture_output=True, text=True)
+    assert plain.returncode == 0
+    answer, p_yes, image = plain.stdout.split()
+    assert answer in ("YES", "NO") and image == str(images[0]) and 0 <= float(p_yes) <= 1
+
+
+def test_cli_refuses_a_bundle_with_one_byte_changed(served, tmp_path):
+    out, images, _ = served
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    for file in out.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    data = bytearray((copy / bundle.ONNX).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / bundle.ONNX).write_bytes(bytes(data))
+    done = subprocess.run([*SWIPR, "predict", str(copy), str(images[0])], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.onnx" in lines[0] and "does not match" in lines[0]
