@@ -1,4 +1,10 @@
-"""`swipr study run`: prepare the data once, then run trials against the study's storage."""
+"""`swipr study run`: prepare the data once, then run trials against the study's storage.
+
+Without --workers/--gpus the trials run here, one after another. With them, a supervisor
+(search/workers.py) runs each trial in a fresh process per slot. Either way a trial goes
+through `run_worker`: heartbeats, the data fingerprint check, `build_objective`, then
+Optuna's optimize loop.
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,24 +18,101 @@ def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def run_study(args: argparse.Namespace) -> int:
+def build_objective(study_file, dataset, device: str | None, checkpoints, hooks=()):
+    """The study file's objective: fine-tune with the trial's params, checkpoint every epoch."""
     from objectives.finetune import FinetuneObjective
-    from search.study import check_fingerprint, data_spec, describe_trial, enqueue_warm_start, open_study
-    from search.study_file import load_study_file
-    from search.storage import redact
-    from swipr_core.data import prepare_data
-    from swipr_core.errors import SwiprError
     from swipr_core.model import ModelSpec
 
+    model = study_file.model
+    return FinetuneObjective(
+        dataset, study_file.space, ModelSpec(model.arch, model.pretrained, model.weights),
+        head_epochs=study_file.train.head_epochs, seed=study_file.study.seed,
+        device=device or study_file.train.device, precision=study_file.train.precision,
+        checkpoint_dir_for=checkpoints.dir_for, **({"hooks": list(hooks)} if hooks else {}),
+    )
+
+
+def run_worker(study_file, dataset, *, n_trials: int, timeout: float | None = None, device: str | None = None,
+               slot: str = "0", hooks=(), callbacks=()):
+    """One worker: `n_trials` trials on the study, with heartbeats, resumable retries and OOM
+    handling; the data fingerprint is checked before anything trains. Returns the study."""
+    from search.oom import OutOfMemoryGuard, free_memory
+    from search.retry import Checkpoints, ResumableObjective, checkpoint_root, open_worker_study
+    from search.study import check_fingerprint
+
+    checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
+    study = open_worker_study(study_file, checkpoints, slot)
+    check_fingerprint(study, dataset, study_file)
+    objective = build_objective(study_file, dataset, device, checkpoints, hooks)
+    objective = ResumableObjective(OutOfMemoryGuard(objective, study_file.space), checkpoints)
+
+    def tidy(study, trial) -> None:
+        free_memory()   # what the trial left behind goes before the next one allocates
+
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, tidy],
+                   catch=(RuntimeError, ValueError))
+    return study
+
+
+def run_trial_process(task) -> int:
+    """A trial process under `--workers`/`--gpus`: one trial, then exit (status as the CLI's)."""
+    import sys
+    import warnings
+
+    from search.storage import redact_output
+    from search.study import data_spec, describe_trial
+    from search.study_file import load_study_file
+    from search.workers import stop_requested
+    from swipr_core.data import prepare_data
+    from swipr_core.errors import SwiprError
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+    try:
+        study_file = load_study_file(task.study_file)
+        redact_output(study_file.study.storage)
+        _quiet_optuna()
+        dataset = prepare_data(data_spec(study_file))
+        if stop_requested():
+            return 130
+
+        def announce(study, trial) -> None:
+            print(f"{task.slot.label}: {describe_trial(trial)}", flush=True)
+
+        run_worker(study_file, dataset, n_trials=1, device=task.device, slot=str(task.slot.index),
+                   callbacks=[announce])
+    except SwiprError as error:
+        print(f"swipr: error: {task.slot.label}: {error}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def run_study(args: argparse.Namespace) -> int:
+    from search.study import check_fingerprint, data_spec, describe_trial, enqueue_warm_start, open_study
+    from search.study_file import load_study_file
+    from search.storage import redact, redact_output
+    from search.workers import make_slots, supervise
+    from swipr_core.data import prepare_data
+    from swipr_core.errors import SwiprError
+
     study_file = load_study_file(args.study_file)
+    redact_output(study_file.study.storage)
     n_trials = study_file.study.n_trials if args.n_trials is None else args.n_trials
     if n_trials < 1:
         raise SwiprError(f"--n-trials must be 1 or more, got {n_trials}")
     timeout = args.timeout if args.timeout is not None else (study_file.study.timeout or None)
     if timeout is not None and (timeout <= 0 or not math.isfinite(timeout)):
         raise SwiprError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    slots = make_slots(getattr(args, "workers", None), getattr(args, "gpus", None),
+                       getattr(args, "trials_per_gpu", None))
+    device = _device(args.device or study_file.train.device, slots)
     _quiet_optuna()
 
+    from swipr_core.model import ModelSpec, check_model
+
+    # A typo in the arch or an offline hub should fail now, not after the image cache is built.
+    check_model(ModelSpec(study_file.model.arch, study_file.model.pretrained, study_file.model.weights))
     dataset = prepare_data(data_spec(study_file))
     counts = dataset.split.counts()
     print(f"data: {len(dataset.split)} images, YES {counts['YES']}, NO {counts['NO']}, "
@@ -39,23 +122,32 @@ def run_study(args: argparse.Namespace) -> int:
     if enqueue_warm_start(study, study_file):
         print("warm start: the notebook's configurations go first")
     done_before = len(study.trials)
+    parallel = getattr(args, "workers", None) is not None or getattr(args, "gpus", None) is not None
+    where = f" on {len(slots)} worker{'s' if len(slots) != 1 else ''}" if parallel else ""
     print(f"study '{study.study_name}' in {redact(study_file.study.storage)}: "
-          f"{done_before} trials so far, running {n_trials} more")
+          f"{done_before} trials so far, running {n_trials} more{where}", flush=True)
 
-    model = study_file.model
-    objective = FinetuneObjective(
-        dataset, study_file.space, ModelSpec(model.arch, model.pretrained, model.weights),
-        head_epochs=study_file.train.head_epochs, seed=study_file.study.seed,
-        device=args.device or study_file.train.device, precision=study_file.train.precision,
-    )
+    status = 0
+    if parallel:
+        status = supervise(study_file.path, study_file.study.storage, slots, n_trials, timeout, device)
+    else:
+        def announce(study, trial) -> None:
+            print(describe_trial(trial), flush=True)
 
-    def announce(study, trial) -> None:
-        print(describe_trial(trial), flush=True)
-
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[announce],
-                   catch=(RuntimeError, ValueError))
+        run_worker(study_file, dataset, n_trials=n_trials, timeout=timeout, device=device, callbacks=[announce])
     _print_best(study)
-    return 0
+    return status
+
+
+def _device(device: str, slots) -> str:
+    """With --gpus each process sees only its GPU, which is cuda (cuda:0) to it."""
+    from swipr_core.errors import SwiprError
+
+    if slots[0].gpu is None:
+        return device
+    if device == "cpu":
+        raise SwiprError("--gpus runs trials on GPUs, but the device is cpu ([train] device or --device)")
+    return "cuda"
 
 
 def _print_best(study) -> None:
@@ -65,5 +157,3 @@ def _print_best(study) -> None:
         print("no trial completed yet")
         return
     print(f"best: trial {trial.number} val_loss {trial.value:.4f} params {json.dumps(trial.params)}")
-
-

@@ -1,6 +1,8 @@
 """The study file's sampler name -> an Optuna sampler, always seeded."""
 from __future__ import annotations
 
+import hashlib
+
 
 def make_sampler(name: str, seed: int):
     import optuna
@@ -14,3 +16,12 @@ def make_sampler(name: str, seed: int):
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed)
     raise ValueError(f"unknown sampler {name!r}")  # the study file parser already refused it
+
+
+def worker_seed(study_seed: int, *parts) -> int:
+    """A sampler seed for one worker, derived from the study's seed and what sets the worker
+    apart (machine, slot, trials so far). Two workers with the study's own seed would draw
+    the same random start-up configurations, and a run that continues a study would draw
+    the first run's again; the same parts give the same seed, so a lone worker is reproducible."""
+    text = ":".join(str(part) for part in (study_seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF

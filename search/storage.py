@@ -1,9 +1,42 @@
-"""Open a study's storage from a URL, with errors that name the URL (never its password)."""
+"""Open a study's storage from a URL, with errors that name the URL (never its password).
+
+One machine: SQLite in WAL mode, so readers never block the writer, with a long busy timeout,
+so 8 worker processes queue for the write lock instead of failing with "database is locked".
+SQLite rather than Optuna's JournalFileStorage because heartbeats (a dead worker's trial is
+failed and retried) exist only for RDBStorage, and `status`, `best` and optuna-dashboard
+already open sqlite:/// files. Several machines: PostgreSQL through an ordinary URL.
+"""
 from __future__ import annotations
 
+import sqlite3
+import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from swipr_core.errors import SwiprError
+
+SQLITE_BUSY_TIMEOUT_S = 300   # a worker waits this long for the write lock before it fails
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A running trial beats every `interval` s; one silent for `grace_period` s is failed,
+    then retried (at most `max_retry` times) by whichever worker notices it first."""
+
+    interval: int = 60
+    grace_period: int = 180
+    max_retry: int = 3
+
+
+def normalize_url(url: str) -> str:
+    """Accept the URL a database admin hands out. postgres:// and postgresql:// without a
+    driver go through psycopg2 (a dependency): SQLAlchemy 2.1 would pick psycopg 3, which
+    isn't installed. An explicit driver (postgresql+psycopg://...) is left alone."""
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg2://" + url[len(scheme):]
+    return url
 
 
 def redact(url: str) -> str:
@@ -16,46 +49,96 @@ def redact(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
+def password_of(url: str) -> str | None:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(normalize_url(url)).password or None
+    except Exception:
+        return None
+
+
+def redact_text(text: str, url: str) -> str:
+    password = password_of(url)
+    return text.replace(password, "***") if password else text
+
+
 def sqlite_path(url: str) -> Path | None:
     if url.startswith("sqlite:///"):
         return Path(url[len("sqlite:///"):])
     return None
 
 
-def open_storage(url: str, create: bool = True):
+def _use_wal(path: Path) -> None:
+    # WAL is a property of the database file: set once, every later connection uses it.
+    connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+    finally:
+        connection.close()
+
+
+def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = None, on_stale=None):
     """An Optuna storage for `url`. With create=False a missing SQLite file is an error
-    instead of a new empty database (status and best must not create files)."""
+    instead of a new empty database (status and best must not create files). With
+    `heartbeat`, running trials beat and stale ones are handed to `on_stale(study, trial)`."""
     import optuna
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    url = normalize_url(url)
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise SwiprError(f"storage URL {redact(url)!r} is not a database URL (e.g. sqlite:///study.db, "
                          f"postgresql://user:pass@host/db)") from None
+    engine_kwargs: dict = {}
     path = sqlite_path(url)
     if path is not None:
         if not create and not path.is_file():
             raise SwiprError(f"storage {redact(url)}: no such database file (run `swipr study run` first)")
         if create and not path.parent.is_dir():
             raise SwiprError(f"storage {redact(url)}: folder {path.parent} does not exist")
-    engine_kwargs = {}
-    if parsed.get_backend_name() == "sqlite":
-        # Wait for another writer rather than fail at once with "database is locked".
-        engine_kwargs["connect_args"] = {"timeout": 60}
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    elif parsed.get_backend_name() == "postgresql":
+        # A worker holds its connection for hours; check it before use after a server restart.
+        engine_kwargs["pool_pre_ping"] = True
+    heartbeat_kwargs = {}
+    if heartbeat is not None:
+        heartbeat_kwargs = {"heartbeat_interval": heartbeat.interval, "grace_period": heartbeat.grace_period,
+                            "heartbeat_stale_trial_callback": on_stale}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        if path is not None and create:
+            _use_wal(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)   # heartbeats
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
     except Exception as error:  # driver, DNS, auth and schema errors all land here
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SwiprError(f"storage {redact(url)}: can't open it: {redact_text(reason, url)}") from None
 
 
-def redact_text(text: str, url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
+class RedactingStream:
+    """A text stream that writes through to `stream` with the password replaced by ***:
+    whatever a worker prints, a traceback included, can't show the storage password."""
 
-        password = make_url(url).password
-    except Exception:
-        password = None
-    return text.replace(password, "***") if password else text
+    def __init__(self, stream, password: str):
+        self._stream, self._password = stream, password
+
+    def write(self, text: str) -> int:
+        self._stream.write(text.replace(self._password, "***"))
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def redact_output(url: str) -> None:
+    """From here on, this process's stdout and stderr never show `url`'s password."""
+    password = password_of(url)
+    if not password:
+        return
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if not isinstance(stream, RedactingStream):
+            setattr(sys, name, RedactingStream(stream, password))

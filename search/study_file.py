@@ -35,6 +35,9 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "warm_start": (bool, True),         # enqueue the notebook's configurations first
         "n_trials": (int, 20),
         "timeout": ((int, float), 0),       # seconds; 0 = none
+        "heartbeat_interval": (int, 60),    # seconds between a running trial's heartbeats
+        "grace_period": (int, 180),         # a trial silent this long is failed and retried
+        "max_retry": (int, 3),              # times one trial is retried after its worker died
     },
     "data": {
         "database": (str, None),            # required: the pics SQLite database
@@ -84,6 +87,9 @@ class StudySection:
     n_trials: int
     timeout: float
     storage_from_file: bool = True   # False when SWIPR_STORAGE or the default supplied it
+    heartbeat_interval: int = 60
+    grace_period: int = 180
+    max_retry: int = 3
 
 
 @dataclass(frozen=True)
@@ -324,6 +330,14 @@ def load_study_file(path: str | Path) -> StudyFile:
     for key in ("n_trials", "pruner_startup_trials", "pruner_warmup_epochs"):
         if study[key] < 0:
             raise SwiprError(f"{path}: [study] {key} must be 0 or more, got {study[key]}")
+    for key in ("heartbeat_interval", "grace_period"):
+        if study[key] < 1:
+            raise SwiprError(f"{path}: [study] {key} must be 1 second or more, got {study[key]}")
+    if study["grace_period"] <= study["heartbeat_interval"]:
+        raise SwiprError(f"{path}: [study] grace_period ({study['grace_period']}) must be longer than "
+                         f"heartbeat_interval ({study['heartbeat_interval']}), or live trials are failed")
+    if study["max_retry"] < 0:
+        raise SwiprError(f"{path}: [study] max_retry must be 0 or more, got {study['max_retry']}")
     if study["timeout"] < 0 or not math.isfinite(study["timeout"]):
         raise SwiprError(f"{path}: [study] timeout must be 0 (none) or a positive number of seconds")
     storage, storage_from_file = _storage_url(path, study["storage"])
@@ -360,6 +374,9 @@ def load_study_file(path: str | Path) -> StudyFile:
             n_trials=study["n_trials"],
             timeout=float(study["timeout"]),
             storage_from_file=storage_from_file,
+            heartbeat_interval=study["heartbeat_interval"],
+            grace_period=study["grace_period"],
+            max_retry=study["max_retry"],
         ),
         data=DataSection(
             database=database,

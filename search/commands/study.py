@@ -17,6 +17,10 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     run_p.add_argument("--n-trials", type=int, metavar="N", help="trials to run now (default: [study] n_trials)")
     run_p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
     run_p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: [train] device)")
+    run_p.add_argument("--workers", type=int, metavar="K",
+                       help="run K worker processes, a fresh process per trial (default: one, in this process)")
+    run_p.add_argument("--gpus", metavar="0,1,..", help="one worker per GPU, each seeing only its GPU")
+    run_p.add_argument("--trials-per-gpu", type=int, metavar="K", help="with --gpus: K workers per GPU (default 1)")
     run_p.set_defaults(func=_run)
 
     status_p = actions.add_parser("status", help="list the study's trials")

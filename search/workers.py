@@ -1,0 +1,183 @@
+"""Several worker processes on one study: slots, a fresh process per trial, signals.
+
+Each slot (`--workers K`, or `--gpus 0,1 --trials-per-gpu K` with only its GPU visible) runs
+its trials one after another, each in a FRESH process forked from a forkserver that has
+already imported torch and fastai: GPU and host memory are given back to the system after
+every trial, and a new process starts in well under a second. The storage URL travels in the
+pickled task and the environment, never on a command line. Ctrl-C (or SIGTERM) asks every
+trial process to stop once; Optuna records its trial FAIL and a retry is enqueued that resumes
+from the trial's checkpoint. A process that ignores the request is killed after a while, and
+the heartbeat fails and retries its trial.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+
+from swipr_core.errors import SwiprError
+
+STOP_WAIT_S = 60         # how long a stopping trial may take to record itself before SIGKILL
+MAX_CRASHES_IN_A_ROW = 3  # trial processes that die one after another before the run gives up
+# Imported once by the forkserver; this module first, so its warning filter applies there too.
+PRELOAD = ["search.workers", "torch", "fastai.learner", "timm", "objectives.finetune", "search.run"]
+
+# torch.jit's deprecation notice fires on importing fastai (as in search/cli.py).
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    gpu: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"worker {self.index}" + (f" (GPU {self.gpu})" if self.gpu is not None else "")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one trial process needs; pickled to it, so the URL never reaches an argv."""
+
+    study_file: str
+    slot: Slot
+    device: str | None
+    env: dict = field(default_factory=dict)
+
+
+def parse_gpus(text: str) -> list[int]:
+    try:
+        gpus = [int(part) for part in text.split(",") if part.strip() != ""]
+    except ValueError:
+        raise SwiprError(f"--gpus must be GPU numbers separated by commas (e.g. 0,1,2,3), got {text!r}") from None
+    if not gpus or any(gpu < 0 for gpu in gpus) or len(set(gpus)) != len(gpus):
+        raise SwiprError(f"--gpus must be distinct GPU numbers, 0 or more, separated by commas, got {text!r}")
+    return gpus
+
+
+def make_slots(workers: int | None, gpus: str | None, trials_per_gpu: int | None) -> list[Slot]:
+    if gpus is None:
+        if trials_per_gpu is not None:
+            raise SwiprError("--trials-per-gpu needs --gpus")
+        count = 1 if workers is None else workers
+        if count < 1:
+            raise SwiprError(f"--workers must be 1 or more, got {count}")
+        return [Slot(i) for i in range(count)]
+    if workers is not None:
+        raise SwiprError("give --workers or --gpus, not both (--trials-per-gpu sets workers per GPU)")
+    per_gpu = 1 if trials_per_gpu is None else trials_per_gpu
+    if per_gpu < 1:
+        raise SwiprError(f"--trials-per-gpu must be 1 or more, got {per_gpu}")
+    return [Slot(i * per_gpu + k, gpu) for i, gpu in enumerate(parse_gpus(gpus)) for k in range(per_gpu)]
+
+
+# --- inside a trial process -------------------------------------------------------------
+
+_state = {"in_trial": False, "stop": False}
+
+
+def stop_requested() -> bool:
+    return _state["stop"]
+
+
+def in_trial(flag: bool) -> None:
+    """Marks the objective's span: a stop request interrupts a trial, not Optuna's bookkeeping."""
+    _state["in_trial"] = flag
+
+
+def _on_stop(signum, frame) -> None:
+    first = not _state["stop"]
+    _state["stop"] = True
+    if first and _state["in_trial"]:
+        raise KeyboardInterrupt
+
+
+def _trial_process(task: Task) -> None:
+    # The terminal's Ctrl-C reaches every process in the group; only the supervisor acts on
+    # it, and asks each trial process once, with SIGTERM, so no trial is interrupted twice.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_stop)
+    os.environ.update(task.env)   # before anything touches CUDA
+    from search.run import run_trial_process
+
+    sys.exit(run_trial_process(task))
+
+
+# --- the supervisor ---------------------------------------------------------------------
+
+
+def supervise(study_file_path, storage_url: str, slots: list[Slot], n_trials: int, timeout: float | None,
+              device: str | None) -> int:
+    """Run `n_trials` trials over `slots`; return the exit status (0, 1 or 2)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    deadline = time.monotonic() + timeout if timeout else None
+    running: dict = {}   # sentinel -> (process, slot)
+    free = list(slots)
+    budget, status, crashes = n_trials, 0, 0
+
+    def start(slot: Slot) -> None:
+        env = {"SWIPR_STORAGE": storage_url}
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
+        process = context.Process(target=_trial_process, name=f"swipr-{slot.index}",
+                                  args=(Task(str(study_file_path), slot, device, env),))
+        process.start()
+        running[process.sentinel] = (process, slot)
+
+    try:
+        while True:
+            while free and budget > 0 and status == 0 and not (deadline and time.monotonic() >= deadline):
+                start(free.pop(0))
+                budget -= 1
+            if not running:
+                return status
+            for sentinel in wait(list(running), timeout=1.0):
+                process, slot = running.pop(sentinel)
+                process.join()
+                free.append(slot)
+                code = process.exitcode
+                if code == 0:
+                    crashes = 0
+                    continue
+                if code == 2:   # the process printed a SwiprError: the same would happen again
+                    status = 2
+                    continue
+                if code == 130:   # stopped by a signal someone sent it; its trial was recorded
+                    continue
+                crashes += 1
+                why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+                print(f"{slot.label}: trial process {why}; a trial it left running is failed after the "
+                      f"grace period and retried", file=sys.stderr, flush=True)
+                if crashes >= MAX_CRASHES_IN_A_ROW:
+                    print(f"swipr: {crashes} trial processes in a row died; stopping", file=sys.stderr, flush=True)
+                    status = 1
+    except KeyboardInterrupt:
+        _stop_all(running)
+        raise
+
+
+def _stop_all(running: dict) -> None:
+    print(f"stopping {len(running)} running trial{'s' if len(running) != 1 else ''}…", file=sys.stderr, flush=True)
+    for process, _ in running.values():
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_WAIT_S
+    for process, slot in running.values():
+        while process.is_alive():
+            try:
+                process.join(max(0.0, deadline - time.monotonic()))
+                break
+            except KeyboardInterrupt:   # a second Ctrl-C: stop waiting
+                deadline = 0
+        if process.is_alive():
+            print(f"{slot.label}: did not stop in {STOP_WAIT_S} s; killed (its trial is retried later)",
+                  file=sys.stderr, flush=True)
+            process.kill()
+            process.join()
