@@ -1,0 +1,180 @@
+"""`swipr fit`: a small study's best trial replayed exactly, thresholded and bundled."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from swipr_core import bundle
+from swipr_core.errors import SwiprError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """Three unpruned trials of a tiny study, then a fit of the best one — all on one CPU
+    thread, where a replay is bit-identical whatever else the machine is doing."""
+    import torch
+
+    from search.fit import fit
+    from search.run import run_study
+    from swipr_core.demo_data import write_demo_data
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("fit")
+    write_demo_data(root / "demo-data", n_images=120, image_px=48)
+    (root / "studies").mkdir()
+    text = (ROOT / "studies/demo.toml").read_text()
+    for old, new in (("n_trials = 14", "n_trials = 3"), ('pruner = "median"', 'pruner = "none"'),
+                     ("n_cycles = [2, 3]", "n_cycles = 2"), ("cycle_mult = [1, 2]", "cycle_mult = 1")):
+        assert old in text
+        text = text.replace(old, new)
+    study_path = root / "studies" / "demo.toml"
+    study_path.write_text(text)
+    try:
+        run_study(argparse.Namespace(study_file=study_path, n_trials=None, timeout=None, device="cpu"))
+        lines: list[str] = []
+        outcome = fit(study_path, root / "bundle", echo=lines.append)
+    finally:
+        torch.set_num_threads(threads)
+    return study_path, outcome, lines
+
+
+def _study(study_path):
+    from search.study import open_study
+    from search.study_file import load_study_file
+
+    return open_study(load_study_file(study_path), create=False)
+
+
+def test_replay_reproduces_the_best_trial(fitted):
+    study_path, outcome, lines = fitted
+    study = _study(study_path)
+    best = study.best_trial
+    assert outcome.trial_number == best.number
+    # Same params, seed, data and thread count on a CPU: the same final loss, to the bit.
+    assert outcome.replay_value == best.value
+    assert outcome.matched
+    assert any("equals the trial's exactly" in line and "tolerance" in line for line in lines)
+    manifest = outcome.manifest
+    assert manifest["replay"]["difference"] == 0.0 and manifest["replay"]["tolerance"] > 0
+    assert manifest["trial"] == best.number and manifest["study"] == "demo"
+    assert manifest["params"] == best.params and manifest["seed"] == best.user_attrs["seed"]
+    assert manifest["data_fingerprint"] == best.user_attrs["data_fingerprint"]
+    assert manifest["image_size"] == best.params["image_size"] and manifest["cache_px"] == 48
+
+
+def test_metrics_for_skewed_data_and_the_threshold(fitted):
+    _, outcome, lines = fitted
+    metrics = outcome.manifest["metrics"]
+    for key in ("roc_auc", "pr_auc", "balanced_accuracy", "accuracy", "majority_accuracy", "f1"):
+        assert 0 <= metrics[key] <= 1, key
+    # The demo data is mostly NO: the baseline is always-NO's accuracy.
+    assert metrics["majority_class"] == "NO" and metrics["majority_accuracy"] == 1 - metrics["valid_yes_fraction"]
+    assert outcome.manifest["threshold"] == metrics["threshold"]
+    assert outcome.manifest["threshold_rule"].startswith("best F1")
+    assert any(line.startswith("validation (") and "majority baseline" in line for line in lines)
+
+
+def test_bundle_is_verified_linked_and_export_equals_pytorch(fitted):
+    import timm
+    import torch
+    from safetensors.torch import load_file
+
+    from search.fit import link_attr
+    from swipr_core.export import ServingModel, torch_probs
+    from swipr_core.loaders import Augment
+    from swipr_core.predict import Predictor
+
+    study_path, outcome, _ = fitted
+    verified = bundle.verify(outcome.bundle, load=(bundle.ONNX, bundle.WEIGHTS))
+    assert verified.manifest_sha256 == outcome.manifest_sha256
+    assert set(verified.manifest["files"]) == {bundle.ONNX, bundle.WEIGHTS}
+    assert verified.manifest["export_check"]["max_abs_difference"] <= verified.manifest["export_check"]["tolerance"]
+    assert verified.manifest["libraries"]["torch"] == torch.__version__.split("+")[0]
+    link = _study(study_path).user_attrs[link_attr(outcome.trial_number)]
+    assert link == {"bundle": str(outcome.bundle), "manifest_sha256": outcome.manifest_sha256}
+
+    # Rebuild the network from the safetensors weights alone and compare it with the ONNX
+    # model that predict runs, on random cache-sized images.
+    manifest = verified.manifest
+    model = timm.create_model(manifest["arch"], pretrained=False, num_classes=2)
+    model.load_state_dict(load_file(str(outcome.bundle / bundle.WEIGHTS)))
+    serving = ServingModel(model.eval(), Augment(manifest["image_size"], tuple(manifest["mean"]),
+                                                 tuple(manifest["std"])))
+    images = np.random.default_rng(1).integers(0, 256, (9, 48, 48, 3), dtype=np.uint8)
+    np.testing.assert_allclose(Predictor(outcome.bundle).model.probs(images), torch_probs(serving, images),
+                               atol=1e-5)
+    assert not np.allclose(torch_probs(serving, images), torch_probs(serving, images)[0])   # not a constant
+
+
+def test_only_complete_trials_replay(fitted, tmp_path):
+    from search.fit import fit
+
+    study_path, _, _ = fitted
+    study = _study(study_path)
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params=study.best_trial.params,
+        distributions=study.best_trial.distributions, intermediate_values={0: 0.5}))
+    pruned = study.trials[-1].number
+    with pytest.raises(SwiprError, match="PRUNED, not COMPLETE"):
+        fit(study_path, tmp_path / "b", trial_number=pruned, echo=lambda line: None)
+    with pytest.raises(SwiprError, match="no such trial"):
+        fit(study_path, tmp_path / "b", trial_number=999, echo=lambda line: None)
+    assert not (tmp_path / "b").exists()
+
+
+def test_changed_data_is_refused(fitted, tmp_path, monkeypatch):
+    import swipr_core.data
+    from search.fit import fit
+
+    study_path, _, _ = fitted
+    real = swipr_core.data.prepare_data
+
+    class Other:
+        def __init__(self, dataset):
+            self.split, self.cache, self.fingerprint = dataset.split, dataset.cache, "0123456789abcdef"
+
+    monkeypatch.setattr(swipr_core.data, "prepare_data", lambda spec, **kw: Other(real(spec, **kw)))
+    with pytest.raises(SwiprError, match="data fingerprint 0123456789abcdef differs"):
+        fit(study_path, tmp_path / "b", echo=lambda line: None)
+
+
+def test_cli_refuses_a_folder_that_is_not_a_bundle(fitted, tmp_path):
+    study_path, _, _ = fitted
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "keep.jpg").write_bytes(b"x")
+    done = subprocess.run([sys.executable, "-m", "search.cli", "fit", str(study_path), "--out",
+                           str(tmp_path / "photos")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "refusing to overwrite" in done.stderr
+    assert (tmp_path / "photos" / "keep.jpg").read_bytes() == b"x"
+
+
+def test_target_precision_threshold():
+    from swipr_core.metrics import choose_threshold, classification_report
+
+    probs = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9])
+    targets = np.array([0, 0, 1, 0, 0, 1, 1, 1])
+    # Best F1: YES from 0.7 up (precision 1, recall 0.75: F1 0.857) beats YES from 0.3 up (4/6, 1: F1 0.8).
+    best = choose_threshold(probs, targets)
+    assert best.value == 0.7 and classification_report(probs, targets, best.value)["precision"] == 1.0
+    precise = choose_threshold(probs, targets, target_precision=0.7)
+    assert precise.value == 0.6   # the lowest cut with precision >= 0.7 (3/4 = 0.75)
+    report = classification_report(probs, targets, precise.value)
+    assert report["precision"] == 0.75 and report["recall"] == 0.75
+    assert report["balanced_accuracy"] == pytest.approx((0.75 + 0.75) / 2)
+    assert report["majority_accuracy"] == 0.5
+    with pytest.raises(SwiprError, match="between 0 and 1"):
+        choose_threshold(probs, targets, target_precision=1.5)
+    # Unreachable (the most confident answer is wrong): the most precise cut, said so.
+    flipped = choose_threshold(probs, 1 - targets, target_precision=0.9)
+    assert "not reached" in flipped.rule
