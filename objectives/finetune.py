@@ -55,7 +55,7 @@ class FinetuneObjective:
 
     def __init__(self, dataset: Dataset, space: dict, model_spec: ModelSpec, *, head_epochs: int = 1,
                  seed: int = 0, device: str = "auto", precision: str = "auto", checkpoint_dir_for=None,
-                 on_result=None):
+                 on_result=None, hooks=()):
         self.dataset = dataset
         self.space = space
         self.model_spec = model_spec
@@ -67,25 +67,45 @@ class FinetuneObjective:
         self.checkpoint_dir_for = checkpoint_dir_for or (lambda trial: None)
         # (trial, TrainResult) -> None: artifacts, notes, anything after a finished run
         self.on_result = on_result
+        # Objects with any of on_start(trial, config), on_epoch(trial, record),
+        # on_result(trial, result), on_stop(trial, history, error): progress bars, pictures.
+        self.hooks = list(hooks)
+
+    def _call(self, event: str, *args) -> None:
+        for hook in self.hooks:
+            method = getattr(hook, event, None)
+            if method is not None:
+                method(*args)
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = config_from_trial(trial, self.space, self.head_epochs, trial_seed(self.seed, trial.number))
         trial.set_user_attr("seed", config.seed)
         trial.set_user_attr("planned_epochs", config.epochs)
         trial.set_user_attr("data_fingerprint", self.dataset.fingerprint)
+        self._call("on_start", trial, config)
+        seen: list[EpochRecord] = []   # what a pruned or failed run reached, for on_stop
 
         def report(record: EpochRecord) -> None:
+            seen.append(record)
+            self._call("on_epoch", trial, record)
             trial.report(record.valid_loss, step=record.epoch)
             trial.set_user_attr("epochs", record.epoch + 1)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {record.epoch} (val_loss {record.valid_loss:.4f})")
 
-        result: TrainResult = train(self.dataset, config, self.model_spec, device=self.device,
-                                    precision=self.precision, on_epoch=report,
-                                    checkpoint_dir=self.checkpoint_dir_for(trial))
+        try:
+            result: TrainResult = train(self.dataset, config, self.model_spec, device=self.device,
+                                        precision=self.precision, on_epoch=report,
+                                        checkpoint_dir=self.checkpoint_dir_for(trial))
+        except Exception as error:
+            # Still RUNNING here, so hooks may write to the trial; then Optuna records
+            # PRUNED or FAIL from the same exception.
+            self._call("on_stop", trial, seen, error)
+            raise
         for key, value in result.metrics.items():
             if key != "val_loss":
                 trial.set_user_attr(key, value)
         if self.on_result is not None:
             self.on_result(trial, result)
+        self._call("on_result", trial, result)
         return result.metrics["val_loss"]

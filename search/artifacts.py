@@ -1,0 +1,257 @@
+"""Pictures and notes of a study, stored as Optuna artifacts that optuna-dashboard shows.
+
+Every trial gets its loss/accuracy curves and the learning-rate schedule it actually ran
+(pruned and failed trials too, up to the epoch they reached); a finished trial also gets a
+confusion matrix and a ROC curve of its last epoch. Each trial gets a markdown note of its
+params and metrics, the study one of its data. A picture that can't be drawn or stored is
+reported on stderr and skipped: it must never turn a finished trial into a failed one.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+
+# Artifact file names: the report finds the best trial's pictures by these.
+CURVES_PNG = "curves.png"
+LR_PNG = "lr_schedule.png"
+CONFUSION_PNG = "confusion_matrix.png"
+ROC_PNG = "roc_curve.png"
+PICTURES = (CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG)
+
+
+def artifact_dir(study_file) -> Path:
+    """Where a study's artifacts live: $SWIPR_ARTIFACT_DIR, else `<study stem>.artifacts/` beside
+    the study file (a shared folder is needed when workers on several machines share a study)."""
+    configured = os.environ.get("SWIPR_ARTIFACT_DIR", "")
+    if configured:
+        return Path(configured).expanduser().resolve()
+    return study_file.path.parent / f"{study_file.path.stem}.artifacts"
+
+
+def open_artifact_store(directory: Path, create: bool = True) -> FileSystemArtifactStore:
+    if create:
+        directory.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(directory)
+
+
+# --- pictures -------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")   # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _shade_phases(ax, history) -> None:
+    """Grey band over the frozen epochs, so the unfreezing point shows on every curve."""
+    frozen = [r.epoch for r in history if r.phase == "frozen"]
+    if frozen:
+        ax.axvspan(min(frozen) - 0.5, max(frozen) + 0.5, color="0.9", zorder=0, label="frozen body")
+
+
+def plot_curves(history, path: Path, title: str) -> Path:
+    """Train and validation loss, and validation accuracy, per epoch."""
+    plt = _pyplot()
+    epochs = [r.epoch for r in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
+    _shade_phases(loss_ax, history)
+    loss_ax.plot(epochs, [r.train_loss for r in history], "o-", label="train loss")
+    loss_ax.plot(epochs, [r.valid_loss for r in history], "o-", label="valid loss")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("cross-entropy")
+    loss_ax.legend(fontsize="small")
+    _shade_phases(acc_ax, history)
+    acc_ax.plot(epochs, [r.accuracy for r in history], "o-", color="C2", label="valid accuracy")
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("accuracy")
+    acc_ax.set_ylim(0, 1)
+    acc_ax.legend(fontsize="small")
+    for ax in (loss_ax, acc_ax):
+        ax.set_xticks(epochs)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_lr(history, path: Path, title: str) -> Path:
+    """The head's learning rate at every batch, on the epoch axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    _shade_phases(ax, history)
+    xs, ys = [], []
+    for record in history:
+        n = len(record.lrs)
+        xs += [record.epoch - 0.5 + (i + 0.5) / n for i in range(n)]
+        ys += record.lrs
+    ax.plot(xs, ys, color="C0")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate (head)")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def confusion(probs, targets, threshold: float = 0.5) -> list[list[int]]:
+    """[[NO->NO, NO->YES], [YES->NO, YES->YES]]: rows are the truth, columns the answer."""
+    matrix = [[0, 0], [0, 0]]
+    for p, t in zip(probs, targets):
+        matrix[int(t)][int(p >= threshold)] += 1
+    return matrix
+
+
+def plot_confusion(probs, targets, path: Path, title: str) -> Path:
+    plt = _pyplot()
+    matrix = confusion(probs, targets)
+    fig, ax = plt.subplots(figsize=(4, 3.8))
+    ax.imshow(matrix, cmap="Blues")
+    peak = max(max(row) for row in matrix) or 1
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=14,
+                    color="white" if matrix[i][j] > peak / 2 else "black")
+    ax.set_xticks([0, 1], ["NO", "YES"])
+    ax.set_yticks([0, 1], ["NO", "YES"])
+    ax.set_xlabel("model says")
+    ax.set_ylabel("label")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_roc(probs, targets, path: Path, title: str) -> Path:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4, 3.8))
+    ax.plot([0, 1], [0, 1], ":", color="0.6", label="chance")
+    if len(set(int(t) for t in targets)) == 2:
+        fpr, tpr, _ = roc_curve(targets, probs)
+        ax.plot(fpr, tpr, color="C1", label=f"AUC {roc_auc_score(targets, probs):.3f}")
+    else:   # one class only in the validation set: no curve to draw, say so on the picture
+        ax.text(0.5, 0.5, "validation set has one class only", ha="center")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate (YES)")
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="lower right")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    _pyplot().close(fig)
+    return path
+
+
+# --- notes ------------------------------------------------------------------------------------
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def trial_note(number: int, state: str, params: dict, metrics: dict) -> str:
+    lines = [f"## Trial {number}: {state}", "", "| param | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in params.items()]
+    if metrics:
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()]
+    return "\n".join(lines) + "\n"
+
+
+def study_note(name: str, counts: dict, excluded: dict, fingerprint: str) -> str:
+    yes, no = counts.get("YES", 0), counts.get("NO", 0)
+    share = yes / (yes + no) if yes + no else math.nan
+    lines = [f"## Study {name}: data", "",
+             f"- images: {yes + no} (YES {yes}, NO {no}; YES share {share:.1%})",
+             f"- validation images: {counts.get('valid', 0)}",
+             f"- split fingerprint: `{fingerprint}`"]
+    if excluded:
+        lines += ["", "| excluded because | rows |", "|---|---|"]
+        lines += [f"| {reason} | {n} |" for reason, n in excluded.items()]
+        lines += [f"| **total** | {sum(excluded.values())} |"]
+    return "\n".join(lines) + "\n"
+
+
+def save_study_note(study: optuna.Study) -> None:
+    """The data note, from what search.study.check_fingerprint recorded on the study."""
+    from optuna_dashboard import save_note
+
+    attrs = study.user_attrs
+    save_note(study, study_note(study.study_name, attrs.get("data_counts", {}), attrs.get("data_excluded", {}),
+                                attrs.get("data_fingerprint", "?")))
+
+
+# --- the objective's hook -----------------------------------------------------------------------
+
+def _warn(trial, what: str, error: BaseException) -> None:
+    print(f"warning: trial {trial.number}: could not store {what}: {type(error).__name__}: {error}",
+          file=sys.stderr, flush=True)
+
+
+class TrialArtifacts:
+    """Objective hooks (see objectives.finetune) that upload each trial's pictures and note."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def on_result(self, trial, result) -> None:
+        metrics = {k: v for k, v in result.metrics.items()}
+        self._store(trial, "COMPLETE", result.history, metrics, result.valid_probs, result.valid_targets)
+
+    def on_stop(self, trial, history, error: BaseException) -> None:
+        state = "PRUNED" if isinstance(error, optuna.TrialPruned) else f"FAILED ({type(error).__name__})"
+        last = history[-1] if history else None
+        metrics = {"val_loss": last.valid_loss, "val_accuracy": last.accuracy, "epochs": len(history)} if last else {}
+        self._store(trial, state, history, metrics, None, None)
+
+    def _store(self, trial, state, history, metrics, probs, targets) -> None:
+        from optuna_dashboard import save_note
+
+        try:
+            save_note(trial, trial_note(trial.number, state, trial.params, metrics))
+        except Exception as error:  # noqa: BLE001 - a note is never worth a trial
+            _warn(trial, "its note", error)
+        if not history:
+            return
+        title = f"trial {trial.number} ({state.split()[0].lower()})"
+        with tempfile.TemporaryDirectory(prefix="swipr-plots-") as tmp:
+            drawings = [(CURVES_PNG, plot_curves, (history,)), (LR_PNG, plot_lr, (history,))]
+            if probs is not None:
+                drawings += [(CONFUSION_PNG, plot_confusion, (probs, targets)), (ROC_PNG, plot_roc, (probs, targets))]
+            for name, draw, data in drawings:
+                try:
+                    path = draw(*data, Path(tmp) / name, title)
+                    upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial,
+                                    mimetype="image/png")
+                except Exception as error:  # noqa: BLE001 - see the module docstring
+                    _warn(trial, name, error)
+
+
+def trial_pictures(trial: optuna.trial.FrozenTrial, storage, store) -> dict[str, bytes]:
+    """{file name: PNG bytes} of a stored trial's pictures (the newest upload of each name)."""
+    found: dict[str, bytes] = {}
+    for meta in get_all_artifact_meta(trial, storage=storage):
+        if meta.filename in PICTURES:
+            try:
+                with store.open_reader(meta.artifact_id) as reader:
+                    found[meta.filename] = reader.read()
+            except Exception:  # noqa: BLE001 - an artifact file deleted by hand: show the rest
+                continue
+    return found
+
+
+def make_objective_hooks(study_file, study: optuna.Study) -> list:
+    """The artifact hooks for a study's objective; writes the study's data note once."""
+    from optuna_dashboard import get_note
+
+    if not get_note(study).strip():
+        save_study_note(study)
+    return [TrialArtifacts(open_artifact_store(artifact_dir(study_file)))]

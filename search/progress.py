@@ -1,0 +1,139 @@
+"""What `swipr study run` shows while it works: two progress bars, then a summary table.
+
+On a terminal, tqdm draws one bar for the study's trials and one for the running trial's
+epochs, each labelled with the trial number and its params. Elsewhere (CI logs, pipes) a
+bar redrawn with carriage returns is noise, so the same events are plain lines instead.
+"""
+from __future__ import annotations
+
+import sys
+
+from optuna.trial import TrialState
+
+
+def short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def params_text(params: dict) -> str:
+    return " ".join(f"{k}={short(v)}" for k, v in params.items())
+
+
+class StudyProgress:
+    """Objective hooks (on_start, on_epoch, on_result, on_stop) plus an Optuna study callback."""
+
+    def __init__(self, n_trials: int, stream=None, bars: bool | None = None):
+        self.stream = stream or sys.stdout
+        self.bars = self.stream.isatty() if bars is None else bars
+        self.n_trials = n_trials
+        self.trial_bar = self.epoch_bar = None
+        self.finished: list[int] = []   # numbers of the trials this run finished
+        self.planned = 0   # epochs of the running trial
+        if self.bars:
+            from tqdm.auto import tqdm
+
+            self._tqdm = tqdm
+            self.trial_bar = tqdm(total=n_trials, desc="study", unit="trial", position=0, file=self.stream,
+                                  dynamic_ncols=True)
+
+    def write(self, line: str) -> None:
+        """A line that stays above the bars (or just a line, without bars)."""
+        if self.bars:
+            self._tqdm.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    # objective hooks
+
+    def on_start(self, trial, config) -> None:
+        label = f"trial {trial.number}  {params_text(trial.params)}"
+        self.planned = config.epochs
+        if self.bars:
+            self.trial_bar.set_postfix_str(f"running {label}")
+            if self.epoch_bar is not None:
+                self.epoch_bar.close()
+            self.epoch_bar = self._tqdm(total=config.epochs, desc=f"trial {trial.number}", unit="epoch",
+                                        position=1, leave=False, file=self.stream, dynamic_ncols=True)
+            self.epoch_bar.set_postfix_str(params_text(trial.params))
+        else:
+            self.write(f"{label}: started, {config.epochs} epochs")
+
+    def on_epoch(self, trial, record) -> None:
+        figures = (f"{record.phase} train_loss {record.train_loss:.4f} val_loss {record.valid_loss:.4f} "
+                   f"acc {record.accuracy:.3f}")
+        if self.bars and self.epoch_bar is not None:
+            self.epoch_bar.update(1)
+            self.epoch_bar.set_postfix_str(f"{figures}  {params_text(trial.params)}")
+        elif not self.bars:
+            self.write(f"trial {trial.number} epoch {record.epoch + 1}/{self.planned}: {figures}")
+
+    def on_result(self, trial, result) -> None:
+        self._close_epoch_bar()
+
+    def on_stop(self, trial, history, error) -> None:
+        self._close_epoch_bar()
+
+    def _close_epoch_bar(self) -> None:
+        if self.epoch_bar is not None:
+            self.epoch_bar.close()
+            self.epoch_bar = None
+
+    # Optuna study callback: after each trial is stored
+
+    def __call__(self, study, trial) -> None:
+        from search.study import describe_trial
+
+        self.finished.append(trial.number)
+        self.write(describe_trial(trial))
+        if self.bars:
+            self.trial_bar.update(1)
+            self.trial_bar.set_postfix_str(f"last: {describe_trial(trial)}")
+
+    def close(self) -> None:
+        self._close_epoch_bar()
+        if self.trial_bar is not None:
+            self.trial_bar.close()
+            self.trial_bar = None
+
+
+def hours_label(device: str) -> str:
+    """GPU-hours when the trials ran on CUDA, else CPU-hours."""
+    if device == "auto":
+        import torch
+
+        return "GPU-hours" if torch.cuda.is_available() else "CPU-hours"
+    return "GPU-hours" if device.startswith("cuda") else "CPU-hours"
+
+
+def summary_table(study, device: str, this_run=()) -> str:
+    """The end-of-run table: best trial, trials by state, compute spent in the whole study and in
+    the trials numbered `this_run`."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {state: sum(1 for t in trials if t.state == state)
+              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    label = hours_label(device)
+
+    def hours(ts) -> float:
+        return sum(t.duration.total_seconds() for t in ts if t.duration is not None) / 3600
+
+    this_run = [t for t in trials if t.number in set(this_run)]
+    completed = [t for t in trials if t.state == TrialState.COMPLETE]
+    rows = []
+    if completed:
+        best = min(completed, key=lambda t: t.value)
+        rows += [("best trial", str(best.number)), ("best val_loss", f"{best.value:.4f}")]
+        rows += [(f"  {k}", short(v)) for k, v in best.params.items()]
+        accuracy = best.user_attrs.get("val_accuracy")
+        if accuracy is not None:
+            rows.append(("best val_accuracy", f"{accuracy:.4f}"))
+    else:
+        rows.append(("best trial", "none completed yet"))
+    rows += [
+        ("trials", f"{len(trials)} ({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+                   f"{counts[TrialState.FAIL]} failed)"),
+        (label, f"{hours(trials):.4f} in the study, {hours(this_run):.4f} in this run ({len(this_run)} trials)"),
+    ]
+    width = max(len(key) for key, _ in rows)
+    rule = "-" * (width + 2 + max(len(value) for _, value in rows))
+    lines = [f"study '{study.study_name}'", rule] + [f"{key:<{width}}  {value}" for key, value in rows] + [rule]
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""Pictures and notes per trial: drawn, uploaded as Optuna artifacts, pruned trials included."""
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+from optuna.artifacts import get_all_artifact_meta
+from optuna_dashboard import get_note
+
+from objectives.finetune import FinetuneObjective
+from search.artifacts import (CONFUSION_PNG, CURVES_PNG, LR_PNG, ROC_PNG, TrialArtifacts, confusion,
+                              make_objective_hooks, open_artifact_store, plot_confusion, plot_curves, plot_lr,
+                              plot_roc, study_note, trial_note, trial_pictures)
+from search.study import check_fingerprint, data_spec, open_study
+from search.study_file import load_study_file
+from swipr_core.data import prepare_data
+from swipr_core.model import ModelSpec
+from swipr_core.training import EpochRecord
+from tests.studykit import write_study
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _history():
+    return [EpochRecord(epoch=i, phase="frozen" if i == 0 else "unfrozen", train_loss=0.7 - 0.1 * i,
+                        valid_loss=0.8 - 0.1 * i, accuracy=0.5 + 0.1 * i, seconds=1.0,
+                        lrs=[0.01 * (1 - j / 4) for j in range(4)]) for i in range(3)]
+
+
+def test_confusion_rows_are_labels_and_columns_answers():
+    # two NO rows answered NO and YES, three YES rows answered YES, YES and NO
+    probs = np.array([0.2, 0.7, 0.9, 0.6, 0.1])
+    targets = np.array([0, 0, 1, 1, 1])
+    assert confusion(probs, targets) == [[1, 1], [1, 2]]
+
+
+def test_a_model_that_says_no_to_everything_shows_an_empty_yes_column():
+    assert confusion(np.zeros(6), np.array([0, 0, 0, 1, 1, 1])) == [[3, 0], [3, 0]]
+
+
+def test_every_picture_is_a_png(tmp_path):
+    probs, targets = np.array([0.1, 0.8, 0.4, 0.9]), np.array([0, 1, 0, 1])
+    paths = [plot_curves(_history(), tmp_path / "c.png", "t"), plot_lr(_history(), tmp_path / "l.png", "t"),
+             plot_confusion(probs, targets, tmp_path / "m.png", "t"), plot_roc(probs, targets, tmp_path / "r.png", "t"),
+             plot_roc(probs, np.ones(4), tmp_path / "one-class.png", "t")]
+    for path in paths:
+        data = path.read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000, path
+
+
+def test_notes_carry_params_metrics_and_the_data_summary():
+    note = trial_note(4, "PRUNED", {"lr": 0.0123456, "freeze": "unfrozen"}, {"val_loss": 0.5})
+    assert "Trial 4: PRUNED" in note and "| lr | 0.01235 |" in note and "| val_loss | 0.5 |" in note
+    note = study_note("demo", {"YES": 30, "NO": 90, "valid": 24}, {"missing_file": 5, "outside_dirs": 2}, "abc123")
+    assert "YES 30, NO 90; YES share 25.0%" in note
+    assert "| missing_file | 5 |" in note and "| **total** | 7 |" in note and "`abc123`" in note
+
+
+class _PruneAfter:
+    """A pruner that prunes every trial numbered in `numbers` once it has reported an epoch."""
+
+    def __init__(self, numbers):
+        self.numbers = numbers
+
+    def prune(self, study, trial):
+        return trial.number in self.numbers
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("artifacts")
+    study_file = load_study_file(write_study(folder, folder / "data"))
+    return study_file, prepare_data(data_spec(study_file))
+
+
+def test_finished_and_pruned_trials_both_get_their_pictures_and_notes(prepared, tmp_path):
+    # (optuna-dashboard keeps notes in the study's system attrs)
+    study_file, dataset = prepared
+    study = optuna.create_study(pruner=optuna.pruners.MedianPruner())
+    study.pruner = _PruneAfter({1})
+    store = open_artifact_store(tmp_path / "store")
+    objective = FinetuneObjective(dataset, study_file.space, ModelSpec("test_resnet", False), device="cpu",
+                                  hooks=[TrialArtifacts(store)])
+    study.optimize(objective, n_trials=2)
+    done, pruned = study.trials
+    assert (done.state, pruned.state) == (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+    names = {m.filename for m in get_all_artifact_meta(done, storage=study._storage)}
+    assert names == {CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG}
+    pictures = trial_pictures(done, study._storage, store)
+    assert set(pictures) == names and all(p.startswith(PNG) for p in pictures.values())
+    # the pruned trial stopped before a last epoch: curves so far, no confusion matrix
+    assert {m.filename for m in get_all_artifact_meta(pruned, storage=study._storage)} == {CURVES_PNG, LR_PNG}
+
+    bodies = "".join(str(v) for v in study._storage.get_study_system_attrs(study._study_id).values())
+    assert "Trial 0: COMPLETE" in bodies and "val_roc_auc" in bodies
+    assert "Trial 1: PRUNED" in bodies
+
+
+def test_a_picture_that_fails_warns_and_keeps_the_trial(prepared, tmp_path, capsys):
+    study_file, dataset = prepared
+    study = optuna.create_study()
+
+    class Broken:
+        def write(self, *args, **kwargs):
+            raise OSError("disk full")
+
+    objective = FinetuneObjective(dataset, study_file.space, ModelSpec("test_resnet", False), device="cpu",
+                                  hooks=[TrialArtifacts(Broken())])
+    study.optimize(objective, n_trials=1)
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+    assert "could not store curves.png: OSError: disk full" in capsys.readouterr().err
+
+
+def test_the_study_note_is_written_once_from_the_recorded_data(prepared, tmp_path):
+    study_file, dataset = prepared
+    study = open_study(study_file, create=True)
+    check_fingerprint(study, dataset, study_file)
+    make_objective_hooks(study_file, study)
+    note = get_note(study)
+    counts = dataset.split.counts()
+    assert f"YES {counts['YES']}, NO {counts['NO']}" in note and dataset.fingerprint in note
+    make_objective_hooks(study_file, study)
+    assert get_note(study) == note
+    assert (study_file.path.parent / "study.artifacts").is_dir()

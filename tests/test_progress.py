@@ -1,0 +1,87 @@
+"""Terminal output of `swipr study run`: bars on a terminal, plain lines elsewhere, a summary table."""
+from __future__ import annotations
+
+import datetime
+import io
+from types import SimpleNamespace
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from search.progress import StudyProgress, hours_label, summary_table
+from swipr_core.training import EpochRecord
+from tests.studykit import swipr, write_study
+
+
+class _Trial(SimpleNamespace):
+    pass
+
+
+def _events(progress: StudyProgress) -> None:
+    trial = _Trial(number=7, params={"lr": 0.0123, "freeze": "unfrozen"})
+    progress.on_start(trial, SimpleNamespace(epochs=2))
+    for epoch in range(2):
+        progress.on_epoch(trial, EpochRecord(epoch, "unfrozen", 0.5, 0.4, 0.75, 1.0, []))
+    progress.on_result(trial, None)
+    frozen = create_trial(state=TrialState.COMPLETE, value=0.4, params={"lr": 0.0123},
+                          distributions={"lr": FloatDistribution(1e-4, 1e-1)}, user_attrs={"epochs": 2})
+    frozen.number = 7
+    progress(None, frozen)
+    progress.close()
+
+
+def test_without_a_terminal_every_event_is_one_plain_line():
+    out = io.StringIO()
+    _events(StudyProgress(n_trials=3, stream=out))
+    text = out.getvalue()
+    assert "\r" not in text
+    assert text.splitlines() == [
+        "trial 7  lr=0.0123 freeze=unfrozen: started, 2 epochs",
+        "trial 7 epoch 1/2: unfrozen train_loss 0.5000 val_loss 0.4000 acc 0.750",
+        "trial 7 epoch 2/2: unfrozen train_loss 0.5000 val_loss 0.4000 acc 0.750",
+        "trial 7 COMPLETE val_loss 0.4000 after 2 epochs  lr=0.0123",
+    ]
+
+
+def test_on_a_terminal_two_bars_name_the_trial_and_its_params():
+    out = io.StringIO()
+    progress = StudyProgress(n_trials=3, stream=out, bars=True)
+    _events(progress)
+    text = out.getvalue()
+    assert "\r" in text                        # redrawn in place
+    assert "trial 7: 100%" in text             # the epoch bar, labelled with the trial
+    assert "lr=0.0123 freeze=unfrozen" in text
+    assert "study:  33%" in text and "1/3" in text   # the trials bar
+    assert progress.finished == [7]
+
+
+def _timed(state, seconds, value=None, number=0):
+    start = datetime.datetime(2026, 1, 1)
+    trial = create_trial(state=state, value=value, params={"lr": 0.01},
+                         distributions={"lr": FloatDistribution(1e-4, 1e-1)})
+    trial.datetime_start, trial.datetime_complete = start, start + datetime.timedelta(seconds=seconds)
+    return trial
+
+
+def test_summary_counts_states_and_adds_up_hours():
+    study = optuna.create_study()
+    study.add_trials([_timed(TrialState.COMPLETE, 1800, 0.3), _timed(TrialState.COMPLETE, 1800, 0.2),
+                      _timed(TrialState.PRUNED, 900), _timed(TrialState.FAIL, 900)])
+    table = summary_table(study, "cuda:0", this_run=[2, 3])
+    rows = [" ".join(line.split()) for line in table.splitlines()]
+    assert "best trial 1" in rows and "best val_loss 0.2000" in rows and "lr 0.01" in rows
+    assert "4 (2 complete, 1 pruned, 1 failed)" in table
+    assert "GPU-hours" in table and "1.5000 in the study, 0.5000 in this run (2 trials)" in table
+    assert hours_label("cpu") == "CPU-hours"
+    assert "none completed yet" in summary_table(optuna.create_study(), "cpu")
+
+
+def test_study_run_in_a_pipe_prints_lines_and_the_summary(tmp_path):
+    study = write_study(tmp_path, tmp_path / "data")
+    result = swipr("study", "run", study, "--n-trials", "2")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "\r" not in out
+    assert "trial 0 epoch 1/1: unfrozen" in out and "trial 1 " in out
+    assert "trials 2 (" in " ".join(out.split()) and "CPU-hours" in out
