@@ -36,8 +36,8 @@ class Augment:
 
 
 def random_affine(n: int, aug: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(n, 2, 3) affine_grid matrices on the CPU: zoom in up to max_zoom, shift within the
-    image, flip half of them. Drawn on the CPU so a seed gives the same batch anywhere."""
+    """(n, 2, 3) affine matrices on the CPU: zoom in up to max_zoom, shift within the
+    image, flip half of them; axis-aligned (no rotation), as axis_aligned_grid needs. Drawn on the CPU so a seed gives the same batch anywhere."""
     rand = torch.rand((n, 4), generator=generator)
     zoom = 1 + (aug.max_zoom - 1) * rand[:, 0]
     span = 1 - 1 / zoom   # how far the zoomed window can move and stay inside the image
@@ -50,38 +50,56 @@ def random_affine(n: int, aug: Augment, generator: torch.Generator | None = None
     return theta
 
 
+def axis_aligned_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
+    """F.affine_grid(theta, [n, 3, size, size], align_corners=False) for matrices with no
+    rotation or shear (random_affine's), built from one row and one column per image:
+    the general affine_grid is a batched matmul that costs more than grid_sample on a CPU."""
+    n = theta.shape[0]
+    base = (torch.arange(size, device=theta.device, dtype=theta.dtype) * 2 + 1) / size - 1
+    xs = theta[:, 0, 0, None] * base + theta[:, 0, 2, None]   # (n, size): where each column samples
+    ys = theta[:, 1, 1, None] * base + theta[:, 1, 2, None]   # (n, size): where each row samples
+    grid = torch.empty((n, size, size, 2), device=theta.device, dtype=theta.dtype)
+    grid[..., 0] = xs[:, None, :]
+    grid[..., 1] = ys[:, :, None]
+    return grid
+
+
 @functools.lru_cache(maxsize=16)
-def _scale_and_shift(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """x in 0..255 -> (x - 255·mean) · 1/(255·std): the /255 folded into normalisation.
-    Made once per device; a fresh torch.tensor per batch would be a host-to-device copy
+def _bias_and_scale(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """x in 0..255 -> x · 1/(255·std) - mean/std, i.e. (x/255 - mean)/std in one multiply-add.
+    Made once per device: a fresh torch.tensor per batch would be a host-to-device copy
     that waits for the GPU to drain."""
-    shift = torch.tensor([255 * m for m in mean], device=device).view(1, 3, 1, 1)
+    bias = torch.tensor([-m / s for m, s in zip(mean, std)], device=device).view(1, 3, 1, 1)
     scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, 3, 1, 1)
-    return shift, scale
+    return bias, scale
 
 
 def augment_batch(images: torch.Tensor, aug: Augment, train: bool, generator: torch.Generator | None = None,
                   channels_last: bool = False, theta: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 (B, H, W, 3) on any device -> normalised float (B, 3, S, S) on that device.
 
-    `theta` (from random_affine, already on the device) skips drawing it here."""
+    `theta` (from random_affine, already on the device) skips drawing it here; it must be
+    axis-aligned (zoom, shift, flip), as random_affine's are."""
     device = images.device
     x = images.permute(0, 3, 1, 2).float()   # values 0..255; the permuted view is channels_last in memory
     size = aug.image_size
     if train:
-        # Shrink first with antialiasing so the bilinear sampling below never skips pixels.
-        pre = math.ceil(size * aug.max_zoom)
-        if x.shape[-1] > pre:
+        # Bilinear sampling reads 2×2 neighbours, so up to 2× down it touches every pixel;
+        # only further down would it skip pixels (alias), and there a cheap antialiased
+        # shrink goes first. The usual 256 px cache -> 224 px skips it, which costs as much
+        # as all the rest on a CPU.
+        if x.shape[-1] > 2 * size:
+            pre = math.ceil(size * aug.max_zoom)
             x = F.interpolate(x, size=(pre, pre), mode="bilinear", antialias=True, align_corners=False)
         n = x.shape[0]
         if theta is None:
             theta = random_affine(n, aug, generator).to(device)
-        grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+        grid = axis_aligned_grid(theta, size)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     elif x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    shift, scale = _scale_and_shift(tuple(aug.mean), tuple(aug.std), device)
-    x = x.sub_(shift).mul_(scale)   # in place: x is always a new tensor here (.float() copies)
+    bias, scale = _bias_and_scale(tuple(aug.mean), tuple(aug.std), device)
+    x = torch.addcmul(bias, x, scale)   # one pass over the batch
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x

@@ -17,8 +17,8 @@ def images(n=4, px=20, seed=0):
 
 
 def test_a_constant_image_normalises_to_the_model_stats():
-    batch = torch.full((2, 20, 20, 3), 51, dtype=torch.uint8)   # 51/255 = 0.2
-    for train in (True, False):
+    for px, train in ((20, True), (40, True), (20, False), (40, False)):   # 40 px: shrunk first (> 2× down)
+        batch = torch.full((2, px, px, 3), 51, dtype=torch.uint8)   # 51/255 = 0.2
         out = augment_batch(batch, aug(), train, torch.Generator().manual_seed(0))
         assert out.shape == (2, 3, 16, 16) and out.dtype == torch.float32
         expected = (0.2 - torch.tensor(MEAN)) / torch.tensor(STD)
@@ -148,3 +148,13 @@ def test_stopping_early_releases_the_prefetch_thread():
         if i == 3:
             break
     assert threading.active_count() == before
+
+
+def test_the_axis_aligned_grid_equals_torchs_affine_grid():
+    import torch.nn.functional as F
+
+    from swipr_core.loaders import axis_aligned_grid
+
+    theta = random_affine(6, aug(), torch.Generator().manual_seed(2))
+    expected = F.affine_grid(theta, [6, 3, 16, 16], align_corners=False)
+    torch.testing.assert_close(axis_aligned_grid(theta, 16), expected, atol=1e-6, rtol=1e-5)
