@@ -8,6 +8,7 @@ change of any input builds a new cache and an unchanged one is reused.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -91,6 +92,17 @@ def build_cache(image_root: Path, paths, cache_dir: Path, px: int, workers: int 
     if file.is_file():
         return cache
     cache_dir.mkdir(parents=True, exist_ok=True)
+    # Workers that start together on one machine build it once: the first takes the lock
+    # and decodes; the others wait, then find the file and reuse it.
+    with open(cache_dir / f".{file.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not file.is_file():
+            _build(file, image_root, paths, px, workers, progress)
+    return cache
+
+
+def _build(file: Path, image_root: Path, paths: tuple, px: int, workers: int | None, progress) -> None:
+    cache_dir = file.parent
     tmp = cache_dir / f".{file.name}.{os.getpid()}.tmp"
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), px, px, 3))
     del array
@@ -107,11 +119,10 @@ def build_cache(image_root: Path, paths, cache_dir: Path, px: int, workers: int 
                 for job, _ in zip(jobs, pool.map(_fill_chunk, jobs)):
                     if progress:
                         progress(len(job[2]))
-        index = cache_dir / f"images-{px}px-{key}.json"
+        index = file.with_suffix(".json")
         index_tmp = index.with_name(f".{index.name}.{os.getpid()}.tmp")
         index_tmp.write_text(json.dumps({"paths": paths}))
         os.replace(index_tmp, index)
-        os.replace(tmp, file)  # another worker may have won the race: same content, fine
+        os.replace(tmp, file)
     finally:
         tmp.unlink(missing_ok=True)
-    return cache
