@@ -1,0 +1,74 @@
+"""Serve optuna-dashboard on a study's storage, with the study's pictures (artifacts).
+
+The storage is opened exactly as `swipr study run` opens it (search.storage), so whatever
+storage a study runs on, its dashboard reads. The server binds to loopback unless told
+otherwise: the dashboard has no login, and it can edit notes and delete studies.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+import sys
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from swipr_core.errors import SwiprError
+
+LOOPBACK = "127.0.0.1"
+
+
+class _ThreadedServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True   # the SPA fetches in parallel; Ctrl-C must not wait for them
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):   # one line per fetch, every second: not for users
+        pass
+
+
+def study_url(host: str, port: int, study_id: int) -> str:
+    shown = LOOPBACK if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    return f"http://{shown}:{port}/dashboard/studies/{study_id}"
+
+
+def make_dashboard_server(study_file, host: str = LOOPBACK, port: int = 8080, artifact_dir=None):
+    """(server, study) for the study file; the caller serves it. Port 0 picks a free port."""
+    import optuna_dashboard
+
+    from search.artifacts import artifact_dir as default_artifact_dir, open_artifact_store
+    from search.study import open_study
+
+    if not 0 <= port <= 65535:
+        raise SwiprError(f"--port must be between 0 and 65535, got {port}")
+    study = open_study(study_file, create=False)
+    store = open_artifact_store(artifact_dir or default_artifact_dir(study_file), create=False)
+    app = optuna_dashboard.wsgi(study._storage, artifact_store=store)
+    try:
+        server = make_server(host, port, app, server_class=_ThreadedServer, handler_class=_QuietHandler)
+    except socket.gaierror:
+        raise SwiprError(f"--host {host!r}: not an address or host name of this machine") from None
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise SwiprError(f"port {port} on {host} is already in use; choose another with --port") from None
+        raise SwiprError(f"can't listen on {host}:{port}: {error.strerror or error}") from None
+    return server, study
+
+
+def serve(study_file, host: str = LOOPBACK, port: int = 8080, artifact_dir=None) -> int:
+    from search.storage import redact
+
+    server, study = make_dashboard_server(study_file, host, port, artifact_dir)
+    port = server.server_address[1]
+    print(f"optuna-dashboard for study '{study.study_name}' in {redact(study_file.study.storage)}")
+    print(f"open {study_url(host, port, study._study_id)} in a browser (Ctrl-C stops the server)")
+    if host not in (LOOPBACK, "localhost", "::1"):
+        print(f"note: listening on {host}, so other machines can reach it: the dashboard has no login",
+              file=sys.stderr)
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("dashboard stopped")
+    finally:
+        server.server_close()
+    return 0
