@@ -100,8 +100,19 @@ def test_bundle_is_verified_linked_and_export_equals_pytorch(fitted):
     assert set(verified.manifest["files"]) == {bundle.ONNX, bundle.WEIGHTS}
     assert verified.manifest["export_check"]["max_abs_difference"] <= verified.manifest["export_check"]["tolerance"]
     assert verified.manifest["libraries"]["torch"] == torch.__version__.split("+")[0]
-    link = _study(study_path).user_attrs[link_attr(outcome.trial_number)]
+    study = _study(study_path)
+    link = study.user_attrs[link_attr(outcome.trial_number)]
     assert link == {"bundle": str(outcome.bundle), "manifest_sha256": outcome.manifest_sha256}
+    # Beside the study's pictures, a study artifact holds the manifest with that hash.
+    from optuna.artifacts import get_all_artifact_meta
+
+    from search.artifacts import artifact_dir, open_artifact_store
+    from search.study_file import load_study_file
+
+    metas = [m for m in get_all_artifact_meta(study) if m.filename == f"{link_attr(outcome.trial_number)}_manifest.json"]
+    assert len(metas) == 1
+    with open_artifact_store(artifact_dir(load_study_file(study_path))).open_reader(metas[0].artifact_id) as reader:
+        assert bundle.sha256_bytes(reader.read()) == outcome.manifest_sha256
 
     # Rebuild the network from the safetensors weights alone and compare it with the ONNX
     # model that predict runs, on random cache-sized images.
