@@ -51,6 +51,11 @@ def save_weights(model: torch.nn.Module, file: Path, metadata: dict[str, str]) -
 
 def export_onnx(serving: ServingModel, cache_px: int, file: Path) -> None:
     example = torch.zeros((2, cache_px, cache_px, 3), dtype=torch.uint8)
+    # One eager call first: augment_batch caches its normalisation constants per device
+    # (lru_cache), and if the exporter's fake tensors were first to fill that cache, every
+    # later eager call would get a fake tensor back.
+    with torch.no_grad():
+        serving.eval()(example)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The exporter narrates every step and its dependencies warn; a fit's output is for results.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

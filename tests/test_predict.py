@@ -157,3 +157,20 @@ def test_cli_refuses_a_bundle_with_one_byte_changed(served, tmp_path):
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.onnx" in lines[0] and "does not match" in lines[0]
+
+
+def test_export_first_leaves_the_model_usable_and_equal(tmp_path):
+    # Normalisation constants no earlier call has seen: the export is the first to use them.
+    import timm
+    import torch
+
+    from swipr_core.export import ServingModel, export_onnx, onnx_probs, torch_probs
+    from swipr_core.loaders import Augment
+
+    torch.manual_seed(1)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=2).eval()
+    serving = ServingModel(model, Augment(image_size=24, mean=(0.41, 0.42, 0.43), std=(0.31, 0.32, 0.33)))
+    export_onnx(serving, 40, tmp_path / "m.onnx")
+    images = np.random.default_rng(2).integers(0, 256, (1, 40, 40, 3), dtype=np.uint8)   # a batch of one
+    np.testing.assert_allclose(onnx_probs((tmp_path / "m.onnx").read_bytes(), images), torch_probs(serving, images),
+                               atol=1e-5)
