@@ -138,17 +138,25 @@ cycle_mult = [1]
 """
 
 
-def finished_demo_study(folder: Path, n_trials: int = 4) -> Path:
-    """A demo study run to the end with `swipr study run`; returns its study file."""
-    study = write_study(folder, folder / "data", name="dashdemo", space=SPACE)
-    result = swipr("study", "run", study, "--n-trials", str(n_trials))
-    assert result.returncode == 0, result.stderr
-    return study
+def finished_demo_study(tmp_path_factory, n_trials: int = 4) -> tuple[Path, str]:
+    """A demo study run to the end with `swipr study run` (piped), and what it printed.
+
+    Run once per test session: the dashboard, report and progress tests all look at it.
+    """
+    folder = tmp_path_factory.getbasetemp() / "finished-demo-study"
+    log = folder / "run.log"
+    if not log.exists():
+        folder.mkdir(exist_ok=True)
+        study = write_study(folder, folder / "data", name="dashdemo", space=SPACE)
+        result = swipr("study", "run", study, "--n-trials", str(n_trials))
+        assert result.returncode == 0, result.stderr
+        log.write_text(result.stdout)
+    return folder / "study.toml", log.read_text()
 
 
 @pytest.fixture(scope="module")
 def demo_study(tmp_path_factory) -> Path:
-    return finished_demo_study(tmp_path_factory.mktemp("dashboard"))
+    return finished_demo_study(tmp_path_factory)[0]
 
 
 class Dashboard:

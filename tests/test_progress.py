@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import re
 from types import SimpleNamespace
 
 import optuna
@@ -11,7 +12,7 @@ from optuna.trial import TrialState, create_trial
 
 from search.progress import StudyProgress, hours_label, summary_table
 from swipr_core.training import EpochRecord
-from tests.studykit import swipr, write_study
+from tests.test_dashboard import finished_demo_study
 
 
 class _Trial(SimpleNamespace):
@@ -77,11 +78,11 @@ def test_summary_counts_states_and_adds_up_hours():
     assert "none completed yet" in summary_table(optuna.create_study(), "cpu")
 
 
-def test_study_run_in_a_pipe_prints_lines_and_the_summary(tmp_path):
-    study = write_study(tmp_path, tmp_path / "data")
-    result = swipr("study", "run", study, "--n-trials", "2")
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+def test_study_run_in_a_pipe_prints_lines_and_the_summary(tmp_path_factory):
+    _, out = finished_demo_study(tmp_path_factory)   # `swipr study run --n-trials 4`, stdout a pipe
     assert "\r" not in out
-    assert "trial 0 epoch 1/1: unfrozen" in out and "trial 1 " in out
-    assert "trials 2 (" in " ".join(out.split()) and "CPU-hours" in out
+    assert "trial 0 epoch 1/2: unfrozen" in out or "trial 0 epoch 1/3: frozen" in out
+    assert re.search(r"^trial 3 (COMPLETE|PRUNED) ", out, re.M)
+    rows = [" ".join(line.split()) for line in out.splitlines()]
+    assert any(re.fullmatch(r"trials 4 \(\d complete, \d pruned, 0 failed\)", row) for row in rows), out
+    assert any(re.fullmatch(r"CPU-hours [0-9.]+ in the study, [0-9.]+ in this run \(4 trials\)", row) for row in rows), out

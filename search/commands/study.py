@@ -33,6 +33,13 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     best_p.add_argument("--json", action="store_true", help="print JSON")
     best_p.set_defaults(func=best)
 
+    report_p = actions.add_parser("report", help="write a self-contained HTML report of the study")
+    report_p.add_argument("study_file", type=Path, metavar="STUDY.toml")
+    report_p.add_argument("--out", type=Path, metavar="DIR", required=True, help="folder to write report.html in")
+    report_p.add_argument("--artifact-dir", type=Path, metavar="DIR",
+                          help="the study's pictures (default: <study>.artifacts beside the study file)")
+    report_p.set_defaults(func=report)
+
 
 def _quiet_optuna() -> None:
     import optuna
@@ -94,3 +101,10 @@ def best(args: argparse.Namespace) -> int:
     return 0
 
 
+def report(args: argparse.Namespace) -> int:
+    from search.report import write_report
+    from search.study_file import load_study_file
+
+    _quiet_optuna()
+    print(f"wrote {write_report(load_study_file(args.study_file), args.out, args.artifact_dir)}")
+    return 0

@@ -1,0 +1,195 @@
+"""`swipr study report`: one self-contained HTML page about a study.
+
+Optuna's own plotly figures (history, intermediate values with pruned trials, parameter
+importances, parallel coordinates) with plotly.js inlined once, and the best trial's
+pictures from its artifacts as data URIs: the page opens from a file, offline, anywhere.
+A plot Optuna can't draw yet (importances need two finished trials that differ) becomes
+a sentence saying why, not a failed report.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+REPORT_FILE = "report.html"
+
+# (anchor, title, optuna.visualization function name)
+PLOTS = (
+    ("history", "Optimisation history", "plot_optimization_history"),
+    ("intermediate", "Intermediate values (pruned trials included)", "plot_intermediate_values"),
+    ("importances", "Parameter importances", "plot_param_importances"),
+    ("parallel", "Parallel coordinates", "plot_parallel_coordinate"),
+)
+CURVE_TITLES = {
+    "curves.png": "Loss and accuracy per epoch",
+    "lr_schedule.png": "Learning-rate schedule",
+    "confusion_matrix.png": "Confusion matrix (last epoch)",
+    "roc_curve.png": "ROC curve (last epoch)",
+}
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; } td, th { padding: 0.2em 0.8em; text-align: left; border-bottom: 1px solid #eee; }
+.missing { color: #a33; } .pictures img { max-width: 100%; margin: 0.5em 0; display: block; }
+.meta { color: #666; }
+"""
+
+
+def _plot_sections(study) -> list[str]:
+    import optuna.visualization as vis
+
+    sections, plotly_included = [], False
+    for anchor, title, name in PLOTS:
+        body = ""
+        kwargs = {}
+        try:
+            if anchor == "importances":
+                kwargs["params"] = _varied_params(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "experimental" notices: not for the reader
+                figure = getattr(vis, name)(study, **kwargs)
+            if anchor == "intermediate":
+                _mark_pruned(figure, study)
+            body = figure.to_html(full_html=False, include_plotlyjs="inline" if not plotly_included else False,
+                                  div_id=f"plot-{anchor}")
+            plotly_included = True
+        except Exception as error:  # noqa: BLE001 - one plot that can't be drawn yet must not sink the page
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            body = f'<p class="missing">No plot yet: {html.escape(reason)}</p>'
+        sections.append(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>\n{body}\n</section>')
+    return sections
+
+
+def _varied_params(study) -> list[str]:
+    """The params worth an importance: ones that took two values or more among finished trials.
+
+    Optuna draws something even from one trial (an even split) or from a param held fixed;
+    a made-up bar chart is worse than a sentence saying why there is none.
+    """
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(done) < 2:
+        raise ValueError(f"parameter importances need 2 or more finished trials, and this study has {len(done)}")
+    if len({t.value for t in done}) < 2:
+        raise ValueError("every finished trial has the same value, so no parameter made a difference")
+    varied = [name for name in done[0].params if len({repr(t.params.get(name)) for t in done}) > 1]
+    if not varied:
+        raise ValueError("every finished trial ran with the same params")
+    return varied
+
+
+def _mark_pruned(figure, study) -> None:
+    """Pruned trials' lines dotted and named, so where the pruner cut in shows at a glance."""
+    from optuna.trial import TrialState
+
+    pruned = {f"Trial{t.number}" for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))}
+    for trace in figure.data:
+        if trace.name in pruned:
+            trace.update(line={"dash": "dot"}, name=f"{trace.name} (pruned)")
+        else:
+            trace.update(line={"width": 3})
+    figure.update_layout(showlegend=True)
+
+
+def _table(rows) -> str:
+    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table>{cells}</table>"
+
+
+def _summary(study, trials) -> str:
+    from optuna.trial import TrialState
+
+    states = {s.name.lower(): sum(1 for t in trials if t.state == s)
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
+    attrs = study.user_attrs
+    counts = attrs.get("data_counts", {})
+    yes, no = counts.get("YES", 0), counts.get("NO", 0)
+    rows = [("trials", f"{len(trials)} (" + ", ".join(f"{n} {s}" for s, n in states.items() if n) + ")")]
+    if yes + no:
+        rows.append(("data", f"{yes + no} images: YES {yes}, NO {no} (YES share {yes / (yes + no):.1%}), "
+                             f"{counts.get('valid', 0)} for validation"))
+    excluded = attrs.get("data_excluded", {})
+    if excluded:
+        rows.append(("excluded", ", ".join(f"{reason} {n}" for reason, n in excluded.items())))
+    if "data_fingerprint" in attrs:
+        rows.append(("split fingerprint", attrs["data_fingerprint"]))
+    return _table(rows)
+
+
+def _best_section(study, trials, store) -> str:
+    from optuna.trial import TrialState
+
+    from search.artifacts import PICTURES, trial_pictures
+
+    completed = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if not completed:
+        return '<section id="best"><h2>Best trial</h2><p class="missing">No trial has completed yet.</p></section>'
+    best = min(completed, key=lambda t: t.value)   # the study minimises validation loss
+    rows = [("trial", best.number), ("val_loss", f"{best.value:.4f}")]
+    rows += [(k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in best.params.items()]
+    for key in ("val_accuracy", "val_roc_auc", "majority_accuracy", "epochs"):
+        if key in best.user_attrs:
+            value = best.user_attrs[key]
+            rows.append((key, f"{value:.4f}" if isinstance(value, float) else value))
+    pictures = trial_pictures(best, study._storage, store) if store is not None else {}
+    if pictures:
+        images = "".join(
+            f'<figure><figcaption>{html.escape(CURVE_TITLES[name])}</figcaption>'
+            f'<img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(pictures[name]).decode()}">'
+            f'</figure>' for name in PICTURES if name in pictures)
+    else:
+        images = ('<p class="missing">No pictures stored for this trial (it ran without them, or the '
+                  'artifact folder is elsewhere: see --artifact-dir).</p>')
+    return (f'<section id="best"><h2>Best trial: {best.number}</h2>{_table(rows)}'
+            f'<h3>Its curves</h3><div class="pictures">{images}</div></section>')
+
+
+def render_report(study, store=None, storage_text: str = "") -> str:
+    trials = study.get_trials(deepcopy=False)
+    generated = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    title = f"Study {study.study_name}"
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="meta">{html.escape(storage_text)} &middot; generated {html.escape(generated)}</p>',
+        _summary(study, trials),
+        _best_section(study, trials, store),
+        *_plot_sections(study),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(study_file, out_dir: Path, artifact_dir: Path | None = None) -> Path:
+    """Write `out_dir/report.html` (temp file, then rename); return its path."""
+    from search.artifacts import artifact_dir as default_artifact_dir, open_artifact_store
+    from search.storage import redact
+    from search.study import open_study
+    from swipr_core.errors import SwiprError
+
+    study = open_study(study_file, create=False)
+    directory = artifact_dir or default_artifact_dir(study_file)
+    store = open_artifact_store(directory, create=False) if directory.is_dir() else None
+    page = render_report(study, store, f"storage {redact(study_file.study.storage)}")
+    target, tmp = out_dir / REPORT_FILE, None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".report-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(page)
+        os.chmod(tmp, 0o644)   # mkstemp makes it private; a report is for sharing
+        os.replace(tmp, target)   # a reader never sees half a page
+    except OSError as error:
+        raise SwiprError(f"--out {out_dir}: can't write the report there: {error.strerror or error}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    return target
