@@ -177,7 +177,7 @@ def test_status_of_a_study_that_never_ran(tmp_path):
 
 def test_help_is_fast_and_imports_no_torch():
     code = ("import sys, contextlib, io\nfrom search.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()): main(['--help'])\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit): main(['--help'])\n"
             "print('torch' in sys.modules, 'optuna' in sys.modules)")
     import subprocess
 
