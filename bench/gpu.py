@@ -70,15 +70,17 @@ class Settings:
         self.epoch_steps = 3 if self.smoke else args.epoch_steps   # steps per epoch, project trials
         self.epochs = 3   # epoch 0 warms up (cuDNN autotuning, allocator, compiling); 1 and 2 are timed
         self.precision = "fp32" if self.smoke else "bf16"
-        self.packed = [(4, 2), (8, 2)] if self.smoke else parse_packed(args.packed)
+        self.packed = [(4, 2, None), (8, 2, 36)] if self.smoke else parse_packed(args.packed)
 
 
-def parse_packed(text: str) -> list[tuple[int, int]]:
-    pairs = []
+def parse_packed(text: str) -> list[tuple[int, int, int | None]]:
+    """"24:4,128:2@229" -> [(24, 4, None), (128, 2, 229)]: batch, K trials, size (default the first)."""
+    runs = []
     for item in text.split(","):
+        item, _, size = item.partition("@")
         batch, k = item.split(":")
-        pairs.append((int(batch), int(k)))
-    return pairs
+        runs.append((int(batch), int(k), int(size) if size else None))
+    return runs
 
 
 def sync(device) -> None:
@@ -213,7 +215,7 @@ def project_trial(spec: dict) -> dict:
         if not stamps and spec.get("barrier"):
             barrier = Path(spec["barrier"])
             (barrier / f"ready-{os.getpid()}").touch()
-            deadline = time.time() + 300
+            deadline = time.time() + 120   # a sibling that died must not hang the benchmark
             while len(list(barrier.glob("ready-*"))) < spec["k"] and time.time() < deadline:
                 time.sleep(0.02)
         stamps.append(time.time())
@@ -378,8 +380,8 @@ def _run_parts(s: Settings, budget: Budget, parts: set, work: Path) -> dict:
                     project[batch, size] = result.get("images_per_s")
     if "packed" in parts:
         out["packed"] = []
-        for batch, k in s.packed:
-            size = s.sizes[0]
+        for batch, k, size in s.packed:
+            size = size or s.sizes[0]
             if budget.allows(f"packed {k}×{batch}@{size}", COST["packed"]):
                 result = attempt(f"packed {k}×{batch}@{size}", partial(packed_trials, s, cache, batch, size, k, work))
                 if project.get((batch, size)) and "total_images_per_s" in result:
@@ -489,7 +491,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40, help="timed steps of the raw loop (default 40)")
     parser.add_argument("--warmup", type=int, default=8, help="warm-up steps of the raw loop (default 8)")
     parser.add_argument("--epoch-steps", type=int, default=40, help="steps per epoch of a project trial (default 40)")
-    parser.add_argument("--packed", default="24:2,24:4,128:2", help="batch:K pairs of packed trials")
+    parser.add_argument("--packed", default="24:2,24:4,128:2",
+                        help="packed runs as batch:K[@size], comma-separated (default 24:2,24:4,128:2 at 224 px)")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model on the CPU: checks the script only")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
