@@ -19,6 +19,18 @@ def params_text(params: dict) -> str:
     return " ".join(f"{k}={short(v)}" for k, v in params.items())
 
 
+def varied_params(trial) -> dict:
+    """The trial's params less those the space holds fixed (one choice): what tells trials apart."""
+    fixed = {name for name, dist in getattr(trial, "distributions", {}).items()
+             if len(getattr(dist, "choices", (0, 1))) == 1}
+    return {k: v for k, v in trial.params.items() if k not in fixed}
+
+
+# Bars of a fixed width, so long params shorten the text after them, never the bar itself.
+STUDY_BAR = "study {n_fmt}/{total_fmt} trials |{bar:20}| {elapsed}<{remaining}{postfix}"
+TRIAL_BAR = "{desc} {n_fmt}/{total_fmt} epochs |{bar:20}| {elapsed}<{remaining}{postfix}"
+
+
 class StudyProgress:
     """Objective hooks (on_start, on_epoch, on_result, on_stop) plus an Optuna study callback."""
 
@@ -29,12 +41,14 @@ class StudyProgress:
         self.trial_bar = self.epoch_bar = None
         self.finished: list[int] = []   # numbers of the trials this run finished
         self.planned = 0   # epochs of the running trial
+        self.params = ""
+        self.best = ""     # ", best <value> (trial <n>)" once a trial has completed
         if self.bars:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm   # not tqdm.auto: this is a terminal, never a notebook widget
 
             self._tqdm = tqdm
-            self.trial_bar = tqdm(total=n_trials, desc="study", unit="trial", position=0, file=self.stream,
-                                  dynamic_ncols=True)
+            self.trial_bar = tqdm(total=n_trials, position=0, file=self.stream, dynamic_ncols=True,
+                                  bar_format=STUDY_BAR)
 
     def write(self, line: str) -> None:
         """A line that stays above the bars (or just a line, without bars)."""
@@ -48,13 +62,14 @@ class StudyProgress:
     def on_start(self, trial, config) -> None:
         label = f"trial {trial.number}  {params_text(trial.params)}"
         self.planned = config.epochs
+        self.params = params_text(varied_params(trial))
         if self.bars:
-            self.trial_bar.set_postfix_str(f"running {label}")
+            self.trial_bar.set_postfix_str(f"running trial {trial.number}{self.best}")
             if self.epoch_bar is not None:
                 self.epoch_bar.close()
-            self.epoch_bar = self._tqdm(total=config.epochs, desc=f"trial {trial.number}", unit="epoch",
-                                        position=1, leave=False, file=self.stream, dynamic_ncols=True)
-            self.epoch_bar.set_postfix_str(params_text(trial.params))
+            self.epoch_bar = self._tqdm(total=config.epochs, desc=f"trial {trial.number}", position=1, leave=False,
+                                        file=self.stream, dynamic_ncols=True, bar_format=TRIAL_BAR)
+            self.epoch_bar.set_postfix_str(self.params)
         else:
             self.write(f"{label}: started, {config.epochs} epochs")
 
@@ -62,8 +77,10 @@ class StudyProgress:
         figures = (f"{record.phase} train_loss {record.train_loss:.4f} val_loss {record.valid_loss:.4f} "
                    f"acc {record.accuracy:.3f}")
         if self.bars and self.epoch_bar is not None:
+            # figures first: they change; the params are on the trial's line when it ends
+            self.epoch_bar.set_postfix_str(f"val_loss {record.valid_loss:.4f} acc {record.accuracy:.3f} | "
+                                           f"{self.params}", refresh=False)
             self.epoch_bar.update(1)
-            self.epoch_bar.set_postfix_str(f"{figures}  {params_text(trial.params)}")
         elif not self.bars:
             self.write(f"trial {trial.number} epoch {record.epoch + 1}/{self.planned}: {figures}")
 
@@ -85,9 +102,14 @@ class StudyProgress:
 
         self.finished.append(trial.number)
         self.write(describe_trial(trial))
+        try:
+            best = study.best_trial
+            self.best = f", best {best.value:.4f} (trial {best.number})"
+        except ValueError:   # nothing completed yet
+            pass
         if self.bars:
+            self.trial_bar.set_postfix_str(self.best.lstrip(", "), refresh=False)
             self.trial_bar.update(1)
-            self.trial_bar.set_postfix_str(f"last: {describe_trial(trial)}")
 
     def close(self) -> None:
         self._close_epoch_bar()

@@ -27,8 +27,11 @@ def _events(progress: StudyProgress) -> None:
     progress.on_result(trial, None)
     frozen = create_trial(state=TrialState.COMPLETE, value=0.4, params={"lr": 0.0123},
                           distributions={"lr": FloatDistribution(1e-4, 1e-1)}, user_attrs={"epochs": 2})
+    study = optuna.create_study()
+    study.add_trial(frozen)
+    frozen = study.trials[0]
     frozen.number = 7
-    progress(None, frozen)
+    progress(study, frozen)
     progress.close()
 
 
@@ -50,10 +53,11 @@ def test_on_a_terminal_two_bars_name_the_trial_and_its_params():
     progress = StudyProgress(n_trials=3, stream=out, bars=True)
     _events(progress)
     text = out.getvalue()
-    assert "\r" in text                        # redrawn in place
-    assert "trial 7: 100%" in text             # the epoch bar, labelled with the trial
-    assert "lr=0.0123 freeze=unfrozen" in text
-    assert "study:  33%" in text and "1/3" in text   # the trials bar
+    assert "\r" in text                                    # redrawn in place
+    assert "trial 7 0/2 epochs |" in text                  # the epoch bar, labelled with the trial...
+    assert "| 00:00<?, lr=0.0123 freeze=unfrozen" in text  # ...and its params
+    assert "study 1/3 trials |" in text and "best 0.4000 (trial 0)" in text   # the trials bar
+    assert "trial 7 COMPLETE val_loss 0.4000" in text      # each finished trial stays as a line
     assert progress.finished == [7]
 
 
