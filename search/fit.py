@@ -211,7 +211,8 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
         "head_epochs": config.head_epochs,
         "data_fingerprint": dataset.fingerprint,
         "replay": replay,
-        "metrics": scores,
+        # NaN (a validation split with one class has no AUC) is not JSON: null instead.
+        "metrics": {key: None if isinstance(value, float) and value != value else value for key, value in scores.items()},
         "libraries": library_versions(),
     }
     manifest_sha256 = write_bundle(out, result, dataset, manifest, checked_vs_training=device.type == "cpu",

@@ -11,8 +11,9 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
         description="Replay a COMPLETE trial exactly (its params, seed, split and epochs), check that its "
                     "final validation loss matches the trial's, pick the decision threshold on the "
                     "validation split, and write a model bundle (safetensors weights, an ONNX model for "
-                    "CPU servers, manifest.json with every file's SHA-256). The trial gets user attrs "
-                    "naming the bundle. DIR may be absent, empty, or a previous bundle (replaced).",
+                    "CPU servers, manifest.json with every file's SHA-256). The study records the bundle "
+                    "and its manifest's SHA-256 for the trial (a study user attr and a study artifact: "
+                    "Optuna lets nothing write to a finished trial). DIR may be absent, empty, or a previous bundle (replaced).",
     )
     p.add_argument("study_file", type=Path, metavar="STUDY.toml", help="the study file")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the bundle to")
