@@ -28,7 +28,7 @@ def build_objective(study_file, dataset, device: str | None, checkpoints, hooks=
         dataset, study_file.space, ModelSpec(model.arch, model.pretrained, model.weights),
         head_epochs=study_file.train.head_epochs, seed=study_file.study.seed,
         device=device or study_file.train.device, precision=study_file.train.precision,
-        checkpoint_dir_for=checkpoints.dir_for, **({"hooks": list(hooks)} if hooks else {}),
+        checkpoint_dir_for=checkpoints.dir_for, hooks=hooks,
     )
 
 
@@ -59,8 +59,9 @@ def run_trial_process(task) -> int:
     import sys
     import warnings
 
+    from search.artifacts import make_objective_hooks
     from search.storage import redact_output
-    from search.study import data_spec, describe_trial
+    from search.study import data_spec, describe_trial, open_study
     from search.study_file import load_study_file
     from search.workers import stop_requested
     from swipr_core.data import prepare_data
@@ -78,8 +79,9 @@ def run_trial_process(task) -> int:
         def announce(study, trial) -> None:
             print(f"{task.slot.label}: {describe_trial(trial)}", flush=True)
 
+        hooks = make_objective_hooks(study_file, open_study(study_file, create=False))
         run_worker(study_file, dataset, n_trials=1, device=task.device, slot=str(task.slot.index),
-                   callbacks=[announce])
+                   hooks=hooks, callbacks=[announce])
     except SwiprError as error:
         print(f"swipr: error: {task.slot.label}: {error}", file=sys.stderr, flush=True)
         return 2
@@ -89,7 +91,8 @@ def run_trial_process(task) -> int:
 
 
 def run_study(args: argparse.Namespace) -> int:
-    from search.study import check_fingerprint, data_spec, describe_trial, enqueue_warm_start, open_study
+    from search.progress import StudyProgress, summary_table
+    from search.study import check_fingerprint, data_spec, enqueue_warm_start, open_study
     from search.study_file import load_study_file
     from search.storage import redact, redact_output
     from search.workers import make_slots, supervise
@@ -119,9 +122,9 @@ def run_study(args: argparse.Namespace) -> int:
           f"valid {counts['valid']}, fingerprint {dataset.fingerprint}")
     study = open_study(study_file, create=True)
     check_fingerprint(study, dataset, study_file)
+    done_before = len(study.trials)   # before the warm start's enqueued trials, which this run runs
     if enqueue_warm_start(study, study_file):
         print("warm start: the notebook's configurations go first")
-    done_before = len(study.trials)
     parallel = getattr(args, "workers", None) is not None or getattr(args, "gpus", None) is not None
     where = f" on {len(slots)} worker{'s' if len(slots) != 1 else ''}" if parallel else ""
     print(f"study '{study.study_name}' in {redact(study_file.study.storage)}: "
@@ -131,10 +134,16 @@ def run_study(args: argparse.Namespace) -> int:
     if parallel:
         status = supervise(study_file.path, study_file.study.storage, slots, n_trials, timeout, device)
     else:
-        def announce(study, trial) -> None:
-            print(describe_trial(trial), flush=True)
+        from search.artifacts import make_objective_hooks
 
-        run_worker(study_file, dataset, n_trials=n_trials, timeout=timeout, device=device, callbacks=[announce])
+        progress = StudyProgress(n_trials)
+        try:
+            run_worker(study_file, dataset, n_trials=n_trials, timeout=timeout, device=device,
+                       hooks=[progress, *make_objective_hooks(study_file, study)], callbacks=[progress])
+        finally:
+            progress.close()
+    this_run = [t.number for t in study.get_trials(deepcopy=False) if t.number >= done_before]
+    print(summary_table(study, device, this_run=this_run))
     _print_best(study)
     return status
 
