@@ -84,8 +84,23 @@ def train_config(trial: optuna.trial.FrozenTrial, space_keys, study_file):
     return config
 
 
+def code_version() -> str:
+    """The project's git commit (with '+changes' when the tree differs from it), or 'unknown'."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")
+
+
 def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
+    versions = {"python": platform.python_version(), "swipr-search": code_version()}
     for name in ("torch", "timm", "fastai", "optuna", "numpy", "pillow", "safetensors", "onnx", "onnxscript",
                  "onnxruntime", "scikit-learn"):
         try:
@@ -239,7 +254,8 @@ def compare_replay(trial: optuna.trial.FrozenTrial, replay_value: float, echo) -
         echo(f"replay: val_loss {replay_value:.6g} vs the trial's {trial.value:.6g}: off by {diff:.3g} "
              f"({diff / max(abs(trial.value), 1e-12):.1%}), OUTSIDE tolerance {tolerance:.2g} = {rule}. Same params, "
              f"seed and data can still differ: GPU kernels (cuDNN convolutions, atomics) are not deterministic, "
-             f"bf16/fp16 rounds differently, and another CPU thread count or library version sums in another order")
+             f"bf16/fp16 rounds differently, another CPU thread count or library version sums in another order, "
+             f"and a change to the training code since the trial (augmentation, schedule) makes it another run")
     return {"trial_val_loss": trial.value, "val_loss": replay_value, "difference": diff, "tolerance": tolerance,
             "tolerance_rule": rule, "matched": matched}
 
