@@ -299,6 +299,11 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
         torch.backends.cudnn.benchmark = True   # one input shape per run: let cuDNN pick its fastest kernels
         _keep_smooth_loss_on_device(learn)
     if _compile_enabled(compile, torch_device):
+        # One graph per phase (frozen, unfrozen) × mode (train, eval, no_grad) × batch shape
+        # (full, last): more than dynamo's default 8, past which it silently runs eagerly.
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         learn.model.compile()   # in place: same module, same state_dict keys, fastai's splitter still works
     if precision == "bf16":
         learn.to_bf16()
