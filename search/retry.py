@@ -24,8 +24,13 @@ from search.storage import Heartbeat, open_storage, redact
 from search.study_file import StudyFile
 from swipr_core.errors import SwiprError
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning,
-                        message=r".*(retried_trial_number|retry_history|RetryHeartbeat).*")
+
+
+def _quietly(function, *args):
+    """Optuna's retry helpers are 'experimental' and warn on every call: noise for users."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return function(*args)
 
 
 def checkpoint_root(study_file: StudyFile) -> Path:
@@ -35,7 +40,7 @@ def checkpoint_root(study_file: StudyFile) -> Path:
 
 
 def original_number(trial: optuna.trial.FrozenTrial) -> int:
-    number = _Retry.retried_trial_number(trial)
+    number = _quietly(_Retry.retried_trial_number, trial)
     return trial.number if number is None else number
 
 
@@ -49,7 +54,7 @@ class Checkpoints:
     def __init__(self, root: Path, max_retry: int):
         self.root = root
         self.max_retry = max_retry
-        self._retry = _Retry(max_retry=max_retry)
+        self._retry = _quietly(lambda: _Retry(max_retry=max_retry))
 
     def folder(self, trial_number: int) -> Path:
         return self.root / f"trial-{trial_number}"
@@ -65,7 +70,7 @@ class Checkpoints:
         """On a retry: record what it retries and the epoch it resumes from, and report the
         saved epochs again so the pruner sees the whole learning curve."""
         state = frozen(trial)
-        retried = _Retry.retried_trial_number(state)
+        retried = _quietly(_Retry.retried_trial_number, state)
         if retried is None:
             return
         from swipr_core.training import load_checkpoint
@@ -83,19 +88,19 @@ class Checkpoints:
     def retry_later(self, trial: optuna.Trial) -> bool:
         """An interrupted trial: enqueue its retry now and keep its checkpoints."""
         state = frozen(trial)
-        if len(_Retry.retry_history(state)) >= self.max_retry:
+        if len(_quietly(_Retry.retry_history, state)) >= self.max_retry:
             return False
-        self._retry(trial.study, state)
+        _quietly(self._retry, trial.study, state)
         return True
 
     def on_stale(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """The storage's heartbeat_stale_trial_callback: retry, or give up and clean up."""
-        if len(_Retry.retry_history(trial)) >= self.max_retry:
+        if len(_quietly(_Retry.retry_history, trial)) >= self.max_retry:
             print(f"trial {trial.number}: its worker stopped; failed, no retries left", flush=True)
             self.remove(original_number(trial))
             return
         print(f"trial {trial.number}: its worker stopped; failed, will be retried", flush=True)
-        self._retry(study, trial)
+        _quietly(self._retry, study, trial)
 
 
 def heartbeat(study_file: StudyFile) -> Heartbeat:
@@ -127,12 +132,14 @@ class ResumableObjective:
         self.checkpoints = checkpoints
 
     def __call__(self, trial: optuna.Trial):
-        from search.workers import in_trial
+        from search.workers import in_trial, stop_requested
 
         self.checkpoints.note_resume(trial)
         keep = False
         try:
             in_trial(True)
+            if stop_requested():   # asked to stop between Optuna's ask and this call
+                raise KeyboardInterrupt
             return self.objective(trial)
         except KeyboardInterrupt:
             in_trial(False)

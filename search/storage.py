@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from swipr_core.errors import SwiprError
 
 SQLITE_BUSY_TIMEOUT_S = 300   # a worker waits this long for the write lock before it fails
+SCHEMA_ATTEMPTS = 5           # tries to open a database whose tables another worker is creating
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,13 @@ def _use_wal(path: Path) -> None:
         connection.close()
 
 
+def _lost_schema_race(error: Exception) -> bool:
+    from sqlalchemy.exc import IntegrityError
+
+    text = str(error).lower()
+    return isinstance(error, IntegrityError) or "already exists" in text or "unique constraint" in text
+
+
 def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = None, on_stale=None):
     """An Optuna storage for `url`. With create=False a missing SQLite file is an error
     instead of a new empty database (status and best must not create files). With
@@ -110,9 +119,17 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
     try:
         if path is not None and create:
             _use_wal(path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)   # heartbeats
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)   # heartbeats
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+            except Exception as error:
+                # Workers that start together on an empty database race to create its tables;
+                # the losers find them there on the next try.
+                if attempt + 1 == SCHEMA_ATTEMPTS or not _lost_schema_race(error):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except Exception as error:  # driver, DNS, auth and schema errors all land here
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SwiprError(f"storage {redact(url)}: can't open it: {redact_text(reason, url)}") from None

@@ -49,6 +49,7 @@ class Task:
     slot: Slot
     device: str | None
     env: dict = field(default_factory=dict)
+    cpu_threads: int = 1   # the machine's cores shared by the slots, so workers don't thrash
 
 
 def parse_gpus(text: str) -> list[int]:
@@ -104,6 +105,9 @@ def _trial_process(task: Task) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_stop)
     os.environ.update(task.env)   # before anything touches CUDA
+    import torch
+
+    torch.set_num_threads(task.cpu_threads)
     from search.run import run_trial_process
 
     sys.exit(run_trial_process(task))
@@ -121,13 +125,14 @@ def supervise(study_file_path, storage_url: str, slots: list[Slot], n_trials: in
     running: dict = {}   # sentinel -> (process, slot)
     free = list(slots)
     budget, status, crashes = n_trials, 0, 0
+    threads = max(1, (os.cpu_count() or 1) // len(slots))
 
     def start(slot: Slot) -> None:
         env = {"SWIPR_STORAGE": storage_url}
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
         process = context.Process(target=_trial_process, name=f"swipr-{slot.index}",
-                                  args=(Task(str(study_file_path), slot, device, env),))
+                                  args=(Task(str(study_file_path), slot, device, env, threads),))
         process.start()
         running[process.sentinel] = (process, slot)
 

@@ -50,13 +50,13 @@ def _assert_all_once(trials, expected: int) -> None:
 def test_eight_workers_share_one_sqlite_study(tmp_path):
     # 8 processes at once on one SQLite file: no "database is locked", every trial once.
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    _assert_all_once(_run_parallel(url, workers=8, per_worker=8), 64)
+    _assert_all_once(_run_parallel(url, workers=8, per_worker=5), 40)
     with sqlite3.connect(tmp_path / "study.db") as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_workers_share_one_postgres_study(pg_url):
-    _assert_all_once(_run_parallel(pg_url, workers=6, per_worker=8), 48)
+    _assert_all_once(_run_parallel(pg_url, workers=6, per_worker=5), 30)
 
 
 def test_plain_postgres_urls_open(pg_url):

@@ -1,0 +1,198 @@
+"""Workers: many on one study, a SIGKILLed one's trial retried from its checkpoint, CUDA OOM,
+Ctrl-C, memory that stays flat, and a password that never shows."""
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import torch
+
+from search.workers import Slot, make_slots, parse_gpus
+from swipr_core.errors import SwiprError
+from tests import pg
+from tests.studykit import ROOT, SPACE, demo_data, swipr, write_study
+
+THREE_EPOCHS = SPACE.replace("n_cycles = [1]", "n_cycles = [3]")
+FAST_HEARTBEAT = {"study": "heartbeat_interval = 1\ngrace_period = 2\n"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    demo_data(folder)
+    return folder
+
+
+def _study(path):
+    from search.study import open_study
+    from search.study_file import load_study_file
+
+    return open_study(load_study_file(path), create=False)
+
+
+def test_slots_from_workers_and_gpus():
+    assert make_slots(None, None, None) == [Slot(0)]
+    assert make_slots(3, None, None) == [Slot(0), Slot(1), Slot(2)]
+    assert make_slots(None, "0,2", 2) == [Slot(0, 0), Slot(1, 0), Slot(2, 2), Slot(3, 2)]
+    for bad in ("", "a", "0,0", "-1"):
+        with pytest.raises(SwiprError, match="--gpus"):
+            parse_gpus(bad)
+    with pytest.raises(SwiprError, match="not both"):
+        make_slots(2, "0", None)
+
+
+KILL_AFTER_EPOCH_1 = """
+import os, signal, sys
+import objectives.finetune as finetune
+real = finetune.train
+
+def train(*args, on_epoch=None, **kwargs):
+    def hook(record):
+        on_epoch(record)          # the epoch's checkpoint is already saved
+        if record.epoch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, on_epoch=hook, **kwargs)
+
+finetune.train = train
+from search.run import run_worker
+from search.study import data_spec, open_study
+from search.study_file import load_study_file
+from swipr_core.data import prepare_data
+study_file = load_study_file(sys.argv[1])
+open_study(study_file, create=True)
+run_worker(study_file, prepare_data(data_spec(study_file)), n_trials=1)
+"""
+
+
+def test_sigkilled_trial_is_failed_and_retried_from_its_checkpoint(tmp_path, data_dir):
+    path = write_study(tmp_path, data_dir, space=THREE_EPOCHS, pruner="none", extra=FAST_HEARTBEAT)
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_1, str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _study(path).trials[0].state == optuna.trial.TrialState.RUNNING
+    checkpoint = tmp_path / ".swipr-cache" / "checkpoints" / "t" / "trial-0" / "last.pth"
+    assert checkpoint.is_file()
+    time.sleep(2.5)   # past the grace period
+
+    # The next run fails the silent trial, retries it, and the retry resumes after epoch 1.
+    result = swipr("study", "run", path, "--n-trials", "1")
+    assert result.returncode == 0, result.stderr
+    first, retry = _study(path).trials
+    assert first.state == optuna.trial.TrialState.FAIL
+    assert retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.user_attrs["retry_of"] == 0
+    assert retry.user_attrs["resumed_from_epoch"] == 2
+    assert sorted(retry.intermediate_values) == [0, 1, 2]
+    assert retry.params == first.params
+    assert not checkpoint.parent.exists()   # removed once the trial finished
+
+
+def _fake_result(val_loss: float):
+    import numpy as np
+
+    from swipr_core.training import TrainResult
+
+    return TrainResult(history=[], metrics={"val_loss": val_loss, "epochs": 1}, valid_probs=np.zeros(1),
+                       valid_targets=np.zeros(1), model=None)
+
+
+def test_out_of_memory_fails_the_trial_and_the_worker_goes_on(tmp_path, data_dir, monkeypatch):
+    import objectives.finetune as finetune
+    from search.run import run_worker
+    from search.study import data_spec, open_study
+    from search.study_file import load_study_file
+    from swipr_core.data import prepare_data
+
+    def train(dataset, config, *args, **kwargs):
+        if config.batch_size >= 32:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return _fake_result(0.5)
+
+    monkeypatch.setattr(finetune, "train", train)
+    study_file = load_study_file(write_study(tmp_path, data_dir))
+    study = open_study(study_file, create=True)
+    for batch_size in (32, 16, 32, 16):
+        study.enqueue_trial({"batch_size": batch_size, "lr": 0.01})
+    run_worker(study_file, prepare_data(data_spec(study_file)), n_trials=4)
+
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "COMPLETE", "PRUNED", "COMPLETE"]
+    assert "out of GPU memory at freeze=unfrozen batch_size=32 image_size=32" in study.trials[0].user_attrs["fail_reason"]
+    assert "ran out of GPU memory" in study.trials[2].user_attrs["refused"]   # refused before it ran
+    assert study.user_attrs["oom:unfrozen:32x32"] == 0
+
+
+def test_memory_stays_flat_from_trial_to_trial(tmp_path, data_dir):
+    # The in-process worker: no tensor or module outlives its trial (GPU memory is held by
+    # tensors only, and the cache is emptied after every trial).
+    from search.run import run_worker
+    from search.study import data_spec, open_study
+    from search.study_file import load_study_file
+    from swipr_core.data import prepare_data
+
+    study_file = load_study_file(write_study(tmp_path, data_dir, pruner="none"))
+    open_study(study_file, create=True)
+    counts = []
+
+    def count(study, trial) -> None:
+        gc.collect()
+        live = [o for o in gc.get_objects() if isinstance(o, (torch.Tensor, torch.nn.Module))]
+        counts.append(len(live))
+
+    run_worker(study_file, prepare_data(data_spec(study_file)), n_trials=4, callbacks=[count])
+    assert len(counts) == 4
+    assert counts[1] == counts[2] == counts[3], counts
+
+
+def test_workers_on_postgres_stop_on_ctrl_c_then_finish_every_trial_once(tmp_path, data_dir, pg_url):
+    path = write_study(tmp_path, data_dir, space=THREE_EPOCHS, sampler="random", pruner="none")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SWIPR_STORAGE": pg_url}
+    process = subprocess.Popen([sys.executable, "-m", "search.cli", "study", "run", str(path), "--workers", "2",
+                                "--n-trials", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(
+            t.state == optuna.trial.TrialState.RUNNING for t in _trials_or_none(path, pg_url)):
+        time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGINT)   # what the terminal does on Ctrl-C
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    trials = _trials_or_none(path, pg_url)
+    states = [t.state for t in trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    interrupted = [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert interrupted, states
+    # each interrupted trial waits to be retried (from its checkpoint) by the next run
+    waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    assert sorted(t.system_attrs["failed_trial"] for t in waiting) == sorted(interrupted)
+
+    # The next run takes the retries first; every trial is recorded once, none left running.
+    result = swipr("study", "run", path, "--workers", "2", "--n-trials", "3", env={"SWIPR_STORAGE": pg_url})
+    status = swipr("study", "status", path, env={"SWIPR_STORAGE": pg_url})
+    assert result.returncode == 0, result.stderr
+    for output in (out, err, result.stdout, result.stderr, status.stdout, status.stderr):
+        assert pg.PASSWORD not in output
+    assert "swipr:***@127.0.0.1" in result.stdout
+    trials = _trials_or_none(path, pg_url)
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    assert all(t.state.is_finished() for t in trials), [t.state for t in trials]
+    retries = [t for t in trials if "retry_of" in t.user_attrs]
+    assert sorted(t.user_attrs["retry_of"] for t in retries) == sorted(interrupted)
+    fresh = [t.params["lr"] for t in trials if "failed_trial" not in t.system_attrs and "lr" in t.params]
+    assert len(set(fresh)) == len(fresh)   # no configuration proposed twice
+
+
+def _trials_or_none(path, url):
+    os.environ["SWIPR_STORAGE"] = url
+    try:
+        return _study(path).get_trials(deepcopy=False)
+    except Exception:
+        return []
+    finally:
+        del os.environ["SWIPR_STORAGE"]
