@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """Three unpruned trials of a tiny study, then a fit of the best one — all on one CPU
-    thread, where a replay is bit-identical whatever else the machine is doing."""
+    """Three unpruned trials of a tiny study, then a fit of the best one — both on one CPU
+    thread: with the trial's thread count a CPU replay is bit-identical."""
     import torch
 
     from search.fit import fit
@@ -41,10 +41,11 @@ def fitted(tmp_path_factory):
     study_path.write_text(text)
     try:
         run_study(argparse.Namespace(study_file=study_path, n_trials=None, timeout=None, device="cpu"))
-        lines: list[str] = []
-        outcome = fit(study_path, root / "bundle", echo=lines.append)
     finally:
         torch.set_num_threads(threads)
+    lines: list[str] = []
+    outcome = fit(study_path, root / "bundle", threads=1, echo=lines.append)
+    assert torch.get_num_threads() == threads   # the replay's thread count doesn't leak
     return study_path, outcome, lines
 
 
@@ -66,6 +67,7 @@ def test_replay_reproduces_the_best_trial(fitted):
     assert any("equals the trial's exactly" in line and "tolerance" in line for line in lines)
     manifest = outcome.manifest
     assert manifest["replay"]["difference"] == 0.0 and manifest["replay"]["tolerance"] > 0
+    assert manifest["replay"]["cpu_threads"] == 1
     assert manifest["trial"] == best.number and manifest["study"] == "demo"
     assert manifest["params"] == best.params and manifest["seed"] == best.user_attrs["seed"]
     assert manifest["data_fingerprint"] == best.user_attrs["data_fingerprint"]

@@ -22,6 +22,9 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
                    help="pick the threshold with at least this precision for YES on validation "
                         "(default: the threshold with the best F1)")
     p.add_argument("--device", help="override [train] device (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads for the replay (default: the trial's user attr cpu_threads, else "
+                        "all cores); a CPU replay is bit-identical only with the trial's thread count")
     p.add_argument("--strict", action="store_true",
                    help="write no bundle when the replay's loss is outside the tolerance")
     p.set_defaults(func=run)
@@ -31,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
     from search.fit import fit
 
     fit(args.study_file, args.out, trial_number=args.trial, target_precision=args.target_precision,
-        device=args.device, strict=args.strict, echo=lambda line: print(line, flush=True))
+        device=args.device, strict=args.strict, threads=args.threads, echo=lambda line: print(line, flush=True))
     return 0
