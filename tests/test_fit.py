@@ -191,3 +191,28 @@ def test_target_precision_threshold():
     # Unreachable (the most confident answer is wrong): the most precise cut, said so.
     flipped = choose_threshold(probs, 1 - targets, target_precision=0.9)
     assert "not reached" in flipped.rule
+
+
+def test_replay_verdicts_in_words():
+    from types import SimpleNamespace
+
+    from search.fit import compare_replay
+
+    trial = SimpleNamespace(value=0.5)
+    lines: list[str] = []
+    assert compare_replay(trial, 0.5, lines.append)["matched"]
+    assert compare_replay(trial, 0.505, lines.append)["matched"]        # 1%: within 1e-4 + 2%
+    far = compare_replay(trial, 0.6, lines.append)                      # 20%: another run
+    assert not far["matched"] and far["difference"] == pytest.approx(0.1)
+    assert "exactly" in lines[0] and "within" in lines[1]
+    assert "OUTSIDE" in lines[2] and "20.0%" in lines[2] and "not deterministic" in lines[2]
+
+
+def test_strict_writes_nothing_outside_the_tolerance(fitted, tmp_path, monkeypatch):
+    import search.fit
+
+    study_path, _, _ = fitted
+    monkeypatch.setattr(search.fit, "REPLAY_ATOL", -1.0)   # no replay can match
+    with pytest.raises(SwiprError, match="--strict"):
+        search.fit.fit(study_path, tmp_path / "b", strict=True, threads=1, echo=lambda line: None)
+    assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
