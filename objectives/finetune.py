@@ -8,6 +8,7 @@ of fastai and re-raises it here), so Optuna records PRUNED.
 from __future__ import annotations
 
 import optuna
+import torch
 
 from swipr_core.data import Dataset
 from swipr_core.model import ModelSpec
@@ -82,6 +83,8 @@ class FinetuneObjective:
         trial.set_user_attr("seed", config.seed)
         trial.set_user_attr("planned_epochs", config.epochs)
         trial.set_user_attr("data_fingerprint", self.dataset.fingerprint)
+        # CPU results depend on the thread count (reduction order): `swipr fit` replays with it.
+        trial.set_user_attr("cpu_threads", torch.get_num_threads())
         self._call("on_start", trial, config)
         seen: list[EpochRecord] = []   # what a pruned or failed run reached, for on_stop
 
