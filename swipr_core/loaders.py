@@ -99,7 +99,9 @@ def augment_batch(images: torch.Tensor, aug: Augment, train: bool, generator: to
     elif x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     bias, scale = _bias_and_scale(tuple(aug.mean), tuple(aug.std), device)
-    x = torch.addcmul(bias, x, scale)   # one pass over the batch
+    # One pass, in place: x is always a fresh tensor here (.float(), grid_sample and
+    # interpolate all allocate), and a new output would cost its page faults on a CPU.
+    x = torch.addcmul(bias, x, scale, out=x)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
