@@ -136,6 +136,10 @@ def supervise(study_file_path, storage_url: str, slots: list[Slot], n_trials: in
         process.start()
         running[process.sentinel] = (process, slot)
 
+    def on_term(signum, frame) -> None:
+        raise KeyboardInterrupt   # a preempted machine's SIGTERM stops the run like Ctrl-C
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         while True:
             while free and budget > 0 and status == 0 and not (deadline and time.monotonic() >= deadline):
@@ -164,8 +168,11 @@ def supervise(study_file_path, storage_url: str, slots: list[Slot], n_trials: in
                     print(f"swipr: {crashes} trial processes in a row died; stopping", file=sys.stderr, flush=True)
                     status = 1
     except KeyboardInterrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _stop_all(running)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop_all(running: dict) -> None:
