@@ -78,6 +78,13 @@ def make_slots(workers: int | None, gpus: str | None, trials_per_gpu: int | None
     return [Slot(i * per_gpu + k, gpu) for i, gpu in enumerate(parse_gpus(gpus)) for k in range(per_gpu)]
 
 
+def visible_device(gpu: int, inherited: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for the slot on GPU `gpu`. --gpus numbers the GPUs this process
+    sees, so under an inherited CUDA_VISIBLE_DEVICES=2,3, GPU 0 is device 2."""
+    ids = [part.strip() for part in inherited.split(",") if part.strip()] if inherited else []
+    return ids[gpu] if gpu < len(ids) else str(gpu)
+
+
 # --- inside a trial process -------------------------------------------------------------
 
 _state = {"in_trial": False, "stop": False}
@@ -130,7 +137,7 @@ def supervise(study_file_path, storage_url: str, slots: list[Slot], n_trials: in
     def start(slot: Slot) -> None:
         env = {"SWIPR_STORAGE": storage_url}
         if slot.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
+            env["CUDA_VISIBLE_DEVICES"] = visible_device(slot.gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
         process = context.Process(target=_trial_process, name=f"swipr-{slot.index}",
                                   args=(Task(str(study_file_path), slot, device, env, threads),))
         process.start()

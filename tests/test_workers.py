@@ -13,7 +13,7 @@ import optuna
 import pytest
 import torch
 
-from search.workers import Slot, make_slots, parse_gpus
+from search.workers import Slot, make_slots, parse_gpus, visible_device
 from swipr_core.errors import SwiprError
 from tests import pg
 from tests.studykit import ROOT, SPACE, demo_data, swipr, write_study
@@ -45,6 +45,12 @@ def test_slots_from_workers_and_gpus():
             parse_gpus(bad)
     with pytest.raises(SwiprError, match="not both"):
         make_slots(2, "0", None)
+
+
+def test_each_gpu_slot_sees_only_its_gpu():
+    assert visible_device(1, None) == "1"
+    assert visible_device(1, "4,6") == "6"   # --gpus counts the GPUs the user already selected
+    assert visible_device(0, "GPU-3f2a,GPU-77aa") == "GPU-3f2a"
 
 
 KILL_AFTER_EPOCH_1 = """
