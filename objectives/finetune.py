@@ -56,7 +56,7 @@ class FinetuneObjective:
 
     def __init__(self, dataset: Dataset, space: dict, model_spec: ModelSpec, *, head_epochs: int = 1,
                  seed: int = 0, device: str = "auto", precision: str = "auto", checkpoint_dir_for=None,
-                 on_result=None, hooks=()):
+                 on_result=None, hooks=(), seed_number_for=None):
         self.dataset = dataset
         self.space = space
         self.model_spec = model_spec
@@ -66,6 +66,9 @@ class FinetuneObjective:
         self.precision = precision
         # trial -> folder for its per-epoch checkpoints (or None): how a retried trial resumes
         self.checkpoint_dir_for = checkpoint_dir_for or (lambda trial: None)
+        # trial -> the number its seed comes from: a retry must shuffle as the trial it
+        # resumes did, so the retry layer hands back the original trial's number.
+        self.seed_number_for = seed_number_for or (lambda trial: trial.number)
         # (trial, TrainResult) -> None: artifacts, notes, anything after a finished run
         self.on_result = on_result
         # Objects with any of on_start(trial, config), on_epoch(trial, record),
@@ -79,7 +82,7 @@ class FinetuneObjective:
                 method(*args)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        config = config_from_trial(trial, self.space, self.head_epochs, trial_seed(self.seed, trial.number))
+        config = config_from_trial(trial, self.space, self.head_epochs, trial_seed(self.seed, self.seed_number_for(trial)))
         trial.set_user_attr("seed", config.seed)
         trial.set_user_attr("planned_epochs", config.epochs)
         trial.set_user_attr("data_fingerprint", self.dataset.fingerprint)

@@ -63,6 +63,10 @@ class Checkpoints:
         """FinetuneObjective's checkpoint_dir_for."""
         return self.folder(original_number(frozen(trial)))
 
+    def seed_number_for(self, trial: optuna.Trial) -> int:
+        """FinetuneObjective's seed_number_for: a retry trains with its original's seed."""
+        return original_number(frozen(trial))
+
     def remove(self, trial_number: int) -> None:
         shutil.rmtree(self.folder(trial_number), ignore_errors=True)
 

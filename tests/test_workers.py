@@ -96,6 +96,7 @@ def test_sigkilled_trial_is_failed_and_retried_from_its_checkpoint(tmp_path, dat
     assert retry.user_attrs["resumed_from_epoch"] == 2
     assert sorted(retry.intermediate_values) == [0, 1, 2]
     assert retry.params == first.params
+    assert retry.user_attrs["seed"] == first.user_attrs["seed"]   # shuffles as the original did
     assert not checkpoint.parent.exists()   # removed once the trial finished
 
 
