@@ -75,15 +75,22 @@ def _bias_and_scale(mean: tuple, std: tuple, device: torch.device) -> tuple[torc
 
 
 def augment_batch(images: torch.Tensor, aug: Augment, train: bool, generator: torch.Generator | None = None,
-                  channels_last: bool = False, theta: torch.Tensor | None = None) -> torch.Tensor:
+                  channels_last: bool = False, theta: torch.Tensor | None = None,
+                  resample: str = "auto") -> torch.Tensor:
     """uint8 (B, H, W, 3) on any device -> normalised float (B, 3, S, S) on that device.
 
     `theta` (from random_affine, already on the device) skips drawing it here; it must be
-    axis-aligned (zoom, shift, flip), as random_affine's are."""
+    axis-aligned (zoom, shift, flip), as random_affine's are. `resample` for training:
+    "grid" (one grid_sample), "crop" (per-image uint8 crop and resize, whole pixels) or
+    "auto" (crop on a CPU, grid elsewhere)."""
     device = images.device
-    x = images.permute(0, 3, 1, 2).float()   # values 0..255; the permuted view is channels_last in memory
     size = aug.image_size
-    if train:
+    if train and (resample == "crop" or (resample == "auto" and device.type == "cpu")):
+        n = images.shape[0]
+        theta = random_affine(n, aug, generator) if theta is None else theta
+        x = _crop_and_resize(images, theta.cpu(), size).float()
+    elif train:
+        x = images.permute(0, 3, 1, 2).float()   # values 0..255; the permuted view is channels_last in memory
         # Bilinear sampling reads 2×2 neighbours, so up to 2× down it touches every pixel;
         # only further down would it skip pixels (alias), and there a cheap antialiased
         # shrink goes first. The usual 256 px cache -> 224 px skips it, which costs as much
@@ -96,8 +103,10 @@ def augment_batch(images: torch.Tensor, aug: Augment, train: bool, generator: to
             theta = random_affine(n, aug, generator).to(device)
         grid = axis_aligned_grid(theta, size)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    elif x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    else:
+        x = images.permute(0, 3, 1, 2).float()
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     bias, scale = _bias_and_scale(tuple(aug.mean), tuple(aug.std), device)
     # One pass, in place: x is always a fresh tensor here (.float(), grid_sample and
     # interpolate all allocate), and a new output would cost its page faults on a CPU.
@@ -105,6 +114,24 @@ def augment_batch(images: torch.Tensor, aug: Augment, train: bool, generator: to
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def _crop_and_resize(images: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
+    """The CPU's way to the same augmentation: each image's zoom window (from theta, rounded
+    to whole pixels) resized in uint8, then flipped. On a CPU that's ~4x faster than a
+    float grid_sample over the batch; on a GPU, one grid_sample beats a call per image."""
+    n, height, width = images.shape[:3]
+    x = images.permute(0, 3, 1, 2)   # channels_last uint8: the fast path of CPU bilinear resize
+    out = torch.empty((n, 3, size, size), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    for i, (sx, tx, sy, ty) in enumerate(theta[:, [0, 0, 1, 1], [0, 2, 1, 2]].tolist()):
+        w, h = max(1, round(abs(sx) * width)), max(1, round(abs(sy) * height))
+        left = min(max(0, round((tx - abs(sx) + 1) / 2 * width)), width - w)
+        top = min(max(0, round((ty - abs(sy) + 1) / 2 * height)), height - h)
+        crop = x[i:i + 1, :, top:top + h, left:left + w]
+        resized = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
+                                antialias=w > 2 * size)
+        out[i] = resized[0].flip(-1) if sx < 0 else resized[0]
+    return out
 
 
 def gather_rows(array: np.ndarray, rows: np.ndarray, pin: bool = False) -> torch.Tensor:

@@ -17,9 +17,10 @@ def images(n=4, px=20, seed=0):
 
 
 def test_a_constant_image_normalises_to_the_model_stats():
-    for px, train in ((20, True), (40, True), (20, False), (40, False)):   # 40 px: shrunk first (> 2× down)
+    cases = [(px, train, resample) for px in (20, 40) for train in (True, False) for resample in ("grid", "crop")]
+    for px, train, resample in cases:   # 40 px: more than 2× down, antialiased first
         batch = torch.full((2, px, px, 3), 51, dtype=torch.uint8)   # 51/255 = 0.2
-        out = augment_batch(batch, aug(), train, torch.Generator().manual_seed(0))
+        out = augment_batch(batch, aug(), train, torch.Generator().manual_seed(0), resample=resample)
         assert out.shape == (2, 3, 16, 16) and out.dtype == torch.float32
         expected = (0.2 - torch.tensor(MEAN)) / torch.tensor(STD)
         torch.testing.assert_close(out.mean(dim=(0, 2, 3)), expected, atol=1e-4, rtol=1e-4)
@@ -35,12 +36,31 @@ def test_validation_is_a_plain_resize_with_no_randomness():
     torch.testing.assert_close(same_size, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_a_flip_without_zoom_mirrors_the_image():
+@pytest.mark.parametrize("resample", ["grid", "crop"])
+def test_a_flip_without_zoom_mirrors_the_image(resample):
     batch = images(n=1, px=16)
     theta = torch.tensor([[[-1.0, 0, 0], [0, 1.0, 0]]])
-    flipped = augment_batch(batch, aug(max_zoom=1.0), True, theta=theta)
+    flipped = augment_batch(batch, aug(max_zoom=1.0), True, theta=theta, resample=resample)
     plain = augment_batch(batch, aug(), train=False)
     torch.testing.assert_close(flipped, plain.flip(-1), atol=1e-4, rtol=1e-4)
+
+
+def test_the_cpus_crop_path_matches_the_gpus_grid_path_up_to_whole_pixels():
+    # A smooth picture: rounding the zoom window to whole pixels moves values very little.
+    ramp = torch.linspace(0, 1, 40)
+    picture = torch.stack([ramp[None, :].expand(40, 40), ramp[:, None].expand(40, 40), (ramp[None, :] + ramp[:, None]) / 2],
+                          dim=-1)
+    batch = (picture * 255).round().to(torch.uint8)[None].repeat(8, 1, 1, 1)
+    theta = random_affine(8, aug(size=32), torch.Generator().manual_seed(5))
+    grid = augment_batch(batch, aug(size=32), True, theta=theta, resample="grid")
+    crop = augment_batch(batch, aug(size=32), True, theta=theta, resample="crop")
+    one_step = (1 / 40) / min(STD)   # one source pixel of the ramp, in normalised units
+    assert (grid - crop).abs().max() < 1.5 * one_step
+    # Flipped images come out flipped on both paths: the horizontal ramp runs the other way.
+    flipped = theta[:, 0, 0] < 0
+    assert flipped.any() and not flipped.all()
+    slope = crop[:, 0, 16, -1] - crop[:, 0, 16, 0]
+    assert (slope[flipped] < 0).all() and (slope[~flipped] > 0).all()
 
 
 def test_random_affine_stays_within_zoom_shift_and_flips_about_half():
@@ -57,11 +77,12 @@ def test_random_affine_stays_within_zoom_shift_and_flips_about_half():
 
 def test_augmentation_is_reproducible_from_the_seed():
     batch = images()
-    a = augment_batch(batch, aug(), True, torch.Generator().manual_seed(3))
-    b = augment_batch(batch, aug(), True, torch.Generator().manual_seed(3))
-    c = augment_batch(batch, aug(), True, torch.Generator().manual_seed(4))
-    torch.testing.assert_close(a, b)
-    assert not torch.allclose(a, c)
+    for resample in ("grid", "crop"):
+        a = augment_batch(batch, aug(), True, torch.Generator().manual_seed(3), resample=resample)
+        b = augment_batch(batch, aug(), True, torch.Generator().manual_seed(3), resample=resample)
+        c = augment_batch(batch, aug(), True, torch.Generator().manual_seed(4), resample=resample)
+        torch.testing.assert_close(a, b)
+        assert not torch.allclose(a, c)
 
 
 def test_gather_rows_copies_the_rows_into_one_tensor():
