@@ -113,8 +113,9 @@ def heartbeat(study_file: StudyFile) -> Heartbeat:
 
 
 def open_worker_study(study_file: StudyFile, checkpoints: Checkpoints, slot: str = "0") -> optuna.Study:
-    """The study as one worker runs it: heartbeats on, stale trials retried, and a sampler
-    seed of its own (see search.samplers.worker_seed)."""
+    """The study as one worker runs it: heartbeats on, stale trials retried (on SQLite and
+    PostgreSQL; a journal file has no heartbeats), and a sampler seed of its own
+    (see search.samplers.worker_seed)."""
     s = study_file.study
     storage = open_storage(s.storage, create=False, heartbeat=heartbeat(study_file), on_stale=checkpoints.on_stale)
     pruner = make_pruner(s.pruner, s.pruner_startup_trials, s.pruner_warmup_epochs)

@@ -94,7 +94,7 @@ def run_study(args: argparse.Namespace) -> int:
     from search.progress import StudyProgress, summary_table
     from search.study import check_fingerprint, data_spec, enqueue_warm_start, open_study
     from search.study_file import load_study_file
-    from search.storage import redact, redact_output
+    from search.storage import NO_HEARTBEAT_NOTE, redact, redact_output, supports_heartbeat
     from search.workers import make_slots, supervise
     from swipr_core.data import prepare_data
     from swipr_core.errors import SwiprError
@@ -129,6 +129,8 @@ def run_study(args: argparse.Namespace) -> int:
     where = f" on {len(slots)} worker{'s' if len(slots) != 1 else ''}" if parallel else ""
     print(f"study '{study.study_name}' in {redact(study_file.study.storage)}: "
           f"{done_before} trials so far, running {n_trials} more{where}", flush=True)
+    if not supports_heartbeat(study_file.study.storage):
+        print(NO_HEARTBEAT_NOTE, flush=True)
 
     status = 0
     if parallel:

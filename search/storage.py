@@ -2,9 +2,11 @@
 
 One machine: SQLite in WAL mode, so readers never block the writer, with a long busy timeout,
 so 8 worker processes queue for the write lock instead of failing with "database is locked".
-SQLite rather than Optuna's JournalFileStorage because heartbeats (a dead worker's trial is
-failed and retried) exist only for RDBStorage, and `status`, `best` and optuna-dashboard
-already open sqlite:/// files. Several machines: PostgreSQL through an ordinary URL.
+Several machines: PostgreSQL through an ordinary URL. Or Optuna's journal file
+(journal:///path.log): an append-only log of operations, readable with any text tool and
+needing no database, guarded by a lock file (so: a local or lock-capable filesystem). It is
+the default nowhere because Optuna's heartbeats (a dead worker's trial is failed and
+retried) exist only for RDBStorage; on a journal such a trial just stays RUNNING.
 """
 from __future__ import annotations
 
@@ -31,6 +33,23 @@ class Heartbeat:
     max_retry: int = 3
 
 
+JOURNAL_SCHEME = "journal:///"           # journal:///rel/study.log or journal:////abs/study.log
+JOURNAL_SUFFIXES = (".log", ".journal")  # a bare path with these endings is a journal file too
+NO_HEARTBEAT_NOTE = ("note: a journal file has no heartbeats, so a trial whose worker dies stays RUNNING "
+                     "and is not retried; dead-worker retries need SQLite or PostgreSQL")
+
+
+def journal_path(url: str) -> Path | None:
+    if url.startswith(JOURNAL_SCHEME):
+        return Path(url[len(JOURNAL_SCHEME):])
+    return None
+
+
+def supports_heartbeat(url: str) -> bool:
+    """Whether the storage at `url` can fail and retry a dead worker's trial (RDBStorage only)."""
+    return journal_path(url) is None
+
+
 def normalize_url(url: str) -> str:
     """Accept the URL a database admin hands out. postgres:// and postgresql:// without a
     driver go through psycopg2 (a dependency): SQLAlchemy 2.1 would pick psycopg 3, which
@@ -43,6 +62,8 @@ def normalize_url(url: str) -> str:
 
 def redact(url: str) -> str:
     """The URL as it may be shown to a user: any password replaced by ***."""
+    if journal_path(url) is not None:   # a file path, no password; SQLAlchemy would mangle it
+        return url
     try:
         from sqlalchemy.engine import make_url
 
@@ -90,8 +111,12 @@ def _lost_schema_race(error: Exception) -> bool:
 def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = None, on_stale=None):
     """An Optuna storage for `url`. With create=False a missing SQLite file is an error
     instead of a new empty database (status and best must not create files). With
-    `heartbeat`, running trials beat and stale ones are handed to `on_stale(study, trial)`."""
+    `heartbeat`, running trials beat and stale ones are handed to `on_stale(study, trial)`;
+    a journal file has no heartbeats, so there `heartbeat` is ignored (see supports_heartbeat)."""
     import optuna
+
+    if journal_path(url) is not None:
+        return _open_journal(url, create)
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -100,7 +125,7 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
         parsed = make_url(url)
     except ArgumentError:
         raise SwiprError(f"storage URL {redact(url)!r} is not a database URL (e.g. sqlite:///study.db, "
-                         f"postgresql://user:pass@host/db)") from None
+                         f"postgresql://user:pass@host/db, journal:///study.log)") from None
     engine_kwargs: dict = {}
     path = sqlite_path(url)
     if path is not None:
@@ -133,6 +158,26 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
     except Exception as error:  # driver, DNS, auth and schema errors all land here
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SwiprError(f"storage {redact(url)}: can't open it: {redact_text(reason, url)}") from None
+
+
+def _open_journal(url: str, create: bool):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    path = journal_path(url)
+    # JournalFileBackend creates a missing file: status and best must not.
+    if not create and not path.is_file():
+        raise SwiprError(f"storage {url}: no such journal file (run `swipr study run` first)")
+    if create and not path.parent.is_dir():
+        raise SwiprError(f"storage {url}: folder {path.parent} does not exist")
+    try:
+        # Opening replays the whole log, so a file that isn't a journal fails here, not later.
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    except Exception as error:   # a folder, no permission, not a journal
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, (ValueError, UnicodeDecodeError)):   # JSONDecodeError is a ValueError
+            reason = f"it holds something else ({reason})"
+        raise SwiprError(f"storage {url}: can't open it as a journal file: {reason}") from None
 
 
 class RedactingStream:

@@ -294,15 +294,29 @@ def _resolve(base: Path, value: str) -> Path:
     return (base / os.path.expanduser(value)).resolve()
 
 
+def _journal_url(base: Path, value: str) -> str | None:
+    """journal:///rel, journal:////abs or a bare path ending in .log/.journal, as an absolute
+    journal:/// URL (relative to `base`); None for anything else."""
+    from search.storage import JOURNAL_SCHEME, JOURNAL_SUFFIXES
+
+    if value.startswith(JOURNAL_SCHEME):
+        return JOURNAL_SCHEME + str(_resolve(base, value[len(JOURNAL_SCHEME):]))
+    if "://" not in value and value.endswith(JOURNAL_SUFFIXES):
+        return JOURNAL_SCHEME + str(_resolve(base, value))
+    return None
+
+
 def _storage_url(path: Path, configured: str) -> tuple[str, bool]:
     from_env = os.environ.get("SWIPR_STORAGE", "")
     if from_env:
-        return from_env, False
+        # Passed on to worker processes resolved, so a later change of folder can't move it.
+        return _journal_url(Path.cwd(), from_env) or from_env, False
     if configured:
         if configured.startswith("sqlite:///") and not configured.startswith("sqlite:////"):
             # A relative SQLite path is relative to the study file, like every other path.
             return "sqlite:///" + str(_resolve(path.parent, configured[len("sqlite:///"):])), True
-        return configured, True
+        # A journal file's too; journal:////abs is absolute, as with sqlite.
+        return _journal_url(path.parent, configured) or configured, True
     return f"sqlite:///{path.parent.resolve() / (path.stem + '.db')}", False
 
 
