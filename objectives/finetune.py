@@ -56,7 +56,7 @@ class FinetuneObjective:
 
     def __init__(self, dataset: Dataset, space: dict, model_spec: ModelSpec, *, head_epochs: int = 1,
                  seed: int = 0, device: str = "auto", precision: str = "auto", checkpoint_dir_for=None,
-                 on_result=None, hooks=(), seed_number_for=None):
+                 on_result=None, hooks=(), seed_number_for=None, compile: str = "auto"):
         self.dataset = dataset
         self.space = space
         self.model_spec = model_spec
@@ -64,6 +64,7 @@ class FinetuneObjective:
         self.seed = seed
         self.device = device
         self.precision = precision
+        self.compile = compile
         # trial -> folder for its per-epoch checkpoints (or None): how a retried trial resumes
         self.checkpoint_dir_for = checkpoint_dir_for or (lambda trial: None)
         # trial -> the number its seed comes from: a retry must shuffle as the trial it
@@ -102,7 +103,7 @@ class FinetuneObjective:
         try:
             result: TrainResult = train(self.dataset, config, self.model_spec, device=self.device,
                                         precision=self.precision, on_epoch=report,
-                                        checkpoint_dir=self.checkpoint_dir_for(trial))
+                                        checkpoint_dir=self.checkpoint_dir_for(trial), compile=self.compile)
         except Exception as error:
             # Still RUNNING here, so hooks may write to the trial; then Optuna records
             # PRUNED or FAIL from the same exception.

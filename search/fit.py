@@ -194,7 +194,7 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
     try:
         result = train(dataset, config, ModelSpec(study_file.model.arch, study_file.model.pretrained,
                                                   study_file.model.weights),
-                       device=str(device), precision=precision,
+                       device=str(device), precision=precision, compile=study_file.train.compile,
                        on_epoch=lambda r: echo(f"  epoch {r.epoch} {r.phase}: train_loss {r.train_loss:.4f} "
                                                f"valid_loss {r.valid_loss:.4f}"))
     finally:

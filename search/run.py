@@ -28,6 +28,7 @@ def build_objective(study_file, dataset, device: str | None, checkpoints, hooks=
         dataset, study_file.space, ModelSpec(model.arch, model.pretrained, model.weights),
         head_epochs=study_file.train.head_epochs, seed=study_file.study.seed,
         device=device or study_file.train.device, precision=study_file.train.precision,
+        compile=study_file.train.compile,
         checkpoint_dir_for=checkpoints.dir_for, seed_number_for=checkpoints.seed_number_for, hooks=hooks,
     )
 

@@ -64,3 +64,25 @@ def test_complete_trial_records_its_metrics(setup):
                 "train_images_per_s", "seed", "data_fingerprint"):
         assert key in trial.user_attrs, key
     assert 0.5 <= trial.user_attrs["majority_accuracy"] <= 1
+
+
+def test_the_study_files_compile_key_reaches_training(tmp_path, monkeypatch):
+    import objectives.finetune as finetune
+    from search.run import build_objective
+    from search.retry import Checkpoints
+
+    space = SPACE
+    study_file = load_study_file(write_study(tmp_path, tmp_path / "data", space=space,
+                                             extra={"train": 'compile = "off"\n'}))
+    seen = {}
+
+    def fake_train(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(finetune, "train", fake_train)
+    objective = build_objective(study_file, prepare_data(data_spec(study_file)), "cpu",
+                                Checkpoints(tmp_path / "ck", 0))
+    study = optuna.create_study()
+    study.optimize(objective, n_trials=1, catch=(RuntimeError,))
+    assert seen["compile"] == "off" and seen["device"] == "cpu"
