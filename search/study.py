@@ -14,10 +14,7 @@ FINGERPRINT_ATTR = "data_fingerprint"
 
 
 def data_spec(study_file: StudyFile) -> DataSpec:
-    data = study_file.data
-    return DataSpec(database=data.database, image_root=data.image_root, labels_file=data.labels_file,
-                    cache_dir=data.cache_dir, cache_px=data.cache_px, valid_pct=data.valid_pct,
-                    split_seed=data.split_seed, rules=data.rules)
+    return study_file.data
 
 
 def open_study(study_file: StudyFile, create: bool = True) -> optuna.Study:

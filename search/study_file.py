@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from swipr_core.data import DataSpec
 from swipr_core.errors import SwiprError
 from swipr_core.labels import LabelRules
 
@@ -92,16 +93,8 @@ class StudySection:
     max_retry: int = 3
 
 
-@dataclass(frozen=True)
-class DataSection:
-    database: Path
-    image_root: Path
-    labels_file: Path
-    cache_dir: Path
-    cache_px: int
-    valid_pct: float
-    split_seed: int
-    rules: LabelRules
+# The [data] section is exactly what the core needs to prepare a dataset.
+DataSection = DataSpec
 
 
 @dataclass(frozen=True)
