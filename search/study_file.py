@@ -303,7 +303,7 @@ def _storage_url(path: Path, configured: str) -> tuple[str, bool]:
     from_env = os.environ.get("SWIPR_STORAGE", "")
     if from_env:
         # Passed on to worker processes resolved, so a later change of folder can't move it.
-        return _journal_url(Path.cwd(), from_env) or from_env, False
+        return _journal_url(Path(), from_env) or from_env, False
     if configured:
         if configured.startswith("sqlite:///") and not configured.startswith("sqlite:////"):
             # A relative SQLite path is relative to the study file, like every other path.
