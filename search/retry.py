@@ -6,7 +6,8 @@ and Optuna's RetryHeartbeatStaleTrialCallback enqueues a copy with the same para
 finds the original's checkpoint folder (keyed by the ORIGINAL trial's number, which Optuna
 keeps across repeated retries) and `train` resumes after the last saved epoch. A trial that
 ends in its own process (complete, pruned, failed) removes its folder; so does one that has
-used up its retries. Ctrl-C (or SIGTERM) keeps the folder and enqueues the retry at once.
+used up its retries. Ctrl-C (or SIGTERM) keeps the folder and enqueues the retry at once; a
+worker asked to stop before its trial began gives the trial back to the queue instead.
 """
 from __future__ import annotations
 
@@ -139,13 +140,17 @@ class ResumableObjective:
     def __call__(self, trial: optuna.Trial):
         from search.workers import in_trial, stop_requested
 
-        self.checkpoints.note_resume(trial)
         keep = False
         try:
+            # From here on a stop request interrupts the trial, and the except below queues its
+            # retry; so the resume notes come after, and the trial leaves the span before its
+            # value goes back to Optuna (a stop in between is an interrupt, not a lost retry).
             in_trial(True)
-            if stop_requested():   # asked to stop between Optuna's ask and this call
+            if stop_requested():   # asked to stop between ask_unless_stopping and this call
                 raise KeyboardInterrupt
-            return self.objective(trial)
+            self.checkpoints.note_resume(trial)
+            value = self.objective(trial)
+            in_trial(False)
         except KeyboardInterrupt:
             in_trial(False)
             keep = self.checkpoints.retry_later(trial)
@@ -154,3 +159,26 @@ class ResumableObjective:
             in_trial(False)
             if not keep:
                 self.checkpoints.remove(original_number(frozen(trial)))
+        return value
+
+
+def ask_unless_stopping(study: optuna.Study, stopping) -> None:
+    """A worker asked to stop takes no trial. Optuna's optimize loop asks for the next trial
+    before the objective (and its stop check) runs, and the trial it takes may be one waiting
+    in the queue, such as the retry that another stopping worker has just enqueued: failed at
+    once, it would burn a retry and leave a FAIL whose retry is a retry of a retry. So a stop
+    requested before the ask raises KeyboardInterrupt before a trial is taken, and one that
+    lands during the ask puts the trial back in the queue (WAITING, its attributes as they were)
+    before Optuna starts its heartbeat: neither FAIL nor left RUNNING."""
+    ask = study.ask
+
+    def ask_or_stop(*args, **kwargs) -> optuna.Trial:
+        if stopping():
+            raise KeyboardInterrupt
+        trial = ask(*args, **kwargs)
+        if stopping():
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.WAITING)
+            raise KeyboardInterrupt
+        return trial
+
+    study.ask = ask_or_stop   # _run_trial calls study.ask(): this study's trials come through here

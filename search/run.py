@@ -38,11 +38,13 @@ def run_worker(study_file, dataset, *, n_trials: int, timeout: float | None = No
     """One worker: `n_trials` trials on the study, with heartbeats, resumable retries and OOM
     handling; the data fingerprint is checked before anything trains. Returns the study."""
     from search.oom import OutOfMemoryGuard, free_memory
-    from search.retry import Checkpoints, ResumableObjective, checkpoint_root, open_worker_study
+    from search.retry import Checkpoints, ResumableObjective, ask_unless_stopping, checkpoint_root, open_worker_study
     from search.study import check_fingerprint
+    from search.workers import stop_requested
 
     checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
     study = open_worker_study(study_file, checkpoints, slot)
+    ask_unless_stopping(study, stop_requested)   # only a trial process's SIGTERM requests a stop
     check_fingerprint(study, dataset, study_file)
     objective = build_objective(study_file, dataset, device, checkpoints, hooks)
     objective = ResumableObjective(OutOfMemoryGuard(objective, study_file.space), checkpoints)

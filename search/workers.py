@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
@@ -150,7 +151,8 @@ def supervise(study_file_path, storage_url: str, slots: list[Slot], n_trials: in
     try:
         while True:
             while free and budget > 0 and status == 0 and not (deadline and time.monotonic() >= deadline):
-                start(free.pop(0))
+                with _stop_held():
+                    start(free.pop(0))
                 budget -= 1
             if not running:
                 return status
@@ -180,6 +182,26 @@ def supervise(study_file_path, storage_url: str, slots: list[Slot], n_trials: in
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _stop_held():
+    """Ctrl-C (or SIGTERM) while a trial process starts is acted on once the process is in
+    `running`. Raised inside Process.start, it would leave a process that no one asks to stop
+    (trial processes ignore SIGINT) training on, maybe on a retry just queued by a stopped one."""
+    held = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, handler in previous.items():
+        if callable(handler):   # an ignored SIGINT (a job started in the background) stays ignored
+            signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if callable(handler):
+                signal.signal(sig, handler)
+    if held:
+        raise KeyboardInterrupt
 
 
 def _stop_all(running: dict) -> None:

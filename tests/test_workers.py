@@ -157,12 +157,129 @@ def test_memory_stays_flat_from_trial_to_trial(tmp_path, data_dir):
     assert counts[1] == counts[2] == counts[3], counts
 
 
+@pytest.fixture
+def stop_signal(monkeypatch):
+    """Runs what a trial process's SIGTERM handler runs, at a moment the test picks; `.reset()`
+    forgets the request, as a new trial process starts without one."""
+    from search import workers
+
+    def reset() -> None:
+        monkeypatch.setitem(workers._state, "stop", False)
+        monkeypatch.setitem(workers._state, "in_trial", False)
+
+    def stop(*args, **kwargs) -> None:
+        workers._on_stop(signal.SIGTERM, None)
+
+    reset()
+    stop.reset = reset
+    return stop
+
+
+def _stop_while_asking(monkeypatch, stop_signal) -> None:
+    """The stop lands inside study.ask, after Optuna has taken the trial (Trial() wraps it)."""
+    real_init = optuna.trial.Trial.__init__
+
+    def init(self, *args) -> None:
+        stop_signal()
+        real_init(self, *args)
+
+    monkeypatch.setattr(optuna.trial.Trial, "__init__", init)
+
+
+def _worker(tmp_path, data_dir, monkeypatch):
+    """An in-process worker (SQLite, heartbeats on) whose training returns at once."""
+    import objectives.finetune as finetune
+    from search.run import run_worker
+    from search.study import data_spec, open_study
+    from search.study_file import load_study_file
+    from swipr_core.data import prepare_data
+
+    monkeypatch.setattr(finetune, "train", lambda *args, **kwargs: _fake_result(0.5))
+    study_file = load_study_file(write_study(tmp_path, data_dir, pruner="none", extra=FAST_HEARTBEAT))
+    study = open_study(study_file, create=True)
+    dataset = prepare_data(data_spec(study_file))
+    return study, lambda: run_worker(study_file, dataset, n_trials=1)
+
+
+def _states(study):
+    return [t.state.name for t in study.get_trials(deepcopy=False)]
+
+
+def test_a_stopping_worker_fails_no_trial_it_had_not_started(tmp_path, data_dir, monkeypatch, stop_signal):
+    # The race behind Ctrl-C leaving a FAIL without its own retry: worker A is interrupted in
+    # training and queues its retry; worker B, asked to stop a moment later, still asked
+    # Optuna for a trial, took that retry and failed it at once.
+    import objectives.finetune as finetune
+
+    study, run = _worker(tmp_path, data_dir, monkeypatch)
+    fake = finetune.train
+
+    def train_until_stopped(*args, **kwargs):
+        stop_signal()   # in the trial: raises KeyboardInterrupt, as in a trial process
+        return fake(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "train", train_until_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run()   # A: the stop lands in training: FAIL, and its retry queued
+    assert _states(study) == ["FAIL", "WAITING"]
+    queued = study.get_trials(deepcopy=False)[1]
+    assert (queued.system_attrs["failed_trial"], queued.system_attrs["retry_history"]) == (0, [0])
+
+    with pytest.raises(KeyboardInterrupt):
+        run()   # B: asked to stop before it asks for a trial: it takes none
+    assert _states(study) == ["FAIL", "WAITING"]
+
+    stop_signal.reset()
+    with monkeypatch.context() as patch:
+        _stop_while_asking(patch, stop_signal)
+        with pytest.raises(KeyboardInterrupt):
+            run()   # C: the stop lands while Optuna hands it the queued retry: given back as it was
+    assert _states(study) == ["FAIL", "WAITING"]
+    given_back = study.get_trials(deepcopy=False)[1]
+    assert (given_back.system_attrs, given_back.params) == (queued.system_attrs, queued.params)
+
+    stop_signal.reset()
+    monkeypatch.setattr(finetune, "train", fake)
+    run()   # the next run takes the retry, once
+    assert _states(study) == ["FAIL", "COMPLETE"]
+    assert study.get_trials(deepcopy=False)[1].user_attrs["retry_of"] == 0
+
+
+def test_a_fresh_trial_taken_as_the_stop_lands_goes_back_to_the_queue(tmp_path, data_dir, monkeypatch,
+                                                                     stop_signal):
+    study, run = _worker(tmp_path, data_dir, monkeypatch)
+    _stop_while_asking(monkeypatch, stop_signal)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert _states(study) == ["WAITING"]   # not FAIL, not left RUNNING: the next run takes it
+
+
+def test_a_stop_while_a_trial_process_starts_waits_until_it_can_be_stopped():
+    from search.workers import _stop_held
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt   # as the supervisor's handler does
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    started = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _stop_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)   # the handler runs here, and holds the stop
+                started.append("registered")
+        assert started == ["registered"]
+        assert signal.getsignal(signal.SIGTERM) is on_term
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_workers_on_postgres_stop_on_ctrl_c_then_finish_every_trial_once(tmp_path, data_dir, pg_url):
     path = write_study(tmp_path, data_dir, space=THREE_EPOCHS, sampler="random", pruner="none")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SWIPR_STORAGE": pg_url}
     process = subprocess.Popen([sys.executable, "-m", "search.cli", "study", "run", str(path), "--workers", "2",
                                 "--n-trials", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True, env=env)
+                               text=True, start_new_session=True, env=env, preexec_fn=_ctrl_c_acts)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(
             t.state == optuna.trial.TrialState.RUNNING for t in _trials_or_none(path, pg_url)):
@@ -193,6 +310,12 @@ def test_workers_on_postgres_stop_on_ctrl_c_then_finish_every_trial_once(tmp_pat
     assert sorted(t.user_attrs["retry_of"] for t in retries) == sorted(interrupted)
     fresh = [t.params["lr"] for t in trials if "failed_trial" not in t.system_attrs and "lr" in t.params]
     assert len(set(fresh)) == len(fresh)   # no configuration proposed twice
+
+
+def _ctrl_c_acts() -> None:
+    # A job that a script starts in the background inherits SIGINT ignored, and Python keeps it
+    # so: under such a test runner the run would never see this test's Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _trials_or_none(path, url):
