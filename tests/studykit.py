@@ -62,3 +62,12 @@ def swipr(*args, cwd: Path | None = None, env: dict | None = None, timeout: floa
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], cwd=cwd or ROOT,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(result) -> str:
+    """Bad input: exit 2, a single line on stderr that starts with "swipr: error:", no traceback."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("swipr: error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]

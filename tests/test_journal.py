@@ -11,15 +11,7 @@ import pytest
 from search.storage import NO_HEARTBEAT_NOTE, open_storage, supports_heartbeat
 from search.study_file import load_study_file
 from swipr_core.errors import SwiprError
-from tests.studykit import swipr, write_study
-
-
-def one_line_error(result) -> str:
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("swipr: error:"), result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
+from tests.studykit import one_line_error, swipr, write_study
 
 
 def journal_study(folder, storage: str, filename: str = "study.toml"):

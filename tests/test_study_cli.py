@@ -6,16 +6,7 @@ import sys
 
 import pytest
 
-from tests.studykit import ROOT, demo_data, study_toml, swipr, write_study
-
-
-def one_line_error(result) -> str:
-    # Bad input: exit 2, a single line on stderr that starts with "swipr: error:", no traceback.
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("swipr: error:"), result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
+from tests.studykit import ROOT, demo_data, one_line_error, study_toml, swipr, write_study
 
 
 def sha(path) -> str:
