@@ -78,7 +78,7 @@ class Checkpoints:
         retried = _quietly(_Retry.retried_trial_number, state)
         if retried is None:
             return
-        from swipr_core.training import load_checkpoint
+        from swipr_core.checkpoints import load_checkpoint
 
         saved = load_checkpoint(self.folder(retried))
         history = saved["history"] if saved else []

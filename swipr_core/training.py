@@ -8,7 +8,6 @@ the exception is carried out of fastai cleanly and re-raised to the caller.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from swipr_core.checkpoints import fastai_opt_state, load_checkpoint, save_checkpoint
 from swipr_core.data import Dataset
 from swipr_core.errors import SwiprError
 from swipr_core.loaders import Augment, CachedBatches
@@ -161,54 +161,10 @@ class _Run:
         self.train_seconds += record.seconds
         self.train_images += images
         if self.checkpoint_dir is not None:
-            save_checkpoint(self.checkpoint_dir, learn, self)
+            save_checkpoint(self.checkpoint_dir, learn.model, learn.opt, [asdict(r) for r in self.history],
+                            self.train_seconds, self.train_images)
         if self.on_epoch is not None:
             self.on_epoch(record)
-
-
-CHECKPOINT_FILE = "last.pth"
-
-
-def save_checkpoint(directory: Path, learn, run: _Run) -> None:
-    """Weights, optimizer and history after an epoch, written to a temp file then renamed."""
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {
-        "model": learn.model.state_dict(),
-        "opt": _plain(learn.opt.state_dict()) if learn.opt is not None else None,
-        "history": [asdict(r) for r in run.history],
-        "train_seconds": run.train_seconds,
-        "train_images": run.train_images,
-    }
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, directory / CHECKPOINT_FILE)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _plain(value):
-    """fastai's optimizer state holds fastcore `L` lists and numpy scalars, which torch.load(weights_only=True)
-    refuses; plain lists and dicts load without unpickling arbitrary classes."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "L":
-        return [_plain(item) for item in value]
-    if isinstance(value, np.generic):   # numpy scalars in the hypers (fit_sgdr's lr_max)
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
-def load_checkpoint(directory: Path | None) -> dict | None:
-    if directory is None or not (directory / CHECKPOINT_FILE).is_file():
-        return None
-    try:
-        return torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    except Exception:
-        return None   # a checkpoint torn by a crash: start the trial over rather than fail it
 
 
 def _fit_sgdr(learn, n_cycles, cycle_len, lr_max, cycle_mult, cbs, start_epoch):
@@ -339,9 +295,7 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
             if learn.opt is None:
                 learn.create_opt()
                 if saved is not None and saved.get("opt") is not None and start > 0:
-                    from fastcore.foundation import L
-
-                    learn.opt.load_state_dict({"state": L(saved["opt"]["state"]), "hypers": L(saved["opt"]["hypers"])})
+                    learn.opt.load_state_dict(fastai_opt_state(saved["opt"]))
             # The head-only warm-up of frozen_then_unfrozen is one cosine cycle of head_epochs.
             n_cycles, cycle_len, cycle_mult = (1, n_epochs, 1) if phase == "frozen" and config.freeze == \
                 "frozen_then_unfrozen" else (config.n_cycles, config.cycle_len, config.cycle_mult)

@@ -6,7 +6,8 @@ import pytest
 from swipr_core.data import DataSpec, prepare_data
 from swipr_core.demo_data import DEMO_RULES
 from swipr_core.model import ModelSpec
-from swipr_core.training import TrainConfig, load_checkpoint, sgdr_epochs, train
+from swipr_core.checkpoints import load_checkpoint
+from swipr_core.training import TrainConfig, sgdr_epochs, train
 from tests.studykit import demo_data
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
