@@ -101,6 +101,7 @@ def run_study(args: argparse.Namespace) -> int:
     from search.workers import make_slots, supervise
     from swipr_core.data import prepare_data
     from swipr_core.errors import SwiprError
+    from swipr_core.model import ModelSpec, check_model
 
     study_file = load_study_file(args.study_file)
     redact_output(study_file.study.storage)
@@ -114,8 +115,6 @@ def run_study(args: argparse.Namespace) -> int:
                        getattr(args, "trials_per_gpu", None))
     device = _device(args.device or study_file.train.device, slots)
     _quiet_optuna()
-
-    from swipr_core.model import ModelSpec, check_model
 
     # A typo in the arch or an offline hub should fail now, not after the image cache is built.
     check_model(ModelSpec(study_file.model.arch, study_file.model.pretrained, study_file.model.weights))

@@ -87,7 +87,6 @@ class StudySection:
     warm_start: bool
     n_trials: int
     timeout: float
-    storage_from_file: bool = True   # False when SWIPR_STORAGE or the default supplied it
     heartbeat_interval: int = 60
     grace_period: int = 180
     max_retry: int = 3
@@ -299,18 +298,18 @@ def _journal_url(base: Path, value: str) -> str | None:
     return None
 
 
-def _storage_url(path: Path, configured: str) -> tuple[str, bool]:
+def _storage_url(path: Path, configured: str) -> str:
     from_env = os.environ.get("SWIPR_STORAGE", "")
     if from_env:
         # Passed on to worker processes resolved, so a later change of folder can't move it.
-        return _journal_url(Path(), from_env) or from_env, False
+        return _journal_url(Path(), from_env) or from_env
     if configured:
         if configured.startswith("sqlite:///") and not configured.startswith("sqlite:////"):
             # A relative SQLite path is relative to the study file, like every other path.
-            return "sqlite:///" + str(_resolve(path.parent, configured[len("sqlite:///"):])), True
+            return "sqlite:///" + str(_resolve(path.parent, configured[len("sqlite:///"):]))
         # A journal file's too; journal:////abs is absolute, as with sqlite.
-        return _journal_url(path.parent, configured) or configured, True
-    return f"sqlite:///{path.parent.resolve() / (path.stem + '.db')}", False
+        return _journal_url(path.parent, configured) or configured
+    return f"sqlite:///{path.parent.resolve() / (path.stem + '.db')}"
 
 
 def load_study_file(path: str | Path) -> StudyFile:
@@ -347,7 +346,7 @@ def load_study_file(path: str | Path) -> StudyFile:
         raise SwiprError(f"{path}: [study] max_retry must be 0 or more, got {study['max_retry']}")
     if study["timeout"] < 0 or not math.isfinite(study["timeout"]):
         raise SwiprError(f"{path}: [study] timeout must be 0 (none) or a positive number of seconds")
-    storage, storage_from_file = _storage_url(path, study["storage"])
+    storage = _storage_url(path, study["storage"])
 
     if not 0 < data["valid_pct"] < 1:
         raise SwiprError(f"{path}: [data] valid_pct must be between 0 and 1, got {data['valid_pct']}")
@@ -380,7 +379,6 @@ def load_study_file(path: str | Path) -> StudyFile:
             warm_start=study["warm_start"],
             n_trials=study["n_trials"],
             timeout=float(study["timeout"]),
-            storage_from_file=storage_from_file,
             heartbeat_interval=study["heartbeat_interval"],
             grace_period=study["grace_period"],
             max_retry=study["max_retry"],
