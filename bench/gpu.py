@@ -423,25 +423,24 @@ def compile_part(s: Settings, cache: Path, budget: Budget, raw: dict, project: d
     for batch in s.batches:
         if budget.allows(f"compile raw {batch}@{size}", COST["compile_raw"]):
             result = attempt(f"raw compiled {batch}@{size}", partial(raw_loop, s, batch, size, "default"))
-            result.update(what="raw", compile="default", eager_images_per_s=raw.get((batch, size)))
-            if raw.get((batch, size)) and "images_per_s" in result:
-                result["speedup"] = round(result["images_per_s"] / raw[batch, size], 3)
-            results.append(result)
+            results.append(_against_eager(result, "raw", "default", raw.get((batch, size))))
     batch = s.batches[0]
     if budget.allows(f"compile project {batch}@{size}", COST["compile_project"]):
         result = attempt(f"project compiled {batch}@{size}",
                          partial(project_trial, trial_spec(s, cache, batch, size, compile="on")))
-        result.update(what="project", compile="on", eager_images_per_s=project.get((batch, size)))
-        if project.get((batch, size)) and "images_per_s" in result:
-            result["speedup"] = round(result["images_per_s"] / project[batch, size], 3)
-        results.append(result)
+        results.append(_against_eager(result, "project", "on", project.get((batch, size))))
     if budget.allows(f"cuda graphs raw {batch}@{size}", COST["compile_raw"]):
         result = attempt(f"raw reduce-overhead {batch}@{size}", partial(raw_loop, s, batch, size, "reduce-overhead"))
-        result.update(what="raw", compile="reduce-overhead (CUDA graphs)", eager_images_per_s=raw.get((batch, size)))
-        if raw.get((batch, size)) and "images_per_s" in result:
-            result["speedup"] = round(result["images_per_s"] / raw[batch, size], 3)
-        results.append(result)
+        results.append(_against_eager(result, "raw", "reduce-overhead (CUDA graphs)", raw.get((batch, size))))
     return results
+
+
+def _against_eager(result: dict, what: str, compile_mode: str, eager: float | None) -> dict:
+    """A compiled run's figures, labelled, with its speed-up over the eager run where both ran."""
+    result.update(what=what, compile=compile_mode, eager_images_per_s=eager)
+    if eager and "images_per_s" in result:
+        result["speedup"] = round(result["images_per_s"] / eager, 3)
+    return result
 
 
 def _find(rows, **match):
