@@ -169,7 +169,6 @@ def make_cache(folder: Path, n: int, px: int) -> Path:
 
 
 def _dataset(cache_file: Path, n_train: int, n_valid: int, px: int):
-    from swipr_core.cache import ImageCache
     from swipr_core.data import Dataset
     from swipr_core.split import LabeledSplit
 
