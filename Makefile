@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 $(BIN)/swipr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,dask]'
 	touch $@
 
 setup: $(BIN)/swipr

@@ -35,9 +35,10 @@ def _quietly(function, *args):
 
 
 def checkpoint_root(study_file: StudyFile) -> Path:
-    """Per-trial checkpoints live in the machine's cache folder, one folder per study."""
+    """Per-trial checkpoints, one folder per study: in [cluster] checkpoint_dir (a folder every
+    worker reads, so a retry resumes on any machine), else in the machine's cache folder."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_file.study.name)
-    return study_file.data.cache_dir / "checkpoints" / safe
+    return (study_file.cluster.checkpoint_dir or study_file.data.cache_dir / "checkpoints") / safe
 
 
 def original_number(trial: optuna.trial.FrozenTrial) -> int:

@@ -71,8 +71,12 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "precision": (str, "auto"),         # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
         "compile": (str, "auto"),           # torch.compile: auto (on only where measured faster) | on | off
     },
+    "cluster": {
+        "dask": (str, ""),                  # a Dask scheduler address; `study run` runs trials there
+        "checkpoint_dir": (str, ""),        # per-epoch checkpoints, on a folder every worker reads
+    },
 }
-SECTION_ORDER = ("study", "data", "model", "train", "space")
+SECTION_ORDER = ("study", "data", "model", "train", "cluster", "space")
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,12 @@ class TrainSection:
 
 
 @dataclass(frozen=True)
+class ClusterSection:
+    dask: str = ""                          # SWIPR_DASK overrides it, --dask overrides both
+    checkpoint_dir: Path | None = None      # default: <cache_dir>/checkpoints
+
+
+@dataclass(frozen=True)
 class Range:
     low: float
     high: float
@@ -133,6 +143,7 @@ class StudyFile:
     model: ModelSection
     train: TrainSection
     space: dict[str, Range | Choices] = field(default_factory=dict)
+    cluster: ClusterSection = ClusterSection()
 
 
 def _type_name(expected) -> str:
@@ -330,6 +341,7 @@ def load_study_file(path: str | Path) -> StudyFile:
     data = _section(path, raw, "data")
     model = _section(path, raw, "model")
     train = _section(path, raw, "train")
+    cluster = _section(path, raw, "cluster")
 
     _one_of(path, "[study] sampler", study["sampler"], SAMPLERS)
     _one_of(path, "[study] pruner", study["pruner"], PRUNERS)
@@ -401,4 +413,8 @@ def load_study_file(path: str | Path) -> StudyFile:
         train=TrainSection(device=train["device"], head_epochs=train["head_epochs"], precision=train["precision"],
                            compile=train["compile"]),
         space=space,
+        cluster=ClusterSection(
+            dask=os.environ.get("SWIPR_DASK", "") or cluster["dask"],
+            checkpoint_dir=_resolve(base, cluster["checkpoint_dir"]) if cluster["checkpoint_dir"] else None,
+        ),
     )
