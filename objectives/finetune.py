@@ -34,6 +34,19 @@ def suggest(trial: optuna.Trial, name: str, spec):
     return trial.suggest_categorical(name, list(spec.values))
 
 
+def distribution(spec) -> optuna.distributions.BaseDistribution:
+    """The distribution `suggest` draws `spec` from: a driver that asks for a trial with all of
+    them fixed up front hands a worker params that its own `suggest` calls give back."""
+    from search.study_file import Range
+
+    if isinstance(spec, Range):
+        if spec.is_int:
+            return optuna.distributions.IntDistribution(int(spec.low), int(spec.high), log=spec.log,
+                                                        step=int(spec.step or 1))
+        return optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
+    return optuna.distributions.CategoricalDistribution(list(spec.values))
+
+
 def in_space(spec, value) -> bool:
     from search.study_file import Range
 

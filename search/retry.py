@@ -99,14 +99,16 @@ class Checkpoints:
         _quietly(self._retry, trial.study, state)
         return True
 
-    def on_stale(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """The storage's heartbeat_stale_trial_callback: retry, or give up and clean up."""
+    def on_stale(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        """The storage's heartbeat_stale_trial_callback: retry, or give up and clean up.
+        Returns whether a retry was queued."""
         if len(_quietly(_Retry.retry_history, trial)) >= self.max_retry:
             print(f"trial {trial.number}: its worker stopped; failed, no retries left", flush=True)
             self.remove(original_number(trial))
-            return
+            return False
         print(f"trial {trial.number}: its worker stopped; failed, will be retried", flush=True)
         _quietly(self._retry, study, trial)
+        return True
 
 
 def heartbeat(study_file: StudyFile) -> Heartbeat:

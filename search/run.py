@@ -94,6 +94,7 @@ def run_trial_process(task) -> int:
 
 
 def run_study(args: argparse.Namespace) -> int:
+    from search.dask_engine import open_cluster, run_on_dask
     from search.progress import StudyProgress, summary_table
     from search.study import check_fingerprint, data_spec, enqueue_warm_start, open_study
     from search.study_file import load_study_file
@@ -113,7 +114,17 @@ def run_study(args: argparse.Namespace) -> int:
         raise SwiprError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     slots = make_slots(getattr(args, "workers", None), getattr(args, "gpus", None),
                        getattr(args, "trials_per_gpu", None))
-    device = _device(args.device or study_file.train.device, slots)
+    parallel = getattr(args, "workers", None) is not None or getattr(args, "gpus", None) is not None
+    address = getattr(args, "dask", None) or study_file.cluster.dask
+    if address and parallel:
+        raise SwiprError("give --dask (or [cluster] dask, $SWIPR_DASK) or --workers/--gpus, not both")
+    # On Dask the workers' GPUs count, not this machine's: the engine checks the cluster's.
+    device = args.device or study_file.train.device
+    cluster = open_cluster(address, device) if address else None
+    if cluster is None:
+        device = _device(device, slots)
+    else:
+        device = cluster.device
     _quiet_optuna()
 
     # A typo in the arch or an offline hub should fail now, not after the image cache is built.
@@ -127,15 +138,17 @@ def run_study(args: argparse.Namespace) -> int:
     done_before = len(study.trials)   # before the warm start's enqueued trials, which this run runs
     if enqueue_warm_start(study, study_file):
         print("warm start: the notebook's configurations go first")
-    parallel = getattr(args, "workers", None) is not None or getattr(args, "gpus", None) is not None
     where = f" on {len(slots)} worker{'s' if len(slots) != 1 else ''}" if parallel else ""
+    where = f" on the Dask cluster at {address}" if address else where
     print(f"study '{study.study_name}' in {redact(study_file.study.storage)}: "
           f"{done_before} trials so far, running {n_trials} more{where}", flush=True)
     if not supports_heartbeat(study_file.study.storage):
         print(NO_HEARTBEAT_NOTE, flush=True)
 
     status = 0
-    if parallel:
+    if cluster is not None:
+        status = run_on_dask(cluster, study_file, n_trials, timeout)
+    elif parallel:
         status = supervise(study_file.path, study_file.study.storage, slots, n_trials, timeout, device)
     else:
         from search.artifacts import make_objective_hooks

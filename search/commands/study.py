@@ -19,6 +19,9 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
                        help="run K worker processes, a fresh process per trial (default: one, in this process)")
     run_p.add_argument("--gpus", metavar="0,1,..", help="one worker per GPU, each seeing only its GPU")
     run_p.add_argument("--trials-per-gpu", type=int, metavar="K", help="with --gpus: K workers per GPU (default 1)")
+    run_p.add_argument("--dask", metavar="ADDRESS",
+                       help="run the trials on the Dask cluster whose scheduler is at ADDRESS, e.g. tcp://head:8786 "
+                            "(default: [cluster] dask or $SWIPR_DASK)")
     run_p.set_defaults(func=_run)
 
     status_p = actions.add_parser("status", help="list the study's trials")
@@ -54,7 +57,18 @@ def _trial_row(trial) -> dict:
         "epochs": trial.user_attrs.get("epochs"),
         "val_accuracy": trial.user_attrs.get("val_accuracy"),
         "duration_s": trial.duration.total_seconds() if trial.duration else None,
+        # where it ran, on a Dask cluster: worker name, machine, GPU (CUDA_VISIBLE_DEVICES there)
+        "worker": trial.user_attrs.get("worker"),
+        "host": trial.user_attrs.get("host"),
+        "gpu": trial.user_attrs.get("gpu"),
     }
+
+
+def _where(row: dict) -> str:
+    if row["worker"] is None:
+        return ""
+    gpu = f" GPU {row['gpu']}" if row["gpu"] is not None else ""
+    return f"  [{row['worker']}@{row['host']}{gpu}]"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -83,7 +97,7 @@ def status(args: argparse.Namespace) -> int:
     for row in rows:
         value = f"{row['value']:.4f}" if row["value"] is not None else "-"
         params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
-        print(f"{row['number']:>4}  {row['state']:<9} {value:>8}  {row['epochs'] or '-':>6}  {params}")
+        print(f"{row['number']:>4}  {row['state']:<9} {value:>8}  {row['epochs'] or '-':>6}  {params}{_where(row)}")
     return 0
 
 

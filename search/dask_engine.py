@@ -1,0 +1,288 @@
+"""`swipr study run --dask ADDRESS`: every trial a task on a Dask cluster, Optuna still the search.
+
+The driver (this process) asks Optuna for each trial with the whole space fixed up front, so
+the sampler and TPE's constant liar see every running trial, and submits it as a task
+(search/dask_trial.py) to a worker with a free slot: a GPU slot (the worker resource `GPU`)
+for a GPU study, a worker thread for a CPU study. It keeps as many trials in flight as the
+cluster has slots, counted again on every turn, so workers that join are used at once.
+
+The study's storage is registered on the scheduler as optuna-integration's DaskStorage; the
+driver and every task go through it. A lost worker shows up as the task's error (KilledWorker,
+or the task Dask re-runs elsewhere, which refuses to run): the driver records the trial FAIL
+once and queues one retry, which resumes from the trial's checkpoint on whichever worker takes
+it; the retry doesn't count against --n-trials. RUNNING trials left by a driver that died are
+failed and retried the same way when the command runs again.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+import uuid
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from objectives.finetune import distribution
+from search.dask_trial import STARTED_ATTR, STOP_EVENT, DaskTask, run_dask_trial
+from search.pruners import make_pruner
+from search.retry import Checkpoints, checkpoint_root
+from search.samplers import make_sampler
+from search.storage import open_storage
+from search.study import describe_trial
+from swipr_core.errors import SwiprError
+
+CONNECT_TIMEOUT_S = 5      # a wrong scheduler address fails this fast, in one line
+WAIT_FOR_WORKERS_S = 60    # a cluster with no worker at all (batch jobs still queued) may wait this long
+STOP_WAIT_S = 60           # after Ctrl-C: how long trials get to reach their next epoch and record themselves
+MAX_LOST_IN_A_ROW = 3      # tasks lost one after another before the run gives up
+TOKEN_ATTR = "swipr_dask_token"   # system attr: marks a trial as a Dask driver's
+
+
+def connect(address: str):
+    """A Dask client for `address`, or a one-line SwiprError within CONNECT_TIMEOUT_S."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise SwiprError("--dask needs Dask: pip install 'swipr-search[dask]'") from None
+    try:
+        with _quiet_dask():
+            return Client(address, timeout=CONNECT_TIMEOUT_S)
+    except Exception as error:   # OSError, TimeoutError, ValueError for a malformed address
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise SwiprError(f"Dask scheduler {address}: can't connect within {CONNECT_TIMEOUT_S} s ({reason})") from None
+
+
+@contextmanager
+def _quiet_dask():
+    """Dask logs each failed connection attempt; the one-line error says it all."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def slots(client, kind: str) -> int:
+    """Trials the cluster can run at once: GPU slots, or worker threads for a CPU study."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    if kind == "GPU":
+        return int(sum(w.get("resources", {}).get("GPU", 0) for w in workers))
+    return sum(w["nthreads"] for w in workers)
+
+
+def plan_device(client, address: str, device: str) -> str:
+    """"cuda" or "cpu" for every trial; a GPU study on a cluster without GPU slots is an error."""
+    try:
+        client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS_S)
+    except TimeoutError:
+        raise SwiprError(f"Dask scheduler {address}: no worker joined in {WAIT_FOR_WORKERS_S} s") from None
+    gpus = slots(client, "GPU")
+    if device == "cpu" or (device == "auto" and gpus == 0):
+        return "cpu"
+    if gpus == 0:
+        raise SwiprError(f"the study runs on GPUs (device {device}), but no worker of the Dask cluster at {address} "
+                         f"has a GPU slot: start workers with --resources GPU=1 (see the README)")
+    return "cuda"   # each worker sees its own GPU (one worker per GPU), which is cuda to it
+
+
+def register_storage(client, address: str, url: str):
+    """The study's storage, opened in the scheduler process and reached through it."""
+    try:
+        from optuna_integration.dask import DaskStorage
+    except ImportError:
+        raise SwiprError("--dask needs optuna-integration: pip install 'swipr-search[dask]'") from None
+    storage = open_storage(url, create=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return DaskStorage(storage, name=f"swipr-{uuid.uuid4().hex}", client=client)
+    except Exception as error:   # the scheduler lacks optuna-integration, or can't open the storage
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise SwiprError(f"Dask scheduler {address}: can't hold the study's storage ({reason}); install "
+                         f"swipr-search[dask] where the scheduler runs") from None
+
+
+@dataclass
+class Cluster:
+    """A connected cluster and the device its trials run on."""
+
+    client: object
+    address: str
+    device: str   # "cuda" or "cpu"
+
+
+def open_cluster(address: str, device: str) -> Cluster:
+    """Connect and choose the device first, so a wrong address or a cluster without GPU slots
+    fails in seconds, before any data is prepared."""
+    client = connect(address)
+    try:
+        return Cluster(client, address, plan_device(client, address, device))
+    except BaseException:
+        client.close()
+        raise
+
+
+def run_on_dask(cluster: Cluster, study_file, n_trials: int, timeout: float | None) -> int:
+    """Run `n_trials` trials on the cluster; return the exit status (0, 1 or 2)."""
+    try:
+        s = study_file.study
+        storage = register_storage(cluster.client, cluster.address, s.storage)
+        study = optuna.load_study(study_name=s.name, storage=storage, sampler=make_sampler(s.sampler, s.seed),
+                                  pruner=make_pruner(s.pruner, s.pruner_startup_trials, s.pruner_warmup_epochs))
+        driver = Driver(cluster.client, study, study_file, storage.name, cluster.device)
+        driver.fail_orphans()
+        kind = "GPU" if cluster.device == "cuda" else "CPU"
+        print(f"dask: {slots(cluster.client, kind)} {'GPU slots' if kind == 'GPU' else 'worker threads'} now",
+              flush=True)
+        return driver.run(n_trials, time.monotonic() + timeout if timeout else None)
+    finally:
+        with _quiet_dask():
+            cluster.client.close()
+
+
+def _on_term(signum, frame) -> None:
+    raise KeyboardInterrupt   # a preempted head node's SIGTERM stops the run like Ctrl-C
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}".rstrip(": ")
+
+
+class Driver:
+    """The loop: ask, submit, collect. Each lost task's trial is failed once and retried once."""
+
+    def __init__(self, client, study: optuna.Study, study_file, storage_name: str, device: str):
+        self.client, self.study, self.study_file = client, study, study_file
+        self.storage_name, self.device = storage_name, device
+        self.kind = "GPU" if device == "cuda" else "CPU"
+        self.run_id = uuid.uuid4().hex
+        self.checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
+        self.distributions = {name: distribution(spec) for name, spec in study_file.space.items()}
+        self.running: dict = {}   # future -> trial id
+        self.status = 0
+        self.lost_in_a_row = 0
+
+    def run(self, n_trials: int, deadline: float | None) -> int:
+        from distributed import wait
+
+        budget, idle_since = n_trials, None
+        previous = signal.signal(signal.SIGTERM, _on_term)
+        try:
+            while True:
+                while (budget > 0 and self.status == 0 and not (deadline and time.monotonic() >= deadline)
+                       and len(self.running) < slots(self.client, self.kind)):
+                    self.submit()
+                    budget -= 1
+                if not self.running:
+                    if budget == 0 or self.status or (deadline and time.monotonic() >= deadline):
+                        return self.status
+                    idle_since = idle_since or time.monotonic()   # every worker has gone: wait a while
+                    if time.monotonic() - idle_since > WAIT_FOR_WORKERS_S:
+                        print(f"swipr: no Dask worker with a free slot for {WAIT_FOR_WORKERS_S} s; stopping",
+                              file=sys.stderr, flush=True)
+                        return 1
+                    time.sleep(0.5)
+                    continue
+                idle_since = None
+                try:
+                    done, _ = wait(list(self.running), timeout=0.5, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    continue
+                for future in done:
+                    budget += self.collect(future)
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.stop()
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def submit(self) -> None:
+        trial = self.study.ask(self.distributions)   # the sampler sees every running trial: constant liar
+        self.study._storage.set_trial_system_attr(trial._trial_id, TOKEN_ATTR, self.run_id)
+        token = uuid.uuid4().hex
+        task = DaskTask(str(self.study_file.path), self.storage_name, trial._trial_id, token, self.run_id,
+                        self.device)
+        future = self.client.submit(run_dask_trial, task, key=f"swipr-trial-{trial.number}-{token[:8]}",
+                                    resources={"GPU": 1} if self.kind == "GPU" else None, pure=False)
+        self.running[future] = trial._trial_id
+
+    def collect(self, future) -> int:
+        """Report a finished task; return how many trials go back to the budget (lost ones)."""
+        trial_id = self.running.pop(future)
+        try:
+            result = future.result()
+        except Exception as error:   # KilledWorker: its worker died; anything else: the task broke
+            return self.lost(trial_id, f"its task ended with {_reason(error)}")
+        outcome = result["outcome"]
+        if outcome == "lost":
+            return self.lost(trial_id, "its worker was lost (Dask re-ran the task)")
+        if outcome == "error":
+            print(f"swipr: error: {result['worker']}: {result['reason']}", file=sys.stderr, flush=True)
+            self.status = 2
+            return 0
+        self.lost_in_a_row = 0
+        if outcome != "returned":
+            where = f"{result['worker']} on {result['host']}" + (f" (GPU {result['gpu']})" if result["gpu"] else "")
+            print(f"{where}: {describe_trial(self.study._storage.get_trial(trial_id))}", flush=True)
+        return 0
+
+    def lost(self, trial_id: int, why: str) -> int:
+        self.lost_in_a_row += 1
+        if self.lost_in_a_row >= MAX_LOST_IN_A_ROW:
+            print(f"swipr: {self.lost_in_a_row} trials in a row lost their worker; stopping", file=sys.stderr,
+                  flush=True)
+            self.status = 1
+        trial = self.study._storage.get_trial(trial_id)
+        if trial.state != TrialState.RUNNING:
+            return 0   # it recorded its end before the worker went
+        print(f"trial {trial.number}: {why}", file=sys.stderr, flush=True)
+        return self.give_up(trial, why)
+
+    def give_up(self, trial, why: str) -> int:
+        """A RUNNING trial no task will finish: FAIL once with one retry queued (if any are left),
+        or back to the queue untouched if it never began. Returns 1 if the budget gets it back."""
+        if STARTED_ATTR not in trial.system_attrs:
+            self.study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+            return 1
+        self.study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", why)
+        self.study.tell(trial.number, state=TrialState.FAIL)   # first: a crash here loses a retry, never doubles one
+        return int(self.checkpoints.on_stale(self.study, self.study._storage.get_trial(trial._trial_id)))
+
+    def fail_orphans(self) -> None:
+        """RUNNING trials of a Dask driver that died: failed and retried, as a lost worker's are."""
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if TOKEN_ATTR in trial.system_attrs:
+                print(f"trial {trial.number}: left running by a driver that stopped", flush=True)
+                self.give_up(trial, "its driver stopped")
+
+    def stop(self) -> None:
+        """Ctrl-C: each trial stops after its next epoch, FAIL with a resumable retry queued."""
+        from distributed import Event, wait
+
+        print(f"stopping {len(self.running)} running trial{'s' if len(self.running) != 1 else ''}…",
+              file=sys.stderr, flush=True)
+        Event(STOP_EVENT.format(run=self.run_id), client=self.client).set()
+        deadline = time.monotonic() + STOP_WAIT_S
+        while self.running and time.monotonic() < deadline:
+            try:
+                done, _ = wait(list(self.running), timeout=1.0, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                continue
+            except KeyboardInterrupt:   # a second Ctrl-C: stop waiting
+                break
+            for future in done:
+                self.collect(future)
+        for future, trial_id in list(self.running.items()):
+            trial = self.study._storage.get_trial(trial_id)
+            if trial.state == TrialState.RUNNING:
+                self.give_up(trial, "stopped (Ctrl-C) before its next epoch")
+            future.cancel()
+        self.running.clear()

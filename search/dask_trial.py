@@ -1,0 +1,173 @@
+"""One trial on a Dask worker: the task `swipr study run --dask` submits for every trial it asks.
+
+The driver asks Optuna for the trial (so the sampler and its constant liar see every running
+trial); this task trains it and records the result. It reaches the study's storage through
+optuna-integration's DaskStorage, which lives in the scheduler process: workers need no
+database credentials. The first task on a worker process prepares the data (builds or reuses
+the image cache on its machine) and every task checks the data fingerprint before training.
+
+Outcomes the task records itself, as Optuna's optimize loop would: COMPLETE, PRUNED, FAIL (its
+checkpoints removed). The driver's stop (Ctrl-C) is seen after the next epoch: the trial is
+recorded FAIL with one retry queued and its checkpoints kept. A trial the driver has already
+given up on (no longer RUNNING) stops there too, recording nothing. A task that Dask re-runs
+after its worker died ("lost") touches nothing: the driver fails and retries that trial.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from search.artifacts import make_objective_hooks
+from search.oom import OutOfMemoryGuard, free_memory
+from search.pruners import make_pruner
+from search.retry import Checkpoints, checkpoint_root, frozen, original_number
+from search.run import build_objective
+from search.study import check_fingerprint, data_spec
+from search.study_file import load_study_file
+from swipr_core.data import prepare_data
+from swipr_core.errors import SwiprError
+
+STARTED_ATTR = "swipr_dask_started"   # system attr: the token of the task that started the trial
+STOP_EVENT = "swipr-stop-{run}"       # a Dask Event the driver sets on Ctrl-C
+
+# torch.jit's deprecation notice fires on importing fastai (as in search/cli.py).
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+
+
+@dataclass(frozen=True)
+class DaskTask:
+    """What the driver sends with one trial: small, and no storage URL or password."""
+
+    study_file: str
+    storage_name: str   # the DaskStorage registered on the scheduler
+    trial_id: int
+    token: str          # this attempt; a Dask re-run of the same task carries the same token
+    run: str            # the driver's run id (its stop event)
+    device: str         # "cuda" (the worker's own GPU) or "cpu"
+
+
+class StopTrial(Exception):
+    """Raised after an epoch: the driver asked to stop, or has given up on the trial."""
+
+    def __init__(self, abandoned: bool):
+        super().__init__("given up by the driver" if abandoned else "stopped by the driver")
+        self.abandoned = abandoned
+
+
+_prepared: dict = {}   # (study file, its mtime) -> (StudyFile, Dataset): once per worker process
+
+
+def _prepare(path: str):
+    key = (path, Path(path).stat().st_mtime_ns if Path(path).is_file() else 0)
+    if key not in _prepared:
+        study_file = load_study_file(path)
+        _prepared[key] = (study_file, prepare_data(data_spec(study_file)))
+    return _prepared[key]
+
+
+def where_am_i(device: str) -> dict:
+    """The worker, machine and GPU of a trial, as user attrs that `swipr study status` shows."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "0") if device == "cuda" else None
+    return {"worker": str(worker.name), "host": socket.gethostname(), "gpu": gpu}
+
+
+def open_remote_study(task: DaskTask, study_file) -> optuna.Study:
+    from optuna_integration.dask import DaskStorage
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = DaskStorage(name=task.storage_name, register=False)
+    s = study_file.study
+    # The driver samples; this study only hands back the params it was given.
+    return optuna.load_study(study_name=s.name, storage=storage, sampler=optuna.samplers.RandomSampler(),
+                             pruner=make_pruner(s.pruner, s.pruner_startup_trials, s.pruner_warmup_epochs))
+
+
+def run_dask_trial(task: DaskTask) -> dict:
+    """The task: one trial on this worker. Returns {"outcome", "reason", "worker", "host", "gpu"}."""
+    where = where_am_i(task.device)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study_file, dataset = _prepare(task.study_file)
+        study = open_remote_study(task, study_file)
+        state = study._storage.get_trial(task.trial_id)
+        if state.state != TrialState.RUNNING or state.system_attrs.get(STARTED_ATTR) == task.token:
+            return {"outcome": "lost", **where}   # Dask re-ran the task of a lost worker
+        if _stop_requested(task):
+            study._storage.set_trial_state_values(task.trial_id, TrialState.WAITING)   # untouched: back in the queue
+            return {"outcome": "returned", **where}
+        study._storage.set_trial_system_attr(task.trial_id, STARTED_ATTR, task.token)
+        check_fingerprint(study, dataset, study_file)
+        trial = optuna.Trial(study, task.trial_id)
+        for key, value in where.items():
+            trial.set_user_attr(key, value)
+        return {**_train(task, study_file, dataset, trial), **where}
+    except SwiprError as error:
+        return {"outcome": "error", "reason": str(error), **where}
+
+
+def _train(task: DaskTask, study_file, dataset, trial: optuna.Trial) -> dict:
+    checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
+    hooks = [StopCheck(task), *make_objective_hooks(study_file, trial.study)]
+    objective = OutOfMemoryGuard(build_objective(study_file, dataset, task.device, checkpoints, hooks),
+                                 study_file.space)
+    checkpoints.note_resume(trial)
+    try:
+        outcome = {"outcome": "COMPLETE", "value": objective(trial)}
+    except optuna.TrialPruned:
+        outcome = {"outcome": "PRUNED"}
+    except StopTrial as stop:
+        outcome = {"outcome": "abandoned" if stop.abandoned else "stopped"}
+    except Exception as error:   # Optuna's contract: anything else fails the trial
+        outcome = {"outcome": "FAIL", "reason": (str(error).splitlines() or [type(error).__name__])[0]}
+    finally:
+        free_memory()
+    _record(trial, outcome, checkpoints)
+    return outcome
+
+
+def _record(trial: optuna.Trial, outcome: dict, checkpoints: Checkpoints) -> None:
+    """Tell Optuna, then tidy the checkpoints: only a recorded end removes them."""
+    kind, study = outcome["outcome"], trial.study
+    if kind == "abandoned":
+        return   # the driver has recorded the trial and queued its retry: keep the checkpoints
+    if kind == "stopped":
+        checkpoints.retry_later(trial)
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    if kind == "COMPLETE":
+        study.tell(trial, outcome["value"])
+    elif kind == "PRUNED":
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        trial.set_user_attr("fail_reason", outcome["reason"])
+        study.tell(trial, state=TrialState.FAIL)
+    checkpoints.remove(original_number(frozen(trial)))
+
+
+def _stop_requested(task: DaskTask) -> bool:
+    from distributed import Event
+
+    return Event(STOP_EVENT.format(run=task.run)).is_set()
+
+
+class StopCheck:
+    """An objective hook: after each epoch (its checkpoint saved), stop if the driver says so."""
+
+    def __init__(self, task: DaskTask):
+        self.task = task
+
+    def on_epoch(self, trial: optuna.Trial, record) -> None:
+        if trial.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            raise StopTrial(abandoned=True)
+        if _stop_requested(self.task):
+            raise StopTrial(abandoned=False)

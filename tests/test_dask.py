@@ -1,0 +1,117 @@
+"""`swipr study run --dask`: a real scheduler and two workers, each its own process on 127.0.0.1.
+
+Trials spread over both workers; a worker SIGKILLed mid-trial costs one FAIL, whose single retry
+resumes from the checkpoint on the other worker; wrong addresses and clusters fail in one line.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from tests.daskkit import Cluster
+from tests.studykit import ROOT, SPACE, demo_data, one_line_error, swipr, write_study
+
+pytest.importorskip("distributed", reason="the dask extra is not installed: pip install '.[dask]'")
+
+THREE_EPOCHS = SPACE.replace("n_cycles = [1]", "n_cycles = [3]")
+TrialState = optuna.trial.TrialState
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    demo_data(folder)
+    return folder
+
+
+def _trials(path):
+    from search.study import open_study
+    from search.study_file import load_study_file
+
+    try:
+        return open_study(load_study_file(path), create=False).get_trials(deepcopy=False)
+    except Exception:   # not created yet
+        return []
+
+
+def _run_in_background(path, address, *args):
+    return subprocess.Popen([sys.executable, "-m", "search.cli", "study", "run", str(path), "--dask", address,
+                             *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _wait_for(condition, path, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [t for t in _trials(path) if condition(t)]
+        if found:
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for a trial")
+
+
+def test_a_killed_worker_costs_one_fail_and_its_retry_resumes_on_the_other(tmp_path, data_dir):
+    path = write_study(tmp_path, data_dir, space=THREE_EPOCHS, pruner="none")
+    with Cluster(workers=2, preload="tests.dask_slow_epochs") as cluster:
+        run = _run_in_background(path, cluster.address, "--n-trials", 4)
+        # after epoch 1 of some trial (checkpoint saved and reported), its worker's machine goes
+        victim = _wait_for(lambda t: t.state == TrialState.RUNNING and 1 in t.intermediate_values, path)
+        victim_worker = victim.user_attrs["worker"]
+        cluster.kill(cluster.workers[int(victim_worker[1:])])
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, out + err + cluster.logs()
+
+    trials = _trials(path)
+    assert all(t.state.is_finished() for t in trials), [t.state.name for t in trials]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == [victim.number]   # failed once
+    retries = [t for t in trials if "retry_of" in t.user_attrs]
+    assert len(retries) == 1 and retries[0].user_attrs["retry_of"] == victim.number   # retried once
+    retry = retries[0]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["resumed_from_epoch"] == 2   # epochs 0 and 1 came from the checkpoint
+    assert sorted(retry.intermediate_values) == [0, 1, 2]
+    assert retry.params == victim.params
+    assert retry.user_attrs["worker"] != victim_worker
+    # every trial asked for finished exactly once: 4 complete, the lost one through its retry
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and len(trials) == 5
+    assert {t.user_attrs["worker"] for t in trials} == {"w0", "w1"}   # both workers ran trials
+    assert all(t.user_attrs["host"] == socket.gethostname() for t in trials)
+    assert not (tmp_path / ".swipr-cache" / "checkpoints" / "t" / f"trial-{victim.number}").exists()
+    assert f"trial {victim.number}: its task ended with KilledWorker" in err
+
+    status = swipr("study", "status", path)
+    assert status.returncode == 0 and "w0" in status.stdout and "w1" in status.stdout, status.stdout
+
+
+@pytest.fixture(scope="module")
+def cpu_cluster():
+    with Cluster(workers=1) as cluster:
+        yield cluster
+
+
+def test_a_gpu_study_on_a_cluster_without_gpu_slots_is_one_line(tmp_path, data_dir, cpu_cluster):
+    path = write_study(tmp_path, data_dir, extra={"train": ""})
+    path.write_text(path.read_text().replace('device = "cpu"', 'device = "cuda"'))
+    line = one_line_error(swipr("study", "run", path, "--dask", cpu_cluster.address, timeout=60))
+    assert "no worker of the Dask cluster" in line and "--resources GPU=1" in line
+    assert not _trials(path)   # refused before the study was touched
+
+
+def test_a_wrong_scheduler_address_fails_fast_in_one_line(tmp_path, data_dir):
+    with socket.socket() as s:   # a port on loopback where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = write_study(tmp_path, data_dir)
+    started = time.monotonic()
+    result = swipr("study", "run", path, "--dask", f"tcp://127.0.0.1:{port}", timeout=60)
+    line = one_line_error(result)
+    assert f"Dask scheduler tcp://127.0.0.1:{port}: can't connect" in line
+    assert time.monotonic() - started < 30   # the 5 s connect timeout plus the CLI's start-up
