@@ -6,6 +6,7 @@ resumes from the checkpoint on the other worker; wrong addresses and clusters fa
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -43,7 +44,13 @@ def _trials(path):
 def _run_in_background(path, address, *args):
     return subprocess.Popen([sys.executable, "-m", "search.cli", "study", "run", str(path), "--dask", address,
                              *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
+                            preexec_fn=_ctrl_c_acts)
+
+
+def _ctrl_c_acts() -> None:
+    # A job started in the background inherits SIGINT ignored; the test's Ctrl-C must reach it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for(condition, path, timeout: float = 180):
@@ -80,6 +87,7 @@ def test_a_killed_worker_costs_one_fail_and_its_retry_resumes_on_the_other(tmp_p
     assert retry.params == victim.params
     assert retry.user_attrs["worker"] != victim_worker
     # every trial asked for finished exactly once: 4 complete, the lost one through its retry
+    assert list(_each_finished_once(trials)) == [victim.number]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4 and len(trials) == 5
     assert {t.user_attrs["worker"] for t in trials} == {"w0", "w1"}   # both workers ran trials
@@ -115,3 +123,51 @@ def test_a_wrong_scheduler_address_fails_fast_in_one_line(tmp_path, data_dir):
     line = one_line_error(result)
     assert f"Dask scheduler tcp://127.0.0.1:{port}: can't connect" in line
     assert time.monotonic() - started < 30   # the 5 s connect timeout plus the CLI's start-up
+
+
+def _each_finished_once(trials) -> dict:
+    """Every trial asked for ended COMPLETE exactly once (itself or through its retries), each FAIL
+    has exactly one direct retry, and nothing is left running or waiting. {failed: its retry}"""
+    assert all(t.state.is_finished() for t in trials), [t.state.name for t in trials]
+    retry_of = {t.system_attrs["retry_history"][-1]: t for t in trials if "retry_history" in t.system_attrs}
+    assert sorted(retry_of) == sorted(t.number for t in trials if t.state == TrialState.FAIL)
+    originals = [t.number for t in trials if "failed_trial" not in t.system_attrs]
+    complete = [t.system_attrs.get("failed_trial", t.number) for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(complete) == sorted(originals)
+    return retry_of
+
+
+def test_ctrl_c_then_driver_death_then_a_rerun_finishes_every_trial_once(tmp_path, data_dir):
+    path = write_study(tmp_path, data_dir, space=THREE_EPOCHS, pruner="none", sampler="random")
+    with Cluster(workers=2, preload="tests.dask_slow_epochs") as cluster:
+        # Ctrl-C: both running trials stop after their next epoch, FAIL, each with a retry queued
+        run = _run_in_background(path, cluster.address, "--n-trials", 2)
+        _wait_for(lambda t: t.state == TrialState.RUNNING and 0 in t.intermediate_values, path)
+        os.killpg(run.pid, signal.SIGINT)
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 130, out + err
+        trials = _trials(path)
+        assert TrialState.RUNNING not in [t.state for t in trials]
+        interrupted = [t for t in trials if t.state == TrialState.FAIL]
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        assert interrupted and sorted(t.system_attrs["failed_trial"] for t in waiting) == [
+            t.number for t in interrupted]
+
+        # The head node goes mid-trial: the driver and the trial's worker SIGKILLed together (a
+        # worker that lives on records its trial itself). The trial stays RUNNING until the
+        # next run fails it and retries it from its checkpoint on the other worker.
+        run = _run_in_background(path, cluster.address, "--n-trials", 1)
+        orphan = _wait_for(lambda t: t.state == TrialState.RUNNING and 1 in t.intermediate_values, path)
+        os.killpg(run.pid, signal.SIGKILL)
+        cluster.kill(cluster.workers[int(orphan.user_attrs["worker"][1:])])
+        run.wait(timeout=30)
+        result = swipr("study", "run", path, "--dask", cluster.address, "--n-trials", 3)
+        assert result.returncode == 0, result.stdout + result.stderr + cluster.logs()
+        assert f"trial {orphan.number}: left running by a driver that stopped" in result.stdout
+
+    trials = _trials(path)
+    retry_of = _each_finished_once(trials)
+    assert sorted(retry_of) == sorted([*(t.number for t in interrupted), orphan.number])
+    assert all(retry.user_attrs["resumed_from_epoch"] >= 1 for retry in retry_of.values())
+    assert retry_of[orphan.number].user_attrs["resumed_from_epoch"] == 2
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 3
