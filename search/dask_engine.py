@@ -32,7 +32,7 @@ from search.dask_trial import STARTED_ATTR, STOP_EVENT, DaskTask, run_dask_trial
 from search.pruners import make_pruner
 from search.retry import Checkpoints, checkpoint_root
 from search.samplers import make_sampler
-from search.storage import open_storage
+from search.storage import open_storage, redact
 from search.study import describe_trial
 from swipr_core.errors import SwiprError
 
@@ -92,8 +92,9 @@ def plan_device(client, address: str, device: str) -> str:
     return "cuda"   # each worker sees its own GPU (one worker per GPU), which is cuda to it
 
 
-def register_storage(client, address: str, url: str):
-    """The study's storage, opened in the scheduler process and reached through it."""
+def register_storage(client, address: str, url: str, study_name: str):
+    """The study's storage, opened in the scheduler process, for the workers to reach through it.
+    The scheduler must find the study there: the same SQLite file, or the same database."""
     try:
         from optuna_integration.dask import DaskStorage
     except ImportError:
@@ -102,11 +103,17 @@ def register_storage(client, address: str, url: str):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return DaskStorage(storage, name=f"swipr-{uuid.uuid4().hex}", client=client)
+            remote = DaskStorage(storage, name=f"swipr-{uuid.uuid4().hex}", client=client)
     except Exception as error:   # the scheduler lacks optuna-integration, or can't open the storage
         reason = (str(error).splitlines() or [type(error).__name__])[0]
         raise SwiprError(f"Dask scheduler {address}: can't hold the study's storage ({reason}); install "
                          f"swipr-search[dask] where the scheduler runs") from None
+    try:
+        remote.get_study_id_from_name(study_name)
+    except KeyError:
+        raise SwiprError(f"Dask scheduler {address}: opens {redact(url)} but finds no study '{study_name}' there: "
+                         f"run the driver on the scheduler's machine, or use a PostgreSQL storage") from None
+    return remote
 
 
 @dataclass
@@ -133,10 +140,13 @@ def run_on_dask(cluster: Cluster, study_file, n_trials: int, timeout: float | No
     """Run `n_trials` trials on the cluster; return the exit status (0, 1 or 2)."""
     try:
         s = study_file.study
-        storage = register_storage(cluster.client, cluster.address, s.storage)
-        study = optuna.load_study(study_name=s.name, storage=storage, sampler=make_sampler(s.sampler, s.seed),
+        remote = register_storage(cluster.client, cluster.address, s.storage, s.name)
+        # The driver itself asks and records straight in the storage: the scheduler's event loop,
+        # which serves every worker's storage calls, carries only theirs.
+        study = optuna.load_study(study_name=s.name, storage=open_storage(s.storage, create=False),
+                                  sampler=make_sampler(s.sampler, s.seed),
                                   pruner=make_pruner(s.pruner, s.pruner_startup_trials, s.pruner_warmup_epochs))
-        driver = Driver(cluster.client, study, study_file, storage.name, cluster.device)
+        driver = Driver(cluster.client, study, study_file, remote.name, cluster.device)
         driver.fail_orphans()
         kind = "GPU" if cluster.device == "cuda" else "CPU"
         print(f"dask: {slots(cluster.client, kind)} {'GPU slots' if kind == 'GPU' else 'worker threads'} now",
@@ -158,6 +168,8 @@ def _reason(error: BaseException) -> str:
 class Driver:
     """The loop: ask, submit, collect. Each lost task's trial is failed once and retried once."""
 
+    task_function = staticmethod(run_dask_trial)   # bench/dask_throughput.py swaps in a trivial one
+
     def __init__(self, client, study: optuna.Study, study_file, storage_name: str, device: str):
         self.client, self.study, self.study_file = client, study, study_file
         self.storage_name, self.device = storage_name, device
@@ -168,6 +180,13 @@ class Driver:
         self.running: dict = {}   # future -> trial id
         self.status = 0
         self.lost_in_a_row = 0
+        self._slots, self._slots_at = 0, -1.0
+
+    def free_slots(self) -> int:
+        """Slots the cluster has beyond the trials in flight; counted at most once a second."""
+        if time.monotonic() - self._slots_at > 1.0:
+            self._slots, self._slots_at = slots(self.client, self.kind), time.monotonic()
+        return self._slots - len(self.running)
 
     def run(self, n_trials: int, deadline: float | None) -> int:
         from distributed import wait
@@ -177,7 +196,7 @@ class Driver:
         try:
             while True:
                 while (budget > 0 and self.status == 0 and not (deadline and time.monotonic() >= deadline)
-                       and len(self.running) < slots(self.client, self.kind)):
+                       and self.free_slots() > 0):
                     self.submit()
                     budget -= 1
                 if not self.running:
@@ -210,7 +229,7 @@ class Driver:
         token = uuid.uuid4().hex
         task = DaskTask(str(self.study_file.path), self.storage_name, trial._trial_id, token, self.run_id,
                         self.device)
-        future = self.client.submit(run_dask_trial, task, key=f"swipr-trial-{trial.number}-{token[:8]}",
+        future = self.client.submit(self.task_function, task, key=f"swipr-trial-{trial.number}-{token[:8]}",
                                     resources={"GPU": 1} if self.kind == "GPU" else None, pure=False)
         self.running[future] = trial._trial_id
 

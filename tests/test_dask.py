@@ -171,3 +171,27 @@ def test_ctrl_c_then_driver_death_then_a_rerun_finishes_every_trial_once(tmp_pat
     assert all(retry.user_attrs["resumed_from_epoch"] >= 1 for retry in retry_of.values())
     assert retry_of[orphan.number].user_attrs["resumed_from_epoch"] == 2
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 3
+
+
+def test_a_driver_s_fixed_distributions_are_what_the_worker_s_suggest_calls_give_back():
+    from objectives.finetune import distribution, suggest
+    from search.study_file import Choices, Range
+
+    space = {"lr": Range(1e-3, 3e-2, log=True), "batch_size": Range(16, 64, step=16, is_int=True),
+             "freeze": Choices(("frozen", "unfrozen"))}
+    study = optuna.create_study()
+    asked = study.ask({name: distribution(spec) for name, spec in space.items()})
+    on_worker = optuna.Trial(study, asked._trial_id)   # as the task builds it
+    assert {name: suggest(on_worker, name, spec) for name, spec in space.items()} == asked.params
+
+
+def test_the_cluster_section_and_swipr_dask(tmp_path, data_dir, monkeypatch):
+    from search.study_file import load_study_file
+
+    path = write_study(tmp_path, data_dir)
+    path.write_text(path.read_text().replace("[space]", '[cluster]\ndask = "tcp://127.0.0.1:8786"\n'
+                                                        'checkpoint_dir = "shared/ckpt"\n\n[space]'))
+    cluster = load_study_file(path).cluster
+    assert (cluster.dask, cluster.checkpoint_dir) == ("tcp://127.0.0.1:8786", tmp_path / "shared" / "ckpt")
+    monkeypatch.setenv("SWIPR_DASK", "tcp://127.0.0.1:9999")
+    assert load_study_file(path).cluster.dask == "tcp://127.0.0.1:9999"
