@@ -8,8 +8,8 @@ import sqlite3
 import optuna
 import pytest
 
-from search.storage import Heartbeat, open_storage, redact, redact_output
-from search.samplers import make_sampler, worker_seed
+from search.study.storage import Heartbeat, open_storage, redact, redact_output
+from search.study.samplers import make_sampler, worker_seed
 from swipr_core.errors import SwiprError
 from tests import pg
 

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+
+from search.studyfile import load_study_file
+from swipr_core.split import prepare_labels
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -20,11 +24,6 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from search.study_file import load_study_file
-    from swipr_core.split import prepare_labels
-
     data = load_study_file(args.study_file).data
     labels_file = args.output or data.labels_file
     # Always rebuild: this command is how a user asks for a new labels file.

@@ -6,7 +6,10 @@ say why), 2 when the bundle is refused.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+
+from swipr_core.predict import Predictor, as_dict, expand_inputs
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -25,10 +28,6 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from swipr_core.predict import Predictor, as_dict, expand_inputs
-
     predictor = Predictor(args.bundle, threads=args.threads)
     images = expand_inputs(args.images)
     failed = 0

@@ -5,6 +5,11 @@ import argparse
 import json
 from pathlib import Path
 
+from search.running.driver import run_study
+from search.study.open import best_trial, open_study, quiet_optuna
+from search.studyfile import load_study_file
+from search.views.report import write_report
+
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
     parser = subparsers.add_parser(name, help=help_text, description="Run, inspect or report on a study.")
@@ -19,7 +24,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
                        help="run K worker processes, a fresh process per trial (default: one, in this process)")
     run_p.add_argument("--gpus", metavar="0,1,..", help="one worker per GPU, each seeing only its GPU")
     run_p.add_argument("--trials-per-gpu", type=int, metavar="K", help="with --gpus: K workers per GPU (default 1)")
-    run_p.set_defaults(func=_run)
+    run_p.set_defaults(func=run_study)
 
     status_p = actions.add_parser("status", help="list the study's trials")
     status_p.add_argument("study_file", type=Path, metavar="STUDY.toml")
@@ -39,12 +44,6 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     report_p.set_defaults(func=report)
 
 
-def _quiet_optuna() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
 def _trial_row(trial) -> dict:
     return {
         "number": trial.number,
@@ -57,18 +56,9 @@ def _trial_row(trial) -> dict:
     }
 
 
-def _run(args: argparse.Namespace) -> int:
-    from search.run import run_study
-
-    return run_study(args)
-
-
 def status(args: argparse.Namespace) -> int:
-    from search.study import open_study
-    from search.study_file import load_study_file
-
     study_file = load_study_file(args.study_file)
-    _quiet_optuna()
+    quiet_optuna()
     study = open_study(study_file, create=False)
     rows = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
     if args.json:
@@ -88,11 +78,8 @@ def status(args: argparse.Namespace) -> int:
 
 
 def best(args: argparse.Namespace) -> int:
-    from search.study import best_trial, open_study
-    from search.study_file import load_study_file
-
     study_file = load_study_file(args.study_file)
-    _quiet_optuna()
+    quiet_optuna()
     trial = best_trial(open_study(study_file, create=False))
     payload = {"number": trial.number, "value": trial.value, "params": trial.params}
     print(json.dumps(payload) if args.json else json.dumps(payload, indent=2))
@@ -100,9 +87,6 @@ def best(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from search.report import write_report
-    from search.study_file import load_study_file
-
-    _quiet_optuna()
+    quiet_optuna()
     print(f"wrote {write_report(load_study_file(args.study_file), args.out, args.artifact_dir)}")
     return 0

@@ -16,20 +16,20 @@ import os
 import signal
 import sys
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
+import torch
+
+from search.running.stop import StopFlag
+from search.running.worker import run_trial_process
 from swipr_core.errors import SwiprError
 
 STOP_WAIT_S = 60         # how long a stopping trial may take to record itself before SIGKILL
 MAX_CRASHES_IN_A_ROW = 3  # trial processes that die one after another before the run gives up
-# Imported once by the forkserver; this module first, so its warning filter applies there too.
-PRELOAD = ["search.workers", "torch", "fastai.learner", "timm", "objectives.finetune", "search.run"]
-
-# torch.jit's deprecation notice fires on importing fastai (as in search/cli.py).
-warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+# Imported once by the forkserver; search.cli first, so its warning filter applies there too.
+PRELOAD = ["search.cli", "torch", "fastai.learner", "timm", "search.running.supervisor"]
 
 
 @dataclass(frozen=True)
@@ -88,37 +88,16 @@ def visible_device(gpu: int, inherited: str | None) -> str:
 
 # --- inside a trial process -------------------------------------------------------------
 
-_state = {"in_trial": False, "stop": False}
-
-
-def stop_requested() -> bool:
-    return _state["stop"]
-
-
-def in_trial(flag: bool) -> None:
-    """Marks the objective's span: a stop request interrupts a trial, not Optuna's bookkeeping."""
-    _state["in_trial"] = flag
-
-
-def _on_stop(signum, frame) -> None:
-    first = not _state["stop"]
-    _state["stop"] = True
-    if first and _state["in_trial"]:
-        raise KeyboardInterrupt
-
 
 def _trial_process(task: Task) -> None:
     # The terminal's Ctrl-C reaches every process in the group; only the supervisor acts on
     # it, and asks each trial process once, with SIGTERM, so no trial is interrupted twice.
+    stop = StopFlag()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_stop)
+    signal.signal(signal.SIGTERM, stop.on_signal)
     os.environ.update(task.env)   # before anything touches CUDA
-    import torch
-
     torch.set_num_threads(task.cpu_threads)
-    from search.run import run_trial_process
-
-    sys.exit(run_trial_process(task))
+    sys.exit(run_trial_process(task.study_file, task.slot.label, task.slot.index, task.device, stop))
 
 
 # --- the supervisor ---------------------------------------------------------------------

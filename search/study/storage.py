@@ -17,6 +17,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
+from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError
+
 from swipr_core.errors import SwiprError
 
 SQLITE_BUSY_TIMEOUT_S = 300   # a worker waits this long for the write lock before it fails
@@ -26,11 +31,12 @@ SCHEMA_ATTEMPTS = 5           # tries to open a database whose tables another wo
 @dataclass(frozen=True)
 class Heartbeat:
     """A running trial beats every `interval` s; one silent for `grace_period` s is failed,
-    then retried (at most `max_retry` times) by whichever worker notices it first."""
+    then retried (at most `max_retry` times) by whichever worker notices it first. The
+    defaults are the study file's ([study] heartbeat_interval, grace_period, max_retry)."""
 
-    interval: int = 60
-    grace_period: int = 180
-    max_retry: int = 3
+    interval: int
+    grace_period: int
+    max_retry: int = 0
 
 
 JOURNAL_SCHEME = "journal:///"           # journal:///rel/study.log or journal:////abs/study.log
@@ -65,8 +71,6 @@ def redact(url: str) -> str:
     if journal_path(url) is not None:   # a file path, no password; SQLAlchemy would mangle it
         return url
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url.split("@")[-1] if "@" in url else url
@@ -74,8 +78,6 @@ def redact(url: str) -> str:
 
 def password_of(url: str) -> str | None:
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(normalize_url(url)).password or None
     except Exception:
         return None
@@ -102,8 +104,6 @@ def _use_wal(path: Path) -> None:
 
 
 def _lost_schema_race(error: Exception) -> bool:
-    from sqlalchemy.exc import IntegrityError
-
     text = str(error).lower()
     return isinstance(error, IntegrityError) or "already exists" in text or "unique constraint" in text
 
@@ -113,13 +113,8 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
     instead of a new empty database (status and best must not create files). With
     `heartbeat`, running trials beat and stale ones are handed to `on_stale(study, trial)`;
     a journal file has no heartbeats, so there `heartbeat` is ignored (see supports_heartbeat)."""
-    import optuna
-
     if journal_path(url) is not None:
         return _open_journal(url, create)
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     url = normalize_url(url)
     try:
         parsed = make_url(url)
@@ -161,9 +156,6 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
 
 
 def _open_journal(url: str, create: bool):
-    import optuna
-    from optuna.storages.journal import JournalFileBackend
-
     path = journal_path(url)
     # JournalFileBackend creates a missing file: status and best must not.
     if not create and not path.is_file():

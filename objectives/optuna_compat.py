@@ -1,0 +1,47 @@
+"""Every use of Optuna's private API, in one place.
+
+Optuna has no public call for these; each is one line over an underscore attribute or over
+how `Study.optimize` asks for trials. tests/test_optuna_compat.py runs every function here
+against the installed Optuna, so an upgrade that changes them fails that test, not a study.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage object a study was opened on (optuna-dashboard and reports read it)."""
+    return study._storage
+
+
+def study_id(study: optuna.Study) -> int:
+    """The study's id in its storage (the dashboard's URLs use it)."""
+    return study._study_id
+
+
+def stored_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """A running trial's record as stored: its system attrs say whether it retries another."""
+    return trial.study._storage.get_trial(trial._trial_id)
+
+
+def put_back(trial: optuna.Trial) -> None:
+    """Return a trial just handed out by `ask` to the queue, untouched (WAITING)."""
+    trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+
+
+def guard_ask(study: optuna.Study, before: Callable[[], None], after: Callable[[optuna.Trial], None]) -> None:
+    """Run `before()` ahead of every trial `study.optimize` asks for, and `after(trial)` once
+    it has one. Optuna's optimize loop calls `study.ask()` itself, so the instance's ask is
+    wrapped; `before`/`after` may raise to stop the loop."""
+    ask = study.ask
+
+    def guarded_ask(*args, **kwargs) -> optuna.Trial:
+        before()
+        trial = ask(*args, **kwargs)
+        after(trial)
+        return trial
+
+    study.ask = guarded_ask
