@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SwiprError as error:
         print(f"swipr: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except KeyboardInterrupt:
         print("swipr: interrupted", file=sys.stderr)
         return 130

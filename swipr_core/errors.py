@@ -4,6 +4,14 @@
 class SwiprError(Exception):
     """Bad input from a user: the message names the file, key or row and what is wrong."""
 
+    exit_code = 2
+
+
+class RunStopped(SwiprError):
+    """A run that stopped itself for a reason it states (not bad input): exit status 1."""
+
+    exit_code = 1
+
 
 class FieldError(SwiprError):
     """A value a core type refuses: `field` names it, `problem` says what is wrong with it.

@@ -16,6 +16,7 @@ from search.running.supervisor import Slot, make_slots, supervise
 from search.running.worker import run_worker
 from search.study.data_record import check_fingerprint
 from search.study.open import best_or_none, open_study, quiet_optuna
+from search.study.space_record import check_space
 from search.study.storage import NO_HEARTBEAT_NOTE, redact, redact_output, supports_heartbeat
 from search.study.warm_start import enqueue_warm_start
 from search.studyfile import StudyFile, load_study_file
@@ -41,6 +42,8 @@ def run_study(args: argparse.Namespace) -> int:
           f"valid {counts['valid']}, fingerprint {dataset.fingerprint}")
     study = open_study(study_file, create=True)
     check_fingerprint(study, dataset, study_file)
+    for note in check_space(study, study_file):
+        print(note)
     done_before = len(study.trials)   # before the warm start's enqueued trials, which this run runs
     if enqueue_warm_start(study, study_file):
         print("warm start: the notebook's configurations go first")
@@ -50,14 +53,15 @@ def run_study(args: argparse.Namespace) -> int:
           f"{done_before} trials so far, running {n_trials} more{where}", flush=True)
     if not supports_heartbeat(study_file.study.storage):
         print(NO_HEARTBEAT_NOTE, flush=True)
-    if parallel:
-        status = supervise(study_file.path, study_file.study.storage, slots, n_trials, timeout, device)
-    else:
-        status = _run_here(study_file, study, dataset, n_trials, timeout, device)
-    this_run = [t.number for t in study.get_trials(deepcopy=False) if t.number >= done_before]
-    print(summary_table(study, device, this_run=this_run))
-    _print_best(study)
-    return status
+    try:
+        if parallel:
+            return supervise(study_file.path, study_file.study.storage, slots, n_trials, timeout, device,
+                             study_file.study.max_failures_in_a_row)
+        return _run_here(study_file, study, dataset, n_trials, timeout, device)
+    finally:   # also when the run stops early: what it did is worth a look
+        this_run = [t.number for t in study.get_trials(deepcopy=False) if t.number >= done_before]
+        print(summary_table(study, device, this_run=this_run))
+        _print_best(study)
 
 
 def _budget(args: argparse.Namespace, study_file: StudyFile) -> tuple[int, float | None]:

@@ -62,6 +62,8 @@ def _study(path: Path, raw: dict) -> StudySection:
     for key in ("heartbeat_interval", "grace_period"):
         if not 1 <= getattr(study, key) <= MAX_HEARTBEAT_S:
             raise SwiprError(f"{where} {key} must be between 1 and {MAX_HEARTBEAT_S} seconds, got {getattr(study, key)}")
+    if study.max_failures_in_a_row < 1:
+        raise SwiprError(f"{where} max_failures_in_a_row must be 1 or more, got {study.max_failures_in_a_row}")
     if study.grace_period <= study.heartbeat_interval:
         raise SwiprError(f"{where} grace_period ({study.grace_period}) must be longer than "
                          f"heartbeat_interval ({study.heartbeat_interval}), or live trials are failed")

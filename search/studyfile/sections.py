@@ -31,6 +31,7 @@ class StudySection:
     heartbeat_interval: int = 60      # seconds between a running trial's heartbeats
     grace_period: int = 180           # a trial silent this long is failed and retried
     max_retry: int = 3                # times one trial is retried after its worker died
+    max_failures_in_a_row: int = 3    # trials failing one after another before the run stops
 
 
 @dataclass(frozen=True)
