@@ -76,11 +76,50 @@ def test_open_is_a_read_only_memmap_not_a_copy(tmp_path):
 
 
 def test_open_refuses_a_cache_that_does_not_match_its_paths(tmp_path):
+    # Without the images to rebuild from, a wrong-shaped cache is refused, never trained on.
     paths = write_images(tmp_path, 4)
     cache = build_cache(tmp_path, paths, tmp_path / "cache", px=16, workers=1)
     np.save(cache.file, np.zeros((3, 16, 16, 3), np.uint8))
-    with pytest.raises(SwiprError, match="delete it to rebuild"):
-        cache.open()
+    with pytest.raises(SwiprError, match="damaged image cache .*delete it to rebuild"):
+        cache_module.ImageCache(cache.file, cache.paths, cache.px).open()
+
+
+def truncate(file, keep_bytes):
+    with open(file, "r+b") as handle:
+        handle.truncate(keep_bytes)
+
+
+@pytest.mark.parametrize("keep", [0, 50, 128 + 16 * 16 * 3 * 2])   # empty, half a header, half the rows
+def test_a_truncated_cache_is_rebuilt_by_the_next_build(tmp_path, capsys, keep):
+    paths = write_images(tmp_path, 4)
+    good = build_cache(tmp_path, paths, tmp_path / "cache", px=16, workers=1).open().copy()
+    cache = build_cache(tmp_path, paths, tmp_path / "cache", px=16, workers=1)
+    truncate(cache.file, keep)
+    capsys.readouterr()
+    again = build_cache(tmp_path, paths, tmp_path / "cache", px=16, workers=1)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is damaged" in err[0] and "rebuilding" in err[0], err
+    np.testing.assert_array_equal(again.open(), good)
+
+
+def test_a_cache_damaged_after_the_build_is_rebuilt_on_open(tmp_path, capsys):
+    # The trial's open() finds the damage (what used to fail every later trial with
+    # "mmap length is greater than file size") and rebuilds before mapping.
+    paths = write_images(tmp_path, 4)
+    cache = build_cache(tmp_path, paths, tmp_path / "cache", px=16, workers=1)
+    good = cache.open().copy()
+    truncate(cache.file, cache.file.stat().st_size - 1)
+    np.testing.assert_array_equal(cache.open(), good)
+    assert "rebuilding" in capsys.readouterr().err
+    assert cache_module.cache_problem(cache.file, 4, 16) is None
+
+
+def test_a_cache_with_a_foreign_header_is_rebuilt(tmp_path):
+    paths = write_images(tmp_path, 3)
+    cache = build_cache(tmp_path, paths, tmp_path / "cache", px=8, workers=1)
+    np.save(cache.file, np.zeros((3, 8, 8, 3), np.float32))   # same shape, wrong dtype
+    assert "float32" in cache_module.cache_problem(cache.file, 3, 8)
+    assert build_cache(tmp_path, paths, tmp_path / "cache", px=8, workers=1).open().dtype == np.uint8
 
 
 # Run in fresh processes: RssAnon is memory private to a process (a copy), RssFile is
