@@ -1,9 +1,11 @@
 """The decode-once image cache: built once, reused, rebuilt on change, shared as a memmap."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -253,3 +255,66 @@ def test_workers_starting_together_build_the_cache_once(tmp_path):
         results.append(json.loads(out.strip().splitlines()[-1]))
     assert sorted(r["decoded"] for r in results) == [0, 6]   # one decoded everything, the other reused it
     assert results[0]["file"] == results[1]["file"]
+
+
+_SLOW_BUILD = """
+import sys, time
+from pathlib import Path
+from swipr_core import cache as cache_module
+real = cache_module.load_square
+def slow(file, px):
+    time.sleep(0.05)   # slow enough to be stopped mid-build; forked workers inherit it
+    return real(file, px)
+cache_module.load_square = slow
+cache_module.CHUNK = 4
+root = Path(sys.argv[1])
+cache_module.build_cache(root, sys.argv[2].split(","), root / "c", px=16, workers=2,
+                         progress=lambda n: print("chunk", flush=True))
+print("done", flush=True)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if entry.isdigit() and int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")   # a zombie has finished; only its exit status is left
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads Linux /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_build_stopped_by_a_signal_leaves_no_child_lock_or_temp_file(tmp_path, sig):
+    # Stopped mid-build, the builder's decoding children die with it, its temp file is gone
+    # (SIGTERM) or removed by the next build (SIGKILL), and the next build doesn't hang.
+    paths = write_images(tmp_path, 80, size=(20, 16))
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, str(tmp_path), ",".join(paths)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "chunk"   # the pool is decoding
+    children = _children(proc.pid)
+    assert children, "the build should run in child processes"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert "done" not in out and proc.returncode != 0
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in children), "a decoding child outlived its parent"
+    temps = [p.name for p in (tmp_path / "c").iterdir() if p.name.endswith(".tmp")]
+    # SIGTERM: removed on the way out. SIGKILL: nothing runs, so the next build removes it.
+    assert len(temps) == (0 if sig == signal.SIGTERM else 1), temps
+    built = build_cache(tmp_path, paths, tmp_path / "c", px=16, workers=1)   # would hang on a held lock
+    assert built.open().shape == (80, 16, 16, 3)
+    assert [p.name for p in (tmp_path / "c").iterdir() if p.name.endswith(".tmp")] == []
