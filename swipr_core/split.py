@@ -51,31 +51,59 @@ def fingerprint(paths, labels, is_valid) -> str:
     return digest.hexdigest()[:16]
 
 
-def split_rows(labels: tuple[str, ...], valid_pct: float, seed: int) -> tuple[bool, ...]:
+def split_rows(labels: tuple[str, ...], valid_pct: float, seed: int,
+               groups: tuple[str, ...] = ()) -> tuple[bool, ...]:
     """Stratified random split: each class keeps its share in the validation set.
 
     The data is about 80% NO, so a plain random 20% could leave the validation set's YES
-    share off by several points on small datasets; per-class sampling keeps it exact.
+    share off by several points on small datasets; per-class sampling keeps it close.
+    Rows with the same `groups` entry (one photo under several paths) go to the same side;
+    without groups, or with none shared, the split is the one made before groups existed.
     """
     rng = random.Random(seed)
     is_valid = [False] * len(labels)
     for cls in CLASSES:
         members = [i for i, label in enumerate(labels) if label == cls]
-        rng.shuffle(members)
-        n_valid = max(1, round(len(members) * valid_pct)) if len(members) > 1 else 0
-        for i in members[:n_valid]:
-            is_valid[i] = True
+        for group in _valid_groups(_group_rows(members, groups), valid_pct, rng):
+            for i in group:
+                is_valid[i] = True
     return tuple(is_valid)
 
 
+def _group_rows(members: list[int], groups: tuple[str, ...]) -> list[list[int]]:
+    """The members' rows grouped by photo, in order of each group's first row."""
+    if not groups:
+        return [[i] for i in members]
+    by_group: dict[str, list[int]] = {}
+    for i in members:
+        by_group.setdefault(groups[i], []).append(i)
+    return list(by_group.values())
+
+
+def _valid_groups(row_groups: list[list[int]], valid_pct: float, rng: random.Random) -> list[list[int]]:
+    """Whole groups, in a seeded random order, as close to the class's valid share as fits."""
+    n_rows = sum(len(group) for group in row_groups)
+    target = max(1, round(n_rows * valid_pct)) if n_rows > 1 else 0
+    rng.shuffle(row_groups)  # the same permutation as shuffling single rows did
+    chosen, taken = [], 0
+    for group in row_groups:
+        if taken + len(group) <= target:
+            chosen.append(group)
+            taken += len(group)
+    if not chosen and target and len(row_groups) > 1:
+        chosen = [min(row_groups, key=len)]  # every group is larger than the share: the smallest
+    return chosen
+
+
 def make_split(table: LabelTable, rules: LabelRules, valid_pct: float, seed: int, source: str) -> LabeledSplit:
-    is_valid = split_rows(table.labels, valid_pct, seed)
+    is_valid = split_rows(table.labels, valid_pct, seed, table.groups)
     meta = {
         "source": source,
         "rules": asdict(rules),
         "valid_pct": valid_pct,
         "split_seed": seed,
         "excluded": dict(table.excluded),
+        "same_content": dict(table.same_content) or {"groups": 0, "rows": 0},
     }
     split = LabeledSplit(table.paths, table.labels, is_valid, fingerprint(table.paths, table.labels, is_valid), meta)
     split.meta["counts"] = split.counts()
