@@ -17,9 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from swipr_core.errors import SwiprError
+from swipr_core.images import open_regular
 from swipr_core.labels import LabelRules, LabelTable
 
-CLASSES = ("NO", "YES")  # class order of the model's outputs: index 1 is YES
+CLASSES = ("NO", "YES")
+LABELS_HEADER = b"path,label,is_valid"
+MAX_META_BYTES = 1 << 20  # class order of the model's outputs: index 1 is YES
 
 
 @dataclass(frozen=True)
@@ -121,14 +124,50 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
+        # mkstemp makes 0600 files; a labels file is as readable as anything else the user writes.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_split(split: LabeledSplit, labels_file: Path) -> None:
+def check_labels_target(labels_file: Path) -> None:
+    """Refuse to replace anything but a labels file (and its meta) that swipr wrote."""
+    if labels_file.is_dir():
+        raise SwiprError(f"{labels_file}: is a folder, not a labels file")
+    for file, looks_right in ((labels_file, _is_labels_csv), (meta_path(labels_file), _is_meta_json)):
+        if os.path.lexists(file) and not looks_right(file):
+            raise SwiprError(f"{file}: exists and is not a labels file written by swipr; "
+                             "refusing to overwrite it (choose another file, or --force)")
+
+
+def _is_labels_csv(file: Path) -> bool:
+    try:
+        with open_regular(file) as handle:
+            head = handle.read(len(LABELS_HEADER) + 2)
+    except OSError:
+        return False
+    return head.replace(b"\r\n", b"\n").startswith(LABELS_HEADER + b"\n")
+
+
+def _is_meta_json(file: Path) -> bool:
+    try:
+        with open_regular(file, MAX_META_BYTES) as handle:
+            meta = json.loads(handle.read(MAX_META_BYTES + 1))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "fingerprint" in meta
+
+
+def write_split(split: LabeledSplit, labels_file: Path, force: bool = False) -> None:
+    """Write the CSV and its meta, each atomically; refuse a target swipr didn't write unless `force`."""
     from io import StringIO
+
+    if not force:
+        check_labels_target(labels_file)
 
     buffer = StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -166,7 +205,7 @@ def read_split(labels_file: Path) -> LabeledSplit:
 
 
 def prepare_labels(database: Path, image_root: Path, rules: LabelRules, valid_pct: float, seed: int,
-                   labels_file: Path, rebuild: bool = False) -> LabeledSplit:
+                   labels_file: Path, rebuild: bool = False, force: bool = False) -> LabeledSplit:
     """Read the labels file if it exists and was made the same way; make it otherwise.
 
     An existing file is kept as it is (that is the point of a fixed split) unless `rebuild`.
@@ -186,9 +225,11 @@ def prepare_labels(database: Path, image_root: Path, rules: LabelRules, valid_pc
         return split
     from swipr_core.labels import build_labels
 
+    if not force:
+        check_labels_target(labels_file)  # before the slow part: every image is read
     table = build_labels(database, image_root, rules)
     split = make_split(table, rules, valid_pct, seed, source=str(database))
-    write_split(split, labels_file)
+    write_split(split, labels_file, force=force)
     return split
 
 
