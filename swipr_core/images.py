@@ -101,7 +101,10 @@ def load_square(file: str | Path, px: int) -> np.ndarray:
         # for 640 px photos cached at 256 px, and what keeps large JPEGs small.
         image.draft("RGB", (px, px))
         check_size(image)
-        image = ImageOps.exif_transpose(image).convert("RGB")
+        # In place and only when needed: each copy of a decoded image is up to 64 MiB.
+        ImageOps.exif_transpose(image, in_place=True)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
         scale = px / min(image.size)
         size = (max(px, round(image.width * scale)), max(px, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
