@@ -8,6 +8,7 @@ upscaled to billions of pixels.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -25,7 +26,7 @@ MAX_ASPECT = 20
 
 
 class NotRegularFile(OSError):
-    """A path that exists but is a folder, FIFO, socket or device."""
+    """A path that exists but is a FIFO, socket or device, or a file over its size limit."""
 
 
 class BadDimensions(ValueError):
@@ -42,9 +43,10 @@ def open_regular(path: str | Path, max_bytes: int | None = None) -> Iterator[Bin
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
         if not stat.S_ISREG(info.st_mode):
-            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-            raise NotRegularFile(f"{path}: {kind}")
+            raise NotRegularFile(f"{path}: not a regular file")
         if max_bytes is not None and info.st_size > max_bytes:
             raise NotRegularFile(f"{path}: larger than {max_bytes} bytes")
         os.set_blocking(fd, True)

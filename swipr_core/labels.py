@@ -33,7 +33,7 @@ EXCLUSION_REASONS = ("invalid_flag", "invalid_label", "outside_dirs", "missing_f
                      "outside_root", "duplicate_path", "conflicting_labels")
 PICS_COLUMNS = ("path", "label", "invalid", "ages", "num_people", "male_present")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_NO_FILE = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP)
+_NO_FILE = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP)
 _INT_RULES = ("min_people", "max_people", "min_age", "max_age")
 
 
