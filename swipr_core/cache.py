@@ -111,7 +111,7 @@ def build_cache(image_root: Path, paths, cache_dir: Path, px: int, workers: int 
     # Workers that start together on one machine build it once: the first takes the lock
     # and decodes; the others wait, then find the file and reuse it.
     with open(cache_dir / f".{file.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _lock(lock, file)
         problem = cache_problem(file, len(paths), px)
         if problem:
             if problem != "missing":
@@ -119,6 +119,15 @@ def build_cache(image_root: Path, paths, cache_dir: Path, px: int, workers: int 
             _remove_stale_temps(file)
             _build(file, image_root, paths, px, workers, progress)
     return cache
+
+
+def _lock(lock, file: Path) -> None:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        # Say why nothing happens: another process is building this cache.
+        print(f"swipr: waiting for another process to finish building {file.name}", file=sys.stderr, flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
 
 
 def _remove_stale_temps(file: Path) -> None:
