@@ -4,7 +4,9 @@ This is the notebook's `data.resize(340, 'tmp')`, made shareable: the array is a
 file opened with mmap, so every trial and every worker process on the machine reads the
 same pages from the OS page cache instead of decoding JPEGs again, and it need not fit in
 RAM. The file's name carries a key of its inputs (paths, sizes, mtimes, pixel size), so a
-change of any input builds a new cache and an unchanged one is reused.
+change of any input builds a new cache and an unchanged one is reused. A file whose header
+or size is wrong (truncated, overwritten) is rebuilt, never mapped; a build stopped by
+SIGTERM or SIGKILL leaves no decoding child, held lock or temp file behind.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from swipr_core.errors import SwiprError
-from swipr_core.images import load_square, open_regular  # load_square: re-exported, predict and tests use it
+from swipr_core.images import load_square, open_regular  # load_square: re-exported, as it lived here
 
 CHUNK = 256
 

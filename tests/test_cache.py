@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,7 +279,7 @@ def _children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         try:
-            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
         if entry.isdigit() and int(fields[1]) == pid:
@@ -288,7 +289,7 @@ def _children(pid: int) -> list[int]:
 
 def _alive(pid: int) -> bool:
     try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
     return state not in ("Z", "X")   # a zombie has finished; only its exit status is left
@@ -306,7 +307,7 @@ def test_a_build_stopped_by_a_signal_leaves_no_child_lock_or_temp_file(tmp_path,
     children = _children(proc.pid)
     assert children, "the build should run in child processes"
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=30)
+    out, _ = proc.communicate(timeout=30)
     assert "done" not in out and proc.returncode != 0
     deadline = time.monotonic() + 10
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:

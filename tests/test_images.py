@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from swipr_core.images import (MAX_PIXELS, BadDimensions, NotRegularFile, load_square, open_regular,
-                               read_regular)
+from swipr_core.images import MAX_PIXELS, BadDimensions, NotRegularFile, load_square, open_regular, read_regular
 from tests.studykit import ROOT
 
 MiB = 1 << 20
