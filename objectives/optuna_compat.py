@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 
@@ -45,3 +46,22 @@ def guard_ask(study: optuna.Study, before: Callable[[], None], after: Callable[[
         return trial
 
     study.ask = guarded_ask
+
+
+def take_queued_first(study: optuna.Study, first: Callable[[optuna.trial.FrozenTrial], bool]) -> None:
+    """Make `study.ask` take the WAITING trials for which `first(trial)` holds before the rest
+    (Optuna takes them in the order they were queued). Taking one stays atomic: a trial goes to
+    the worker whose WAITING -> RUNNING update succeeds, exactly as in Optuna's own queue."""
+    storage, study_id = study._storage, study._study_id
+
+    def pop_waiting_trial_id() -> int | None:
+        waiting = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))
+        for trial in sorted(waiting, key=lambda t: not first(t)):   # stable: queue order within each
+            try:
+                if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                    return trial._trial_id
+            except UpdateFinishedTrialError:
+                continue
+        return None
+
+    study._pop_waiting_trial_id = pop_waiting_trial_id

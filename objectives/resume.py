@@ -10,6 +10,7 @@ worker asked to stop before its trial began gives the trial back to the queue in
 """
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback as _Retry
 
-from objectives.optuna_compat import guard_ask, put_back, stored_trial
+from objectives.optuna_compat import guard_ask, put_back, stored_trial, take_queued_first
 from swipr_core.checkpoints import load_checkpoint
 
 
@@ -33,8 +34,16 @@ def original_number(trial: optuna.trial.FrozenTrial) -> int:
     return trial.number if number is None else number
 
 
+OWNER_FILE = "owner.json"   # whose checkpoints a folder holds: study, trial, params, data
+
+
 class Checkpoints:
-    """Where each trial's checkpoints go, and what happens to them when the trial ends."""
+    """Where each trial's checkpoints go, and what happens to them when the trial ends.
+
+    `root` is the study's own folder (search.running.worker.checkpoint_root keys it by storage
+    and study). Each trial folder also records its owner; a folder whose owner is not the trial
+    at hand (another study's, other params, other data) is never resumed from, only cleared.
+    """
 
     def __init__(self, root: Path, max_retry: int):
         self.root = root
@@ -44,9 +53,28 @@ class Checkpoints:
     def folder(self, trial_number: int) -> Path:
         return self.root / f"trial-{trial_number}"
 
+    def owner(self, study: optuna.Study, number: int, params: dict) -> dict:
+        return {"root": str(self.root), "trial": number, "params": params,
+                "data_fingerprint": study.user_attrs.get("data_fingerprint")}
+
+    def owned_by(self, folder: Path, owner: dict) -> bool:
+        try:
+            return json.loads((folder / OWNER_FILE).read_text()) == json.loads(json.dumps(owner))
+        except (OSError, ValueError):
+            return False
+
     def dir_for(self, trial: optuna.Trial) -> Path:
-        """FinetuneObjective's checkpoint_dir_for."""
-        return self.folder(original_number(stored_trial(trial)))
+        """FinetuneObjective's checkpoint_dir_for: the trial's folder, cleared of anything that
+        is not its own, with its owner written down."""
+        number = original_number(stored_trial(trial))
+        folder, owner = self.folder(number), self.owner(trial.study, number, trial.params)
+        if folder.exists() and not self.owned_by(folder, owner):
+            print(f"trial {trial.number}: {folder} holds another run's checkpoint; not resumed from, cleared",
+                  flush=True)
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / OWNER_FILE).write_text(json.dumps(owner))
+        return folder
 
     def seed_number_for(self, trial: optuna.Trial) -> int:
         """FinetuneObjective's seed_number_for: a retry trains with its original's seed."""
@@ -58,10 +86,12 @@ class Checkpoints:
     def note_resume(self, trial: optuna.Trial) -> None:
         """On a retry: record what it retries and the epoch it resumes from, and report the
         saved epochs again so the pruner sees the whole learning curve."""
-        retried = _quietly(_Retry.retried_trial_number, stored_trial(trial))
+        state = stored_trial(trial)
+        retried = _quietly(_Retry.retried_trial_number, state)
         if retried is None:
             return
-        saved = load_checkpoint(self.folder(retried))
+        owner = self.owner(trial.study, retried, state.system_attrs.get("fixed_params", {}))
+        saved = load_checkpoint(self.folder(retried)) if self.owned_by(self.folder(retried), owner) else None
         history = saved["history"] if saved else []
         trial.set_user_attr("retry_of", retried)
         trial.set_user_attr("resumed_from_epoch", len(history))
@@ -142,3 +172,9 @@ def take_no_trial_when_stopping(study: optuna.Study, stop) -> None:
             raise KeyboardInterrupt
 
     guard_ask(study, before, after)
+
+
+def retries_first(study: optuna.Study) -> None:
+    """An interrupted trial holds paid-for epochs in its checkpoint: its retry runs before any
+    fresh trial waiting in the queue."""
+    take_queued_first(study, lambda trial: "failed_trial" in trial.system_attrs)

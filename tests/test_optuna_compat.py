@@ -54,3 +54,12 @@ def test_a_guard_that_raises_stops_the_loop_before_a_trial_is_taken(study):
     with pytest.raises(KeyboardInterrupt):
         study.optimize(lambda trial: 0.0, n_trials=1)
     assert study.trials == []
+
+
+def test_queued_trials_chosen_first_are_taken_first(study):
+    for x in (1.0, 2.0, 3.0):
+        study.enqueue_trial({"x": x}, user_attrs={"retry": x == 3.0})
+    optuna_compat.take_queued_first(study, lambda trial: trial.user_attrs.get("retry", False))
+    dist = {"x": optuna.distributions.FloatDistribution(0, 4)}
+    assert [study.ask(dist).params["x"] for _ in range(3)] == [3.0, 1.0, 2.0]
+    assert study.ask(dist).number == 3   # an empty queue: a new trial, as Optuna makes it

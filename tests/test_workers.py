@@ -319,3 +319,25 @@ def _trials_or_none(path, url):
         return []
     finally:
         del os.environ["SWIPR_STORAGE"]
+
+
+def test_an_interrupted_trials_retry_runs_before_fresh_queued_trials(tmp_path, data_dir, monkeypatch):
+    import objectives.finetune as finetune
+
+    study, run = _worker(tmp_path, data_dir, monkeypatch)
+    study.enqueue_trial({"lr": 0.01})
+    study.enqueue_trial({"lr": 0.02})
+    fake, stop = finetune.train, StopFlag()
+
+    def train_until_stopped(*args, **kwargs):
+        _sigterm(stop)
+        return fake(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "train", train_until_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run(stop)   # takes trial 0 (lr 0.01) and is interrupted: its retry, trial 2, is queued
+    assert _states(study) == ["FAIL", "WAITING", "WAITING"]
+    monkeypatch.setattr(finetune, "train", fake)
+    run(StopFlag())   # one trial: the retry, though trial 1 was queued before it
+    assert _states(study) == ["FAIL", "WAITING", "COMPLETE"]
+    assert study.get_trials(deepcopy=False)[2].user_attrs["retry_of"] == 0

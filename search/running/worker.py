@@ -5,19 +5,20 @@ Optuna's optimize loop. A trial process (`--workers`/`--gpus`) runs one trial an
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
 import optuna
 
 from objectives.oom import free_memory
-from objectives.resume import Checkpoints, take_no_trial_when_stopping
+from objectives.resume import Checkpoints, retries_first, take_no_trial_when_stopping
 from objectives.trial import TrainSettings, trial_objective
 from search.running.failures import FailureGuard, FailureStreak, TrialFailed, error_log, route_tracebacks
 from search.running.stop import StopFlag
 from search.study.data_record import check_fingerprint
 from search.study.open import open_study, open_worker_study, quiet_optuna
-from search.study.storage import redact_output
+from search.study.storage import redact, redact_output
 from search.studyfile import StudyFile, load_study_file
 from search.views.artifacts import make_objective_hooks
 from search.views.format import describe_trial
@@ -29,9 +30,13 @@ DONE, FAILED, BAD_INPUT, STOPPED = 0, 3, 2, 130
 
 
 def checkpoint_root(study_file: StudyFile) -> Path:
-    """Per-trial checkpoints live in the machine's cache folder, one folder per study."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_file.study.name)
-    return study_file.data.cache_dir / "checkpoints" / safe
+    """Per-trial checkpoints live in the machine's cache folder, one folder per study, keyed by
+    the storage and the exact study name: `exp 1` and `exp:1`, or two databases' `demo`, never
+    share one. The readable part of the name is only for people."""
+    study = study_file.study
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study.name)[:60]
+    key = hashlib.sha256(f"{redact(study.storage)}\0{study.name}".encode()).hexdigest()[:12]
+    return study_file.data.cache_dir / "checkpoints" / f"{safe}-{key}"
 
 
 def train_settings(study_file: StudyFile, device: str | None) -> TrainSettings:
@@ -53,6 +58,7 @@ def run_worker(study_file: StudyFile, dataset: Dataset, *, n_trials: int, timeou
     checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
     study = open_worker_study(study_file, checkpoints, slot)
     take_no_trial_when_stopping(study, stop)
+    retries_first(study)
     check_fingerprint(study, dataset, study_file)
     objective = FailureGuard(trial_objective(dataset, study_file.space, study_file.model,
                                              train_settings(study_file, device), checkpoints, stop, hooks), log)
