@@ -5,7 +5,7 @@
     .venv/bin/python bench/dask_throughput.py --trials 1000 --slots 4 --local-trials 100
 
 Dask: a scheduler and K one-thread workers on 127.0.0.1 (tests/daskkit.py); the driver is
-`search.dask_engine.Driver`, unchanged except that its task is trivial (it opens the study
+`search.running.dask_engine.Driver`, unchanged except that its task is trivial (it opens the study
 through DaskStorage, takes the params the driver asked for, reports once, tells). Local: the
 `--workers` shape, a fresh forkserver process per trial that opens the SQLite storage with
 heartbeats and runs one trial. Both on SQLite (WAL) in a temp folder, with the random sampler
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from objectives.finetune import distribution  # noqa: E402 - after the path is set
+from objectives.space import distribution  # noqa: E402 - after the path is set
 
 REPORTS = 200
 
@@ -75,7 +75,7 @@ def report_cost_task(storage_name: str) -> float:
 
 
 def _study_file(folder: Path):
-    from search.study_file import load_study_file
+    from search.studyfile import load_study_file
     from tests.studykit import SPACE, study_toml
 
     path = folder / "bench.toml"
@@ -88,8 +88,8 @@ def dask_run(folder: Path, trials: int, slots: int) -> tuple[float, float]:
     """(trials/s, ms per report through DaskStorage) on a fresh local cluster."""
     import optuna
 
-    from search.dask_engine import Driver, connect, register_storage
-    from search.storage import open_storage
+    from search.running.dask_engine import Driver, connect, register_storage
+    from search.study.storage import open_storage
     from tests.daskkit import Cluster
 
     study_file = _study_file(folder)
@@ -118,7 +118,7 @@ def dask_run(folder: Path, trials: int, slots: int) -> tuple[float, float]:
 def _one_trial(url: str) -> None:
     import optuna
 
-    from search.storage import Heartbeat, open_storage
+    from search.study.storage import Heartbeat, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name="bench", storage=open_storage(url, create=False, heartbeat=Heartbeat()),
@@ -136,12 +136,12 @@ def local_run(folder: Path, trials: int, slots: int) -> float:
     """trials/s with a fresh forkserver process per trial, `slots` at a time (--workers)."""
     import optuna
 
-    from search.storage import open_storage
+    from search.study.storage import open_storage
 
     url = f"sqlite:///{folder}/local.db"
     optuna.create_study(study_name="bench", storage=open_storage(url))
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["optuna", "search.storage", "sqlalchemy"])
+    context.set_forkserver_preload(["optuna", "search.study.storage", "sqlalchemy"])
     context.Process(target=_one_trial, args=(url,)).start()   # warm the forkserver up; not timed
     time.sleep(3)
     started = time.perf_counter()
@@ -168,8 +168,8 @@ def inline_run(folder: Path, trials: int) -> float:
     report and tell, one after another in this process on SQLite (no engine, no parallelism)."""
     import optuna
 
-    from search.dask_engine import TOKEN_ATTR
-    from search.storage import open_storage
+    from search.running.dask_engine import TOKEN_ATTR
+    from search.study.storage import open_storage
 
     study_file = _study_file(folder)
     storage = open_storage(study_file.study.storage)
@@ -201,7 +201,7 @@ def direct_report_costs(folder: Path) -> dict[str, float]:
     """ms per report straight to SQLite, and to a throwaway PostgreSQL when one can start."""
     import optuna
 
-    from search.storage import open_storage
+    from search.study.storage import open_storage
 
     costs = {"sqlite": report_cost(open_storage(f"sqlite:///{folder}/local.db"))}
     from tests import pg

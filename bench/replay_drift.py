@@ -22,16 +22,17 @@ def main() -> None:
     parser.add_argument("--other-seeds", type=int, default=2, help="other seeds to try per trial")
     args = parser.parse_args()
 
-    from search.fit import train_config
-    from search.study import data_spec, open_study
-    from search.study_file import SPACE_KEYS, load_study_file
+    from search.fit.replay import train_config
+    from search.study.open import open_study
+    from objectives.space import SPACE_KEYS
+    from search.studyfile import load_study_file
     from swipr_core.data import prepare_data
     from swipr_core.model import ModelSpec
     from swipr_core.training import TrainConfig, train
 
     study_file = load_study_file(args.study_file)
     study = open_study(study_file, create=False)
-    dataset = prepare_data(data_spec(study_file))
+    dataset = prepare_data(study_file.data)
     spec = ModelSpec(study_file.model.arch, study_file.model.pretrained, study_file.model.weights)
     for trial in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
         config = train_config(trial, SPACE_KEYS, study_file)

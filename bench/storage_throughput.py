@@ -27,11 +27,11 @@ sys.path.insert(0, str(ROOT))
 def _worker(url: str, slot: int, n_trials: int, sampler: str, ready, go) -> None:
     import optuna
 
-    from search.samplers import make_sampler, worker_seed
-    from search.storage import Heartbeat, open_storage
+    from search.study.samplers import make_sampler, worker_seed
+    from search.study.storage import Heartbeat, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name="bench", storage=open_storage(url, heartbeat=Heartbeat()))
+    study = optuna.load_study(study_name="bench", storage=open_storage(url, heartbeat=Heartbeat(interval=60, grace_period=180)))
     study.sampler = make_sampler(sampler, worker_seed(0, "bench", slot, 0))
     ready.release()
     go.wait()
@@ -45,7 +45,7 @@ def _worker(url: str, slot: int, n_trials: int, sampler: str, ready, go) -> None
 def run(url: str, workers: int, trials: int, sampler: str) -> float:
     import optuna
 
-    from search.storage import open_storage, redact
+    from search.study.storage import open_storage, redact
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     optuna.create_study(study_name="bench", storage=open_storage(url))

@@ -10,50 +10,10 @@ from __future__ import annotations
 import optuna
 import torch
 
+from objectives.space import suggest
 from swipr_core.data import Dataset
 from swipr_core.model import ModelSpec
 from swipr_core.training import EpochRecord, TrainConfig, TrainResult, train
-
-# The notebook's two hand-tuned runs, enqueued first on a warm start:
-# fit(1e-4, 3, cycle_len=1, cycle_mult=2) at 224 px, then fit(1e-3, 3, ...) frozen at 229 px.
-NOTEBOOK_CONFIGS = (
-    {"lr": 1e-4, "batch_size": 24, "image_size": 224, "freeze": "unfrozen",
-     "n_cycles": 3, "cycle_len": 1, "cycle_mult": 2},
-    {"lr": 1e-3, "batch_size": 24, "image_size": 229, "freeze": "frozen",
-     "n_cycles": 3, "cycle_len": 1, "cycle_mult": 2},
-)
-
-
-def suggest(trial: optuna.Trial, name: str, spec):
-    from search.study_file import Range
-
-    if isinstance(spec, Range):
-        if spec.is_int:
-            return trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
-        return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
-    return trial.suggest_categorical(name, list(spec.values))
-
-
-def distribution(spec) -> optuna.distributions.BaseDistribution:
-    """The distribution `suggest` draws `spec` from: a driver that asks for a trial with all of
-    them fixed up front hands a worker params that its own `suggest` calls give back."""
-    from search.study_file import Range
-
-    if isinstance(spec, Range):
-        if spec.is_int:
-            return optuna.distributions.IntDistribution(int(spec.low), int(spec.high), log=spec.log,
-                                                        step=int(spec.step or 1))
-        return optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
-    return optuna.distributions.CategoricalDistribution(list(spec.values))
-
-
-def in_space(spec, value) -> bool:
-    from search.study_file import Range
-
-    if isinstance(spec, Range):
-        return isinstance(value, (int, float)) and spec.low <= value <= spec.high
-    return value in spec.values
-
 
 def config_from_trial(trial: optuna.Trial, space: dict, head_epochs: int, seed: int) -> TrainConfig:
     values = {name: suggest(trial, name, spec) for name, spec in space.items()}

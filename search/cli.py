@@ -1,14 +1,21 @@
-"""The `swipr` command line.
+"""The `swipr` command line, and the project's one deliberate lazy import.
 
-Each sub-command lives in its own module under `search/commands/` with two functions,
-`add_parser(subparsers)` and `run(args) -> int`. Modules are imported only when their
-command runs, so `swipr --help` answers without importing torch.
+Each sub-command lives in its own module under `search/commands/` with `add_parser(...)` and
+the functions it runs; those modules import what they need at their top (torch, Optuna,
+fastai). This module imports a command's module only when that command is on the command
+line, so `swipr --help` answers in a blink without importing torch or Optuna.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import warnings
+
+from swipr_core.errors import SwiprError
+
+# torch.jit's deprecation notice fires on importing fastai: noise, not news, for users.
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
 
 # command name -> (module under search.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -47,18 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if selected is None:
         parser.print_help()
         return 0 if not argv else 2
-
-    import warnings
-
-    # torch.jit's deprecation notice fires on importing fastai: noise, not news, for users.
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
-    from swipr_core.errors import SwiprError
-
     try:
         return int(args.func(args) or 0)
     except SwiprError as error:
         print(f"swipr: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except KeyboardInterrupt:
         print("swipr: interrupted", file=sys.stderr)
         return 130

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swipr_core.errors import SwiprError
+from swipr_core.images import NotRegularFile, read_regular, sha256_regular
 
 FORMAT = "swipr-bundle"
 FORMAT_VERSION = 1
@@ -29,6 +30,7 @@ WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
 REQUIRED_FILES = (WEIGHTS, ONNX)
 MAX_MANIFEST_BYTES = 1 << 20
+MAX_MODEL_BYTES = 4 << 30  # a file to load whose manifest entry gives no size: read no more
 CHECKSUM_KEY = "manifest_checksum"
 
 # What predict relies on, with the type each must have: checked on every load.
@@ -60,7 +62,7 @@ def manifest_checksum(manifest: dict) -> str:
 def is_bundle(path: Path) -> bool:
     """A folder that holds a manifest of this format (valid or not): safe to replace."""
     try:
-        manifest = json.loads((path / MANIFEST).read_bytes()[:MAX_MANIFEST_BYTES])
+        manifest = json.loads(read_regular(path / MANIFEST, MAX_MANIFEST_BYTES))
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT
@@ -127,22 +129,18 @@ class VerifiedBundle:
     contents: dict[str, bytes]    # the files asked for, exactly the bytes that were hashed
 
 
-def verify(path: str | Path, load: tuple[str, ...] = (ONNX,)) -> VerifiedBundle:
+def verify(path: str | Path, load: tuple[str, ...] = (ONNX,), expect_sha256: str | None = None) -> VerifiedBundle:
     """Check the manifest and every file's SHA-256; return the bytes of the files in `load`.
 
     Every check runs before any model file is parsed; the returned bytes are the ones that
-    were hashed, so the file can't change between the check and the load.
+    were hashed, so the file can't change between the check and the load. With
+    `expect_sha256`, the manifest file must be exactly the one a server was told to trust.
     """
     path = Path(path)
     if not path.is_dir():
         raise SwiprError(f"{path}: not a model bundle folder")
     manifest_file = path / MANIFEST
-    try:
-        raw = manifest_file.read_bytes()
-    except OSError:
-        raise SwiprError(f"{path}: no {MANIFEST}; not a model bundle") from None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise SwiprError(f"{manifest_file}: larger than {MAX_MANIFEST_BYTES} bytes; not a bundle manifest")
+    raw = _read_manifest(manifest_file, expect_sha256)
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
@@ -169,14 +167,41 @@ def verify(path: str | Path, load: tuple[str, ...] = (ONNX,)) -> VerifiedBundle:
             raise SwiprError(f"{manifest_file}: file name {name!r} is not a plain file name in the bundle")
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise SwiprError(f"{manifest_file}: files.{name} has no sha256")
-        try:
-            data = (path / name).read_bytes() if name in load else None
-            digest = sha256_bytes(data) if data is not None else sha256_file(path / name)
-        except OSError:
-            raise SwiprError(f"{path / name}: listed in the manifest but can't be read") from None
-        if digest != entry["sha256"]:
-            raise SwiprError(f"{path / name}: SHA-256 {digest[:16]}… does not match the manifest's "
-                             f"{entry['sha256'][:16]}…; the file was changed or is corrupt")
+        data = _check_file(path / name, entry, load=name in load)
         if data is not None:
             contents[name] = data
     return VerifiedBundle(path, manifest, sha256_bytes(raw), contents)
+
+
+def _read_manifest(manifest_file: Path, expect_sha256: str | None) -> bytes:
+    """The manifest's bytes: a regular file, read no further than its size limit."""
+    if expect_sha256 is not None and (len(expect_sha256) != 64 or
+                                      any(c not in "0123456789abcdef" for c in expect_sha256.lower())):
+        raise SwiprError(f"--expect-sha256 must be 64 hex digits, but got {expect_sha256!r}")
+    try:
+        raw = read_regular(manifest_file, MAX_MANIFEST_BYTES)
+    except NotRegularFile as error:
+        raise SwiprError(f"{error}; not a bundle manifest") from None
+    except OSError:
+        raise SwiprError(f"{manifest_file.parent}: no {MANIFEST}; not a model bundle") from None
+    if expect_sha256 is not None and sha256_bytes(raw) != expect_sha256.lower():
+        raise SwiprError(f"{manifest_file}: SHA-256 {sha256_bytes(raw)} is not the expected "
+                         f"{expect_sha256.lower()}; refusing this bundle")
+    return raw
+
+
+def _check_file(file: Path, entry: dict, load: bool) -> bytes | None:
+    """Hash one listed file (a regular file only); its bytes if `load`. A mismatch is an error."""
+    size = entry.get("bytes")
+    limit = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else MAX_MODEL_BYTES
+    try:
+        data = read_regular(file, limit) if load else None
+        digest = sha256_bytes(data) if data is not None else sha256_regular(file)
+    except NotRegularFile as error:
+        raise SwiprError(f"{error}; listed in the manifest as a file of the bundle") from None
+    except OSError:
+        raise SwiprError(f"{file}: listed in the manifest but can't be read") from None
+    if digest != entry["sha256"]:
+        raise SwiprError(f"{file}: SHA-256 {digest[:16]}… does not match the manifest's "
+                         f"{entry['sha256'][:16]}…; the file was changed or is corrupt")
+    return data

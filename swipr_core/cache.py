@@ -4,7 +4,9 @@ This is the notebook's `data.resize(340, 'tmp')`, made shareable: the array is a
 file opened with mmap, so every trial and every worker process on the machine reads the
 same pages from the OS page cache instead of decoding JPEGs again, and it need not fit in
 RAM. The file's name carries a key of its inputs (paths, sizes, mtimes, pixel size), so a
-change of any input builds a new cache and an unchanged one is reused.
+change of any input builds a new cache and an unchanged one is reused. A file whose header
+or size is wrong (truncated, overwritten) is rebuilt, never mapped; a build stopped by
+SIGTERM or SIGKILL leaves no decoding child, held lock or temp file behind.
 """
 from __future__ import annotations
 
@@ -12,13 +14,17 @@ import fcntl
 import hashlib
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
+import signal
+import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from swipr_core.errors import SwiprError
+from swipr_core.images import load_square, open_regular  # load_square: re-exported, as it lived here
 
 CHUNK = 256
 
@@ -28,18 +34,46 @@ class ImageCache:
     file: Path
     paths: tuple[str, ...]
     px: int
+    image_root: Path | None = None  # known when built here: a damaged file is then rebuilt
 
     def open(self) -> np.memmap:
         """The (N, px, px, 3) uint8 array, memory-mapped read-only.
 
         Every process that opens it maps the same file: its pages sit once in the OS page
         cache (file-backed, shared), never as a private copy per trial or worker, and pages
-        not read lately can be dropped, so the cache need not fit in RAM."""
-        array = np.load(self.file, mmap_mode="r")
-        if array.shape != (len(self.paths), self.px, self.px, 3) or array.dtype != np.uint8:
-            raise SwiprError(f"{self.file}: image cache holds {array.dtype} {array.shape}, expected uint8 "
-                             f"({len(self.paths)}, {self.px}, {self.px}, 3); delete it to rebuild")
-        return array
+        not read lately can be dropped, so the cache need not fit in RAM. A file whose header
+        or size is wrong (truncated, overwritten) is rebuilt when the images are known."""
+        problem = cache_problem(self.file, len(self.paths), self.px)
+        if problem and self.image_root is not None:
+            build_cache(self.image_root, self.paths, self.file.parent, self.px)
+            problem = cache_problem(self.file, len(self.paths), self.px)
+        if problem:
+            raise SwiprError(f"{self.file}: damaged image cache ({problem}); delete it to rebuild")
+        return np.load(self.file, mmap_mode="r")
+
+
+def cache_problem(file: Path, n: int, px: int) -> str | None:
+    """Why this .npy can't be the cache of n images at px (header, dtype, shape, size), or None."""
+    fmt = np.lib.format
+    try:
+        with open_regular(file) as handle:
+            version = fmt.read_magic(handle)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read_header(handle)
+            offset, size = handle.tell(), os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError) as error:
+        return f"unreadable header: {error}"
+    if shape != (n, px, px, 3) or dtype != np.uint8 or fortran:
+        return f"holds {dtype} {shape}, expected uint8 ({n}, {px}, {px}, 3)"
+    if size != offset + n * px * px * 3:
+        return f"{size} bytes, expected {offset + n * px * px * 3}"
+    return None
+
+
+def _say_rebuilding(file: Path, problem: str) -> None:
+    print(f"swipr: image cache {file.name} is damaged ({problem}); rebuilding it", file=sys.stderr, flush=True)
 
 
 def cache_key(image_root: Path, paths, px: int) -> str:
@@ -51,22 +85,6 @@ def cache_key(image_root: Path, paths, px: int) -> str:
         except FileNotFoundError:
             digest.update(f"{rel}\tmissing\n".encode())
     return digest.hexdigest()[:16]
-
-
-def load_square(file: Path, px: int) -> np.ndarray:
-    """Decode one image, resize its shorter side to px and centre-crop it to px×px RGB."""
-    from PIL import Image, ImageOps
-
-    with Image.open(file) as image:
-        # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale directly: most of the speed-up
-        # for 640 px photos cached at 256 px.
-        image.draft("RGB", (px, px))
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        scale = px / min(image.size)
-        size = (max(px, round(image.width * scale)), max(px, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        left, top = (image.width - px) // 2, (image.height - px) // 2
-        return np.asarray(image.crop((left, top, left + px, top + px)), dtype=np.uint8)
 
 
 def _fill_chunk(args) -> None:
@@ -84,45 +102,114 @@ def _fill_chunk(args) -> None:
 
 def build_cache(image_root: Path, paths, cache_dir: Path, px: int, workers: int | None = None,
                 progress=None) -> ImageCache:
-    """Return the cache for these images, building it first if its inputs changed."""
+    """Return the cache for these images, building it first if its inputs changed or it is damaged."""
     paths = tuple(paths)
     key = cache_key(image_root, paths, px)
     file = cache_dir / f"images-{px}px-{key}.npy"
-    cache = ImageCache(file=file, paths=paths, px=px)
-    if file.is_file():
+    cache = ImageCache(file=file, paths=paths, px=px, image_root=Path(image_root))
+    if cache_problem(file, len(paths), px) is None:
         return cache
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Workers that start together on one machine build it once: the first takes the lock
     # and decodes; the others wait, then find the file and reuse it.
     with open(cache_dir / f".{file.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not file.is_file():
+        _lock(lock, file)
+        problem = cache_problem(file, len(paths), px)
+        if problem:
+            if problem != "missing":
+                _say_rebuilding(file, problem)
+            _remove_stale_temps(file)
             _build(file, image_root, paths, px, workers, progress)
     return cache
 
 
+def _lock(lock, file: Path) -> None:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        # Say why nothing happens: another process is building this cache.
+        print(f"swipr: waiting for another process to finish building {file.name}", file=sys.stderr, flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+
+
+def _remove_stale_temps(file: Path) -> None:
+    # Temp files are written only under the lock, which we hold: any left is from a killed build.
+    for stale in file.parent.glob(f".{file.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def _build(file: Path, image_root: Path, paths: tuple, px: int, workers: int | None, progress) -> None:
-    cache_dir = file.parent
-    tmp = cache_dir / f".{file.name}.{os.getpid()}.tmp"
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), px, px, 3))
-    del array
+    tmp = file.parent / f".{file.name}.{os.getpid()}.tmp"
     jobs = [(str(tmp), str(image_root), paths[i:i + CHUNK], i, px) for i in range(0, len(paths), CHUNK)]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
-    try:
-        if workers <= 1:
-            for job in jobs:
-                _fill_chunk(job)
+    with _sigterm_raises():
+        try:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), px, px, 3))
+            del array  # the header and size are on disk; workers map the file themselves
+            for job in _run_jobs(jobs, workers):
                 if progress:
                     progress(len(job[2]))
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for job, _ in zip(jobs, pool.map(_fill_chunk, jobs)):
-                    if progress:
-                        progress(len(job[2]))
-        index = file.with_suffix(".json")
-        index_tmp = index.with_name(f".{index.name}.{os.getpid()}.tmp")
-        index_tmp.write_text(json.dumps({"paths": paths}))
-        os.replace(index_tmp, index)
-        os.replace(tmp, file)
+            index = file.with_suffix(".json")
+            index_tmp = index.with_name(f".{index.name}.{os.getpid()}.tmp")
+            index_tmp.write_text(json.dumps({"paths": paths}))
+            os.replace(index_tmp, index)
+            os.replace(tmp, file)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _run_jobs(jobs: list, workers: int):
+    """Fill the chunks, yielding each job when done; child processes never outlive this."""
+    if workers <= 1:
+        for job in jobs:
+            _fill_chunk(job)
+            yield job
+        return
+    import multiprocessing
+
+    pool = multiprocessing.Pool(min(workers, len(jobs)), initializer=_die_with_parent,
+                                initargs=(os.getpid(),))
+    try:
+        for job, _ in zip(jobs, pool.imap(_fill_chunk, jobs)):
+            yield job
+        pool.close()
     finally:
-        tmp.unlink(missing_ok=True)
+        pool.terminate()  # on an error or a signal: no child goes on decoding or holds the lock
+        pool.join()
+
+
+def _die_with_parent(parent: int) -> None:
+    # The parent alone reacts to Ctrl-C and SIGTERM (by terminating the pool); a forked
+    # child would otherwise inherit its handler and print a traceback when terminated.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # If the parent is killed outright (SIGKILL), the kernel sends the child SIGTERM.
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's SIGTERM handler still terminates the pool
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+@contextmanager
+def _sigterm_raises():
+    """SIGTERM raises KeyboardInterrupt while building, so the finally blocks clean up.
+
+    Only when nobody else handles SIGTERM (the study runner installs its own) and in the
+    main thread, the one place Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

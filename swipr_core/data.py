@@ -1,24 +1,39 @@
 """From a pics database to a labelled, split, cached dataset that every trial shares."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from swipr_core.cache import ImageCache, build_cache
+from swipr_core.errors import FieldError
 from swipr_core.labels import LabelRules
 from swipr_core.split import LabeledSplit, prepare_labels
 
 
+MAX_CACHE_PX = 4096   # one cached image is cache_px² × 3 bytes: 48 MB at this size already
+MAX_SEED = 2**32 - 1   # numpy's seeds
+
+
 @dataclass(frozen=True)
 class DataSpec:
-    database: Path
-    image_root: Path
-    labels_file: Path
-    cache_dir: Path
-    cache_px: int
-    valid_pct: float
-    split_seed: int
-    rules: LabelRules
+    """Where the photos and their labels are, and how they are split and cached."""
+
+    database: Path                 # the pics SQLite database
+    image_root: Path               # paths in the pics table are relative to it
+    labels_file: Path              # the labels CSV with its fixed split
+    cache_dir: Path                # the decoded-image cache
+    cache_px: int = 256            # images are decoded once, resized to this square
+    valid_pct: float = 0.2         # share of each class held out for validation
+    split_seed: int = 42
+    rules: LabelRules = field(default_factory=LabelRules)
+
+    def __post_init__(self):
+        if not 0 < self.valid_pct < 1:
+            raise FieldError("valid_pct", f"must be between 0 and 1, got {self.valid_pct}")
+        if not 8 <= self.cache_px <= MAX_CACHE_PX:
+            raise FieldError("cache_px", f"must be between 8 and {MAX_CACHE_PX}, got {self.cache_px}")
+        if not 0 <= self.split_seed <= MAX_SEED:
+            raise FieldError("split_seed", f"must be between 0 and {MAX_SEED}, got {self.split_seed}")
 
 
 @dataclass(frozen=True)

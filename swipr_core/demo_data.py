@@ -57,11 +57,13 @@ def write_demo_data(out_dir: Path, n_images: int = 240, image_px: int = 64, seed
     _prepare_dir(out_dir)
     rng = np.random.default_rng(seed)
     rows = []
-    for index, kind in enumerate(_kind_list(n_images, rng)):
+    kinds = _kind_list(n_images, rng)
+    for index, kind in enumerate(kinds):
         row, appearance = _metadata(kind, index, rng)
         rows.append(row)
         if kind != "missing":
             _write_image(out_dir / row[0], kind, appearance, image_px, rng)
+    rows += _table_mistakes(rows[kinds.index("yes")])
     database = out_dir / "pics.db"
     partial = out_dir / "pics.db.partial"
     partial.unlink(missing_ok=True)
@@ -72,6 +74,15 @@ def write_demo_data(out_dir: Path, n_images: int = 240, image_px: int = 64, seed
     connection.close()
     os.replace(partial, database)  # a reader never sees half a database
     return database
+
+
+def _table_mistakes(a_yes_row: tuple) -> list[tuple]:
+    """Rows a real pics table holds too: a path listed twice (kept once), one that leads out of
+    the image root, and one listed as both YES and NO. Appended last, with no random draws,
+    so every other row, image and the split stay as they were."""
+    yes = ("insta/ok/img_listed_twice.jpg", LABEL_OK, 0, "25", 1, 0)
+    return [a_yes_row, (f"{YES_DIRS[0]}/../../outside_the_root.jpg", LABEL_OK, 0, "25", 1, 0),
+            yes, yes[:5] + (1,)]
 
 
 def _prepare_dir(out_dir: Path) -> None:

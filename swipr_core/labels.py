@@ -4,23 +4,36 @@ The folder a photo sits in says what the user did with it (a "yes" or a "no" fol
 metadata columns then demote a "yes" photo to NO when it fails a rule (no face found, a man
 in the picture, a group photo, ages outside the wanted range). Rows that cannot be used are
 never dropped silently: each is counted under exactly one reason in `EXCLUSION_REASONS`.
+
+The table is not trusted as it is: a path outside the image root (absolute, `..`, or a
+symlink whose target is outside) is excluded, a path listed twice is kept once, and a path
+or a photo (the same bytes under several paths) labelled both YES and NO is excluded.
+Identical photos under different paths stay in the table as one group (their content hash),
+so that the split can keep them on one side.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import sqlite3
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
 from swipr_core.errors import SwiprError
+from swipr_core.images import BadDimensions, NotRegularFile, decode_check, open_regular
 
 YES, NO = "YES", "NO"
-EXCLUSION_REASONS = ("invalid_flag", "invalid_label", "outside_dirs", "missing_file", "undecodable")
+# New reasons go at the end: labels files written before list only the first five.
+EXCLUSION_REASONS = ("invalid_flag", "invalid_label", "outside_dirs", "missing_file", "undecodable",
+                     "outside_root", "duplicate_path", "conflicting_labels")
 PICS_COLUMNS = ("path", "label", "invalid", "ages", "num_people", "male_present")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+_NO_FILE = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP)
 _INT_RULES = ("min_people", "max_people", "min_age", "max_age")
 
 
@@ -88,6 +101,8 @@ class LabelTable:
     paths: tuple[str, ...]  # relative to image_root, as stored in the db, in db rowid order
     labels: tuple[str, ...]  # "YES" / "NO", same length
     excluded: dict[str, int]  # reason -> count (every reason key present, 0 if none)
+    groups: tuple[str, ...] = ()  # per row: SHA-256 of the file; rows sharing one are one photo
+    same_content: dict[str, int] = field(default_factory=dict)  # {"groups", "rows"} of shared photos
 
 
 def read_pics(database: Path) -> list[PicRow]:
@@ -126,6 +141,8 @@ def classify(row: PicRow, rules: LabelRules) -> str:
     if row.label in rules.invalid_labels:
         return "invalid_label"
     parts = PurePosixPath(row.path).parts
+    if not parts or parts[0] == "/" or ".." in parts:
+        return "outside_root"  # the folder rules read the path as written; ".." would fool them
     if any(_is_under(parts, folder) for folder in rules.no_dirs):
         return NO  # a "no" folder wins over a "yes" folder above or below it
     if not any(_is_under(parts, folder) for folder in rules.yes_dirs):
@@ -134,7 +151,8 @@ def classify(row: PicRow, rules: LabelRules) -> str:
 
 
 def build_labels(database: Path, image_root: Path, rules: LabelRules) -> LabelTable:
-    """Classify every row, then drop kept rows whose image is missing or does not decode."""
+    """Classify every row, drop duplicate and conflicting paths, then drop rows whose image
+    is outside the root, missing or broken, and photos labelled both ways."""
     image_root = Path(image_root)
     if not image_root.is_dir():
         raise SwiprError(f"{image_root}: image_root is not a directory")
@@ -149,21 +167,52 @@ def build_labels(database: Path, image_root: Path, rules: LabelRules) -> LabelTa
             kept.append((row.path, verdict))
         else:
             excluded[verdict] += 1
-    # Decoding is the slow part on a real photo collection; PIL releases the GIL while it works.
+    kept = _unique_paths(kept, excluded)
+    root = os.path.realpath(image_root)
+    # Hashing and decoding are the slow part on a real photo collection; both release the GIL.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        problems = list(pool.map(lambda item: _file_problem(image_root / item[0]), kept))
-    paths, labels = [], []
-    for (path, label), problem in zip(kept, problems):
+        checked = list(pool.map(lambda item: _file_check(root, item[0]), kept))
+    rows_ok = []
+    for (path, label), (problem, digest) in zip(kept, checked):
         if problem:
             excluded[problem] += 1
         else:
-            paths.append(path)
-            labels.append(label)
+            rows_ok.append((path, label, digest))
+    rows_ok = _consistent_photos(rows_ok, excluded)
+    paths, labels, groups = (tuple(column) for column in zip(*rows_ok)) if rows_ok else ((), (), ())
     for wanted in (YES, NO):
         if wanted not in labels:
             raise SwiprError(f"{database}: no {wanted} rows left after the rules "
-                             f"({_summary(labels, excluded)})")
-    return LabelTable(paths=tuple(paths), labels=tuple(labels), excluded=excluded)
+                             f"({_summary(list(labels), excluded)})")
+    sizes = [n for n in Counter(groups).values() if n > 1]
+    return LabelTable(paths=paths, labels=labels, excluded=excluded, groups=groups,
+                      same_content={"groups": len(sizes), "rows": sum(sizes)})
+
+
+def _unique_paths(kept: list[tuple[str, str]], excluded: dict[str, int]) -> list[tuple[str, str]]:
+    """One row per path (first one's place); a path labelled both YES and NO is dropped."""
+    by_path: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for path, label in kept:
+        # "a//b" and "a/./b" name the same file as "a/b".
+        by_path[str(PurePosixPath(path))].append((path, label))
+    unique = []
+    for same in by_path.values():
+        if len({label for _, label in same}) > 1:
+            excluded["conflicting_labels"] += len(same)
+            continue
+        excluded["duplicate_path"] += len(same) - 1
+        unique.append(same[0])
+    return unique
+
+
+def _consistent_photos(rows: list[tuple[str, str, str]], excluded: dict[str, int]) -> list:
+    """Drop every copy of a photo (same bytes) that is labelled both YES and NO."""
+    labels_of: dict[str, set[str]] = defaultdict(set)
+    for _, label, digest in rows:
+        labels_of[digest].add(label)
+    consistent = [row for row in rows if len(labels_of[row[2]]) == 1]
+    excluded["conflicting_labels"] += len(rows) - len(consistent)
+    return consistent
 
 
 def _pic_row(database: Path, row: tuple) -> PicRow:
@@ -171,9 +220,6 @@ def _pic_row(database: Path, row: tuple) -> PicRow:
     if not isinstance(path, str) or not path.strip():
         raise SwiprError(f"{database}: pics row {rowid}: path must be non-empty text, "
                          f"but got {path!r}")
-    if PurePosixPath(path).is_absolute():
-        raise SwiprError(f"{database}: pics row {rowid}: path {path!r} must be relative "
-                         "to image_root")
     values = {}
     for column, value in (("label", label), ("invalid", invalid), ("num_people", num_people),
                           ("male_present", male_present)):
@@ -221,17 +267,26 @@ def _passes(row: PicRow, rules: LabelRules) -> bool:
     return True
 
 
-def _file_problem(path: Path) -> str | None:
-    if not path.is_file():
-        return "missing_file"
+def _file_check(root: str, rel: str) -> tuple[str | None, str | None]:
+    """(exclusion reason, None) or (None, SHA-256 of the file's bytes)."""
+    if "\0" in rel:
+        return "missing_file", None  # no file system can hold this name
+    full = os.path.realpath(os.path.join(root, rel))
+    if os.path.commonpath([root, full]) != root:
+        return "outside_root", None  # a symlink (here or in a folder above) leads out
     try:
-        with Image.open(path) as image:
-            if image.format == "JPEG":
-                image.draft("RGB", (64, 64))  # decode at 1/2..1/8 scale: enough to find damage
-            image.load()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
-        return "undecodable"
-    return None
+        with open_regular(full) as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            handle.seek(0)
+            decode_check(handle)
+    except NotRegularFile:
+        return "missing_file", None  # a folder, FIFO or device: no image file there
+    except OSError as error:
+        # Pillow's own OSErrors carry no errno: those mean the bytes are not an image.
+        return ("missing_file" if error.errno in _NO_FILE else "undecodable"), None
+    except (SyntaxError, ValueError, EOFError, BadDimensions, Image.DecompressionBombError):
+        return "undecodable", None
+    return None, digest
 
 
 def _summary(labels: list[str], excluded: dict[str, int]) -> str:

@@ -40,13 +40,18 @@ def best_f1_threshold(probs: np.ndarray, targets: np.ndarray) -> Threshold:
     return Threshold(float(cuts[best]), f"best F1 on validation ({f1[best]:.4f})")
 
 
+def check_target_precision(target: float | None) -> None:
+    """None (pick the best F1) or a precision strictly between 0 and 1."""
+    if target is not None and not 0 < target < 1:
+        raise SwiprError(f"--target-precision must be between 0 and 1, got {target}")
+
+
 def precision_threshold(probs: np.ndarray, targets: np.ndarray, target: float) -> Threshold:
     """The lowest cut whose validation precision reaches `target`: the most YES answers
     that are still right that often. Unreachable: the most precise cut, said so in its rule."""
     from sklearn.metrics import precision_recall_curve
 
-    if not 0 < target < 1:
-        raise SwiprError(f"--target-precision must be between 0 and 1, got {target}")
+    check_target_precision(target)
     if not _both_classes(targets):
         return Threshold(DEFAULT_THRESHOLD, "default 0.5 (validation has one class only)")
     precision, _, cuts = precision_recall_curve(targets, probs)

@@ -17,12 +17,13 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from swipr_core import bundle
-from swipr_core.cache import load_square
 from swipr_core.errors import SwiprError
+from swipr_core.images import NotRegularFile, load_square
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 CLASSES = ["NO", "YES"]
 BATCH_SIZE = 32
+MAX_CACHE_PX = 4096  # one decoded square is then at most 48 MiB
 INPUT_NAME, OUTPUT_NAME = "images", "p_yes"
 
 
@@ -55,16 +56,17 @@ class Prediction:
 class Predictor:
     """A verified bundle, ready to answer."""
 
-    def __init__(self, bundle_path: str | Path, threads: int | None = None):
-        verified = bundle.verify(bundle_path, load=(bundle.ONNX,))
+    def __init__(self, bundle_path: str | Path, threads: int | None = None, expect_sha256: str | None = None):
+        verified = bundle.verify(bundle_path, load=(bundle.ONNX,), expect_sha256=expect_sha256)
         manifest = verified.manifest
         where = Path(bundle_path) / bundle.MANIFEST
         if manifest["classes"] != CLASSES:
             raise SwiprError(f"{where}: classes {manifest['classes']} are not {CLASSES}")
         if not 0 <= manifest["threshold"] <= 1:
             raise SwiprError(f"{where}: threshold {manifest['threshold']} is not between 0 and 1")
-        if manifest["cache_px"] < 1:
-            raise SwiprError(f"{where}: cache_px {manifest['cache_px']} is not a size")
+        for key in ("cache_px", "image_size"):
+            if not 1 <= manifest[key] <= MAX_CACHE_PX:
+                raise SwiprError(f"{where}: {key} {manifest[key]} is not a size from 1 to {MAX_CACHE_PX}")
         self.manifest = manifest
         self.manifest_sha256 = verified.manifest_sha256
         self.threshold = float(manifest["threshold"])
@@ -73,6 +75,20 @@ class Predictor:
             self.model = OnnxModel(verified.contents[bundle.ONNX], threads)
         except Exception as error:  # onnxruntime raises its own types for a graph it can't run
             raise SwiprError(f"{Path(bundle_path) / bundle.ONNX}: onnxruntime can't load it: {error}") from None
+        self.onnx_file = Path(bundle_path) / bundle.ONNX
+        self._check_input_shape(where)
+
+    def _check_input_shape(self, where: Path) -> None:
+        """The graph must take uint8 (batch, cache_px, cache_px, 3): else every batch would fail."""
+        inputs = self.model.session.get_inputs()
+        shape = inputs[0].shape if len(inputs) == 1 and inputs[0].name == INPUT_NAME else None
+        if shape is None or len(shape) != 4 or shape[3] != 3:
+            raise SwiprError(f"{self.onnx_file}: takes {[(i.name, i.shape) for i in inputs]}, not "
+                             f"one input '{INPUT_NAME}' of shape (batch, cache_px, cache_px, 3)")
+        fixed = [size for size in shape[1:3] if isinstance(size, int)]
+        if any(size != self.cache_px for size in fixed):
+            raise SwiprError(f"{where}: cache_px {self.cache_px} disagrees with {bundle.ONNX}, "
+                             f"which takes {shape[1]}x{shape[2]} images")
 
     def answer(self, p_yes: float) -> str:
         return "YES" if p_yes >= self.threshold else "NO"
@@ -90,6 +106,8 @@ class Predictor:
                 row.error = "no such file"
             except IsADirectoryError:
                 row.error = "is a folder"
+            except NotRegularFile:
+                row.error = "not a regular file"  # a FIFO or device: never read, it could block
             except Exception as error:  # Pillow raises many types for one cause: not a readable image
                 row.error = f"can't decode image: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
             if row.error is not None:
@@ -107,7 +125,11 @@ class Predictor:
     def _flush(self, pending) -> Iterator[Prediction]:
         if not pending:
             return
-        probs = self.model.probs(np.stack([pixels for _, pixels in pending]), batch_size=len(pending))
+        try:
+            probs = self.model.probs(np.stack([pixels for _, pixels in pending]), batch_size=len(pending))
+        except Exception as error:  # onnxruntime's own types: the graph can't run on what the manifest says
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise SwiprError(f"{self.onnx_file}: onnxruntime failed on a batch: {first}") from None
         for (row, _), p in zip(pending, probs):
             row.p_yes = float(p)
             row.answer = self.answer(row.p_yes) if math.isfinite(row.p_yes) else None

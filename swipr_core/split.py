@@ -17,9 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from swipr_core.errors import SwiprError
+from swipr_core.images import open_regular
 from swipr_core.labels import LabelRules, LabelTable
 
-CLASSES = ("NO", "YES")  # class order of the model's outputs: index 1 is YES
+CLASSES = ("NO", "YES")
+LABELS_HEADER = b"path,label,is_valid"
+MAX_META_BYTES = 1 << 20  # class order of the model's outputs: index 1 is YES
 
 
 @dataclass(frozen=True)
@@ -51,31 +54,59 @@ def fingerprint(paths, labels, is_valid) -> str:
     return digest.hexdigest()[:16]
 
 
-def split_rows(labels: tuple[str, ...], valid_pct: float, seed: int) -> tuple[bool, ...]:
+def split_rows(labels: tuple[str, ...], valid_pct: float, seed: int,
+               groups: tuple[str, ...] = ()) -> tuple[bool, ...]:
     """Stratified random split: each class keeps its share in the validation set.
 
     The data is about 80% NO, so a plain random 20% could leave the validation set's YES
-    share off by several points on small datasets; per-class sampling keeps it exact.
+    share off by several points on small datasets; per-class sampling keeps it close.
+    Rows with the same `groups` entry (one photo under several paths) go to the same side;
+    without groups, or with none shared, the split is the one made before groups existed.
     """
     rng = random.Random(seed)
     is_valid = [False] * len(labels)
     for cls in CLASSES:
         members = [i for i, label in enumerate(labels) if label == cls]
-        rng.shuffle(members)
-        n_valid = max(1, round(len(members) * valid_pct)) if len(members) > 1 else 0
-        for i in members[:n_valid]:
-            is_valid[i] = True
+        for group in _valid_groups(_group_rows(members, groups), valid_pct, rng):
+            for i in group:
+                is_valid[i] = True
     return tuple(is_valid)
 
 
+def _group_rows(members: list[int], groups: tuple[str, ...]) -> list[list[int]]:
+    """The members' rows grouped by photo, in order of each group's first row."""
+    if not groups:
+        return [[i] for i in members]
+    by_group: dict[str, list[int]] = {}
+    for i in members:
+        by_group.setdefault(groups[i], []).append(i)
+    return list(by_group.values())
+
+
+def _valid_groups(row_groups: list[list[int]], valid_pct: float, rng: random.Random) -> list[list[int]]:
+    """Whole groups, in a seeded random order, as close to the class's valid share as fits."""
+    n_rows = sum(len(group) for group in row_groups)
+    target = max(1, round(n_rows * valid_pct)) if n_rows > 1 else 0
+    rng.shuffle(row_groups)  # the same permutation as shuffling single rows did
+    chosen, taken = [], 0
+    for group in row_groups:
+        if taken + len(group) <= target:
+            chosen.append(group)
+            taken += len(group)
+    if not chosen and target and len(row_groups) > 1:
+        chosen = [min(row_groups, key=len)]  # every group is larger than the share: the smallest
+    return chosen
+
+
 def make_split(table: LabelTable, rules: LabelRules, valid_pct: float, seed: int, source: str) -> LabeledSplit:
-    is_valid = split_rows(table.labels, valid_pct, seed)
+    is_valid = split_rows(table.labels, valid_pct, seed, table.groups)
     meta = {
         "source": source,
         "rules": asdict(rules),
         "valid_pct": valid_pct,
         "split_seed": seed,
         "excluded": dict(table.excluded),
+        "same_content": dict(table.same_content) or {"groups": 0, "rows": 0},
     }
     split = LabeledSplit(table.paths, table.labels, is_valid, fingerprint(table.paths, table.labels, is_valid), meta)
     split.meta["counts"] = split.counts()
@@ -93,14 +124,50 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
+        # mkstemp makes 0600 files; a labels file is as readable as anything else the user writes.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_split(split: LabeledSplit, labels_file: Path) -> None:
+def check_labels_target(labels_file: Path) -> None:
+    """Refuse to replace anything but a labels file (and its meta) that swipr wrote."""
+    if labels_file.is_dir():
+        raise SwiprError(f"{labels_file}: is a folder, not a labels file")
+    for file, looks_right in ((labels_file, _is_labels_csv), (meta_path(labels_file), _is_meta_json)):
+        if os.path.lexists(file) and not looks_right(file):
+            raise SwiprError(f"{file}: exists and is not a labels file written by swipr; "
+                             "refusing to overwrite it (choose another file, or --force)")
+
+
+def _is_labels_csv(file: Path) -> bool:
+    try:
+        with open_regular(file) as handle:
+            head = handle.read(len(LABELS_HEADER) + 2)
+    except OSError:
+        return False
+    return head.replace(b"\r\n", b"\n").startswith(LABELS_HEADER + b"\n")
+
+
+def _is_meta_json(file: Path) -> bool:
+    try:
+        with open_regular(file, MAX_META_BYTES) as handle:
+            meta = json.loads(handle.read(MAX_META_BYTES + 1))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "fingerprint" in meta
+
+
+def write_split(split: LabeledSplit, labels_file: Path, force: bool = False) -> None:
+    """Write the CSV and its meta, each atomically; refuse a target swipr didn't write unless `force`."""
     from io import StringIO
+
+    if not force:
+        check_labels_target(labels_file)
 
     buffer = StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -138,7 +205,7 @@ def read_split(labels_file: Path) -> LabeledSplit:
 
 
 def prepare_labels(database: Path, image_root: Path, rules: LabelRules, valid_pct: float, seed: int,
-                   labels_file: Path, rebuild: bool = False) -> LabeledSplit:
+                   labels_file: Path, rebuild: bool = False, force: bool = False) -> LabeledSplit:
     """Read the labels file if it exists and was made the same way; make it otherwise.
 
     An existing file is kept as it is (that is the point of a fixed split) unless `rebuild`.
@@ -158,9 +225,11 @@ def prepare_labels(database: Path, image_root: Path, rules: LabelRules, valid_pc
         return split
     from swipr_core.labels import build_labels
 
+    if not force:
+        check_labels_target(labels_file)  # before the slow part: every image is read
     table = build_labels(database, image_root, rules)
     split = make_split(table, rules, valid_pct, seed, source=str(database))
-    write_split(split, labels_file)
+    write_split(split, labels_file, force=force)
     return split
 
 

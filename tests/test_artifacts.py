@@ -8,11 +8,12 @@ from optuna.artifacts import get_all_artifact_meta
 from optuna_dashboard import get_note
 
 from objectives.finetune import FinetuneObjective
-from search.artifacts import (CONFUSION_PNG, CURVES_PNG, LR_PNG, ROC_PNG, TrialArtifacts, confusion,
+from search.views.artifacts import (CONFUSION_PNG, CURVES_PNG, LR_PNG, ROC_PNG, TrialArtifacts, confusion,
                               make_objective_hooks, open_artifact_store, plot_confusion, plot_curves, plot_lr,
                               plot_roc, study_note, trial_note, trial_pictures)
-from search.study import check_fingerprint, data_spec, open_study
-from search.study_file import load_study_file
+from search.study.data_record import check_fingerprint
+from search.study.open import open_study
+from search.studyfile import load_study_file
 from swipr_core.data import prepare_data
 from swipr_core.model import ModelSpec
 from swipr_core.training import EpochRecord
@@ -51,7 +52,8 @@ def test_every_picture_is_a_png(tmp_path):
 def test_notes_carry_params_metrics_and_the_data_summary():
     note = trial_note(4, "PRUNED", {"lr": 0.0123456, "freeze": "unfrozen"}, {"val_loss": 0.5})
     assert "Trial 4: PRUNED" in note and "| lr | 0.01235 |" in note and "| val_loss | 0.5 |" in note
-    note = study_note("demo", {"YES": 30, "NO": 90, "valid": 24}, {"missing_file": 5, "outside_dirs": 2}, "abc123")
+    note = study_note("demo", {"yes": 30, "no": 90, "valid": 24, "excluded": {"missing_file": 5, "outside_dirs": 2},
+                               "fingerprint": "abc123"})
     assert "YES 30, NO 90; YES share 25.0%" in note
     assert "| missing_file | 5 |" in note and "| **total** | 7 |" in note and "`abc123`" in note
 
@@ -70,7 +72,7 @@ class _PruneAfter:
 def prepared(tmp_path_factory):
     folder = tmp_path_factory.mktemp("artifacts")
     study_file = load_study_file(write_study(folder, folder / "data"))
-    return study_file, prepare_data(data_spec(study_file))
+    return study_file, prepare_data(study_file.data)
 
 
 def test_finished_and_pruned_trials_both_get_their_pictures_and_notes(prepared, tmp_path):

@@ -107,3 +107,33 @@ def test_previous_bundle_is_replaced_but_other_folders_are_not(tmp_path):
     empty.mkdir()
     write_bundle(empty)
     bundle.verify(empty)
+
+
+def test_special_and_oversized_files_are_refused_before_reading(tmp_path):
+    import os
+
+    out = tmp_path / "b"
+    write_bundle(out)
+    (out / bundle.WEIGHTS).unlink()
+    os.mkfifo(out / bundle.WEIGHTS)   # hashing it would wait forever for a writer
+    with pytest.raises(SwiprError, match="model.safetensors: not a regular file"):
+        bundle.verify(out)
+    write_bundle(out)
+    (out / bundle.ONNX).write_bytes(b"onnx graph bytes" + b"x" * 1000)   # more than the manifest's size
+    with pytest.raises(SwiprError, match="model.onnx: larger than 16 bytes"):
+        bundle.verify(out)
+    write_bundle(out)
+    (out / bundle.MANIFEST).write_bytes(b" " * (bundle.MAX_MANIFEST_BYTES + 1))
+    with pytest.raises(SwiprError, match="larger than"):
+        bundle.verify(out)
+    assert not bundle.is_bundle(out)
+
+
+def test_expect_sha256_must_match_the_manifest_file(tmp_path):
+    out = tmp_path / "b"
+    digest = write_bundle(out)
+    assert bundle.verify(out, expect_sha256=digest).manifest_sha256 == digest
+    with pytest.raises(SwiprError, match=f"SHA-256 {digest} is not the expected {'a' * 64}"):
+        bundle.verify(out, expect_sha256="a" * 64)
+    with pytest.raises(SwiprError, match="64 hex digits"):
+        bundle.verify(out, expect_sha256="xyz")

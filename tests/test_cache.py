@@ -1,9 +1,12 @@
 """The decode-once image cache: built once, reused, rebuilt on change, shared as a memmap."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,11 +79,50 @@ def test_open_is_a_read_only_memmap_not_a_copy(tmp_path):
 
 
 def test_open_refuses_a_cache_that_does_not_match_its_paths(tmp_path):
+    # Without the images to rebuild from, a wrong-shaped cache is refused, never trained on.
     paths = write_images(tmp_path, 4)
     cache = build_cache(tmp_path, paths, tmp_path / "cache", px=16, workers=1)
     np.save(cache.file, np.zeros((3, 16, 16, 3), np.uint8))
-    with pytest.raises(SwiprError, match="delete it to rebuild"):
-        cache.open()
+    with pytest.raises(SwiprError, match="damaged image cache .*delete it to rebuild"):
+        cache_module.ImageCache(cache.file, cache.paths, cache.px).open()
+
+
+def truncate(file, keep_bytes):
+    with open(file, "r+b") as handle:
+        handle.truncate(keep_bytes)
+
+
+@pytest.mark.parametrize("keep", [0, 50, 128 + 16 * 16 * 3 * 2])   # empty, half a header, half the rows
+def test_a_truncated_cache_is_rebuilt_by_the_next_build(tmp_path, capsys, keep):
+    paths = write_images(tmp_path, 4)
+    good = build_cache(tmp_path, paths, tmp_path / "cache", px=16, workers=1).open().copy()
+    cache = build_cache(tmp_path, paths, tmp_path / "cache", px=16, workers=1)
+    truncate(cache.file, keep)
+    capsys.readouterr()
+    again = build_cache(tmp_path, paths, tmp_path / "cache", px=16, workers=1)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is damaged" in err[0] and "rebuilding" in err[0], err
+    np.testing.assert_array_equal(again.open(), good)
+
+
+def test_a_cache_damaged_after_the_build_is_rebuilt_on_open(tmp_path, capsys):
+    # The trial's open() finds the damage (what used to fail every later trial with
+    # "mmap length is greater than file size") and rebuilds before mapping.
+    paths = write_images(tmp_path, 4)
+    cache = build_cache(tmp_path, paths, tmp_path / "cache", px=16, workers=1)
+    good = cache.open().copy()
+    truncate(cache.file, cache.file.stat().st_size - 1)
+    np.testing.assert_array_equal(cache.open(), good)
+    assert "rebuilding" in capsys.readouterr().err
+    assert cache_module.cache_problem(cache.file, 4, 16) is None
+
+
+def test_a_cache_with_a_foreign_header_is_rebuilt(tmp_path):
+    paths = write_images(tmp_path, 3)
+    cache = build_cache(tmp_path, paths, tmp_path / "cache", px=8, workers=1)
+    np.save(cache.file, np.zeros((3, 8, 8, 3), np.float32))   # same shape, wrong dtype
+    assert "float32" in cache_module.cache_problem(cache.file, 3, 8)
+    assert build_cache(tmp_path, paths, tmp_path / "cache", px=8, workers=1).open().dtype == np.uint8
 
 
 # Run in fresh processes: RssAnon is memory private to a process (a copy), RssFile is
@@ -214,3 +256,66 @@ def test_workers_starting_together_build_the_cache_once(tmp_path):
         results.append(json.loads(out.strip().splitlines()[-1]))
     assert sorted(r["decoded"] for r in results) == [0, 6]   # one decoded everything, the other reused it
     assert results[0]["file"] == results[1]["file"]
+
+
+_SLOW_BUILD = """
+import sys, time
+from pathlib import Path
+from swipr_core import cache as cache_module
+real = cache_module.load_square
+def slow(file, px):
+    time.sleep(0.05)   # slow enough to be stopped mid-build; forked workers inherit it
+    return real(file, px)
+cache_module.load_square = slow
+cache_module.CHUNK = 4
+root = Path(sys.argv[1])
+cache_module.build_cache(root, sys.argv[2].split(","), root / "c", px=16, workers=2,
+                         progress=lambda n: print("chunk", flush=True))
+print("done", flush=True)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if entry.isdigit() and int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")   # a zombie has finished; only its exit status is left
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads Linux /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_build_stopped_by_a_signal_leaves_no_child_lock_or_temp_file(tmp_path, sig):
+    # Stopped mid-build, the builder's decoding children die with it, its temp file is gone
+    # (SIGTERM) or removed by the next build (SIGKILL), and the next build doesn't hang.
+    paths = write_images(tmp_path, 80, size=(20, 16))
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, str(tmp_path), ",".join(paths)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "chunk"   # the pool is decoding
+    children = _children(proc.pid)
+    assert children, "the build should run in child processes"
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    assert "done" not in out and proc.returncode != 0
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in children), "a decoding child outlived its parent"
+    temps = [p.name for p in (tmp_path / "c").iterdir() if p.name.endswith(".tmp")]
+    # SIGTERM: removed on the way out. SIGKILL: nothing runs, so the next build removes it.
+    assert len(temps) == (0 if sig == signal.SIGTERM else 1), temps
+    built = build_cache(tmp_path, paths, tmp_path / "c", px=16, workers=1)   # would hang on a held lock
+    assert built.open().shape == (80, 16, 16, 3)
+    assert [p.name for p in (tmp_path / "c").iterdir() if p.name.endswith(".tmp")] == []

@@ -2,156 +2,23 @@
 against the dashboard of a finished demo study on loopback."""
 from __future__ import annotations
 
-import base64
-import itertools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.studykit import ROOT, swipr, write_study
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (scripts/system-deps.sh installs it as root)")
-# Nothing but loopback: no background networking, sync, component updates or QUIC.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1400,1000", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0"]
-SCREENSHOTS = Path(os.environ.get("SWIPR_SCREENSHOTS", ROOT / "build" / "screenshots"))
-
-
-class Chromium:
-    """One headless Chromium page, driven over the DevTools protocol; page errors are kept."""
-
-    def __init__(self):
-        from websockets.sync.client import connect
-
-        self.profile = tempfile.mkdtemp(prefix="swipr-chromium-")
-        self.process = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        devtools = None
-        deadline = time.monotonic() + 30
-        while devtools is None and time.monotonic() < deadline:
-            line = self.process.stderr.readline()
-            if not line and self.process.poll() is not None:
-                break
-            found = re.search(r"DevTools listening on ws://([^/]+)/", line)
-            devtools = found.group(1) if found else None
-        if devtools is None:
-            self.close()
-            raise RuntimeError("chromium did not start its DevTools server")
-        with urllib.request.urlopen(f"http://{devtools}/json/list", timeout=10) as answer:
-            page = next(t for t in json.load(answer) if t["type"] == "page")
-        self.socket = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
-        self.ids = itertools.count(1)
-        self.errors: list[str] = []   # uncaught exceptions, console errors, failed loads
-        for domain in ("Page", "Runtime", "Log"):
-            self.send(f"{domain}.enable")
-
-    def send(self, method: str, **params) -> dict:
-        message_id = next(self.ids)
-        self.socket.send(json.dumps({"id": message_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.socket.recv(timeout=60))
-            if message.get("id") == message_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-            self._event(message)
-
-    def _event(self, message: dict) -> None:
-        method, params = message.get("method"), message.get("params", {})
-        if method == "Runtime.exceptionThrown":
-            details = params["exceptionDetails"]
-            self.errors.append(details.get("exception", {}).get("description") or details.get("text"))
-        elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
-            self.errors.append(" ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
-        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-            self.errors.append(f"{params['entry'].get('url', '')}: {params['entry']['text']}")
-
-    def go(self, url: str) -> None:
-        self.send("Page.navigate", url=url)
-
-    def evaluate(self, expression: str):
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails'].get('text')}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, timeout: float = 30):
-        """Poll the rendered page until `expression` is truthy (an SPA renders after its fetches)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                value = self.evaluate(expression)
-            except RuntimeError:   # mid-navigation there may be no document.body yet
-                value = None
-            if value:
-                return value
-            time.sleep(0.25)
-        text = self.evaluate("document.body ? document.body.innerText.slice(0, 500) : ''")
-        raise AssertionError(f"page never showed {expression!r}; it shows: {text!r}")
-
-    def screenshot(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
-        return path
-
-    def close(self) -> None:
-        if getattr(self, "socket", None) is not None:
-            self.socket.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        shutil.rmtree(self.profile, ignore_errors=True)
-
+from tests.studykit import ROOT, SCREENSHOTS, Chromium, finished_demo_study, needs_chromium, swipr, write_study
 
 @pytest.fixture
 def browser():
     chromium = Chromium()
     yield chromium
     chromium.close()
-
-
-# Two epochs per trial and pruning from the second trial on, so the study has pruned trials.
-SPACE = """
-[space]
-lr = { low = 1e-3, high = 5e-2, log = true }
-batch_size = [16, 32]
-image_size = [32]
-freeze = ["unfrozen", "frozen_then_unfrozen"]
-n_cycles = [2]
-cycle_len = [1]
-cycle_mult = [1]
-"""
-
-
-def finished_demo_study(tmp_path_factory, n_trials: int = 4) -> tuple[Path, str]:
-    """A demo study run to the end with `swipr study run` (piped), and what it printed.
-
-    Run once per test session: the dashboard, report and progress tests all look at it.
-    """
-    folder = tmp_path_factory.getbasetemp() / "finished-demo-study"
-    log = folder / "run.log"
-    if not log.exists():
-        folder.mkdir(exist_ok=True)
-        study = write_study(folder, folder / "data", name="dashdemo", space=SPACE)
-        result = swipr("study", "run", study, "--n-trials", str(n_trials))
-        assert result.returncode == 0, result.stderr
-        log.write_text(result.stdout)
-    return folder / "study.toml", log.read_text()
 
 
 @pytest.fixture(scope="module")

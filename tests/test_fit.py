@@ -1,7 +1,6 @@
 """`swipr fit`: a small study's best trial replayed exactly, thresholded and bundled."""
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +21,8 @@ def fitted(tmp_path_factory):
     thread: with the trial's thread count a CPU replay is bit-identical."""
     import torch
 
-    from search.fit import fit
-    from search.run import run_study
+    from search.fit.replay import fit
+    from search.cli import main
     from swipr_core.demo_data import write_demo_data
 
     threads = torch.get_num_threads()
@@ -39,7 +38,7 @@ def fitted(tmp_path_factory):
     study_path = root / "studies" / "demo.toml"
     study_path.write_text(text)
     try:
-        run_study(argparse.Namespace(study_file=study_path, n_trials=None, timeout=None, device="cpu"))
+        assert main(["study", "run", str(study_path), "--device", "cpu"]) == 0
     finally:
         torch.set_num_threads(threads)
     lines: list[str] = []
@@ -49,8 +48,8 @@ def fitted(tmp_path_factory):
 
 
 def _study(study_path):
-    from search.study import open_study
-    from search.study_file import load_study_file
+    from search.study.open import open_study
+    from search.studyfile import load_study_file
 
     return open_study(load_study_file(study_path), create=False)
 
@@ -90,7 +89,7 @@ def test_bundle_is_verified_linked_and_export_equals_pytorch(fitted):
     import torch
     from safetensors.torch import load_file
 
-    from search.fit import link_attr
+    from search.fit.link import link_attr
     from swipr_core.export import ServingModel, torch_probs
     from swipr_core.loaders import Augment
     from swipr_core.predict import Predictor
@@ -107,8 +106,8 @@ def test_bundle_is_verified_linked_and_export_equals_pytorch(fitted):
     # Beside the study's pictures, a study artifact holds the manifest with that hash.
     from optuna.artifacts import get_all_artifact_meta
 
-    from search.artifacts import artifact_dir, open_artifact_store
-    from search.study_file import load_study_file
+    from search.views.artifacts import artifact_dir, open_artifact_store
+    from search.studyfile import load_study_file
 
     metas = [m for m in get_all_artifact_meta(study) if m.filename == f"{link_attr(outcome.trial_number)}_manifest.json"]
     assert len(metas) == 1
@@ -129,7 +128,7 @@ def test_bundle_is_verified_linked_and_export_equals_pytorch(fitted):
 
 
 def test_only_complete_trials_replay(fitted, tmp_path):
-    from search.fit import fit
+    from search.fit.replay import fit
 
     study_path, _, _ = fitted
     study = _study(study_path)
@@ -145,17 +144,17 @@ def test_only_complete_trials_replay(fitted, tmp_path):
 
 
 def test_changed_data_is_refused(fitted, tmp_path, monkeypatch):
-    import swipr_core.data
-    from search.fit import fit
+    import search.fit.replay
+    from search.fit.replay import fit
 
     study_path, _, _ = fitted
-    real = swipr_core.data.prepare_data
+    real = search.fit.replay.prepare_data
 
     class Other:
         def __init__(self, dataset):
             self.split, self.cache, self.fingerprint = dataset.split, dataset.cache, "0123456789abcdef"
 
-    monkeypatch.setattr(swipr_core.data, "prepare_data", lambda spec, **kw: Other(real(spec, **kw)))
+    monkeypatch.setattr(search.fit.replay, "prepare_data", lambda spec, **kw: Other(real(spec, **kw)))
     with pytest.raises(SwiprError, match="data fingerprint 0123456789abcdef differs"):
         fit(study_path, tmp_path / "b", echo=lambda line: None)
 
@@ -195,7 +194,7 @@ def test_target_precision_threshold():
 def test_replay_verdicts_in_words():
     from types import SimpleNamespace
 
-    from search.fit import compare_replay
+    from search.fit.replay import compare_replay
 
     trial = SimpleNamespace(value=0.5)
     lines: list[str] = []
@@ -208,10 +207,10 @@ def test_replay_verdicts_in_words():
 
 
 def test_strict_writes_nothing_outside_the_tolerance(fitted, tmp_path, monkeypatch):
-    import search.fit
+    import search.fit.replay
 
     study_path, _, _ = fitted
-    monkeypatch.setattr(search.fit, "REPLAY_ATOL", -1.0)   # no replay can match
+    monkeypatch.setattr(search.fit.replay, "REPLAY_ATOL", -1.0)   # no replay can match
     with pytest.raises(SwiprError, match="--strict"):
-        search.fit.fit(study_path, tmp_path / "b", strict=True, threads=1, echo=lambda line: None)
+        search.fit.replay.fit(study_path, tmp_path / "b", strict=True, threads=1, echo=lambda line: None)
     assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from search.study_file import load_study_file
+from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
 from swipr_core.loaders import Augment, CachedBatches
 from swipr_core.training import _compile_enabled, _keep_smooth_loss_on_device

@@ -7,8 +7,8 @@ import urllib.request
 
 import pytest
 
-from search.storage import NO_HEARTBEAT_NOTE, open_storage, supports_heartbeat
-from search.study_file import load_study_file
+from search.study.storage import NO_HEARTBEAT_NOTE, open_storage, supports_heartbeat
+from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
 from tests.studykit import one_line_error, swipr, write_study
 
@@ -57,7 +57,7 @@ def test_status_and_best_read_the_journal(finished):
 
 
 def test_the_dashboard_serves_the_journal_study(finished):
-    from search.dashboard import make_dashboard_server
+    from search.views.dashboard import make_dashboard_server
 
     _, study, *_ = finished
     server, opened = make_dashboard_server(load_study_file(study), port=0)

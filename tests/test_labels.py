@@ -1,6 +1,8 @@
 """Label rules, one at a time, on tiny pics databases built in tmp_path."""
 from __future__ import annotations
 
+import hashlib
+import os
 import sqlite3
 from pathlib import Path
 
@@ -16,6 +18,13 @@ ANCHORS = [{"path": "insta/ok/anchor_yes.jpg"}, {"path": "insta/no/anchor_no.jpg
 COLUMNS = ("path", "label", "invalid", "ages", "num_people", "male_present")
 
 
+def write_image(file: Path, colour: tuple[int, int, int] | None = None) -> None:
+    """An 8x8 JPEG; its colour comes from its path, so different files hold different photos."""
+    digest = hashlib.sha256(str(file).encode()).digest()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), colour or tuple(digest[:3])).save(file, "JPEG")
+
+
 def make_db(root: Path, rows: list[dict], anchors: bool = True, files: bool = True,
             columns: tuple[str, ...] = COLUMNS) -> Path:
     root.mkdir(parents=True, exist_ok=True)
@@ -29,9 +38,7 @@ def make_db(root: Path, rows: list[dict], anchors: bool = True, files: bool = Tr
             connection.execute(f"INSERT INTO pics VALUES ({', '.join('?' * len(columns))})",
                                values)
             if files and "path" in row:
-                image = root / row["path"]
-                image.parent.mkdir(parents=True, exist_ok=True)
-                Image.new("RGB", (8, 8), (200, 100, 50)).save(image, "JPEG")
+                write_image(root / row["path"])
     connection.close()
     return database
 
@@ -203,3 +210,94 @@ def test_no_no_rows_left(tmp_path):
 def test_bad_rule_values_name_the_key(kwargs, key):
     with pytest.raises(SwiprError, match=rf"\[data.rules\] {key}"):
         LabelRules(**kwargs)
+
+
+# --- The table is not trusted as it is (issue 13) -------------------------------------------
+
+def test_a_path_listed_many_times_is_kept_once(tmp_path):
+    # The same row 31 times used to become 27 training and 4 validation rows.
+    table = build_labels(make_db(tmp_path, [{"path": "insta/ok/a.jpg"}] * 31), tmp_path, RULES)
+    assert table.paths.count("insta/ok/a.jpg") == 1
+    assert table.excluded["duplicate_path"] == 30
+
+
+def test_spellings_of_one_path_are_duplicates(tmp_path):
+    table = build_labels(make_db(tmp_path, [{"path": "insta/ok/a.jpg"}, {"path": "insta/ok//a.jpg"},
+                                            {"path": "insta/ok/./a.jpg"}]), tmp_path, RULES)
+    assert table.paths.count("insta/ok/a.jpg") == 1 and table.excluded["duplicate_path"] == 2
+
+
+def test_a_path_labelled_yes_and_no_is_excluded(tmp_path):
+    rules = LabelRules(yes_dirs=("insta/ok",), no_dirs=("insta/no",), fail_on_male=True)
+    rows = [{"path": "insta/ok/a.jpg"}, {"path": "insta/ok/a.jpg", "male_present": 1}]
+    table = build_labels(make_db(tmp_path, rows), tmp_path, rules)
+    assert "insta/ok/a.jpg" not in table.paths
+    assert table.excluded["conflicting_labels"] == 2 and table.excluded["duplicate_path"] == 0
+
+
+def write_anchors(root: Path) -> None:
+    for anchor in ANCHORS:
+        write_image(root / anchor["path"])
+
+
+@pytest.mark.parametrize("path", ["insta/ok/../../../x.jpg", "insta/ok/../no/x.jpg", "ABS", "."])
+def test_paths_that_leave_the_root_are_excluded(tmp_path, path):
+    # Each names a real image; "insta/ok/../no/x.jpg" stays inside but would fool the folder rules.
+    root = tmp_path / "root"
+    write_image(tmp_path / "x.jpg")
+    write_image(root / "insta/no/x.jpg")
+    path = str(tmp_path / "x.jpg") if path == "ABS" else path
+    database = make_db(root, [{"path": path}], files=False)
+    write_anchors(root)
+    table = build_labels(database, root, RULES)
+    assert path not in table.paths and table.excluded["outside_root"] == 1
+
+
+def test_a_symlink_out_of_the_root_is_excluded(tmp_path):
+    outside = tmp_path / "elsewhere" / "secret.jpg"
+    write_image(outside)
+    root = tmp_path / "root"
+    database = make_db(root, [{"path": "insta/ok/link.jpg"}, {"path": "insta/evil/x.jpg"}], files=False)
+    write_anchors(root)
+    (root / "insta/ok/link.jpg").symlink_to(outside)
+    (root / "insta/evil").symlink_to(outside.parent)   # a linked folder leads out just as well
+    (outside.parent / "x.jpg").write_bytes(outside.read_bytes())
+    rules = LabelRules(yes_dirs=("insta/ok", "insta/evil"), no_dirs=("insta/no",))
+    table = build_labels(database, root, rules)
+    assert table.excluded["outside_root"] == 2
+    assert table.paths == ("insta/ok/anchor_yes.jpg", "insta/no/anchor_no.jpg")
+
+
+def test_a_fifo_among_the_images_does_not_hang(tmp_path):
+    database = make_db(tmp_path, [{"path": "insta/ok/pipe.jpg"}], files=False)
+    write_anchors(tmp_path)
+    os.mkfifo(tmp_path / "insta/ok/pipe.jpg")
+    table = build_labels(database, tmp_path, RULES)
+    assert table.excluded["missing_file"] == 1
+
+
+def test_identical_photos_under_different_paths_are_one_group(tmp_path):
+    database = make_db(tmp_path, [{"path": "insta/ok/a.jpg"}, {"path": "insta/ok/copy_of_a.jpg"},
+                                  {"path": "insta/ok/b.jpg"}])
+    (tmp_path / "insta/ok/copy_of_a.jpg").write_bytes((tmp_path / "insta/ok/a.jpg").read_bytes())
+    table = build_labels(database, tmp_path, RULES)
+    group = dict(zip(table.paths, table.groups))
+    assert group["insta/ok/a.jpg"] == group["insta/ok/copy_of_a.jpg"] != group["insta/ok/b.jpg"]
+    assert table.same_content == {"groups": 1, "rows": 2}
+
+
+def test_one_photo_labelled_yes_and_no_under_two_paths_is_excluded(tmp_path):
+    database = make_db(tmp_path, [{"path": "insta/ok/a.jpg"}, {"path": "insta/no/same_as_a.jpg"}])
+    (tmp_path / "insta/no/same_as_a.jpg").write_bytes((tmp_path / "insta/ok/a.jpg").read_bytes())
+    table = build_labels(database, tmp_path, RULES)
+    assert not {"insta/ok/a.jpg", "insta/no/same_as_a.jpg"} & set(table.paths)
+    assert table.excluded["conflicting_labels"] == 2
+
+
+def test_absurd_image_dimensions_are_undecodable(tmp_path):
+    # An 862-byte 1x200000 PNG: excluded from its header, never decoded or upscaled.
+    database = make_db(tmp_path, [{"path": "insta/ok/strip.png"}], files=False)
+    write_anchors(tmp_path)
+    Image.new("L", (1, 200_000)).save(tmp_path / "insta/ok/strip.png")
+    table = build_labels(database, tmp_path, RULES)
+    assert table.excluded["undecodable"] == 1 and "insta/ok/strip.png" not in table.paths

@@ -3,10 +3,9 @@ import optuna
 import pytest
 
 from objectives.finetune import FinetuneObjective
-from search.study_file import load_study_file
+from search.studyfile import load_study_file
 from swipr_core.data import prepare_data
 from swipr_core.model import ModelSpec
-from search.study import data_spec
 from tests.studykit import write_study
 
 SPACE = """
@@ -25,7 +24,7 @@ cycle_mult = 2
 def setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("objective")
     study_file = load_study_file(write_study(folder, folder / "data", space=SPACE))
-    dataset = prepare_data(data_spec(study_file))
+    dataset = prepare_data(study_file.data)
     objective = FinetuneObjective(dataset, study_file.space, ModelSpec("test_resnet", False), device="cpu")
     return objective
 
@@ -68,8 +67,10 @@ def test_complete_trial_records_its_metrics(setup):
 
 def test_the_study_files_compile_key_reaches_training(tmp_path, monkeypatch):
     import objectives.finetune as finetune
-    from search.run import build_objective
-    from search.retry import Checkpoints
+    from objectives.resume import Checkpoints
+    from objectives.trial import trial_objective
+    from search.running.stop import StopFlag
+    from search.running.worker import train_settings
 
     space = SPACE
     study_file = load_study_file(write_study(tmp_path, tmp_path / "data", space=space,
@@ -81,8 +82,8 @@ def test_the_study_files_compile_key_reaches_training(tmp_path, monkeypatch):
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(finetune, "train", fake_train)
-    objective = build_objective(study_file, prepare_data(data_spec(study_file)), "cpu",
-                                Checkpoints(tmp_path / "ck", 0))
+    objective = trial_objective(prepare_data(study_file.data), study_file.space, study_file.model,
+                                train_settings(study_file, "cpu"), Checkpoints(tmp_path / "ck", 0), StopFlag())
     study = optuna.create_study()
     study.optimize(objective, n_trials=1, catch=(RuntimeError,))
     assert seen["compile"] == "off" and seen["device"] == "cpu"

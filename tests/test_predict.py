@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -174,3 +175,113 @@ def test_export_first_leaves_the_model_usable_and_equal(tmp_path):
     images = np.random.default_rng(2).integers(0, 256, (1, 40, 40, 3), dtype=np.uint8)   # a batch of one
     np.testing.assert_allclose(onnx_probs((tmp_path / "m.onnx").read_bytes(), images), torch_probs(serving, images),
                                atol=1e-5)
+
+
+# --- Hard to break (issue 13): special files, pinned manifests, absurd images ------------------
+
+def copy_bundle(out: Path, to: Path) -> Path:
+    to.mkdir()
+    for file in out.iterdir():
+        (to / file.name).write_bytes(file.read_bytes())
+    return to
+
+
+def run_cli(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    # A timeout here is the bug: predict used to block forever on a FIFO.
+    return subprocess.run([*SWIPR, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def one_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    return lines[0]
+
+
+def test_fifos_among_the_images_get_an_error_row(served, tmp_path):
+    out, images, _ = served
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(images[0].read_bytes())
+    os.mkfifo(folder / "b.jpg")   # inside a folder
+    os.mkfifo(tmp_path / "arg.png")   # given as an argument
+    done = run_cli("predict", out, folder, tmp_path / "arg.png", "--json", timeout=60)
+    assert done.returncode == 1, done.stderr
+    rows = {Path(row["image"]).name: row for row in json.loads(done.stdout)["predictions"]}
+    assert rows["a.jpg"]["answer"] in ("YES", "NO")
+    assert rows["b.jpg"]["error"] == rows["arg.png"]["error"] == "not a regular file"
+
+
+@pytest.mark.parametrize("name", [bundle.MANIFEST, bundle.WEIGHTS, bundle.ONNX])
+def test_a_fifo_in_place_of_a_bundle_file_is_refused(served, tmp_path, name):
+    out, images, _ = served
+    copy = copy_bundle(out, tmp_path / "bundle")
+    (copy / name).unlink()
+    os.mkfifo(copy / name)
+    line = one_line(run_cli("predict", copy, images[0], timeout=60))
+    assert name in line and "not a regular file" in line
+
+
+def test_a_manifest_linked_to_dev_zero_is_refused_unread(served, tmp_path):
+    out, images, _ = served
+    copy = copy_bundle(out, tmp_path / "bundle")
+    (copy / bundle.MANIFEST).unlink()
+    (copy / bundle.MANIFEST).symlink_to("/dev/zero")
+    line = one_line(run_cli("predict", copy, images[0], timeout=60))
+    assert "manifest.json" in line and "not a regular file" in line
+
+
+def test_expect_sha256_pins_the_manifest(served, tmp_path):
+    out, images, _ = served
+    pinned = bundle.sha256_file(out / bundle.MANIFEST)
+    assert run_cli("predict", out, images[0], "--expect-sha256", pinned.upper()).returncode == 0
+    line = one_line(run_cli("predict", out, images[0], "--expect-sha256", "0" * 64))
+    assert "manifest.json" in line and pinned in line and "0" * 64 in line
+    assert "64 hex digits" in one_line(run_cli("predict", out, images[0], "--expect-sha256", "abc"))
+    with pytest.raises(SwiprError, match="not the expected"):
+        Predictor(out, expect_sha256="f" * 64)
+
+
+def rewrite_manifest(copy: Path, **changes) -> None:
+    manifest = json.loads((copy / bundle.MANIFEST).read_text())
+    manifest.update(changes)
+    manifest[bundle.CHECKSUM_KEY] = bundle.manifest_checksum(manifest)
+    (copy / bundle.MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_a_manifest_whose_cache_px_disagrees_with_the_model_is_refused(served, tmp_path):
+    # Used to be a traceback from onnxruntime on the first batch.
+    out, images, _ = served
+    copy = copy_bundle(out, tmp_path / "bundle")
+    rewrite_manifest(copy, cache_px=CACHE_PX + 8)
+    line = one_line(run_cli("predict", copy, images[0]))
+    assert f"cache_px {CACHE_PX + 8} disagrees with model.onnx, which takes {CACHE_PX}x{CACHE_PX}" in line
+
+
+@pytest.mark.parametrize("changes", [{"cache_px": 10**6}, {"image_size": 0}])
+def test_absurd_sizes_in_the_manifest_are_refused(served, tmp_path, changes):
+    out, _, _ = served
+    copy = copy_bundle(out, tmp_path / "bundle")
+    rewrite_manifest(copy, **changes)
+    with pytest.raises(SwiprError, match=f"{next(iter(changes))} .* is not a size"):
+        Predictor(copy)
+
+
+def peak_rss_of(args) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([*SWIPR, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)   # the rusage of this child alone
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc, usage.ru_maxrss * 1024
+
+
+def test_a_thin_png_is_an_error_row_in_bounded_memory(served, tmp_path):
+    # The issue's 1x200000 PNG took 2.3 GB in predict: now refused from its header.
+    out, images, _ = served
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (1, 200_000)).save(strip)
+    done, peak = peak_rss_of(["predict", out, strip])
+    assert done.returncode == 1
+    line = done.stdout.read().decode()
+    assert line.startswith("ERROR") and "1x200000 pixels: aspect ratio" in line, line
+    _, baseline = peak_rss_of(["predict", out, images[0]])
+    assert peak < baseline + 32 * (1 << 20), (peak, baseline)

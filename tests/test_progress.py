@@ -10,9 +10,9 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.progress import StudyProgress, hours_label, summary_table
+from search.views.progress import StudyProgress, hours_label, summary_table
 from swipr_core.training import EpochRecord
-from tests.test_dashboard import finished_demo_study
+from tests.studykit import finished_demo_study
 
 
 class _Trial(SimpleNamespace):

@@ -9,10 +9,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.artifacts import PICTURES
-from search.report import PLOTS, REPORT_FILE, render_report
+from search.views.artifacts import PICTURES
+from search.views.report import PLOTS, REPORT_FILE, render_report
 from tests.studykit import swipr, write_study
-from tests.test_dashboard import Chromium, finished_demo_study, needs_chromium
+from tests.studykit import Chromium, finished_demo_study, needs_chromium
 
 INLINE_PNG = re.compile(r'<img alt="([a-z_]+\.png)" src="data:image/png;base64,')
 
@@ -53,7 +53,7 @@ def test_the_report_opens_in_chromium_without_errors(report, tmp_path):
         images = browser.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
         assert len(images) == len(PICTURES) and all(width > 100 for width in images)
         assert browser.errors == []
-        from tests.test_dashboard import SCREENSHOTS
+        from tests.studykit import SCREENSHOTS
 
         browser.screenshot(SCREENSHOTS / "report.png")
     finally:

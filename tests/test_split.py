@@ -1,4 +1,6 @@
 """The validation split is fixed: stored with the labels, fingerprinted, never silently remade."""
+import json
+
 import pytest
 
 from swipr_core.demo_data import DEMO_RULES
@@ -61,3 +63,87 @@ def test_malformed_labels_file_names_the_row(tmp_path, text, message):
     file.write_text(text)
     with pytest.raises(SwiprError, match=message):
         read_split(file)
+
+
+def legacy_split_rows(labels, valid_pct, seed):
+    """The split as made before groups existed, copied here to pin compatibility."""
+    import random
+
+    rng = random.Random(seed)
+    is_valid = [False] * len(labels)
+    for cls in ("NO", "YES"):
+        members = [i for i, label in enumerate(labels) if label == cls]
+        rng.shuffle(members)
+        n_valid = max(1, round(len(members) * valid_pct)) if len(members) > 1 else 0
+        for i in members[:n_valid]:
+            is_valid[i] = True
+    return tuple(is_valid)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_without_shared_photos_the_split_is_the_one_made_before(seed):
+    # Remaking a labels file on clean data keeps its split and fingerprint, so studies go on.
+    import random
+
+    labels = tuple(random.Random(seed).choice(["YES", "NO", "NO"]) for _ in range(37 + seed))
+    unique = tuple(f"h{i}" for i in range(len(labels)))
+    assert split_rows(labels, 0.2, seed) == legacy_split_rows(labels, 0.2, seed)
+    assert split_rows(labels, 0.2, seed, unique) == legacy_split_rows(labels, 0.2, seed)
+
+
+def test_a_group_never_straddles_the_split_and_shares_stay_close():
+    # 100 NO rows in groups of 1..4 and 25 YES rows in groups of 1..3: every group on one side,
+    # and each class's validation share within one largest group of 20%.
+    labels, groups = [], []
+    for g in range(40):
+        size = 1 + g % 4
+        labels += ["NO"] * size
+        groups += [f"no{g}"] * size
+    for g in range(12):
+        size = 1 + g % 3
+        labels += ["YES"] * size
+        groups += [f"yes{g}"] * size
+    for seed in range(10):
+        is_valid = split_rows(tuple(labels), 0.2, seed, tuple(groups))
+        sides = {}
+        for group, valid in zip(groups, is_valid):
+            sides.setdefault(group, set()).add(valid)
+        assert all(len(side) == 1 for side in sides.values())
+        for cls, largest in (("NO", 4), ("YES", 3)):
+            n = labels.count(cls)
+            n_valid = sum(v for v, lab in zip(is_valid, labels) if lab == cls)
+            assert abs(n_valid - round(0.2 * n)) < largest, (cls, n_valid, n)
+
+
+def test_one_big_group_goes_whole_to_one_side():
+    labels = ("NO",) * 10 + ("YES",) * 2
+    groups = ("big",) * 9 + ("other", "y1", "y2")
+    is_valid = split_rows(labels, 0.2, 0, groups)
+    assert len({is_valid[i] for i in range(9)}) == 1
+    assert sum(is_valid[:10]) in (1, 9)
+
+
+def test_labels_files_written_before_groups_still_read(tmp_path):
+    # A labels file and meta exactly as the previous version wrote them.
+    file = tmp_path / "old.labels.csv"
+    file.write_text("path,label,is_valid\na.jpg,YES,1\nb.jpg,NO,0\nc.jpg,NO,1\nd.jpg,YES,0\n")
+    meta = {"source": "pics.db", "rules": {}, "valid_pct": 0.5, "split_seed": 0,
+            "excluded": {"invalid_flag": 0, "invalid_label": 0, "outside_dirs": 1, "missing_file": 0,
+                         "undecodable": 0}, "counts": {"YES": 2, "NO": 2, "valid": 2}}
+    split = read_split(file)
+    meta["fingerprint"] = split.fingerprint
+    meta_path(file).write_text(json.dumps(meta))
+    again = read_split(file)
+    assert again.paths == ("a.jpg", "b.jpg", "c.jpg", "d.jpg") and again.is_valid == (True, False, True, False)
+    assert again.fingerprint == split.fingerprint and "same_content" not in again.meta
+
+
+def test_the_fingerprint_scheme_is_unchanged():
+    # Studies store fingerprints: the scheme (path TAB label TAB 0|1 per line, sha256, 16 hex) must hold.
+    import hashlib
+
+    from swipr_core.split import fingerprint
+
+    text = "a.jpg\tYES\t1\nb/c.jpg\tNO\t0\n"
+    assert fingerprint(["a.jpg", "b/c.jpg"], ["YES", "NO"], [True, False]) == \
+        hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -8,8 +8,8 @@ import sqlite3
 import optuna
 import pytest
 
-from search.storage import Heartbeat, open_storage, redact, redact_output
-from search.samplers import make_sampler, worker_seed
+from search.study.storage import Heartbeat, open_storage, redact, redact_output
+from search.study.samplers import make_sampler, worker_seed
 from swipr_core.errors import SwiprError
 from tests import pg
 
@@ -97,3 +97,67 @@ def test_worker_seeds_differ_by_slot_and_are_stable():
     assert worker_seed(0, "h", 0, 5) == worker_seed(0, "h", 0, 5)
     assert len({worker_seed(0, "h", slot, 5) for slot in range(16)}) == 16
     assert worker_seed(0, "a", 0, 5) != worker_seed(0, "b", 0, 5)
+
+
+# A password with an unencoded "@" and "/" whose wrong split still lands on loopback.
+TRICKY = "postgresql://swipr:Hunter2_ZQX$p@localhost/w%rd@127.0.0.1:9/db"
+
+
+def test_no_part_of_a_tricky_password_is_shown(capsys):
+    assert redact(TRICKY) == "postgresql://swipr:***@127.0.0.1:9/db"
+    for piece in ("Hunter2", "ZQX", "w%rd", "localhost/"):
+        assert piece not in redact(TRICKY)
+    assert redact("mysql://u:p@ss@") == "mysql://u:***@"
+    assert redact("u:secret@somewhere") == "<storage URL hidden: it can't be read as scheme://user:password@host/db>"
+    with pytest.raises(SwiprError) as error:
+        open_storage(TRICKY)
+    assert "percent-encode" in str(error.value)
+    for piece in ("Hunter2", "ZQX", "w%rd"):
+        assert piece not in str(error.value)
+
+
+def test_redacted_output_hides_every_form_of_the_password(capsys):
+    import sys
+
+    url = "postgresql://u:p%40ss%2Fw@127.0.0.1:9/db"
+    stdout = sys.stdout
+    try:
+        redact_output(url)
+        print("raw p%40ss%2Fw decoded p@ss/w")
+    finally:
+        sys.stdout = stdout
+    assert capsys.readouterr().out == "raw *** decoded ***\n"
+
+
+def _take_queued_trials(url: str, n: int, out) -> None:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.load_study(study_name="queue", storage=open_storage(url, create=False))
+    taken = []
+    for _ in range(n):
+        trial = study.ask()
+        taken.append(trial.number)
+        try:
+            study.tell(trial, 0.0)
+        except Exception as error:  # noqa: BLE001 - what a double hand-out looks like
+            taken.append(f"{type(error).__name__}: {error}")
+    out.put(taken)
+
+
+def test_each_queued_trial_is_handed_out_once_under_concurrent_workers(tmp_path):
+    # Without BEGIN IMMEDIATE, 4 processes taking 40 queued trials took 13-17 of them twice.
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    study = optuna.create_study(study_name="queue", storage=open_storage(url))
+    for x in range(40):
+        study.enqueue_trial({"x": x})
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    processes = [context.Process(target=_take_queued_trials, args=(url, 15, out)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    taken = [number for _ in processes for number in out.get(timeout=120)]
+    for process in processes:
+        process.join(timeout=60)
+    assert [t for t in taken if not isinstance(t, int)] == []
+    numbers = [t for t in taken if isinstance(t, int)]
+    assert len(numbers) == len(set(numbers)) == 60
+    assert set(range(40)) <= set(numbers)   # every queued trial ran, exactly once

@@ -1,4 +1,4 @@
-"""`swipr study run/status/best` and `swipr labels` through the real CLI, good input and bad."""
+"""`swipr study run/status/best` and `swipr labels` through the CLI's main(), good input and bad."""
 import hashlib
 import json
 import sqlite3
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.studykit import ROOT, demo_data, one_line_error, study_toml, swipr, write_study
+from tests.studykit import ROOT, demo_data, one_line_error, run_cli, study_toml, write_study
 
 
 def sha(path) -> str:
@@ -18,9 +18,9 @@ def finished(tmp_path_factory):
     """A study that ran 3 trials and then 2 more: the second run continues the first."""
     folder = tmp_path_factory.mktemp("study")
     study = write_study(folder, folder / "data", pruner="none")
-    first = swipr("study", "run", study, "--n-trials", "3")
+    first = run_cli("study", "run", study, "--n-trials", "3")
     assert first.returncode == 0, first.stderr
-    second = swipr("study", "run", study, "--n-trials", "2")
+    second = run_cli("study", "run", study, "--n-trials", "2")
     assert second.returncode == 0, second.stderr
     return study, first, second
 
@@ -28,7 +28,7 @@ def finished(tmp_path_factory):
 def test_running_again_continues_the_same_study(finished):
     study, first, second = finished
     assert "0 trials so far" in first.stdout and "3 trials so far" in second.stdout
-    status = swipr("study", "status", study, "--json")
+    status = run_cli("study", "status", study, "--json")
     rows = json.loads(status.stdout)["trials"]
     assert [row["number"] for row in rows] == [0, 1, 2, 3, 4]
     assert all(row["state"] == "COMPLETE" for row in rows)
@@ -36,16 +36,16 @@ def test_running_again_continues_the_same_study(finished):
 
 def test_best_prints_number_value_params(finished):
     study, *_ = finished
-    best = json.loads(swipr("study", "best", study, "--json").stdout)
+    best = json.loads(run_cli("study", "best", study, "--json").stdout)
     assert set(best) == {"number", "value", "params"}
-    rows = json.loads(swipr("study", "status", study, "--json").stdout)["trials"]
+    rows = json.loads(run_cli("study", "status", study, "--json").stdout)["trials"]
     assert best["value"] == min(row["value"] for row in rows)
     assert set(best["params"]) == {"lr", "batch_size", "image_size", "freeze", "n_cycles", "cycle_len", "cycle_mult"}
 
 
 def test_status_as_text(finished):
     study, *_ = finished
-    result = swipr("study", "status", study)
+    result = run_cli("study", "status", study)
     assert result.returncode == 0 and "5 trials (5 complete)" in result.stdout
 
 
@@ -60,7 +60,7 @@ def test_changed_data_is_refused_and_the_study_kept(finished):
     lines[1] = ",".join([path, "NO" if label == "YES" else "YES", valid])
     labels.write_text("\n".join(lines) + "\n")
     try:
-        error = one_line_error(swipr("study", "run", study, "--n-trials", "1"))
+        error = one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
         assert "data fingerprint" in error and "study.labels.csv" in error
         assert sha(database) == before_db
     finally:
@@ -71,9 +71,9 @@ def test_warm_start_enqueues_the_notebook_configs(tmp_path):
     space = study_toml(tmp_path).split("[space]")[1].replace("n_cycles = [1]", "n_cycles = [1, 3]") \
         .replace("cycle_mult = [1]", "cycle_mult = [1, 2]").replace("lr = { low = 1e-3", "lr = { low = 1e-4")
     study = write_study(tmp_path, tmp_path / "data", warm_start=True, pruner="none", space="[space]" + space)
-    result = swipr("study", "run", study, "--n-trials", "1")
+    result = run_cli("study", "run", study, "--n-trials", "1")
     assert result.returncode == 0, result.stderr
-    trial = json.loads(swipr("study", "status", study, "--json").stdout)["trials"][0]
+    trial = json.loads(run_cli("study", "status", study, "--json").stdout)["trials"][0]
     # The notebook's first run (lr 1e-4, 3 SGDR cycles, mult 2) where the space allows it.
     assert trial["params"]["lr"] == pytest.approx(1e-4)
     assert trial["params"]["n_cycles"] == 3 and trial["params"]["cycle_mult"] == 2
@@ -81,7 +81,7 @@ def test_warm_start_enqueues_the_notebook_configs(tmp_path):
 
 def test_labels_command_prints_counts(tmp_path):
     study = write_study(tmp_path, tmp_path / "data")
-    result = swipr("labels", study, "--json")
+    result = run_cli("labels", study, "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["counts"]["YES"] > 0 and summary["counts"]["NO"] > summary["counts"]["YES"]
@@ -103,7 +103,7 @@ def edit(path, old, new):
 
 def test_bad_input_missing_database(tmp_path):
     study = edit(bad_study(tmp_path), str(tmp_path / "data" / "pics.db"), str(tmp_path / "none.db"))
-    assert "none.db" in one_line_error(swipr("study", "run", study, "--n-trials", "1"))
+    assert "none.db" in one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
 
 
 def test_bad_input_wrong_table(tmp_path):
@@ -111,7 +111,7 @@ def test_bad_input_wrong_table(tmp_path):
     with sqlite3.connect(database) as db:
         db.execute("CREATE TABLE photos (path TEXT)")
     study = edit(bad_study(tmp_path), str(tmp_path / "data" / "pics.db"), str(database))
-    error = one_line_error(swipr("labels", study))
+    error = one_line_error(run_cli("labels", study))
     assert "other.db" in error and "pics" in error
 
 
@@ -120,49 +120,49 @@ def test_bad_input_missing_column(tmp_path):
     with sqlite3.connect(database) as db:
         db.execute("CREATE TABLE pics (path TEXT, label INTEGER)")
     study = edit(bad_study(tmp_path), str(tmp_path / "data" / "pics.db"), str(database))
-    error = one_line_error(swipr("labels", study))
+    error = one_line_error(run_cli("labels", study))
     assert "other.db" in error and "invalid" in error
 
 
 def test_bad_input_no_yes_rows_left(tmp_path):
     study = edit(bad_study(tmp_path), 'yes_dirs = ["insta/ok", "Tinder/yes"]', 'yes_dirs = ["nowhere"]')
-    assert "no YES rows" in one_line_error(swipr("study", "run", study, "--n-trials", "1"))
+    assert "no YES rows" in one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
 
 
 def test_bad_input_unknown_and_mistyped_keys_and_broken_toml(tmp_path):
     study = edit(bad_study(tmp_path), "[model]\n", "[model]\ndepth = 50\n")
-    assert "unknown key 'depth' in [model]" in one_line_error(swipr("study", "run", study))
+    assert "unknown key 'depth' in [model]" in one_line_error(run_cli("study", "run", study))
     study = edit(bad_study(tmp_path), "n_trials = 3", 'n_trials = "3"')
-    assert "[study] n_trials must be an integer" in one_line_error(swipr("study", "run", study))
+    assert "[study] n_trials must be an integer" in one_line_error(run_cli("study", "run", study))
     study.write_text("[study\n")
-    assert "not valid TOML" in one_line_error(swipr("study", "status", study))
+    assert "not valid TOML" in one_line_error(run_cli("study", "status", study))
 
 
 def test_bad_input_unknown_arch(tmp_path):
     study = edit(bad_study(tmp_path), 'arch = "test_resnet"', 'arch = "resnext51_32x4d"')
-    assert "resnext51_32x4d" in one_line_error(swipr("study", "run", study, "--n-trials", "1"))
+    assert "resnext51_32x4d" in one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
 
 
 def test_bad_input_bad_storage_url(tmp_path):
     study = edit(bad_study(tmp_path), 'name = "t"\n', 'name = "t"\nstorage = "mysql+nodriver://u:secret@h/db"\n')
-    error = one_line_error(swipr("study", "run", study, "--n-trials", "1"))
+    error = one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
     assert "storage" in error and "secret" not in error
     study = edit(bad_study(tmp_path), 'name = "t"\n', 'name = "t"\nstorage = "not a url"\n')
-    assert "not a database URL" in one_line_error(swipr("study", "status", study))
+    assert "not a database URL" in one_line_error(run_cli("study", "status", study))
 
 
 def test_bad_input_unreadable_image(tmp_path):
     study = bad_study(tmp_path)
-    assert swipr("labels", study).returncode == 0
+    assert run_cli("labels", study).returncode == 0
     first_kept = (tmp_path / "study.labels.csv").read_text().splitlines()[1].split(",")[0]
     (tmp_path / "data" / first_kept).write_bytes(b"\xff\xd8 not a jpeg any more")
-    error = one_line_error(swipr("study", "run", study, "--n-trials", "1"))
+    error = one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
     assert first_kept in error and "decode" in error
 
 
 def test_status_of_a_study_that_never_ran(tmp_path):
     study = bad_study(tmp_path)
-    assert "run `swipr study run` first" in one_line_error(swipr("study", "status", study))
+    assert "run `swipr study run` first" in one_line_error(run_cli("study", "status", study))
     assert not (tmp_path / "study.db").exists()
 
 

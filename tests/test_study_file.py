@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from search.study_file import Choices, Range, load_study_file
+from objectives.space import Choices, Range
+from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
 from tests.studykit import study_toml
 
@@ -58,7 +59,7 @@ def test_relative_sqlite_storage_is_beside_the_study_file(tmp_path, monkeypatch)
     ({"study": 'pruner = "sometimes"\n'}, "[study] pruner must be one of"),
     ({"study": 'sampler = "grid"\n'}, "[study] sampler must be one of"),
     ({"data.rules": 'fail_labels = ["no face"]\n'}, "[data.rules] fail_labels item must be an integer"),
-    ({"data.rules": "min_age = 40\n"}, "min_age (40) is above max_age (35)"),
+    ({"data.rules": "min_age = 40\n"}, "[data.rules] min_age must not exceed max_age"),
     ({"train": 'device = "tpu"\n'}, "[train] device must be auto, cpu, cuda or cuda:N"),
 ])
 def test_wrong_keys_and_types_name_the_key(tmp_path, extra, message):

@@ -13,7 +13,8 @@ import optuna
 import pytest
 import torch
 
-from search.workers import Slot, make_slots, parse_gpus, visible_device
+from search.running.stop import StopFlag
+from search.running.supervisor import Slot, make_slots, parse_gpus, visible_device
 from swipr_core.errors import SwiprError
 from tests import pg
 from tests.studykit import ROOT, SPACE, demo_data, swipr, write_study
@@ -30,8 +31,8 @@ def data_dir(tmp_path_factory):
 
 
 def _study(path):
-    from search.study import open_study
-    from search.study_file import load_study_file
+    from search.study.open import open_study
+    from search.studyfile import load_study_file
 
     return open_study(load_study_file(path), create=False)
 
@@ -66,13 +67,13 @@ def train(*args, on_epoch=None, **kwargs):
     return real(*args, on_epoch=hook, **kwargs)
 
 finetune.train = train
-from search.run import run_worker
-from search.study import data_spec, open_study
-from search.study_file import load_study_file
+from search.running.worker import run_worker
+from search.study.open import open_study
+from search.studyfile import load_study_file
 from swipr_core.data import prepare_data
 study_file = load_study_file(sys.argv[1])
 open_study(study_file, create=True)
-run_worker(study_file, prepare_data(data_spec(study_file)), n_trials=1)
+run_worker(study_file, prepare_data(study_file.data), n_trials=1)
 """
 
 
@@ -111,9 +112,9 @@ def _fake_result(val_loss: float):
 
 def test_out_of_memory_fails_the_trial_and_the_worker_goes_on(tmp_path, data_dir, monkeypatch):
     import objectives.finetune as finetune
-    from search.run import run_worker
-    from search.study import data_spec, open_study
-    from search.study_file import load_study_file
+    from search.running.worker import run_worker
+    from search.study.open import open_study
+    from search.studyfile import load_study_file
     from swipr_core.data import prepare_data
 
     def train(dataset, config, *args, **kwargs):
@@ -126,7 +127,7 @@ def test_out_of_memory_fails_the_trial_and_the_worker_goes_on(tmp_path, data_dir
     study = open_study(study_file, create=True)
     for batch_size in (32, 16, 32, 16):
         study.enqueue_trial({"batch_size": batch_size, "lr": 0.01})
-    run_worker(study_file, prepare_data(data_spec(study_file)), n_trials=4)
+    run_worker(study_file, prepare_data(study_file.data), n_trials=4)
 
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL", "COMPLETE", "PRUNED", "COMPLETE"]
@@ -138,9 +139,9 @@ def test_out_of_memory_fails_the_trial_and_the_worker_goes_on(tmp_path, data_dir
 def test_memory_stays_flat_from_trial_to_trial(tmp_path, data_dir):
     # The in-process worker: no tensor or module outlives its trial (GPU memory is held by
     # tensors only, and the cache is emptied after every trial).
-    from search.run import run_worker
-    from search.study import data_spec, open_study
-    from search.study_file import load_study_file
+    from search.running.worker import run_worker
+    from search.study.open import open_study
+    from search.studyfile import load_study_file
     from swipr_core.data import prepare_data
 
     study_file = load_study_file(write_study(tmp_path, data_dir, pruner="none"))
@@ -152,60 +153,54 @@ def test_memory_stays_flat_from_trial_to_trial(tmp_path, data_dir):
         live = [o for o in gc.get_objects() if isinstance(o, (torch.Tensor, torch.nn.Module))]
         counts.append(len(live))
 
-    run_worker(study_file, prepare_data(data_spec(study_file)), n_trials=4, callbacks=[count])
+    run_worker(study_file, prepare_data(study_file.data), n_trials=4, callbacks=[count])
     assert len(counts) == 4
     assert counts[1] == counts[2] == counts[3], counts
 
 
-@pytest.fixture
-def stop_signal(monkeypatch):
-    """Runs what a trial process's SIGTERM handler runs, at a moment the test picks; `.reset()`
-    forgets the request, as a new trial process starts without one."""
-    from search import workers
-
-    def reset() -> None:
-        monkeypatch.setitem(workers._state, "stop", False)
-        monkeypatch.setitem(workers._state, "in_trial", False)
-
-    def stop(*args, **kwargs) -> None:
-        workers._on_stop(signal.SIGTERM, None)
-
-    reset()
-    stop.reset = reset
-    return stop
+def _sigterm(stop: StopFlag) -> None:
+    """What a trial process's SIGTERM handler runs, at a moment the test picks."""
+    stop.on_signal(signal.SIGTERM, None)
 
 
-def _stop_while_asking(monkeypatch, stop_signal) -> None:
-    """The stop lands inside study.ask, after Optuna has taken the trial (Trial() wraps it)."""
-    real_init = optuna.trial.Trial.__init__
+class StopDuringAsk(StopFlag):
+    """Not stopped when the worker asks Optuna for a trial, stopped once it has one: a stop
+    that lands while Optuna hands the trial out."""
 
-    def init(self, *args) -> None:
-        stop_signal()
-        real_init(self, *args)
+    def __init__(self):
+        self.reads = 0
+        super().__init__()
 
-    monkeypatch.setattr(optuna.trial.Trial, "__init__", init)
+    @property
+    def requested(self) -> bool:
+        self.reads += 1
+        return self.reads > 1
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        pass
 
 
 def _worker(tmp_path, data_dir, monkeypatch):
     """An in-process worker (SQLite, heartbeats on) whose training returns at once."""
     import objectives.finetune as finetune
-    from search.run import run_worker
-    from search.study import data_spec, open_study
-    from search.study_file import load_study_file
+    from search.running.worker import run_worker
+    from search.study.open import open_study
+    from search.studyfile import load_study_file
     from swipr_core.data import prepare_data
 
     monkeypatch.setattr(finetune, "train", lambda *args, **kwargs: _fake_result(0.5))
     study_file = load_study_file(write_study(tmp_path, data_dir, pruner="none", extra=FAST_HEARTBEAT))
     study = open_study(study_file, create=True)
-    dataset = prepare_data(data_spec(study_file))
-    return study, lambda: run_worker(study_file, dataset, n_trials=1)
+    dataset = prepare_data(study_file.data)
+    return study, lambda stop: run_worker(study_file, dataset, n_trials=1, stop=stop)
 
 
 def _states(study):
     return [t.state.name for t in study.get_trials(deepcopy=False)]
 
 
-def test_a_stopping_worker_fails_no_trial_it_had_not_started(tmp_path, data_dir, monkeypatch, stop_signal):
+def test_a_stopping_worker_fails_no_trial_it_had_not_started(tmp_path, data_dir, monkeypatch):
     # The race behind Ctrl-C leaving a FAIL without its own retry: worker A is interrupted in
     # training and queues its retry; worker B, asked to stop a moment later, still asked
     # Optuna for a trial, took that retry and failed it at once.
@@ -213,49 +208,44 @@ def test_a_stopping_worker_fails_no_trial_it_had_not_started(tmp_path, data_dir,
 
     study, run = _worker(tmp_path, data_dir, monkeypatch)
     fake = finetune.train
+    stop = StopFlag()
 
     def train_until_stopped(*args, **kwargs):
-        stop_signal()   # in the trial: raises KeyboardInterrupt, as in a trial process
+        _sigterm(stop)   # in the trial: raises KeyboardInterrupt, as in a trial process
         return fake(*args, **kwargs)
 
     monkeypatch.setattr(finetune, "train", train_until_stopped)
     with pytest.raises(KeyboardInterrupt):
-        run()   # A: the stop lands in training: FAIL, and its retry queued
+        run(stop)   # A: the stop lands in training: FAIL, and its retry queued
     assert _states(study) == ["FAIL", "WAITING"]
     queued = study.get_trials(deepcopy=False)[1]
     assert (queued.system_attrs["failed_trial"], queued.system_attrs["retry_history"]) == (0, [0])
 
     with pytest.raises(KeyboardInterrupt):
-        run()   # B: asked to stop before it asks for a trial: it takes none
+        run(stop)   # B: asked to stop before it asks for a trial: it takes none
     assert _states(study) == ["FAIL", "WAITING"]
 
-    stop_signal.reset()
-    with monkeypatch.context() as patch:
-        _stop_while_asking(patch, stop_signal)
-        with pytest.raises(KeyboardInterrupt):
-            run()   # C: the stop lands while Optuna hands it the queued retry: given back as it was
+    with pytest.raises(KeyboardInterrupt):
+        run(StopDuringAsk())   # C: the stop lands while Optuna hands it the queued retry: given back as it was
     assert _states(study) == ["FAIL", "WAITING"]
     given_back = study.get_trials(deepcopy=False)[1]
     assert (given_back.system_attrs, given_back.params) == (queued.system_attrs, queued.params)
 
-    stop_signal.reset()
     monkeypatch.setattr(finetune, "train", fake)
-    run()   # the next run takes the retry, once
+    run(StopFlag())   # the next run takes the retry, once
     assert _states(study) == ["FAIL", "COMPLETE"]
     assert study.get_trials(deepcopy=False)[1].user_attrs["retry_of"] == 0
 
 
-def test_a_fresh_trial_taken_as_the_stop_lands_goes_back_to_the_queue(tmp_path, data_dir, monkeypatch,
-                                                                     stop_signal):
+def test_a_fresh_trial_taken_as_the_stop_lands_goes_back_to_the_queue(tmp_path, data_dir, monkeypatch):
     study, run = _worker(tmp_path, data_dir, monkeypatch)
-    _stop_while_asking(monkeypatch, stop_signal)
     with pytest.raises(KeyboardInterrupt):
-        run()
+        run(StopDuringAsk())
     assert _states(study) == ["WAITING"]   # not FAIL, not left RUNNING: the next run takes it
 
 
 def test_a_stop_while_a_trial_process_starts_waits_until_it_can_be_stopped():
-    from search.workers import _stop_held
+    from search.running.supervisor import _stop_held
 
     def on_term(signum, frame):
         raise KeyboardInterrupt   # as the supervisor's handler does
@@ -329,3 +319,25 @@ def _trials_or_none(path, url):
         return []
     finally:
         del os.environ["SWIPR_STORAGE"]
+
+
+def test_an_interrupted_trials_retry_runs_before_fresh_queued_trials(tmp_path, data_dir, monkeypatch):
+    import objectives.finetune as finetune
+
+    study, run = _worker(tmp_path, data_dir, monkeypatch)
+    study.enqueue_trial({"lr": 0.01})
+    study.enqueue_trial({"lr": 0.02})
+    fake, stop = finetune.train, StopFlag()
+
+    def train_until_stopped(*args, **kwargs):
+        _sigterm(stop)
+        return fake(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "train", train_until_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run(stop)   # takes trial 0 (lr 0.01) and is interrupted: its retry, trial 2, is queued
+    assert _states(study) == ["FAIL", "WAITING", "WAITING"]
+    monkeypatch.setattr(finetune, "train", fake)
+    run(StopFlag())   # one trial: the retry, though trial 1 was queued before it
+    assert _states(study) == ["FAIL", "WAITING", "COMPLETE"]
+    assert study.get_trials(deepcopy=False)[2].user_attrs["retry_of"] == 0

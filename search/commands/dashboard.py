@@ -4,6 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from search.study.open import quiet_optuna
+from search.studyfile import load_study_file
+from search.views.dashboard import serve
+
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
     p = subparsers.add_parser(
@@ -22,10 +26,5 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.dashboard import serve
-    from search.study_file import load_study_file
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     return serve(load_study_file(args.study_file), args.host, args.port, args.artifact_dir)

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from swipr_core.demo_data import DEMO_RULES, write_demo_data
+from swipr_core.labels import build_labels
+
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
     p = subparsers.add_parser(
@@ -21,9 +24,6 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swipr_core.demo_data import DEMO_RULES, write_demo_data
-    from swipr_core.labels import build_labels
-
     database = write_demo_data(args.directory, n_images=args.images, seed=args.seed)
     table = build_labels(database, database.parent, DEMO_RULES)
     excluded = ", ".join(f"{reason} {count}" for reason, count in table.excluded.items())

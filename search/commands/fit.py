@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from search.fit.replay import fit
+
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
     p = subparsers.add_parser(
@@ -31,8 +33,6 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from search.fit import fit
-
     fit(args.study_file, args.out, trial_number=args.trial, target_precision=args.target_precision,
         device=args.device, strict=args.strict, threads=args.threads, echo=lambda line: print(line, flush=True))
     return 0

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+
+from search.studyfile import load_study_file
+from swipr_core.split import prepare_labels
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -10,33 +14,33 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
         name, help=help_text,
         description="Apply the study file's [data.rules] to the pics database, drop rows whose "
                     "image is missing or broken, split off a fixed validation set and write the "
-                    "labels file (CSV) with its .meta.json. An existing labels file is remade.",
+                    "labels file (CSV) with its .meta.json. An existing labels file is remade; any "
+                    "other existing file is refused unless --force.",
     )
     p.add_argument("study_file", type=Path, metavar="STUDY.toml", help="the study file")
     p.add_argument("-o", "--output", type=Path, metavar="FILE",
                    help="labels file to write (default: [data] labels_file of the study file)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite FILE even if it is not a labels file swipr wrote")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from search.study_file import load_study_file
-    from swipr_core.split import prepare_labels
-
     data = load_study_file(args.study_file).data
     labels_file = args.output or data.labels_file
     # Always rebuild: this command is how a user asks for a new labels file.
     split = prepare_labels(data.database, data.image_root, data.rules, data.valid_pct,
-                           data.split_seed, labels_file, rebuild=True)
-    counts, excluded = split.counts(), split.meta["excluded"]
+                           data.split_seed, labels_file, rebuild=True, force=args.force)
+    counts, excluded, same = split.counts(), split.meta["excluded"], split.meta["same_content"]
     if args.json:
         print(json.dumps({"labels_file": str(labels_file), "fingerprint": split.fingerprint,
-                          "counts": counts, "excluded": excluded}, indent=2))
+                          "counts": counts, "excluded": excluded, "same_content": same}, indent=2))
         return 0
     reasons = ", ".join(f"{reason} {count}" for reason, count in excluded.items())
     print(f"wrote {labels_file} (fingerprint {split.fingerprint})")
     print(f"{len(split)} rows: YES {counts['YES']}, NO {counts['NO']}, valid {counts['valid']}; "
           f"excluded {sum(excluded.values())} ({reasons})")
+    print(f"identical photos under different paths: {same['rows']} rows in {same['groups']} groups, "
+          "each group kept on one side of the split")
     return 0

@@ -6,7 +6,10 @@ say why), 2 when the bundle is refused.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+
+from swipr_core.predict import Predictor, as_dict, expand_inputs
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -21,15 +24,13 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object with a row per image")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
+    p.add_argument("--expect-sha256", metavar="HEX",
+                   help="refuse the bundle unless manifest.json's SHA-256 is HEX (pin the bundle you trust)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from swipr_core.predict import Predictor, as_dict, expand_inputs
-
-    predictor = Predictor(args.bundle, threads=args.threads)
+    predictor = Predictor(args.bundle, threads=args.threads, expect_sha256=args.expect_sha256)
     images = expand_inputs(args.images)
     failed = 0
     rows = []

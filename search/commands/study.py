@@ -5,6 +5,11 @@ import argparse
 import json
 from pathlib import Path
 
+from search.running.driver import run_study
+from search.study.open import best_trial, open_study, quiet_optuna
+from search.studyfile import load_study_file
+from search.views.report import write_report
+
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
     parser = subparsers.add_parser(name, help=help_text, description="Run, inspect or report on a study.")
@@ -22,7 +27,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     run_p.add_argument("--dask", metavar="ADDRESS",
                        help="run the trials on the Dask cluster whose scheduler is at ADDRESS, e.g. tcp://head:8786 "
                             "(default: [cluster] dask or $SWIPR_DASK)")
-    run_p.set_defaults(func=_run)
+    run_p.set_defaults(func=run_study)
 
     status_p = actions.add_parser("status", help="list the study's trials")
     status_p.add_argument("study_file", type=Path, metavar="STUDY.toml")
@@ -40,12 +45,6 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     report_p.add_argument("--artifact-dir", type=Path, metavar="DIR",
                           help="the study's pictures (default: <study>.artifacts beside the study file)")
     report_p.set_defaults(func=report)
-
-
-def _quiet_optuna() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _trial_row(trial) -> dict:
@@ -71,18 +70,9 @@ def _where(row: dict) -> str:
     return f"  [{row['worker']}@{row['host']}{gpu}]"
 
 
-def _run(args: argparse.Namespace) -> int:
-    from search.run import run_study
-
-    return run_study(args)
-
-
 def status(args: argparse.Namespace) -> int:
-    from search.study import open_study
-    from search.study_file import load_study_file
-
     study_file = load_study_file(args.study_file)
-    _quiet_optuna()
+    quiet_optuna()
     study = open_study(study_file, create=False)
     rows = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
     if args.json:
@@ -102,11 +92,8 @@ def status(args: argparse.Namespace) -> int:
 
 
 def best(args: argparse.Namespace) -> int:
-    from search.study import best_trial, open_study
-    from search.study_file import load_study_file
-
     study_file = load_study_file(args.study_file)
-    _quiet_optuna()
+    quiet_optuna()
     trial = best_trial(open_study(study_file, create=False))
     payload = {"number": trial.number, "value": trial.value, "params": trial.params}
     print(json.dumps(payload) if args.json else json.dumps(payload, indent=2))
@@ -114,9 +101,6 @@ def best(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from search.report import write_report
-    from search.study_file import load_study_file
-
-    _quiet_optuna()
+    quiet_optuna()
     print(f"wrote {write_report(load_study_file(args.study_file), args.out, args.artifact_dir)}")
     return 0

@@ -10,12 +10,20 @@ retried) exist only for RDBStorage; on a journal such a trial just stays RUNNING
 """
 from __future__ import annotations
 
+import re
 import sqlite3
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
+
+import optuna
+from optuna.storages.journal import JournalFileBackend
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError
 
 from swipr_core.errors import SwiprError
 
@@ -26,11 +34,12 @@ SCHEMA_ATTEMPTS = 5           # tries to open a database whose tables another wo
 @dataclass(frozen=True)
 class Heartbeat:
     """A running trial beats every `interval` s; one silent for `grace_period` s is failed,
-    then retried (at most `max_retry` times) by whichever worker notices it first."""
+    then retried (at most `max_retry` times) by whichever worker notices it first. The
+    defaults are the study file's ([study] heartbeat_interval, grace_period, max_retry)."""
 
-    interval: int = 60
-    grace_period: int = 180
-    max_retry: int = 3
+    interval: int
+    grace_period: int
+    max_retry: int = 0
 
 
 JOURNAL_SCHEME = "journal:///"           # journal:///rel/study.log or journal:////abs/study.log
@@ -60,30 +69,57 @@ def normalize_url(url: str) -> str:
     return url
 
 
+# scheme://userinfo@rest, the userinfo running to the LAST "@" before any "?": a password
+# with an unencoded "@" or "/" then stays whole, where a URL parser would split it early
+# and show its tail as the host or the database.
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][\w+.-]*://)(?P<userinfo>[^?#]*)@(?P<rest>.*)$", re.S)
+
+
 def redact(url: str) -> str:
-    """The URL as it may be shown to a user: any password replaced by ***."""
-    if journal_path(url) is not None:   # a file path, no password; SQLAlchemy would mangle it
+    """The URL as it may be shown to a user: any password replaced by ***, whatever its
+    characters; a URL with credentials that doesn't read as scheme://user:pass@... is hidden whole."""
+    if journal_path(url) is not None:   # a file path, no password
         return url
+    match = _USERINFO.match(url)
+    if match is None:
+        return "<storage URL hidden: it can't be read as scheme://user:password@host/db>" if "@" in url else url
+    user, colon, _ = match["userinfo"].partition(":")
+    return f"{match['scheme']}{user}{':***' if colon else ''}@{match['rest']}"
+
+
+def passwords_of(url: str) -> list[str]:
+    """Every form a password of `url` may be printed in: as written, percent-decoded, and as a
+    URL parser splits it (longest first, so a longer form is replaced before its parts)."""
+    found = set()
+    match = _USERINFO.match(url)
+    if match is not None and ":" in match["userinfo"]:
+        found.add(match["userinfo"].partition(":")[2])
     try:
-        from sqlalchemy.engine import make_url
+        found.add(make_url(normalize_url(url)).password or "")
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: the regex's reading stands
+        pass
+    found |= {unquote(p) for p in found}
+    return sorted((p for p in found if p), key=len, reverse=True)
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
 
-
-def password_of(url: str) -> str | None:
+def refuse_ambiguous_password(url: str) -> None:
+    """A password with an unencoded "@" (or a "/" after one) makes a URL parser split it early:
+    the connection would go to the wrong host with part of the password as the database."""
+    match = _USERINFO.match(url)
+    ours = match["userinfo"].partition(":")[2] if match else ""
     try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(normalize_url(url)).password or None
-    except Exception:
-        return None
+        theirs = make_url(url).password or ""
+    except Exception:  # noqa: BLE001 - open_storage says what is wrong with such a URL
+        return
+    if ours != theirs:
+        raise SwiprError(f"storage {redact(url)}: the password holds an unencoded '@' or '/', so the URL can't "
+                         f"be read safely; percent-encode them ('@' as %40, '/' as %2F)")
 
 
 def redact_text(text: str, url: str) -> str:
-    password = password_of(url)
-    return text.replace(password, "***") if password else text
+    for password in passwords_of(url):
+        text = text.replace(password, "***")
+    return text
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -101,9 +137,28 @@ def _use_wal(path: Path) -> None:
         connection.close()
 
 
-def _lost_schema_race(error: Exception) -> bool:
-    from sqlalchemy.exc import IntegrityError
+def _serialize_transactions(engine) -> None:
+    """Every SQLite transaction takes the write lock when it begins (BEGIN IMMEDIATE).
 
+    Python's sqlite3 opens a transaction only before a write, so Optuna's read-then-write steps
+    (take a WAITING trial: read its state, then set RUNNING; fail a stale trial once) ran their
+    read outside any transaction, and two workers could both take one queued trial: measured,
+    4 processes taking 40 queued trials handed 13-17 of them out twice. Inside one IMMEDIATE
+    transaction the read and the write are one step. Readers of the file outside this process
+    (WAL) are not blocked."""
+
+    @event.listens_for(engine, "connect")
+    def _driver_transactions_off(dbapi_connection, record) -> None:
+        dbapi_connection.isolation_level = None   # SQLAlchemy's "begin" below says when
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()   # connections made before the listeners (schema checks) are not reused
+
+
+def _lost_schema_race(error: Exception) -> bool:
     text = str(error).lower()
     return isinstance(error, IntegrityError) or "already exists" in text or "unique constraint" in text
 
@@ -113,14 +168,10 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
     instead of a new empty database (status and best must not create files). With
     `heartbeat`, running trials beat and stale ones are handed to `on_stale(study, trial)`;
     a journal file has no heartbeats, so there `heartbeat` is ignored (see supports_heartbeat)."""
-    import optuna
-
     if journal_path(url) is not None:
         return _open_journal(url, create)
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     url = normalize_url(url)
+    refuse_ambiguous_password(url)
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -148,7 +199,10 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)   # heartbeats
-                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+                    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+                if path is not None:
+                    _serialize_transactions(storage.engine)
+                return storage
             except Exception as error:
                 # Workers that start together on an empty database race to create its tables;
                 # the losers find them there on the next try.
@@ -161,9 +215,6 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
 
 
 def _open_journal(url: str, create: bool):
-    import optuna
-    from optuna.storages.journal import JournalFileBackend
-
     path = journal_path(url)
     # JournalFileBackend creates a missing file: status and best must not.
     if not create and not path.is_file():
@@ -184,11 +235,11 @@ class RedactingStream:
     """A text stream that writes through to `stream` with the password replaced by ***:
     whatever a worker prints, a traceback included, can't show the storage password."""
 
-    def __init__(self, stream, password: str):
-        self._stream, self._password = stream, password
+    def __init__(self, stream, url: str):
+        self._stream, self._url = stream, url
 
     def write(self, text: str) -> int:
-        self._stream.write(text.replace(self._password, "***"))
+        self._stream.write(redact_text(text, self._url))
         return len(text)
 
     def __getattr__(self, name):
@@ -197,10 +248,9 @@ class RedactingStream:
 
 def redact_output(url: str) -> None:
     """From here on, this process's stdout and stderr never show `url`'s password."""
-    password = password_of(url)
-    if not password:
+    if not passwords_of(url):
         return
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if not isinstance(stream, RedactingStream):
-            setattr(sys, name, RedactingStream(stream, password))
+            setattr(sys, name, RedactingStream(stream, url))

@@ -16,20 +16,22 @@ import os
 import signal
 import sys
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
+import torch
+
+from search.running.stop import StopFlag
+# A trial process's exit status: its trial finished (complete or pruned), it failed, the
+# process met bad input (a SwiprError: the next would too), or it was stopped by a signal.
+from search.running.worker import BAD_INPUT, DONE, FAILED, STOPPED, run_trial_process
 from swipr_core.errors import SwiprError
 
 STOP_WAIT_S = 60         # how long a stopping trial may take to record itself before SIGKILL
 MAX_CRASHES_IN_A_ROW = 3  # trial processes that die one after another before the run gives up
-# Imported once by the forkserver; this module first, so its warning filter applies there too.
-PRELOAD = ["search.workers", "torch", "fastai.learner", "timm", "objectives.finetune", "search.run"]
-
-# torch.jit's deprecation notice fires on importing fastai (as in search/cli.py).
-warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+# Imported once by the forkserver; search.cli first, so its warning filter applies there too.
+PRELOAD = ["search.cli", "torch", "fastai.learner", "timm", "search.running.supervisor"]
 
 
 @dataclass(frozen=True)
@@ -88,100 +90,96 @@ def visible_device(gpu: int, inherited: str | None) -> str:
 
 # --- inside a trial process -------------------------------------------------------------
 
-_state = {"in_trial": False, "stop": False}
-
-
-def stop_requested() -> bool:
-    return _state["stop"]
-
-
-def in_trial(flag: bool) -> None:
-    """Marks the objective's span: a stop request interrupts a trial, not Optuna's bookkeeping."""
-    _state["in_trial"] = flag
-
-
-def _on_stop(signum, frame) -> None:
-    first = not _state["stop"]
-    _state["stop"] = True
-    if first and _state["in_trial"]:
-        raise KeyboardInterrupt
-
 
 def _trial_process(task: Task) -> None:
     # The terminal's Ctrl-C reaches every process in the group; only the supervisor acts on
     # it, and asks each trial process once, with SIGTERM, so no trial is interrupted twice.
+    stop = StopFlag()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_stop)
+    signal.signal(signal.SIGTERM, stop.on_signal)
     os.environ.update(task.env)   # before anything touches CUDA
-    import torch
-
     torch.set_num_threads(task.cpu_threads)
-    from search.run import run_trial_process
-
-    sys.exit(run_trial_process(task))
+    sys.exit(run_trial_process(task.study_file, task.slot.label, task.slot.index, task.device, stop))
 
 
 # --- the supervisor ---------------------------------------------------------------------
 
 
 def supervise(study_file_path, storage_url: str, slots: list[Slot], n_trials: int, timeout: float | None,
-              device: str | None) -> int:
+              device: str | None, max_failures_in_a_row: int = MAX_CRASHES_IN_A_ROW) -> int:
     """Run `n_trials` trials over `slots`; return the exit status (0, 1 or 2)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
-    deadline = time.monotonic() + timeout if timeout else None
-    running: dict = {}   # sentinel -> (process, slot)
-    free = list(slots)
-    budget, status, crashes = n_trials, 0, 0
-    threads = max(1, (os.cpu_count() or 1) // len(slots))
-
-    def start(slot: Slot) -> None:
-        env = {"SWIPR_STORAGE": storage_url}
-        if slot.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = visible_device(slot.gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        process = context.Process(target=_trial_process, name=f"swipr-{slot.index}",
-                                  args=(Task(str(study_file_path), slot, device, env, threads),))
-        process.start()
-        running[process.sentinel] = (process, slot)
+    run = _Supervisor(str(study_file_path), storage_url, slots, device, max_failures_in_a_row)
 
     def on_term(signum, frame) -> None:
         raise KeyboardInterrupt   # a preempted machine's SIGTERM stops the run like Ctrl-C
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        while True:
-            while free and budget > 0 and status == 0 and not (deadline and time.monotonic() >= deadline):
-                with _stop_held():
-                    start(free.pop(0))
-                budget -= 1
-            if not running:
-                return status
-            for sentinel in wait(list(running), timeout=1.0):
-                process, slot = running.pop(sentinel)
-                process.join()
-                free.append(slot)
-                code = process.exitcode
-                if code == 0:
-                    crashes = 0
-                    continue
-                if code == 2:   # the process printed a SwiprError: the same would happen again
-                    status = 2
-                    continue
-                if code == 130:   # stopped by a signal someone sent it; its trial was recorded
-                    continue
-                crashes += 1
-                why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-                print(f"{slot.label}: trial process {why}; a trial it left running is failed after the "
-                      f"grace period and retried", file=sys.stderr, flush=True)
-                if crashes >= MAX_CRASHES_IN_A_ROW:
-                    print(f"swipr: {crashes} trial processes in a row died; stopping", file=sys.stderr, flush=True)
-                    status = 1
+        return run.until_done(n_trials, time.monotonic() + timeout if timeout else None)
     except KeyboardInterrupt:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _stop_all(running)
+        _stop_all(run.running)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class _Supervisor:
+    """Trial processes on free slots, and what their exit statuses mean for the run."""
+
+    def __init__(self, study_file: str, storage_url: str, slots: list[Slot], device: str | None, limit: int):
+        self.study_file, self.storage_url, self.device, self.limit = study_file, storage_url, device, limit
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload(PRELOAD)
+        self.running: dict = {}   # sentinel -> (process, slot)
+        self.free = list(slots)
+        self.threads = max(1, (os.cpu_count() or 1) // len(slots))
+        self.status, self.crashes, self.failures = 0, 0, 0
+
+    def until_done(self, budget: int, deadline: float | None) -> int:
+        while True:
+            while self.free and budget > 0 and self.status == 0 and not (deadline and time.monotonic() >= deadline):
+                with _stop_held():
+                    self.start(self.free.pop(0))
+                budget -= 1
+            if not self.running:
+                return self.status
+            for sentinel in wait(list(self.running), timeout=1.0):
+                process, slot = self.running.pop(sentinel)
+                process.join()
+                self.free.append(slot)
+                self.ended(slot, process.exitcode)
+
+    def start(self, slot: Slot) -> None:
+        env = {"SWIPR_STORAGE": self.storage_url}
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = visible_device(slot.gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        process = self.context.Process(target=_trial_process, name=f"swipr-{slot.index}",
+                                       args=(Task(self.study_file, slot, self.device, env, self.threads),))
+        process.start()
+        self.running[process.sentinel] = (process, slot)
+
+    def ended(self, slot: Slot, code: int) -> None:
+        if code in (DONE, FAILED):
+            self.crashes = 0
+            self.failures = self.failures + 1 if code == FAILED else 0
+            if self.failures >= self.limit and self.status == 0:
+                print(f"swipr: {self.failures} trials in a row failed; stopping the run (see the lines above; "
+                      f"[study] max_failures_in_a_row sets how many are tolerated)", file=sys.stderr, flush=True)
+                self.status = 1
+        elif code == BAD_INPUT:   # the process printed a SwiprError: the same would happen again
+            self.status = 2
+        elif code != STOPPED:   # stopped by a signal someone sent it: its trial was recorded
+            self.crashed(slot, code)
+
+    def crashed(self, slot: Slot, code: int) -> None:
+        self.crashes += 1
+        why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        print(f"{slot.label}: trial process {why}; a trial it left running is failed after the "
+              f"grace period and retried", file=sys.stderr, flush=True)
+        if self.crashes >= MAX_CRASHES_IN_A_ROW:
+            print(f"swipr: {self.crashes} trial processes in a row died; stopping", file=sys.stderr, flush=True)
+            self.status = 1
 
 
 @contextmanager

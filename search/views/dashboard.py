@@ -1,6 +1,6 @@
 """Serve optuna-dashboard on a study's storage, with the study's pictures (artifacts).
 
-The storage is opened exactly as `swipr study run` opens it (search.storage), so whatever
+The storage is opened exactly as `swipr study run` opens it (search.study.storage), so whatever
 storage a study runs on, its dashboard reads. The server binds to loopback unless told
 otherwise: the dashboard has no login, and it can edit notes and delete studies.
 """
@@ -12,6 +12,12 @@ import sys
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import optuna_dashboard
+
+from objectives.optuna_compat import storage_of, study_id
+from search.study.open import open_study
+from search.study.storage import redact
+from search.views.artifacts import artifact_dir as default_artifact_dir, open_artifact_store
 from swipr_core.errors import SwiprError
 
 LOOPBACK = "127.0.0.1"
@@ -33,16 +39,11 @@ def study_url(host: str, port: int, study_id: int) -> str:
 
 def make_dashboard_server(study_file, host: str = LOOPBACK, port: int = 8080, artifact_dir=None):
     """(server, study) for the study file; the caller serves it. Port 0 picks a free port."""
-    import optuna_dashboard
-
-    from search.artifacts import artifact_dir as default_artifact_dir, open_artifact_store
-    from search.study import open_study
-
     if not 0 <= port <= 65535:
         raise SwiprError(f"--port must be between 0 and 65535, got {port}")
     study = open_study(study_file, create=False)
     store = open_artifact_store(artifact_dir or default_artifact_dir(study_file), create=False)
-    app = optuna_dashboard.wsgi(study._storage, artifact_store=store)
+    app = optuna_dashboard.wsgi(storage_of(study), artifact_store=store)
     try:
         server = make_server(host, port, app, server_class=_ThreadedServer, handler_class=_QuietHandler)
     except socket.gaierror:
@@ -55,12 +56,10 @@ def make_dashboard_server(study_file, host: str = LOOPBACK, port: int = 8080, ar
 
 
 def serve(study_file, host: str = LOOPBACK, port: int = 8080, artifact_dir=None) -> int:
-    from search.storage import redact
-
     server, study = make_dashboard_server(study_file, host, port, artifact_dir)
     port = server.server_address[1]
     print(f"optuna-dashboard for study '{study.study_name}' in {redact(study_file.study.storage)}")
-    print(f"open {study_url(host, port, study._study_id)} in a browser (Ctrl-C stops the server)")
+    print(f"open {study_url(host, port, study_id(study))} in a browser (Ctrl-C stops the server)")
     if host not in (LOOPBACK, "localhost", "::1"):
         print(f"note: listening on {host}, so other machines can reach it: the dashboard has no login",
               file=sys.stderr)

@@ -8,14 +8,22 @@ reported on stderr and skipped: it must never turn a finished trial into a faile
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-import optuna
-from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+import matplotlib
+
+matplotlib.use("Agg")   # files only, never a window; before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact  # noqa: E402
+from optuna_dashboard import get_note, save_note  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+
+from search.study.data_record import data_summary  # noqa: E402
+from search.views.format import fmt  # noqa: E402
 
 # Artifact file names: the report finds the best trial's pictures by these.
 CURVES_PNG = "curves.png"
@@ -42,15 +50,6 @@ def open_artifact_store(directory: Path, create: bool = True) -> FileSystemArtif
 
 # --- pictures -------------------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")   # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _shade_phases(ax, history) -> None:
     """Grey band over the frozen epochs, so the unfreezing point shows on every curve."""
     frozen = [r.epoch for r in history if r.phase == "frozen"]
@@ -60,7 +59,6 @@ def _shade_phases(ax, history) -> None:
 
 def plot_curves(history, path: Path, title: str) -> Path:
     """Train and validation loss, and validation accuracy, per epoch."""
-    plt = _pyplot()
     epochs = [r.epoch for r in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
     _shade_phases(loss_ax, history)
@@ -83,7 +81,6 @@ def plot_curves(history, path: Path, title: str) -> Path:
 
 def plot_lr(history, path: Path, title: str) -> Path:
     """The head's learning rate at every batch, on the epoch axis."""
-    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     _shade_phases(ax, history)
     xs, ys = [], []
@@ -107,7 +104,6 @@ def confusion(probs, targets, threshold: float = 0.5) -> list[list[int]]:
 
 
 def plot_confusion(probs, targets, path: Path, title: str) -> Path:
-    plt = _pyplot()
     matrix = confusion(probs, targets)
     fig, ax = plt.subplots(figsize=(4, 3.8))
     ax.imshow(matrix, cmap="Blues")
@@ -125,9 +121,6 @@ def plot_confusion(probs, targets, path: Path, title: str) -> Path:
 
 
 def plot_roc(probs, targets, path: Path, title: str) -> Path:
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4, 3.8))
     ax.plot([0, 1], [0, 1], ":", color="0.6", label="chance")
     if len(set(int(t) for t in targets)) == 2:
@@ -145,34 +138,29 @@ def plot_roc(probs, targets, path: Path, title: str) -> Path:
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    _pyplot().close(fig)
+    plt.close(fig)
     return path
 
 
 # --- notes ------------------------------------------------------------------------------------
 
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
 def trial_note(number: int, state: str, params: dict, metrics: dict) -> str:
     lines = [f"## Trial {number}: {state}", "", "| param | value |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in params.items()]
+    lines += [f"| {k} | {fmt(v)} |" for k, v in params.items()]
     if metrics:
         lines += ["", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()]
+        lines += [f"| {k} | {fmt(v)} |" for k, v in metrics.items()]
     return "\n".join(lines) + "\n"
 
 
-def study_note(name: str, counts: dict, excluded: dict, fingerprint: str) -> str:
-    yes, no = counts.get("YES", 0), counts.get("NO", 0)
-    share = yes / (yes + no) if yes + no else math.nan
+def study_note(name: str, data: dict) -> str:
+    """The study's data note, from search.study.data_record.data_summary."""
+    yes, no, excluded = data["yes"], data["no"], data["excluded"]
+    share = yes / (yes + no) if yes + no else float("nan")
     lines = [f"## Study {name}: data", "",
              f"- images: {yes + no} (YES {yes}, NO {no}; YES share {share:.1%})",
-             f"- validation images: {counts.get('valid', 0)}",
-             f"- split fingerprint: `{fingerprint}`"]
+             f"- validation images: {data['valid']}",
+             f"- split fingerprint: `{data['fingerprint'] or '?'}`"]
     if excluded:
         lines += ["", "| excluded because | rows |", "|---|---|"]
         lines += [f"| {reason} | {n} |" for reason, n in excluded.items()]
@@ -181,12 +169,8 @@ def study_note(name: str, counts: dict, excluded: dict, fingerprint: str) -> str
 
 
 def save_study_note(study: optuna.Study) -> None:
-    """The data note, from what search.study.check_fingerprint recorded on the study."""
-    from optuna_dashboard import save_note
-
-    attrs = study.user_attrs
-    save_note(study, study_note(study.study_name, attrs.get("data_counts", {}), attrs.get("data_excluded", {}),
-                                attrs.get("data_fingerprint", "?")))
+    """The data note, from what search.study.data_record.check_fingerprint recorded."""
+    save_note(study, study_note(study.study_name, data_summary(study)))
 
 
 # --- the objective's hook -----------------------------------------------------------------------
@@ -213,8 +197,6 @@ class TrialArtifacts:
         self._store(trial, state, history, metrics, None, None)
 
     def _store(self, trial, state, history, metrics, probs, targets) -> None:
-        from optuna_dashboard import save_note
-
         try:
             save_note(trial, trial_note(trial.number, state, trial.params, metrics))
         except Exception as error:  # noqa: BLE001 - a note is never worth a trial
@@ -250,8 +232,6 @@ def trial_pictures(trial: optuna.trial.FrozenTrial, storage, store) -> dict[str,
 
 def make_objective_hooks(study_file, study: optuna.Study) -> list:
     """The artifact hooks for a study's objective; writes the study's data note once."""
-    from optuna_dashboard import get_note
-
     if not get_note(study).strip():
         save_study_note(study)
     return [TrialArtifacts(open_artifact_store(artifact_dir(study_file)))]

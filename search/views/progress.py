@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import sys
 
+import torch
 from optuna.trial import TrialState
+from tqdm import tqdm   # not tqdm.auto: this is a terminal, never a notebook widget
 
-
-def short(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def params_text(params: dict) -> str:
-    return " ".join(f"{k}={short(v)}" for k, v in params.items())
+from search.study.open import best_or_none
+from search.views.format import describe_trial, params_text, short
 
 
 def varied_params(trial) -> dict:
@@ -44,16 +41,13 @@ class StudyProgress:
         self.params = ""
         self.best = ""     # ", best <value> (trial <n>)" once a trial has completed
         if self.bars:
-            from tqdm import tqdm   # not tqdm.auto: this is a terminal, never a notebook widget
-
-            self._tqdm = tqdm
             self.trial_bar = tqdm(total=n_trials, position=0, file=self.stream, dynamic_ncols=True,
                                   bar_format=STUDY_BAR)
 
     def write(self, line: str) -> None:
         """A line that stays above the bars (or just a line, without bars)."""
         if self.bars:
-            self._tqdm.write(line, file=self.stream)
+            tqdm.write(line, file=self.stream)
         else:
             print(line, file=self.stream, flush=True)
 
@@ -67,7 +61,7 @@ class StudyProgress:
             self.trial_bar.set_postfix_str(f"running trial {trial.number}{self.best}")
             if self.epoch_bar is not None:
                 self.epoch_bar.close()
-            self.epoch_bar = self._tqdm(total=config.epochs, desc=f"trial {trial.number}", position=1, leave=False,
+            self.epoch_bar = tqdm(total=config.epochs, desc=f"trial {trial.number}", position=1, leave=False,
                                         file=self.stream, dynamic_ncols=True, bar_format=TRIAL_BAR)
             self.epoch_bar.set_postfix_str(self.params)
         else:
@@ -98,15 +92,11 @@ class StudyProgress:
     # Optuna study callback: after each trial is stored
 
     def __call__(self, study, trial) -> None:
-        from search.study import describe_trial
-
         self.finished.append(trial.number)
         self.write(describe_trial(trial))
-        try:
-            best = study.best_trial
+        best = best_or_none(study)
+        if best is not None:
             self.best = f", best {best.value:.4f} (trial {best.number})"
-        except ValueError:   # nothing completed yet
-            pass
         if self.bars:
             self.trial_bar.set_postfix_str(self.best.lstrip(", "), refresh=False)
             self.trial_bar.update(1)
@@ -121,8 +111,6 @@ class StudyProgress:
 def hours_label(device: str) -> str:
     """GPU-hours when the trials ran on CUDA, else CPU-hours."""
     if device == "auto":
-        import torch
-
         return "GPU-hours" if torch.cuda.is_available() else "CPU-hours"
     return "GPU-hours" if device.startswith("cuda") else "CPU-hours"
 
@@ -139,10 +127,9 @@ def summary_table(study, device: str, this_run=()) -> str:
         return sum(t.duration.total_seconds() for t in ts if t.duration is not None) / 3600
 
     this_run = [t for t in trials if t.number in set(this_run)]
-    completed = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = best_or_none(study)
     rows = []
-    if completed:
-        best = min(completed, key=lambda t: t.value)
+    if best is not None:
         rows += [("best trial", str(best.number)), ("best val_loss", f"{best.value:.4f}")]
         rows += [(f"  {k}", short(v)) for k, v in best.params.items()]
         accuracy = best.user_attrs.get("val_accuracy")

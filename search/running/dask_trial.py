@@ -23,22 +23,22 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.artifacts import make_objective_hooks
-from search.oom import OutOfMemoryGuard, free_memory
-from search.pruners import make_pruner
-from search.retry import Checkpoints, checkpoint_root, frozen, original_number
-from search.run import build_objective
-from search.study import check_fingerprint, data_spec
-from search.study_file import load_study_file
+from objectives.finetune import FinetuneObjective
+from objectives.oom import OutOfMemoryGuard, free_memory
+from objectives.optuna_compat import attach, storage_of, stored_trial
+from objectives.resume import Checkpoints, original_number
+from search.running.failures import FailureGuard, TrialFailed, error_log
+from search.running.worker import checkpoint_root, train_settings
+from search.study.data_record import check_fingerprint
+from search.study.open import quiet_optuna
+from search.study.pruners import make_pruner
+from search.studyfile import StudyFile, load_study_file
+from search.views.artifacts import make_objective_hooks
 from swipr_core.data import prepare_data
 from swipr_core.errors import SwiprError
 
 STARTED_ATTR = "swipr_dask_started"   # system attr: the token of the task that started the trial
 STOP_EVENT = "swipr-stop-{run}"       # a Dask Event the driver sets on Ctrl-C
-
-# torch.jit's deprecation notice fires on importing fastai (as in search/cli.py).
-warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
-
 
 @dataclass(frozen=True)
 class DaskTask:
@@ -52,8 +52,9 @@ class DaskTask:
     device: str         # "cuda" (the worker's own GPU) or "cpu"
 
 
-class StopTrial(Exception):
-    """Raised after an epoch: the driver asked to stop, or has given up on the trial."""
+class StopTrial(KeyboardInterrupt):
+    """Raised after an epoch: the driver asked to stop, or has given up on the trial. An
+    interrupt, so the failure guard lets it through as it does Ctrl-C."""
 
     def __init__(self, abandoned: bool):
         super().__init__("given up by the driver" if abandoned else "stopped by the driver")
@@ -67,7 +68,7 @@ def _prepare(path: str):
     key = (path, Path(path).stat().st_mtime_ns if Path(path).is_file() else 0)
     if key not in _prepared:
         study_file = load_study_file(path)
-        _prepared[key] = (study_file, prepare_data(data_spec(study_file)))
+        _prepared[key] = (study_file, prepare_data(study_file.data))
     return _prepared[key]
 
 
@@ -75,63 +76,73 @@ def where_am_i(device: str) -> dict:
     """The worker, machine and GPU of a trial, as user attrs that `swipr study status` shows."""
     from distributed import get_worker
 
-    worker = get_worker()
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "0") if device == "cuda" else None
-    return {"worker": str(worker.name), "host": socket.gethostname(), "gpu": gpu}
+    return {"worker": str(get_worker().name), "host": socket.gethostname(), "gpu": gpu}
 
 
-def open_remote_study(task: DaskTask, study_file) -> optuna.Study:
+def open_remote_study(task: DaskTask, study_file: StudyFile) -> optuna.Study:
     from optuna_integration.dask import DaskStorage
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = DaskStorage(name=task.storage_name, register=False)
-    s = study_file.study
     # The driver samples; this study only hands back the params it was given.
-    return optuna.load_study(study_name=s.name, storage=storage, sampler=optuna.samplers.RandomSampler(),
-                             pruner=make_pruner(s.pruner, s.pruner_startup_trials, s.pruner_warmup_epochs))
+    return optuna.load_study(study_name=study_file.study.name, storage=storage,
+                             sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(study_file.study))
 
 
 def run_dask_trial(task: DaskTask) -> dict:
     """The task: one trial on this worker. Returns {"outcome", "reason", "worker", "host", "gpu"}."""
     where = where_am_i(task.device)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
+    study = None
     try:
         study_file, dataset = _prepare(task.study_file)
         study = open_remote_study(task, study_file)
-        state = study._storage.get_trial(task.trial_id)
+        storage = storage_of(study)
+        state = storage.get_trial(task.trial_id)
         if state.state != TrialState.RUNNING or state.system_attrs.get(STARTED_ATTR) == task.token:
             return {"outcome": "lost", **where}   # Dask re-ran the task of a lost worker
         if _stop_requested(task):
-            study._storage.set_trial_state_values(task.trial_id, TrialState.WAITING)   # untouched: back in the queue
+            storage.set_trial_state_values(task.trial_id, TrialState.WAITING)   # untouched: back in the queue
             return {"outcome": "returned", **where}
-        study._storage.set_trial_system_attr(task.trial_id, STARTED_ATTR, task.token)
         check_fingerprint(study, dataset, study_file)
-        trial = optuna.Trial(study, task.trial_id)
-        for key, value in where.items():
-            trial.set_user_attr(key, value)
-        return {**_train(task, study_file, dataset, trial), **where}
-    except SwiprError as error:
+    except SwiprError as error:   # before the trial began: it goes back to the queue untouched
+        if study is not None:
+            storage_of(study).set_trial_state_values(task.trial_id, TrialState.WAITING)
         return {"outcome": "error", "reason": str(error), **where}
+    storage.set_trial_system_attr(task.trial_id, STARTED_ATTR, task.token)
+    trial = attach(study, task.trial_id)
+    for key, value in where.items():
+        trial.set_user_attr(key, value)
+    return {**_train(task, study_file, dataset, trial), **where}
 
 
-def _train(task: DaskTask, study_file, dataset, trial: optuna.Trial) -> dict:
+def _train(task: DaskTask, study_file: StudyFile, dataset, trial: optuna.Trial) -> dict:
+    """The objective as trial_objective builds it, less ResumableObjective: here the driver's
+    stop arrives between epochs (StopCheck), and checkpoints go only once the end is recorded."""
     checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
+    settings = train_settings(study_file, task.device)
     hooks = [StopCheck(task), *make_objective_hooks(study_file, trial.study)]
-    objective = OutOfMemoryGuard(build_objective(study_file, dataset, task.device, checkpoints, hooks),
-                                 study_file.space)
-    checkpoints.note_resume(trial)
+    finetune = FinetuneObjective(
+        dataset, study_file.space, study_file.model, head_epochs=settings.head_epochs, seed=settings.seed,
+        device=settings.device, precision=settings.precision, compile=settings.compile,
+        checkpoint_dir_for=checkpoints.dir_for, seed_number_for=checkpoints.seed_number_for, hooks=hooks)
+    objective = FailureGuard(OutOfMemoryGuard(finetune, study_file.space), error_log(study_file))
     try:
+        checkpoints.note_resume(trial)
         outcome = {"outcome": "COMPLETE", "value": objective(trial)}
     except optuna.TrialPruned:
         outcome = {"outcome": "PRUNED"}
     except StopTrial as stop:
         outcome = {"outcome": "abandoned" if stop.abandoned else "stopped"}
-    except Exception as error:   # Optuna's contract: anything else fails the trial
-        outcome = {"outcome": "FAIL", "reason": (str(error).splitlines() or [type(error).__name__])[0]}
+    except (TrialFailed, SwiprError) as error:   # FailureGuard has logged it; SwiprError: bad input
+        outcome = {"outcome": "FAIL", "reason": str(error), "bad_input": isinstance(error, SwiprError)}
     finally:
         free_memory()
     _record(trial, outcome, checkpoints)
+    if outcome.get("bad_input"):
+        return {"outcome": "error", "reason": outcome["reason"]}
     return outcome
 
 
@@ -149,9 +160,10 @@ def _record(trial: optuna.Trial, outcome: dict, checkpoints: Checkpoints) -> Non
     elif kind == "PRUNED":
         study.tell(trial, state=TrialState.PRUNED)
     else:
-        trial.set_user_attr("fail_reason", outcome["reason"])
+        if "fail_reason" not in trial.user_attrs:   # the OOM guard and FailureGuard write theirs
+            trial.set_user_attr("fail_reason", outcome["reason"])
         study.tell(trial, state=TrialState.FAIL)
-    checkpoints.remove(original_number(frozen(trial)))
+    checkpoints.remove(original_number(stored_trial(trial)))
 
 
 def _stop_requested(task: DaskTask) -> bool:
@@ -167,7 +179,7 @@ class StopCheck:
         self.task = task
 
     def on_epoch(self, trial: optuna.Trial, record) -> None:
-        if trial.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+        if stored_trial(trial).state != TrialState.RUNNING:
             raise StopTrial(abandoned=True)
         if _stop_requested(self.task):
             raise StopTrial(abandoned=False)

@@ -16,6 +16,16 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import optuna.visualization as vis
+from optuna.trial import TrialState
+
+from objectives.optuna_compat import storage_of
+from search.study.data_record import data_summary
+from search.study.open import best_or_none, open_study
+from search.study.storage import redact
+from search.views.artifacts import PICTURES, artifact_dir as default_artifact_dir, open_artifact_store, trial_pictures
+from swipr_core.errors import SwiprError
+
 REPORT_FILE = "report.html"
 
 # (anchor, title, optuna.visualization function name)
@@ -42,8 +52,6 @@ table { border-collapse: collapse; } td, th { padding: 0.2em 0.8em; text-align: 
 
 
 def _plot_sections(study) -> list[str]:
-    import optuna.visualization as vis
-
     sections, plotly_included = [], False
     for anchor, title, name in PLOTS:
         body = ""
@@ -72,8 +80,6 @@ def _varied_params(study) -> list[str]:
     Optuna draws something even from one trial (an even split) or from a param held fixed;
     a made-up bar chart is worse than a sentence saying why there is none.
     """
-    from optuna.trial import TrialState
-
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(done) < 2:
         raise ValueError(f"parameter importances need 2 or more finished trials, and this study has {len(done)}")
@@ -87,8 +93,6 @@ def _varied_params(study) -> list[str]:
 
 def _mark_pruned(figure, study) -> None:
     """Pruned trials' lines dotted and named, so where the pruner cut in shows at a glance."""
-    from optuna.trial import TrialState
-
     pruned = {f"Trial{t.number}" for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))}
     for trace in figure.data:
         if trace.name in pruned:
@@ -104,41 +108,32 @@ def _table(rows) -> str:
 
 
 def _summary(study, trials) -> str:
-    from optuna.trial import TrialState
-
     states = {s.name.lower(): sum(1 for t in trials if t.state == s)
               for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
-    attrs = study.user_attrs
-    counts = attrs.get("data_counts", {})
-    yes, no = counts.get("YES", 0), counts.get("NO", 0)
+    data = data_summary(study)
+    yes, no = data["yes"], data["no"]
     rows = [("trials", f"{len(trials)} (" + ", ".join(f"{n} {s}" for s, n in states.items() if n) + ")")]
     if yes + no:
         rows.append(("data", f"{yes + no} images: YES {yes}, NO {no} (YES share {yes / (yes + no):.1%}), "
-                             f"{counts.get('valid', 0)} for validation"))
-    excluded = attrs.get("data_excluded", {})
-    if excluded:
-        rows.append(("excluded", ", ".join(f"{reason} {n}" for reason, n in excluded.items())))
-    if "data_fingerprint" in attrs:
-        rows.append(("split fingerprint", attrs["data_fingerprint"]))
+                             f"{data['valid']} for validation"))
+    if data["excluded"]:
+        rows.append(("excluded", ", ".join(f"{reason} {n}" for reason, n in data["excluded"].items())))
+    if data["fingerprint"]:
+        rows.append(("split fingerprint", data["fingerprint"]))
     return _table(rows)
 
 
 def _best_section(study, trials, store) -> str:
-    from optuna.trial import TrialState
-
-    from search.artifacts import PICTURES, trial_pictures
-
-    completed = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    if not completed:
+    best = best_or_none(study)
+    if best is None:
         return '<section id="best"><h2>Best trial</h2><p class="missing">No trial has completed yet.</p></section>'
-    best = min(completed, key=lambda t: t.value)   # the study minimises validation loss
     rows = [("trial", best.number), ("val_loss", f"{best.value:.4f}")]
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in best.params.items()]
     for key in ("val_accuracy", "val_roc_auc", "majority_accuracy", "epochs"):
         if key in best.user_attrs:
             value = best.user_attrs[key]
             rows.append((key, f"{value:.4f}" if isinstance(value, float) else value))
-    pictures = trial_pictures(best, study._storage, store) if store is not None else {}
+    pictures = trial_pictures(best, storage_of(study), store) if store is not None else {}
     if pictures:
         images = "".join(
             f'<figure><figcaption>{html.escape(CURVE_TITLES[name])}</figcaption>'
@@ -170,11 +165,6 @@ def render_report(study, store=None, storage_text: str = "") -> str:
 
 def write_report(study_file, out_dir: Path, artifact_dir: Path | None = None) -> Path:
     """Write `out_dir/report.html` (temp file, then rename); return its path."""
-    from search.artifacts import artifact_dir as default_artifact_dir, open_artifact_store
-    from search.storage import redact
-    from search.study import open_study
-    from swipr_core.errors import SwiprError
-
     study = open_study(study_file, create=False)
     directory = artifact_dir or default_artifact_dir(study_file)
     store = open_artifact_store(directory, create=False) if directory.is_dir() else None

@@ -27,13 +27,16 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from objectives.finetune import distribution
-from search.dask_trial import STARTED_ATTR, STOP_EVENT, DaskTask, run_dask_trial
-from search.pruners import make_pruner
-from search.retry import Checkpoints, checkpoint_root
-from search.samplers import make_sampler
-from search.storage import open_storage, redact
-from search.study import describe_trial
+from objectives.optuna_compat import storage_of, study_id, trial_id
+from objectives.resume import Checkpoints
+from objectives.space import distribution
+from search.running.dask_trial import STARTED_ATTR, STOP_EVENT, DaskTask, run_dask_trial
+from search.running.failures import error_log
+from search.running.worker import checkpoint_root
+from search.study.open import open_study
+from search.study.storage import open_storage, redact
+from search.studyfile import StudyFile
+from search.views.format import describe_trial
 from swipr_core.errors import SwiprError
 
 CONNECT_TIMEOUT_S = 5      # a wrong scheduler address fails this fast, in one line
@@ -136,17 +139,14 @@ def open_cluster(address: str, device: str) -> Cluster:
         raise
 
 
-def run_on_dask(cluster: Cluster, study_file, n_trials: int, timeout: float | None) -> int:
+def run_on_dask(cluster: Cluster, study_file: StudyFile, n_trials: int, timeout: float | None) -> int:
     """Run `n_trials` trials on the cluster; return the exit status (0, 1 or 2)."""
     try:
         s = study_file.study
         remote = register_storage(cluster.client, cluster.address, s.storage, s.name)
         # The driver itself asks and records straight in the storage: the scheduler's event loop,
         # which serves every worker's storage calls, carries only theirs.
-        study = optuna.load_study(study_name=s.name, storage=open_storage(s.storage, create=False),
-                                  sampler=make_sampler(s.sampler, s.seed),
-                                  pruner=make_pruner(s.pruner, s.pruner_startup_trials, s.pruner_warmup_epochs))
-        driver = Driver(cluster.client, study, study_file, remote.name, cluster.device)
+        driver = Driver(cluster.client, open_study(study_file, create=False), study_file, remote.name, cluster.device)
         driver.fail_orphans()
         kind = "GPU" if cluster.device == "cuda" else "CPU"
         print(f"dask: {slots(cluster.client, kind)} {'GPU slots' if kind == 'GPU' else 'worker threads'} now",
@@ -170,16 +170,16 @@ class Driver:
 
     task_function = staticmethod(run_dask_trial)   # bench/dask_throughput.py swaps in a trivial one
 
-    def __init__(self, client, study: optuna.Study, study_file, storage_name: str, device: str):
-        self.client, self.study, self.study_file = client, study, study_file
-        self.storage_name, self.device = storage_name, device
+    def __init__(self, client, study: optuna.Study, study_file: StudyFile, storage_name: str, device: str):
+        self.client, self.study, self.storage = client, study, storage_of(study)
+        self.study_file, self.storage_name, self.device = study_file, storage_name, device
         self.kind = "GPU" if device == "cuda" else "CPU"
         self.run_id = uuid.uuid4().hex
         self.checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
         self.distributions = {name: distribution(spec) for name, spec in study_file.space.items()}
         self.running: dict = {}   # future -> trial id
         self.status = 0
-        self.lost_in_a_row = 0
+        self.lost_in_a_row = self.failed_in_a_row = 0
         self._slots, self._slots_at = 0, -1.0
 
     def free_slots(self) -> int:
@@ -189,18 +189,20 @@ class Driver:
         return self._slots - len(self.running)
 
     def run(self, n_trials: int, deadline: float | None) -> int:
+        """Until `n_trials` trials have ended (lost ones don't count) or the deadline; Ctrl-C
+        or SIGTERM stops the trials first."""
         from distributed import wait
 
         budget, idle_since = n_trials, None
         previous = signal.signal(signal.SIGTERM, _on_term)
         try:
             while True:
-                while (budget > 0 and self.status == 0 and not (deadline and time.monotonic() >= deadline)
-                       and self.free_slots() > 0):
+                open_to_new = self.status == 0 and not (deadline and time.monotonic() >= deadline)
+                while budget > 0 and open_to_new and self.free_slots() > 0:
                     self.submit()
                     budget -= 1
                 if not self.running:
-                    if budget == 0 or self.status or (deadline and time.monotonic() >= deadline):
+                    if budget == 0 or not open_to_new:
                         return self.status
                     idle_since = idle_since or time.monotonic()   # every worker has gone: wait a while
                     if time.monotonic() - idle_since > WAIT_FOR_WORKERS_S:
@@ -225,24 +227,24 @@ class Driver:
 
     def submit(self) -> None:
         trial = self.study.ask(self.distributions)   # the sampler sees every running trial: constant liar
-        self.study._storage.set_trial_system_attr(trial._trial_id, TOKEN_ATTR, self.run_id)
+        self.storage.set_trial_system_attr(trial_id(trial), TOKEN_ATTR, self.run_id)
         token = uuid.uuid4().hex
-        task = DaskTask(str(self.study_file.path), self.storage_name, trial._trial_id, token, self.run_id,
+        task = DaskTask(str(self.study_file.path), self.storage_name, trial_id(trial), token, self.run_id,
                         self.device)
         future = self.client.submit(self.task_function, task, key=f"swipr-trial-{trial.number}-{token[:8]}",
                                     resources={"GPU": 1} if self.kind == "GPU" else None, pure=False)
-        self.running[future] = trial._trial_id
+        self.running[future] = trial_id(trial)
 
     def collect(self, future) -> int:
         """Report a finished task; return how many trials go back to the budget (lost ones)."""
-        trial_id = self.running.pop(future)
+        stored = self.running.pop(future)
         try:
             result = future.result()
         except Exception as error:   # KilledWorker: its worker died; anything else: the task broke
-            return self.lost(trial_id, f"its task ended with {_reason(error)}")
+            return self.lost(stored, f"its task ended with {_reason(error)}")
         outcome = result["outcome"]
         if outcome == "lost":
-            return self.lost(trial_id, "its worker was lost (Dask re-ran the task)")
+            return self.lost(stored, "its worker was lost (Dask re-ran the task)")
         if outcome == "error":
             print(f"swipr: error: {result['worker']}: {result['reason']}", file=sys.stderr, flush=True)
             self.status = 2
@@ -250,37 +252,48 @@ class Driver:
         self.lost_in_a_row = 0
         if outcome != "returned":
             where = f"{result['worker']} on {result['host']}" + (f" (GPU {result['gpu']})" if result["gpu"] else "")
-            print(f"{where}: {describe_trial(self.study._storage.get_trial(trial_id))}", flush=True)
+            print(f"{where}: {describe_trial(self.storage.get_trial(stored))}", flush=True)
+        self.count_failures(outcome, result.get("reason", ""))
         return 0
 
-    def lost(self, trial_id: int, why: str) -> int:
+    def count_failures(self, outcome: str, reason: str) -> None:
+        """[study] max_failures_in_a_row ordinary failures stop the run, as they do local workers."""
+        self.failed_in_a_row = self.failed_in_a_row + 1 if outcome == "FAIL" else 0
+        if self.failed_in_a_row >= self.study_file.study.max_failures_in_a_row and self.status == 0:
+            print(f"swipr: {self.failed_in_a_row} trials in a row failed (the last: {reason}); stopping the run. "
+                  f"Their errors are in {error_log(self.study_file)} on the workers", file=sys.stderr, flush=True)
+            self.status = 1
+
+    def lost(self, stored: int, why: str) -> int:
         self.lost_in_a_row += 1
-        if self.lost_in_a_row >= MAX_LOST_IN_A_ROW:
+        if self.lost_in_a_row >= MAX_LOST_IN_A_ROW and self.status == 0:
             print(f"swipr: {self.lost_in_a_row} trials in a row lost their worker; stopping", file=sys.stderr,
                   flush=True)
             self.status = 1
-        trial = self.study._storage.get_trial(trial_id)
+        trial = self.storage.get_trial(stored)
         if trial.state != TrialState.RUNNING:
             return 0   # it recorded its end before the worker went
         print(f"trial {trial.number}: {why}", file=sys.stderr, flush=True)
-        return self.give_up(trial, why)
+        return self.give_up(stored, why)
 
-    def give_up(self, trial, why: str) -> int:
+    def give_up(self, stored: int, why: str) -> int:
         """A RUNNING trial no task will finish: FAIL once with one retry queued (if any are left),
         or back to the queue untouched if it never began. Returns 1 if the budget gets it back."""
+        trial = self.storage.get_trial(stored)
         if STARTED_ATTR not in trial.system_attrs:
-            self.study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+            self.storage.set_trial_state_values(stored, TrialState.WAITING)
             return 1
-        self.study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", why)
+        self.storage.set_trial_user_attr(stored, "fail_reason", why)
         self.study.tell(trial.number, state=TrialState.FAIL)   # first: a crash here loses a retry, never doubles one
-        return int(self.checkpoints.on_stale(self.study, self.study._storage.get_trial(trial._trial_id)))
+        return int(self.checkpoints.on_stale(self.study, self.storage.get_trial(stored)))
 
     def fail_orphans(self) -> None:
         """RUNNING trials of a Dask driver that died: failed and retried, as a lost worker's are."""
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if TOKEN_ATTR in trial.system_attrs:
                 print(f"trial {trial.number}: left running by a driver that stopped", flush=True)
-                self.give_up(trial, "its driver stopped")
+                stored = self.storage.get_trial_id_from_study_id_trial_number(study_id(self.study), trial.number)
+                self.give_up(stored, "its driver stopped")
 
     def stop(self) -> None:
         """Ctrl-C: each trial stops after its next epoch, FAIL with a resumable retry queued."""
@@ -299,9 +312,8 @@ class Driver:
                 break
             for future in done:
                 self.collect(future)
-        for future, trial_id in list(self.running.items()):
-            trial = self.study._storage.get_trial(trial_id)
-            if trial.state == TrialState.RUNNING:
-                self.give_up(trial, "stopped (Ctrl-C) before its next epoch")
+        for future, stored in list(self.running.items()):
+            if self.storage.get_trial(stored).state == TrialState.RUNNING:
+                self.give_up(stored, "stopped (Ctrl-C) before its next epoch")
             future.cancel()
         self.running.clear()

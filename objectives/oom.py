@@ -11,6 +11,9 @@ from __future__ import annotations
 import gc
 
 import optuna
+import torch
+
+from objectives.space import suggest
 
 ATTR_PREFIX = "oom:"
 # Peak memory by freeze strategy: frozen_then_unfrozen peaks in its unfrozen phase.
@@ -47,8 +50,6 @@ def too_big(shape: tuple[str, int, int], failed: list[tuple[str, int, int]]) -> 
 def free_memory() -> None:
     """Drop what a finished run left behind and give cached GPU blocks back."""
     gc.collect()
-    import torch
-
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
@@ -61,10 +62,6 @@ class OutOfMemoryGuard:
         self.space = space
 
     def __call__(self, trial: optuna.Trial):
-        import torch
-
-        from objectives.finetune import suggest
-
         # Asked here first; the objective's own suggest calls get the same values back.
         shape = tuple(suggest(trial, name, self.space[name]) for name in ("freeze", "batch_size", "image_size"))
         known = too_big(shape, known_shapes(trial.study))

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import hashlib
 
+import optuna
 
-def make_sampler(name: str, seed: int):
-    import optuna
 
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         # constant_liar: parallel workers see running trials as bad, so they don't all
         # propose the same configuration.

@@ -1,0 +1,77 @@
+"""Every use of Optuna's private API, in one place.
+
+Optuna has no public call for these; each is one line over an underscore attribute or over
+how `Study.optimize` asks for trials. tests/test_optuna_compat.py runs every function here
+against the installed Optuna, so an upgrade that changes them fails that test, not a study.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage object a study was opened on (optuna-dashboard and reports read it)."""
+    return study._storage
+
+
+def study_id(study: optuna.Study) -> int:
+    """The study's id in its storage (the dashboard's URLs use it)."""
+    return study._study_id
+
+
+def stored_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """A running trial's record as stored: its system attrs say whether it retries another."""
+    return trial.study._storage.get_trial(trial._trial_id)
+
+
+def trial_id(trial: optuna.Trial) -> int:
+    """A trial's id in its storage: what a Dask task needs to pick the trial up elsewhere."""
+    return trial._trial_id
+
+
+def attach(study: optuna.Study, trial_id: int) -> optuna.Trial:
+    """A live Trial for the stored RUNNING trial `trial_id`, as `ask` builds it, in another process."""
+    return optuna.Trial(study, trial_id)
+
+
+def put_back(trial: optuna.Trial) -> None:
+    """Return a trial just handed out by `ask` to the queue, untouched (WAITING)."""
+    trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+
+
+def guard_ask(study: optuna.Study, before: Callable[[], None], after: Callable[[optuna.Trial], None]) -> None:
+    """Run `before()` ahead of every trial `study.optimize` asks for, and `after(trial)` once
+    it has one. Optuna's optimize loop calls `study.ask()` itself, so the instance's ask is
+    wrapped; `before`/`after` may raise to stop the loop."""
+    ask = study.ask
+
+    def guarded_ask(*args, **kwargs) -> optuna.Trial:
+        before()
+        trial = ask(*args, **kwargs)
+        after(trial)
+        return trial
+
+    study.ask = guarded_ask
+
+
+def take_queued_first(study: optuna.Study, first: Callable[[optuna.trial.FrozenTrial], bool]) -> None:
+    """Make `study.ask` take the WAITING trials for which `first(trial)` holds before the rest
+    (Optuna takes them in the order they were queued). Taking one stays atomic: a trial goes to
+    the worker whose WAITING -> RUNNING update succeeds, exactly as in Optuna's own queue."""
+    storage, study_id = study._storage, study._study_id
+
+    def pop_waiting_trial_id() -> int | None:
+        waiting = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))
+        for trial in sorted(waiting, key=lambda t: not first(t)):   # stable: queue order within each
+            try:
+                if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                    return trial._trial_id
+            except UpdateFinishedTrialError:
+                continue
+        return None
+
+    study._pop_waiting_trial_id = pop_waiting_trial_id

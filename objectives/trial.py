@@ -1,0 +1,39 @@
+"""What one trial does, read top to bottom.
+
+1. Resume (objectives.resume): a retry notes what it retries and re-reports its saved epochs;
+   a stop request interrupts the run and queues one retry that resumes from the checkpoint.
+2. Out of GPU memory (objectives.oom): a shape known to run out is refused before it
+   allocates; a CUDA OOM fails only this trial and is recorded for the ones after it.
+3. Fine-tune (objectives.finetune): the trial's params from the space, one training run,
+   validation loss reported every epoch, pruned when the pruner says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from objectives.finetune import FinetuneObjective
+from objectives.oom import OutOfMemoryGuard
+from objectives.resume import Checkpoints, ResumableObjective
+from swipr_core.data import Dataset
+from swipr_core.model import ModelSpec
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How every trial of a study trains, beside the params its trial draws."""
+
+    head_epochs: int = 1
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    compile: str = "auto"
+
+
+def trial_objective(dataset: Dataset, space: dict, model: ModelSpec, settings: TrainSettings,
+                    checkpoints: Checkpoints, stop, hooks=()) -> ResumableObjective:
+    """The objective a worker hands to `study.optimize`; `stop` is its StopFlag."""
+    finetune = FinetuneObjective(
+        dataset, space, model, head_epochs=settings.head_epochs, seed=settings.seed, device=settings.device,
+        precision=settings.precision, compile=settings.compile, checkpoint_dir_for=checkpoints.dir_for,
+        seed_number_for=checkpoints.seed_number_for, hooks=hooks)
+    return ResumableObjective(OutOfMemoryGuard(finetune, space), checkpoints, stop)

@@ -1,0 +1,191 @@
+"""`swipr fit`: replay a finished trial exactly, check it, and write its model bundle.
+
+The replay is the trial's own run again — its params, its seed (user attr `seed`), the same
+split (checked by data fingerprint) and the same epochs — so the final model is the model
+the search measured, not a look-alike. Its final validation loss is compared with the
+trial's value; the tolerance was measured (see REPLAY_RTOL). The decision threshold is
+then picked on the validation split, the bundle is written, the ONNX export is checked
+against PyTorch on the validation images, and the trial is linked to the bundle.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import torch
+
+from objectives.space import SPACE_KEYS
+from search.fit.link import link_trial
+from search.study.data_record import FINGERPRINT_ATTR, refuse_other_data
+from search.study.open import best_trial, open_study, quiet_optuna
+from search.study.storage import redact
+from search.studyfile import load_study_file
+from swipr_core import bundle
+from swipr_core.data import prepare_data
+from swipr_core.bundle_writer import library_versions, model_manifest, write_bundle
+from swipr_core.errors import SwiprError
+from swipr_core.metrics import check_target_precision, choose_threshold, classification_report
+from swipr_core.training import TrainConfig, resolve_device, sgdr_epochs, train
+
+# Replay tolerance on the final validation loss: |replay - trial| <= ATOL + RTOL * |trial|.
+# Measured with bench/replay_drift.py on the demo study (CPU, fp32, 2 cores): with the trial's
+# torch thread count every replay was bit-identical (difference 0.0); with another thread
+# count reductions are summed in another order and the loss moved by up to 1.3%. Another
+# seed moved it by 1.2% to 156% (median ~11%). No tolerance separates the two completely;
+# 2% covers float noise and still flags most other runs, and the manifest keeps the exact
+# difference. The fit uses the trial's thread count where the trial recorded it.
+REPLAY_ATOL = 1e-4
+REPLAY_RTOL = 2e-2
+THREADS_ATTR = "cpu_threads"   # a trial's torch thread count, where the objective records it
+
+
+@dataclass
+class FitOutcome:
+    trial_number: int
+    trial_value: float
+    replay_value: float
+    matched: bool
+    bundle: Path
+    manifest_sha256: str
+    manifest: dict
+
+
+def replay_tolerance(trial_value: float) -> float:
+    return REPLAY_ATOL + REPLAY_RTOL * abs(trial_value)
+
+
+def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
+    if number is None:
+        return best_trial(study)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise SwiprError(f"--trial {number}: study '{study.study_name}' has no such trial "
+                         f"(trials 0 to {max(trials)})" if trials else f"study '{study.study_name}' has no trials")
+    trial = trials[number]
+    if trial.state != optuna.trial.TrialState.COMPLETE:
+        raise SwiprError(f"--trial {number}: trial is {trial.state.name}, not COMPLETE; only a finished run has "
+                         f"a final validation loss to reproduce (a pruned trial's value is an intermediate one)")
+    return trial
+
+
+def train_config(trial: optuna.trial.FrozenTrial, space_keys, study_file):
+    """The trial's TrainConfig: params as they were, its seed, and the head epochs it ran with."""
+    missing = [key for key in space_keys if key not in trial.params]
+    if missing or "seed" not in trial.user_attrs:
+        what = f"params {', '.join(missing)}" if missing else "user attr 'seed'"
+        raise SwiprError(f"trial {trial.number}: has no {what}; it wasn't run by `swipr study run`, can't replay it")
+    params = {key: trial.params[key] for key in space_keys}
+    head_epochs = study_file.train.head_epochs
+    planned = trial.user_attrs.get("planned_epochs")
+    if params["freeze"] == "frozen_then_unfrozen" and isinstance(planned, int):
+        # The study file's head_epochs may have changed since; the trial's plan says what it ran.
+        head_epochs = planned - sgdr_epochs(params["n_cycles"], params["cycle_len"], params["cycle_mult"])
+    config = TrainConfig(**params, head_epochs=head_epochs, seed=int(trial.user_attrs["seed"]))
+    ran = trial.user_attrs.get("epochs", planned)
+    if ran is not None and ran != config.epochs:
+        raise SwiprError(f"trial {trial.number}: ran {ran} epochs but its params plan {config.epochs}; can't replay it")
+    return config
+
+
+def fit(study_path: Path, out: Path, trial_number: int | None = None, target_precision: float | None = None,
+        device: str | None = None, strict: bool = False, threads: int | None = None,
+        echo: Callable[[str], None] = print) -> FitOutcome:
+    """Replay the trial (the best one unless `trial_number`), write its bundle to `out`, link it."""
+    out = out.resolve()
+    check_target_precision(target_precision)   # before an hour of training, not after
+    bundle.check_target(out)
+    study_file = load_study_file(study_path)
+    quiet_optuna()
+    study = open_study(study_file, create=False)
+    trial = pick_trial(study, trial_number)
+    config = train_config(trial, SPACE_KEYS, study_file)
+    echo(f"trial {trial.number}{' (best)' if trial_number is None else ''} of study '{study.study_name}': "
+         f"val_loss {trial.value:.6g}, seed {config.seed}, {config.epochs} epochs, params {json.dumps(trial.params)}")
+    dataset = prepare_data(study_file.data)
+    recorded = trial.user_attrs.get(FINGERPRINT_ATTR, study.user_attrs.get(FINGERPRINT_ATTR))
+    refuse_other_data(recorded, dataset, study_file, f"the one trial {trial.number} was trained on; the replay "
+                      f"would not be that trial. Restore the labels file the study used")
+    echo(f"data: fingerprint {dataset.fingerprint} matches the trial's")
+    result, replay = replay_trial(study_file, trial, config, dataset, device, threads, echo)
+    if strict and not replay["matched"]:
+        raise SwiprError(f"trial {trial.number}: replay is outside the tolerance and --strict is set; "
+                         f"no bundle written")
+    threshold, scores = judge(result, target_precision, echo)
+    manifest = {
+        **model_manifest(study_file.model.arch, study_file.data.cache_px, config.image_size, result.mean, result.std,
+                         threshold),
+        "study": study.study_name, "storage": redact(study_file.study.storage), "trial": trial.number,
+        "params": trial.params, "seed": config.seed, "epochs": config.epochs, "head_epochs": config.head_epochs,
+        "data_fingerprint": dataset.fingerprint, "replay": replay,
+        # NaN (a validation split with one class has no AUC) is not JSON: null instead.
+        "metrics": {key: None if isinstance(value, float) and value != value else value for key, value in scores.items()},
+        "libraries": library_versions(),
+    }
+    manifest_sha256 = write_bundle(out, result, dataset, manifest, checked_vs_training=replay["device"] == "cpu",
+                                   echo=echo)
+    linked = link_trial(study, study_file, trial, out, manifest_sha256)
+    echo(f"wrote bundle {out} (manifest sha256 {manifest_sha256}); linked to trial {trial.number} by {linked}")
+    written = json.loads((out / bundle.MANIFEST).read_text())
+    return FitOutcome(trial.number, trial.value, replay["val_loss"], replay["matched"], out, manifest_sha256,
+                      written)
+
+
+def replay_trial(study_file, trial, config: TrainConfig, dataset, device: str | None, threads: int | None,
+                 echo) -> tuple:
+    """(TrainResult, replay record) of the trial's run again, with its CPU thread count."""
+    device = resolve_device(device or study_file.train.device)
+    precision = study_file.train.precision
+    # CPU reductions are summed per thread: the trial's thread count gives its exact numbers.
+    threads = threads or trial.user_attrs.get(THREADS_ATTR) or torch.get_num_threads()
+    if not isinstance(threads, int) or threads < 1:
+        raise SwiprError(f"--threads must be 1 or more, got {threads}")
+    echo(f"replaying on {device} ({precision} precision, {threads} CPU threads)...")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = train(dataset, config, study_file.model, device=str(device), precision=precision,
+                       compile=study_file.train.compile,
+                       on_epoch=lambda r: echo(f"  epoch {r.epoch} {r.phase}: train_loss {r.train_loss:.4f} "
+                                               f"valid_loss {r.valid_loss:.4f}"))
+    finally:
+        torch.set_num_threads(previous_threads)
+    replay = compare_replay(trial, float(result.metrics["val_loss"]), echo)
+    replay.update(device=str(device), precision=precision, cpu_threads=threads)
+    return result, replay
+
+
+def judge(result, target_precision: float | None, echo) -> tuple:
+    """(threshold, scores) on the validation split, said in two lines."""
+    threshold = choose_threshold(result.valid_probs, result.valid_targets, target_precision)
+    scores = classification_report(result.valid_probs, result.valid_targets, threshold.value)
+    echo(f"validation ({scores['n_valid']} images, {scores['valid_yes_fraction']:.0%} YES): "
+         f"ROC AUC {scores['roc_auc']:.4f}, PR AUC {scores['pr_auc']:.4f}, "
+         f"balanced accuracy {scores['balanced_accuracy']:.4f}, accuracy {scores['accuracy']:.4f} "
+         f"(majority baseline {scores['majority_accuracy']:.4f}, always {scores['majority_class']})")
+    echo(f"threshold {threshold.value:.4f} ({threshold.rule}): precision {scores['precision']:.4f}, "
+         f"recall {scores['recall']:.4f}, F1 {scores['f1']:.4f}")
+    return threshold, scores
+
+
+def compare_replay(trial: optuna.trial.FrozenTrial, replay_value: float, echo) -> dict:
+    """The replay's final loss against the trial's, said in words; the record for the manifest."""
+    diff = abs(replay_value - trial.value)
+    tolerance = replay_tolerance(trial.value)
+    matched = diff <= tolerance
+    rule = f"{REPLAY_ATOL:g} + {REPLAY_RTOL:g} x |trial's|"
+    if diff == 0:
+        echo(f"replay: val_loss {replay_value:.6g} equals the trial's exactly (tolerance {tolerance:.2g} = {rule})")
+    elif matched:
+        echo(f"replay: val_loss {replay_value:.6g} vs the trial's {trial.value:.6g}: off by {diff:.2g}, "
+             f"within tolerance {tolerance:.2g} = {rule}")
+    else:
+        echo(f"replay: val_loss {replay_value:.6g} vs the trial's {trial.value:.6g}: off by {diff:.3g} "
+             f"({diff / max(abs(trial.value), 1e-12):.1%}), OUTSIDE tolerance {tolerance:.2g} = {rule}. Same params, "
+             f"seed and data can still differ: GPU kernels (cuDNN convolutions, atomics) are not deterministic, "
+             f"bf16/fp16 rounds differently, another CPU thread count or library version sums in another order, "
+             f"and a change to the training code since the trial (augmentation, schedule) makes it another run")
+    return {"trial_val_loss": trial.value, "val_loss": replay_value, "difference": diff, "tolerance": tolerance,
+            "tolerance_rule": rule, "matched": matched}

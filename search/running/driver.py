@@ -1,0 +1,117 @@
+"""`swipr study run`: prepare the data once, then run trials against the study's storage.
+
+Without --workers/--gpus the trials run here, one after another (search.running.worker).
+With them, the supervisor (search.running.supervisor) runs each trial in a fresh process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import optuna
+import torch
+
+from search.running.dask_engine import open_cluster, run_on_dask
+from search.running.supervisor import Slot, make_slots, supervise
+from search.running.worker import run_worker
+from search.study.data_record import check_fingerprint
+from search.study.open import best_or_none, open_study, quiet_optuna
+from search.study.space_record import check_space
+from search.study.storage import NO_HEARTBEAT_NOTE, redact, redact_output, supports_heartbeat
+from search.study.warm_start import enqueue_warm_start
+from search.studyfile import StudyFile, load_study_file
+from search.views.artifacts import make_objective_hooks
+from search.views.progress import StudyProgress, summary_table
+from swipr_core.data import Dataset, prepare_data
+from swipr_core.errors import SwiprError
+from swipr_core.model import check_model
+
+
+def run_study(args: argparse.Namespace) -> int:
+    study_file = load_study_file(args.study_file)
+    redact_output(study_file.study.storage)
+    n_trials, timeout = _budget(args, study_file)
+    slots = make_slots(args.workers, args.gpus, args.trials_per_gpu)
+    parallel = args.workers is not None or args.gpus is not None
+    address = args.dask or study_file.cluster.dask
+    if address and parallel:
+        raise SwiprError("give --dask (or [cluster] dask, $SWIPR_DASK) or --workers/--gpus, not both")
+    # On Dask the workers' GPUs count, not this machine's; a wrong address fails here, in seconds.
+    cluster = open_cluster(address, args.device or study_file.train.device) if address else None
+    device = cluster.device if cluster else _device(args.device or study_file.train.device, slots)
+    quiet_optuna()
+    # A typo in the arch or an offline hub should fail now, not after the image cache is built.
+    check_model(study_file.model)
+    dataset = prepare_data(study_file.data)
+    counts = dataset.split.counts()
+    print(f"data: {len(dataset.split)} images, YES {counts['YES']}, NO {counts['NO']}, "
+          f"valid {counts['valid']}, fingerprint {dataset.fingerprint}")
+    study = open_study(study_file, create=True)
+    check_fingerprint(study, dataset, study_file)
+    for note in check_space(study, study_file):
+        print(note)
+    done_before = len(study.trials)   # before the warm start's enqueued trials, which this run runs
+    if enqueue_warm_start(study, study_file):
+        print("warm start: the notebook's configurations go first")
+    where = f" on {len(slots)} worker{'s' if len(slots) != 1 else ''}" if parallel else ""
+    where = f" on the Dask cluster at {address}" if cluster else where
+    print(f"study '{study.study_name}' in {redact(study_file.study.storage)}: "
+          f"{done_before} trials so far, running {n_trials} more{where}", flush=True)
+    if not supports_heartbeat(study_file.study.storage):
+        print(NO_HEARTBEAT_NOTE, flush=True)
+    try:
+        if cluster:
+            return run_on_dask(cluster, study_file, n_trials, timeout)
+        if parallel:
+            return supervise(study_file.path, study_file.study.storage, slots, n_trials, timeout, device,
+                             study_file.study.max_failures_in_a_row)
+        return _run_here(study_file, study, dataset, n_trials, timeout, device)
+    finally:   # also when the run stops early: what it did is worth a look
+        this_run = [t.number for t in study.get_trials(deepcopy=False) if t.number >= done_before]
+        print(summary_table(study, device, this_run=this_run))
+        _print_best(study)
+
+
+def _budget(args: argparse.Namespace, study_file: StudyFile) -> tuple[int, float | None]:
+    """(trials to run, timeout in seconds or None) from the command line and the study file."""
+    n_trials = study_file.study.n_trials if args.n_trials is None else args.n_trials
+    if n_trials < 1:
+        raise SwiprError(f"--n-trials must be 1 or more, got {n_trials}")
+    timeout = args.timeout if args.timeout is not None else (study_file.study.timeout or None)
+    if timeout is not None and (timeout <= 0 or not math.isfinite(timeout)):
+        raise SwiprError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    return n_trials, timeout
+
+
+def _run_here(study_file: StudyFile, study: optuna.Study, dataset: Dataset, n_trials: int,
+              timeout: float | None, device: str) -> int:
+    progress = StudyProgress(n_trials)
+    try:
+        run_worker(study_file, dataset, n_trials=n_trials, timeout=timeout, device=device,
+                   hooks=[progress, *make_objective_hooks(study_file, study)], callbacks=[progress])
+    finally:
+        progress.close()
+    return 0
+
+
+def _device(device: str, slots: list[Slot]) -> str:
+    """With --gpus each process sees only its GPU, which is cuda (cuda:0) to it."""
+    if slots[0].gpu is None:
+        return device
+    if device == "cpu":
+        raise SwiprError("--gpus runs trials on GPUs, but the device is cpu ([train] device or --device)")
+    visible = torch.cuda.device_count()   # counts without initialising CUDA in this process
+    missing = sorted({slot.gpu for slot in slots if slot.gpu >= visible})
+    if missing:
+        raise SwiprError(f"--gpus names GPU {', '.join(map(str, missing))}, but this machine has {visible} "
+                         f"CUDA GPU{'s' if visible != 1 else ''} visible")
+    return "cuda"
+
+
+def _print_best(study: optuna.Study) -> None:
+    trial = best_or_none(study)
+    if trial is None:
+        print("no trial completed yet")
+        return
+    print(f"best: trial {trial.number} val_loss {trial.value:.4f} params {json.dumps(trial.params)}")

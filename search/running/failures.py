@@ -1,0 +1,102 @@
+"""A trial that fails with an ordinary error fails alone: one line on the terminal, the
+traceback in the study's error log, and the run goes on. Several failures in a row stop the
+run with one line saying why: the same error would most likely fail every trial after them.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+import traceback
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from search.studyfile import StudyFile
+from swipr_core.errors import SwiprError
+
+
+_VALUE_NONE = re.compile(r"Trial \d+ failed with value None\.")
+
+
+class TrialFailed(Exception):
+    """The one exception type `study.optimize` catches: a trial's error, already reported."""
+
+
+def error_log(study_file: StudyFile) -> Path:
+    return study_file.path.parent / f"{study_file.path.stem}.errors.log"
+
+
+def _append(log: Path, heading: str, text: str) -> None:
+    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    with open(log, "a", encoding="utf-8") as file:
+        file.write(f"--- {stamp} {heading}\n{text.rstrip()}\n")
+
+
+class TracebacksToLog(logging.Filter):
+    """On Optuna's optimize logger: a failed trial's traceback goes to the log, not the terminal
+    (the worker has printed its one line already)."""
+
+    def __init__(self, log: Path):
+        super().__init__()
+        self.log = log
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            _append(self.log, record.getMessage(), "".join(traceback.format_exception(*record.exc_info)))
+            return False
+        # Optuna follows each error with "Trial N failed with value None.": the same news again.
+        return not _VALUE_NONE.fullmatch(record.getMessage())
+
+
+def route_tracebacks(log: Path) -> None:
+    """From here on, Optuna's failed-trial tracebacks in this process go to `log`."""
+    logger = logging.getLogger("optuna.study._optimize")
+    for old in [f for f in logger.filters if isinstance(f, TracebacksToLog)]:
+        logger.removeFilter(old)
+    logger.addFilter(TracebacksToLog(log))
+
+
+class FailureGuard:
+    """Wraps a trial objective: an ordinary error becomes FAIL with its reason, said once."""
+
+    def __init__(self, objective, log: Path):
+        self.objective, self.log = objective, log
+
+    def __call__(self, trial: optuna.Trial):
+        try:
+            return self.objective(trial)
+        except (optuna.TrialPruned, SwiprError, KeyboardInterrupt):
+            raise
+        except Exception as error:  # noqa: BLE001 - any bug in a trial fails that trial only
+            reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+            if "fail_reason" not in trial.user_attrs:   # the OOM guard has written a better one
+                trial.set_user_attr("fail_reason", reason)
+            _append(self.log, f"trial {trial.number} failed", traceback.format_exc())
+            print(f"trial {trial.number}: failed: {reason} (the full error is in {self.log})", flush=True)
+            raise TrialFailed(reason) from None
+
+
+class FailureStreak:
+    """A study callback that stops the run after `limit` failed trials in a row."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row, self.last = limit, 0, ""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.last = trial.user_attrs.get("fail_reason", "")
+        if self.in_a_row >= self.limit:
+            study.stop()
+
+    @property
+    def tripped(self) -> bool:
+        return self.in_a_row >= self.limit
+
+    def message(self, log: Path) -> str:
+        return (f"{self.in_a_row} trials in a row failed (the last: {self.last}); stopping the run. "
+                f"Their errors are in {log}; [study] max_failures_in_a_row sets how many are tolerated")

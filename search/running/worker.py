@@ -1,0 +1,99 @@
+"""One worker: trials one after another on the study, here or in a trial process.
+
+Heartbeats, the data fingerprint check and the trial objective (objectives.trial), then
+Optuna's optimize loop. A trial process (`--workers`/`--gpus`) runs one trial and exits.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import optuna
+
+from objectives.oom import free_memory
+from objectives.resume import Checkpoints, retries_first, take_no_trial_when_stopping
+from objectives.trial import TrainSettings, trial_objective
+from search.running.failures import FailureGuard, FailureStreak, TrialFailed, error_log, route_tracebacks
+from search.running.stop import StopFlag
+from search.study.data_record import check_fingerprint
+from search.study.open import open_study, open_worker_study, quiet_optuna
+from search.study.storage import redact, redact_output
+from search.studyfile import StudyFile, load_study_file
+from search.views.artifacts import make_objective_hooks
+from search.views.format import describe_trial
+from swipr_core.data import Dataset, prepare_data
+from swipr_core.errors import RunStopped, SwiprError
+
+# run_trial_process's exit statuses, read by search.running.supervisor
+DONE, FAILED, BAD_INPUT, STOPPED = 0, 3, 2, 130
+
+
+def checkpoint_root(study_file: StudyFile) -> Path:
+    """Per-trial checkpoints live in the machine's cache folder, one folder per study, keyed by
+    the storage and the exact study name: `exp 1` and `exp:1`, or two databases' `demo`, never
+    share one. The readable part of the name is only for people. [cluster] checkpoint_dir puts
+    them on a folder every worker reads, so a retry resumes on any machine."""
+    study = study_file.study
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study.name)[:60]
+    key = hashlib.sha256(f"{redact(study.storage)}\0{study.name}".encode()).hexdigest()[:12]
+    return (study_file.cluster.checkpoint_dir or study_file.data.cache_dir / "checkpoints") / f"{safe}-{key}"
+
+
+def train_settings(study_file: StudyFile, device: str | None) -> TrainSettings:
+    train = study_file.train
+    return TrainSettings(head_epochs=train.head_epochs, seed=study_file.study.seed, device=device or train.device,
+                         precision=train.precision, compile=train.compile)
+
+
+def run_worker(study_file: StudyFile, dataset: Dataset, *, n_trials: int, timeout: float | None = None,
+               device: str | None = None, slot: str = "0", hooks=(), callbacks=(),
+               stop: StopFlag | None = None, streak: FailureStreak | None = None) -> optuna.Study:
+    """`n_trials` trials on the study, with heartbeats, resumable retries and OOM handling;
+    the data fingerprint is checked before anything trains. A trial's ordinary error fails that
+    trial only; `streak` (default: [study] max_failures_in_a_row) stops the run. Returns the study."""
+    stop = stop or StopFlag()   # only a trial process's SIGTERM sets it
+    streak = streak or FailureStreak(study_file.study.max_failures_in_a_row)
+    log = error_log(study_file)
+    route_tracebacks(log)
+    checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
+    study = open_worker_study(study_file, checkpoints, slot)
+    take_no_trial_when_stopping(study, stop)
+    retries_first(study)
+    check_fingerprint(study, dataset, study_file)
+    objective = FailureGuard(trial_objective(dataset, study_file.space, study_file.model,
+                                             train_settings(study_file, device), checkpoints, stop, hooks), log)
+
+    def tidy(study, trial) -> None:
+        free_memory()   # what the trial left behind goes before the next one allocates
+
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, tidy, streak],
+                   catch=(TrialFailed,))
+    if streak.tripped:
+        raise RunStopped(streak.message(log))
+    return study
+
+
+def run_trial_process(study_file_path: str, label: str, slot_index: int, device: str | None, stop: StopFlag) -> int:
+    """A trial process under `--workers`/`--gpus`: one trial, then exit (status as the CLI's)."""
+    try:
+        study_file = load_study_file(study_file_path)
+        redact_output(study_file.study.storage)
+        quiet_optuna()
+        dataset = prepare_data(study_file.data)
+        if stop.requested:
+            return STOPPED
+
+        def announce(study, trial) -> None:
+            print(f"{label}: {describe_trial(trial)}", flush=True)
+
+        hooks = make_objective_hooks(study_file, open_study(study_file, create=False))
+        streak = FailureStreak(limit=2)   # one trial here: the supervisor counts failures in a row
+        run_worker(study_file, dataset, n_trials=1, device=device, slot=str(slot_index), hooks=hooks,
+                   callbacks=[announce], stop=stop, streak=streak)
+    except SwiprError as error:
+        print(f"swipr: error: {label}: {error}", file=sys.stderr, flush=True)
+        return BAD_INPUT
+    except KeyboardInterrupt:
+        return STOPPED
+    return FAILED if streak.in_a_row else DONE

@@ -1,0 +1,38 @@
+"""The data a study was started on, recorded on the study: its split's fingerprint and counts."""
+from __future__ import annotations
+
+import optuna
+
+from search.studyfile import StudyFile
+from swipr_core.data import Dataset
+from swipr_core.errors import SwiprError
+
+FINGERPRINT_ATTR = "data_fingerprint"
+
+
+def check_fingerprint(study: optuna.Study, dataset: Dataset, study_file: StudyFile) -> None:
+    """Record the split's fingerprint on a new study; refuse data that differs from it."""
+    recorded = study.user_attrs.get(FINGERPRINT_ATTR)
+    if recorded is None:
+        study.set_user_attr(FINGERPRINT_ATTR, dataset.fingerprint)
+        study.set_user_attr("data_counts", dataset.split.counts())
+        study.set_user_attr("data_excluded", dataset.split.meta.get("excluded", {}))
+        return
+    refuse_other_data(recorded, dataset, study_file, f"the one study '{study.study_name}' was started on: its "
+                      f"trials would not be comparable. Restore the labels file the study used, or give the "
+                      f"study a new [study] name")
+
+
+def refuse_other_data(recorded: str | None, dataset: Dataset, study_file: StudyFile, why: str) -> None:
+    """A split whose fingerprint is not the recorded one is refused, saying `why` it matters."""
+    if recorded != dataset.fingerprint:
+        raise SwiprError(f"{study_file.data.labels_file}: data fingerprint {dataset.fingerprint} differs from "
+                         f"{recorded}, {why}")
+
+
+def data_summary(study: optuna.Study) -> dict:
+    """What check_fingerprint recorded: {yes, no, valid, excluded, fingerprint} (notes, report)."""
+    attrs = study.user_attrs
+    counts = attrs.get("data_counts", {})
+    return {"yes": counts.get("YES", 0), "no": counts.get("NO", 0), "valid": counts.get("valid", 0),
+            "excluded": attrs.get("data_excluded", {}), "fingerprint": attrs.get(FINGERPRINT_ATTR)}

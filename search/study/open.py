@@ -1,0 +1,69 @@
+"""A study file -> its Optuna study (storage, sampler, pruner), and the study's best trial."""
+from __future__ import annotations
+
+import socket
+
+import optuna
+
+from objectives.resume import Checkpoints
+from search.study.pruners import make_pruner
+from search.study.samplers import make_sampler, worker_seed
+from search.study.storage import Heartbeat, open_storage, redact
+from search.studyfile import StudyFile
+from swipr_core.errors import SwiprError
+
+
+def quiet_optuna() -> None:
+    """Optuna's per-trial INFO lines repeat what swipr prints itself."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def open_study(study_file: StudyFile, create: bool = True) -> optuna.Study:
+    storage = open_storage(study_file.study.storage, create=create)
+    sampler = make_sampler(study_file.study.sampler, study_file.study.seed)
+    pruner = make_pruner(study_file.study)
+    name = study_file.study.name
+    if create:
+        return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                   direction="minimize", load_if_exists=True)
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        raise SwiprError(f"no study named '{name}' in {redact(study_file.study.storage)} "
+                         f"(start it with `swipr study run {study_file.path.name}`)") from None
+
+
+def heartbeat(study_file: StudyFile) -> Heartbeat:
+    s = study_file.study
+    return Heartbeat(interval=s.heartbeat_interval, grace_period=s.grace_period, max_retry=s.max_retry)
+
+
+def open_worker_study(study_file: StudyFile, checkpoints: Checkpoints, slot: str = "0") -> optuna.Study:
+    """The study as one worker runs it: heartbeats on, stale trials retried (on SQLite and
+    PostgreSQL; a journal file has no heartbeats), and a sampler seed of its own
+    (see search.study.samplers.worker_seed)."""
+    s = study_file.study
+    storage = open_storage(s.storage, create=False, heartbeat=heartbeat(study_file), on_stale=checkpoints.on_stale)
+    try:
+        study = optuna.load_study(study_name=s.name, storage=storage, pruner=make_pruner(s),
+                                  sampler=optuna.samplers.RandomSampler())
+    except KeyError:
+        raise SwiprError(f"no study named '{s.name}' in {redact(s.storage)}") from None
+    so_far = len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(s.sampler, worker_seed(s.seed, socket.gethostname(), slot, so_far))
+    return study
+
+
+def best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The completed trial with the lowest validation loss, or None before one completes."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    trial = best_or_none(study)
+    if trial is None:
+        raise SwiprError(f"study '{study.study_name}' has no completed trial yet")
+    return trial

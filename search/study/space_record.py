@@ -1,0 +1,70 @@
+"""The search space a study runs on, recorded on the study, and a changed [space] checked
+against it before any trial runs.
+
+Optuna keeps each param's distribution with every trial and refuses a trial whose
+distribution it can't compare with the earlier ones (a categorical with other choices, a
+float turned int, log turned on): every new trial would FAIL. Such a change is refused here
+in one line; one Optuna can take (a wider or narrower range) goes on, and says so.
+"""
+from __future__ import annotations
+
+import json
+
+import optuna
+from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution,
+                                  check_distribution_compatibility, distribution_to_json, json_to_distribution)
+
+from objectives.space import Choices, Range
+from search.studyfile import StudyFile
+from swipr_core.errors import SwiprError
+
+SPACE_ATTR = "search_space"
+
+
+def distribution(spec: Range | Choices) -> BaseDistribution:
+    """The distribution objectives.space.suggest asks Optuna for."""
+    if isinstance(spec, Choices):
+        return CategoricalDistribution(list(spec.values))
+    if spec.is_int:
+        return IntDistribution(int(spec.low), int(spec.high), log=spec.log, step=int(spec.step or 1))
+    return FloatDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
+
+
+def describe(dist: BaseDistribution) -> str:
+    if isinstance(dist, CategoricalDistribution):
+        return json.dumps(list(dist.choices))
+    kind = "integers" if isinstance(dist, IntDistribution) else "numbers"
+    how = ", log" if dist.log else (f", step {dist.step}" if dist.step not in (None, 1) else "")
+    return f"{kind} {dist.low}..{dist.high}{how}"
+
+
+def _recorded(study: optuna.Study) -> dict[str, BaseDistribution]:
+    """The space the study ran on: as recorded, or (for older studies) from its trials."""
+    stored = study.user_attrs.get(SPACE_ATTR)
+    if stored:
+        return {name: json_to_distribution(text) for name, text in stored.items()}
+    found: dict[str, BaseDistribution] = {}
+    for trial in study.get_trials(deepcopy=False):
+        found.update(trial.distributions)
+    return found
+
+
+def check_space(study: optuna.Study, study_file: StudyFile) -> list[str]:
+    """Refuse a [space] the study can't take; record the one it runs on. Returns notes to print."""
+    old = _recorded(study)
+    new = {name: distribution(spec) for name, spec in study_file.space.items()}
+    notes = []
+    for name, dist in new.items():
+        if name not in old or old[name] == dist:
+            continue
+        try:
+            check_distribution_compatibility(old[name], dist)
+        except ValueError:
+            raise SwiprError(
+                f"{study_file.path}: [space] {name} is {describe(dist)}, but study '{study.study_name}' ran on "
+                f"{describe(old[name])}, and Optuna can't mix the two in one study. Give the study a new "
+                f"[study] name, or put [space] {name} back as it was") from None
+        notes.append(f"note: [space] {name} changed from {describe(old[name])} to {describe(dist)}; "
+                     f"study '{study.study_name}' goes on with it")
+    study.set_user_attr(SPACE_ATTR, {name: distribution_to_json(dist) for name, dist in new.items()})
+    return notes

@@ -1,0 +1,30 @@
+"""The notebook's hand-tuned runs as a new study's first trials."""
+from __future__ import annotations
+
+import optuna
+
+from objectives.space import in_space
+from search.studyfile import StudyFile
+
+# The notebook's two runs: fit(1e-4, 3, cycle_len=1, cycle_mult=2) at 224 px, then
+# fit(1e-3, 3, ...) frozen at 229 px.
+NOTEBOOK_CONFIGS = (
+    {"lr": 1e-4, "batch_size": 24, "image_size": 224, "freeze": "unfrozen",
+     "n_cycles": 3, "cycle_len": 1, "cycle_mult": 2},
+    {"lr": 1e-3, "batch_size": 24, "image_size": 229, "freeze": "frozen",
+     "n_cycles": 3, "cycle_len": 1, "cycle_mult": 2},
+)
+
+
+def enqueue_warm_start(study: optuna.Study, study_file: StudyFile) -> int:
+    """Enqueue the notebook's configurations as a new study's first trials; return how many.
+
+    Params outside this study's space are left for the sampler to choose, so a small
+    demo space still starts from the notebook's learning rate and schedule.
+    """
+    if not study_file.study.warm_start or study.trials:
+        return 0
+    for config in NOTEBOOK_CONFIGS:
+        params = {name: value for name, value in config.items() if in_space(study_file.space[name], value)}
+        study.enqueue_trial(params, skip_if_exists=True)
+    return len(NOTEBOOK_CONFIGS)

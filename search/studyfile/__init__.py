@@ -1,0 +1,5 @@
+"""The study file: read once, at the edge, into frozen dataclasses (see sections.py)."""
+from search.studyfile.load import load_study_file
+from search.studyfile.sections import StudyFile, StudySection, TrainSection
+
+__all__ = ["StudyFile", "StudySection", "TrainSection", "load_study_file"]

@@ -1,0 +1,117 @@
+"""Read a study file (TOML) once, at the edge: every key typed, every value checked, every
+failure one line that names the file and the key."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from pathlib import Path
+
+from search.studyfile.fields import one_of, parse_table, resolve, table_at
+from search.studyfile.sections import (PRECISIONS, PRUNERS, SAMPLERS, ClusterSection, StudyFile, StudySection,
+                                      TrainSection)
+from search.studyfile.space import largest, parse_space
+from search.studyfile.storage_url import storage_url
+from swipr_core.data import MAX_SEED, DataSpec
+from swipr_core.errors import FieldError, SwiprError
+from swipr_core.labels import LabelRules
+from swipr_core.model import ModelSpec
+from swipr_core.training import COMPILE_MODES
+
+SECTIONS = ("study", "data", "model", "train", "cluster", "space")
+MAX_HEARTBEAT_S = 86_400   # a day: far beyond any real interval, far below what overflows a timer
+
+
+def load_study_file(path: str | Path) -> StudyFile:
+    path = Path(path)
+    raw = _read_toml(path)
+    data = _data(path, raw)
+    space = parse_space(path, raw)
+    if largest(space["image_size"]) > data.cache_px:
+        raise SwiprError(f"{path}: [space] image_size goes up to {largest(space['image_size'])}, "
+                         f"above [data] cache_px ({data.cache_px})")
+    model = ModelSpec(**parse_table(path, "model", table_at(path, raw, "model"), ModelSpec, path.parent))
+    return StudyFile(path=path.resolve(), study=_study(path, raw), data=data, model=model,
+                     train=_train(path, raw), space=space, cluster=_cluster(path, raw))
+
+
+def _read_toml(path: Path) -> dict:
+    if not path.is_file():
+        raise SwiprError(f"{path}: study file not found")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise SwiprError(f"{path}: not valid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise SwiprError(f"{path}: not a text file") from None
+    for name in raw:
+        if name not in SECTIONS:
+            raise SwiprError(f"{path}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
+    return raw
+
+
+def _study(path: Path, raw: dict) -> StudySection:
+    study = StudySection(**parse_table(path, "study", table_at(path, raw, "study"), StudySection, path.parent))
+    where = f"{path}: [study]"
+    one_of(f"{where} sampler", study.sampler, SAMPLERS)
+    one_of(f"{where} pruner", study.pruner, PRUNERS)
+    for key in ("n_trials", "pruner_startup_trials", "pruner_warmup_epochs", "max_retry"):
+        if getattr(study, key) < 0:
+            raise SwiprError(f"{where} {key} must be 0 or more, got {getattr(study, key)}")
+    if not 0 <= study.seed <= MAX_SEED:
+        raise SwiprError(f"{where} seed must be between 0 and {MAX_SEED}, got {study.seed}")
+    for key in ("heartbeat_interval", "grace_period"):
+        if not 1 <= getattr(study, key) <= MAX_HEARTBEAT_S:
+            raise SwiprError(f"{where} {key} must be between 1 and {MAX_HEARTBEAT_S} seconds, got {getattr(study, key)}")
+    if study.max_failures_in_a_row < 1:
+        raise SwiprError(f"{where} max_failures_in_a_row must be 1 or more, got {study.max_failures_in_a_row}")
+    if study.grace_period <= study.heartbeat_interval:
+        raise SwiprError(f"{where} grace_period ({study.grace_period}) must be longer than "
+                         f"heartbeat_interval ({study.heartbeat_interval}), or live trials are failed")
+    if study.timeout < 0 or not math.isfinite(study.timeout):
+        raise SwiprError(f"{where} timeout must be 0 (none) or a positive number of seconds")
+    return dataclasses.replace(study, name=study.name or path.stem, storage=storage_url(path, study.storage))
+
+
+def _data(path: Path, raw: dict) -> DataSpec:
+    values = parse_table(path, "data", table_at(path, raw, "data"), DataSpec, path.parent, skip=("rules",))
+    values = {key: value for key, value in values.items() if value is not None}   # "" = the default
+    if values.get("database") is None:
+        raise SwiprError(f"{path}: [data] database is required")
+    values.setdefault("image_root", values["database"].parent)
+    values.setdefault("labels_file", resolve(path.parent, f"{path.stem}.labels.csv"))
+    values.setdefault("cache_dir", resolve(path.parent, ".swipr-cache"))
+    try:
+        return DataSpec(**values, rules=_rules(path, raw))
+    except FieldError as error:
+        raise SwiprError(f"{path}: [data] {error}") from None
+
+
+def _rules(path: Path, raw: dict) -> LabelRules:
+    values = parse_table(path, "data.rules", table_at(path, raw, "data.rules"), LabelRules, path.parent)
+    for key in ("yes_dirs", "no_dirs"):
+        if key in values:
+            values[key] = tuple(folder.strip("/") for folder in values[key])
+    try:
+        return LabelRules(**values)
+    except SwiprError as error:   # LabelRules names the key itself
+        raise SwiprError(f"{path}: {error}") from None
+
+
+def _train(path: Path, raw: dict) -> TrainSection:
+    train = TrainSection(**parse_table(path, "train", table_at(path, raw, "train"), TrainSection, path.parent))
+    where = f"{path}: [train]"
+    one_of(f"{where} precision", train.precision, PRECISIONS)
+    one_of(f"{where} compile", train.compile, COMPILE_MODES)
+    if not (train.device in ("auto", "cpu", "cuda") or train.device.startswith("cuda:")):
+        raise SwiprError(f"{where} device must be auto, cpu, cuda or cuda:N, got {train.device!r}")
+    if train.head_epochs < 1:
+        raise SwiprError(f"{where} head_epochs must be 1 or more, got {train.head_epochs}")
+    return train
+
+
+def _cluster(path: Path, raw: dict) -> ClusterSection:
+    cluster = ClusterSection(**parse_table(path, "cluster", table_at(path, raw, "cluster"), ClusterSection,
+                                           path.parent))
+    return dataclasses.replace(cluster, dask=os.environ.get("SWIPR_DASK", "") or cluster.dask)

@@ -1,0 +1,60 @@
+"""The study file's sections as typed fields: each key is declared once, here or in the core
+type its section parses into ([data] -> DataSpec, [data.rules] -> LabelRules, [model] ->
+ModelSpec). A field's type is the TOML type it accepts, its default the key's default.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from objectives.space import Choices, Range
+from swipr_core.data import DataSpec
+from swipr_core.model import ModelSpec
+
+SAMPLERS = ("tpe", "random", "qmc")
+PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "none")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class StudySection:
+    name: str = ""                    # default: the study file's stem
+    storage: str = ""                 # default: a SQLite file beside the study file
+    sampler: str = "tpe"              # one of SAMPLERS
+    pruner: str = "median"            # one of PRUNERS
+    pruner_startup_trials: int = 3    # median/percentile: trials finished before pruning
+    pruner_warmup_epochs: int = 1     # epochs every trial runs before it can be pruned
+    seed: int = 0
+    warm_start: bool = True           # enqueue the notebook's configurations first
+    n_trials: int = 20
+    timeout: float = 0.0              # seconds; 0 = none
+    heartbeat_interval: int = 60      # seconds between a running trial's heartbeats
+    grace_period: int = 180           # a trial silent this long is failed and retried
+    max_retry: int = 3                # times one trial is retried after its worker died
+    max_failures_in_a_row: int = 3    # trials failing one after another before the run stops
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    head_epochs: int = 1              # frozen epochs before unfreezing (frozen_then_unfrozen)
+    precision: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    compile: str = "auto"             # torch.compile, one of swipr_core.training.COMPILE_MODES
+
+
+@dataclass(frozen=True)
+class ClusterSection:
+    dask: str = ""                    # a Dask scheduler address; $SWIPR_DASK overrides it, --dask both
+    checkpoint_dir: Path | None = None   # per-epoch checkpoints on a folder every worker reads;
+                                         # default: <cache_dir>/checkpoints
+
+
+@dataclass(frozen=True)
+class StudyFile:
+    path: Path
+    study: StudySection
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSection
+    space: dict[str, Range | Choices] = field(default_factory=dict)
+    cluster: ClusterSection = ClusterSection()

@@ -1,0 +1,77 @@
+"""The [space] table -> {param: Range | Choices}: a range, an array of choices, or one value."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from objectives.space import SPACE_KEYS, Choices, Range
+from search.studyfile.fields import check_type, one_of
+from swipr_core.errors import SwiprError
+from swipr_core.training import FREEZE_STRATEGIES
+
+# The TOML type each key's values have.
+_VALUE_TYPES = {"lr": float, "batch_size": int, "image_size": int, "freeze": str,
+                "n_cycles": int, "cycle_len": int, "cycle_mult": int}
+
+
+def _check_value(where: str, key: str, value: Any) -> None:
+    check_type(f"{where}: [space] {key} value", value, _VALUE_TYPES[key])
+    if key == "freeze":
+        one_of(f"{where}: [space] freeze", value, FREEZE_STRATEGIES)
+    elif key == "lr":
+        if not (0 < value < 1):
+            raise SwiprError(f"{where}: [space] lr must be between 0 and 1, got {value}")
+    elif value < 1:
+        raise SwiprError(f"{where}: [space] {key} must be 1 or more, got {value}")
+
+
+def parse_space(where: Path, raw: dict) -> dict[str, Range | Choices]:
+    table = raw.get("space", {})
+    if not isinstance(table, dict):
+        raise SwiprError(f"{where}: [space] must be a table")
+    space: dict[str, Range | Choices] = {}
+    for key, spec in table.items():
+        if key not in SPACE_KEYS:
+            raise SwiprError(f"{where}: unknown key '{key}' in [space] (known: {', '.join(SPACE_KEYS)})")
+        if isinstance(spec, list):
+            if not spec:
+                raise SwiprError(f"{where}: [space] {key} has no choices")
+            for value in spec:
+                _check_value(where, key, value)
+            space[key] = Choices(tuple(spec))
+        elif isinstance(spec, dict):
+            space[key] = _parse_range(where, key, spec)
+        else:
+            _check_value(where, key, spec)
+            space[key] = Choices((spec,))
+    missing = [key for key in SPACE_KEYS if key not in space]
+    if missing:
+        raise SwiprError(f"{where}: [space] is missing {', '.join(missing)} (give a value, a range or choices)")
+    return space
+
+
+def _parse_range(where: Path, key: str, spec: dict) -> Range:
+    if key == "freeze":
+        raise SwiprError(f"{where}: [space] freeze takes choices (an array), not a range")
+    unknown = set(spec) - {"low", "high", "log", "step"}
+    if unknown:
+        raise SwiprError(f"{where}: unknown key '{sorted(unknown)[0]}' in [space] {key} (known: low, high, log, step)")
+    for bound in ("low", "high"):
+        if bound not in spec:
+            raise SwiprError(f"{where}: [space] {key} range needs '{bound}'")
+        _check_value(where, key, spec[bound])
+    log = spec.get("log", False)
+    check_type(f"{where}: [space] {key} log", log, bool)
+    step = spec.get("step")
+    if step is not None:
+        check_type(f"{where}: [space] {key} step", step, float)
+    low, high = spec["low"], spec["high"]
+    if low > high:
+        raise SwiprError(f"{where}: [space] {key} low ({low}) is above high ({high})")
+    if log and step is not None:
+        raise SwiprError(f"{where}: [space] {key} can't have both log = true and a step")
+    return Range(low=low, high=high, log=log, step=step, is_int=key != "lr")
+
+
+def largest(spec: Range | Choices):
+    return spec.high if isinstance(spec, Range) else max(spec.values)

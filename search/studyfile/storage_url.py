@@ -1,0 +1,32 @@
+"""[study] storage (or $SWIPR_STORAGE) -> the URL every process opens, relative paths resolved."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from search.study.storage import JOURNAL_SCHEME, JOURNAL_SUFFIXES
+from search.studyfile.fields import resolve
+
+
+def _journal_url(base: Path, value: str) -> str | None:
+    """journal:///rel, journal:////abs or a bare path ending in .log/.journal, as an absolute
+    journal:/// URL (relative to `base`); None for anything else."""
+    if value.startswith(JOURNAL_SCHEME):
+        return JOURNAL_SCHEME + str(resolve(base, value[len(JOURNAL_SCHEME):]))
+    if "://" not in value and value.endswith(JOURNAL_SUFFIXES):
+        return JOURNAL_SCHEME + str(resolve(base, value))
+    return None
+
+
+def storage_url(path: Path, configured: str) -> str:
+    from_env = os.environ.get("SWIPR_STORAGE", "")
+    if from_env:
+        # Passed on to worker processes resolved, so a later change of folder can't move it.
+        return _journal_url(Path(), from_env) or from_env
+    if configured:
+        if configured.startswith("sqlite:///") and not configured.startswith("sqlite:////"):
+            # A relative SQLite path is relative to the study file, like every other path.
+            return "sqlite:///" + str(resolve(path.parent, configured[len("sqlite:///"):]))
+        # A journal file's too; journal:////abs is absolute, as with sqlite.
+        return _journal_url(path.parent, configured) or configured
+    return f"sqlite:///{path.parent.resolve() / (path.stem + '.db')}"

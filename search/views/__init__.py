@@ -1,0 +1,1 @@
+"""What a person sees: progress lines and bars, trial pictures and notes, the dashboard, the report."""

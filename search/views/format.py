@@ -1,0 +1,29 @@
+"""How trials and values are written for people: one formatting for lines, tables and notes."""
+from __future__ import annotations
+
+import math
+
+import optuna
+
+
+def short(value) -> str:
+    """A param or metric in a line: floats to 3 significant digits."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def fmt(value) -> str:
+    """A metric in a table: floats to 4 significant digits, nan spelled out."""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def params_text(params: dict) -> str:
+    return " ".join(f"{k}={short(v)}" for k, v in params.items())
+
+
+def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
+    value = f" val_loss {trial.value:.4f}" if trial.value is not None else ""
+    epochs = trial.user_attrs.get("epochs")
+    steps = f" after {epochs} epoch{'s' if epochs != 1 else ''}" if epochs else ""
+    return f"trial {trial.number} {trial.state.name}{value}{steps}  {params_text(trial.params)}"

@@ -1,0 +1,107 @@
+"""The code's shape: dependencies run search/ -> objectives/ -> swipr_core/, no import cycle
+between files, imports at the top of modules (search/cli.py is the one lazy boundary), and
+no Optuna in the core. Read from the source with `ast`; nothing is imported."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = {"swipr_core": 0, "objectives": 1, "search": 2}   # a package may import its own layer or lower
+LAZY_BOUNDARY = "search.cli"   # imports a command's module only when that command runs
+# Optional extras (pip install '.[dask]'), imported inside the functions of the --dask path only
+OPTIONAL_EXTRAS = ("distributed", "optuna_integration")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules() -> dict[str, Path]:
+    return {module_name(path): path for package in LAYERS for path in (ROOT / package).rglob("*.py")}
+
+
+def imports_of(path: Path, modules: dict[str, Path]) -> list[tuple[str, int, bool]]:
+    """(imported module, line, at the module's top level) for every import in the file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno, id(node) in top) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                found.append((submodule if submodule in modules else node.module, node.lineno, id(node) in top))
+    return found
+
+
+def graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    return {name: {target for target, _, _ in imports_of(path, modules) if target in modules}
+            for name, path in modules.items()}
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}   # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == 1:
+                return stack[stack.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_dependencies_point_down_the_layers():
+    modules = project_modules()
+    upward = [f"{path.relative_to(ROOT)}:{line} imports {target}"
+              for name, path in modules.items() for target, line, _ in imports_of(path, modules)
+              if target.split(".")[0] in LAYERS and LAYERS[target.split(".")[0]] > LAYERS[name.split(".")[0]]]
+    assert not upward, "upward imports:\n" + "\n".join(upward)
+
+
+def test_no_import_cycle_between_files():
+    cycle = find_cycle(graph(project_modules()))
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+@pytest.mark.parametrize("package", ["search", "objectives"])
+def test_imports_live_at_the_top_of_modules(package):
+    modules = project_modules()
+    lazy = [f"{path.relative_to(ROOT)}:{line} imports {target} inside a function"
+            for name, path in modules.items() if name.startswith(package) and name != LAZY_BOUNDARY
+            for target, line, at_top in imports_of(path, modules)
+            if not at_top and target.split(".")[0] not in OPTIONAL_EXTRAS]
+    assert not lazy, "\n".join(lazy)
+
+
+def test_the_core_imports_no_optuna():
+    modules = project_modules()
+    found = [f"{path.relative_to(ROOT)}:{line}" for name, path in modules.items() if name.startswith("swipr_core")
+             for target, line, _ in imports_of(path, modules) if target.split(".")[0] == "optuna"]
+    assert not found, found
+
+
+def test_the_checks_see_todays_kind_of_tangle():
+    # The checks themselves: the cycle search.run -> search.retry -> search.workers -> search.run
+    # that this layout removed is found, and so is an objective importing the study-file layer.
+    cycle = find_cycle({"search.run": {"search.retry"}, "search.retry": {"search.workers"},
+                        "search.workers": {"search.run"}})
+    assert cycle[0] == cycle[-1] and set(cycle) == {"search.run", "search.retry", "search.workers"}
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+    assert LAYERS["objectives"] < LAYERS["search"]   # so objectives -> search.studyfile counts as upward

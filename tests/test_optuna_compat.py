@@ -1,0 +1,65 @@
+"""Each use of Optuna's private API (objectives/optuna_compat.py) against the installed Optuna:
+an upgrade that changes one of them fails here, not in the middle of a study."""
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from objectives import optuna_compat
+
+
+@pytest.fixture
+def study():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(storage=optuna.storages.InMemoryStorage())
+
+
+def test_storage_and_study_id(study):
+    storage = optuna_compat.storage_of(study)
+    assert isinstance(storage, optuna.storages.BaseStorage)
+    assert storage.get_study_id_from_name(study.study_name) == optuna_compat.study_id(study)
+
+
+def test_a_running_trials_stored_record(study):
+    trial = study.ask()
+    trial.set_user_attr("k", 1)
+    record = optuna_compat.stored_trial(trial)
+    assert isinstance(record, optuna.trial.FrozenTrial)
+    assert (record.number, record.state, record.user_attrs) == (trial.number, TrialState.RUNNING, {"k": 1})
+
+
+def test_a_trial_put_back_is_waiting_and_asked_again(study):
+    study.enqueue_trial({"x": 1.0})
+    trial = study.ask()
+    optuna_compat.put_back(trial)
+    assert study.trials[0].state == TrialState.WAITING
+    again = study.ask({"x": optuna.distributions.FloatDistribution(0, 2)})
+    assert (again.number, again.params) == (trial.number, {"x": 1.0})
+
+
+def test_guarded_ask_runs_around_the_optimize_loops_own_ask(study):
+    seen = []
+    optuna_compat.guard_ask(study, before=lambda: seen.append("before"),
+                            after=lambda trial: seen.append(f"after {trial.number}"))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert seen == ["before", "after 0", "before", "after 1"]
+
+
+def test_a_guard_that_raises_stops_the_loop_before_a_trial_is_taken(study):
+    def stop() -> None:
+        raise KeyboardInterrupt
+
+    optuna_compat.guard_ask(study, before=stop, after=lambda trial: None)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(lambda trial: 0.0, n_trials=1)
+    assert study.trials == []
+
+
+def test_queued_trials_chosen_first_are_taken_first(study):
+    for x in (1.0, 2.0, 3.0):
+        study.enqueue_trial({"x": x}, user_attrs={"retry": x == 3.0})
+    optuna_compat.take_queued_first(study, lambda trial: trial.user_attrs.get("retry", False))
+    dist = {"x": optuna.distributions.FloatDistribution(0, 4)}
+    assert [study.ask(dist).params["x"] for _ in range(3)] == [3.0, 1.0, 2.0]
+    assert study.ask(dist).number == 3   # an empty queue: a new trial, as Optuna makes it
