@@ -75,3 +75,12 @@ def take_queued_first(study: optuna.Study, first: Callable[[optuna.trial.FrozenT
         return None
 
     study._pop_waiting_trial_id = pop_waiting_trial_id
+
+
+def stale_trial_numbers(study: optuna.Study) -> set[int]:
+    """RUNNING trials whose heartbeat is older than the storage's grace period (a dead worker's),
+    without failing them: only a worker that starts a trial does that."""
+    storage = study._storage
+    if not hasattr(storage, "_get_stale_trial_ids") or storage.get_heartbeat_interval() is None:
+        return set()
+    return {storage.get_trial(trial_id).number for trial_id in storage._get_stale_trial_ids(study._study_id)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -62,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("swipr: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `swipr study status | head -1`: the reader has what it wanted. Point stdout at
+        # devnull so Python's flush at exit doesn't raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -154,9 +154,9 @@ def build_labels(database: Path, image_root: Path, rules: LabelRules) -> LabelTa
     """Classify every row, drop duplicate and conflicting paths, then drop rows whose image
     is outside the root, missing or broken, and photos labelled both ways."""
     image_root = Path(image_root)
+    rows = read_pics(database)   # first: a missing database is named as such, not as its folder
     if not image_root.is_dir():
         raise SwiprError(f"{image_root}: image_root is not a directory")
-    rows = read_pics(database)
     if not rows:
         raise SwiprError(f"{database}: table pics has no rows")
     excluded = dict.fromkeys(EXCLUSION_REASONS, 0)

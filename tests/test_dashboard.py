@@ -98,3 +98,35 @@ def test_the_browser_shows_the_study_its_trials_and_a_trial_picture(dashboard, b
     with urllib.request.urlopen(loaded[0], timeout=10) as answer:
         assert answer.read(8) == b"\x89PNG\r\n\x1a\n"
     assert not [e for e in browser.errors if "favicon" not in e], browser.errors
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def test_host_is_checked_and_ipv6_addresses_are_served(demo_study):
+    from search.studyfile import load_study_file
+    from search.views.dashboard import make_dashboard_server, study_url
+    from swipr_core.errors import SwiprError
+
+    study_file = load_study_file(demo_study)
+    for bad in ("", "  "):
+        with pytest.raises(SwiprError, match="--host is empty"):
+            make_dashboard_server(study_file, host=bad, port=0)
+    assert study_url("::", 8080, 1) == "http://[::1]:8080/dashboard/studies/1"
+    assert study_url("0.0.0.0", 8080, 1) == "http://127.0.0.1:8080/dashboard/studies/1"
+    if not _ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback to bind ::1 on")
+    for host in ("::1", "[::1]"):
+        server, _ = make_dashboard_server(study_file, host=host, port=0)
+        try:
+            assert server.server_address[0] == "::1"
+        finally:
+            server.server_close()

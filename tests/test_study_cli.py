@@ -174,3 +174,24 @@ def test_help_is_fast_and_imports_no_torch():
 
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_status_piped_into_head_ends_quietly(finished):
+    import subprocess
+
+    study, *_ = finished
+    pipeline = subprocess.run(f"{sys.executable} -m search.cli study status {study} | head -1", shell=True,
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert pipeline.stdout.startswith("study 't': 5 trials")
+    assert "BrokenPipe" not in pipeline.stderr and "Traceback" not in pipeline.stderr
+
+
+def test_a_run_counts_the_queued_trials_it_worked_through(finished):
+    import optuna
+
+    study, *_ = finished
+    stored = optuna.load_study(study_name="t", storage=f"sqlite:///{study.parent / 'study.db'}")
+    stored.enqueue_trial({"lr": 0.01, "batch_size": 16})   # queued before the run starts
+    result = run_cli("study", "run", study, "--n-trials", "1")
+    assert result.returncode == 0, result.stderr
+    assert "in this run (1 trials)" in result.stdout and "0.0000 in this run" not in result.stdout

@@ -112,3 +112,40 @@ def test_the_shipped_study_files_parse():
     root = Path(__file__).resolve().parents[1] / "studies"
     for path in sorted(root.glob("*.toml")):
         assert load_study_file(path).space, path
+
+
+@pytest.mark.parametrize("space_line, message", [
+    ("batch_size = { low = 8, high = 64, step = -8 }", "[space] batch_size step must be a whole number, 1 or more"),
+    ("batch_size = { low = 8, high = 64, step = 2.5 }", "[space] batch_size step must be a whole number"),
+    ("lr = { low = 0.001, high = 0.1, step = nan }", "[space] lr step must be a positive number"),
+    ("n_cycles = 100\ncycle_mult = 2", "allows a schedule of about 10^30 epochs"),
+    ("cycle_len = 9223372036854775807", "[space] cycle_len goes up to 9223372036854775807"),
+    ("n_cycles = 40\ncycle_len = 30", "allows a schedule of 1200 epochs"),
+])
+def test_values_that_would_crash_later_are_refused_now(tmp_path, space_line, message):
+    lines = {line.split(" = ")[0]: line for line in space_line.splitlines()}
+    space = "\n".join(lines.get(key, f"{key} = {value}") for key, value in (
+        ("lr", "1e-3"), ("batch_size", "8"), ("image_size", "32"), ("freeze", '"unfrozen"'),
+        ("n_cycles", "1"), ("cycle_len", "1"), ("cycle_mult", "1")))
+    with pytest.raises(SwiprError) as error:
+        load_study_file(write(tmp_path, study_toml(tmp_path, space="[space]\n" + space + "\n")))
+    assert message in str(error.value) and "s.toml" in str(error.value)
+
+
+@pytest.mark.parametrize("section, line, message", [
+    ("study", "seed = -1", "[study] seed must be between 0 and 4294967295"),
+    ("study", "seed = 4294967296", "[study] seed must be between 0 and 4294967295"),
+    ("data", "cache_px = 1099511627776", "[data] cache_px must be between 8 and 4096"),
+    ("data", "split_seed = -5", "[data] split_seed must be between 0 and 4294967295"),
+    ("study", "heartbeat_interval = 99999999999999999", "[study] heartbeat_interval must be between 1 and 86400"),
+    ("train", "head_epochs = 5000", "a trial may run at most 1000"),
+])
+def test_out_of_range_settings_name_the_key(tmp_path, section, line, message):
+    key = line.split(" = ")[0]
+    text = "\n".join(ln for ln in study_toml(tmp_path).splitlines() if not ln.startswith(f"{key} ="))
+    text = text.replace(f"[{section}]\n", f"[{section}]\n{line}\n", 1)
+    if section == "train":
+        text = text.replace('freeze = ["unfrozen"]', 'freeze = ["frozen_then_unfrozen"]')
+    with pytest.raises(SwiprError) as error:
+        load_study_file(write(tmp_path, text))
+    assert message in str(error.value)

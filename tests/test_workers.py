@@ -3,6 +3,7 @@ Ctrl-C, memory that stays flat, and a password that never shows."""
 from __future__ import annotations
 
 import gc
+import json
 import os
 import signal
 import subprocess
@@ -341,3 +342,35 @@ def test_an_interrupted_trials_retry_runs_before_fresh_queued_trials(tmp_path, d
     run(StopFlag())   # one trial: the retry, though trial 1 was queued before it
     assert _states(study) == ["FAIL", "WAITING", "COMPLETE"]
     assert study.get_trials(deepcopy=False)[2].user_attrs["retry_of"] == 0
+
+
+def _beat_then_hang(url: str) -> None:
+    from search.study.storage import Heartbeat, open_storage
+
+    storage = open_storage(url, create=False, heartbeat=Heartbeat(interval=1, grace_period=2))
+    optuna.load_study(study_name="t", storage=storage).optimize(lambda trial: time.sleep(600), n_trials=1)
+
+
+def test_status_shows_a_dead_workers_trial_as_stale(tmp_path, data_dir):
+    import multiprocessing
+
+    from search.study.open import open_study
+    from search.studyfile import load_study_file
+    from tests.studykit import run_cli
+
+    path = write_study(tmp_path, data_dir, extra=FAST_HEARTBEAT)
+    study_file = load_study_file(path)
+    study = open_study(study_file, create=True)
+    worker = multiprocessing.get_context("spawn").Process(target=_beat_then_hang, args=(study_file.study.storage,))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [row["state"] for row in json.loads(run_cli("study", "status", path, "--json").stdout)["trials"]] == \
+        ["RUNNING"]   # alive and beating
+    worker.kill()   # the worker dies; its trial stays RUNNING in the storage
+    worker.join()
+    time.sleep(2.5)   # past the grace period of 2 s
+    rows = json.loads(run_cli("study", "status", path, "--json").stdout)["trials"]
+    assert [row["state"] for row in rows] == ["STALE"]
+    assert "STALE" in run_cli("study", "status", path).stdout

@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from objectives.optuna_compat import stale_trial_numbers
 from search.running.driver import run_study
 from search.study.open import best_trial, open_study, quiet_optuna
 from search.studyfile import load_study_file
@@ -47,10 +48,11 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     report_p.set_defaults(func=report)
 
 
-def _trial_row(trial) -> dict:
+def _trial_row(trial, stale: bool = False) -> dict:
+    """A trial as `status` shows it; STALE: RUNNING, but its worker's heartbeat stopped."""
     return {
         "number": trial.number,
-        "state": trial.state.name,
+        "state": "STALE" if stale else trial.state.name,
         "value": trial.value,
         "params": trial.params,
         "epochs": trial.user_attrs.get("epochs"),
@@ -73,8 +75,9 @@ def _where(row: dict) -> str:
 def status(args: argparse.Namespace) -> int:
     study_file = load_study_file(args.study_file)
     quiet_optuna()
-    study = open_study(study_file, create=False)
-    rows = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
+    study = open_study(study_file, create=False, heartbeat_aware=True)
+    stale = stale_trial_numbers(study)
+    rows = [_trial_row(t, t.number in stale) for t in study.get_trials(deepcopy=False)]
     if args.json:
         print(json.dumps({"study": study.study_name, "trials": rows}, indent=2))
         return 0

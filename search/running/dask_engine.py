@@ -16,7 +16,6 @@ failed and retried the same way when the command runs again.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import time
 import uuid
@@ -157,10 +156,6 @@ def run_on_dask(cluster: Cluster, study_file: StudyFile, n_trials: int, timeout:
             cluster.client.close()
 
 
-def _on_term(signum, frame) -> None:
-    raise KeyboardInterrupt   # a preempted head node's SIGTERM stops the run like Ctrl-C
-
-
 def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}".rstrip(": ")
 
@@ -190,11 +185,10 @@ class Driver:
 
     def run(self, n_trials: int, deadline: float | None) -> int:
         """Until `n_trials` trials have ended (lost ones don't count) or the deadline; Ctrl-C
-        or SIGTERM stops the trials first."""
+        (and SIGTERM, which search.running.driver turns into one) stops the trials first."""
         from distributed import wait
 
         budget, idle_since = n_trials, None
-        previous = signal.signal(signal.SIGTERM, _on_term)
         try:
             while True:
                 open_to_new = self.status == 0 and not (deadline and time.monotonic() >= deadline)
@@ -219,11 +213,8 @@ class Driver:
                 for future in done:
                     budget += self.collect(future)
         except KeyboardInterrupt:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.stop()
             raise
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
     def submit(self) -> None:
         trial = self.study.ask(self.distributions)   # the sampler sees every running trial: constant liar

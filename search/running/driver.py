@@ -6,6 +6,7 @@ With them, the supervisor (search.running.supervisor) runs each trial in a fresh
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 
@@ -13,6 +14,7 @@ import optuna
 import torch
 
 from search.running.dask_engine import open_cluster, run_on_dask
+from search.running.stop import sigterm_as_interrupt
 from search.running.supervisor import Slot, make_slots, supervise
 from search.running.worker import run_worker
 from search.study.data_record import check_fingerprint
@@ -29,6 +31,11 @@ from swipr_core.model import check_model
 
 
 def run_study(args: argparse.Namespace) -> int:
+    with sigterm_as_interrupt():   # the supervisor, with --workers/--gpus, has its own as well
+        return _run_study(args)
+
+
+def _run_study(args: argparse.Namespace) -> int:
     study_file = load_study_file(args.study_file)
     redact_output(study_file.study.storage)
     n_trials, timeout = _budget(args, study_file)
@@ -52,6 +59,7 @@ def run_study(args: argparse.Namespace) -> int:
     for note in check_space(study, study_file):
         print(note)
     done_before = len(study.trials)   # before the warm start's enqueued trials, which this run runs
+    started = datetime.datetime.now()   # Optuna's trial times are naive local times
     if enqueue_warm_start(study, study_file):
         print("warm start: the notebook's configurations go first")
     where = f" on {len(slots)} worker{'s' if len(slots) != 1 else ''}" if parallel else ""
@@ -68,7 +76,9 @@ def run_study(args: argparse.Namespace) -> int:
                              study_file.study.max_failures_in_a_row)
         return _run_here(study_file, study, dataset, n_trials, timeout, device)
     finally:   # also when the run stops early: what it did is worth a look
-        this_run = [t.number for t in study.get_trials(deepcopy=False) if t.number >= done_before]
+        # Trials this run started, queued ones (retries, the warm start) included.
+        this_run = [t.number for t in study.get_trials(deepcopy=False)
+                    if t.datetime_start is not None and t.datetime_start >= started]
         print(summary_table(study, device, this_run=this_run))
         _print_best(study)
 

@@ -43,6 +43,8 @@ class TracebacksToLog(logging.Filter):
         self.log = log
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is TrialFailed:
+            return False   # FailureGuard has logged the real error
         if record.exc_info:
             _append(self.log, record.getMessage(), "".join(traceback.format_exception(*record.exc_info)))
             return False
@@ -58,6 +60,16 @@ def route_tracebacks(log: Path) -> None:
     logger.addFilter(TracebacksToLog(log))
 
 
+def describe_error(error: BaseException) -> str:
+    """One line: the error's type and first line, or where it was raised when it says nothing
+    (a bare `assert` in a library)."""
+    text = (str(error).splitlines() or [""])[0].strip()
+    if not text and error.__traceback__ is not None:
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        text = f"at {Path(frame.filename).parent.name}/{Path(frame.filename).name}:{frame.lineno} ({frame.line})"
+    return f"{type(error).__name__}: {text}"
+
+
 class FailureGuard:
     """Wraps a trial objective: an ordinary error becomes FAIL with its reason, said once."""
 
@@ -70,7 +82,7 @@ class FailureGuard:
         except (optuna.TrialPruned, SwiprError, KeyboardInterrupt):
             raise
         except Exception as error:  # noqa: BLE001 - any bug in a trial fails that trial only
-            reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+            reason = describe_error(error)
             if "fail_reason" not in trial.user_attrs:   # the OOM guard has written a better one
                 trial.set_user_attr("fail_reason", reason)
             _append(self.log, f"trial {trial.number} failed", traceback.format_exc())

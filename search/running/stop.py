@@ -6,6 +6,9 @@ outside a trial (Optuna's bookkeeping) it is only recorded, and read at the next
 """
 from __future__ import annotations
 
+import signal
+from contextlib import contextmanager
+
 
 class StopFlag:
     def __init__(self):
@@ -22,3 +25,18 @@ class StopFlag:
         self.requested = True
         if first and self._in_trial:
             raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a preempted machine, `kill`) stops this process as Ctrl-C does: the running
+    trial is failed with one resumable retry, the image cache build cleans up after itself."""
+
+    def on_term(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -18,8 +18,10 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def open_study(study_file: StudyFile, create: bool = True) -> optuna.Study:
-    storage = open_storage(study_file.study.storage, create=create)
+def open_study(study_file: StudyFile, create: bool = True, heartbeat_aware: bool = False) -> optuna.Study:
+    """The study; `heartbeat_aware` lets a reader tell a dead worker's trial from a live one."""
+    storage = open_storage(study_file.study.storage, create=create,
+                           heartbeat=heartbeat(study_file) if heartbeat_aware else None)
     sampler = make_sampler(study_file.study.sampler, study_file.study.seed)
     pruner = make_pruner(study_file.study)
     name = study_file.study.name

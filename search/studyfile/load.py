@@ -11,7 +11,7 @@ from pathlib import Path
 from search.studyfile.fields import one_of, parse_table, resolve, table_at
 from search.studyfile.sections import (PRECISIONS, PRUNERS, SAMPLERS, ClusterSection, StudyFile, StudySection,
                                       TrainSection)
-from search.studyfile.space import largest, parse_space
+from search.studyfile.space import check_epochs, largest, parse_space
 from search.studyfile.storage_url import storage_url
 from swipr_core.data import MAX_SEED, DataSpec
 from swipr_core.errors import FieldError, SwiprError
@@ -32,8 +32,10 @@ def load_study_file(path: str | Path) -> StudyFile:
         raise SwiprError(f"{path}: [space] image_size goes up to {largest(space['image_size'])}, "
                          f"above [data] cache_px ({data.cache_px})")
     model = ModelSpec(**parse_table(path, "model", table_at(path, raw, "model"), ModelSpec, path.parent))
-    return StudyFile(path=path.resolve(), study=_study(path, raw), data=data, model=model,
-                     train=_train(path, raw), space=space, cluster=_cluster(path, raw))
+    train = _train(path, raw)
+    check_epochs(path, space, train.head_epochs)
+    return StudyFile(path=path.resolve(), study=_study(path, raw), data=data, model=model, train=train, space=space,
+                     cluster=_cluster(path, raw))
 
 
 def _read_toml(path: Path) -> dict:

@@ -1,13 +1,16 @@
 """The [space] table -> {param: Range | Choices}: a range, an array of choices, or one value."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from objectives.space import SPACE_KEYS, Choices, Range
 from search.studyfile.fields import check_type, one_of
 from swipr_core.errors import SwiprError
-from swipr_core.training import FREEZE_STRATEGIES
+from swipr_core.training import FREEZE_STRATEGIES, sgdr_epochs
+
+MAX_EPOCHS = 1000   # what one trial may ask for: weeks of GPU time for ResNeXt50 on real data
 
 # The TOML type each key's values have.
 _VALUE_TYPES = {"lr": float, "batch_size": int, "image_size": int, "freeze": str,
@@ -65,6 +68,10 @@ def _parse_range(where: Path, key: str, spec: dict) -> Range:
     step = spec.get("step")
     if step is not None:
         check_type(f"{where}: [space] {key} step", step, float)
+        whole = key != "lr"
+        if (whole and not isinstance(step, int)) or not math.isfinite(step) or step <= 0:
+            raise SwiprError(f"{where}: [space] {key} step must be {'a whole number, 1 or more' if whole else 'a positive number'}, "
+                             f"got {step}")
     low, high = spec["low"], spec["high"]
     if low > high:
         raise SwiprError(f"{where}: [space] {key} low ({low}) is above high ({high})")
@@ -75,3 +82,23 @@ def _parse_range(where: Path, key: str, spec: dict) -> Range:
 
 def largest(spec: Range | Choices):
     return spec.high if isinstance(spec, Range) else max(spec.values)
+
+
+def check_epochs(where: Path, space: dict, head_epochs: int) -> None:
+    """The longest schedule the space allows must fit in MAX_EPOCHS (each argument grows it)."""
+    n_cycles, cycle_len, cycle_mult = (int(largest(space[key])) for key in ("n_cycles", "cycle_len", "cycle_mult"))
+    # Checked one by one first: cycle_mult ** n_cycles of absurd values would never finish.
+    for key, value in (("n_cycles", n_cycles), ("cycle_len", cycle_len), ("cycle_mult", cycle_mult)):
+        if value > MAX_EPOCHS:
+            raise SwiprError(f"{where}: [space] {key} goes up to {value}; a trial may run at most {MAX_EPOCHS} epochs")
+    head = head_epochs if "frozen_then_unfrozen" in _freezes(space["freeze"]) else 0
+    epochs = head + sgdr_epochs(n_cycles, cycle_len, cycle_mult)   # exact: Python ints, bounded inputs
+    if epochs > MAX_EPOCHS:
+        said = str(epochs) if epochs < 10**12 else f"about 10^{len(str(epochs)) - 1}"
+        raise SwiprError(f"{where}: [space] allows a schedule of {said} epochs (n_cycles {n_cycles}, cycle_len "
+                         f"{cycle_len}, cycle_mult {cycle_mult}{f', [train] head_epochs {head}' if head else ''}); "
+                         f"a trial may run at most {MAX_EPOCHS}")
+
+
+def _freezes(spec) -> tuple:
+    return spec.values if isinstance(spec, Choices) else ()

@@ -27,13 +27,20 @@ class _ThreadedServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True   # the SPA fetches in parallel; Ctrl-C must not wait for them
 
 
+class _ThreadedServer6(_ThreadedServer):
+    address_family = socket.AF_INET6   # --host ::1, ::, or any IPv6 address
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format, *args):   # one line per fetch, every second: not for users
         pass
 
 
 def study_url(host: str, port: int, study_id: int) -> str:
-    shown = LOOPBACK if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    host = host.strip("[]")
+    shown = {"0.0.0.0": LOOPBACK, "::": "::1"}.get(host, host)
+    if ":" in shown:   # an IPv6 address goes in brackets in a URL
+        shown = f"[{shown}]"
     return f"http://{shown}:{port}/dashboard/studies/{study_id}"
 
 
@@ -41,12 +48,16 @@ def make_dashboard_server(study_file, host: str = LOOPBACK, port: int = 8080, ar
     """(server, study) for the study file; the caller serves it. Port 0 picks a free port."""
     if not 0 <= port <= 65535:
         raise SwiprError(f"--port must be between 0 and 65535, got {port}")
+    if not host.strip():
+        raise SwiprError("--host is empty; give an address such as 127.0.0.1 (this machine only) or 0.0.0.0 "
+                         "(every interface)")
+    server_class = _ThreadedServer6 if ":" in host else _ThreadedServer
     study = open_study(study_file, create=False)
     store = open_artifact_store(artifact_dir or default_artifact_dir(study_file), create=False)
     app = optuna_dashboard.wsgi(storage_of(study), artifact_store=store)
     try:
-        server = make_server(host, port, app, server_class=_ThreadedServer, handler_class=_QuietHandler)
-    except socket.gaierror:
+        server = make_server(host.strip("[]"), port, app, server_class=server_class, handler_class=_QuietHandler)
+    except (socket.gaierror, UnicodeError):
         raise SwiprError(f"--host {host!r}: not an address or host name of this machine") from None
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
@@ -60,7 +71,7 @@ def serve(study_file, host: str = LOOPBACK, port: int = 8080, artifact_dir=None)
     port = server.server_address[1]
     print(f"optuna-dashboard for study '{study.study_name}' in {redact(study_file.study.storage)}")
     print(f"open {study_url(host, port, study_id(study))} in a browser (Ctrl-C stops the server)")
-    if host not in (LOOPBACK, "localhost", "::1"):
+    if host.strip("[]") not in (LOOPBACK, "localhost", "::1"):
         print(f"note: listening on {host}, so other machines can reach it: the dashboard has no login",
               file=sys.stderr)
     sys.stdout.flush()
