@@ -29,6 +29,15 @@ def test_a_running_trials_stored_record(study):
     assert (record.number, record.state, record.user_attrs) == (trial.number, TrialState.RUNNING, {"k": 1})
 
 
+def test_a_trial_attached_by_id_is_the_asked_one(study):
+    # What a Dask task does with the id the driver sends: the same trial, its params fixed.
+    asked = study.ask({"x": optuna.distributions.FloatDistribution(0, 2)})
+    attached = optuna_compat.attach(study, optuna_compat.trial_id(asked))
+    assert (attached.number, attached.suggest_float("x", 0, 2)) == (asked.number, asked.params["x"])
+    attached.report(0.5, step=0)
+    assert optuna_compat.stored_trial(asked).intermediate_values == {0: 0.5}
+
+
 def test_a_trial_put_back_is_waiting_and_asked_again(study):
     study.enqueue_trial({"x": 1.0})
     trial = study.ask()
