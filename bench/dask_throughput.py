@@ -5,7 +5,7 @@
     .venv/bin/python bench/dask_throughput.py --trials 1000 --slots 4 --local-trials 100
 
 Dask: a scheduler and K one-thread workers on 127.0.0.1 (tests/daskkit.py); the driver is
-`search.running.dask_engine.Driver`, unchanged except that its task is trivial (it opens the study
+`search.running.dask_driver.Driver`, unchanged except that its task is trivial (it opens the study
 through DaskStorage, takes the params the driver asked for, reports once, tells). Local: the
 `--workers` shape, a fresh forkserver process per trial that opens the SQLite storage with
 heartbeats and runs one trial. Both on SQLite (WAL) in a temp folder, with the random sampler
@@ -88,7 +88,8 @@ def dask_run(folder: Path, trials: int, slots: int) -> tuple[float, float]:
     """(trials/s, ms per report through DaskStorage) on a fresh local cluster."""
     import optuna
 
-    from search.running.dask_engine import Driver, connect, register_storage
+    from search.running.dask_driver import Driver
+    from search.running.dask_engine import connect, register_storage
     from search.study.storage import open_storage
     from tests.daskkit import Cluster
 
@@ -121,7 +122,8 @@ def _one_trial(url: str) -> None:
     from search.study.storage import Heartbeat, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name="bench", storage=open_storage(url, create=False, heartbeat=Heartbeat()),
+    storage = open_storage(url, create=False, heartbeat=Heartbeat(interval=60, grace_period=180))
+    study = optuna.load_study(study_name="bench", storage=storage,
                               sampler=optuna.samplers.RandomSampler())
 
     def objective(trial):
@@ -168,7 +170,7 @@ def inline_run(folder: Path, trials: int) -> float:
     report and tell, one after another in this process on SQLite (no engine, no parallelism)."""
     import optuna
 
-    from search.running.dask_engine import TOKEN_ATTR
+    from search.running.dask_driver import TOKEN_ATTR
     from search.study.storage import open_storage
 
     study_file = _study_file(folder)
@@ -195,6 +197,8 @@ def _print(name: str, trials: int, slots: int, wall: float, ok: bool, detail: st
     print(f"{name}: {slots} slots, {trials} trivial trials in {wall:.1f} s -> {trials / wall:.1f} trials/s, "
           f"{1000 * slots * wall / trials:.1f} ms a trial a slot; {detail} -> {'OK' if ok else 'LOST OR FAILED'}",
           flush=True)
+    if not ok:
+        raise SystemExit(1)
 
 
 def direct_report_costs(folder: Path) -> dict[str, float]:

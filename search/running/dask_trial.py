@@ -40,6 +40,7 @@ from swipr_core.errors import SwiprError
 STARTED_ATTR = "swipr_dask_started"   # system attr: the token of the task that started the trial
 STOP_EVENT = "swipr-stop-{run}"       # a Dask Event the driver sets on Ctrl-C
 
+
 @dataclass(frozen=True)
 class DaskTask:
     """What the driver sends with one trial: small, and no storage URL or password."""
