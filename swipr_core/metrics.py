@@ -10,6 +10,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from swipr_core.errors import SwiprError
 
@@ -28,8 +37,6 @@ def _both_classes(targets: np.ndarray) -> bool:
 
 def roc_auc(probs, targets) -> float:
     """ROC AUC of P(YES) against the targets; NaN when they hold one class only."""
-    from sklearn.metrics import roc_auc_score
-
     targets = np.asarray(targets)
     return float(roc_auc_score(targets, np.asarray(probs))) if _both_classes(targets) else math.nan
 
@@ -52,8 +59,6 @@ def confusion_counts(probs, targets, threshold: float = DEFAULT_THRESHOLD) -> di
 
 def best_f1_threshold(probs: np.ndarray, targets: np.ndarray) -> Threshold:
     """The probability cut (YES when p >= cut) with the highest F1 for YES on validation."""
-    from sklearn.metrics import precision_recall_curve
-
     if not _both_classes(targets):
         return Threshold(DEFAULT_THRESHOLD, "default 0.5 (validation has one class only)")
     precision, recall, cuts = precision_recall_curve(targets, probs)
@@ -73,8 +78,6 @@ def check_target_precision(target: float | None) -> None:
 def precision_threshold(probs: np.ndarray, targets: np.ndarray, target: float) -> Threshold:
     """The lowest cut whose validation precision reaches `target`: the most YES answers
     that are still right that often. Unreachable: the most precise cut, said so in its rule."""
-    from sklearn.metrics import precision_recall_curve
-
     check_target_precision(target)
     if not _both_classes(targets):
         return Threshold(DEFAULT_THRESHOLD, "default 0.5 (validation has one class only)")
@@ -97,9 +100,6 @@ def choose_threshold(probs: np.ndarray, targets: np.ndarray, target_precision: f
 
 def classification_report(probs: np.ndarray, targets: np.ndarray, threshold: float) -> dict:
     """Threshold-free scores, scores at `threshold`, and the majority-class baseline."""
-    from sklearn.metrics import (average_precision_score, balanced_accuracy_score, f1_score, precision_score,
-                                 recall_score)
-
     probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets, dtype=np.int64)
     if len(targets) == 0:
         raise SwiprError("validation split is empty: nothing to score the model on")

@@ -17,8 +17,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import fastai.callback.fp16  # noqa: F401  (adds Learner.to_bf16)
+import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
 import numpy as np
 import torch
+import torch._dynamo as dynamo
+from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.schedule import ParamScheduler, SchedCos
+from fastai.data.core import DataLoaders
+from fastai.learner import AvgSmoothLoss, Learner, Recorder
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy
+from fastai.torch_core import set_seed
 
 from swipr_core.checkpoints import fastai_opt_state, load_checkpoint, save_checkpoint
 from swipr_core.data import Dataset
@@ -175,50 +185,44 @@ def _precision(name: str, device: torch.device) -> str:
     return name
 
 
-def _epoch_callback_class():
-    from fastai.callback.core import Callback, CancelFitException
-    from fastai.learner import Recorder
+class EpochReporter(Callback):
+    """Reports each trained epoch on the run's own counter; keeps what the caller raised."""
 
-    class EpochReporter(Callback):
-        """Reports each trained epoch on the run's own counter; keeps what the caller raised."""
+    order = Recorder.order + 1   # after Recorder has written the epoch's losses
 
-        order = Recorder.order + 1   # after Recorder has written the epoch's losses
+    def __init__(self, run: "_Run", phase: str, first_epoch: int):
+        self.run, self.phase, self.first_epoch = run, phase, first_epoch
 
-        def __init__(self, run: "_Run", phase: str, first_epoch: int):
-            self.run, self.phase, self.first_epoch = run, phase, first_epoch
+    def before_epoch(self):
+        self.trained, self.lrs, self.images, self.train_seconds = False, [], 0, 0.0
 
-        def before_epoch(self):
-            self.trained, self.lrs, self.images, self.train_seconds = False, [], 0, 0.0
+    def before_train(self):
+        self.started = time.perf_counter()
 
-        def before_train(self):
-            self.started = time.perf_counter()
+    def after_batch(self):
+        if self.training:
+            self.lrs.append(float(self.opt.hypers[-1]["lr"]))
+            self.images += len(self.yb[0])
 
-        def after_batch(self):
-            if self.training:
-                self.lrs.append(float(self.opt.hypers[-1]["lr"]))
-                self.images += len(self.yb[0])
+    def after_train(self):
+        self.train_seconds = time.perf_counter() - self.started
 
-        def after_train(self):
-            self.train_seconds = time.perf_counter() - self.started
+    def after_validate(self):
+        self.trained = True
 
-        def after_validate(self):
-            self.trained = True
-
-        def after_epoch(self):
-            if not self.trained:   # an epoch SkipToEpoch skipped while resuming
-                return
-            log = self.recorder.log   # [epoch, train_loss, valid_loss, accuracy, time]
-            record = EpochRecord(epoch=self.first_epoch + self.epoch, phase=self.phase,
-                                 train_loss=float(log[1]), valid_loss=float(log[2]), accuracy=float(log[3]),
-                                 seconds=self.train_seconds, lrs=self.lrs)
-            record.cycle_end = record.epoch in self.run.cycle_ends
-            try:
-                self.run.epoch_done(self.learn, record, self.images)
-            except BaseException as error:
-                self.run.stopped_by = error
-                raise CancelFitException() from None
-
-    return EpochReporter
+    def after_epoch(self):
+        if not self.trained:   # an epoch SkipToEpoch skipped while resuming
+            return
+        log = self.recorder.log   # [epoch, train_loss, valid_loss, accuracy, time]
+        record = EpochRecord(epoch=self.first_epoch + self.epoch, phase=self.phase,
+                             train_loss=float(log[1]), valid_loss=float(log[2]), accuracy=float(log[3]),
+                             seconds=self.train_seconds, lrs=self.lrs)
+        record.cycle_end = record.epoch in self.run.cycle_ends
+        try:
+            self.run.epoch_done(self.learn, record, self.images)
+        except BaseException as error:
+            self.run.stopped_by = error
+            raise CancelFitException() from None
 
 
 class _Run:
@@ -246,8 +250,6 @@ class _Run:
 
 def sgdr_schedule(n_cycles: int, cycle_len: int, cycle_mult: int, lr_max) -> Callable[[float], object]:
     """The learning rate at a fraction `pct` of an SGDR fit: a cosine from lr_max to 0 per cycle."""
-    from fastai.callback.schedule import SchedCos
-
     # fastai's fit_sgdr combines the cycles with combine_scheds, which asserts that their float
     # shares sum to exactly 1 (false for 6, 7, 10, ... equal cycles) and places cycle starts in
     # float32, so a cycle's first batch can fall one ulp short of its start and get lr 0 (3
@@ -266,8 +268,6 @@ def sgdr_schedule(n_cycles: int, cycle_len: int, cycle_mult: int, lr_max) -> Cal
 
 def _fit_sgdr(learn, n_cycles, cycle_len, cycle_mult, lr_max, cbs, start_epoch):
     """fastai's Learner.fit_sgdr, with sgdr_schedule's exact cycle starts."""
-    from fastai.callback.schedule import ParamScheduler
-
     if learn.opt is None:
         learn.create_opt()
     learn.opt.set_hyper("lr", lr_max)
@@ -301,20 +301,20 @@ def _compile_enabled(mode: str, device: torch.device) -> bool:
     return mode == "on" or (mode == "auto" and device.type in COMPILE_AUTO_ON_DEVICES)
 
 
-def _keep_smooth_loss_on_device(learn) -> None:
+class DeviceSmoothLoss(AvgSmoothLoss):
     """fastai's smoothed training loss copies the loss to the CPU every batch: a sync that
     leaves the GPU idle while Python queues the next step. This one stays on the device;
     fastai reads it once per epoch for the log."""
-    from fastai.learner import AvgSmoothLoss
 
-    class DeviceSmoothLoss(AvgSmoothLoss):
-        def accumulate(self, learn):
-            loss = learn.loss.mean().detach()
-            if self.count == 0:
-                self.val = torch.zeros_like(loss)
-            self.count += 1
-            self.val = torch.lerp(loss, self.val, self.beta)
+    def accumulate(self, learn):
+        loss = learn.loss.mean().detach()
+        if self.count == 0:
+            self.val = torch.zeros_like(loss)
+        self.count += 1
+        self.val = torch.lerp(loss, self.val, self.beta)
 
+
+def _keep_smooth_loss_on_device(learn) -> None:
     learn.recorder.smooth_loss = DeviceSmoothLoss(beta=learn.recorder.smooth_loss.beta)
 
 
@@ -324,8 +324,6 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
     """Fine-tune and evaluate. With `checkpoint_dir`, each epoch is saved there, and a run
     that finds a checkpoint resumes after its last epoch. `compile`: torch.compile the
     model (on | off | auto = on only where measured faster)."""
-    from fastai.torch_core import set_seed
-
     torch_device = resolve_device(device)
     precision = _precision(precision, torch_device)
     set_seed(config.seed)
@@ -341,12 +339,6 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
 def _build_learner(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, torch_device: torch.device,
                    precision: str, compile: str):
     """A fastai Learner over the timm model and the cached loaders, on its device and precision."""
-    import fastai.callback.fp16  # noqa: F401  (adds Learner.to_bf16)
-    from fastai.data.core import DataLoaders
-    from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
-    from fastai.metrics import accuracy
-
     model = create_model(model_spec)
     mean, std = normalisation(model)
     if torch_device.type == "cuda":
@@ -362,9 +354,6 @@ def _build_learner(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec,
     if _compile_enabled(compile, torch_device):
         # One graph per phase (frozen, unfrozen) × mode (train, eval, no_grad) × batch shape
         # (full, last): more than dynamo's default 8, past which it silently runs eagerly.
-        # Imported by another name: `import torch._dynamo` would make `torch` local to this function.
-        import torch._dynamo as dynamo
-
         dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
         learn.model.compile()   # in place: same module, same state_dict keys, fastai's splitter still works
     if precision == "bf16":
@@ -389,9 +378,7 @@ def _resume(learn, run: _Run, checkpoint_dir: Path | None) -> dict | None:
 
 def _run_phases(learn, config: TrainConfig, run: _Run, saved: dict | None) -> None:
     """Each phase's SGDR fit, skipping the epochs the run already has; re-raises what stopped it."""
-    import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
-
-    reporter = _epoch_callback_class()
+    reporter = EpochReporter
     done, first = len(run.history), 0
     with learn.no_logging(), learn.no_bar():
         for (phase, n_cycles, cycle_len, cycle_mult), (_, n_epochs) in zip(config.sgdr_phases(), config.phases()):
