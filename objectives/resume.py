@@ -90,7 +90,9 @@ class Checkpoints:
         retried = _quietly(_Retry.retried_trial_number, state)
         if retried is None:
             return
-        owner = self.owner(trial.study, retried, state.system_attrs.get("fixed_params", {}))
+        # A retry carries its original's params (RetryHeartbeatStaleTrialCallback copies them);
+        # only an enqueued trial has them as fixed_params.
+        owner = self.owner(trial.study, retried, state.system_attrs.get("fixed_params") or state.params)
         saved = load_checkpoint(self.folder(retried)) if self.owned_by(self.folder(retried), owner) else None
         history = saved["history"] if saved else []
         trial.set_user_attr("retry_of", retried)
