@@ -1,1 +1,2 @@
-"""Labels, split, image cache, loaders, model and training for Swipr. Imports nothing from Optuna."""
+"""From a pics database to a trained, exported model: labels, split, image cache, loaders, model,
+training, metrics, bundle and predict. No Optuna here: the search is built on top of it."""

@@ -10,9 +10,11 @@ SIGTERM or SIGKILL leaves no decoding child, held lock or temp file behind.
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 import sys
@@ -24,7 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from swipr_core.errors import SwiprError
-from swipr_core.images import load_square, open_regular  # load_square: re-exported, as it lived here
+from swipr_core.images import (  # load_square: re-exported, as it lived here
+    load_square,
+    open_regular,
+)
 
 CHUNK = 256
 
@@ -165,8 +170,6 @@ def _run_jobs(jobs: list, workers: int):
             _fill_chunk(job)
             yield job
         return
-    import multiprocessing
-
     pool = multiprocessing.Pool(min(workers, len(jobs)), initializer=_die_with_parent,
                                 initargs=(os.getpid(),))
     try:
@@ -185,8 +188,6 @@ def _die_with_parent(parent: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # If the parent is killed outright (SIGKILL), the kernel sends the child SIGTERM.
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG (Linux)
     except (OSError, AttributeError):
         pass  # not Linux: the parent's SIGTERM handler still terminates the pool

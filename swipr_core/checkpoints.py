@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastcore.foundation import L
 
 CHECKPOINT_FILE = "last.pth"
 
@@ -46,8 +47,6 @@ def load_checkpoint(directory: Path | None) -> dict | None:
 
 def fastai_opt_state(saved: dict) -> dict:
     """A saved optimizer state in the shape fastai's Optimizer.load_state_dict expects."""
-    from fastcore.foundation import L
-
     return {"state": L(saved["state"]), "hypers": L(saved["hypers"])}
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from swipr_core.loaders import Augment, augment_batch
 from swipr_core.predict import INPUT_NAME, OUTPUT_NAME, OnnxModel
@@ -43,8 +44,6 @@ def cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_weights(model: torch.nn.Module, file: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(file), metadata=metadata)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 import numpy as np
+from PIL import Image, ImageOps
 
 # At most this many pixels of one image are ever decoded (64 MiB at 4 bytes a pixel);
 # JPEGs are decoded at 1/2..1/8 scale first, so only JPEGs above ~1 gigapixel hit it.
@@ -86,8 +87,6 @@ def check_size(image) -> None:
 
 def decode_check(handle: BinaryIO, px: int = 64) -> None:
     """Decode an image just far enough to find damage (JPEGs at reduced scale)."""
-    from PIL import Image
-
     with Image.open(handle) as image:
         image.draft("RGB", (px, px))
         check_size(image)
@@ -96,8 +95,6 @@ def decode_check(handle: BinaryIO, px: int = 64) -> None:
 
 def load_square(file: str | Path, px: int) -> np.ndarray:
     """Decode one image, resize its shorter side to px and centre-crop it to px×px RGB."""
-    from PIL import Image, ImageOps
-
     with open_regular(file) as handle, Image.open(handle) as image:
         # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale directly: most of the speed-up
         # for 640 px photos cached at 256 px, and what keeps large JPEGs small.

@@ -5,9 +5,14 @@ hard-coded ImageNet numbers, so a study can switch arch without silently mis-nor
 """
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+
+import huggingface_hub.constants as hub_constants
+import timm
+from timm.data import resolve_model_data_config
 
 from swipr_core.errors import SwiprError
 
@@ -41,8 +46,6 @@ def _offline_help(spec: ModelSpec, reason: str) -> str:
 
 
 def create_model(spec: ModelSpec, num_classes: int = 2):
-    import timm
-
     if not timm.is_model(spec.arch):
         close = timm.list_models(f"*{spec.arch.split('_')[0]}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
@@ -71,15 +74,9 @@ def create_model(spec: ModelSpec, num_classes: int = 2):
 
 
 def _create_offline(spec: ModelSpec, num_classes: int):
-    import os
-
-    import timm
-
     previous = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        import huggingface_hub.constants as hub_constants
-
         was = hub_constants.HF_HUB_OFFLINE
         hub_constants.HF_HUB_OFFLINE = True
         try:
@@ -95,8 +92,6 @@ def _create_offline(spec: ModelSpec, num_classes: int):
 
 def normalisation(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std the model was pretrained with, from timm's data config."""
-    from timm.data import resolve_model_data_config
-
     config = resolve_model_data_config(model)
     return tuple(config["mean"]), tuple(config["std"])
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import onnxruntime
 
 from swipr_core import bundle
 from swipr_core.errors import SwiprError
@@ -31,8 +32,6 @@ class OnnxModel:
     """An onnxruntime session over a bundle's model: uint8 NHWC batches -> P(YES)."""
 
     def __init__(self, onnx_bytes: bytes, threads: int | None = None):
-        import onnxruntime
-
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -14,11 +14,12 @@ import os
 import random
 import tempfile
 from dataclasses import asdict, dataclass
+from io import StringIO
 from pathlib import Path
 
 from swipr_core.errors import SwiprError
 from swipr_core.images import open_regular
-from swipr_core.labels import LabelRules, LabelTable
+from swipr_core.labels import LabelRules, LabelTable, build_labels
 
 CLASSES = ("NO", "YES")
 LABELS_HEADER = b"path,label,is_valid"
@@ -164,8 +165,6 @@ def _is_meta_json(file: Path) -> bool:
 
 def write_split(split: LabeledSplit, labels_file: Path, force: bool = False) -> None:
     """Write the CSV and its meta, each atomically; refuse a target swipr didn't write unless `force`."""
-    from io import StringIO
-
     if not force:
         check_labels_target(labels_file)
 
@@ -223,8 +222,6 @@ def prepare_labels(database: Path, image_root: Path, rules: LabelRules, valid_pc
                 f"run `swipr labels STUDY.toml` to remake it (a study started on the old split will refuse the new one)"
             )
         return split
-    from swipr_core.labels import build_labels
-
     if not force:
         check_labels_target(labels_file)  # before the slow part: every image is read
     table = build_labels(database, image_root, rules)

@@ -80,7 +80,7 @@ def test_no_import_cycle_between_files():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-@pytest.mark.parametrize("package", ["search", "objectives"])
+@pytest.mark.parametrize("package", ["search", "objectives", "swipr_core"])
 def test_imports_live_at_the_top_of_modules(package):
     modules = project_modules()
     lazy = [f"{path.relative_to(ROOT)}:{line} imports {target} inside a function"

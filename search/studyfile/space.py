@@ -8,9 +8,8 @@ from typing import Any
 from objectives.space import SPACE_KEYS, Choices, Range
 from search.studyfile.fields import check_type, one_of
 from swipr_core.errors import SwiprError
-from swipr_core.training import FREEZE_STRATEGIES, sgdr_epochs
-
-MAX_EPOCHS = 1000   # what one trial may ask for: weeks of GPU time for ResNeXt50 on real data
+from swipr_core.training import FREEZE_STRATEGIES
+from swipr_core.training import check_epochs as core_check_epochs
 
 # The TOML type each key's values have.
 _VALUE_TYPES = {"lr": float, "batch_size": int, "image_size": int, "freeze": str,
@@ -85,20 +84,12 @@ def largest(spec: Range | Choices):
 
 
 def check_epochs(where: Path, space: dict, head_epochs: int) -> None:
-    """The longest schedule the space allows must fit in MAX_EPOCHS (each argument grows it)."""
-    n_cycles, cycle_len, cycle_mult = (int(largest(space[key])) for key in ("n_cycles", "cycle_len", "cycle_mult"))
-    # Checked one by one first: cycle_mult ** n_cycles of absurd values would never finish.
-    for key, value in (("n_cycles", n_cycles), ("cycle_len", cycle_len), ("cycle_mult", cycle_mult)):
-        if value > MAX_EPOCHS:
-            raise SwiprError(f"{where}: [space] {key} goes up to {value}; a trial may run at most {MAX_EPOCHS} epochs")
-    head = head_epochs if "frozen_then_unfrozen" in _freezes(space["freeze"]) else 0
-    epochs = head + sgdr_epochs(n_cycles, cycle_len, cycle_mult)   # exact: Python ints, bounded inputs
-    if epochs > MAX_EPOCHS:
-        said = str(epochs) if epochs < 10**12 else f"about 10^{len(str(epochs)) - 1}"
-        raise SwiprError(f"{where}: [space] allows a schedule of {said} epochs (n_cycles {n_cycles}, cycle_len "
-                         f"{cycle_len}, cycle_mult {cycle_mult}{f', [train] head_epochs {head}' if head else ''}); "
-                         f"a trial may run at most {MAX_EPOCHS}")
-
-
-def _freezes(spec) -> tuple:
-    return spec.values if isinstance(spec, Choices) else ()
+    """The longest schedule the space allows (each argument lengthens it) must be one a run may
+    have (swipr_core.training.MAX_EPOCHS)."""
+    highs = {key: int(largest(space[key])) for key in ("n_cycles", "cycle_len", "cycle_mult")}
+    freezes = space["freeze"].values if isinstance(space["freeze"], Choices) else ()
+    freeze = "frozen_then_unfrozen" if "frozen_then_unfrozen" in freezes else "unfrozen"
+    try:
+        core_check_epochs(**highs, freeze=freeze, head_epochs=head_epochs)
+    except SwiprError as error:
+        raise SwiprError(f"{where}: [space] allows a schedule too long: {error}") from None

@@ -20,10 +20,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact  # noqa: E402
 from optuna_dashboard import get_note, save_note  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
 
 from search.study.data_record import data_summary  # noqa: E402
 from search.views.format import fmt  # noqa: E402
+from swipr_core.metrics import confusion_counts, roc_auc  # noqa: E402
 
 # Artifact file names: the report finds the best trial's pictures by these.
 CURVES_PNG = "curves.png"
@@ -97,10 +98,8 @@ def plot_lr(history, path: Path, title: str) -> Path:
 
 def confusion(probs, targets, threshold: float = 0.5) -> list[list[int]]:
     """[[NO->NO, NO->YES], [YES->NO, YES->YES]]: rows are the truth, columns the answer."""
-    matrix = [[0, 0], [0, 0]]
-    for p, t in zip(probs, targets):
-        matrix[int(t)][int(p >= threshold)] += 1
-    return matrix
+    counts = confusion_counts(probs, targets, threshold)
+    return [[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]]
 
 
 def plot_confusion(probs, targets, path: Path, title: str) -> Path:
@@ -125,7 +124,7 @@ def plot_roc(probs, targets, path: Path, title: str) -> Path:
     ax.plot([0, 1], [0, 1], ":", color="0.6", label="chance")
     if len(set(int(t) for t in targets)) == 2:
         fpr, tpr, _ = roc_curve(targets, probs)
-        ax.plot(fpr, tpr, color="C1", label=f"AUC {roc_auc_score(targets, probs):.3f}")
+        ax.plot(fpr, tpr, color="C1", label=f"AUC {roc_auc(probs, targets):.3f}")
     else:   # one class only in the validation set: no curve to draw, say so on the picture
         ax.text(0.5, 0.5, "validation set has one class only", ha="center")
     ax.set_xlabel("false positive rate")
