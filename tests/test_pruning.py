@@ -174,3 +174,68 @@ def test_prune_at_defaults_to_cycle_end_and_a_bad_value_is_one_line(tmp_path):
     bad = write_study(tmp_path, tmp_path / "data", filename="bad.toml", extra={"study": 'prune_at = "sometimes"\n'})
     line = one_line_error(run_cli("study", "status", bad))
     assert str(bad) in line and "[study] prune_at must be one of cycle_end, epoch, got 'sometimes'" in line
+
+
+def _done(state, value=None, **attrs):
+    return optuna.trial.create_trial(state=state, value=value, params={"lr": 0.01},
+                                     distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1)},
+                                     intermediate_values={0: value or 0.9}, user_attrs=attrs)
+
+
+def gains_study() -> optuna.Study:
+    study = optuna.create_study()
+    study.add_trials([
+        _done(TrialState.COMPLETE, 0.50, warm_start="notebook run 1", val_accuracy=0.80, epochs=7, planned_epochs=7),
+        _done(TrialState.PRUNED, warm_start="notebook run 2", epochs=2, planned_epochs=7),
+        _done(TrialState.COMPLETE, 0.40, val_accuracy=0.85, epochs=3, planned_epochs=3),
+        _done(TrialState.PRUNED, epochs=1, planned_epochs=6),
+    ])
+    return study
+
+
+def test_the_summary_compares_the_best_with_the_notebook_and_counts_epochs_saved():
+    from search.views.progress import summary_table
+
+    table = " ".join(summary_table(gains_study(), "cpu").split())
+    # best 0.40 vs the notebook's 0.50: 20% lower, 5 accuracy points; 5 + 5 epochs not run
+    assert ("notebook run 1 (trial 0): val_loss 0.5000 -> best 0.4000 (20.0% lower), "
+            "accuracy 0.800 -> 0.850 (+5.0 points)") in table
+    assert "notebook run 2 (trial 1): pruned after 2 of 7 epochs" in table
+    assert "pruning saved 10 epochs (43% of 23): 2 trials pruned, 13 epochs run" in table
+
+
+def test_best_as_json_carries_the_gains():
+    from search.views.gains import search_gains
+
+    gains = search_gains(gains_study())
+    assert gains["epochs_saved"] == 10 and gains["epochs_run"] == 13
+    first = gains["vs_notebook"][0]
+    assert first["name"] == "notebook run 1" and first["loss_change_pct"] == pytest.approx(-20.0)
+    assert first["accuracy_change_points"] == pytest.approx(5.0)
+
+
+def test_the_warm_start_tags_the_notebook_trials(tmp_path):
+    from search.study.warm_start import enqueue_warm_start
+    from search.studyfile import load_study_file
+
+    study_file = load_study_file(write_study(tmp_path, tmp_path / "data", warm_start=True))
+    study = optuna.create_study()
+    assert enqueue_warm_start(study, study_file) == 2
+    assert [t.user_attrs["warm_start"] for t in study.trials] == ["notebook run 1", "notebook run 2"]
+
+
+def test_the_curves_picture_marks_where_a_pruned_trial_was_judged_and_against_what(tmp_path):
+    from types import SimpleNamespace
+
+    from search.views.artifacts import judging_marks, plot_curves
+
+    losses, flags = LONG
+    history = [SimpleNamespace(epoch=e, phase="unfrozen", train_loss=0.5, valid_loss=loss, accuracy=0.8,
+                               cycle_end=flag, lrs=[]) for e, (loss, flag) in enumerate(zip(losses[:4], flags))]
+    against = {"epoch": 3, "value": 0.45, "n_completed": 3, "median": 0.40, "best": 0.35, "worst": 0.50}
+    trial = SimpleNamespace(user_attrs={"prune_at": "cycle_end", JUDGED_ATTR: [3], AGAINST_ATTR: against})
+    marks = judging_marks(trial, history)
+    assert marks["reported"] == [None, None, None, 0.45] and marks["judged"] == [3] and marks["against"] == against
+    plain = plot_curves(history, tmp_path / "plain.png", "t").read_bytes()
+    marked = plot_curves(history, tmp_path / "marked.png", "t", marks=marks).read_bytes()
+    assert marked.startswith(b"\x89PNG") and marked != plain
