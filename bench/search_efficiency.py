@@ -107,8 +107,8 @@ def n_configs() -> int:
 
 # --- replay ---------------------------------------------------------------------------------
 
-def key(params: dict) -> tuple:
-    return tuple(params[name] for name in GRID)
+def key(params: dict, names) -> tuple:
+    return tuple(params[name] for name in names)
 
 
 def replay_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: float) -> list[dict]:
@@ -120,7 +120,7 @@ def replay_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: floa
     spent = [0]
 
     def objective(trial: optuna.Trial) -> float:
-        curve = curves[key({name: suggest(trial, name, spec) for name, spec in space.items()})]
+        curve = curves[key({name: suggest(trial, name, spec) for name, spec in space.items()}, grid)]
         return replay_curve(trial, curve["val_loss"], curve["cycle_end"], prune_at)
 
     def stop_at_cap(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -129,7 +129,7 @@ def replay_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: floa
             study.stop()
 
     study.optimize(objective, callbacks=[stop_at_cap])
-    return [{"key": key(t.params), "state": t.state.name, "value": t.value, "epochs": t.user_attrs["epochs"]}
+    return [{"key": key(t.params, grid), "state": t.state.name, "value": t.value, "epochs": t.user_attrs["epochs"]}
             for t in study.trials]
 
 
@@ -158,7 +158,7 @@ def quartiles(values: list[float]) -> list[float]:
 def replay(table: Path, seeds: int) -> dict:
     data = json.loads(table.read_text())
     grid = {name: tuple(values) for name, values in data["grid"].items()}
-    curves = {tuple(c["params"][name] for name in grid): c for c in data["configs"]}
+    curves = {key(c["params"], grid): c for c in data["configs"]}
     finals = sorted(curves, key=lambda k: curves[k]["val_loss"][-1])
     grid_best = curves[finals[0]]["val_loss"][-1]
     grid_epochs = sum(len(c["val_loss"]) for c in curves.values())
