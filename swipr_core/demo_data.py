@@ -1,8 +1,12 @@
 """A small Swipr-shaped dataset to try the whole pipeline without the real photos.
 
-YES pictures are warm with a bright disc, NO pictures cool with dark stripes or squares, with
-noise and jitter, so a tiny CNN learns them in a couple of epochs at 32-48 px. The metadata
-exercises every label rule and every exclusion reason, at the real data's skew (~75% NO).
+Shaped like the real problem, so that hyperparameters matter: after the study's label rules
+about 81% of the rows are NO and 19% YES; LABEL_NOISE of the pictures show the other class
+(the real labels come from a pre-filter and one person's taste); and the classes differ
+subtly: a YES picture holds a faint warm blob, buried in a background of any colour with a
+gradient and random shapes that say nothing. The metadata exercises every label rule and
+every exclusion reason. LOOKS_FILE records what each picture shows, so tests can measure
+the noise.
 """
 from __future__ import annotations
 
@@ -33,12 +37,18 @@ DEMO_RULES = LabelRules(
     fail_labels=(LABEL_NO_FACE, LABEL_ROTATION_FAILED), fail_on_male=True,
     min_people=1, max_people=1, min_age=18, max_age=35,
 )
+DEFAULT_IMAGES = 600  # `swipr demo-data`'s default too
 MIN_IMAGES = 40  # below this not every rule and exclusion reason gets a row
 MARKER = ".swipr-demo-data"  # lets a second run overwrite a demo dataset, and nothing else
+LOOKS_FILE = "looks.csv"  # path,looks: the class each picture shows (labels may disagree)
+LABEL_NOISE = 0.04  # share of pictures that show the other class than their row's kind
+CUE_ALPHA = 0.85  # how strongly the YES blob shows through (1: opaque); lower is harder
+NOISE_SD = 12  # pixel noise over every picture
 
-# kind -> (rows per 100, where it lives); every kind gets at least one row.
+# kind -> (rows per 100, where it lives); every kind gets at least one row. 16.5 YES of the
+# 86 rows per 100 that the rules keep: 19% YES, as in the real data.
 _KINDS = {
-    "yes": (21, "yes"), "no": (50, "no"),
+    "yes": (16.5, "yes"), "no": (54.5, "no"),
     "fail_no_face": (2, "yes"), "fail_rotation": (2, "yes"), "male": (3, "yes"),
     "nobody": (2, "yes"), "group": (3, "yes"), "too_young": (2, "yes"), "too_old": (2, "yes"),
     "outside": (4, "outside"), "invalid_flag": (3, "any"), "invalid_label": (3, "any"),
@@ -46,7 +56,7 @@ _KINDS = {
 }
 
 
-def write_demo_data(out_dir: Path, n_images: int = 240, image_px: int = 64, seed: int = 0) -> Path:
+def write_demo_data(out_dir: Path, n_images: int = DEFAULT_IMAGES, image_px: int = 64, seed: int = 0) -> Path:
     """Write `out_dir/pics.db` and its images; return the database path (images under out_dir)."""
     out_dir = Path(out_dir)
     if not isinstance(n_images, int) or n_images < MIN_IMAGES:
@@ -56,12 +66,16 @@ def write_demo_data(out_dir: Path, n_images: int = 240, image_px: int = 64, seed
         raise SwiprError(f"demo data: image_px must be between 16 and 1024, but got {image_px!r}")
     _prepare_dir(out_dir)
     rng = np.random.default_rng(seed)
-    rows = []
+    rows, looks = [], []
     for index, kind in enumerate(_kind_list(n_images, rng)):
         row, appearance = _metadata(kind, index, rng)
+        if rng.random() < LABEL_NOISE:
+            appearance = "NO" if appearance == "YES" else "YES"
         rows.append(row)
+        looks.append(f"{row[0]},{appearance}\n")
         if kind != "missing":
             _write_image(out_dir / row[0], kind, appearance, image_px, rng)
+    (out_dir / LOOKS_FILE).write_text("path,looks\n" + "".join(looks))
     database = out_dir / "pics.db"
     partial = out_dir / "pics.db.partial"
     partial.unlink(missing_ok=True)
@@ -148,46 +162,43 @@ def _write_image(path: Path, kind: str, appearance: str, px: int, rng: np.random
     if kind == "garbage":
         path.write_bytes(b"this is not a JPEG, it only has the name of one\n" * 4)
         return
-    pixels = _yes_pixels(px, rng) if appearance == "YES" else _no_pixels(px, rng)
-    noisy = pixels + rng.normal(0, 18, size=pixels.shape)
+    pixels = _scene(px, rng)
+    if appearance == "YES":
+        _add_cue(pixels, rng)
+    noisy = pixels + rng.normal(0, NOISE_SD, size=pixels.shape)
     Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=85)
     if kind == "truncated":
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
 
 
-def _background(px: int, colour: list[int], rng: np.random.Generator) -> np.ndarray:
-    # One picture in five gets a grey background, so colour alone does not give the answer.
-    if rng.random() < 0.2:
-        colour = [float(rng.uniform(90, 170))] * 3
-    background = np.array(colour) + rng.normal(0, 20, size=3)
-    return np.broadcast_to(background, (px, px, 3)).copy()
-
-
-def _yes_pixels(px: int, rng: np.random.Generator) -> np.ndarray:
-    image = _background(px, [200, 130, 70], rng)
-    cy, cx = rng.uniform(0.3, 0.7, size=2) * px
-    radius = rng.uniform(0.15, 0.3) * px
+def _ellipse(px: int, rng: np.random.Generator, low: float, high: float) -> np.ndarray:
+    """A mask of one randomly placed, sized and stretched ellipse."""
+    cy, cx = rng.uniform(0.15, 0.85, size=2) * px
+    ry, rx = rng.uniform(low, high, size=2) * px
     yy, xx = np.mgrid[0:px, 0:px]
-    disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
-    image[disc] = np.array([250, 240, 200]) + rng.normal(0, 8, size=3)
-    return image
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
 
 
-def _no_pixels(px: int, rng: np.random.Generator) -> np.ndarray:
-    image = _background(px, [70, 110, 190], rng)
-    dark = np.array([25, 30, 50]) + rng.normal(0, 8, size=3)
-    if rng.random() < 0.5:  # stripes, horizontal or vertical, with jittered period and phase
-        period = int(rng.integers(max(4, px // 8), max(5, px // 3)))
-        offset = int(rng.integers(0, period))
-        stripes = ((np.arange(px) + offset) % period) < period // 2
+def _scene(px: int, rng: np.random.Generator) -> np.ndarray:
+    """A background that says nothing about the label: any colour, a gradient, random shapes."""
+    yy, xx = np.mgrid[0:px, 0:px] / px
+    base = rng.uniform(30, 225, size=3)
+    slope = rng.normal(0, 40, size=(2, 3))
+    image = base + yy[..., None] * slope[0] + xx[..., None] * slope[1]
+    for _ in range(int(rng.integers(2, 6))):
+        colour = rng.uniform(0, 255, size=3)
         if rng.random() < 0.5:
-            image[stripes, :] = dark
+            image[_ellipse(px, rng, 0.08, 0.3)] = colour
         else:
-            image[:, stripes] = dark
-    else:  # a few dark squares
-        for _ in range(int(rng.integers(2, 5))):
-            side = int(rng.uniform(0.15, 0.35) * px)
-            top, left = rng.integers(0, px - side, size=2)
-            image[top : top + side, left : left + side] = dark
+            top, left = rng.integers(0, px - 2, size=2)
+            height, width = rng.integers(2, max(3, px // 2), size=2)
+            image[top : top + height, left : left + width] = colour
     return image
+
+
+def _add_cue(image: np.ndarray, rng: np.random.Generator) -> None:
+    """What makes a YES: a faint warm blob, blended in at CUE_ALPHA over whatever lies there."""
+    blob = _ellipse(image.shape[0], rng, 0.12, 0.25)
+    warm = np.array([230, 170, 130]) + rng.normal(0, 10, size=3)
+    image[blob] = (1 - CUE_ALPHA) * image[blob] + CUE_ALPHA * warm

@@ -16,8 +16,8 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
                     "Refuses a non-empty DIR unless it holds an earlier demo dataset.",
     )
     p.add_argument("directory", type=Path, metavar="DIR", help="where to write the dataset")
-    p.add_argument("--images", type=int, default=240, metavar="N",
-                   help="rows in the pics table (default: 240)")
+    p.add_argument("--images", type=int, default=600, metavar="N",
+                   help="rows in the pics table (default: 600)")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="random seed; the same seed writes the same dataset (default: 0)")
     p.set_defaults(func=run)
