@@ -70,7 +70,7 @@ class StudyProgress:
 
     def on_epoch(self, trial, record) -> None:
         figures = (f"{record.phase} train_loss {record.train_loss:.4f} val_loss {record.valid_loss:.4f} "
-                   f"acc {record.accuracy:.3f}")
+                   f"acc {record.accuracy:.3f}{' (cycle end)' if record.cycle_end else ''}")
         if self.bars and self.epoch_bar is not None:
             # figures first: they change; the params are on the trial's line when it ends
             self.epoch_bar.set_postfix_str(f"val_loss {record.valid_loss:.4f} acc {record.accuracy:.3f} | "
