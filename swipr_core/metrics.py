@@ -26,6 +26,30 @@ def _both_classes(targets: np.ndarray) -> bool:
     return len(np.unique(targets)) == 2
 
 
+def roc_auc(probs, targets) -> float:
+    """ROC AUC of P(YES) against the targets; NaN when they hold one class only."""
+    from sklearn.metrics import roc_auc_score
+
+    targets = np.asarray(targets)
+    return float(roc_auc_score(targets, np.asarray(probs))) if _both_classes(targets) else math.nan
+
+
+def majority_accuracy(targets) -> float:
+    """The accuracy of always answering the commoner class; NaN when there are no targets."""
+    targets = np.asarray(targets, dtype=np.float64)
+    if len(targets) == 0:
+        return math.nan
+    return float(max(targets.mean(), 1 - targets.mean()))
+
+
+def confusion_counts(probs, targets, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """{"tn", "fp", "fn", "tp"}: answers YES when P(YES) >= threshold, against targets (1 = YES)."""
+    predicted = np.asarray(probs, dtype=np.float64) >= threshold
+    actual = np.asarray(targets).astype(bool)
+    return {"tn": int(np.sum(~predicted & ~actual)), "fp": int(np.sum(predicted & ~actual)),
+            "fn": int(np.sum(~predicted & actual)), "tp": int(np.sum(predicted & actual))}
+
+
 def best_f1_threshold(probs: np.ndarray, targets: np.ndarray) -> Threshold:
     """The probability cut (YES when p >= cut) with the highest F1 for YES on validation."""
     from sklearn.metrics import precision_recall_curve
@@ -74,7 +98,7 @@ def choose_threshold(probs: np.ndarray, targets: np.ndarray, target_precision: f
 def classification_report(probs: np.ndarray, targets: np.ndarray, threshold: float) -> dict:
     """Threshold-free scores, scores at `threshold`, and the majority-class baseline."""
     from sklearn.metrics import (average_precision_score, balanced_accuracy_score, f1_score, precision_score,
-                                 recall_score, roc_auc_score)
+                                 recall_score)
 
     probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets, dtype=np.int64)
     if len(targets) == 0:
@@ -85,7 +109,7 @@ def classification_report(probs: np.ndarray, targets: np.ndarray, threshold: flo
     return {
         "n_valid": int(len(targets)),
         "valid_yes_fraction": positives,
-        "roc_auc": float(roc_auc_score(targets, probs)) if both else math.nan,
+        "roc_auc": roc_auc(probs, targets),
         "pr_auc": float(average_precision_score(targets, probs)) if both else math.nan,
         "threshold": float(threshold),
         "accuracy": float((predicted == targets).mean()),
@@ -94,6 +118,6 @@ def classification_report(probs: np.ndarray, targets: np.ndarray, threshold: flo
         "recall": float(recall_score(targets, predicted, zero_division=0)),
         "f1": float(f1_score(targets, predicted, zero_division=0)),
         "accuracy_at_0.5": float(((probs >= 0.5) == targets).mean()),
-        "majority_accuracy": max(positives, 1 - positives),
+        "majority_accuracy": majority_accuracy(targets),
         "majority_class": "YES" if positives > 0.5 else "NO",
     }

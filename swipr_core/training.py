@@ -7,7 +7,10 @@ the exception is carried out of fastai cleanly and re-raised to the caller.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
+import numbers
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,12 +24,17 @@ from swipr_core.checkpoints import fastai_opt_state, load_checkpoint, save_check
 from swipr_core.data import Dataset
 from swipr_core.errors import SwiprError
 from swipr_core.loaders import Augment, CachedBatches
+from swipr_core.metrics import majority_accuracy, roc_auc
 from swipr_core.model import ModelSpec, body_and_head, create_model, normalisation
 
 FREEZE_STRATEGIES = ("frozen", "unfrozen", "frozen_then_unfrozen")
 # frozen_then_unfrozen: the body learns at lr / BODY_LR_DIVISOR, the head at lr (fastai's
 # discriminative learning rates, as in fine_tune's slice(base_lr/lr_mult, base_lr)).
 BODY_LR_DIVISOR = 100
+
+
+MAX_EPOCHS = 1000   # per run: more is a typo or a runaway cycle_mult ** n_cycles, not a plan
+_COUNTS = ("batch_size", "image_size", "n_cycles", "cycle_len", "cycle_mult", "head_epochs")
 
 
 @dataclass(frozen=True)
@@ -42,23 +50,89 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.freeze not in FREEZE_STRATEGIES:
-            raise SwiprError(f"freeze must be one of {', '.join(FREEZE_STRATEGIES)}, got {self.freeze!r}")
+        _check_lr(self.lr)
+        for name in _COUNTS:
+            _check_count(name, getattr(self, name))
+        check_epochs(self.n_cycles, self.cycle_len, self.cycle_mult, self.freeze, self.head_epochs)
+
+    def sgdr_phases(self) -> list[tuple[str, int, int, int]]:
+        """(phase name, n_cycles, cycle_len, cycle_mult) in order."""
+        sgdr = (self.n_cycles, self.cycle_len, self.cycle_mult)
+        if self.freeze == "frozen_then_unfrozen":
+            # The head-only warm-up is one cosine cycle of head_epochs.
+            return [("frozen", 1, self.head_epochs, 1), ("unfrozen", *sgdr)]
+        return [(self.freeze, *sgdr)]
 
     def phases(self) -> list[tuple[str, int]]:
         """(phase name, epochs) in order."""
-        sgdr = sgdr_epochs(self.n_cycles, self.cycle_len, self.cycle_mult)
-        if self.freeze == "frozen_then_unfrozen":
-            return [("frozen", self.head_epochs), ("unfrozen", sgdr)]
-        return [(self.freeze, sgdr)]
+        return [(name, sgdr_epochs(*cycles)) for name, *cycles in self.sgdr_phases()]
 
     @property
     def epochs(self) -> int:
         return sum(n for _, n in self.phases())
 
+    def cycle_end_epochs(self) -> tuple[int, ...]:
+        """The epochs (0-based, on the run's one counter) at whose end the learning rate reaches
+        its minimum: the last epoch of every SGDR cycle and of frozen_then_unfrozen's warm-up."""
+        ends, epoch = [], 0
+        for _, *cycles in self.sgdr_phases():
+            for length in cycle_lengths(*cycles):
+                epoch += length
+                ends.append(epoch - 1)
+        return tuple(ends)
+
+
+def _check_lr(lr) -> None:
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < 1:
+        raise SwiprError(f"lr must be a number between 0 and 1 (both excluded), got {lr!r}")
+
+
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SwiprError(f"{name} must be a whole number, got {value!r}")
+    if value < 1:
+        raise SwiprError(f"{name} must be 1 or more, got {value}")
+
+
+def cycle_lengths(n_cycles: int, cycle_len: int, cycle_mult: int) -> list[int]:
+    """Epochs in each SGDR cycle: the first cycle_len, each next cycle_mult times the last."""
+    return [cycle_len * cycle_mult**i for i in range(n_cycles)]
+
 
 def sgdr_epochs(n_cycles: int, cycle_len: int, cycle_mult: int) -> int:
+    """Epochs of a whole SGDR schedule (fastai's fit_sgdr formula)."""
     return cycle_len * n_cycles if cycle_mult == 1 else cycle_len * (cycle_mult ** n_cycles - 1) // (cycle_mult - 1)
+
+
+def check_epochs(n_cycles: int, cycle_len: int, cycle_mult: int, freeze: str = "unfrozen",
+                 head_epochs: int = 1) -> int:
+    """A run's epochs; SwiprError past MAX_EPOCHS. Epochs grow with every argument, so the
+    highs of a search space bound all its trials."""
+    for name, value in (("n_cycles", n_cycles), ("cycle_len", cycle_len), ("cycle_mult", cycle_mult),
+                        ("head_epochs", head_epochs)):
+        _check_count(name, value)
+    if freeze not in FREEZE_STRATEGIES:
+        raise SwiprError(f"freeze must be one of {', '.join(FREEZE_STRATEGIES)}, got {freeze!r}")
+    head = head_epochs if freeze == "frozen_then_unfrozen" else 0
+    total, length = head, cycle_len
+    for _ in range(n_cycles):   # stops once past the cap: cycle_mult ** n_cycles may not fit in memory
+        total += length
+        if total > MAX_EPOCHS:
+            asked = _epochs_in_words(n_cycles, cycle_len, cycle_mult, head)
+            warm_up = f"head_epochs={head_epochs}, " if head else ""
+            raise SwiprError(f"{warm_up}n_cycles={n_cycles}, cycle_len={cycle_len}, cycle_mult={cycle_mult} "
+                             f"ask for {asked} epochs; a run may have at most {MAX_EPOCHS}")
+        length *= cycle_mult
+    return total
+
+
+def _epochs_in_words(n_cycles: int, cycle_len: int, cycle_mult: int, head: int) -> str:
+    if cycle_mult == 1 or n_cycles * cycle_mult.bit_length() + cycle_len.bit_length() < 1000:
+        exact = head + sgdr_epochs(n_cycles, cycle_len, cycle_mult)
+        return str(exact) if exact < 10**15 else f"{float(exact):.3g}"
+    # Too big to compute: its order of magnitude, from logarithms.
+    log10 = math.log10(cycle_len) + n_cycles * math.log10(cycle_mult) - math.log10(cycle_mult - 1)
+    return f"about 1e{int(log10)}"
 
 
 @dataclass
@@ -70,6 +144,7 @@ class EpochRecord:
     accuracy: float
     seconds: float
     lrs: list[float] = field(default_factory=list)   # the head's learning rate at every batch
+    cycle_end: bool = False   # the learning rate reached its minimum: a cycle ended (pruners compare these)
 
 
 @dataclass
@@ -136,6 +211,7 @@ def _epoch_callback_class():
             record = EpochRecord(epoch=self.first_epoch + self.epoch, phase=self.phase,
                                  train_loss=float(log[1]), valid_loss=float(log[2]), accuracy=float(log[3]),
                                  seconds=self.train_seconds, lrs=self.lrs)
+            record.cycle_end = record.epoch in self.run.cycle_ends
             try:
                 self.run.epoch_done(self.learn, record, self.images)
             except BaseException as error:
@@ -148,8 +224,9 @@ def _epoch_callback_class():
 class _Run:
     """State shared by the phases of one run: history, timing, checkpoints, the caller's hook."""
 
-    def __init__(self, on_epoch, checkpoint_dir: Path | None):
+    def __init__(self, on_epoch, checkpoint_dir: Path | None, cycle_ends: tuple[int, ...]):
         self.history: list[EpochRecord] = []
+        self.cycle_ends = frozenset(cycle_ends)
         self.on_epoch = on_epoch
         self.checkpoint_dir = checkpoint_dir
         self.stopped_by: BaseException | None = None
@@ -167,20 +244,37 @@ class _Run:
             self.on_epoch(record)
 
 
-def _fit_sgdr(learn, n_cycles, cycle_len, lr_max, cycle_mult, cbs, start_epoch):
-    if cycle_mult > 1:
-        learn.fit_sgdr(n_cycles, cycle_len, lr_max=lr_max, cycle_mult=cycle_mult, cbs=cbs, start_epoch=start_epoch)
-        return
-    # fastai's fit_sgdr divides by (cycle_mult - 1); equal-length restarts are the same
-    # schedule with equal pieces.
-    from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds
+def sgdr_schedule(n_cycles: int, cycle_len: int, cycle_mult: int, lr_max) -> Callable[[float], object]:
+    """The learning rate at a fraction `pct` of an SGDR fit: a cosine from lr_max to 0 per cycle."""
+    from fastai.callback.schedule import SchedCos
+
+    # fastai's fit_sgdr combines the cycles with combine_scheds, which asserts that their float
+    # shares sum to exactly 1 (false for 6, 7, 10, ... equal cycles) and places cycle starts in
+    # float32, so a cycle's first batch can fall one ulp short of its start and get lr 0 (3
+    # cycles, cycle_mult 2). Here the cycle is found on whole epochs.
+    lengths = cycle_lengths(n_cycles, cycle_len, cycle_mult)
+    starts = list(itertools.accumulate(lengths, initial=0))
+    total, cosine = starts[-1], SchedCos(lr_max, 0)
+
+    def schedule(pct: float):
+        epoch = pct * total   # fastai's pct at an epoch start is epoch / total: off by an ulp at most
+        cycle = min(max(bisect.bisect_right(starts, epoch + 1e-6) - 1, 0), n_cycles - 1)
+        return cosine(min(max((epoch - starts[cycle]) / lengths[cycle], 0.0), 1.0))
+
+    return schedule
+
+
+def _fit_sgdr(learn, n_cycles, cycle_len, cycle_mult, lr_max, cbs, start_epoch):
+    """fastai's Learner.fit_sgdr, with sgdr_schedule's exact cycle starts."""
+    from fastai.callback.schedule import ParamScheduler
 
     if learn.opt is None:
         learn.create_opt()
     learn.opt.set_hyper("lr", lr_max)
     lr_max = np.array([h["lr"] for h in learn.opt.hypers])
-    scheds = {"lr": combine_scheds([1 / n_cycles] * n_cycles, [SchedCos(lr_max, 0) for _ in range(n_cycles)])}
-    learn.fit(cycle_len * n_cycles, cbs=[ParamScheduler(scheds), *cbs], start_epoch=start_epoch)
+    scheds = {"lr": sgdr_schedule(n_cycles, cycle_len, cycle_mult, lr_max)}
+    learn.fit(sgdr_epochs(n_cycles, cycle_len, cycle_mult), cbs=[ParamScheduler(scheds), *cbs],
+              start_epoch=start_epoch)
 
 
 def make_loaders(dataset: Dataset, config: TrainConfig, mean, std, device):
@@ -230,18 +324,29 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
     """Fine-tune and evaluate. With `checkpoint_dir`, each epoch is saved there, and a run
     that finds a checkpoint resumes after its last epoch. `compile`: torch.compile the
     model (on | off | auto = on only where measured faster)."""
-    import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
-    import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_sgdr)
-    import fastai.callback.fp16  # noqa: F401  (adds Learner.to_bf16)
-    from fastai.data.core import DataLoaders
-    from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
-    from fastai.metrics import accuracy
     from fastai.torch_core import set_seed
 
     torch_device = resolve_device(device)
     precision = _precision(precision, torch_device)
     set_seed(config.seed)
+    learn, mean, std = _build_learner(dataset, config, model_spec, torch_device, precision, compile)
+    run = _Run(on_epoch, checkpoint_dir, config.cycle_end_epochs())
+    saved = _resume(learn, run, checkpoint_dir)
+    _run_phases(learn, config, run, saved)
+    probs, targets = predict_valid(learn.model, learn.dls.valid, precision)
+    metrics = evaluate(probs, targets, run, config)
+    return TrainResult(run.history, metrics, probs, targets, learn.model, mean, std)
+
+
+def _build_learner(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, torch_device: torch.device,
+                   precision: str, compile: str):
+    """A fastai Learner over the timm model and the cached loaders, on its device and precision."""
+    import fastai.callback.fp16  # noqa: F401  (adds Learner.to_bf16)
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import accuracy
+
     model = create_model(model_spec)
     mean, std = normalisation(model)
     if torch_device.type == "cuda":
@@ -257,28 +362,39 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
     if _compile_enabled(compile, torch_device):
         # One graph per phase (frozen, unfrozen) × mode (train, eval, no_grad) × batch shape
         # (full, last): more than dynamo's default 8, past which it silently runs eagerly.
-        import torch._dynamo
+        # Imported by another name: `import torch._dynamo` would make `torch` local to this function.
+        import torch._dynamo as dynamo
 
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
         learn.model.compile()   # in place: same module, same state_dict keys, fastai's splitter still works
     if precision == "bf16":
         learn.to_bf16()
     elif precision == "fp16":
         learn.to_fp16()
+    return learn, mean, std
 
-    run = _Run(on_epoch, checkpoint_dir)
-    done = 0
+
+def _resume(learn, run: _Run, checkpoint_dir: Path | None) -> dict | None:
+    """Load the checkpoint's weights and history into the learner and the run, if there is one."""
     saved = load_checkpoint(checkpoint_dir)
-    if saved is not None:
-        learn.model.load_state_dict(saved["model"])
-        run.history = [EpochRecord(**r) for r in saved["history"]]
-        run.train_seconds, run.train_images = saved["train_seconds"], saved["train_images"]
-        done = len(run.history)
-        train_dl.passes = done   # the shuffles continue where the saved run was
+    if saved is None:
+        return None
+    learn.model.load_state_dict(saved["model"])
+    # cycle_end is recomputed: checkpoints from before it existed lack it.
+    run.history = [EpochRecord(**{**r, "cycle_end": r["epoch"] in run.cycle_ends}) for r in saved["history"]]
+    run.train_seconds, run.train_images = saved["train_seconds"], saved["train_images"]
+    learn.dls.train.passes = len(run.history)   # the shuffles continue where the saved run was
+    return saved
+
+
+def _run_phases(learn, config: TrainConfig, run: _Run, saved: dict | None) -> None:
+    """Each phase's SGDR fit, skipping the epochs the run already has; re-raises what stopped it."""
+    import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
+
     reporter = _epoch_callback_class()
-    first = 0
+    done, first = len(run.history), 0
     with learn.no_logging(), learn.no_bar():
-        for phase, n_epochs in config.phases():
+        for (phase, n_cycles, cycle_len, cycle_mult), (_, n_epochs) in zip(config.sgdr_phases(), config.phases()):
             if done >= first + n_epochs:
                 first += n_epochs
                 continue
@@ -296,17 +412,11 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
                 learn.create_opt()
                 if saved is not None and saved.get("opt") is not None and start > 0:
                     learn.opt.load_state_dict(fastai_opt_state(saved["opt"]))
-            # The head-only warm-up of frozen_then_unfrozen is one cosine cycle of head_epochs.
-            n_cycles, cycle_len, cycle_mult = (1, n_epochs, 1) if phase == "frozen" and config.freeze == \
-                "frozen_then_unfrozen" else (config.n_cycles, config.cycle_len, config.cycle_mult)
-            _fit_sgdr(learn, n_cycles, cycle_len, lr_max=lr, cycle_mult=cycle_mult,
-                      cbs=[reporter(run, phase, first)], start_epoch=start)
+            _fit_sgdr(learn, n_cycles, cycle_len, cycle_mult, lr_max=lr, cbs=[reporter(run, phase, first)],
+                      start_epoch=start)
             if run.stopped_by is not None:
                 raise run.stopped_by
             first += n_epochs
-    probs, targets = predict_valid(learn.model, valid_dl, precision)
-    metrics = evaluate(probs, targets, run, config)
-    return TrainResult(run.history, metrics, probs, targets, learn.model, mean, std)
 
 
 @torch.no_grad()
@@ -324,16 +434,13 @@ def predict_valid(model, loader, precision: str = "fp32") -> tuple[np.ndarray, n
 
 
 def evaluate(probs: np.ndarray, targets: np.ndarray, run: _Run, config: TrainConfig) -> dict:
-    from sklearn.metrics import roc_auc_score
-
+    """The run's summary: last epoch's validation scores, AUC, the majority baseline, speed."""
     last = run.history[-1] if run.history else None
-    majority = max(targets.mean(), 1 - targets.mean()) if len(targets) else math.nan
-    auc = roc_auc_score(targets, probs) if len(set(targets.tolist())) == 2 else math.nan
     return {
         "val_loss": last.valid_loss if last else math.nan,
         "val_accuracy": last.accuracy if last else math.nan,
-        "val_roc_auc": float(auc),
-        "majority_accuracy": float(majority),
+        "val_roc_auc": roc_auc(probs, targets),
+        "majority_accuracy": majority_accuracy(targets),
         "epochs": len(run.history),
         "train_seconds": run.train_seconds,
         "train_images_per_s": run.train_images / run.train_seconds if run.train_seconds else 0.0,

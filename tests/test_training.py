@@ -57,7 +57,7 @@ def test_metrics_and_the_learner_actually_learns(dataset):
     assert len(result.valid_probs) == n_valid
     share_no = 1 - result.valid_targets.mean()
     assert metrics["majority_accuracy"] == pytest.approx(max(share_no, 1 - share_no))
-    assert metrics["val_roc_auc"] > 0.8     # the demo's YES and NO pictures differ visibly
+    assert metrics["val_roc_auc"] > 0.65    # above chance (0.5): the demo's YES cue is faint on purpose
     assert metrics["train_images_per_s"] > 0
 
 
