@@ -36,10 +36,10 @@ from search.studyfile import StudySection  # noqa: E402
 
 TABLE = ROOT / "bench" / "results" / "search_efficiency_curves.json"
 STUDY_FILE = ROOT / "studies" / "demo.toml"
-# The grid: every schedule knob at two values, three learning rates across the demo space,
+# The grid: every schedule knob at two values, four learning rates across the demo space,
 # and the three freeze strategies. batch_size and image_size stay at the demo's first choice.
 GRID = {
-    "lr": (1e-3, 5e-3, 2e-2),
+    "lr": (1e-3, 3e-3, 1e-2, 3e-2),
     "freeze": ("frozen", "unfrozen", "frozen_then_unfrozen"),
     "n_cycles": (2, 3),
     "cycle_len": (1, 2),

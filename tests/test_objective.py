@@ -1,4 +1,6 @@
 """The objective: a trial's params become a run, reported on one counter, pruned by Optuna."""
+import copy
+
 import optuna
 import pytest
 
@@ -39,15 +41,20 @@ class PruneAtStep(optuna.pruners.BasePruner):
         return trial.last_step is not None and trial.last_step >= self.step
 
 
-def test_second_phase_reaches_the_pruner(setup):
-    # frozen_then_unfrozen: epoch 0 is frozen, epochs 1..3 unfrozen. A pruner that acts at
-    # step 2 only fires if the unfrozen phase reports on the same counter.
+@pytest.mark.parametrize("prune_at, judged_at", [("epoch", [0, 1, 2]), ("cycle_end", [0, 1, 3])])
+def test_second_phase_reaches_the_pruner(setup, prune_at, judged_at):
+    # frozen_then_unfrozen: epoch 0 is frozen, epochs 1..3 unfrozen (cycles end at 0, 1, 3). A
+    # pruner that acts at step 2 only fires if the unfrozen phase reports on the same counter;
+    # at cycle ends it fires at the first one at or after step 2.
+    objective = copy.copy(setup)
+    objective.prune_at = prune_at
     study = optuna.create_study(pruner=PruneAtStep(2))
-    study.optimize(setup, n_trials=1)
+    study.optimize(objective, n_trials=1)
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.PRUNED
-    assert sorted(trial.intermediate_values) == [0, 1, 2]
-    assert trial.user_attrs["epochs"] == 3
+    assert sorted(trial.intermediate_values) == list(range(judged_at[-1] + 1))
+    assert trial.user_attrs["judged_epochs"] == judged_at
+    assert trial.user_attrs["epochs"] == judged_at[-1] + 1
 
 
 def test_complete_trial_records_its_metrics(setup):
@@ -56,7 +63,7 @@ def test_complete_trial_records_its_metrics(setup):
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert sorted(trial.intermediate_values) == [0, 1, 2, 3]
-    assert trial.value == trial.intermediate_values[3]
+    assert trial.value == trial.user_attrs["val_loss_by_epoch"][3]
     assert trial.params == {"lr": 0.01, "batch_size": 32, "image_size": 32, "freeze": "frozen_then_unfrozen",
                             "n_cycles": 2, "cycle_len": 1, "cycle_mult": 2}
     for key in ("val_accuracy", "val_roc_auc", "majority_accuracy", "epochs", "train_seconds",
