@@ -74,7 +74,8 @@ class FinetuneObjective:
             seen.append(record)
             self._call("on_epoch", trial, record)
             trial.set_user_attr("epochs", record.epoch + 1)
-            report_epoch(trial, record.epoch, record.valid_loss, record.cycle_end, self.prune_at)
+            report_epoch(trial, record.epoch, record.valid_loss, record.cycle_end, self.prune_at,
+                         planned=config.epochs)
 
         try:
             result: TrainResult = train(self.dataset, config, self.model_spec, device=self.device,

@@ -8,7 +8,8 @@ frozen_then_unfrozen), and what it reports is its ANYTIME-BEST curve: at epoch e
 loss it had at any cycle end within its first e+1 epochs (nothing before its first cycle
 end). Every schedule can be read on that curve at every epoch, so when a trial is judged
 after e epochs, Optuna's pruners compare it with what the other trials had reached within
-the same e epochs of compute. `prune_at = "epoch"` reports the raw loss and asks every
+the same e epochs of compute. Nor is a trial judged at its last epoch: pruning it there would
+save nothing and lose its result. `prune_at = "epoch"` reports the raw loss and asks every
 epoch (the behaviour before issue 10). Either way the raw losses are kept in the user attr
 `val_loss_by_epoch`, the epochs where the pruner was asked in `judged_epochs`.
 
@@ -40,8 +41,9 @@ class Step:
     ask: bool             # ask the pruner after reporting
 
 
-def judge(losses: Sequence[float], cycle_ends: Sequence[bool], prune_at: str) -> Step:
-    """The step after the last of `losses` (one per epoch so far, `cycle_ends` alike)."""
+def judge(losses: Sequence[float], cycle_ends: Sequence[bool], prune_at: str, planned: int | None = None) -> Step:
+    """The step after the last of `losses` (one per epoch so far, `cycle_ends` alike) of a run
+    of `planned` epochs (None: not known)."""
     if prune_at not in PRUNE_AT:
         raise ValueError(f"prune_at must be one of {', '.join(PRUNE_AT)}, but got {prune_at=}.")
     if len(losses) != len(cycle_ends) or not losses:
@@ -51,11 +53,12 @@ def judge(losses: Sequence[float], cycle_ends: Sequence[bool], prune_at: str) ->
     at_ends = [loss for loss, end in zip(losses, cycle_ends) if end]
     # nan (a diverged run) is worst, not "not smaller than anything"
     best = min(at_ends, key=lambda v: float("inf") if v != v else v) if at_ends else None
-    return Step(best, bool(cycle_ends[-1]))
+    last = planned is not None and len(losses) >= planned
+    return Step(best, bool(cycle_ends[-1]) and not last)
 
 
 def report_epoch(trial: optuna.Trial, epoch: int, loss: float, cycle_end: bool, prune_at: str,
-                 ask: bool = True) -> None:
+                 ask: bool = True, planned: int | None = None) -> None:
     """Record epoch `epoch`'s raw loss on the trial, report what `judge` says and, where it
     says to ask (and `ask`), raise TrialPruned if the pruner says so."""
     attrs = trial.user_attrs
@@ -65,7 +68,7 @@ def report_epoch(trial: optuna.Trial, epoch: int, loss: float, cycle_end: bool, 
     ends = [e for e in attrs.get(CYCLE_ENDS_ATTR, []) if e < epoch] + ([epoch] if cycle_end else [])
     trial.set_user_attr(LOSSES_ATTR, losses)
     trial.set_user_attr(CYCLE_ENDS_ATTR, ends)
-    step = judge(losses, [e in ends for e in range(len(losses))], prune_at)
+    step = judge(losses, [e in ends for e in range(len(losses))], prune_at, planned)
     if step.value is not None:
         trial.report(step.value, step=epoch)
     if not (ask and step.ask):
@@ -91,5 +94,5 @@ def replay_curve(trial: optuna.Trial, losses: Sequence[float], cycle_ends: Seque
     TrialPruned where the pruner stops it (tests and bench/search_efficiency.py)."""
     for epoch, (loss, cycle_end) in enumerate(zip(losses, cycle_ends, strict=True)):
         trial.set_user_attr("epochs", epoch + 1)
-        report_epoch(trial, epoch, loss, cycle_end, prune_at)
+        report_epoch(trial, epoch, loss, cycle_end, prune_at, planned=len(losses))
     return losses[-1]

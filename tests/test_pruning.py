@@ -60,6 +60,12 @@ def test_judge_reports_the_best_cycle_end_loss_and_asks_only_at_cycle_ends():
     assert steps == [Step(None, False), Step(0.5, True), Step(0.5, False), Step(0.5, True), Step(0.5, False)]
 
 
+def test_no_decision_at_the_last_epoch_where_pruning_saves_nothing():
+    assert judge([0.9, 0.5], [True, True], "cycle_end", planned=3).ask
+    assert not judge([0.9, 0.5, 0.4], [True, True, True], "cycle_end", planned=3).ask
+    assert judge([0.9, 0.5, 0.4], [True, True, True], "epoch", planned=3).ask   # as before issue 10
+
+
 def test_judge_per_epoch_is_the_raw_loss_every_epoch():
     assert judge([0.9, 0.7], [False, False], "epoch") == Step(0.7, True)
 
@@ -146,8 +152,8 @@ def test_prune_at_epoch_reproduces_the_old_behaviour(name):
 
 
 def test_a_retry_re_reports_its_saved_epochs_as_the_objective_did():
-    # Epochs 0-4 re-reported without asking (they were judged when they ran), then the run goes
-    # on: the stored curve is the uninterrupted one's.
+    # Epochs 0-4 re-reported without asking (epoch 3 was judged when it ran), then the run goes
+    # on to its last epoch (never judged): the stored curve is the uninterrupted one's.
     losses, flags = LONG
     whole = run([LONG], optuna.pruners.NopPruner(), "cycle_end").trials[0]
 
@@ -155,7 +161,7 @@ def test_a_retry_re_reports_its_saved_epochs_as_the_objective_did():
         for epoch in range(5):
             report_epoch(trial, epoch, losses[epoch], flags[epoch], "cycle_end", ask=False)
         for epoch in range(5, 8):
-            report_epoch(trial, epoch, losses[epoch], flags[epoch], "cycle_end")
+            report_epoch(trial, epoch, losses[epoch], flags[epoch], "cycle_end", planned=8)
         return losses[-1]
 
     study = optuna.create_study()
@@ -163,7 +169,7 @@ def test_a_retry_re_reports_its_saved_epochs_as_the_objective_did():
     retry = study.trials[0]
     assert retry.intermediate_values == whole.intermediate_values == {3: 0.45, 4: 0.45, 5: 0.45, 6: 0.45, 7: 0.30}
     assert retry.user_attrs[LOSSES_ATTR] == losses
-    assert retry.user_attrs[JUDGED_ATTR] == [7] and whole.user_attrs[JUDGED_ATTR] == [3, 7]
+    assert JUDGED_ATTR not in retry.user_attrs and whole.user_attrs[JUDGED_ATTR] == [3]
 
 
 def test_prune_at_defaults_to_cycle_end_and_a_bad_value_is_one_line(tmp_path):
