@@ -32,7 +32,7 @@ def curves():
 
 def test_the_replay_stops_where_the_pruner_says_and_only_at_cycle_ends(bench):
     table = curves()
-    strategy = ("t", "random", "median", "cycle_end")
+    strategy = ("t", "random", "median", "cycle_end", 1)
     rows = bench.replay_study(table, GRID, strategy, seed=0, cap=200)
     pruned = [row for row in rows if row["state"] == "PRUNED"]
     assert pruned, "lr 0.001 runs should be pruned once 3 trials have finished"
@@ -43,7 +43,7 @@ def test_the_replay_stops_where_the_pruner_says_and_only_at_cycle_ends(bench):
 
 
 def test_without_a_pruner_every_trial_runs_its_whole_curve(bench):
-    rows = bench.replay_study(curves(), GRID, ("t", "random", "none", "epoch"), seed=0, cap=40)
+    rows = bench.replay_study(curves(), GRID, ("t", "random", "none", "epoch", 1), seed=0, cap=40)
     assert all(row["state"] == "COMPLETE" and row["epochs"] == 4 for row in rows)
 
 
@@ -53,5 +53,6 @@ def test_score_counts_epochs_to_target_budget_and_pruned_top_configs(bench):
             {"key": "b", "state": "COMPLETE", "value": 0.5, "epochs": 4},
             {"key": "top", "state": "COMPLETE", "value": 0.4, "epochs": 4}]
     # target 0.51 reached by the third trial, after 4 + 1 + 4 epochs; within 5 epochs only 0.9
-    assert bench.score(rows, target=0.51, budget=5, top={"top"}) == {
-        "epochs_to_target": 9, "best_at_budget": 0.9, "top_sampled": 2, "top_pruned": 1}
+    assert bench.score(rows, target=0.51, budget=5, top=["top", "b"]) == {
+        "epochs_to_target": 9, "best_at_budget": 0.9, "top_sampled": 3, "top_pruned": 1,
+        "best_sampled": 2, "best_pruned": 1}
