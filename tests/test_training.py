@@ -1,5 +1,6 @@
 """One training run: a single epoch counter across phases, stopping early, resuming."""
 import math
+import re
 
 import pytest
 
@@ -7,7 +8,8 @@ from swipr_core.data import DataSpec, prepare_data
 from swipr_core.demo_data import DEMO_RULES
 from swipr_core.model import ModelSpec
 from swipr_core.checkpoints import load_checkpoint
-from swipr_core.training import TrainConfig, sgdr_epochs, train
+from swipr_core.errors import SwiprError
+from swipr_core.training import MAX_EPOCHS, TrainConfig, check_epochs, sgdr_epochs, train
 from tests.studykit import demo_data
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
@@ -94,3 +96,44 @@ def test_a_stopped_run_resumes_from_its_checkpoint(dataset, tmp_path):
     # Only the epoch after the checkpoint runs again; the history carries the earlier ones.
     assert [r.epoch for r in seen] == [3]
     assert [r.epoch for r in result.history] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lr": 0.0}, "lr must be a number between 0 and 1 (both excluded), got 0.0"),
+    ({"lr": 1.5}, "lr must be a number between 0 and 1 (both excluded), got 1.5"),
+    ({"lr": float("nan")}, "lr must be a number between 0 and 1"),
+    ({"batch_size": 0}, "batch_size must be 1 or more, got 0"),
+    ({"image_size": -32}, "image_size must be 1 or more, got -32"),
+    ({"n_cycles": 0}, "n_cycles must be 1 or more, got 0"),
+    ({"cycle_len": 0}, "cycle_len must be 1 or more, got 0"),
+    ({"cycle_mult": 0}, "cycle_mult must be 1 or more, got 0"),
+    ({"head_epochs": 0}, "head_epochs must be 1 or more, got 0"),
+    ({"n_cycles": 1.5}, "n_cycles must be a whole number, got 1.5"),
+    ({"cycle_len": True}, "cycle_len must be a whole number, got True"),
+    ({"freeze": "thawed"}, "freeze must be one of frozen, unfrozen, frozen_then_unfrozen, got 'thawed'"),
+])
+def test_a_bad_config_is_one_line_naming_the_value(overrides, message):
+    with pytest.raises(SwiprError) as error:
+        config(**overrides)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("schedule, asked", [
+    ((100, 1, 2), "1.27e+30"),              # cycle_mult ** n_cycles: finite, but not in this universe
+    ((1, 2**63 - 1, 1), "9.22e+18"),        # an endless single cycle
+    ((10**4, 1, 3), "about 1e4770"),      # too big to count exactly: its order of magnitude
+    ((1001, 1, 1), "1001"),
+])
+def test_more_epochs_than_max_epochs_says_how_many(schedule, asked):
+    n_cycles, cycle_len, cycle_mult = schedule
+    with pytest.raises(SwiprError, match=f"ask for {re.escape(asked)} epochs; a run may have at most {MAX_EPOCHS}"):
+        config(n_cycles=n_cycles, cycle_len=cycle_len, cycle_mult=cycle_mult)
+
+
+def test_check_epochs_counts_the_warm_up_and_bounds_at_max_epochs():
+    assert check_epochs(3, 1, 2) == 7
+    assert check_epochs(3, 1, 2, "frozen_then_unfrozen", 2) == 9
+    assert check_epochs(3, 1, 2, "unfrozen", 50) == 7          # no warm-up unless frozen_then_unfrozen
+    assert check_epochs(MAX_EPOCHS, 1, 1) == MAX_EPOCHS
+    with pytest.raises(SwiprError, match="head_epochs=1, n_cycles=1000, cycle_len=1, cycle_mult=1 ask for 1001"):
+        check_epochs(MAX_EPOCHS, 1, 1, "frozen_then_unfrozen", 1)
