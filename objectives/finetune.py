@@ -1,15 +1,17 @@
 """An Optuna trial -> one fine-tuning run, reported epoch by epoch.
 
 Parameter names are the study file's [space] keys, so a trial's params are exactly a
-training config. The run reports validation loss on its single epoch counter, and the
-pruner's verdict is raised as TrialPruned from inside the run (the core carries it out
-of fastai and re-raises it here), so Optuna records PRUNED.
+training config. The run reports on its single epoch counter, as objectives.judging says (by default only
+at SGDR cycle ends, and the trial's best cycle-end loss so far), and the pruner's verdict
+is raised as TrialPruned from inside the run (the core carries it out of fastai and
+re-raises it here), so Optuna records PRUNED.
 """
 from __future__ import annotations
 
 import optuna
 import torch
 
+from objectives.judging import report_epoch
 from objectives.space import suggest
 from swipr_core.data import Dataset
 from swipr_core.model import ModelSpec
@@ -29,7 +31,8 @@ class FinetuneObjective:
 
     def __init__(self, dataset: Dataset, space: dict, model_spec: ModelSpec, *, head_epochs: int = 1,
                  seed: int = 0, device: str = "auto", precision: str = "auto", checkpoint_dir_for=None,
-                 on_result=None, hooks=(), seed_number_for=None, compile: str = "auto"):
+                 on_result=None, hooks=(), seed_number_for=None, compile: str = "auto",
+                 prune_at: str = "cycle_end"):
         self.dataset = dataset
         self.space = space
         self.model_spec = model_spec
@@ -38,6 +41,7 @@ class FinetuneObjective:
         self.device = device
         self.precision = precision
         self.compile = compile
+        self.prune_at = prune_at   # objectives.judging.PRUNE_AT
         # trial -> folder for its per-epoch checkpoints (or None): how a retried trial resumes
         self.checkpoint_dir_for = checkpoint_dir_for or (lambda trial: None)
         # trial -> the number its seed comes from: a retry must shuffle as the trial it
@@ -59,6 +63,7 @@ class FinetuneObjective:
         config = config_from_trial(trial, self.space, self.head_epochs, trial_seed(self.seed, self.seed_number_for(trial)))
         trial.set_user_attr("seed", config.seed)
         trial.set_user_attr("planned_epochs", config.epochs)
+        trial.set_user_attr("prune_at", self.prune_at)
         trial.set_user_attr("data_fingerprint", self.dataset.fingerprint)
         # CPU results depend on the thread count (reduction order): `swipr fit` replays with it.
         trial.set_user_attr("cpu_threads", torch.get_num_threads())
@@ -68,10 +73,9 @@ class FinetuneObjective:
         def report(record: EpochRecord) -> None:
             seen.append(record)
             self._call("on_epoch", trial, record)
-            trial.report(record.valid_loss, step=record.epoch)
             trial.set_user_attr("epochs", record.epoch + 1)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {record.epoch} (val_loss {record.valid_loss:.4f})")
+            report_epoch(trial, record.epoch, record.valid_loss, record.cycle_end, self.prune_at,
+                         planned=config.epochs)
 
         try:
             result: TrainResult = train(self.dataset, config, self.model_spec, device=self.device,

@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback as _Retry
 
+from objectives.judging import report_epoch
 from objectives.optuna_compat import guard_ask, put_back, stored_trial, take_queued_first
 from swipr_core.checkpoints import load_checkpoint
 
@@ -83,9 +84,10 @@ class Checkpoints:
     def remove(self, trial_number: int) -> None:
         shutil.rmtree(self.folder(trial_number), ignore_errors=True)
 
-    def note_resume(self, trial: optuna.Trial) -> None:
+    def note_resume(self, trial: optuna.Trial, prune_at: str = "cycle_end") -> None:
         """On a retry: record what it retries and the epoch it resumes from, and report the
-        saved epochs again so the pruner sees the whole learning curve."""
+        saved epochs again, as the objective did (objectives.judging), so the pruner sees the
+        whole learning curve. They were judged when they ran: the pruner is not asked again."""
         state = stored_trial(trial)
         retried = _quietly(_Retry.retried_trial_number, state)
         if retried is None:
@@ -98,7 +100,8 @@ class Checkpoints:
         trial.set_user_attr("retry_of", retried)
         trial.set_user_attr("resumed_from_epoch", len(history))
         for record in history:
-            trial.report(record["valid_loss"], step=record["epoch"])
+            report_epoch(trial, record["epoch"], record["valid_loss"], record.get("cycle_end", False), prune_at,
+                         ask=False)
         print(f"trial {trial.number}: retries trial {retried}, "
               f"{'resumes after epoch ' + str(len(history) - 1) if history else 'no checkpoint, starts over'}",
               flush=True)
@@ -130,10 +133,11 @@ class ResumableObjective:
     on, a stop request interrupts the trial with KeyboardInterrupt and its retry is queued.
     """
 
-    def __init__(self, objective, checkpoints: Checkpoints, stop):
+    def __init__(self, objective, checkpoints: Checkpoints, stop, prune_at: str = "cycle_end"):
         self.objective = objective
         self.checkpoints = checkpoints
         self.stop = stop
+        self.prune_at = prune_at   # how the retry re-reports its saved epochs
 
     def __call__(self, trial: optuna.Trial):
         keep = False
@@ -143,7 +147,7 @@ class ResumableObjective:
             self.stop.in_trial(True)
             if self.stop.requested:   # asked to stop between the guarded ask and this call
                 raise KeyboardInterrupt
-            self.checkpoints.note_resume(trial)
+            self.checkpoints.note_resume(trial, self.prune_at)
             value = self.objective(trial)
             self.stop.in_trial(False)
         except KeyboardInterrupt:

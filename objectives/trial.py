@@ -5,7 +5,8 @@
 2. Out of GPU memory (objectives.oom): a shape known to run out is refused before it
    allocates; a CUDA OOM fails only this trial and is recorded for the ones after it.
 3. Fine-tune (objectives.finetune): the trial's params from the space, one training run,
-   validation loss reported every epoch, pruned when the pruner says so.
+   validation loss recorded every epoch, judged where objectives.judging says (cycle ends by
+   default), pruned when the pruner says so.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class TrainSettings:
     device: str = "auto"
     precision: str = "auto"
     compile: str = "auto"
+    prune_at: str = "cycle_end"   # where a trial is judged: objectives.judging.PRUNE_AT
 
 
 def trial_objective(dataset: Dataset, space: dict, model: ModelSpec, settings: TrainSettings,
@@ -35,5 +37,5 @@ def trial_objective(dataset: Dataset, space: dict, model: ModelSpec, settings: T
     finetune = FinetuneObjective(
         dataset, space, model, head_epochs=settings.head_epochs, seed=settings.seed, device=settings.device,
         precision=settings.precision, compile=settings.compile, checkpoint_dir_for=checkpoints.dir_for,
-        seed_number_for=checkpoints.seed_number_for, hooks=hooks)
-    return ResumableObjective(OutOfMemoryGuard(finetune, space), checkpoints, stop)
+        seed_number_for=checkpoints.seed_number_for, hooks=hooks, prune_at=settings.prune_at)
+    return ResumableObjective(OutOfMemoryGuard(finetune, space), checkpoints, stop, prune_at=settings.prune_at)

@@ -81,8 +81,9 @@ def test_finished_and_pruned_trials_both_get_their_pictures_and_notes(prepared, 
     study = optuna.create_study(pruner=optuna.pruners.MedianPruner())
     study.pruner = _PruneAfter({1})
     store = open_artifact_store(tmp_path / "store")
+    # prune_at "epoch": these runs are one epoch long, and at cycle ends a last epoch is never judged
     objective = FinetuneObjective(dataset, study_file.space, ModelSpec("test_resnet", False), device="cpu",
-                                  hooks=[TrialArtifacts(store)])
+                                  hooks=[TrialArtifacts(store)], prune_at="epoch")
     study.optimize(objective, n_trials=2)
     done, pruned = study.trials
     assert (done.state, pruned.state) == (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

@@ -1,4 +1,6 @@
 """The objective: a trial's params become a run, reported on one counter, pruned by Optuna."""
+import copy
+
 import optuna
 import pytest
 
@@ -39,15 +41,21 @@ class PruneAtStep(optuna.pruners.BasePruner):
         return trial.last_step is not None and trial.last_step >= self.step
 
 
-def test_second_phase_reaches_the_pruner(setup):
-    # frozen_then_unfrozen: epoch 0 is frozen, epochs 1..3 unfrozen. A pruner that acts at
-    # step 2 only fires if the unfrozen phase reports on the same counter.
+@pytest.mark.parametrize("prune_at, judged_at, state", [("epoch", [0, 1, 2], "PRUNED"),
+                                                        ("cycle_end", [0, 1], "COMPLETE")])
+def test_second_phase_reaches_the_pruner(setup, prune_at, judged_at, state):
+    # frozen_then_unfrozen: epoch 0 is frozen, epochs 1..3 unfrozen (cycles end at 0, 1, 3).
+    # Per epoch, a pruner that acts at step 2 fires only if the unfrozen phase reports on the
+    # same counter. At cycle ends it is asked at 0 and 1 (the unfrozen phase's first cycle
+    # end), never mid-cycle at 2 nor at the last epoch, 3, where pruning saves nothing.
+    objective = copy.copy(setup)
+    objective.prune_at = prune_at
     study = optuna.create_study(pruner=PruneAtStep(2))
-    study.optimize(setup, n_trials=1)
+    study.optimize(objective, n_trials=1)
     trial = study.trials[0]
-    assert trial.state == optuna.trial.TrialState.PRUNED
-    assert sorted(trial.intermediate_values) == [0, 1, 2]
-    assert trial.user_attrs["epochs"] == 3
+    assert trial.state.name == state
+    assert trial.user_attrs["judged_epochs"] == judged_at
+    assert sorted(trial.intermediate_values) == list(range(trial.user_attrs["epochs"]))
 
 
 def test_complete_trial_records_its_metrics(setup):
@@ -56,7 +64,7 @@ def test_complete_trial_records_its_metrics(setup):
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert sorted(trial.intermediate_values) == [0, 1, 2, 3]
-    assert trial.value == trial.intermediate_values[3]
+    assert trial.value == trial.user_attrs["val_loss_by_epoch"][3]
     assert trial.params == {"lr": 0.01, "batch_size": 32, "image_size": 32, "freeze": "frozen_then_unfrozen",
                             "n_cycles": 2, "cycle_len": 1, "cycle_mult": 2}
     for key in ("val_accuracy", "val_roc_auc", "majority_accuracy", "epochs", "train_seconds",

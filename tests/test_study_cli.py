@@ -37,7 +37,8 @@ def test_running_again_continues_the_same_study(finished):
 def test_best_prints_number_value_params(finished):
     study, *_ = finished
     best = json.loads(run_cli("study", "best", study, "--json").stdout)
-    assert set(best) == {"number", "value", "params"}
+    assert set(best) == {"number", "value", "params", "val_accuracy", "vs_notebook", "epochs_run", "epochs_saved",
+                         "pruned"}
     rows = json.loads(run_cli("study", "status", study, "--json").stdout)["trials"]
     assert best["value"] == min(row["value"] for row in rows)
     assert set(best["params"]) == {"lr", "batch_size", "image_size", "freeze", "n_cycles", "cycle_len", "cycle_mult"}

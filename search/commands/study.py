@@ -9,6 +9,7 @@ from objectives.optuna_compat import stale_trial_numbers
 from search.running.driver import run_study
 from search.study.open import best_trial, open_study, quiet_optuna
 from search.studyfile import load_study_file
+from search.views.gains import gains_rows, search_gains
 from search.views.report import write_report
 
 
@@ -35,7 +36,8 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     status_p.add_argument("--json", action="store_true", help="print JSON")
     status_p.set_defaults(func=status)
 
-    best_p = actions.add_parser("best", help="print the best trial's number, value and params")
+    best_p = actions.add_parser("best", help="the best trial's number, value and params; how it compares with "
+                                             "the notebook's runs, and the epochs pruning saved")
     best_p.add_argument("study_file", type=Path, metavar="STUDY.toml")
     best_p.add_argument("--json", action="store_true", help="print JSON")
     best_p.set_defaults(func=best)
@@ -97,9 +99,17 @@ def status(args: argparse.Namespace) -> int:
 def best(args: argparse.Namespace) -> int:
     study_file = load_study_file(args.study_file)
     quiet_optuna()
-    trial = best_trial(open_study(study_file, create=False))
-    payload = {"number": trial.number, "value": trial.value, "params": trial.params}
-    print(json.dumps(payload) if args.json else json.dumps(payload, indent=2))
+    study = open_study(study_file, create=False)
+    trial = best_trial(study)
+    gains = search_gains(study)
+    payload = {"number": trial.number, "value": trial.value, "params": trial.params,
+               "val_accuracy": trial.user_attrs.get("val_accuracy"), **gains}
+    if args.json:
+        print(json.dumps(payload))
+        return 0
+    print(json.dumps({"number": trial.number, "value": trial.value, "params": trial.params}, indent=2))
+    for label, text in gains_rows(study, gains):
+        print(f"{label}: {text}")
     return 0
 
 

@@ -43,7 +43,7 @@ def checkpoint_root(study_file: StudyFile) -> Path:
 def train_settings(study_file: StudyFile, device: str | None) -> TrainSettings:
     train = study_file.train
     return TrainSettings(head_epochs=train.head_epochs, seed=study_file.study.seed, device=device or train.device,
-                         precision=train.precision, compile=train.compile)
+                         precision=train.precision, compile=train.compile, prune_at=study_file.study.prune_at)
 
 
 def run_worker(study_file: StudyFile, dataset: Dataset, *, n_trials: int, timeout: float | None = None,

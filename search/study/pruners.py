@@ -1,4 +1,12 @@
-"""The study file's pruner -> an Optuna pruner. Steps are the run's epochs."""
+"""The study file's pruner -> an Optuna pruner. Steps are the run's epochs.
+
+The pruners are Optuna's own; what makes them schedule-aware is what a trial reports and
+when it asks (objectives.judging, `[study] prune_at`). With "cycle_end", median and
+percentile compare the trial's best cycle-end loss with the other trials' best cycle-end
+losses within the same number of epochs, and successive halving / Hyperband, which judge a
+rung at the first step the trial asks at or after it, judge each rung at the trial's first
+cycle end at or after the rung. `pruner_warmup_epochs` keeps its meaning in both modes.
+"""
 from __future__ import annotations
 
 import optuna

@@ -6,6 +6,10 @@ import optuna
 from objectives.space import in_space
 from search.studyfile import StudyFile
 
+# user attr of a warm-start trial: which notebook run it is ("notebook run 1", ...); the
+# end-of-run summary and `swipr study best` compare the best trial with these.
+WARM_START_ATTR = "warm_start"
+
 # The notebook's two runs: fit(1e-4, 3, cycle_len=1, cycle_mult=2) at 224 px, then
 # fit(1e-3, 3, ...) frozen at 229 px.
 NOTEBOOK_CONFIGS = (
@@ -24,7 +28,7 @@ def enqueue_warm_start(study: optuna.Study, study_file: StudyFile) -> int:
     """
     if not study_file.study.warm_start or study.trials:
         return 0
-    for config in NOTEBOOK_CONFIGS:
+    for number, config in enumerate(NOTEBOOK_CONFIGS, start=1):
         params = {name: value for name, value in config.items() if in_space(study_file.space[name], value)}
-        study.enqueue_trial(params, skip_if_exists=True)
+        study.enqueue_trial(params, user_attrs={WARM_START_ATTR: f"notebook run {number}"}, skip_if_exists=True)
     return len(NOTEBOOK_CONFIGS)

@@ -9,8 +9,8 @@ import tomllib
 from pathlib import Path
 
 from search.studyfile.fields import one_of, parse_table, resolve, table_at
-from search.studyfile.sections import (PRECISIONS, PRUNERS, SAMPLERS, ClusterSection, StudyFile, StudySection,
-                                      TrainSection)
+from search.studyfile.sections import (PRECISIONS, PRUNE_AT_CHOICES, PRUNERS, SAMPLERS, ClusterSection, StudyFile,
+                                       StudySection, TrainSection)
 from search.studyfile.space import check_epochs, largest, parse_space
 from search.studyfile.storage_url import storage_url
 from swipr_core.data import MAX_SEED, DataSpec
@@ -58,6 +58,7 @@ def _study(path: Path, raw: dict) -> StudySection:
     where = f"{path}: [study]"
     one_of(f"{where} sampler", study.sampler, SAMPLERS)
     one_of(f"{where} pruner", study.pruner, PRUNERS)
+    one_of(f"{where} prune_at", study.prune_at, PRUNE_AT_CHOICES)
     for key in ("n_trials", "pruner_startup_trials", "pruner_warmup_epochs", "max_retry"):
         if getattr(study, key) < 0:
             raise SwiprError(f"{where} {key} must be 0 or more, got {getattr(study, key)}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from objectives.judging import PRUNE_AT
 from objectives.space import Choices, Range
 from swipr_core.data import DataSpec
 from swipr_core.model import ModelSpec
@@ -14,6 +15,7 @@ from swipr_core.model import ModelSpec
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "none")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PRUNE_AT_CHOICES = PRUNE_AT       # cycle_end | epoch (objectives.judging)
 
 
 @dataclass(frozen=True)
@@ -21,9 +23,10 @@ class StudySection:
     name: str = ""                    # default: the study file's stem
     storage: str = ""                 # default: a SQLite file beside the study file
     sampler: str = "tpe"              # one of SAMPLERS
-    pruner: str = "median"            # one of PRUNERS
+    pruner: str = "hyperband"         # one of PRUNERS; the winner of bench/search_efficiency.py
     pruner_startup_trials: int = 3    # median/percentile: trials finished before pruning
-    pruner_warmup_epochs: int = 1     # epochs every trial runs before it can be pruned
+    pruner_warmup_epochs: int = 2     # epochs every trial runs before it can be pruned (bench/search_efficiency.py)
+    prune_at: str = "cycle_end"       # judge trials at SGDR cycle ends, or at every "epoch"
     seed: int = 0
     warm_start: bool = True           # enqueue the notebook's configurations first
     n_trials: int = 20

@@ -1,13 +1,16 @@
 """Pictures and notes of a study, stored as Optuna artifacts that optuna-dashboard shows.
 
 Every trial gets its loss/accuracy curves and the learning-rate schedule it actually ran
-(pruned and failed trials too, up to the epoch they reached); a finished trial also gets a
+(pruned and failed trials too, up to the epoch they reached); the loss curve marks the cycle
+ends, the epochs where the pruner judged the trial and the value it judged, and for a pruned
+trial what it was compared with; a finished trial also gets a
 confusion matrix and a ROC curve of its last epoch. Each trial gets a markdown note of its
 params and metrics, the study one of its data. A picture that can't be drawn or stored is
 reported on stderr and skipped: it must never turn a finished trial into a failed one.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -22,6 +25,7 @@ from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upl
 from optuna_dashboard import get_note, save_note  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from objectives.judging import AGAINST_ATTR, JUDGED_ATTR, judge  # noqa: E402
 from search.study.data_record import data_summary  # noqa: E402
 from search.views.format import fmt  # noqa: E402
 from swipr_core.metrics import confusion_counts, roc_auc  # noqa: E402
@@ -58,13 +62,45 @@ def _shade_phases(ax, history) -> None:
         ax.axvspan(min(frozen) - 0.5, max(frozen) + 0.5, color="0.9", zorder=0, label="frozen body")
 
 
-def plot_curves(history, path: Path, title: str) -> Path:
-    """Train and validation loss, and validation accuracy, per epoch."""
+def judging_marks(trial, history) -> dict:
+    """Where the pruner judged a trial and on what (objectives.judging), for plot_curves."""
+    attrs = trial.user_attrs
+    prune_at = attrs.get("prune_at", "epoch")
+    losses, flags = [r.valid_loss for r in history], [bool(getattr(r, "cycle_end", False)) for r in history]
+    reported = [judge(losses[:n], flags[:n], prune_at).value for n in range(1, len(history) + 1)]
+    return {"prune_at": prune_at, "reported": reported, "judged": list(attrs.get(JUDGED_ATTR, [])),
+            "against": attrs.get(AGAINST_ATTR)}
+
+
+def _mark_judging(ax, history, marks: dict) -> None:
+    """Cycle ends, the judged value, the epochs it was judged at, and what a pruned trial lost to."""
+    for record in history:
+        if getattr(record, "cycle_end", False):
+            ax.axvline(record.epoch, color="0.75", linestyle=":", linewidth=1, zorder=0)
+    epochs = [r.epoch for r in history]
+    if marks["prune_at"] == "cycle_end":
+        ax.step(epochs, [math.nan if v is None else v for v in marks["reported"]], where="post", color="k",
+                linewidth=1, alpha=0.6, label="judged on: best cycle-end loss")
+    judged = [(e, marks["reported"][e]) for e in marks["judged"] if e < len(marks["reported"])]
+    if judged:
+        ax.plot(*zip(*judged), "D", color="k", markersize=5, label="judged here", zorder=3)
+    against = marks["against"]
+    if against and "median" in against:
+        e, median = against["epoch"], against["median"]
+        ax.errorbar([e], [median], yerr=[[median - against["best"]], [against["worst"] - median]], fmt="X",
+                    color="C3", markersize=8, capsize=3, zorder=4,
+                    label=f"pruned against: {against['n_completed']} finished trials (median, range)")
+
+
+def plot_curves(history, path: Path, title: str, marks: dict | None = None) -> Path:
+    """Train and validation loss, and validation accuracy, per epoch; `marks` from judging_marks."""
     epochs = [r.epoch for r in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
     _shade_phases(loss_ax, history)
     loss_ax.plot(epochs, [r.train_loss for r in history], "o-", label="train loss")
     loss_ax.plot(epochs, [r.valid_loss for r in history], "o-", label="valid loss")
+    if marks is not None:
+        _mark_judging(loss_ax, history, marks)
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("cross-entropy")
     loss_ax.legend(fontsize="small")
@@ -205,11 +241,15 @@ class TrialArtifacts:
         title = f"trial {trial.number} ({state.split()[0].lower()})"
         with tempfile.TemporaryDirectory(prefix="swipr-plots-") as tmp:
             drawings = [(CURVES_PNG, plot_curves, (history,)), (LR_PNG, plot_lr, (history,))]
+            try:
+                drawings[0] = (CURVES_PNG, plot_curves, (history,), {"marks": judging_marks(trial, history)})
+            except Exception as error:  # noqa: BLE001 - the curves without the marks, then
+                _warn(trial, "the judging marks", error)
             if probs is not None:
                 drawings += [(CONFUSION_PNG, plot_confusion, (probs, targets)), (ROC_PNG, plot_roc, (probs, targets))]
-            for name, draw, data in drawings:
+            for name, draw, data, *options in drawings:
                 try:
-                    path = draw(*data, Path(tmp) / name, title)
+                    path = draw(*data, Path(tmp) / name, title, **(options[0] if options else {}))
                     upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial,
                                     mimetype="image/png")
                 except Exception as error:  # noqa: BLE001 - see the module docstring

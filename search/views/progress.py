@@ -14,6 +14,7 @@ from tqdm import tqdm   # not tqdm.auto: this is a terminal, never a notebook wi
 
 from search.study.open import best_or_none
 from search.views.format import describe_trial, params_text, short
+from search.views.gains import gains_rows, search_gains
 
 
 def varied_params(trial) -> dict:
@@ -69,7 +70,7 @@ class StudyProgress:
 
     def on_epoch(self, trial, record) -> None:
         figures = (f"{record.phase} train_loss {record.train_loss:.4f} val_loss {record.valid_loss:.4f} "
-                   f"acc {record.accuracy:.3f}")
+                   f"acc {record.accuracy:.3f}{' (cycle end)' if record.cycle_end else ''}")
         if self.bars and self.epoch_bar is not None:
             # figures first: they change; the params are on the trial's line when it ends
             self.epoch_bar.set_postfix_str(f"val_loss {record.valid_loss:.4f} acc {record.accuracy:.3f} | "
@@ -116,8 +117,9 @@ def hours_label(device: str) -> str:
 
 
 def summary_table(study, device: str, this_run=()) -> str:
-    """The end-of-run table: best trial, trials by state, compute spent in the whole study and in
-    the trials numbered `this_run`."""
+    """The end-of-run table: best trial, how it compares with the notebook's runs, trials by
+    state, epochs pruning saved, compute spent in the whole study and in the trials numbered
+    `this_run`."""
     trials = study.get_trials(deepcopy=False)
     counts = {state: sum(1 for t in trials if t.state == state)
               for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
@@ -137,6 +139,7 @@ def summary_table(study, device: str, this_run=()) -> str:
             rows.append(("best val_accuracy", f"{accuracy:.4f}"))
     else:
         rows.append(("best trial", "none completed yet"))
+    rows += gains_rows(study, search_gains(study))
     rows += [
         ("trials", f"{len(trials)} ({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
                    f"{counts[TrialState.FAIL]} failed)"),

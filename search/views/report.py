@@ -1,7 +1,8 @@
 """`swipr study report`: one self-contained HTML page about a study.
 
 Optuna's own plotly figures (history, intermediate values with pruned trials, parameter
-importances, parallel coordinates) with plotly.js inlined once, and the best trial's
+importances, parallel coordinates), every trial's raw validation loss per epoch with the
+epochs where the pruner judged it, with plotly.js inlined once, and the best trial's
 pictures from its artifacts as data URIs: the page opens from a file, offline, anywhere.
 A plot Optuna can't draw yet (importances need two finished trials that differ) becomes
 a sentence saying why, not a failed report.
@@ -17,23 +18,50 @@ import warnings
 from pathlib import Path
 
 import optuna.visualization as vis
+import plotly.graph_objects as go
 from optuna.trial import TrialState
 
+from objectives.judging import JUDGED_ATTR, LOSSES_ATTR
 from objectives.optuna_compat import storage_of
 from search.study.data_record import data_summary
 from search.study.open import best_or_none, open_study
 from search.study.storage import redact
 from search.views.artifacts import PICTURES, artifact_dir as default_artifact_dir, open_artifact_store, trial_pictures
+from search.views.gains import gains_rows, search_gains
 from swipr_core.errors import SwiprError
 
 REPORT_FILE = "report.html"
 
-# (anchor, title, optuna.visualization function name)
+
+
+def plot_raw_losses(study) -> go.Figure:
+    """Every trial's validation loss at every epoch it ran; diamonds where the pruner judged it."""
+    figure = go.Figure()
+    for trial in study.get_trials(deepcopy=False):
+        losses = trial.user_attrs.get(LOSSES_ATTR)
+        if not losses:
+            continue
+        pruned = trial.state == TrialState.PRUNED
+        name = f"Trial{trial.number}" + (" (pruned)" if pruned else "")
+        figure.add_trace(go.Scatter(x=list(range(len(losses))), y=losses, mode="lines", name=name,
+                                    legendgroup=name, line={"dash": "dot" if pruned else "solid"}))
+        judged = [e for e in trial.user_attrs.get(JUDGED_ATTR, []) if e < len(losses)]
+        figure.add_trace(go.Scatter(x=judged, y=[losses[e] for e in judged], mode="markers", name=f"{name} judged",
+                                    legendgroup=name, showlegend=False, marker={"symbol": "diamond", "size": 8}))
+    if not figure.data:
+        raise ValueError("no trial has recorded its per-epoch losses yet")
+    figure.update_layout(xaxis_title="epoch", yaxis_title="validation loss", showlegend=True)
+    return figure
+
+
+# (anchor, title, function of the study -> plotly figure)
 PLOTS = (
-    ("history", "Optimisation history", "plot_optimization_history"),
-    ("intermediate", "Intermediate values (pruned trials included)", "plot_intermediate_values"),
-    ("importances", "Parameter importances", "plot_param_importances"),
-    ("parallel", "Parallel coordinates", "plot_parallel_coordinate"),
+    ("history", "Optimisation history", vis.plot_optimization_history),
+    ("raw", "Validation loss per epoch, as it ran (diamonds: where the pruner judged)", plot_raw_losses),
+    ("intermediate", "What the pruner judged: the reported values (pruned trials dotted)",
+     vis.plot_intermediate_values),
+    ("importances", "Parameter importances", vis.plot_param_importances),
+    ("parallel", "Parallel coordinates", vis.plot_parallel_coordinate),
 )
 CURVE_TITLES = {
     "curves.png": "Loss and accuracy per epoch",
@@ -53,7 +81,7 @@ table { border-collapse: collapse; } td, th { padding: 0.2em 0.8em; text-align: 
 
 def _plot_sections(study) -> list[str]:
     sections, plotly_included = [], False
-    for anchor, title, name in PLOTS:
+    for anchor, title, draw in PLOTS:
         body = ""
         kwargs = {}
         try:
@@ -61,7 +89,7 @@ def _plot_sections(study) -> list[str]:
                 kwargs["params"] = _varied_params(study)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")   # "experimental" notices: not for the reader
-                figure = getattr(vis, name)(study, **kwargs)
+                figure = draw(study, **kwargs)
             if anchor == "intermediate":
                 _mark_pruned(figure, study)
             body = figure.to_html(full_html=False, include_plotlyjs="inline" if not plotly_included else False,
@@ -120,7 +148,7 @@ def _summary(study, trials) -> str:
         rows.append(("excluded", ", ".join(f"{reason} {n}" for reason, n in data["excluded"].items())))
     if data["fingerprint"]:
         rows.append(("split fingerprint", data["fingerprint"]))
-    return _table(rows)
+    return _table(rows + gains_rows(study, search_gains(study)))
 
 
 def _best_section(study, trials, store) -> str:

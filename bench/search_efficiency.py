@@ -1,0 +1,232 @@
+"""How many epochs each search strategy spends to find a good configuration (issue 10).
+
+A tabular learning-curve benchmark, as HPO research measures searchers:
+
+    python bench/search_efficiency.py            # replay the committed table: seconds, no training
+    nice python bench/search_efficiency.py --record   # train the whole grid once (minutes, 1 CPU thread)
+
+--record trains every configuration of GRID to its end, unpruned, with the project's trainer on
+the demo data of studies/demo.toml, and writes each one's validation loss per epoch, which
+epochs end a cycle, and seconds to TABLE. The replay runs real Optuna studies (the project's
+samplers and pruners) over GRID as a categorical space; each trial reports its recorded curve
+through objectives.judging.replay_curve, the code a live trial runs, and stops where the pruner
+says so. Each study runs until it has spent CAP_FACTOR x the grid's epochs.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))   # run as a script from anywhere: the project's packages
+
+from objectives.judging import replay_curve  # noqa: E402
+from objectives.space import Choices, suggest  # noqa: E402
+from search.study.pruners import make_pruner  # noqa: E402
+from search.study.samplers import make_sampler  # noqa: E402
+from search.studyfile import StudySection  # noqa: E402
+
+TABLE = ROOT / "bench" / "results" / "search_efficiency_curves.json"
+STUDY_FILE = ROOT / "studies" / "demo.toml"
+# The grid: every schedule knob at two values, three learning rates across the demo space,
+# and the three freeze strategies. batch_size and image_size stay at the demo's first choice.
+GRID = {
+    "lr": (1e-3, 5e-3, 2e-2),
+    "freeze": ("frozen", "unfrozen", "frozen_then_unfrozen"),
+    "n_cycles": (2, 3),
+    "cycle_len": (1, 2),
+    "cycle_mult": (1, 2),
+}
+DEFAULTS = StudySection()   # the study file's defaults: pruner, warm-up, start-up trials
+# (name, sampler, pruner, prune_at, pruner_warmup_epochs). "today": the defaults before issue 10.
+STRATEGIES = (
+    ("random, no pruning", "random", "none", "epoch", 1),
+    ("tpe, no pruning", "tpe", "none", "epoch", 1),
+    ("tpe + median, every epoch (today)", "tpe", "median", "epoch", 1),
+    ("tpe + median, cycle ends, warm-up 1", "tpe", "median", "cycle_end", 1),
+    ("tpe + median, cycle ends", "tpe", "median", "cycle_end", DEFAULTS.pruner_warmup_epochs),
+    ("tpe + hyperband, every epoch", "tpe", "hyperband", "epoch", DEFAULTS.pruner_warmup_epochs),
+    ("tpe + hyperband, cycle ends", "tpe", "hyperband", "cycle_end", DEFAULTS.pruner_warmup_epochs),
+    ("tpe + successive halving, cycle ends", "tpe", "successive_halving", "cycle_end", DEFAULTS.pruner_warmup_epochs),
+)
+TODAY, CYCLE_END, NO_PRUNING = STRATEGIES[2][0], STRATEGIES[4][0], STRATEGIES[1][0]
+TARGET = 1.02        # within 2% of the grid's best final loss
+CAP_FACTOR = 2.0     # a study stops after this many times the epochs of the whole grid
+BUDGET_FACTOR = 0.5  # "best after a fixed budget": half the grid's epochs
+TOP = 3              # the grid's best configurations, watched for being pruned
+
+
+# --- record ---------------------------------------------------------------------------------
+
+def record(table: Path, study_path: Path, threads: int) -> None:
+    """Train every GRID configuration to its end on the demo data; write the curves."""
+    import torch
+
+    torch.set_num_threads(threads)   # one thread: a shared machine, and no oversubscription
+    from search.studyfile import load_study_file
+    from swipr_core.data import prepare_data
+    from swipr_core.demo_data import write_demo_data
+    from swipr_core.training import TrainConfig, train
+
+    study_file = load_study_file(study_path)
+    if not study_file.data.database.exists():
+        write_demo_data(study_file.data.database.parent)
+    dataset = prepare_data(study_file.data)
+    fixed = {name: study_file.space[name].values[0] for name in ("batch_size", "image_size")}
+    rows, started = [], time.perf_counter()
+    for params in grid_configs():
+        config = TrainConfig(**params, **fixed, head_epochs=study_file.train.head_epochs, seed=0)
+        result = train(dataset, config, study_file.model, device="cpu", precision="fp32")
+        rows.append({"params": params, "val_loss": [r.valid_loss for r in result.history],
+                     "cycle_end": [r.cycle_end for r in result.history],
+                     "accuracy": [r.accuracy for r in result.history],
+                     "seconds": [round(r.seconds, 3) for r in result.history]})
+        print(f"{len(rows)}/{n_configs()} {params}: {len(result.history)} epochs, "
+              f"final val_loss {result.history[-1].valid_loss:.4f}", flush=True)
+    meta = {"study_file": str(study_path.relative_to(ROOT)), "arch": study_file.model.arch, **fixed,
+            "head_epochs": study_file.train.head_epochs, "data_fingerprint": dataset.fingerprint,
+            "images": len(dataset.split), "cpu_threads": torch.get_num_threads(),
+            "total_seconds": round(time.perf_counter() - started, 1)}
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(json.dumps({"meta": meta, "grid": GRID, "configs": rows}, indent=1))
+    print(f"wrote {table}: {len(rows)} configurations in {meta['total_seconds']} s")
+
+
+def grid_configs() -> list[dict]:
+    return [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
+
+
+def n_configs() -> int:
+    return math.prod(len(values) for values in GRID.values())
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+def key(params: dict, names) -> tuple:
+    return tuple(params[name] for name in names)
+
+
+def replay_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: float) -> list[dict]:
+    """One real Optuna study over the recorded grid; a row per trial, in order."""
+    _, sampler, pruner, prune_at, warmup = strategy
+    section = StudySection(pruner=pruner, prune_at=prune_at, pruner_warmup_epochs=warmup)
+    study = optuna.create_study(study_name=f"{strategy[0]} {seed}", sampler=make_sampler(sampler, seed),
+                                pruner=make_pruner(section))
+    space = {name: Choices(tuple(values)) for name, values in grid.items()}
+    spent = [0]
+
+    def objective(trial: optuna.Trial) -> float:
+        curve = curves[key({name: suggest(trial, name, spec) for name, spec in space.items()}, grid)]
+        return replay_curve(trial, curve["val_loss"], curve["cycle_end"], prune_at)
+
+    def stop_at_cap(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        spent[0] += trial.user_attrs["epochs"]
+        if spent[0] >= cap:
+            study.stop()
+
+    study.optimize(objective, callbacks=[stop_at_cap])
+    return [{"key": key(t.params, grid), "state": t.state.name, "value": t.value, "epochs": t.user_attrs["epochs"]}
+            for t in study.trials]
+
+
+def score(trials: list[dict], target: float, budget: float, top: list) -> dict:
+    """Epochs until the best-so-far is within the target, best loss within the budget, and how
+    often the `top` configurations (best first) were sampled and pruned."""
+    spent, best, to_target, best_at_budget = 0, math.inf, math.inf, math.inf
+    for trial in trials:
+        spent += trial["epochs"]
+        if trial["state"] == "COMPLETE":
+            best = min(best, trial["value"])
+            if spent <= budget:
+                best_at_budget = best
+            if best <= target and to_target == math.inf:
+                to_target = spent
+    sampled = [t for t in trials if t["key"] in top]
+    first = [t for t in sampled if t["key"] == top[0]]
+    return {"epochs_to_target": to_target, "best_at_budget": best_at_budget, "top_sampled": len(sampled),
+            "top_pruned": sum(t["state"] == "PRUNED" for t in sampled),
+            "best_sampled": len(first), "best_pruned": sum(t["state"] == "PRUNED" for t in first)}
+
+
+def quartiles(values: list[float]) -> list[float]:
+    """[q1, median, q3]; inf (target never reached) sorts last, as it should."""
+    ordered = sorted(values)
+    return [ordered[int(round(q * (len(ordered) - 1)))] for q in (0.25, 0.5, 0.75)]
+
+
+def replay(table: Path, seeds: int) -> dict:
+    data = json.loads(table.read_text())
+    grid = {name: tuple(values) for name, values in data["grid"].items()}
+    curves = {key(c["params"], grid): c for c in data["configs"]}
+    finals = sorted(curves, key=lambda k: curves[k]["val_loss"][-1])
+    grid_best = curves[finals[0]]["val_loss"][-1]
+    grid_epochs = sum(len(c["val_loss"]) for c in curves.values())
+    target, budget, cap = grid_best * TARGET, grid_epochs * BUDGET_FACTOR, grid_epochs * CAP_FACTOR
+    results = {}
+    for strategy in STRATEGIES:
+        scores = [score(replay_study(curves, grid, strategy, seed, cap), target, budget, finals[:TOP])
+                  for seed in range(seeds)]
+        results[strategy[0]] = {
+            "epochs_to_target_q1_median_q3": quartiles([s["epochs_to_target"] for s in scores]),
+            "reached_target": sum(s["epochs_to_target"] < math.inf for s in scores),
+            "best_at_budget_median": statistics.median(s["best_at_budget"] for s in scores),
+            **{key: sum(s[key] for s in scores) for key in ("top_pruned", "top_sampled", "best_pruned",
+                                                             "best_sampled")},
+        }
+    return {"grid_best": grid_best, "target": target, "grid_epochs": grid_epochs, "budget_epochs": budget,
+            "cap_epochs": cap, "seeds": seeds, "configs": len(curves), "strategies": results}
+
+
+def print_table(report: dict) -> None:
+    print(f"{report['configs']} configurations, {report['grid_epochs']} epochs to train them all; grid best "
+          f"{report['grid_best']:.4f}, target {report['target']:.4f}; budget {report['budget_epochs']:g} epochs; "
+          f"{report['seeds']} seeds per strategy, each study capped at {report['cap_epochs']:g} epochs")
+    head = (f"{'strategy':<38} {'epochs to target q1/median/q3':>30} {'reached':>8} {'best@budget':>11} "
+            f"{'top3 pruned':>15} {'best pruned':>11}")
+    print(head)
+    print("-" * len(head))
+    for name, row in report["strategies"].items():
+        q = "/".join("-" if math.isinf(v) else f"{v:g}" for v in row["epochs_to_target_q1_median_q3"])
+        share = row["top_pruned"] / row["top_sampled"] if row["top_sampled"] else 0.0
+        pruned = f"{row['top_pruned']}/{row['top_sampled']} {share:4.0%}"
+        print(f"{name:<38} {q:>30} {row['reached_target']:>5}/{report['seeds']:<2} "
+              f"{row['best_at_budget_median']:>11.4f} {pruned:>15} {row['best_pruned']:>4}/{row['best_sampled']:<6}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--record", action="store_true", help="train the grid and write the table (slow)")
+    parser.add_argument("--table", type=Path, default=TABLE, help=f"the curves (default: {TABLE.relative_to(ROOT)})")
+    parser.add_argument("--study-file", type=Path, default=STUDY_FILE, help="--record: data, model and sizes")
+    parser.add_argument("--threads", type=int, default=1, help="--record: torch threads")
+    parser.add_argument("--seeds", type=int, default=30, help="studies per strategy")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.record:
+        record(args.table, args.study_file.resolve(), args.threads)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    report = replay(args.table, args.seeds)
+    print_table(report)
+    text = json.dumps(report, default=lambda v: None)
+    print(text.replace("Infinity", "null"))
+    if args.json:
+        args.json.write_text(text.replace("Infinity", "null"))
+    # A study that never reached the target counts as the cap: a ratio over one is then a lower bound.
+    median = {name: min(row["epochs_to_target_q1_median_q3"][1], report["cap_epochs"])
+              for name, row in report["strategies"].items()}
+    bound = "≥ " if median[TODAY] >= report["cap_epochs"] else ""
+    print(f"{TODAY} / {CYCLE_END}, epochs to target: {bound}{median[TODAY]:g} / {median[CYCLE_END]:g}; "
+          f"{CYCLE_END} / {NO_PRUNING}: {median[CYCLE_END] / median[NO_PRUNING]:.2f} (target ≤ 0.5)")
+    print(f"ratio: {median[TODAY] / median[CYCLE_END]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

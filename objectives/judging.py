@@ -1,0 +1,98 @@
+"""Where a trial is judged: what it reports to Optuna each epoch, and when it asks the pruner.
+
+With SGDR restarts a raw loss at epoch e means something different for every schedule: a
+trial in the middle of a long cycle is at its worst, one at the end of a short cycle at its
+best. So with `prune_at = "cycle_end"` a trial is judged only where its learning rate has
+reached its minimum (the end of each SGDR cycle, and of the frozen phase of
+frozen_then_unfrozen), and what it reports is its ANYTIME-BEST curve: at epoch e, the best
+loss it had at any cycle end within its first e+1 epochs (nothing before its first cycle
+end). Every schedule can be read on that curve at every epoch, so when a trial is judged
+after e epochs, Optuna's pruners compare it with what the other trials had reached within
+the same e epochs of compute. Nor is a trial judged at its last epoch: pruning it there would
+save nothing and lose its result. `prune_at = "epoch"` reports the raw loss and asks every
+epoch (the behaviour before issue 10). Either way the raw losses are kept in the user attr
+`val_loss_by_epoch`, the epochs where the pruner was asked in `judged_epochs`.
+
+`judge` is the pure rule; `report_epoch` applies it to a live Optuna trial. The objective,
+a retry's re-report of its saved epochs and bench/search_efficiency.py's replay all use it.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+PRUNE_AT = ("cycle_end", "epoch")
+# user attrs written every epoch (lists indexed like the trial's epochs)
+LOSSES_ATTR = "val_loss_by_epoch"
+CYCLE_ENDS_ATTR = "cycle_end_epochs"
+JUDGED_ATTR = "judged_epochs"
+AGAINST_ATTR = "pruned_against"
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a trial does after its latest epoch."""
+
+    value: float | None   # reported to Optuna at this epoch; None = report nothing
+    ask: bool             # ask the pruner after reporting
+
+
+def judge(losses: Sequence[float], cycle_ends: Sequence[bool], prune_at: str, planned: int | None = None) -> Step:
+    """The step after the last of `losses` (one per epoch so far, `cycle_ends` alike) of a run
+    of `planned` epochs (None: not known)."""
+    if prune_at not in PRUNE_AT:
+        raise ValueError(f"prune_at must be one of {', '.join(PRUNE_AT)}, but got {prune_at=}.")
+    if len(losses) != len(cycle_ends) or not losses:
+        raise ValueError(f"need one cycle_end flag per loss, got {len(losses)} losses, {len(cycle_ends)} flags")
+    if prune_at == "epoch":
+        return Step(losses[-1], True)
+    at_ends = [loss for loss, end in zip(losses, cycle_ends) if end]
+    # nan (a diverged run) is worst, not "not smaller than anything"
+    best = min(at_ends, key=lambda v: float("inf") if v != v else v) if at_ends else None
+    last = planned is not None and len(losses) >= planned
+    return Step(best, bool(cycle_ends[-1]) and not last)
+
+
+def report_epoch(trial: optuna.Trial, epoch: int, loss: float, cycle_end: bool, prune_at: str,
+                 ask: bool = True, planned: int | None = None) -> None:
+    """Record epoch `epoch`'s raw loss on the trial, report what `judge` says and, where it
+    says to ask (and `ask`), raise TrialPruned if the pruner says so."""
+    attrs = trial.user_attrs
+    losses = list(attrs.get(LOSSES_ATTR, []))[:epoch] + [loss]
+    if len(losses) != epoch + 1:
+        raise ValueError(f"trial {trial.number}: epoch {epoch} reported after only {len(losses) - 1} epochs")
+    ends = [e for e in attrs.get(CYCLE_ENDS_ATTR, []) if e < epoch] + ([epoch] if cycle_end else [])
+    trial.set_user_attr(LOSSES_ATTR, losses)
+    trial.set_user_attr(CYCLE_ENDS_ATTR, ends)
+    step = judge(losses, [e in ends for e in range(len(losses))], prune_at, planned)
+    if step.value is not None:
+        trial.report(step.value, step=epoch)
+    if not (ask and step.ask):
+        return
+    trial.set_user_attr(JUDGED_ATTR, [e for e in attrs.get(JUDGED_ATTR, []) if e < epoch] + [epoch])
+    if trial.should_prune():
+        trial.set_user_attr(AGAINST_ATTR, against(trial.study, epoch, step.value))
+        raise optuna.TrialPruned(f"pruned after epoch {epoch} (judged on {step.value:.4f}, raw val_loss {loss:.4f})")
+
+
+def against(study: optuna.Study, epoch: int, value: float) -> dict:
+    """What a pruned trial was compared with: the completed trials' reported values at `epoch`."""
+    others = sorted(t.intermediate_values[epoch] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if epoch in t.intermediate_values)
+    summary = {"epoch": epoch, "value": value, "n_completed": len(others)}
+    if others:
+        summary.update(median=statistics.median(others), best=others[0], worst=others[-1])
+    return summary
+
+
+def replay_curve(trial: optuna.Trial, losses: Sequence[float], cycle_ends: Sequence[bool], prune_at: str) -> float:
+    """Report a recorded run epoch by epoch as the live objective does; its final loss, or
+    TrialPruned where the pruner stops it (tests and bench/search_efficiency.py)."""
+    for epoch, (loss, cycle_end) in enumerate(zip(losses, cycle_ends, strict=True)):
+        trial.set_user_attr("epochs", epoch + 1)
+        report_epoch(trial, epoch, loss, cycle_end, prune_at, planned=len(losses))
+    return losses[-1]

@@ -1,0 +1,80 @@
+"""What the search gained: the best trial against the notebook's own configurations (when the
+warm start ran them), and the epochs pruning saved against running every trial to its end."""
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from search.study.open import best_or_none
+from search.study.warm_start import WARM_START_ATTR
+
+
+def epochs_saved(trials) -> dict:
+    """Epochs run, and epochs the pruned trials would still have run (planned − run)."""
+    ran = [t for t in trials if "planned_epochs" in t.user_attrs]
+    # a retry's `epochs` counts the epochs it resumed after, which its original ran
+    run = sum(t.user_attrs.get("epochs", 0) - t.user_attrs.get("resumed_from_epoch", 0) for t in ran)
+    saved = sum(t.user_attrs["planned_epochs"] - t.user_attrs.get("epochs", 0)
+                for t in ran if t.state == TrialState.PRUNED)
+    return {"epochs_run": run, "epochs_saved": saved, "pruned": sum(t.state == TrialState.PRUNED for t in ran)}
+
+
+def _notebook_trials(trials) -> dict[str, optuna.trial.FrozenTrial]:
+    """Each notebook run's trial; of a run retried, the one that got furthest."""
+    found: dict[str, optuna.trial.FrozenTrial] = {}
+    rank = {TrialState.COMPLETE: 2, TrialState.PRUNED: 1}
+    for trial in trials:
+        name = trial.user_attrs.get(WARM_START_ATTR)
+        if name is not None and rank.get(trial.state, 0) >= rank.get(getattr(found.get(name), "state", None), 0):
+            found[name] = trial
+    return dict(sorted(found.items()))
+
+
+def _against(best, trial) -> dict:
+    row = {"name": trial.user_attrs[WARM_START_ATTR], "number": trial.number, "state": trial.state.name,
+           "epochs": trial.user_attrs.get("epochs"), "planned_epochs": trial.user_attrs.get("planned_epochs"),
+           "val_loss": trial.value, "val_accuracy": trial.user_attrs.get("val_accuracy")}
+    if best is not None and trial.state == TrialState.COMPLETE:
+        row["loss_change_pct"] = 100 * (best.value - trial.value) / trial.value
+        accuracy, best_accuracy = trial.user_attrs.get("val_accuracy"), best.user_attrs.get("val_accuracy")
+        if accuracy is not None and best_accuracy is not None:
+            row["accuracy_change_points"] = 100 * (best_accuracy - accuracy)
+    return row
+
+
+def search_gains(study: optuna.Study) -> dict:
+    """{"vs_notebook": [...], "epochs_run", "epochs_saved", "pruned"} for summaries and `best --json`."""
+    trials = study.get_trials(deepcopy=False)
+    best = best_or_none(study)
+    notebook = [_against(best, trial) for trial in _notebook_trials(trials).values()]
+    return {"vs_notebook": notebook, **epochs_saved(trials)}
+
+
+def _notebook_line(row: dict, best) -> str:
+    where = f"{row['name']} (trial {row['number']})"
+    if best is not None and row["number"] == best.number:
+        return f"{where} is the best trial itself"
+    if row["state"] == "PRUNED":
+        return f"{where}: pruned after {row['epochs']} of {row['planned_epochs']} epochs"
+    if "loss_change_pct" not in row:
+        return f"{where}: {row['state'].lower()}, nothing to compare"
+    change = row["loss_change_pct"]
+    text = (f"{where}: val_loss {row['val_loss']:.4f} -> best {best.value:.4f} "
+            f"({abs(change):.1f}% {'lower' if change <= 0 else 'HIGHER'})")
+    if "accuracy_change_points" in row:
+        text += (f", accuracy {row['val_accuracy']:.3f} -> {best.user_attrs['val_accuracy']:.3f} "
+                 f"({row['accuracy_change_points']:+.1f} points)")
+    return text
+
+
+def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
+    """(label, text) rows for the summary table and `swipr study best`."""
+    best = best_or_none(study)
+    rows = [("vs notebook", _notebook_line(row, best)) for row in gains["vs_notebook"]]
+    if not rows:
+        rows.append(("vs notebook", "the warm start did not run the notebook's configurations"))
+    planned = gains["epochs_run"] + gains["epochs_saved"]
+    share = f" ({100 * gains['epochs_saved'] / planned:.0f}% of {planned})" if planned else ""
+    rows.append(("pruning saved", f"{gains['epochs_saved']} epochs{share}: {gains['pruned']} trials pruned, "
+                                  f"{gains['epochs_run']} epochs run"))
+    return rows

@@ -1,0 +1,58 @@
+"""bench/search_efficiency.py's replay: real Optuna studies over recorded curves, pruned as live trials are."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("search_efficiency", ROOT / "bench" / "search_efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GRID = {"lr": (0.001, 0.01), "cycle_len": (1, 2)}
+
+
+def curves():
+    """cycle_len 1: 4 cycles of 1 epoch; cycle_len 2: 2 cycles of 2. lr 0.01 is good, 0.001 bad."""
+    table = {}
+    for lr in GRID["lr"]:
+        for cycle_len in GRID["cycle_len"]:
+            base = 0.3 if lr == 0.01 else 0.8
+            losses = [base + 0.1 * (4 - e) + (0.3 if cycle_len == 2 and e % 2 == 0 else 0) for e in range(4)]
+            flags = [True] * 4 if cycle_len == 1 else [False, True, False, True]
+            table[(lr, cycle_len)] = {"val_loss": losses, "cycle_end": flags}
+    return table
+
+
+def test_the_replay_stops_where_the_pruner_says_and_only_at_cycle_ends(bench):
+    table = curves()
+    strategy = ("t", "random", "median", "cycle_end", 1)
+    rows = bench.replay_study(table, GRID, strategy, seed=0, cap=200)
+    pruned = [row for row in rows if row["state"] == "PRUNED"]
+    assert pruned, "lr 0.001 runs should be pruned once 3 trials have finished"
+    for row in pruned:
+        assert row["key"][0] == 0.001 and row["epochs"] < 4
+        assert table[row["key"]]["cycle_end"][row["epochs"] - 1]
+    assert sum(row["epochs"] for row in rows) >= 200 > sum(row["epochs"] for row in rows[:-1])
+
+
+def test_without_a_pruner_every_trial_runs_its_whole_curve(bench):
+    rows = bench.replay_study(curves(), GRID, ("t", "random", "none", "epoch", 1), seed=0, cap=40)
+    assert all(row["state"] == "COMPLETE" and row["epochs"] == 4 for row in rows)
+
+
+def test_score_counts_epochs_to_target_budget_and_pruned_top_configs(bench):
+    rows = [{"key": "a", "state": "COMPLETE", "value": 0.9, "epochs": 4},
+            {"key": "top", "state": "PRUNED", "value": None, "epochs": 1},
+            {"key": "b", "state": "COMPLETE", "value": 0.5, "epochs": 4},
+            {"key": "top", "state": "COMPLETE", "value": 0.4, "epochs": 4}]
+    # target 0.51 reached by the third trial, after 4 + 1 + 4 epochs; within 5 epochs only 0.9
+    assert bench.score(rows, target=0.51, budget=5, top=["top", "b"]) == {
+        "epochs_to_target": 9, "best_at_budget": 0.9, "top_sampled": 3, "top_pruned": 1,
+        "best_sampled": 2, "best_pruned": 1}
