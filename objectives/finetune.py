@@ -83,7 +83,8 @@ class FinetuneObjective:
                                         checkpoint_dir=self.checkpoint_dir_for(trial), compile=self.compile)
         except Exception as error:
             # Still RUNNING here, so hooks may write to the trial; then Optuna records
-            # PRUNED or FAIL from the same exception.
+            # PRUNED or FAIL from the same exception. What the cut run cost is kept too.
+            trial.set_user_attr("train_seconds", sum(record.seconds for record in seen))
             self._call("on_stop", trial, seen, error)
             raise
         for key, value in result.metrics.items():

@@ -55,6 +55,7 @@ def test_second_phase_reaches_the_pruner(setup, prune_at, judged_at, state):
     trial = study.trials[0]
     assert trial.state.name == state
     assert trial.user_attrs["judged_epochs"] == judged_at
+    assert trial.user_attrs["train_seconds"] > 0   # a pruned run's cost is recorded too
     assert sorted(trial.intermediate_values) == list(range(trial.user_attrs["epochs"]))
 
 
