@@ -60,9 +60,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _check_lr(self.lr)
-        for name in _COUNTS:
-            _check_count(name, getattr(self, name))
+        for name in ("lr", "freeze", *_COUNTS):
+            check_param(name, getattr(self, name))
         check_epochs(self.n_cycles, self.cycle_len, self.cycle_mult, self.freeze, self.head_epochs)
 
     def sgdr_phases(self) -> list[tuple[str, int, int, int]]:
@@ -90,6 +89,17 @@ class TrainConfig:
                 epoch += length
                 ends.append(epoch - 1)
         return tuple(ends)
+
+
+def check_param(name: str, value) -> None:
+    """One training param's value, checked here only; the edge that read it says where from."""
+    if name == "lr":
+        _check_lr(value)
+    elif name == "freeze":
+        if value not in FREEZE_STRATEGIES:
+            raise SwiprError(f"freeze must be one of {', '.join(FREEZE_STRATEGIES)}, got {value!r}")
+    else:
+        _check_count(name, value)
 
 
 def _check_lr(lr) -> None:

@@ -8,12 +8,27 @@ from optuna.artifacts import get_all_artifact_meta
 from optuna_dashboard import get_note
 
 from objectives.finetune import FinetuneObjective
-from search.views.artifacts import (CONFUSION_PNG, CURVES_PNG, LR_PNG, ROC_PNG, TrialArtifacts, confusion,
-                              make_objective_hooks, open_artifact_store, plot_confusion, plot_curves, plot_lr,
-                              plot_roc, study_note, trial_note, trial_pictures)
+from objectives.optuna_compat import storage_of, study_id
 from search.study.data_record import check_fingerprint
 from search.study.open import open_study
 from search.studyfile import load_study_file
+from search.views.artifacts import (
+    CONFUSION_PNG,
+    CURVES_PNG,
+    LR_PNG,
+    ROC_PNG,
+    TrialArtifacts,
+    confusion,
+    make_objective_hooks,
+    open_artifact_store,
+    plot_confusion,
+    plot_curves,
+    plot_lr,
+    plot_roc,
+    study_note,
+    trial_note,
+    trial_pictures,
+)
 from swipr_core.data import prepare_data
 from swipr_core.model import ModelSpec
 from swipr_core.training import EpochRecord
@@ -88,14 +103,14 @@ def test_finished_and_pruned_trials_both_get_their_pictures_and_notes(prepared, 
     done, pruned = study.trials
     assert (done.state, pruned.state) == (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
-    names = {m.filename for m in get_all_artifact_meta(done, storage=study._storage)}
+    names = {m.filename for m in get_all_artifact_meta(done, storage=storage_of(study))}
     assert names == {CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG}
-    pictures = trial_pictures(done, study._storage, store)
+    pictures = trial_pictures(done, storage_of(study), store)
     assert set(pictures) == names and all(p.startswith(PNG) for p in pictures.values())
     # the pruned trial stopped before a last epoch: curves so far, no confusion matrix
-    assert {m.filename for m in get_all_artifact_meta(pruned, storage=study._storage)} == {CURVES_PNG, LR_PNG}
+    assert {m.filename for m in get_all_artifact_meta(pruned, storage=storage_of(study))} == {CURVES_PNG, LR_PNG}
 
-    bodies = "".join(str(v) for v in study._storage.get_study_system_attrs(study._study_id).values())
+    bodies = "".join(str(v) for v in storage_of(study).get_study_system_attrs(study_id(study)).values())
     assert "Trial 0: COMPLETE" in bodies and "val_roc_auc" in bodies
     assert "Trial 1: PRUNED" in bodies
 

@@ -7,6 +7,7 @@ import urllib.request
 
 import pytest
 
+from objectives.optuna_compat import storage_of, study_id
 from search.study.storage import NO_HEARTBEAT_NOTE, open_storage, supports_heartbeat
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
@@ -61,12 +62,12 @@ def test_the_dashboard_serves_the_journal_study(finished):
 
     _, study, *_ = finished
     server, opened = make_dashboard_server(load_study_file(study), port=0)
-    assert type(opened._storage).__name__ == "JournalStorage"
+    assert type(storage_of(opened)).__name__ == "JournalStorage"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}/api/studies"
-        with urllib.request.urlopen(f"{base}/{opened._study_id}", timeout=30) as answer:
+        with urllib.request.urlopen(f"{base}/{study_id(opened)}", timeout=30) as answer:
             served = json.load(answer)
     finally:
         server.shutdown()

@@ -245,7 +245,7 @@ def test_a_fresh_trial_taken_as_the_stop_lands_goes_back_to_the_queue(tmp_path, 
 
 
 def test_a_stop_while_a_trial_process_starts_waits_until_it_can_be_stopped():
-    from search.running.supervisor import _stop_held
+    from search.running.supervisor import stop_held
 
     def on_term(signum, frame):
         raise KeyboardInterrupt   # as the supervisor's handler does
@@ -254,7 +254,7 @@ def test_a_stop_while_a_trial_process_starts_waits_until_it_can_be_stopped():
     started = []
     try:
         with pytest.raises(KeyboardInterrupt):
-            with _stop_held():
+            with stop_held():
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(0.05)   # the handler runs here, and holds the stop
                 started.append("registered")

@@ -139,7 +139,7 @@ class _Supervisor:
     def until_done(self, budget: int, deadline: float | None) -> int:
         while True:
             while self.free and budget > 0 and self.status == 0 and not (deadline and time.monotonic() >= deadline):
-                with _stop_held():
+                with stop_held():
                     self.start(self.free.pop(0))
                 budget -= 1
             if not self.running:
@@ -183,7 +183,7 @@ class _Supervisor:
 
 
 @contextmanager
-def _stop_held():
+def stop_held():
     """Ctrl-C (or SIGTERM) while a trial process starts is acted on once the process is in
     `running`. Raised inside Process.start, it would leave a process that no one asks to stop
     (trial processes ignore SIGINT) training on, maybe on a retry just queued by a stopped one."""

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from objectives.space import SPACE_KEYS, Choices, Range
-from search.studyfile.fields import check_type, one_of
+from search.studyfile.fields import check_type
 from swipr_core.errors import SwiprError
-from swipr_core.training import FREEZE_STRATEGIES
+from swipr_core.training import check_param
 from swipr_core.training import check_epochs as core_check_epochs
 
 # The TOML type each key's values have.
@@ -17,14 +17,12 @@ _VALUE_TYPES = {"lr": float, "batch_size": int, "image_size": int, "freeze": str
 
 
 def _check_value(where: str, key: str, value: Any) -> None:
+    """The TOML type here; the value itself by the core (swipr_core.training.check_param)."""
     check_type(f"{where}: [space] {key} value", value, _VALUE_TYPES[key])
-    if key == "freeze":
-        one_of(f"{where}: [space] freeze", value, FREEZE_STRATEGIES)
-    elif key == "lr":
-        if not (0 < value < 1):
-            raise SwiprError(f"{where}: [space] lr must be between 0 and 1, got {value}")
-    elif value < 1:
-        raise SwiprError(f"{where}: [space] {key} must be 1 or more, got {value}")
+    try:
+        check_param(key, value)
+    except SwiprError as error:
+        raise SwiprError(f"{where}: [space] {error}") from None
 
 
 def parse_space(where: Path, raw: dict) -> dict[str, Range | Choices]:
