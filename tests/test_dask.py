@@ -16,19 +16,12 @@ import optuna
 import pytest
 
 from tests.daskkit import Cluster
-from tests.studykit import ROOT, SPACE, demo_data, one_line_error, swipr, write_study
+from tests.studykit import ROOT, SPACE, one_line_error, swipr, write_study
 
 pytest.importorskip("distributed", reason="the dask extra is not installed: pip install '.[dask]'")
 
 THREE_EPOCHS = SPACE.replace("n_cycles = [1]", "n_cycles = [3]")
 TrialState = optuna.trial.TrialState
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    demo_data(folder)
-    return folder
 
 
 def _trials(path):

@@ -1,17 +1,9 @@
 """A trial that fails with an ordinary error fails alone; several in a row stop the run."""
 from __future__ import annotations
 
-import pytest
 
 import objectives.finetune as finetune
-from tests.studykit import SPACE, demo_data, one_line_error, run_cli, write_study
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    demo_data(folder)
-    return folder
+from tests.studykit import SPACE, one_line_error, run_cli, write_study
 
 
 def test_a_failing_trial_is_recorded_and_the_run_goes_on(tmp_path, data_dir, monkeypatch):

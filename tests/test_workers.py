@@ -18,17 +18,10 @@ from search.running.stop import StopFlag
 from search.running.supervisor import Slot, make_slots, parse_gpus, visible_device
 from swipr_core.errors import SwiprError
 from tests import pg
-from tests.studykit import ROOT, SPACE, demo_data, swipr, write_study
+from tests.studykit import ROOT, SPACE, swipr, write_study
 
 THREE_EPOCHS = SPACE.replace("n_cycles = [1]", "n_cycles = [3]")
 FAST_HEARTBEAT = {"study": "heartbeat_interval = 1\ngrace_period = 2\n"}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    demo_data(folder)
-    return folder
 
 
 def _study(path):
