@@ -47,6 +47,15 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _handler(func):
+    """A command's function, or "module:function" for one whose imports are heavy (a study run
+    imports torch and fastai; `swipr study status` should not): imported only when it runs."""
+    if isinstance(func, str):
+        module, _, name = func.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return func
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = argv[0] if argv and argv[0] in COMMANDS else None
@@ -56,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if not argv else 2
     try:
-        return int(args.func(args) or 0)
+        return int(_handler(args.func)(args) or 0)
     except SwiprError as error:
         print(f"swipr: error: {error}", file=sys.stderr)
         return error.exit_code

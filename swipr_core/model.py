@@ -7,23 +7,17 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
-from pathlib import Path
 
 import huggingface_hub.constants as hub_constants
 import timm
 from timm.data import resolve_model_data_config
 
 from swipr_core.errors import SwiprError
+from swipr_core.model_spec import ModelSpec  # noqa: F401  (the spec lives apart: no timm to read it)
 
 HUB_HOST = "huggingface.co"
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    arch: str = "resnext50_32x4d"
-    pretrained: bool = True
-    weights: Path | None = None   # a local weights file: pretrained weights without a network
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-import numbers
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,122 +36,21 @@ from swipr_core.loaders import Augment, CachedBatches
 from swipr_core.metrics import majority_accuracy, roc_auc
 from swipr_core.model import ModelSpec, body_and_head, create_model, normalisation
 
-FREEZE_STRATEGIES = ("frozen", "unfrozen", "frozen_then_unfrozen")
+# The plan lives in swipr_core.schedule (no torch); these names are used from here too.
+from swipr_core.schedule import (  # noqa: F401
+    COMPILE_MODES,
+    FREEZE_STRATEGIES,
+    MAX_EPOCHS,
+    TrainConfig,
+    check_epochs,
+    check_param,
+    cycle_lengths,
+    sgdr_epochs,
+)
+
 # frozen_then_unfrozen: the body learns at lr / BODY_LR_DIVISOR, the head at lr (fastai's
 # discriminative learning rates, as in fine_tune's slice(base_lr/lr_mult, base_lr)).
 BODY_LR_DIVISOR = 100
-
-
-MAX_EPOCHS = 1000   # per run: more is a typo or a runaway cycle_mult ** n_cycles, not a plan
-_COUNTS = ("batch_size", "image_size", "n_cycles", "cycle_len", "cycle_mult", "head_epochs")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    lr: float
-    batch_size: int
-    image_size: int
-    freeze: str
-    n_cycles: int
-    cycle_len: int
-    cycle_mult: int
-    head_epochs: int = 1
-    seed: int = 0
-
-    def __post_init__(self):
-        for name in ("lr", "freeze", *_COUNTS):
-            check_param(name, getattr(self, name))
-        check_epochs(self.n_cycles, self.cycle_len, self.cycle_mult, self.freeze, self.head_epochs)
-
-    def sgdr_phases(self) -> list[tuple[str, int, int, int]]:
-        """(phase name, n_cycles, cycle_len, cycle_mult) in order."""
-        sgdr = (self.n_cycles, self.cycle_len, self.cycle_mult)
-        if self.freeze == "frozen_then_unfrozen":
-            # The head-only warm-up is one cosine cycle of head_epochs.
-            return [("frozen", 1, self.head_epochs, 1), ("unfrozen", *sgdr)]
-        return [(self.freeze, *sgdr)]
-
-    def phases(self) -> list[tuple[str, int]]:
-        """(phase name, epochs) in order."""
-        return [(name, sgdr_epochs(*cycles)) for name, *cycles in self.sgdr_phases()]
-
-    @property
-    def epochs(self) -> int:
-        return sum(n for _, n in self.phases())
-
-    def cycle_end_epochs(self) -> tuple[int, ...]:
-        """The epochs (0-based, on the run's one counter) at whose end the learning rate reaches
-        its minimum: the last epoch of every SGDR cycle and of frozen_then_unfrozen's warm-up."""
-        ends, epoch = [], 0
-        for _, *cycles in self.sgdr_phases():
-            for length in cycle_lengths(*cycles):
-                epoch += length
-                ends.append(epoch - 1)
-        return tuple(ends)
-
-
-def check_param(name: str, value) -> None:
-    """One training param's value, checked here only; the edge that read it says where from."""
-    if name == "lr":
-        _check_lr(value)
-    elif name == "freeze":
-        if value not in FREEZE_STRATEGIES:
-            raise SwiprError(f"freeze must be one of {', '.join(FREEZE_STRATEGIES)}, got {value!r}")
-    else:
-        _check_count(name, value)
-
-
-def _check_lr(lr) -> None:
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < 1:
-        raise SwiprError(f"lr must be a number between 0 and 1 (both excluded), got {lr!r}")
-
-
-def _check_count(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise SwiprError(f"{name} must be a whole number, got {value!r}")
-    if value < 1:
-        raise SwiprError(f"{name} must be 1 or more, got {value}")
-
-
-def cycle_lengths(n_cycles: int, cycle_len: int, cycle_mult: int) -> list[int]:
-    """Epochs in each SGDR cycle: the first cycle_len, each next cycle_mult times the last."""
-    return [cycle_len * cycle_mult**i for i in range(n_cycles)]
-
-
-def sgdr_epochs(n_cycles: int, cycle_len: int, cycle_mult: int) -> int:
-    """Epochs of a whole SGDR schedule (fastai's fit_sgdr formula)."""
-    return cycle_len * n_cycles if cycle_mult == 1 else cycle_len * (cycle_mult ** n_cycles - 1) // (cycle_mult - 1)
-
-
-def check_epochs(n_cycles: int, cycle_len: int, cycle_mult: int, freeze: str = "unfrozen",
-                 head_epochs: int = 1) -> int:
-    """A run's epochs; SwiprError past MAX_EPOCHS. Epochs grow with every argument, so the
-    highs of a search space bound all its trials."""
-    for name, value in (("n_cycles", n_cycles), ("cycle_len", cycle_len), ("cycle_mult", cycle_mult),
-                        ("head_epochs", head_epochs)):
-        _check_count(name, value)
-    if freeze not in FREEZE_STRATEGIES:
-        raise SwiprError(f"freeze must be one of {', '.join(FREEZE_STRATEGIES)}, got {freeze!r}")
-    head = head_epochs if freeze == "frozen_then_unfrozen" else 0
-    total, length = head, cycle_len
-    for _ in range(n_cycles):   # stops once past the cap: cycle_mult ** n_cycles may not fit in memory
-        total += length
-        if total > MAX_EPOCHS:
-            asked = _epochs_in_words(n_cycles, cycle_len, cycle_mult, head)
-            warm_up = f"head_epochs={head_epochs}, " if head else ""
-            raise SwiprError(f"{warm_up}n_cycles={n_cycles}, cycle_len={cycle_len}, cycle_mult={cycle_mult} "
-                             f"ask for {asked} epochs; a run may have at most {MAX_EPOCHS}")
-        length *= cycle_mult
-    return total
-
-
-def _epochs_in_words(n_cycles: int, cycle_len: int, cycle_mult: int, head: int) -> str:
-    if cycle_mult == 1 or n_cycles * cycle_mult.bit_length() + cycle_len.bit_length() < 1000:
-        exact = head + sgdr_epochs(n_cycles, cycle_len, cycle_mult)
-        return str(exact) if exact < 10**15 else f"{float(exact):.3g}"
-    # Too big to compute: its order of magnitude, from logarithms.
-    log10 = math.log10(cycle_len) + n_cycles * math.log10(cycle_mult) - math.log10(cycle_mult - 1)
-    return f"about 1e{int(log10)}"
 
 
 @dataclass
@@ -299,7 +197,6 @@ def make_loaders(dataset: Dataset, config: TrainConfig, mean, std, device):
     return train, valid
 
 
-COMPILE_MODES = ("auto", "on", "off")
 # "auto" turns torch.compile on only where it was measured faster (bench/gpu.py's
 # "compile" figures); nothing has been measured yet, so auto is off everywhere.
 COMPILE_AUTO_ON_DEVICES: tuple[str, ...] = ()

@@ -196,3 +196,13 @@ def test_a_run_counts_the_queued_trials_it_worked_through(finished):
     result = run_cli("study", "run", study, "--n-trials", "1")
     assert result.returncode == 0, result.stderr
     assert "in this run (1 trials)" in result.stdout and "0.0000 in this run" not in result.stdout
+
+
+def test_reading_a_study_imports_no_torch():
+    # status, best and the study file: Optuna and SQLAlchemy only, so they answer in a blink.
+    code = ("import sys\nimport search.commands.study, search.studyfile, search.study.open\n"
+            "print(sorted(m for m in ('torch', 'fastai', 'timm') if m in sys.modules))")
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

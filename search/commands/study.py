@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 from objectives.optuna_compat import stale_trial_numbers
-from search.running.driver import run_study
 from search.study.open import best_trial, open_study, quiet_optuna
 from search.studyfile import load_study_file
 from search.views.gains import gains_rows, search_gains
-from search.views.report import write_report
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -29,7 +27,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     run_p.add_argument("--dask", metavar="ADDRESS",
                        help="run the trials on the Dask cluster whose scheduler is at ADDRESS, e.g. tcp://head:8786 "
                             "(default: [cluster] dask or $SWIPR_DASK)")
-    run_p.set_defaults(func=run_study)
+    run_p.set_defaults(func="search.running.driver:run_study")   # torch, fastai: see search.cli
 
     status_p = actions.add_parser("status", help="list the study's trials")
     status_p.add_argument("study_file", type=Path, metavar="STUDY.toml")
@@ -47,7 +45,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     report_p.add_argument("--out", type=Path, metavar="DIR", required=True, help="folder to write report.html in")
     report_p.add_argument("--artifact-dir", type=Path, metavar="DIR",
                           help="the study's pictures (default: <study>.artifacts beside the study file)")
-    report_p.set_defaults(func=report)
+    report_p.set_defaults(func="search.views.report:report_command")   # plotly, matplotlib
 
 
 def _trial_row(trial, stale: bool = False) -> dict:
@@ -110,10 +108,4 @@ def best(args: argparse.Namespace) -> int:
     print(json.dumps({"number": trial.number, "value": trial.value, "params": trial.params}, indent=2))
     for label, text in gains_rows(study, gains):
         print(f"{label}: {text}")
-    return 0
-
-
-def report(args: argparse.Namespace) -> int:
-    quiet_optuna()
-    print(f"wrote {write_report(load_study_file(args.study_file), args.out, args.artifact_dir)}")
     return 0

@@ -57,7 +57,7 @@ def run_worker(study_file: StudyFile, dataset: Dataset, *, n_trials: int, timeou
     log = error_log(study_file)
     route_tracebacks(log)
     checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
-    study = open_worker_study(study_file, checkpoints, slot)
+    study = open_worker_study(study_file, checkpoints.on_stale, slot)
     take_no_trial_when_stopping(study, stop)
     retries_first(study)
     check_fingerprint(study, dataset, study_file)

@@ -5,7 +5,6 @@ import socket
 
 import optuna
 
-from objectives.resume import Checkpoints
 from search.study.pruners import make_pruner
 from search.study.samplers import make_sampler, worker_seed
 from search.study.storage import Heartbeat, open_storage, redact
@@ -40,12 +39,13 @@ def heartbeat(study_file: StudyFile) -> Heartbeat:
     return Heartbeat(interval=s.heartbeat_interval, grace_period=s.grace_period, max_retry=s.max_retry)
 
 
-def open_worker_study(study_file: StudyFile, checkpoints: Checkpoints, slot: str = "0") -> optuna.Study:
+def open_worker_study(study_file: StudyFile, on_stale, slot: str = "0") -> optuna.Study:
     """The study as one worker runs it: heartbeats on, stale trials retried (on SQLite and
     PostgreSQL; a journal file has no heartbeats), and a sampler seed of its own
-    (see search.study.samplers.worker_seed)."""
+    (see search.study.samplers.worker_seed). `on_stale(study, trial)` gets each dead worker's
+    trial (objectives.resume.Checkpoints.on_stale)."""
     s = study_file.study
-    storage = open_storage(s.storage, create=False, heartbeat=heartbeat(study_file), on_stale=checkpoints.on_stale)
+    storage = open_storage(s.storage, create=False, heartbeat=heartbeat(study_file), on_stale=on_stale)
     try:
         study = optuna.load_study(study_name=s.name, storage=storage, pruner=make_pruner(s),
                                   sampler=optuna.samplers.RandomSampler())

@@ -16,8 +16,8 @@ from search.studyfile.storage_url import storage_url
 from swipr_core.data import MAX_SEED, DataSpec
 from swipr_core.errors import FieldError, SwiprError
 from swipr_core.labels import LabelRules
-from swipr_core.model import ModelSpec
-from swipr_core.training import COMPILE_MODES
+from swipr_core.model_spec import ModelSpec
+from swipr_core.schedule import COMPILE_MODES
 
 SECTIONS = ("study", "data", "model", "train", "cluster", "space")
 MAX_HEARTBEAT_S = 86_400   # a day: far beyond any real interval, far below what overflows a timer

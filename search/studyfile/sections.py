@@ -10,7 +10,7 @@ from pathlib import Path
 from objectives.judging import PRUNE_AT
 from objectives.space import Choices, Range
 from swipr_core.data import DataSpec
-from swipr_core.model import ModelSpec
+from swipr_core.model_spec import ModelSpec
 
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "none")

@@ -8,8 +8,8 @@ from typing import Any
 from objectives.space import SPACE_KEYS, Choices, Range
 from search.studyfile.fields import check_type
 from swipr_core.errors import SwiprError
-from swipr_core.training import check_param
-from swipr_core.training import check_epochs as core_check_epochs
+from swipr_core.schedule import check_epochs as core_check_epochs
+from swipr_core.schedule import check_param
 
 # The TOML type each key's values have.
 _VALUE_TYPES = {"lr": float, "batch_size": int, "image_size": int, "freeze": str,

@@ -24,8 +24,9 @@ from optuna.trial import TrialState
 from objectives.judging import JUDGED_ATTR, LOSSES_ATTR
 from objectives.optuna_compat import storage_of
 from search.study.data_record import data_summary
-from search.study.open import best_or_none, open_study
+from search.study.open import best_or_none, open_study, quiet_optuna
 from search.study.storage import redact
+from search.studyfile import load_study_file
 from search.views.artifacts import PICTURES, artifact_dir as default_artifact_dir, open_artifact_store, trial_pictures
 from search.views.gains import gains_rows, search_gains
 from swipr_core.errors import SwiprError
@@ -211,3 +212,10 @@ def write_report(study_file, out_dir: Path, artifact_dir: Path | None = None) ->
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
     return target
+
+
+def report_command(args) -> int:
+    """`swipr study report STUDY.toml --out DIR`."""
+    quiet_optuna()
+    print(f"wrote {write_report(load_study_file(args.study_file), args.out, args.artifact_dir)}")
+    return 0
