@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from swipr_core.errors import SwiprError
+from swipr_core.errors import FieldError, SwiprError
 from swipr_core.images import BadDimensions, NotRegularFile, decode_check, open_regular
 
 YES, NO = "YES", "NO"
@@ -39,7 +39,7 @@ _INT_RULES = ("min_people", "max_people", "min_age", "max_age")
 
 @dataclass(frozen=True)
 class LabelRules:
-    """The `[data.rules]` table of a study file; checked on construction."""
+    """Which rows are YES, NO or left out; checked on construction."""
 
     yes_dirs: tuple[str, ...] = ()
     no_dirs: tuple[str, ...] = ()
@@ -56,31 +56,27 @@ class LabelRules:
             value = getattr(self, key)
             # A lone string would otherwise be read as a sequence of one-letter folders.
             if not isinstance(value, (list, tuple)):
-                raise SwiprError(f"[data.rules] {key} must be a list, but got {value!r}")
+                raise FieldError(key, f"must be a list, but got {value!r}")
             object.__setattr__(self, key, tuple(value))  # lists from TOML, kept hashable
         for key in ("yes_dirs", "no_dirs"):
             for folder in getattr(self, key):
                 parts = PurePosixPath(folder).parts if isinstance(folder, str) else ()
                 if not parts or parts[0] == "/" or ".." in parts:
-                    raise SwiprError(f"[data.rules] {key}: each entry must be a folder relative "
-                                     f"to image_root, without '..', but got {folder!r}")
+                    raise FieldError(key, f"entries must be folders relative to image_root, without '..', "
+                                              f"but got {folder!r}")
         for key in ("invalid_labels", "fail_labels"):
             if not all(_is_int(code) for code in getattr(self, key)):
-                raise SwiprError(f"[data.rules] {key}: label codes must be integers, "
-                                 f"but got {list(getattr(self, key))!r}")
+                raise FieldError(key, f"must hold integer label codes, but got {list(getattr(self, key))!r}")
         if not isinstance(self.fail_on_male, bool):
-            raise SwiprError(f"[data.rules] fail_on_male must be true or false, "
-                             f"but got {self.fail_on_male!r}")
+            raise FieldError("fail_on_male", f"must be true or false, but got {self.fail_on_male!r}")
         for key in _INT_RULES:
             value = getattr(self, key)
             if not _is_int(value) or value < 0:
-                raise SwiprError(f"[data.rules] {key} must be an integer >= 0 (0 = no limit), "
-                                 f"but got {key}={value!r}")
+                raise FieldError(key, f"must be an integer >= 0 (0 = no limit), but got {value!r}")
         for low, high in (("min_people", "max_people"), ("min_age", "max_age")):
             lo, hi = getattr(self, low), getattr(self, high)
             if lo and hi and lo > hi:
-                raise SwiprError(f"[data.rules] {low} must not exceed {high}, "
-                                 f"but got {low}={lo} and {high}={hi}")
+                raise FieldError(low, f"must not exceed {high}, but got {low}={lo} and {high}={hi}")
 
 
 @dataclass(frozen=True)

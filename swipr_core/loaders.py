@@ -173,13 +173,14 @@ class CachedBatches:
         n = len(self.indices)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def _order(self) -> np.ndarray:
+    def order(self) -> np.ndarray:
+        """Row positions in this pass's order: shuffled by seed + passes when training."""
         if not self.train:
             return np.arange(len(self.indices))
         return np.random.default_rng(self.seed + self.passes).permutation(len(self.indices))
 
-    def _host_batches(self, order, generator):
-        """(uint8 images, targets, theta or None) on the host, in batch order."""
+    def host_batches(self, order, generator):
+        """(uint8 images, targets, theta or None) on the host, in batch order; pinned for CUDA."""
         pin = self.device.type == "cuda"
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             chosen = np.sort(order[start:start + self.batch_size])  # sorted: sequential reads from the memmap
@@ -208,11 +209,11 @@ class CachedBatches:
             yield (*moved, ready)
 
     def __iter__(self):
-        order = self._order()
+        order = self.order()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.passes)
         self.passes += 1
         cuda = self.device.type == "cuda"
-        for images, targets, theta, ready in _prefetched(self._device_batches(self._host_batches(order, generator))):
+        for images, targets, theta, ready in prefetched(self._device_batches(self.host_batches(order, generator))):
             if ready is not None:
                 current = torch.cuda.current_stream(self.device)
                 current.wait_event(ready)   # the GPU waits for the copy; the host does not
@@ -222,7 +223,7 @@ class CachedBatches:
             yield augment_batch(images, self.aug, self.train, channels_last=cuda, theta=theta), targets
 
 
-def _prefetched(batches, depth: int = PREFETCH):
+def prefetched(batches, depth: int = PREFETCH):
     """Run a generator on a thread, `depth` items ahead; errors surface in the consumer."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     done = object()

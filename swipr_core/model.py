@@ -12,7 +12,7 @@ import huggingface_hub.constants as hub_constants
 import timm
 from timm.data import resolve_model_data_config
 
-from swipr_core.errors import SwiprError
+from swipr_core.errors import FieldError
 from swipr_core.model_spec import ModelSpec  # noqa: F401  (the spec lives apart: no timm to read it)
 
 HUB_HOST = "huggingface.co"
@@ -32,10 +32,10 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _offline_help(spec: ModelSpec, reason: str) -> str:
     return (
-        f"[model] arch '{spec.arch}': can't fetch its pretrained weights ({reason}). "
+        f"'{spec.arch}': can't fetch its pretrained weights ({reason}). "
         f"On a machine offline, download them once elsewhere (timm.create_model('{spec.arch}', pretrained=True), "
-        f"then save model.state_dict() with safetensors) and set [model] weights = \"/path/to/file.safetensors\"; "
-        f"or set [model] pretrained = false to train from scratch"
+        f"then save model.state_dict() with safetensors) and set weights = \"/path/to/file.safetensors\"; "
+        f"or set pretrained = false to train from scratch"
     )
 
 
@@ -43,15 +43,15 @@ def create_model(spec: ModelSpec, num_classes: int = 2):
     if not timm.is_model(spec.arch):
         close = timm.list_models(f"*{spec.arch.split('_')[0]}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
-        raise SwiprError(f"[model] arch '{spec.arch}' is not a timm model{hint}")
+        raise FieldError("arch", f"'{spec.arch}' is not a timm model{hint}")
     if spec.weights is not None:
         if not spec.weights.is_file():
-            raise SwiprError(f"[model] weights file {spec.weights} not found")
+            raise FieldError("weights", f"file {spec.weights} not found")
         try:
             return timm.create_model(spec.arch, pretrained=True, num_classes=num_classes,
                                      pretrained_cfg_overlay={"file": str(spec.weights)})
         except Exception as error:  # a wrong or corrupt file surfaces as many error types
-            raise SwiprError(f"[model] weights file {spec.weights} doesn't load into '{spec.arch}': {error}") from None
+            raise FieldError("weights", f"file {spec.weights} doesn't load into '{spec.arch}': {error}") from None
     if not spec.pretrained:
         return timm.create_model(spec.arch, pretrained=False, num_classes=num_classes)
     try:
@@ -60,11 +60,11 @@ def create_model(spec: ModelSpec, num_classes: int = 2):
     except Exception:
         pass
     if not _hub_reachable():
-        raise SwiprError(_offline_help(spec, f"{HUB_HOST} is not reachable"))
+        raise FieldError("arch", _offline_help(spec, f"{HUB_HOST} is not reachable"))
     try:
         return timm.create_model(spec.arch, pretrained=True, num_classes=num_classes)
     except Exception as error:
-        raise SwiprError(_offline_help(spec, str(error).splitlines()[0] if str(error) else type(error).__name__)) from None
+        raise FieldError("arch", _offline_help(spec, str(error).splitlines()[0] if str(error) else type(error).__name__)) from None
 
 
 def _create_offline(spec: ModelSpec, num_classes: int):

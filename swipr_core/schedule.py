@@ -9,7 +9,7 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from swipr_core.errors import SwiprError
+from swipr_core.errors import FieldError, SwiprError
 
 FREEZE_STRATEGIES = ("frozen", "unfrozen", "frozen_then_unfrozen")
 COMPILE_MODES = ("auto", "on", "off")   # torch.compile: on, off, or on only where measured faster
@@ -69,21 +69,26 @@ def check_param(name: str, value) -> None:
         _check_lr(value)
     elif name == "freeze":
         if value not in FREEZE_STRATEGIES:
-            raise SwiprError(f"freeze must be one of {', '.join(FREEZE_STRATEGIES)}, got {value!r}")
+            raise FieldError("freeze", f"must be one of {', '.join(FREEZE_STRATEGIES)}, got {value!r}")
     else:
         _check_count(name, value)
 
 
 def _check_lr(lr) -> None:
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < 1:
-        raise SwiprError(f"lr must be a number between 0 and 1 (both excluded), got {lr!r}")
+        raise FieldError("lr", f"must be a number between 0 and 1 (both excluded), got {lr!r}")
+
+
+def check_compile_mode(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise FieldError("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
 
 
 def _check_count(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise SwiprError(f"{name} must be a whole number, got {value!r}")
+        raise FieldError(name, f"must be a whole number, got {value!r}")
     if value < 1:
-        raise SwiprError(f"{name} must be 1 or more, got {value}")
+        raise FieldError(name, f"must be 1 or more, got {value}")
 
 
 def cycle_lengths(n_cycles: int, cycle_len: int, cycle_mult: int) -> list[int]:
@@ -103,8 +108,7 @@ def check_epochs(n_cycles: int, cycle_len: int, cycle_mult: int, freeze: str = "
     for name, value in (("n_cycles", n_cycles), ("cycle_len", cycle_len), ("cycle_mult", cycle_mult),
                         ("head_epochs", head_epochs)):
         _check_count(name, value)
-    if freeze not in FREEZE_STRATEGIES:
-        raise SwiprError(f"freeze must be one of {', '.join(FREEZE_STRATEGIES)}, got {freeze!r}")
+    check_param("freeze", freeze)
     head = head_epochs if freeze == "frozen_then_unfrozen" else 0
     total, length = head, cycle_len
     for _ in range(n_cycles):   # stops once past the cap: cycle_mult ** n_cycles may not fit in memory

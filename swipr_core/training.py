@@ -31,7 +31,7 @@ from fastai.torch_core import set_seed
 
 from swipr_core.checkpoints import fastai_opt_state, load_checkpoint, save_checkpoint
 from swipr_core.data import Dataset
-from swipr_core.errors import SwiprError
+from swipr_core.errors import FieldError
 from swipr_core.loaders import Augment, CachedBatches
 from swipr_core.metrics import majority_accuracy, roc_auc
 from swipr_core.model import ModelSpec, body_and_head, create_model, normalisation
@@ -42,6 +42,7 @@ from swipr_core.schedule import (  # noqa: F401
     FREEZE_STRATEGIES,
     MAX_EPOCHS,
     TrainConfig,
+    check_compile_mode,
     check_epochs,
     check_param,
     cycle_lengths,
@@ -81,7 +82,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SwiprError(f"[train] device is '{name}' but no CUDA GPU is visible; use device = \"auto\" or \"cpu\"")
+        raise FieldError("device", f"is '{name}' but no CUDA GPU is visible; use \"auto\" or \"cpu\"")
     return device
 
 
@@ -202,9 +203,9 @@ def make_loaders(dataset: Dataset, config: TrainConfig, mean, std, device):
 COMPILE_AUTO_ON_DEVICES: tuple[str, ...] = ()
 
 
-def _compile_enabled(mode: str, device: torch.device) -> bool:
-    if mode not in COMPILE_MODES:
-        raise SwiprError(f"[train] compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+def compile_enabled(mode: str, device: torch.device) -> bool:
+    """Whether a run in `mode` (on | off | auto) compiles its model on `device`."""
+    check_compile_mode(mode)
     return mode == "on" or (mode == "auto" and device.type in COMPILE_AUTO_ON_DEVICES)
 
 
@@ -258,7 +259,7 @@ def _build_learner(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec,
     if torch_device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # one input shape per run: let cuDNN pick its fastest kernels
         _keep_smooth_loss_on_device(learn)
-    if _compile_enabled(compile, torch_device):
+    if compile_enabled(compile, torch_device):
         # One graph per phase (frozen, unfrozen) × mode (train, eval, no_grad) × batch shape
         # (full, last): more than dynamo's default 8, past which it silently runs eagerly.
         dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)

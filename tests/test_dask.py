@@ -167,13 +167,14 @@ def test_ctrl_c_then_driver_death_then_a_rerun_finishes_every_trial_once(tmp_pat
 
 
 def test_a_driver_s_fixed_distributions_are_what_the_worker_s_suggest_calls_give_back():
+    from objectives.optuna_compat import attach, trial_id
     from objectives.space import Choices, Range, distribution, suggest
 
     space = {"lr": Range(1e-3, 3e-2, log=True), "batch_size": Range(16, 64, step=16, is_int=True),
              "freeze": Choices(("frozen", "unfrozen"))}
     study = optuna.create_study()
     asked = study.ask({name: distribution(spec) for name, spec in space.items()})
-    on_worker = optuna.Trial(study, asked._trial_id)   # as the task builds it
+    on_worker = attach(study, trial_id(asked))   # as the task builds it
     assert {name: suggest(on_worker, name, spec) for name, spec in space.items()} == asked.params
 
 

@@ -1,4 +1,6 @@
 """The GPU training path: its device-agnostic parts on the CPU, its CUDA-only parts on a GPU."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
 from swipr_core.loaders import Augment, CachedBatches
-from swipr_core.training import _compile_enabled, _keep_smooth_loss_on_device
+from swipr_core.training import DeviceSmoothLoss, compile_enabled
 from tests.studykit import study_toml
 
 CUDA = torch.cuda.is_available()
@@ -17,10 +19,10 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def test_compile_auto_is_off_until_measured_and_on_off_are_honoured():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not _compile_enabled("auto", cpu) and not _compile_enabled("auto", cuda)
-    assert _compile_enabled("on", cpu) and not _compile_enabled("off", cuda)
+    assert not compile_enabled("auto", cpu) and not compile_enabled("auto", cuda)
+    assert compile_enabled("on", cpu) and not compile_enabled("off", cuda)
     with pytest.raises(SwiprError, match="compile must be one of auto, on, off"):
-        _compile_enabled("yes", cpu)
+        compile_enabled("yes", cpu)
 
 
 def test_study_file_compile_key(tmp_path):
@@ -34,21 +36,10 @@ def test_study_file_compile_key(tmp_path):
         load_study_file(file)
 
 
-class _FakeLearn:
-    def __init__(self):
-        from fastai.learner import AvgSmoothLoss
-
-        self.recorder = type("Recorder", (), {})()
-        self.recorder.smooth_loss = AvgSmoothLoss(beta=0.9)
-        self.loss = None
-
-
 def test_the_device_side_smooth_loss_matches_fastais():
     from fastai.learner import AvgSmoothLoss
 
-    stock, learn = AvgSmoothLoss(beta=0.9), _FakeLearn()
-    _keep_smooth_loss_on_device(learn)
-    ours = learn.recorder.smooth_loss
+    stock, ours, learn = AvgSmoothLoss(beta=0.9), DeviceSmoothLoss(beta=0.9), SimpleNamespace(loss=None)
     assert ours.beta == 0.9
     for metric in (stock, ours):
         metric.reset()
@@ -92,7 +83,7 @@ def test_the_gpu_grid_path_equals_the_same_path_on_the_cpu():
 @needs_cuda
 def test_cuda_host_batches_are_pinned():
     loader = _loader("cuda")
-    images, targets, theta = next(loader._host_batches(loader._order(), torch.Generator().manual_seed(0)))
+    images, targets, theta = next(loader.host_batches(loader.order(), torch.Generator().manual_seed(0)))
     assert images.is_pinned() and targets.is_pinned() and theta.is_pinned()
 
 

@@ -105,3 +105,26 @@ def test_the_checks_see_todays_kind_of_tangle():
     assert cycle[0] == cycle[-1] and set(cycle) == {"search.run", "search.retry", "search.workers"}
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     assert LAYERS["objectives"] < LAYERS["search"]   # so objectives -> search.studyfile counts as upward
+
+
+def private_names_used(source: str) -> list[tuple[int, str]]:
+    """(line, name) for each `_name` a test imports or reads off an object; dunders aside."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names = []
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in (*LAYERS, "tests"):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.Attribute) and not (isinstance(node.value, ast.Name) and node.value.id == "self"):
+            names = [node.attr]
+        found += [(node.lineno, name) for name in names if name.startswith("_") and not name.startswith("__")]
+    return found
+
+
+def test_tests_use_only_public_names():
+    # A test that reaches inside breaks on every refactor and checks the wrong thing; what a
+    # test needs (Optuna's internals included, through objectives.optuna_compat) is public.
+    found = [f"{path.relative_to(ROOT)}:{line} {name}" for path in sorted((ROOT / "tests").glob("*.py"))
+             for line, name in private_names_used(path.read_text(encoding="utf-8"))]
+    assert not found, found
+    assert private_names_used("from swipr_core.loaders import _prefetched\nt = optuna.Trial(s, a._trial_id)\n") \
+        == [(1, "_prefetched"), (2, "_trial_id")]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from swipr_core.loaders import Augment, CachedBatches, augment_batch, gather_rows, random_affine, _prefetched
+from swipr_core.loaders import Augment, CachedBatches, augment_batch, gather_rows, random_affine, prefetched
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -115,7 +115,7 @@ def test_every_image_once_per_epoch_with_its_target():
 def test_each_training_pass_reshuffles_reproducibly():
     def orders(seed):
         _, loader = make_loader(seed=seed)
-        return [loader._order().tolist() for loader.passes in (0, 1)]
+        return [loader.order().tolist() for loader.passes in (0, 1)]
     first, second = orders(0)
     assert sorted(first) == list(range(21)) and first != second
     assert orders(0) == [first, second]
@@ -156,7 +156,7 @@ def test_prefetch_errors_reach_the_consumer():
 
     seen = []
     with pytest.raises(OSError, match="disk went away"):
-        for item in _prefetched(broken()):
+        for item in prefetched(broken()):
             seen.append(item)
     assert seen == [1]
 
@@ -165,7 +165,7 @@ def test_stopping_early_releases_the_prefetch_thread():
     import threading
 
     before = threading.active_count()
-    for i, _ in enumerate(_prefetched(iter(range(100)), depth=2)):
+    for i, _ in enumerate(prefetched(iter(range(100)), depth=2)):
         if i == 3:
             break
     assert threading.active_count() == before

@@ -5,6 +5,7 @@ import sqlite3
 import sys
 
 import pytest
+import torch
 
 from tests.studykit import ROOT, demo_data, one_line_error, run_cli, study_toml, write_study
 
@@ -141,7 +142,17 @@ def test_bad_input_unknown_and_mistyped_keys_and_broken_toml(tmp_path):
 
 def test_bad_input_unknown_arch(tmp_path):
     study = edit(bad_study(tmp_path), 'arch = "test_resnet"', 'arch = "resnext51_32x4d"')
-    assert "resnext51_32x4d" in one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
+    error = one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
+    assert f"{study}: [model] arch 'resnext51_32x4d' is not a timm model" in error
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where no CUDA GPU is visible")
+def test_bad_input_missing_gpu_fails_before_any_trial(tmp_path):
+    study = edit(bad_study(tmp_path), 'device = "cpu"', 'device = "cuda"')
+    error = one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
+    assert f"{study}: [train] device is 'cuda' but no CUDA GPU is visible" in error
+    error = one_line_error(run_cli("study", "run", bad_study(tmp_path), "--n-trials", "1", "--device", "cuda:0"))
+    assert error == "swipr: error: --device: device is 'cuda:0' but no CUDA GPU is visible; use \"auto\" or \"cpu\""
 
 
 def test_bad_input_bad_storage_url(tmp_path):

@@ -23,6 +23,7 @@ from search.study.data_record import FINGERPRINT_ATTR, refuse_other_data
 from search.study.open import best_trial, open_study, quiet_optuna
 from search.study.storage import redact
 from search.studyfile import load_study_file
+from search.studyfile.fields import keyed
 from swipr_core import bundle
 from swipr_core.data import prepare_data
 from swipr_core.bundle_writer import library_versions, model_manifest, write_bundle
@@ -136,7 +137,8 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
 def replay_trial(study_file, trial, config: TrainConfig, dataset, device: str | None, threads: int | None,
                  echo) -> tuple:
     """(TrainResult, replay record) of the trial's run again, with its CPU thread count."""
-    device = resolve_device(device or study_file.train.device)
+    with keyed("--device:" if device else f"{study_file.path}: [train]"):
+        device = resolve_device(device or study_file.train.device)
     precision = study_file.train.precision
     # CPU reductions are summed per thread: the trial's thread count gives its exact numbers.
     threads = threads or trial.user_attrs.get(THREADS_ATTR) or torch.get_num_threads()

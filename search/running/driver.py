@@ -23,11 +23,13 @@ from search.study.space_record import check_space
 from search.study.storage import NO_HEARTBEAT_NOTE, redact, redact_output, supports_heartbeat
 from search.study.warm_start import enqueue_warm_start
 from search.studyfile import StudyFile, load_study_file
+from search.studyfile.fields import keyed
 from search.views.artifacts import make_objective_hooks
 from search.views.progress import StudyProgress, summary_table
 from swipr_core.data import Dataset, prepare_data
 from swipr_core.errors import SwiprError
 from swipr_core.model import check_model
+from swipr_core.training import resolve_device
 
 
 def run_study(args: argparse.Namespace) -> int:
@@ -47,9 +49,13 @@ def _run_study(args: argparse.Namespace) -> int:
     # On Dask the workers' GPUs count, not this machine's; a wrong address fails here, in seconds.
     cluster = open_cluster(address, args.device or study_file.train.device) if address else None
     device = cluster.device if cluster else _device(args.device or study_file.train.device, slots)
+    if not cluster and slots[0].gpu is None:   # a GPU named but not there fails now, not in every trial
+        with keyed("--device:" if args.device else f"{study_file.path}: [train]"):
+            resolve_device(device)
     quiet_optuna()
     # A typo in the arch or an offline hub should fail now, not after the image cache is built.
-    check_model(study_file.model)
+    with keyed(f"{study_file.path}: [model]"):
+        check_model(study_file.model)
     dataset = prepare_data(study_file.data)
     counts = dataset.split.counts()
     print(f"data: {len(dataset.split)} images, YES {counts['YES']}, NO {counts['NO']}, "

@@ -8,10 +8,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from swipr_core.errors import SwiprError
+from swipr_core.errors import FieldError, SwiprError
 
 _NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", Path: "a path (string)",
           tuple: "an array", dict: "a table"}
@@ -80,3 +81,13 @@ def one_of(where: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise SwiprError(f"{where} must be one of {', '.join(allowed)}, got {value!r}")
     return value
+
+
+@contextmanager
+def keyed(where: str):
+    """A core type's FieldError, which names only its key, as one line that says where the
+    value came from: `where` is e.g. "studies/x.toml: [data]" or "--device:"."""
+    try:
+        yield
+    except FieldError as error:
+        raise SwiprError(f"{where} {error}") from None

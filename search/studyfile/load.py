@@ -8,16 +8,16 @@ import os
 import tomllib
 from pathlib import Path
 
-from search.studyfile.fields import one_of, parse_table, resolve, table_at
+from search.studyfile.fields import keyed, one_of, parse_table, resolve, table_at
 from search.studyfile.sections import (PRECISIONS, PRUNE_AT_CHOICES, PRUNERS, SAMPLERS, ClusterSection, StudyFile,
                                        StudySection, TrainSection)
 from search.studyfile.space import check_epochs, largest, parse_space
 from search.studyfile.storage_url import storage_url
 from swipr_core.data import MAX_SEED, DataSpec
-from swipr_core.errors import FieldError, SwiprError
+from swipr_core.errors import SwiprError
 from swipr_core.labels import LabelRules
 from swipr_core.model_spec import ModelSpec
-from swipr_core.schedule import COMPILE_MODES
+from swipr_core.schedule import check_compile_mode
 
 SECTIONS = ("study", "data", "model", "train", "cluster", "space")
 MAX_HEARTBEAT_S = 86_400   # a day: far beyond any real interval, far below what overflows a timer
@@ -85,10 +85,9 @@ def _data(path: Path, raw: dict) -> DataSpec:
     values.setdefault("image_root", values["database"].parent)
     values.setdefault("labels_file", resolve(path.parent, f"{path.stem}.labels.csv"))
     values.setdefault("cache_dir", resolve(path.parent, ".swipr-cache"))
-    try:
-        return DataSpec(**values, rules=_rules(path, raw))
-    except FieldError as error:
-        raise SwiprError(f"{path}: [data] {error}") from None
+    rules = _rules(path, raw)
+    with keyed(f"{path}: [data]"):
+        return DataSpec(**values, rules=rules)
 
 
 def _rules(path: Path, raw: dict) -> LabelRules:
@@ -96,17 +95,16 @@ def _rules(path: Path, raw: dict) -> LabelRules:
     for key in ("yes_dirs", "no_dirs"):
         if key in values:
             values[key] = tuple(folder.strip("/") for folder in values[key])
-    try:
+    with keyed(f"{path}: [data.rules]"):
         return LabelRules(**values)
-    except SwiprError as error:   # LabelRules names the key itself
-        raise SwiprError(f"{path}: {error}") from None
 
 
 def _train(path: Path, raw: dict) -> TrainSection:
     train = TrainSection(**parse_table(path, "train", table_at(path, raw, "train"), TrainSection, path.parent))
     where = f"{path}: [train]"
     one_of(f"{where} precision", train.precision, PRECISIONS)
-    one_of(f"{where} compile", train.compile, COMPILE_MODES)
+    with keyed(where):
+        check_compile_mode(train.compile)
     if not (train.device in ("auto", "cpu", "cuda") or train.device.startswith("cuda:")):
         raise SwiprError(f"{where} device must be auto, cpu, cuda or cuda:N, got {train.device!r}")
     if train.head_epochs < 1:

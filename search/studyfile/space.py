@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from objectives.space import SPACE_KEYS, Choices, Range
-from search.studyfile.fields import check_type
+from search.studyfile.fields import check_type, keyed
 from swipr_core.errors import SwiprError
 from swipr_core.schedule import check_epochs as core_check_epochs
 from swipr_core.schedule import check_param
@@ -17,12 +17,10 @@ _VALUE_TYPES = {"lr": float, "batch_size": int, "image_size": int, "freeze": str
 
 
 def _check_value(where: str, key: str, value: Any) -> None:
-    """The TOML type here; the value itself by the core (swipr_core.training.check_param)."""
+    """The TOML type here; the value itself by the core (swipr_core.schedule.check_param)."""
     check_type(f"{where}: [space] {key} value", value, _VALUE_TYPES[key])
-    try:
+    with keyed(f"{where}: [space]"):
         check_param(key, value)
-    except SwiprError as error:
-        raise SwiprError(f"{where}: [space] {error}") from None
 
 
 def parse_space(where: Path, raw: dict) -> dict[str, Range | Choices]:
@@ -83,7 +81,7 @@ def largest(spec: Range | Choices):
 
 def check_epochs(where: Path, space: dict, head_epochs: int) -> None:
     """The longest schedule the space allows (each argument lengthens it) must be one a run may
-    have (swipr_core.training.MAX_EPOCHS)."""
+    have (swipr_core.schedule.MAX_EPOCHS)."""
     highs = {key: int(largest(space[key])) for key in ("n_cycles", "cycle_len", "cycle_mult")}
     freezes = space["freeze"].values if isinstance(space["freeze"], Choices) else ()
     freeze = "frozen_then_unfrozen" if "frozen_then_unfrozen" in freezes else "unfrozen"
