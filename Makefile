@@ -23,7 +23,7 @@ demo: setup
 	$(BIN)/swipr study best studies/demo.toml
 
 test: setup system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 clean:
 	rm -rf demo-data studies/*.db studies/*.labels.csv* studies/.swipr-cache

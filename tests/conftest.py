@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 
@@ -9,6 +10,17 @@ from tests import pg
 from tests.studykit import demo_data
 
 _names = itertools.count()
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core already: a torch of one thread in each (and in the
+    # processes they start) keeps OpenMP's waiting threads from contending for the same cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(items):
+    # The multi-process scenarios (marked slow) take most of the suite's time: run them first,
+    # so that pytest-xdist's other worker goes through the quick tests beside them, not after.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import io
 import itertools
 import json
@@ -212,17 +213,27 @@ cycle_mult = [1]
 """
 
 
-def finished_demo_study(tmp_path_factory, n_trials: int = 4) -> tuple[Path, str]:
-    """A demo study run to the end with `swipr study run` (piped), and what it printed.
+def shared_temp(tmp_path_factory) -> Path:
+    """A temp folder every pytest-xdist worker of this session sees (each has its own basetemp)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
-    Run once per test session: the dashboard, report and progress tests all look at it.
+
+def finished_demo_study(tmp_path_factory, n_trials: int = 4) -> tuple[Path, str]:
+    """A demo study run to the end with `swipr study run` (output not a terminal), and what it
+    printed.
+
+    Run once per test session, whatever the number of pytest-xdist workers: the dashboard,
+    report and progress tests all look at it.
     """
-    folder = tmp_path_factory.getbasetemp() / "finished-demo-study"
+    folder = shared_temp(tmp_path_factory) / "finished-demo-study"
+    folder.mkdir(exist_ok=True)
     log = folder / "run.log"
-    if not log.exists():
-        folder.mkdir(exist_ok=True)
-        study = write_study(folder, folder / "data", name="dashdemo", space=DASHDEMO_SPACE)
-        result = swipr("study", "run", study, "--n-trials", str(n_trials))
-        assert result.returncode == 0, result.stderr
-        log.write_text(result.stdout)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # the first worker runs it; the others wait, then read
+        if not log.exists():
+            study = write_study(folder, folder / "data", name="dashdemo", space=DASHDEMO_SPACE)
+            result = run_cli("study", "run", study, "--n-trials", str(n_trials))
+            assert result.returncode == 0, result.stderr
+            log.write_text(result.stdout)
     return folder / "study.toml", log.read_text()

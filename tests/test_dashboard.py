@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.studykit import ROOT, SCREENSHOTS, Chromium, finished_demo_study, needs_chromium, swipr, write_study
+from tests.studykit import ROOT, SCREENSHOTS, Chromium, finished_demo_study, needs_chromium, run_cli, write_study
 
 @pytest.fixture
 def browser():
@@ -64,14 +64,14 @@ def test_dashboard_binds_to_loopback_and_says_where_to_look(dashboard):
 
 def test_dashboard_of_a_study_that_never_ran_is_one_line_error(tmp_path):
     study = write_study(tmp_path, tmp_path / "data")
-    result = swipr("dashboard", study, "--port", "0")
+    result = run_cli("dashboard", study, "--port", "0")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "run `swipr study run` first" in result.stderr
 
 
 def test_a_port_in_use_is_one_line_error(dashboard, demo_study):
     port = dashboard.base.rsplit(":", 1)[1]
-    result = swipr("dashboard", demo_study, "--port", port, timeout=60)
+    result = run_cli("dashboard", demo_study, "--port", port)
     assert result.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in result.stderr
 
 

@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 from tests.daskkit import Cluster
-from tests.studykit import ROOT, SPACE, one_line_error, swipr, write_study
+from tests.studykit import ROOT, SPACE, one_line_error, run_cli, write_study
 
 pytest.importorskip("distributed", reason="the dask extra is not installed: pip install '.[dask]'")
 
@@ -24,14 +24,19 @@ THREE_EPOCHS = SPACE.replace("n_cycles = [1]", "n_cycles = [3]")
 TrialState = optuna.trial.TrialState
 
 
-def _trials(path):
+def _open(path):
     from search.study.open import open_study
     from search.studyfile import load_study_file
 
     try:
-        return open_study(load_study_file(path), create=False).get_trials(deepcopy=False)
+        return open_study(load_study_file(path), create=False)
     except Exception:   # not created yet
-        return []
+        return None
+
+
+def _trials(path):
+    study = _open(path)
+    return study.get_trials(deepcopy=False) if study else []
 
 
 def _run_in_background(path, address, *args):
@@ -48,14 +53,17 @@ def _ctrl_c_acts() -> None:
 
 def _wait_for(condition, path, timeout: float = 180):
     deadline = time.monotonic() + timeout
+    study = None
     while time.monotonic() < deadline:
-        found = [t for t in _trials(path) if condition(t)]
+        study = study or _open(path)   # opened once: a poll is then one query, not a new engine
+        found = [t for t in (study.get_trials(deepcopy=False) if study else []) if condition(t)]
         if found:
             return found[0]
         time.sleep(0.1)
     raise AssertionError("timed out waiting for a trial")
 
 
+@pytest.mark.slow
 def test_a_killed_worker_costs_one_fail_and_its_retry_resumes_on_the_other(tmp_path, data_dir):
     path = write_study(tmp_path, data_dir, space=THREE_EPOCHS, pruner="none")
     with Cluster(workers=2, preload="tests.dask_slow_epochs") as cluster:
@@ -75,7 +83,8 @@ def test_a_killed_worker_costs_one_fail_and_its_retry_resumes_on_the_other(tmp_p
     assert len(retries) == 1 and retries[0].user_attrs["retry_of"] == victim.number   # retried once
     retry = retries[0]
     assert retry.state == TrialState.COMPLETE
-    assert retry.user_attrs["resumed_from_epoch"] == 2   # epochs 0 and 1 came from the checkpoint
+    # epochs 0 and 1 (or, if the kill landed late on a loaded machine, 0 to 2) came from the checkpoint
+    assert retry.user_attrs["resumed_from_epoch"] in (2, 3)
     assert sorted(retry.intermediate_values) == [0, 1, 2]
     assert retry.params == victim.params
     assert retry.user_attrs["worker"] != victim_worker
@@ -88,7 +97,7 @@ def test_a_killed_worker_costs_one_fail_and_its_retry_resumes_on_the_other(tmp_p
     assert not list((tmp_path / ".swipr-cache" / "checkpoints").glob(f"t-*/trial-{victim.number}"))   # removed once done
     assert f"trial {victim.number}: its task ended with KilledWorker" in err
 
-    status = swipr("study", "status", path)
+    status = run_cli("study", "status", path)
     assert status.returncode == 0 and "w0" in status.stdout and "w1" in status.stdout, status.stdout
 
 
@@ -101,7 +110,7 @@ def cpu_cluster():
 def test_a_gpu_study_on_a_cluster_without_gpu_slots_is_one_line(tmp_path, data_dir, cpu_cluster):
     path = write_study(tmp_path, data_dir, extra={"train": ""})
     path.write_text(path.read_text().replace('device = "cpu"', 'device = "cuda"'))
-    line = one_line_error(swipr("study", "run", path, "--dask", cpu_cluster.address, timeout=60))
+    line = one_line_error(run_cli("study", "run", path, "--dask", cpu_cluster.address))
     assert "no worker of the Dask cluster" in line and "--resources GPU=1" in line
     assert not _trials(path)   # refused before the study was touched
 
@@ -112,7 +121,7 @@ def test_a_wrong_scheduler_address_fails_fast_in_one_line(tmp_path, data_dir):
         port = s.getsockname()[1]
     path = write_study(tmp_path, data_dir)
     started = time.monotonic()
-    result = swipr("study", "run", path, "--dask", f"tcp://127.0.0.1:{port}", timeout=60)
+    result = run_cli("study", "run", path, "--dask", f"tcp://127.0.0.1:{port}")
     line = one_line_error(result)
     assert f"Dask scheduler tcp://127.0.0.1:{port}: can't connect" in line
     assert time.monotonic() - started < 30   # the 5 s connect timeout plus the CLI's start-up
@@ -130,6 +139,7 @@ def _each_finished_once(trials) -> dict:
     return retry_of
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_driver_death_then_a_rerun_finishes_every_trial_once(tmp_path, data_dir):
     path = write_study(tmp_path, data_dir, space=THREE_EPOCHS, pruner="none", sampler="random")
     with Cluster(workers=2, preload="tests.dask_slow_epochs") as cluster:
@@ -154,7 +164,7 @@ def test_ctrl_c_then_driver_death_then_a_rerun_finishes_every_trial_once(tmp_pat
         os.killpg(run.pid, signal.SIGKILL)
         cluster.kill(cluster.workers[int(orphan.user_attrs["worker"][1:])])
         run.wait(timeout=30)
-        result = swipr("study", "run", path, "--dask", cluster.address, "--n-trials", 3)
+        result = run_cli("study", "run", path, "--dask", cluster.address, "--n-trials", 3)
         assert result.returncode == 0, result.stdout + result.stderr + cluster.logs()
         assert f"trial {orphan.number}: left running by a driver that stopped" in result.stdout
 
@@ -162,7 +172,8 @@ def test_ctrl_c_then_driver_death_then_a_rerun_finishes_every_trial_once(tmp_pat
     retry_of = _each_finished_once(trials)
     assert sorted(retry_of) == sorted([*(t.number for t in interrupted), orphan.number])
     assert all(retry.user_attrs["resumed_from_epoch"] >= 1 for retry in retry_of.values())
-    assert retry_of[orphan.number].user_attrs["resumed_from_epoch"] == 2
+    # seen after epoch 1, killed before or, on a loaded machine, after epoch 2's checkpoint
+    assert retry_of[orphan.number].user_attrs["resumed_from_epoch"] in (2, 3)
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 3
 
 

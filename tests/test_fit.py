@@ -12,6 +12,9 @@ import pytest
 from swipr_core import bundle
 from swipr_core.errors import SwiprError
 
+# One pytest-xdist worker runs this module, so its module-scoped study is built once.
+pytestmark = pytest.mark.xdist_group("fit")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

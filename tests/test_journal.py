@@ -1,6 +1,7 @@
 """Optuna's journal file as a study's storage: run, continue, status, best, dashboard, bad paths."""
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import urllib.request
@@ -11,7 +12,10 @@ from objectives.optuna_compat import storage_of, study_id
 from search.study.storage import NO_HEARTBEAT_NOTE, open_storage, supports_heartbeat
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
-from tests.studykit import one_line_error, swipr, write_study
+from tests.studykit import one_line_error, run_cli, write_study
+
+# One pytest-xdist worker runs this module, so its module-scoped study is built once.
+pytestmark = pytest.mark.xdist_group("journal")
 
 
 def journal_study(folder, storage: str, filename: str = "study.toml"):
@@ -25,9 +29,10 @@ def finished(tmp_path_factory):
     folder = tmp_path_factory.mktemp("journal")
     (folder / "runs").mkdir()
     study = journal_study(folder, "journal:///runs/study.log")
-    first = swipr("study", "run", study, "--n-trials", "2", cwd=folder / "runs")   # cwd must not matter
+    with contextlib.chdir(folder / "runs"):   # cwd must not matter
+        first = run_cli("study", "run", study, "--n-trials", "2")
     assert first.returncode == 0, first.stderr
-    second = swipr("study", "run", study, "--n-trials", "1")
+    second = run_cli("study", "run", study, "--n-trials", "1")
     assert second.returncode == 0, second.stderr
     return folder, study, first, second
 
@@ -47,12 +52,12 @@ def test_run_writes_the_journal_beside_the_study_file_and_continues_it(finished)
 
 def test_status_and_best_read_the_journal(finished):
     _, study, *_ = finished
-    status = swipr("study", "status", study, "--json")
+    status = run_cli("study", "status", study, "--json")
     assert status.returncode == 0, status.stderr
     rows = json.loads(status.stdout)["trials"]
     assert [row["number"] for row in rows] == [0, 1, 2]
     assert all(row["state"] == "COMPLETE" for row in rows)
-    best = json.loads(swipr("study", "best", study, "--json").stdout)
+    best = json.loads(run_cli("study", "best", study, "--json").stdout)
     assert best["value"] == min(row["value"] for row in rows)
     assert best["number"] == next(row["number"] for row in rows if row["value"] == best["value"])
 
@@ -78,14 +83,14 @@ def test_the_dashboard_serves_the_journal_study(finished):
 def test_a_missing_journal_is_one_line_error_and_no_file(tmp_path):
     study = journal_study(tmp_path, "never.log")
     for command in ("status", "best"):
-        error = one_line_error(swipr("study", command, study))
+        error = one_line_error(run_cli("study", command, study))
         assert "no such journal file" in error and "run `swipr study run` first" in error
     assert not (tmp_path / "never.log").exists()
 
 
 def test_a_journal_in_a_missing_folder_is_one_line_error(tmp_path):
     study = journal_study(tmp_path, "journal:///no/such/folder/study.log")
-    error = one_line_error(swipr("study", "run", study, "--n-trials", "1"))
+    error = one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
     assert f"folder {tmp_path / 'no/such/folder'} does not exist" in error
     assert not (tmp_path / "no").exists()
 

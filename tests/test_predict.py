@@ -17,6 +17,9 @@ from swipr_core.cache import load_square
 from swipr_core.errors import SwiprError
 from swipr_core.predict import Predictor, expand_inputs
 
+# One pytest-xdist worker runs this module, so its module-scoped study is built once.
+pytestmark = pytest.mark.xdist_group("predict")
+
 ROOT = Path(__file__).resolve().parents[1]
 SWIPR = [sys.executable, "-m", "search.cli"]
 CACHE_PX, IMAGE_SIZE = 48, 32

@@ -9,6 +9,9 @@ import torch
 
 from tests.studykit import ROOT, demo_data, one_line_error, run_cli, study_toml, write_study
 
+# One pytest-xdist worker runs this module, so its module-scoped study is built once.
+pytestmark = pytest.mark.xdist_group("study_cli")
+
 
 def sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

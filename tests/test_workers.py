@@ -18,7 +18,7 @@ from search.running.stop import StopFlag
 from search.running.supervisor import Slot, make_slots, parse_gpus, visible_device
 from swipr_core.errors import SwiprError
 from tests import pg
-from tests.studykit import ROOT, SPACE, swipr, write_study
+from tests.studykit import ROOT, SPACE, run_cli, swipr, write_study
 
 THREE_EPOCHS = SPACE.replace("n_cycles = [1]", "n_cycles = [3]")
 FAST_HEARTBEAT = {"study": "heartbeat_interval = 1\ngrace_period = 2\n"}
@@ -71,6 +71,7 @@ run_worker(study_file, prepare_data(study_file.data), n_trials=1)
 """
 
 
+@pytest.mark.slow
 def test_sigkilled_trial_is_failed_and_retried_from_its_checkpoint(tmp_path, data_dir):
     path = write_study(tmp_path, data_dir, space=THREE_EPOCHS, pruner="none", extra=FAST_HEARTBEAT)
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_1, str(path)], cwd=ROOT,
@@ -81,7 +82,7 @@ def test_sigkilled_trial_is_failed_and_retried_from_its_checkpoint(tmp_path, dat
     time.sleep(2.5)   # past the grace period
 
     # The next run fails the silent trial, retries it, and the retry resumes after epoch 1.
-    result = swipr("study", "run", path, "--n-trials", "1")
+    result = run_cli("study", "run", path, "--n-trials", "1")
     assert result.returncode == 0, result.stderr
     first, retry = _study(path).trials
     assert first.state == optuna.trial.TrialState.FAIL
@@ -257,7 +258,8 @@ def test_a_stop_while_a_trial_process_starts_waits_until_it_can_be_stopped():
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_workers_on_postgres_stop_on_ctrl_c_then_finish_every_trial_once(tmp_path, data_dir, pg_url):
+@pytest.mark.slow
+def test_workers_on_postgres_stop_on_ctrl_c_then_finish_every_trial_once(tmp_path, data_dir, pg_url, monkeypatch):
     path = write_study(tmp_path, data_dir, space=THREE_EPOCHS, sampler="random", pruner="none")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SWIPR_STORAGE": pg_url}
     process = subprocess.Popen([sys.executable, "-m", "search.cli", "study", "run", str(path), "--workers", "2",
@@ -284,7 +286,8 @@ def test_workers_on_postgres_stop_on_ctrl_c_then_finish_every_trial_once(tmp_pat
 
     # The next run takes the retries first; every trial is recorded once, none left running.
     result = swipr("study", "run", path, "--workers", "2", "--n-trials", "3", env={"SWIPR_STORAGE": pg_url})
-    status = swipr("study", "status", path, env={"SWIPR_STORAGE": pg_url})
+    monkeypatch.setenv("SWIPR_STORAGE", pg_url)
+    status = run_cli("study", "status", path)
     assert result.returncode == 0, result.stderr
     for output in (out, err, result.stdout, result.stderr, status.stdout, status.stderr):
         assert pg.PASSWORD not in output
