@@ -119,7 +119,7 @@ def replay_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: floa
     _, sampler, pruner, prune_at, warmup = strategy
     section = StudySection(pruner=pruner, prune_at=prune_at, pruner_warmup_epochs=warmup)
     study = optuna.create_study(study_name=f"{strategy[0]} {seed}", sampler=make_sampler(sampler, seed),
-                                pruner=make_pruner(section))
+                                pruner=make_pruner(section, max(len(c["val_loss"]) for c in curves.values())))
     space = {name: Choices(tuple(values)) for name, values in grid.items()}
     spent = [0]
 

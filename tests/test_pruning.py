@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from objectives.judging import (AGAINST_ATTR, JUDGED_ATTR, LOSSES_ATTR, Step, judge, replay_curve,
                                 report_epoch)
-from search.study.pruners import make_pruner
+from search.study.pruners import make_pruner, pruner_for
 from search.studyfile.sections import PRUNERS, StudySection
 from tests.studykit import one_line_error, run_cli, write_study
 
@@ -41,7 +41,7 @@ class Spy(optuna.pruners.BasePruner):
 
 def pruner(name: str, prune_at: str = "cycle_end", startup: int = 3, warmup: int = 1):
     return make_pruner(StudySection(pruner=name, pruner_startup_trials=startup, pruner_warmup_epochs=warmup,
-                                    prune_at=prune_at))
+                                    prune_at=prune_at), max_epochs=8)   # the longest curve here
 
 
 def run(curves, study_pruner, prune_at: str) -> optuna.Study:
@@ -245,3 +245,37 @@ def test_the_curves_picture_marks_where_a_pruned_trial_was_judged_and_against_wh
     plain = plot_curves(history, tmp_path / "plain.png", "t").read_bytes()
     marked = plot_curves(history, tmp_path / "marked.png", "t", marks=marks).read_bytes()
     assert marked.startswith(b"\x89PNG") and marked != plain
+
+
+LONG_SPACE = """[space]
+lr = 0.01
+batch_size = 16
+image_size = 32
+freeze = ["frozen", "frozen_then_unfrozen"]
+n_cycles = {low = 1, high = 3}
+cycle_len = [1, 2]
+cycle_mult = [1, 2]
+"""
+
+
+def test_hyperband_spans_the_longest_run_the_space_allows(tmp_path, monkeypatch):
+    # Optuna's "auto" takes the first finished trial's length, here anything from 1 to 16
+    # epochs; the space's longest run is known before any trial: head 2 + 2 * (1 + 2 + 4).
+    from search.studyfile import load_study_file
+    from search.studyfile.space import longest_run
+
+    made = {}
+
+    class Recorded(optuna.pruners.HyperbandPruner):
+        def __init__(self, **kwargs):
+            made.update(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(optuna.pruners, "HyperbandPruner", Recorded)
+    study_file = load_study_file(write_study(tmp_path, tmp_path / "data", space=LONG_SPACE, pruner="hyperband",
+                                             extra={"train": "head_epochs = 2\n"}))
+    assert longest_run(study_file.space, study_file.train.head_epochs) == 16
+    assert isinstance(pruner_for(study_file), Recorded) and made["max_resource"] == 16
+    without_warm_up = load_study_file(write_study(tmp_path, tmp_path / "data", filename="b.toml",
+                                                  space=LONG_SPACE.replace('"frozen_then_unfrozen"', '"unfrozen"')))
+    assert longest_run(without_warm_up.space, 2) == 14

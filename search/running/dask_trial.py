@@ -31,7 +31,7 @@ from search.running.failures import FailureGuard, TrialFailed, error_log
 from search.running.worker import checkpoint_root, train_settings
 from search.study.data_record import check_fingerprint
 from search.study.open import quiet_optuna
-from search.study.pruners import make_pruner
+from search.study.pruners import pruner_for
 from search.studyfile import StudyFile, load_study_file
 from search.views.artifacts import make_objective_hooks
 from swipr_core.data import prepare_data
@@ -89,7 +89,7 @@ def open_remote_study(task: DaskTask, study_file: StudyFile) -> optuna.Study:
         storage = DaskStorage(name=task.storage_name, register=False)
     # The driver samples; this study only hands back the params it was given.
     return optuna.load_study(study_name=study_file.study.name, storage=storage,
-                             sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(study_file.study))
+                             sampler=optuna.samplers.RandomSampler(), pruner=pruner_for(study_file))
 
 
 def run_dask_trial(task: DaskTask) -> dict:

@@ -5,7 +5,7 @@ import socket
 
 import optuna
 
-from search.study.pruners import make_pruner
+from search.study.pruners import pruner_for
 from search.study.samplers import make_sampler, worker_seed
 from search.study.storage import Heartbeat, open_storage, redact
 from search.studyfile import StudyFile
@@ -22,7 +22,7 @@ def open_study(study_file: StudyFile, create: bool = True, heartbeat_aware: bool
     storage = open_storage(study_file.study.storage, create=create,
                            heartbeat=heartbeat(study_file) if heartbeat_aware else None)
     sampler = make_sampler(study_file.study.sampler, study_file.study.seed)
-    pruner = make_pruner(study_file.study)
+    pruner = pruner_for(study_file)
     name = study_file.study.name
     if create:
         return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
@@ -47,7 +47,7 @@ def open_worker_study(study_file: StudyFile, on_stale, slot: str = "0") -> optun
     s = study_file.study
     storage = open_storage(s.storage, create=False, heartbeat=heartbeat(study_file), on_stale=on_stale)
     try:
-        study = optuna.load_study(study_name=s.name, storage=storage, pruner=make_pruner(s),
+        study = optuna.load_study(study_name=s.name, storage=storage, pruner=pruner_for(study_file),
                                   sampler=optuna.samplers.RandomSampler())
     except KeyError:
         raise SwiprError(f"no study named '{s.name}' in {redact(s.storage)}") from None

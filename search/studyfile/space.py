@@ -79,13 +79,18 @@ def largest(spec: Range | Choices):
     return spec.high if isinstance(spec, Range) else max(spec.values)
 
 
-def check_epochs(where: Path, space: dict, head_epochs: int) -> None:
-    """The longest schedule the space allows (each argument lengthens it) must be one a run may
-    have (swipr_core.schedule.MAX_EPOCHS)."""
+def longest_run(space: dict, head_epochs: int) -> int:
+    """Epochs of the longest run the space allows: each of n_cycles, cycle_len and cycle_mult
+    lengthens a schedule, and frozen_then_unfrozen adds head_epochs. SwiprError past the cap
+    a run may have (swipr_core.schedule.MAX_EPOCHS)."""
     highs = {key: int(largest(space[key])) for key in ("n_cycles", "cycle_len", "cycle_mult")}
     freezes = space["freeze"].values if isinstance(space["freeze"], Choices) else ()
     freeze = "frozen_then_unfrozen" if "frozen_then_unfrozen" in freezes else "unfrozen"
+    return core_check_epochs(**highs, freeze=freeze, head_epochs=head_epochs)
+
+
+def check_epochs(where: Path, space: dict, head_epochs: int) -> None:
     try:
-        core_check_epochs(**highs, freeze=freeze, head_epochs=head_epochs)
+        longest_run(space, head_epochs)
     except SwiprError as error:
         raise SwiprError(f"{where}: [space] allows a schedule too long: {error}") from None
