@@ -1,8 +1,6 @@
 """`swipr fit`: a small study's best trial replayed exactly, thresholded and bundled."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 
 from swipr_core import bundle
 from swipr_core.errors import SwiprError
+from tests.studykit import one_line_error, run_cli
 
 # One pytest-xdist worker runs this module, so its module-scoped study is built once.
 pytestmark = pytest.mark.xdist_group("fit")
@@ -166,10 +165,7 @@ def test_cli_refuses_a_folder_that_is_not_a_bundle(fitted, tmp_path):
     study_path, _, _ = fitted
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "keep.jpg").write_bytes(b"x")
-    done = subprocess.run([sys.executable, "-m", "search.cli", "fit", str(study_path), "--out",
-                           str(tmp_path / "photos")], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and "refusing to overwrite" in done.stderr
+    assert "refusing to overwrite" in one_line_error(run_cli("fit", study_path, "--out", tmp_path / "photos"))
     assert (tmp_path / "photos" / "keep.jpg").read_bytes() == b"x"
 
 
