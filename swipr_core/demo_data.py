@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from swipr_core.data import MAX_SEED
 from swipr_core.errors import SwiprError
 from swipr_core.labels import LabelRules
 
@@ -62,6 +63,8 @@ def write_demo_data(out_dir: Path, n_images: int = DEFAULT_IMAGES, image_px: int
     if not isinstance(n_images, int) or n_images < MIN_IMAGES:
         raise SwiprError(f"demo data: n_images (--images) must be at least {MIN_IMAGES}, "
                          f"but got {n_images!r}")
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise SwiprError(f"demo data: seed (--seed) must be between 0 and {MAX_SEED}, but got {seed!r}")
     if not isinstance(image_px, int) or not 16 <= image_px <= 1024:
         raise SwiprError(f"demo data: image_px must be between 16 and 1024, but got {image_px!r}")
     _prepare_dir(out_dir)

@@ -56,6 +56,8 @@ class Predictor:
     """A verified bundle, ready to answer."""
 
     def __init__(self, bundle_path: str | Path, threads: int | None = None, expect_sha256: str | None = None):
+        if threads is not None and threads < 1:   # 0 or less would silently mean "all cores"
+            raise SwiprError(f"--threads must be 1 or more, got {threads}")
         verified = bundle.verify(bundle_path, load=(bundle.ONNX,), expect_sha256=expect_sha256)
         manifest = verified.manifest
         where = Path(bundle_path) / bundle.MANIFEST

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from dataclasses import dataclass
 
 from swipr_core.errors import FieldError, SwiprError
@@ -77,6 +78,12 @@ def check_param(name: str, value) -> None:
 def _check_lr(lr) -> None:
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < 1:
         raise FieldError("lr", f"must be a number between 0 and 1 (both excluded), got {lr!r}")
+
+
+def check_device(name: str) -> None:
+    """A device name as a user writes it; whether that GPU is there is training's to check."""
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise FieldError("device", f"must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
 def check_compile_mode(mode: str) -> None:

@@ -43,6 +43,7 @@ from swipr_core.schedule import (  # noqa: F401
     MAX_EPOCHS,
     TrainConfig,
     check_compile_mode,
+    check_device,
     check_epochs,
     check_param,
     cycle_lengths,
@@ -78,6 +79,7 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

@@ -99,6 +99,13 @@ def test_too_few_images_is_refused(tmp_path):
         write_demo_data(tmp_path / "demo", n_images=MIN_IMAGES - 1)
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_numpy_cant_take_is_refused_before_anything_is_written(tmp_path, seed):
+    with pytest.raises(SwiprError, match=rf"seed \(--seed\) must be between 0 and 4294967295, but got {seed}"):
+        write_demo_data(tmp_path / "demo", seed=seed)
+    assert not (tmp_path / "demo").exists()
+
+
 def _swipr(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=ROOT, env=env,

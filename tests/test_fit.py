@@ -205,6 +205,14 @@ def test_replay_verdicts_in_words():
     assert "OUTSIDE" in lines[2] and "20.0%" in lines[2] and "not deterministic" in lines[2]
 
 
+def test_threads_below_1_is_one_line_not_the_default(fitted, tmp_path):
+    study_path, _, _ = fitted
+    for threads in ("0", "-2"):
+        error = one_line_error(run_cli("fit", study_path, "--out", tmp_path / "b", "--threads", threads))
+        assert error == f"swipr: error: --threads must be 1 or more, got {threads}"
+    assert not (tmp_path / "b").exists()
+
+
 def test_strict_writes_nothing_outside_the_tolerance(fitted, tmp_path, monkeypatch):
     import search.fit.replay
 

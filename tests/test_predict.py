@@ -147,6 +147,13 @@ def test_cli_json_rows_and_exit_status(served, tmp_path):
     assert answer in ("YES", "NO") and image == str(images[0]) and 0 <= float(p_yes) <= 1
 
 
+@pytest.mark.parametrize("threads", [0, -1])
+def test_threads_below_1_is_refused_not_taken_as_all_cores(served, threads):
+    out, _, _ = served
+    with pytest.raises(SwiprError, match=f"--threads must be 1 or more, got {threads}"):
+        Predictor(out, threads=threads)
+
+
 def test_cli_refuses_a_bundle_with_one_byte_changed(served, tmp_path):
     out, images, _ = served
     copy = tmp_path / "bundle"

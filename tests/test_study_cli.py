@@ -158,6 +158,11 @@ def test_bad_input_missing_gpu_fails_before_any_trial(tmp_path):
     assert error == "swipr: error: --device: device is 'cuda:0' but no CUDA GPU is visible; use \"auto\" or \"cpu\""
 
 
+def test_bad_input_a_device_name_torch_cant_parse(tmp_path):
+    error = one_line_error(run_cli("study", "run", bad_study(tmp_path), "--n-trials", "1", "--device", "cuda:x"))
+    assert error == "swipr: error: --device: device must be auto, cpu, cuda or cuda:N, got 'cuda:x'"
+
+
 def test_bad_input_bad_storage_url(tmp_path):
     study = edit(bad_study(tmp_path), 'name = "t"\n', 'name = "t"\nstorage = "mysql+nodriver://u:secret@h/db"\n')
     error = one_line_error(run_cli("study", "run", study, "--n-trials", "1"))

@@ -62,6 +62,7 @@ def test_relative_sqlite_storage_is_beside_the_study_file(tmp_path, monkeypatch)
     ({"data.rules": 'fail_labels = ["no face"]\n'}, "[data.rules] fail_labels item must be an integer"),
     ({"data.rules": "min_age = 40\n"}, "[data.rules] min_age must not exceed max_age"),
     ({"train": 'device = "tpu"\n'}, "[train] device must be auto, cpu, cuda or cuda:N"),
+    ({"train": 'device = "cuda:x"\n'}, "[train] device must be auto, cpu, cuda or cuda:N, got 'cuda:x'"),
 ])
 def test_wrong_keys_and_types_name_the_key(tmp_path, extra, message):
     text = study_toml(tmp_path)

@@ -141,9 +141,9 @@ def replay_trial(study_file, trial, config: TrainConfig, dataset, device: str | 
         device = resolve_device(device or study_file.train.device)
     precision = study_file.train.precision
     # CPU reductions are summed per thread: the trial's thread count gives its exact numbers.
-    threads = threads or trial.user_attrs.get(THREADS_ATTR) or torch.get_num_threads()
-    if not isinstance(threads, int) or threads < 1:
+    if threads is not None and threads < 1:   # 0 is not "the default"
         raise SwiprError(f"--threads must be 1 or more, got {threads}")
+    threads = threads or trial.user_attrs.get(THREADS_ATTR) or torch.get_num_threads()
     echo(f"replaying on {device} ({precision} precision, {threads} CPU threads)...")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

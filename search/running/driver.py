@@ -29,6 +29,7 @@ from search.views.progress import StudyProgress, summary_table
 from swipr_core.data import Dataset, prepare_data
 from swipr_core.errors import SwiprError
 from swipr_core.model import check_model
+from swipr_core.schedule import check_device
 from swipr_core.training import resolve_device
 
 
@@ -39,6 +40,9 @@ def run_study(args: argparse.Namespace) -> int:
 
 def _run_study(args: argparse.Namespace) -> int:
     study_file = load_study_file(args.study_file)
+    if args.device:
+        with keyed("--device:"):
+            check_device(args.device)
     redact_output(study_file.study.storage)
     n_trials, timeout = _budget(args, study_file)
     slots = make_slots(args.workers, args.gpus, args.trials_per_gpu)

@@ -17,7 +17,7 @@ from swipr_core.data import MAX_SEED, DataSpec
 from swipr_core.errors import SwiprError
 from swipr_core.labels import LabelRules
 from swipr_core.model_spec import ModelSpec
-from swipr_core.schedule import check_compile_mode
+from swipr_core.schedule import check_compile_mode, check_device
 
 SECTIONS = ("study", "data", "model", "train", "cluster", "space")
 MAX_HEARTBEAT_S = 86_400   # a day: far beyond any real interval, far below what overflows a timer
@@ -105,8 +105,8 @@ def _train(path: Path, raw: dict) -> TrainSection:
     one_of(f"{where} precision", train.precision, PRECISIONS)
     with keyed(where):
         check_compile_mode(train.compile)
-    if not (train.device in ("auto", "cpu", "cuda") or train.device.startswith("cuda:")):
-        raise SwiprError(f"{where} device must be auto, cpu, cuda or cuda:N, got {train.device!r}")
+    with keyed(where):
+        check_device(train.device)
     if train.head_epochs < 1:
         raise SwiprError(f"{where} head_epochs must be 1 or more, got {train.head_epochs}")
     return train
