@@ -42,7 +42,7 @@ def _run_study(args: argparse.Namespace) -> int:
     study_file = load_study_file(args.study_file)
     if args.device:
         with keyed("--device:"):
-            check_device(args.device)
+            check_device(args.device)   # the study file's was checked as it was read
     redact_output(study_file.study.storage)
     n_trials, timeout = _budget(args, study_file)
     slots = make_slots(args.workers, args.gpus, args.trials_per_gpu)
@@ -52,10 +52,7 @@ def _run_study(args: argparse.Namespace) -> int:
         raise SwiprError("give --dask (or [cluster] dask, $SWIPR_DASK) or --workers/--gpus, not both")
     # On Dask the workers' GPUs count, not this machine's; a wrong address fails here, in seconds.
     cluster = open_cluster(address, args.device or study_file.train.device) if address else None
-    device = cluster.device if cluster else _device(args.device or study_file.train.device, slots)
-    if not cluster and slots[0].gpu is None:   # a GPU named but not there fails now, not in every trial
-        with keyed("--device:" if args.device else f"{study_file.path}: [train]"):
-            resolve_device(device)
+    device = cluster.device if cluster else _device(args, study_file, slots)
     quiet_optuna()
     # A typo in the arch or an offline hub should fail now, not after the image cache is built.
     with keyed(f"{study_file.path}: [model]"):
@@ -115,9 +112,13 @@ def _run_here(study_file: StudyFile, study: optuna.Study, dataset: Dataset, n_tr
     return 0
 
 
-def _device(device: str, slots: list[Slot]) -> str:
-    """With --gpus each process sees only its GPU, which is cuda (cuda:0) to it."""
+def _device(args: argparse.Namespace, study_file: StudyFile, slots: list[Slot]) -> str:
+    """The device trials run on here. With --gpus each process sees only its GPU, which is cuda
+    (cuda:0) to it; without, a GPU named but not there fails now, not in every trial."""
+    device = args.device or study_file.train.device
     if slots[0].gpu is None:
+        with keyed("--device:" if args.device else f"{study_file.path}: [train]"):
+            resolve_device(device)
         return device
     if device == "cpu":
         raise SwiprError("--gpus runs trials on GPUs, but the device is cpu ([train] device or --device)")
