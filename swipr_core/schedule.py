@@ -73,6 +73,8 @@ def check_param(name: str, value) -> None:
             raise FieldError("freeze", f"must be one of {', '.join(FREEZE_STRATEGIES)}, got {value!r}")
     else:
         _check_count(name, value)
+        if name == "batch_size" and value < 2:
+            raise FieldError("batch_size", f"must be 2 or more: BatchNorm can't train on a batch of one, got {value}")
 
 
 def _check_lr(lr) -> None:

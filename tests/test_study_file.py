@@ -63,6 +63,8 @@ def test_relative_sqlite_storage_is_beside_the_study_file(tmp_path, monkeypatch)
     ({"data.rules": "min_age = 40\n"}, "[data.rules] min_age must not exceed max_age"),
     ({"train": 'device = "tpu"\n'}, "[train] device must be auto, cpu, cuda or cuda:N"),
     ({"train": 'device = "cuda:x"\n'}, "[train] device must be auto, cpu, cuda or cuda:N, got 'cuda:x'"),
+    ({"space": "batch_size = [1, 16]\n"}, "[space] batch_size must be 2 or more: BatchNorm can't train on a batch of one"),
+    ({"space": "batch_size = {low = 1, high = 64, log = true}\n"}, "[space] batch_size must be 2 or more"),
 ])
 def test_wrong_keys_and_types_name_the_key(tmp_path, extra, message):
     text = study_toml(tmp_path)
