@@ -13,6 +13,10 @@ save nothing and lose its result. `prune_at = "epoch"` reports the raw loss and 
 epoch (the behaviour before issue 10). Either way the raw losses are kept in the user attr
 `val_loss_by_epoch`, the epochs where the pruner was asked in `judged_epochs`.
 
+A run whose loss turns nan has diverged: its weights are nan and stay so. It is pruned at
+that epoch whatever the pruner, with the nan reported, which Optuna's samplers read as the
+worst value (a FAIL would teach TPE nothing about the learning rate that caused it).
+
 `judge` is the pure rule; `report_epoch` applies it to a live Optuna trial. The objective,
 a retry's re-report of its saved epochs and bench/search_efficiency.py's replay all use it.
 """
@@ -31,6 +35,7 @@ LOSSES_ATTR = "val_loss_by_epoch"
 CYCLE_ENDS_ATTR = "cycle_end_epochs"
 JUDGED_ATTR = "judged_epochs"
 AGAINST_ATTR = "pruned_against"
+DIVERGED_ATTR = "diverged_at_epoch"
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,10 @@ def report_epoch(trial: optuna.Trial, epoch: int, loss: float, cycle_end: bool, 
     ends = [e for e in attrs.get(CYCLE_ENDS_ATTR, []) if e < epoch] + ([epoch] if cycle_end else [])
     trial.set_user_attr(LOSSES_ATTR, losses)
     trial.set_user_attr(CYCLE_ENDS_ATTR, ends)
+    if loss != loss:   # nan
+        trial.report(loss, step=epoch)
+        trial.set_user_attr(DIVERGED_ATTR, epoch)
+        raise optuna.TrialPruned(f"diverged: val_loss is nan after epoch {epoch}")
     step = judge(losses, [e in ends for e in range(len(losses))], prune_at, planned)
     if step.value is not None:
         trial.report(step.value, step=epoch)

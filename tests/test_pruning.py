@@ -3,16 +3,18 @@
 No training here: a curve is (raw val loss per epoch, which epochs end an SGDR cycle), and
 objectives.judging.replay_curve reports it exactly as the live objective reports a run.
 """
+import math
 import random
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from objectives.judging import (AGAINST_ATTR, JUDGED_ATTR, LOSSES_ATTR, Step, judge, replay_curve,
-                                report_epoch)
+from objectives.judging import (AGAINST_ATTR, DIVERGED_ATTR, JUDGED_ATTR, LOSSES_ATTR, PRUNE_AT, Step, judge,
+                                replay_curve, report_epoch)
 from search.study.pruners import make_pruner, pruner_for
 from search.studyfile.sections import PRUNERS, StudySection
+from search.views.format import describe_trial
 from tests.studykit import one_line_error, run_cli, write_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -279,3 +281,19 @@ def test_hyperband_spans_the_longest_run_the_space_allows(tmp_path, monkeypatch)
     without_warm_up = load_study_file(write_study(tmp_path, tmp_path / "data", filename="b.toml",
                                                   space=LONG_SPACE.replace('"frozen_then_unfrozen"', '"unfrozen"')))
     assert longest_run(without_warm_up.space, 2) == 14
+
+
+@pytest.mark.parametrize("prune_at", PRUNE_AT)
+@pytest.mark.parametrize("losses", [[0.6, 0.5, float("nan"), float("nan")], [0.6, float("nan")]])
+def test_a_diverged_run_is_pruned_at_its_first_nan_whatever_the_pruner(prune_at, losses):
+    # nan weights stay nan: the rest of the run is wasted, and a nan final loss used to be a
+    # FAIL with no reason, which tells TPE nothing about the learning rate that caused it.
+    curve = (losses, [True] * len(losses))
+    study = run([SHORT, curve], optuna.pruners.NopPruner(), prune_at)
+    diverged = study.trials[1]
+    first_nan = losses.index(next(v for v in losses if v != v))
+    assert diverged.state == TrialState.PRUNED and diverged.user_attrs[DIVERGED_ATTR] == first_nan
+    assert max(diverged.intermediate_values) == first_nan and math.isnan(diverged.intermediate_values[first_nan])
+    assert len(diverged.user_attrs[LOSSES_ATTR]) == first_nan + 1   # stopped there
+    assert "(diverged: val_loss nan)" in describe_trial(diverged)
+    assert "diverged" not in describe_trial(study.trials[0])

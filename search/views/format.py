@@ -5,6 +5,8 @@ import math
 
 import optuna
 
+from objectives.judging import DIVERGED_ATTR
+
 
 def short(value) -> str:
     """A param or metric in a line: floats to 3 significant digits."""
@@ -26,4 +28,5 @@ def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
     value = f" val_loss {trial.value:.4f}" if trial.value is not None else ""
     epochs = trial.user_attrs.get("epochs")
     steps = f" after {epochs} epoch{'s' if epochs != 1 else ''}" if epochs else ""
-    return f"trial {trial.number} {trial.state.name}{value}{steps}  {params_text(trial.params)}"
+    diverged = " (diverged: val_loss nan)" if DIVERGED_ATTR in trial.user_attrs else ""
+    return f"trial {trial.number} {trial.state.name}{value}{steps}{diverged}  {params_text(trial.params)}"
