@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from io import StringIO
 from pathlib import Path
 
-from swipr_core.errors import SwiprError
+from swipr_core.errors import FieldError, SwiprError
 from swipr_core.images import open_regular
 from swipr_core.labels import LabelRules, LabelTable, build_labels
 
@@ -101,6 +101,7 @@ def _valid_groups(row_groups: list[list[int]], valid_pct: float, rng: random.Ran
 
 def make_split(table: LabelTable, rules: LabelRules, valid_pct: float, seed: int, source: str) -> LabeledSplit:
     is_valid = split_rows(table.labels, valid_pct, seed, table.groups)
+    check_both_sides(table.labels, is_valid, valid_pct)
     meta = {
         "source": source,
         "rules": asdict(rules),
@@ -113,6 +114,19 @@ def make_split(table: LabelTable, rules: LabelRules, valid_pct: float, seed: int
     split.meta["counts"] = split.counts()
     split.meta["fingerprint"] = split.fingerprint
     return split
+
+
+def check_both_sides(labels, is_valid, valid_pct: float) -> None:
+    """Each class on both sides of the split: training learns nothing of a class it lacks (with
+    none at all, every trial trained on nothing and still got a loss), and validation can't
+    judge one it lacks."""
+    for cls in CLASSES:
+        sides = [valid for label, valid in zip(labels, is_valid) if label == cls]
+        held_out = sum(sides)
+        if held_out in (0, len(sides)) and sides:
+            side, fix = ("validation", "raise") if held_out == 0 else ("training", "lower")
+            raise FieldError("valid_pct", f"{valid_pct} leaves no {cls} image for {side} "
+                                          f"(of {len(sides)} {cls} images); {fix} it")
 
 
 def meta_path(labels_file: Path) -> Path:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.studykit import ROOT, one_line_error, swipr, write_study
+from tests.studykit import ROOT, one_line_error, run_cli, swipr, write_study
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,14 @@ def test_refuses_to_overwrite_a_file_it_did_not_write(study, tmp_path):
     assert swipr("labels", study, "-o", database, "--force").returncode == 0
     assert database.read_text().startswith("path,label,is_valid\n")
     assert swipr("labels", study, "-o", database).returncode == 0   # now it is a labels file
+
+
+def test_a_valid_pct_that_leaves_a_class_out_of_training_is_one_line_naming_the_key(tmp_path):
+    study = write_study(tmp_path, tmp_path / "data", extra={"data": "valid_pct = 0.99\n"})
+    study.write_text(study.read_text().replace("valid_pct = 0.25\n", "", 1))
+    line = one_line_error(run_cli("labels", study, "-o", tmp_path / "l.csv"))
+    assert f"{study}: [data] valid_pct 0.99 leaves no " in line and "image for training" in line
+    assert not (tmp_path / "l.csv").exists()
 
 
 def test_refuses_a_foreign_meta_file_beside_the_target(study, tmp_path):

@@ -1,12 +1,13 @@
 """The validation split is fixed: stored with the labels, fingerprinted, never silently remade."""
 import json
+import re
 
 import pytest
 
 from swipr_core.demo_data import DEMO_RULES
-from swipr_core.errors import SwiprError
+from swipr_core.errors import FieldError, SwiprError
 from swipr_core.labels import LabelTable
-from swipr_core.split import make_split, meta_path, prepare_labels, read_split, split_rows, write_split
+from swipr_core.split import check_both_sides, make_split, meta_path, prepare_labels, read_split, split_rows, write_split
 from tests.studykit import demo_data
 
 
@@ -147,3 +148,18 @@ def test_the_fingerprint_scheme_is_unchanged():
     text = "a.jpg\tYES\t1\nb/c.jpg\tNO\t0\n"
     assert fingerprint(["a.jpg", "b/c.jpg"], ["YES", "NO"], [True, False]) == \
         hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("n_yes, valid_pct, message", [
+    (3, 0.99, "0.99 leaves no NO image for training (of 30 NO images); lower it"),
+    (1, 0.2, "0.2 leaves no YES image for validation (of 1 YES images); raise it"),
+])
+def test_a_split_with_a_class_missing_on_one_side_is_refused(n_yes, valid_pct, message):
+    # With no training image at all every trial "trained" on nothing and still got a loss.
+    labels = ("NO",) * 30 + ("YES",) * n_yes
+    is_valid = split_rows(labels, valid_pct, 0)
+    with pytest.raises(FieldError, match=re.escape(message)) as raised:
+        check_both_sides(labels, is_valid, valid_pct)
+    assert raised.value.field == "valid_pct"
+    three = ("NO",) * 30 + ("YES",) * 3
+    check_both_sides(three, split_rows(three, 0.34, 0), 0.34)   # YES on both sides: fine

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from search.studyfile import load_study_file
+from search.studyfile.fields import keyed
 from swipr_core.split import prepare_labels
 
 
@@ -27,11 +28,13 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    data = load_study_file(args.study_file).data
+    study_file = load_study_file(args.study_file)
+    data = study_file.data
     labels_file = args.output or data.labels_file
     # Always rebuild: this command is how a user asks for a new labels file.
-    split = prepare_labels(data.database, data.image_root, data.rules, data.valid_pct,
-                           data.split_seed, labels_file, rebuild=True, force=args.force)
+    with keyed(f"{study_file.path}: [data]"):
+        split = prepare_labels(data.database, data.image_root, data.rules, data.valid_pct,
+                               data.split_seed, labels_file, rebuild=True, force=args.force)
     counts, excluded, same = split.counts(), split.meta["excluded"], split.meta["same_content"]
     if args.json:
         print(json.dumps({"labels_file": str(labels_file), "fingerprint": split.fingerprint,

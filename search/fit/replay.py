@@ -19,13 +19,12 @@ import torch
 
 from objectives.space import SPACE_KEYS
 from search.fit.link import link_trial
-from search.study.data_record import FINGERPRINT_ATTR, refuse_other_data
+from search.study.data_record import FINGERPRINT_ATTR, prepare_study_data, refuse_other_data
 from search.study.open import best_trial, open_study, quiet_optuna
 from search.study.storage import redact
 from search.studyfile import load_study_file
 from search.studyfile.fields import keyed
 from swipr_core import bundle
-from swipr_core.data import prepare_data
 from swipr_core.bundle_writer import library_versions, model_manifest, write_bundle
 from swipr_core.errors import SwiprError
 from swipr_core.metrics import check_target_precision, choose_threshold, classification_report
@@ -105,7 +104,7 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
     config = train_config(trial, SPACE_KEYS, study_file)
     echo(f"trial {trial.number}{' (best)' if trial_number is None else ''} of study '{study.study_name}': "
          f"val_loss {trial.value:.6g}, seed {config.seed}, {config.epochs} epochs, params {json.dumps(trial.params)}")
-    dataset = prepare_data(study_file.data)
+    dataset = prepare_study_data(study_file)
     recorded = trial.user_attrs.get(FINGERPRINT_ATTR, study.user_attrs.get(FINGERPRINT_ATTR))
     refuse_other_data(recorded, dataset, study_file, f"the one trial {trial.number} was trained on; the replay "
                       f"would not be that trial. Restore the labels file the study used")

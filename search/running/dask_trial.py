@@ -29,12 +29,11 @@ from objectives.optuna_compat import attach, storage_of, stored_trial
 from objectives.resume import Checkpoints, original_number
 from search.running.failures import FailureGuard, TrialFailed, error_log
 from search.running.worker import checkpoint_root, train_settings
-from search.study.data_record import check_fingerprint
+from search.study.data_record import check_fingerprint, prepare_study_data
 from search.study.open import quiet_optuna
 from search.study.pruners import pruner_for
 from search.studyfile import StudyFile, load_study_file
 from search.views.artifacts import make_objective_hooks
-from swipr_core.data import prepare_data
 from swipr_core.errors import SwiprError
 
 STARTED_ATTR = "swipr_dask_started"   # system attr: the token of the task that started the trial
@@ -69,7 +68,7 @@ def _prepare(path: str):
     key = (path, Path(path).stat().st_mtime_ns if Path(path).is_file() else 0)
     if key not in _prepared:
         study_file = load_study_file(path)
-        _prepared[key] = (study_file, prepare_data(study_file.data))
+        _prepared[key] = (study_file, prepare_study_data(study_file))
     return _prepared[key]
 
 

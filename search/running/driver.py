@@ -17,7 +17,7 @@ from search.running.dask_engine import open_cluster, run_on_dask
 from search.running.stop import sigterm_as_interrupt
 from search.running.supervisor import Slot, make_slots, supervise
 from search.running.worker import run_worker
-from search.study.data_record import check_fingerprint
+from search.study.data_record import check_fingerprint, prepare_study_data
 from search.study.open import best_or_none, open_study, quiet_optuna
 from search.study.space_record import check_space
 from search.study.storage import NO_HEARTBEAT_NOTE, redact, redact_output, supports_heartbeat
@@ -26,7 +26,7 @@ from search.studyfile import StudyFile, load_study_file
 from search.studyfile.fields import keyed
 from search.views.artifacts import make_objective_hooks
 from search.views.progress import StudyProgress, summary_table
-from swipr_core.data import Dataset, prepare_data
+from swipr_core.data import Dataset
 from swipr_core.errors import SwiprError
 from swipr_core.model import check_model
 from swipr_core.schedule import check_device
@@ -57,7 +57,7 @@ def _run_study(args: argparse.Namespace) -> int:
     # A typo in the arch or an offline hub should fail now, not after the image cache is built.
     with keyed(f"{study_file.path}: [model]"):
         check_model(study_file.model)
-    dataset = prepare_data(study_file.data)
+    dataset = prepare_study_data(study_file)
     counts = dataset.split.counts()
     print(f"data: {len(dataset.split)} images, YES {counts['YES']}, NO {counts['NO']}, "
           f"valid {counts['valid']}, fingerprint {dataset.fingerprint}")

@@ -16,13 +16,13 @@ from objectives.resume import Checkpoints, retries_first, take_no_trial_when_sto
 from objectives.trial import TrainSettings, trial_objective
 from search.running.failures import FailureGuard, FailureStreak, TrialFailed, error_log, route_tracebacks
 from search.running.stop import StopFlag
-from search.study.data_record import check_fingerprint
+from search.study.data_record import check_fingerprint, prepare_study_data
 from search.study.open import open_study, open_worker_study, quiet_optuna
 from search.study.storage import redact, redact_output
 from search.studyfile import StudyFile, load_study_file
 from search.views.artifacts import make_objective_hooks
 from search.views.format import describe_trial
-from swipr_core.data import Dataset, prepare_data
+from swipr_core.data import Dataset
 from swipr_core.errors import RunStopped, SwiprError
 
 # run_trial_process's exit statuses, read by search.running.supervisor
@@ -80,7 +80,7 @@ def run_trial_process(study_file_path: str, label: str, slot_index: int, device:
         study_file = load_study_file(study_file_path)
         redact_output(study_file.study.storage)
         quiet_optuna()
-        dataset = prepare_data(study_file.data)
+        dataset = prepare_study_data(study_file)
         if stop.requested:
             return STOPPED
 

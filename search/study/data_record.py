@@ -4,10 +4,18 @@ from __future__ import annotations
 import optuna
 
 from search.studyfile import StudyFile
-from swipr_core.data import Dataset
+from search.studyfile.fields import keyed
+from swipr_core.data import Dataset, prepare_data
 from swipr_core.errors import SwiprError
 
 FINGERPRINT_ATTR = "data_fingerprint"
+
+
+def prepare_study_data(study_file: StudyFile) -> Dataset:
+    """The study's labelled, split and cached data; a split the data can't support (too few
+    images of a class on one side) names the study file's [data] key."""
+    with keyed(f"{study_file.path}: [data]"):
+        return prepare_data(study_file.data)
 
 
 def check_fingerprint(study: optuna.Study, dataset: Dataset, study_file: StudyFile) -> None:
