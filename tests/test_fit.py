@@ -150,13 +150,13 @@ def test_changed_data_is_refused(fitted, tmp_path, monkeypatch):
     from search.fit.replay import fit
 
     study_path, _, _ = fitted
-    real = search.fit.replay.prepare_data
+    real = search.fit.replay.prepare_study_data
 
     class Other:
         def __init__(self, dataset):
             self.split, self.cache, self.fingerprint = dataset.split, dataset.cache, "0123456789abcdef"
 
-    monkeypatch.setattr(search.fit.replay, "prepare_data", lambda spec, **kw: Other(real(spec, **kw)))
+    monkeypatch.setattr(search.fit.replay, "prepare_study_data", lambda study_file: Other(real(study_file)))
     with pytest.raises(SwiprError, match="data fingerprint 0123456789abcdef differs"):
         fit(study_path, tmp_path / "b", echo=lambda line: None)
 
