@@ -84,3 +84,24 @@ def stale_trial_numbers(study: optuna.Study) -> set[int]:
     if not hasattr(storage, "_get_stale_trial_ids") or storage.get_heartbeat_interval() is None:
         return set()
     return {storage.get_trial(trial_id).number for trial_id in storage._get_stale_trial_ids(study._study_id)}
+
+
+def skip_telling_finished_trials() -> None:
+    """Optuna's optimize loop raises ValueError ("Cannot tell a FAIL trial"), and stops, when
+    the trial it ran was finished meanwhile by someone else: another worker that found its
+    heartbeat late and failed it as stale. Leave such a trial as it was recorded and go on
+    with the loop. Idempotent, process-wide."""
+    from optuna.study import _optimize
+
+    if getattr(_optimize._tell_with_warning, "skips_finished", False):
+        return
+    tell = _optimize._tell_with_warning
+
+    def tell_unless_finished(study, trial, *args, **kwargs):
+        stored = study._storage.get_trial(trial._trial_id)
+        if stored.state.is_finished():   # the message stands in for the loop's failure log
+            return stored.state, stored.values, f"trial {stored.number} was finished elsewhere while it ran"
+        return tell(study, trial, *args, **kwargs)
+
+    tell_unless_finished.skips_finished = True
+    _optimize._tell_with_warning = tell_unless_finished

@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from search.studyfile import StudyFile
@@ -81,6 +82,10 @@ class FailureGuard:
             return self.objective(trial)
         except (optuna.TrialPruned, SwiprError, KeyboardInterrupt):
             raise
+        except UpdateFinishedTrialError:   # nothing more may be written to the trial
+            print(f"trial {trial.number}: another worker failed it as stale while it ran (its heartbeat was "
+                  f"later than [study] grace_period); its retry runs it again, this worker goes on", flush=True)
+            raise TrialFailed("finished elsewhere") from None
         except Exception as error:  # noqa: BLE001 - any bug in a trial fails that trial only
             reason = describe_error(error)
             if "fail_reason" not in trial.user_attrs:   # the OOM guard has written a better one

@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 
 from objectives.oom import free_memory
+from objectives.optuna_compat import skip_telling_finished_trials
 from objectives.resume import Checkpoints, retries_first, take_no_trial_when_stopping
 from objectives.trial import TrainSettings, trial_objective
 from search.running.failures import FailureGuard, FailureStreak, TrialFailed, error_log, route_tracebacks
@@ -60,6 +61,7 @@ def run_worker(study_file: StudyFile, dataset: Dataset, *, n_trials: int, timeou
     study = open_worker_study(study_file, checkpoints.on_stale, slot)
     take_no_trial_when_stopping(study, stop)
     retries_first(study)
+    skip_telling_finished_trials()   # a trial failed as stale under this worker must not stop it
     check_fingerprint(study, dataset, study_file)
     objective = FailureGuard(trial_objective(dataset, study_file.space, study_file.model,
                                              train_settings(study_file, device), checkpoints, stop, hooks), log)
