@@ -10,6 +10,7 @@ from typing import Callable
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.study import _optimize
 from optuna.trial import TrialState
 
 
@@ -91,8 +92,6 @@ def skip_telling_finished_trials() -> None:
     the trial it ran was finished meanwhile by someone else: another worker that found its
     heartbeat late and failed it as stale. Leave such a trial as it was recorded and go on
     with the loop. Idempotent, process-wide."""
-    from optuna.study import _optimize
-
     if getattr(_optimize._tell_with_warning, "skips_finished", False):
         return
     tell = _optimize._tell_with_warning
