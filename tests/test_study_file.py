@@ -55,6 +55,7 @@ def test_relative_sqlite_storage_is_beside_the_study_file(tmp_path, monkeypatch)
     ({"data.rules": "max_kids = 1\n"}, "unknown key 'max_kids' in [data.rules]"),
     ({"study": 'n_trials = "ten"\n'}, "[study] n_trials must be an integer"),
     ({"study": "warm_start = 1\n"}, "[study] warm_start must be true or false"),
+    ({"study": "n_trials = 0\n"}, "[study] n_trials must be 1 or more, got 0"),
     ({"data": "valid_pct = true\n"}, "[data] valid_pct must be a number"),
     ({"data": "valid_pct = 1.5\n"}, "[data] valid_pct must be between 0 and 1"),
     ({"study": 'pruner = "sometimes"\n'}, "[study] pruner must be one of"),

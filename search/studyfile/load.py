@@ -59,16 +59,17 @@ def _study(path: Path, raw: dict) -> StudySection:
     one_of(f"{where} sampler", study.sampler, SAMPLERS)
     one_of(f"{where} pruner", study.pruner, PRUNERS)
     one_of(f"{where} prune_at", study.prune_at, PRUNE_AT_CHOICES)
-    for key in ("n_trials", "pruner_startup_trials", "pruner_warmup_epochs", "max_retry"):
+    for key in ("pruner_startup_trials", "pruner_warmup_epochs", "max_retry"):
         if getattr(study, key) < 0:
             raise SwiprError(f"{where} {key} must be 0 or more, got {getattr(study, key)}")
+    for key in ("n_trials", "max_failures_in_a_row"):
+        if getattr(study, key) < 1:
+            raise SwiprError(f"{where} {key} must be 1 or more, got {getattr(study, key)}")
     if not 0 <= study.seed <= MAX_SEED:
         raise SwiprError(f"{where} seed must be between 0 and {MAX_SEED}, got {study.seed}")
     for key in ("heartbeat_interval", "grace_period"):
         if not 1 <= getattr(study, key) <= MAX_HEARTBEAT_S:
             raise SwiprError(f"{where} {key} must be between 1 and {MAX_HEARTBEAT_S} seconds, got {getattr(study, key)}")
-    if study.max_failures_in_a_row < 1:
-        raise SwiprError(f"{where} max_failures_in_a_row must be 1 or more, got {study.max_failures_in_a_row}")
     if study.grace_period <= study.heartbeat_interval:
         raise SwiprError(f"{where} grace_period ({study.grace_period}) must be longer than "
                          f"heartbeat_interval ({study.heartbeat_interval}), or live trials are failed")
