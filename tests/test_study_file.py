@@ -88,6 +88,9 @@ def test_wrong_keys_and_types_name_the_key(tmp_path, extra, message):
     ('[space]\nfreeze = ["thawed"]\n', "[space] freeze must be one of"),
     ('[space]\ndropout = [0.1]\n', "unknown key 'dropout' in [space]"),
     ('[space]\nbatch_size = []\n', "[space] batch_size has no choices"),
+    ('[space]\nimage_size = { low = 160, high = 229, step = 32 }\n',
+     "[space] image_size high (229) is not low (160) plus a whole number of steps (32); the last value on that grid is 224"),
+    ('[space]\nlr = { low = 0.001, high = 0.01, step = 0.004 }\n', "the last value on that grid is 0.009"),
 ])
 def test_bad_space(tmp_path, space, message):
     with pytest.raises(SwiprError) as error:

@@ -72,7 +72,17 @@ def _parse_range(where: Path, key: str, spec: dict) -> Range:
         raise SwiprError(f"{where}: [space] {key} low ({low}) is above high ({high})")
     if log and step is not None:
         raise SwiprError(f"{where}: [space] {key} can't have both log = true and a step")
+    if step is not None and not _on_grid(low, high, step):
+        # Optuna would quietly lower high to the grid, so the value typed would never be tried.
+        last = low + int((high - low) // step) * step
+        raise SwiprError(f"{where}: [space] {key} high ({high}) is not low ({low}) plus a whole number of "
+                         f"steps ({step}); the last value on that grid is {last:g}")
     return Range(low=low, high=high, log=log, step=step, is_int=key != "lr")
+
+
+def _on_grid(low, high, step) -> bool:
+    steps = (high - low) / step
+    return abs(steps - round(steps)) <= 1e-9 * max(1.0, abs(steps))
 
 
 def largest(spec: Range | Choices):
