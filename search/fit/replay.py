@@ -136,8 +136,9 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
 def replay_trial(study_file, trial, config: TrainConfig, dataset, device: str | None, threads: int | None,
                  echo) -> tuple:
     """(TrainResult, replay record) of the trial's run again, with its CPU thread count."""
-    with keyed("--device:" if device else f"{study_file.path}: [train]"):
-        device = resolve_device(device or study_file.train.device)
+    name, where = study_file.device_from(device)
+    with keyed(where):
+        device = resolve_device(name)
     precision = study_file.train.precision
     # CPU reductions are summed per thread: the trial's thread count gives its exact numbers.
     if threads is not None and threads < 1:   # 0 is not "the default"

@@ -40,9 +40,9 @@ def run_study(args: argparse.Namespace) -> int:
 
 def _run_study(args: argparse.Namespace) -> int:
     study_file = load_study_file(args.study_file)
-    if args.device:
-        with keyed("--device:"):
-            check_device(args.device)   # the study file's was checked as it was read
+    device_name, device_where = study_file.device_from(args.device)
+    with keyed(device_where):
+        check_device(device_name)   # --device is read here; [train] device was checked at load
     redact_output(study_file.study.storage)
     n_trials, timeout = _budget(args, study_file)
     slots = make_slots(args.workers, args.gpus, args.trials_per_gpu)
@@ -51,8 +51,8 @@ def _run_study(args: argparse.Namespace) -> int:
     if address and parallel:
         raise SwiprError("give --dask (or [cluster] dask, $SWIPR_DASK) or --workers/--gpus, not both")
     # On Dask the workers' GPUs count, not this machine's; a wrong address fails here, in seconds.
-    cluster = open_cluster(address, args.device or study_file.train.device) if address else None
-    device = cluster.device if cluster else _device(args, study_file, slots)
+    cluster = open_cluster(address, device_name) if address else None
+    device = cluster.device if cluster else _device(device_name, device_where, slots)
     quiet_optuna()
     # A typo in the arch or an offline hub should fail now, not after the image cache is built.
     with keyed(f"{study_file.path}: [model]"):
@@ -112,12 +112,11 @@ def _run_here(study_file: StudyFile, study: optuna.Study, dataset: Dataset, n_tr
     return 0
 
 
-def _device(args: argparse.Namespace, study_file: StudyFile, slots: list[Slot]) -> str:
+def _device(device: str, where: str, slots: list[Slot]) -> str:
     """The device trials run on here. With --gpus each process sees only its GPU, which is cuda
     (cuda:0) to it; without, a GPU named but not there fails now, not in every trial."""
-    device = args.device or study_file.train.device
     if slots[0].gpu is None:
-        with keyed("--device:" if args.device else f"{study_file.path}: [train]"):
+        with keyed(where):
             resolve_device(device)
         return device
     if device == "cpu":

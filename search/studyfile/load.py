@@ -106,7 +106,6 @@ def _train(path: Path, raw: dict) -> TrainSection:
     one_of(f"{where} precision", train.precision, PRECISIONS)
     with keyed(where):
         check_compile_mode(train.compile)
-    with keyed(where):
         check_device(train.device)
     if train.head_epochs < 1:
         raise SwiprError(f"{where} head_epochs must be 1 or more, got {train.head_epochs}")

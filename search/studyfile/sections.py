@@ -61,3 +61,7 @@ class StudyFile:
     train: TrainSection
     space: dict[str, Range | Choices] = field(default_factory=dict)
     cluster: ClusterSection = ClusterSection()
+
+    def device_from(self, flag: str | None) -> tuple[str, str]:
+        """(device name, where it came from): `--device` if given, else [train] device."""
+        return (flag, "--device:") if flag else (self.train.device, f"{self.path}: [train]")
