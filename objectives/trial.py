@@ -31,11 +31,19 @@ class TrainSettings:
     prune_at: str = "cycle_end"   # where a trial is judged: objectives.judging.PRUNE_AT
 
 
-def trial_objective(dataset: Dataset, space: dict, model: ModelSpec, settings: TrainSettings,
-                    checkpoints: Checkpoints, stop, hooks=()) -> ResumableObjective:
-    """The objective a worker hands to `study.optimize`; `stop` is its StopFlag."""
+def guarded_finetune(dataset: Dataset, space: dict, model: ModelSpec, settings: TrainSettings,
+                     checkpoints: Checkpoints, hooks=()) -> OutOfMemoryGuard:
+    """Steps 2 and 3: the run under the OOM policy. A Dask task uses it as it is; its driver
+    does step 1's job."""
     finetune = FinetuneObjective(
         dataset, space, model, head_epochs=settings.head_epochs, seed=settings.seed, device=settings.device,
         precision=settings.precision, compile=settings.compile, checkpoint_dir_for=checkpoints.dir_for,
         seed_number_for=checkpoints.seed_number_for, hooks=hooks, prune_at=settings.prune_at)
-    return ResumableObjective(OutOfMemoryGuard(finetune, space), checkpoints, stop, prune_at=settings.prune_at)
+    return OutOfMemoryGuard(finetune, space)
+
+
+def trial_objective(dataset: Dataset, space: dict, model: ModelSpec, settings: TrainSettings,
+                    checkpoints: Checkpoints, stop, hooks=()) -> ResumableObjective:
+    """The objective a worker hands to `study.optimize`; `stop` is its StopFlag."""
+    return ResumableObjective(guarded_finetune(dataset, space, model, settings, checkpoints, hooks), checkpoints,
+                              stop, prune_at=settings.prune_at)

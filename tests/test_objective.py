@@ -96,3 +96,14 @@ def test_the_study_files_compile_key_reaches_training(tmp_path, monkeypatch):
     study = optuna.create_study()
     study.optimize(objective, n_trials=1, catch=(RuntimeError,))
     assert seen["compile"] == "off" and seen["device"] == "cpu"
+
+
+def test_the_dask_tasks_objective_keeps_the_study_files_prune_at(tmp_path):
+    # A Dask task builds its objective through guarded_finetune, as a worker does through
+    # trial_objective; its own copy of that assembly used to drop prune_at.
+    from objectives.resume import Checkpoints
+    from objectives.trial import TrainSettings, guarded_finetune
+
+    guarded = guarded_finetune(None, {}, ModelSpec("test_resnet", False), TrainSettings(prune_at="epoch"),
+                               Checkpoints(tmp_path, 3))
+    assert guarded.objective.prune_at == "epoch"

@@ -23,10 +23,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from objectives.finetune import FinetuneObjective
-from objectives.oom import OutOfMemoryGuard, free_memory
+from objectives.oom import free_memory
 from objectives.optuna_compat import attach, storage_of, stored_trial
 from objectives.resume import Checkpoints, original_number
+from objectives.trial import guarded_finetune
 from search.running.failures import FailureGuard, TrialFailed, error_log
 from search.running.worker import checkpoint_root, train_settings
 from search.study.data_record import check_fingerprint, prepare_study_data
@@ -124,11 +124,8 @@ def _train(task: DaskTask, study_file: StudyFile, dataset, trial: optuna.Trial) 
     checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
     settings = train_settings(study_file, task.device)
     hooks = [StopCheck(task), *make_objective_hooks(study_file, trial.study)]
-    finetune = FinetuneObjective(
-        dataset, study_file.space, study_file.model, head_epochs=settings.head_epochs, seed=settings.seed,
-        device=settings.device, precision=settings.precision, compile=settings.compile,
-        checkpoint_dir_for=checkpoints.dir_for, seed_number_for=checkpoints.seed_number_for, hooks=hooks)
-    objective = FailureGuard(OutOfMemoryGuard(finetune, study_file.space), error_log(study_file))
+    finetune = guarded_finetune(dataset, study_file.space, study_file.model, settings, checkpoints, hooks)
+    objective = FailureGuard(finetune, error_log(study_file))
     try:
         checkpoints.note_resume(trial)
         outcome = {"outcome": "COMPLETE", "value": objective(trial)}
