@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     data = study_file.data
     labels_file = args.output or data.labels_file
     # Always rebuild: this command is how a user asks for a new labels file.
-    with keyed(f"{study_file.path}: [data]"):
+    with keyed(study_file.where("data")):
         split = prepare_labels(data.database, data.image_root, data.rules, data.valid_pct,
                                data.split_seed, labels_file, rebuild=True, force=args.force)
     counts, excluded, same = split.counts(), split.meta["excluded"], split.meta["same_content"]

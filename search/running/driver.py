@@ -55,7 +55,7 @@ def _run_study(args: argparse.Namespace) -> int:
     device = cluster.device if cluster else _device(device_name, device_where, slots)
     quiet_optuna()
     # A typo in the arch or an offline hub should fail now, not after the image cache is built.
-    with keyed(f"{study_file.path}: [model]"):
+    with keyed(study_file.where("model")):
         check_model(study_file.model)
     dataset = prepare_study_data(study_file)
     counts = dataset.split.counts()

@@ -14,7 +14,7 @@ FINGERPRINT_ATTR = "data_fingerprint"
 def prepare_study_data(study_file: StudyFile) -> Dataset:
     """The study's labelled, split and cached data; a split the data can't support (too few
     images of a class on one side) names the study file's [data] key."""
-    with keyed(f"{study_file.path}: [data]"):
+    with keyed(study_file.where("data")):
         return prepare_data(study_file.data)
 
 

@@ -61,7 +61,7 @@ def check_space(study: optuna.Study, study_file: StudyFile) -> list[str]:
             check_distribution_compatibility(old[name], dist)
         except ValueError:
             raise SwiprError(
-                f"{study_file.path}: [space] {name} is {describe(dist)}, but study '{study.study_name}' ran on "
+                f"{study_file.where('space')} {name} is {describe(dist)}, but study '{study.study_name}' ran on "
                 f"{describe(old[name])}, and Optuna can't mix the two in one study. Give the study a new "
                 f"[study] name, or put [space] {name} back as it was") from None
         notes.append(f"note: [space] {name} changed from {describe(old[name])} to {describe(dist)}; "

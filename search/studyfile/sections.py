@@ -62,6 +62,10 @@ class StudyFile:
     space: dict[str, Range | Choices] = field(default_factory=dict)
     cluster: ClusterSection = ClusterSection()
 
+    def where(self, section: str) -> str:
+        """How a message names one of this file's sections: "studies/x.toml: [data]"."""
+        return f"{self.path}: [{section}]"
+
     def device_from(self, flag: str | None) -> tuple[str, str]:
         """(device name, where it came from): `--device` if given, else [train] device."""
-        return (flag, "--device:") if flag else (self.train.device, f"{self.path}: [train]")
+        return (flag, "--device:") if flag else (self.train.device, self.where("train"))
