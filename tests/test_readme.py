@@ -224,13 +224,21 @@ def test_the_readme_shows_every_command():
     assert {"run", "status", "best", "report"} <= study_actions
 
 
-def test_readme_links_lead_to_files():
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def local_links(text: str) -> list[str]:
     targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
-    local = [target for target in targets if "://" not in target and not target.startswith("mailto:")]
-    assert local, "README.md links to no page under docs/"
-    missing = [target for target in local if not (ROOT / target).exists()]
-    assert not missing, f"README.md links to files that don't exist: {missing}"
+    return [target for target in targets if "://" not in target and not target.startswith("mailto:")]
+
+
+def test_the_readme_links_to_the_docs():
+    links = local_links((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert {f"docs/{page.name}" for page in PAGES[1:]} <= set(links), "a page under docs/ the README doesn't link"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_links_lead_to_files(page):
+    missing = [target for target in local_links(page.read_text(encoding="utf-8"))
+               if not (page.parent / target).exists()]
+    assert not missing, f"{page.relative_to(ROOT)} links to files that don't exist: {missing}"
 
 
 # Self-checks: the checker above finds what it is meant to find.
