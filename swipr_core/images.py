@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import stat
 from pathlib import Path
@@ -40,7 +41,7 @@ class BadDimensions(ValueError):
 
 
 @contextlib.contextmanager
-def open_regular(path: str | Path, max_bytes: int | None = None) -> Iterator[BinaryIO]:
+def open_regular(path: str | Path, max_bytes: int | None = None) -> Iterator[io.BufferedReader]:
     """Open a regular file for reading, never blocking on a FIFO; refuse anything else.
 
     O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer; the

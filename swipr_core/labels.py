@@ -180,10 +180,10 @@ def build_labels(database: Path, image_root: Path, rules: LabelRules, px: int = 
     # Hashing and decoding are the slow part on a real photo collection; both release the GIL.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         checked = list(pool.map(lambda item: _file_check(root, item[0], px), kept))
-    rows_ok = []
+    rows_ok: list[tuple[str, str, str]] = []
     for (path, label), (problem, digest) in zip(kept, checked):
-        if problem:
-            excluded[problem] += 1
+        if digest is None:  # then problem says why
+            excluded[problem or "undecodable"] += 1
         else:
             rows_ok.append((path, label, digest))
     rows_ok = _consistent_photos(rows_ok, excluded)
