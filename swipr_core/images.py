@@ -25,6 +25,7 @@ MAX_PIXELS = 1 << 24
 # Longer side / shorter side: a photo beyond this is a strip, and scaling its shorter side
 # up to cache_px would make the longer side huge.
 MAX_ASPECT = 20
+_DRAFT_SCALES = (1, 2, 4, 8)  # the reductions JPEG draft mode decodes at
 # EXIF Orientation values 2..8 and the turn that makes each upright (1 is upright already).
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
@@ -106,7 +107,7 @@ def decode_square(handle: BinaryIO, px: int) -> np.ndarray:
     with Image.open(handle) as opened:
         # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale directly: most of the speed-up
         # for 640 px photos cached at 256 px, and what keeps large JPEGs small.
-        opened.draft("RGB", (px, px))
+        opened.draft("RGB", _draft_request(opened.size, px))
         check_size(opened)
         image = _to_rgb(_upright(opened))
         scale = px / min(image.size)
@@ -114,6 +115,19 @@ def decode_square(handle: BinaryIO, px: int) -> np.ndarray:
         image = _replace(image, image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
         left, top = (image.width - px) // 2, (image.height - px) // 2
         return np.asarray(image.crop((left, top, left + px, top + px)), dtype=np.uint8)
+
+
+def _draft_request(size: tuple[int, int], px: int) -> tuple[int, int]:
+    """The size to ask JPEG draft mode for: (px, px), the least reduction that keeps the shorter
+    side at px or more, unless that is still over MAX_PIXELS (a 23000x3000 panorama at px 1024
+    is 1/2 scale, 34 M pixels): then the least reduction that fits, and the resize scales up."""
+    width, height = size
+    natural = max((s for s in _DRAFT_SCALES if min(width, height) // s >= px), default=1)
+    for scale in (s for s in _DRAFT_SCALES if s >= natural):
+        if (width // scale) * (height // scale) <= MAX_PIXELS:
+            # Draft picks the largest scale whose result is at least the size asked for.
+            return (px, px) if scale == natural else (-(-width // scale), -(-height // scale))
+    return (px, px)   # too many pixels even at 1/8: check_size refuses it
 
 
 def _upright(image: Image.Image) -> Image.Image:

@@ -164,3 +164,13 @@ def test_unreadable_exif_leaves_the_pixels_as_stored(tmp_path):
     file.write_bytes(bytes(data))
     square = load_square(file, 20)
     assert square[10, 0, 2] > 150 and square[10, -1, 0] > 150   # blue on the left, red on the right
+
+
+def test_a_panorama_too_large_at_the_natural_draft_scale_is_decoded_smaller(tmp_path):
+    # The 23000x3000 at 1024 px: 1/2 scale would be 34 M pixels, over MAX_PIXELS, so the
+    # decode asks JPEG draft for 1/4 (5750x750) and scales up to 1024, in bounded memory.
+    photo = tmp_path / "pano.jpg"
+    Image.new("L", (23000, 3000), 200).save(photo)
+    result = decode_in_subprocess(photo, 1024)
+    assert result["shape"] == [1024, 1024, 3], result
+    assert result["grew"] < 200 * MiB, result

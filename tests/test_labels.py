@@ -380,13 +380,14 @@ def test_a_photo_labels_keeps_is_one_the_cache_can_decode(tmp_path):
     assert array.shape == (3, 16, 16, 3)
 
 
-def test_a_panorama_is_checked_at_the_cache_size(tmp_path):
-    # 16000x1100: fine at labels' old 64 px draft (1/8 scale), over the pixel limit at 1024 px
-    # (JPEG draft can only go to 1/1 there). Labels now decides as the cache does, at its size.
+def test_a_panorama_is_checked_at_the_cache_size_and_cached(tmp_path):
+    # 16000x1100 passed labels' old 64 px draft check (1/8 scale), then the cache at 1024 px
+    # refused it (1/1 scale: over the pixel limit). Labels now checks with the cache's own
+    # decode at its size, and that decode reduces such a JPEG further (1/2) and scales it up.
     database = make_db(tmp_path, [{"path": "insta/ok/pano.jpg"}], files=False)
     write_anchors(tmp_path)
     Image.new("L", (16000, 1100), 90).save(tmp_path / "insta/ok/pano.jpg")
-    assert "insta/ok/pano.jpg" in build_labels(database, tmp_path, RULES, px=64).paths
     table = build_labels(database, tmp_path, RULES, px=1024)
-    assert "insta/ok/pano.jpg" not in table.paths and table.excluded["undecodable"] == 1
-    build_cache(tmp_path, table.paths, tmp_path / "cache", px=1024, workers=1)   # what labels kept decodes
+    assert "insta/ok/pano.jpg" in table.paths
+    array = build_cache(tmp_path, table.paths, tmp_path / "cache", px=1024, workers=1).open()
+    assert abs(int(array[table.paths.index("insta/ok/pano.jpg")].mean()) - 90) <= 2
