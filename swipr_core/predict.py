@@ -156,7 +156,10 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 def _files_under(folder: Path) -> Iterator[Path]:
     seen: set[tuple[int, int]] = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
-        info = os.stat(root)
+        try:
+            info = os.stat(root)
+        except OSError:  # removed while walking
+            continue
         if (info.st_dev, info.st_ino) in seen:  # a symlink back to a folder above: walked once
             dirs.clear()
             continue
