@@ -13,9 +13,9 @@ import pytest
 from fastai.callback.schedule import minimum, slide, steep, valley
 from optuna.artifacts import get_all_artifact_meta
 
+from objectives.lr_record import finding_attr, record_finding, recorded_findings
 from objectives.optuna_compat import storage_of, study_id
 from search.study.data_record import prepare_study_data
-from search.study.lr_record import finding_attr, record_finding, recorded_findings
 from search.study.open import open_study
 from search.studyfile import load_study_file
 from search.views.dashboard import make_dashboard_server

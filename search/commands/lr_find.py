@@ -10,9 +10,10 @@ from pathlib import Path
 
 from optuna.artifacts import upload_artifact
 
-from objectives.space import Choices, Range
+from objectives.lr_record import picture_name, record_finding
+from objectives.lr_finder import PLACEHOLDER_LR
+from objectives.space import Choices, FinderLR, Range
 from search.study.data_record import check_fingerprint, prepare_study_data
-from search.study.lr_record import picture_name, record_finding
 from search.study.open import open_study, quiet_optuna
 from search.studyfile import StudyFile, load_study_file
 from search.studyfile.fields import keyed
@@ -56,14 +57,21 @@ def first_value(spec: Range | Choices):
     return spec.values[0]
 
 
-def lr_range(spec: Range | Choices) -> tuple[float, float]:
-    """The (low, high) learning rates the space searches, to shade on the plot."""
+def lr_range(spec: Range | Choices | FinderLR, suggestions: dict[str, float]) -> tuple[float, float] | None:
+    """The (low, high) learning rates the space searches, to shade on the plot: with the finder,
+    its suggestion times the factor's range (none if the curve gave no such suggestion)."""
+    if isinstance(spec, FinderLR):
+        if spec.finder not in suggestions:
+            return None
+        low, high = lr_range(spec.factor, suggestions) or (0.0, 0.0)
+        return low * suggestions[spec.finder], high * suggestions[spec.finder]
     return (spec.low, spec.high) if isinstance(spec, Range) else (min(spec.values), max(spec.values))
 
 
 def finder_config(study_file: StudyFile, args: argparse.Namespace) -> TrainConfig:
     """The space's first values, with the flags given; each flag checked, naming it."""
-    values = {key: first_value(spec) for key, spec in study_file.space.items()}
+    values = {key: first_value(spec) for key, spec in study_file.space.items() if not isinstance(spec, FinderLR)}
+    values.setdefault("lr", PLACEHOLDER_LR)   # the range test sets its own
     for key in ("batch_size", "image_size", "freeze"):
         flag = getattr(args, key)
         if flag is not None:
@@ -112,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}: {finding.suggestions[name]:.1e}")
         else:
             print(f"{name}: none ({finding.unreadable.get(name, 'not read')})")
-    space_range = lr_range(study_file.space["lr"])
+    space_range = lr_range(study_file.space["lr"], finding.suggestions)
     picture = write_picture(finding, out / PICTURE, space_range)
     attr = record_finding(study, finding, args.num_it, dataset.fingerprint, space_range)
     stored = store_picture(study, study_file, picture, picture_name(finding))
@@ -120,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_picture(finding, target: Path, space_range) -> Path:
+def write_picture(finding, target: Path, space_range: tuple[float, float] | None) -> Path:
     """The plot at `target`, whole or not at all (drawn to a temp file, then renamed)."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".lr_find-", suffix=".png")
     os.close(fd)

@@ -23,8 +23,8 @@ from optuna.trial import TrialState
 
 from objectives.judging import JUDGED_ATTR, LOSSES_ATTR
 from objectives.optuna_compat import storage_of
+from objectives.lr_record import finding_of, recorded_findings
 from search.study.data_record import data_summary
-from search.study.lr_record import finding_of, recorded_findings
 from search.study.open import best_or_none, open_study, quiet_optuna
 from search.study.storage import redact
 from search.studyfile import load_study_file

@@ -1,6 +1,6 @@
-"""Learning-rate range tests kept on the study: one study user attr per freeze strategy, batch
-size and image size, so every storage keeps them, optuna-dashboard lists them, and the report
-draws them again (search.views.report)."""
+"""Learning-rate range tests kept on the study (`swipr lr-find`, the [space] lr finder): one
+study user attr per freeze strategy, batch size and image size, so every storage keeps them,
+optuna-dashboard lists them, trials reuse them, and the report draws them again."""
 from __future__ import annotations
 
 import datetime
