@@ -17,6 +17,7 @@ from typing import Callable
 import optuna
 import torch
 
+from objectives.lr_finder import LR_ATTR
 from objectives.space import SPACE_KEYS
 from search.fit.link import link_trial
 from search.study.data_record import FINGERPRINT_ATTR, prepare_study_data, refuse_other_data
@@ -73,11 +74,13 @@ def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTr
 
 def train_config(trial: optuna.trial.FrozenTrial, space_keys, study_file):
     """The trial's TrainConfig: params as they were, its seed, and the head epochs it ran with."""
-    missing = [key for key in space_keys if key not in trial.params]
+    # A trial whose lr came from the [space] lr finder keeps it as a user attr (objectives.lr_finder).
+    params = {**{key: trial.params[key] for key in space_keys if key in trial.params},
+              **({"lr": trial.user_attrs[LR_ATTR]} if LR_ATTR in trial.user_attrs else {})}
+    missing = [key for key in space_keys if key not in params]
     if missing or "seed" not in trial.user_attrs:
         what = f"params {', '.join(missing)}" if missing else "user attr 'seed'"
         raise SwiprError(f"trial {trial.number}: has no {what}; it wasn't run by `swipr study run`, can't replay it")
-    params = {key: trial.params[key] for key in space_keys}
     head_epochs = study_file.train.head_epochs
     planned = trial.user_attrs.get("planned_epochs")
     if params["freeze"] == "frozen_then_unfrozen" and isinstance(planned, int):

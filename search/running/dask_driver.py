@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from objectives.optuna_compat import storage_of, study_id, trial_id
 from objectives.resume import Checkpoints
-from objectives.space import distribution
+from objectives.space import distribution, param_name
 from search.running.dask_trial import STARTED_ATTR, STOP_EVENT, DaskTask, run_dask_trial
 from search.running.failures import error_log
 from search.running.worker import checkpoint_root
@@ -58,7 +58,7 @@ class Driver:
         self.kind = "GPU" if device == "cuda" else "CPU"
         self.run_id = uuid.uuid4().hex
         self.checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
-        self.distributions = {name: distribution(spec) for name, spec in study_file.space.items()}
+        self.distributions = {param_name(name, spec): distribution(spec) for name, spec in study_file.space.items()}
         self.running: dict = {}   # future -> trial id
         self.status = 0
         self.lost_in_a_row = self.failed_in_a_row = 0
