@@ -70,6 +70,13 @@ def is_bundle(path: Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
+def target_path(out: str | Path) -> Path:
+    """--out as an absolute path whose folder's symlinks are followed but not its own: a
+    bundle's name is the link that the next bundle replaces, not the version it points at."""
+    out = Path(os.path.abspath(out))
+    return out.parent.resolve() / out.name
+
+
 def check_target(out: Path) -> None:
     """Refuse a target that is a file, a non-empty folder that is not a bundle, or one whose
     folder can't be written (the new bundle, its link and the swap all live there)."""

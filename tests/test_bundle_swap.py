@@ -180,3 +180,12 @@ def test_ctrl_c_during_a_slowed_rename_leaves_a_bundle(tmp_path, kind, rename):
     assert process.returncode != 0 and "KeyboardInterrupt" in stderr, stderr   # it was interrupted
     assert onnx_in(out) == (b"old" if rename == 0 else b"new")
     assert nothing_else_beside(out)
+
+
+def test_the_target_is_the_link_not_the_version_it_points_at(tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    write(out, b"first")
+    monkeypatch.chdir(tmp_path)
+    assert bundle.target_path("model") == out   # `swipr fit --out model` swaps the link itself
+    write(bundle.target_path("model"), b"second")
+    assert onnx_in(out) == b"second" and nothing_else_beside(out)

@@ -19,6 +19,7 @@ import torch
 
 from objectives.space import SPACE_KEYS
 from search.fit.link import link_trial
+from search.fit.outputs import check_outputs
 from search.study.data_record import FINGERPRINT_ATTR, prepare_study_data, refuse_other_data
 from search.study.open import best_trial, open_study, quiet_optuna
 from search.study.storage import redact
@@ -94,10 +95,10 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
         device: str | None = None, strict: bool = False, threads: int | None = None,
         echo: Callable[[str], None] = print) -> FitOutcome:
     """Replay the trial (the best one unless `trial_number`), write its bundle to `out`, link it."""
-    out = out.resolve()
+    out = bundle.target_path(out)
     check_target_precision(target_precision)   # before an hour of training, not after
-    bundle.check_target(out)
     study_file = load_study_file(study_path)
+    check_outputs(study_file, out)
     quiet_optuna()
     study = open_study(study_file, create=False)
     trial = pick_trial(study, trial_number)
