@@ -25,6 +25,7 @@ from search.study.open import best_trial, open_study, quiet_optuna
 from search.study.storage import redact
 from search.studyfile import load_study_file
 from search.studyfile.fields import keyed
+from search.studyfile.trained_with import as_trained
 from swipr_core import bundle
 from swipr_core.bundle_writer import library_versions, model_manifest, write_bundle
 from swipr_core.errors import SwiprError
@@ -105,6 +106,7 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
     config = train_config(trial, SPACE_KEYS, study_file)
     echo(f"trial {trial.number}{' (best)' if trial_number is None else ''} of study '{study.study_name}': "
          f"val_loss {trial.value:.6g}, seed {config.seed}, {config.epochs} epochs, params {json.dumps(trial.params)}")
+    study_file = as_trained(study_file, trial.user_attrs, f"trial {trial.number}", echo)   # its [model], cache_px
     dataset = prepare_study_data(study_file)
     recorded = trial.user_attrs.get(FINGERPRINT_ATTR, study.user_attrs.get(FINGERPRINT_ATTR))
     refuse_other_data(recorded, dataset, study_file, f"the one trial {trial.number} was trained on; the replay "
