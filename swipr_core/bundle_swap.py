@@ -25,6 +25,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 VERSION_SUFFIX = ".bundle"
 LINK_SUFFIX = ".link"
@@ -139,18 +140,22 @@ def remove_leftovers(out: Path) -> None:
 
 
 @contextmanager
-def signals_held():
+def signals_held() -> Iterator[None]:
     """Ctrl-C and SIGTERM wait until the block is done (then raise KeyboardInterrupt). Only
     the main thread can set handlers; elsewhere the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        held.append(signum)
+
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     previous = {sig: handler for sig, handler in previous.items()
                 if handler is not None and handler is not signal.SIG_IGN}   # ignored stays ignored
     for sig in previous:
-        signal.signal(sig, lambda signum, frame: held.append(signum))
+        signal.signal(sig, hold)
     try:
         yield
     finally:

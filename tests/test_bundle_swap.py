@@ -189,3 +189,16 @@ def test_the_target_is_the_link_not_the_version_it_points_at(tmp_path, monkeypat
     assert bundle.target_path("model") == out   # `swipr fit --out model` swaps the link itself
     write(bundle.target_path("model"), b"second")
     assert onnx_in(out) == b"second" and nothing_else_beside(out)
+
+
+def test_ctrl_c_waits_for_the_two_renames_of_the_fallback(tmp_path):
+    # Without renameat2, an old folder is replaced in two renames; a Ctrl-C between them is
+    # acted on only once both are done.
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with swipr_core.bundle_swap.signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            steps.append("second rename")
+    assert steps == ["second rename"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is back

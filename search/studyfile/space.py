@@ -16,7 +16,7 @@ _VALUE_TYPES = {"lr": float, "batch_size": int, "image_size": int, "freeze": str
                 "n_cycles": int, "cycle_len": int, "cycle_mult": int}
 
 
-def _check_value(where: str, key: str, value: Any) -> None:
+def _check_value(where: str | Path, key: str, value: Any) -> None:
     """The TOML type here; the value itself by the core (swipr_core.schedule.check_param)."""
     check_type(f"{where}: [space] {key} value", value, _VALUE_TYPES[key])
     with keyed(f"{where}: [space]"):
