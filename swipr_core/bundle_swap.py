@@ -129,7 +129,9 @@ def remove_leftovers(out: Path) -> None:
     for entry in out.parent.iterdir():
         if not entry.name.startswith(f".{out.name}.") or entry == current:
             continue
-        if not entry.name.endswith((VERSION_SUFFIX, LINK_SUFFIX, STAGING_SUFFIX)):
+        ours = (entry.name.endswith(LINK_SUFFIX) and entry.is_symlink()) or (
+            entry.name.endswith((VERSION_SUFFIX, STAGING_SUFFIX)) and entry.is_dir() and not entry.is_symlink())
+        if not ours:   # only the kinds of thing a swap makes; .aside holds a bundle and stays
             continue
         try:
             old = now - entry.lstat().st_mtime > LEFTOVER_AGE_S

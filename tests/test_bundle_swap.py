@@ -202,3 +202,22 @@ def test_ctrl_c_waits_for_the_two_renames_of_the_fallback(tmp_path):
             steps.append("second rename")
     assert steps == ["second rename"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is back
+
+
+def test_an_old_interrupted_swap_s_leftovers_go_and_nothing_else(tmp_path):
+    out = tmp_path / "model"
+    write(out, b"old")
+    stale = [tmp_path / ".model.1.bundle", tmp_path / ".model.2.tmp"]
+    for folder in stale:
+        folder.mkdir()
+    (tmp_path / ".model.3.link").symlink_to(".model.1.bundle")
+    kept = [tmp_path / ".model.4.aside", tmp_path / ".model.5.tmp.txt", tmp_path / ".model.6.old"]
+    kept[0].mkdir()
+    kept[1].write_text("a file of the user's")
+    kept[2].mkdir()
+    long_ago = time.time() - 2 * swipr_core.bundle_swap.LEFTOVER_AGE_S
+    for path in [*stale, tmp_path / ".model.3.link", *kept]:
+        os.utime(path, (long_ago, long_ago), follow_symlinks=False)
+    write(out, b"new")
+    assert onnx_in(out) == b"new"
+    assert {p.name for p in tmp_path.iterdir()} == {"model", os.readlink(out), *(p.name for p in kept)}
