@@ -13,6 +13,7 @@ import search.running.driver
 from search.running.supervisor import Slot, Task
 from search.studyfile import load_study_file
 from search.studyfile.trained_with import as_trained, trained_with
+from swipr_core.errors import SwiprError
 from tests.studykit import run_cli, write_study
 
 LR_LINE = "lr = { low = 1e-3, high = 3e-2, log = true }"
@@ -83,3 +84,42 @@ def test_fit_takes_the_recorded_model_and_pixels(tmp_path, data_dir):
     # A trial from before these records: the file's settings, said so.
     assert as_trained(now, {"seed": 1}, "trial 0", lines.append) is now
     assert lines[-1] == "trial 0 recorded no [model] or cache_px (run by an older swipr); using the study file's"
+
+
+def test_a_study_file_read_again_must_be_the_run_s_version(tmp_path, data_dir):
+    # A Dask worker reads its own copy of the file: an edited one is refused, naming the file.
+    from search.studyfile.trained_with import check_same_version
+
+    path = write_study(tmp_path, data_dir)
+    run_sha256 = load_study_file(path).sha256
+    check_same_version(load_study_file(path), run_sha256)
+    check_same_version(load_study_file(path), "")   # a task from before the check: nothing to compare
+    path.write_text(edited(path.read_text()))
+    with pytest.raises(SwiprError, match=f"{path}: changed since the run started .* put it back, or stop the run"):
+        check_same_version(load_study_file(path), run_sha256)
+
+
+@pytest.mark.slow
+def test_a_dask_run_refuses_a_study_file_edited_under_it(tmp_path, data_dir, monkeypatch):
+    pytest.importorskip("distributed", reason="the dask extra is not installed: pip install '.[dask]'")
+    from tests.daskkit import Cluster
+
+    path = write_study(tmp_path, data_dir, pruner="none")
+    original = path.read_text()
+    real_run_on_dask = search.running.driver.run_on_dask
+
+    def edit_then_run(*args, **kwargs):
+        path.write_text(edited(original))   # edited after the driver read it; the worker reads its own copy
+        return real_run_on_dask(*args, **kwargs)
+
+    with Cluster(workers=1) as cluster:
+        first = run_cli("study", "run", path, "--dask", cluster.address, "--n-trials", "1")
+        assert first.returncode == 0, first.stdout + first.stderr + cluster.logs()
+        monkeypatch.setattr(search.running.driver, "run_on_dask", edit_then_run)
+        second = run_cli("study", "run", path, "--dask", cluster.address, "--n-trials", "1")
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"{path}: changed since the run started" in second.stderr and "Traceback" not in second.stderr
+    trials = _study(path).trials
+    assert trials[0].user_attrs["model"]["arch"] == "test_resnet" and trials[0].user_attrs["cache_px"] == 40
+    # The refused trial trained nothing: back in the queue, untouched.
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING]

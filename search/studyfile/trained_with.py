@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from search.studyfile.sections import StudyFile
+from swipr_core.errors import SwiprError
 from swipr_core.model_spec import ModelSpec
 
 MODEL_ATTR = "model"                    # {"arch", "pretrained", "weights"}: [model] as trained
@@ -25,6 +26,15 @@ def trained_with(study_file: StudyFile) -> dict:
     return {MODEL_ATTR: {"arch": model.arch, "pretrained": model.pretrained,
                          "weights": None if model.weights is None else str(model.weights)},
             CACHE_PX_ATTR: study_file.data.cache_px, STUDY_FILE_ATTR: study_file.sha256}
+
+
+def check_same_version(study_file: StudyFile, run_sha256: str) -> None:
+    """Refuse a study file read again (a Dask worker reads its own copy) that is no longer the
+    version the run started with: the run would go on as another study without a word."""
+    if run_sha256 and study_file.sha256 != run_sha256:
+        raise SwiprError(f"{study_file.path}: changed since the run started (SHA-256 {study_file.sha256[:12]}…, "
+                         f"the run's {run_sha256[:12]}…); a running study keeps the file it started with: "
+                         f"put it back, or stop the run and start it again")
 
 
 class RecordTrainedWith:
