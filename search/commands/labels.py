@@ -9,6 +9,7 @@ from search.studyfile import load_study_file
 from search.studyfile.fields import keyed
 from swipr_core.labels import describe_odd_ages
 from swipr_core.split import prepare_labels
+from swipr_core.writable import check_folder_writable
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -32,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     study_file = load_study_file(args.study_file)
     data = study_file.data
     labels_file = args.output or data.labels_file
+    # Before every image is read and hashed, not after.
+    check_folder_writable(labels_file.parent, f"-o {labels_file}" if args.output else
+                          f"{study_file.where('data')} labels_file {labels_file}")
     # Always rebuild: this command is how a user asks for a new labels file.
     with keyed(study_file.where("data")):
         split = prepare_labels(data.database, data.image_root, data.rules, data.valid_pct,

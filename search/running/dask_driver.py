@@ -108,7 +108,7 @@ class Driver:
         self.storage.set_trial_system_attr(trial_id(trial), TOKEN_ATTR, self.run_id)
         token = uuid.uuid4().hex
         task = DaskTask(str(self.study_file.path), self.storage_name, trial_id(trial), token, self.run_id,
-                        self.device)
+                        self.device, self.study_file.sha256)
         future = self.client.submit(self.task_function, task, key=f"swipr-trial-{trial.number}-{token[:8]}",
                                     resources={"GPU": 1} if self.kind == "GPU" else None, pure=False)
         self.running[future] = trial_id(trial)

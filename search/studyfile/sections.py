@@ -61,6 +61,7 @@ class StudyFile:
     train: TrainSection
     space: dict[str, Range | Choices | FinderLR] = field(default_factory=dict)
     cluster: ClusterSection = ClusterSection()
+    sha256: str = ""   # of the file's bytes as read: which version of the file a run (and trial) used
 
     def where(self, section: str) -> str:
         """How a message names one of this file's sections: "studies/x.toml: [data]"."""
