@@ -28,6 +28,7 @@ from search.running.stop import StopFlag
 from search.running.worker import BAD_INPUT, DONE, FAILED, STOPPED, run_trial_process
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
+from swipr_core.threads import cpu_threads
 
 STOP_WAIT_S = 60         # how long a stopping trial may take to record itself before SIGKILL
 MAX_CRASHES_IN_A_ROW = 3  # trial processes that die one after another before the run gives up
@@ -135,7 +136,7 @@ class _Supervisor:
         self.context.set_forkserver_preload(PRELOAD)
         self.running: dict = {}   # sentinel -> (process, slot)
         self.free = list(slots)
-        self.threads = max(1, (os.cpu_count() or 1) // len(slots))
+        self.threads = cpu_threads(len(slots))   # the machine's cores shared by the slots
         self.status, self.crashes, self.failures = 0, 0, 0
 
     def until_done(self, budget: int, deadline: float | None) -> int:
