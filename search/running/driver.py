@@ -81,7 +81,7 @@ def _run_study(args: argparse.Namespace) -> int:
             return run_on_dask(cluster, study_file, n_trials, timeout)
         if parallel:
             return supervise(study_file, study_file.study.storage, slots, n_trials, timeout, device,
-                             study_file.study.max_failures_in_a_row)
+                             study_file.study.max_failures_in_a_row, dataset=dataset)
         return _run_here(study_file, study, dataset, n_trials, timeout, device)
     finally:   # also when the run stops early: what it did is worth a look
         # Trials this run started, queued ones (retries, the warm start) included.
