@@ -2,7 +2,8 @@
 
 Generates N Swipr-shaped photos (JPEGs of 320-640 px a side, 20-60 KB) and a pics database,
 then runs each step in a fresh process and prints its wall and CPU seconds (its children's
-included), peak RSS and bytes read from disk (/proc/self/io, plus its children's):
+included), peak RSS (and RSS once the step's modules are imported, which is not timed),
+and bytes read from disk (/proc/self/io, plus its children's):
 
 - labels: `swipr labels` (read the pics table, check every file, split, write the CSV);
 - cache build: decode every photo once into the uint8 cache at --cache-px;
@@ -13,7 +14,8 @@ included), peak RSS and bytes read from disk (/proc/self/io, plus its children's
   later batch). Each is run side by side "advised" (each batch's rows asked for with
   MADV_WILLNEED, as a trial does when the cache outgrows the memory available) and "plain"
   (no advice: as before issue 22, and as a cache that fits in RAM is still read).
-  `read_amplification` = bytes read ÷ bytes of the rows used;
+  `read_amplification` = bytes read ÷ bytes of the rows used; the line
+  `read_amplification: X` is the advised one with the cache far larger than RAM;
 - status / best / report / dashboard page at --trials synthetic trials (7 params and 10
   epochs of intermediate values each, as a real study's).
 
@@ -32,6 +34,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -42,9 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 YES_DIR, NO_DIR = "insta/ok", "insta/no"
-# Imported in each step's process before it is measured (about 0.3 GB of its peak RSS).
-PRELOAD = ("torch", "optuna", "optuna_dashboard", "fastai.learner", "search.cli", "search.views.report",
-           "swipr_core.loaders", "swipr_core.cache", "swipr_core.split")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 STUDY_TOML = """\
 [study]
@@ -95,7 +95,7 @@ def _photo(args) -> int:
     for _ in range(7):   # bisect the quality: JPEG size grows with it
         encoded = BytesIO()
         image.save(encoded, format="JPEG", quality=quality)
-        if abs(encoded.tell() - target) < 0.15 * target:
+        if abs(encoded.tell() - target) < 0.15 * target and 20e3 <= encoded.tell() <= 60e3:
             break
         low, high = (quality, high) if encoded.tell() < target else (low, quality)
         quality = (low + high) // 2
@@ -129,28 +129,40 @@ def read_bytes() -> int:
         return next(int(line.split()[1]) for line in handle if line.startswith("read_bytes"))
 
 
-def _measured(step, args) -> dict:
-    for module in PRELOAD:   # imported before the counters start: a step's figures are its work
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory (VmRSS) or its peak (VmHWM, which, unlike ru_maxrss,
+    does not carry over the parent's peak from before the spawn's exec), in MB."""
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith(f"{field}:")) / 1024
+
+
+def _measured(step, args, preload) -> dict:
+    warnings.simplefilter("ignore", FutureWarning)   # torch.jit's, on importing timm: not this bench's business
+    for module in preload:   # imported before the counters start: a step's figures are its work
         __import__(module)
+    start_rss = rss_mb()
     started, cpu, reads = time.perf_counter(), time.process_time(), read_bytes()
     extra = step(*args) or {}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"wall_s": time.perf_counter() - started,
             "cpu_s": time.process_time() - cpu + children.ru_utime + children.ru_stime,
-            "peak_rss_mb": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, children.ru_maxrss) / 1024,
+            "peak_rss_mb": max(rss_mb("VmHWM"), children.ru_maxrss / 1024),
+            "rss_after_imports_mb": start_rss,
             "read_mb": (read_bytes() - reads + children.ru_inblock * 512) / 1e6, **extra}
 
 
-def measure(step, *args) -> dict:
+def measure(step, *args, preload: tuple[str, ...] = ()) -> dict:
     """Run step(*args) in a fresh process (its own peak RSS and counters), with one torch
-    thread, as a trial process on a loaded 2-core machine would be."""
+    thread, as a trial process on a loaded 2-core machine would be. `preload`: the modules
+    the step imports, imported before it is measured (peak RSS still includes them)."""
     os.environ["OMP_NUM_THREADS"] = "1"   # inherited by the spawned process
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(_measured, step, args).result()
+        return pool.submit(_measured, step, args, preload).result()
 
 
 def show(name: str, figures: dict) -> None:
-    text = "  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+    text = "  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
+                     if k != "file")
     print(f"{name:32s} {text}", flush=True)
 
 
@@ -171,6 +183,16 @@ def step_cache(root: Path, labels_file: Path, cache_dir: Path, px: int) -> dict:
 
     cache = build_cache(root, read_split(labels_file).paths, cache_dir, px)
     return {"images": len(cache.paths), "cache_mb": cache.file.stat().st_size / 1e6, "file": str(cache.file)}
+
+
+LOADER = ("torch", "swipr_core.loaders", "swipr_core.cache")
+
+
+def evict_photos(root: Path) -> None:
+    """Every photo out of the page cache: the labels and the cache build read a cold disk, as
+    they do on the real job's 255k photos, which the page cache does not hold."""
+    for file in root.rglob("*.jpg"):
+        evict(file)
 
 
 def evict(file: Path) -> None:
@@ -249,19 +271,20 @@ def step_dashboard(storage: str) -> dict:
 
 
 def synthetic_study(storage: str, n_trials: int) -> None:
-    """A study of n_trials finished trials shaped like a real one: 7 params, 10 epochs each."""
+    """Grow the study to n_trials finished trials shaped like real ones: 7 params, 10 epochs each."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="scale", storage=storage, direction="minimize")
+    study = optuna.create_study(study_name="scale", storage=storage, direction="minimize", load_if_exists=True)
     space = {"lr": FloatDistribution(1e-4, 0.05, log=True), "batch_size": CategoricalDistribution([16, 32]),
              "image_size": CategoricalDistribution([224]), "n_cycles": IntDistribution(2, 3),
              "freeze": CategoricalDistribution(["unfrozen", "frozen_then_unfrozen"]),
              "cycle_len": CategoricalDistribution([1]), "cycle_mult": CategoricalDistribution([1, 2])}
+    have = len(study.get_trials(deepcopy=False))
     rng = np.random.default_rng(n_trials)
     trials = []
-    for _ in range(n_trials):
+    for _ in range(n_trials - have):
         params = {"lr": float(10 ** rng.uniform(-4, np.log10(0.05))), "batch_size": int(rng.choice([16, 32])),
                   "image_size": 224, "n_cycles": int(rng.integers(2, 4)), "freeze": str(rng.choice(
                       ["unfrozen", "frozen_then_unfrozen"])), "cycle_len": 1, "cycle_mult": int(rng.choice([1, 2]))}
@@ -274,19 +297,30 @@ def synthetic_study(storage: str, n_trials: int) -> None:
 
 
 def trial_steps(folder: Path, database: Path, cache_px: int, counts: list[int]) -> None:
-    for n_trials in counts:
-        storage_file = folder / f"study-{n_trials}.db"
-        storage_file.unlink(missing_ok=True)
-        storage = f"sqlite:///{storage_file}"
-        study_file = folder / f"scale-{n_trials}.toml"
-        study_file.write_text(STUDY_TOML.format(storage=storage_file, database=database, cache_px=cache_px,
-                                                yes=YES_DIR, no=NO_DIR))
-        measure(synthetic_study, storage, n_trials)
-        for name, argv in (("status", ("study", "status", str(study_file))),
-                           ("best", ("study", "best", str(study_file))),
-                           ("report", ("study", "report", str(study_file), "--out", str(folder / "report")))):
-            show(f"{name} @ {n_trials} trials", measure(_quiet, step_cli, *argv))
-        show(f"dashboard page @ {n_trials} trials", measure(step_dashboard, storage))
+    """status, best, report and the dashboard page at each study size; one study, grown."""
+    storage_file = folder / "study.db"
+    storage = f"sqlite:///{storage_file}"
+    study_file = folder / "scale.toml"
+    study_file.write_text(STUDY_TOML.format(storage=storage_file, database=database, cache_px=cache_px,
+                                            yes=YES_DIR, no=NO_DIR))
+    # Written in memory, where SQLite's commit a trial costs no fsync (minutes for 2,000 on a
+    # shared disk), then copied to the disk the commands read it from.
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as scratch:
+        for n_trials in sorted(counts):
+            measure(synthetic_study, f"sqlite:///{scratch}/study.db", n_trials)
+            shutil.copyfile(f"{scratch}/study.db", storage_file)
+            study_commands(folder, study_file, storage, n_trials)
+
+
+def study_commands(folder: Path, study_file: Path, storage: str, n_trials: int) -> None:
+    for name, argv in (("status", ("study", "status", str(study_file))),
+                       ("best", ("study", "best", str(study_file))),
+                       ("report", ("study", "report", str(study_file), "--out", str(folder / "report")))):
+        # search.cli imports what a command needs when it runs: preloaded too, so as not to time imports
+        modules = ("search.cli", "search.commands.study", "search.views.report") if name == "report" \
+            else ("search.cli", "search.commands.study")
+        show(f"{name} @ {n_trials} trials", measure(_quiet, step_cli, *argv, preload=modules))
+    show(f"dashboard page @ {n_trials} trials", measure(step_dashboard, storage, preload=("optuna_dashboard",)))
 
 
 def _quiet(step, *args) -> dict:
@@ -313,10 +347,11 @@ def loader_steps(cache: dict, labels_file: Path, args) -> None:
     for advised in (False, True, False, True):   # alternated, so load on the machine hits both alike
         label = "advised" if advised else "plain"
         show(f"loader epoch, cold, {label}", measure(step_epoch, cache["file"], cache["images"], args.cache_px,
-                                                       rows, args.size, args.bs, advised))
+                                                       rows, args.size, args.bs, advised, preload=LOADER))
     for advised in (False, True):
         label = "advised" if advised else "plain"
-        figures = measure(step_thrash, cache["file"], cache["images"], args.cache_px, rows, args.bs, advised)
+        figures = measure(step_thrash, cache["file"], cache["images"], args.cache_px, rows, args.bs, advised,
+                          preload=LOADER)
         show(f"gather, cache >> RAM, {label}", figures)
         if advised:
             print(f"read_amplification: {figures['read_amplification']:.2f}", flush=True)
@@ -344,10 +379,14 @@ def main() -> int:
               f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
         labels_file = folder / "labels.csv"
         if "labels" not in skip or not labels_file.exists():
-            show("labels", measure(step_labels, folder / "photos", database, labels_file))
+            evict_photos(folder / "photos")
+            show("labels", measure(step_labels, folder / "photos", database, labels_file,
+                                   preload=("swipr_core.split",)))
         if "cache" not in skip or "loader" not in skip:
-            cache = measure(step_cache, folder / "photos", labels_file, folder / "cache", args.cache_px)
-            show("cache build", {k: v for k, v in cache.items() if k != "file"})
+            evict_photos(folder / "photos")
+            cache = measure(step_cache, folder / "photos", labels_file, folder / "cache", args.cache_px,
+                            preload=("swipr_core.cache", "swipr_core.split"))
+            show("cache build", cache)
         if "loader" not in skip:
             loader_steps(cache, labels_file, args)
         if "trials" not in skip:
