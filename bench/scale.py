@@ -199,6 +199,7 @@ def evict(file: Path) -> None:
     """Drop the file's pages from the page cache (those no process has mapped)."""
     fd = os.open(file, os.O_RDONLY)
     try:
+        os.fsync(fd)   # a page not yet written back (a photo just made) would stay
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)

@@ -104,7 +104,7 @@ def _budget(args: argparse.Namespace, study_file: StudyFile) -> tuple[int, float
 
 def _run_here(study_file: StudyFile, study: optuna.Study, dataset: Dataset, n_trials: int,
               timeout: float | None, device: str) -> int:
-    torch.set_num_threads(cpu_threads())   # not torch's one a core: see swipr_core.threads
+    torch.set_num_threads(cpu_threads())   # not torch's default of a thread a core: see swipr_core.threads
     progress = StudyProgress(n_trials)
     try:
         run_worker(study_file, dataset, n_trials=n_trials, timeout=timeout, device=device,
