@@ -173,7 +173,7 @@ def _run_jobs(jobs: list, workers: int):
     pool = multiprocessing.Pool(min(workers, len(jobs)), initializer=_die_with_parent,
                                 initargs=(os.getpid(),))
     try:
-        for job, _ in zip(jobs, pool.imap(_fill_chunk, jobs)):
+        for job, _ in zip(jobs, pool.imap(_fill_chunk, jobs), strict=True):
             yield job
         pool.close()
     finally:

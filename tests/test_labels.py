@@ -45,7 +45,7 @@ def make_db(root: Path, rows: list[dict], anchors: bool = True, files: bool = Tr
 
 def label_of(root: Path, rules: LabelRules, row: dict) -> str:
     table = build_labels(make_db(root, [row]), root, rules)
-    return dict(zip(table.paths, table.labels)).get(row["path"], "excluded")
+    return dict(zip(table.paths, table.labels, strict=True)).get(row["path"], "excluded")
 
 
 def test_plain_yes_and_no_dirs(tmp_path):
@@ -284,7 +284,7 @@ def test_identical_photos_under_different_paths_are_one_group(tmp_path):
                                   {"path": "insta/ok/b.jpg"}])
     (tmp_path / "insta/ok/copy_of_a.jpg").write_bytes((tmp_path / "insta/ok/a.jpg").read_bytes())
     table = build_labels(database, tmp_path, RULES)
-    group = dict(zip(table.paths, table.groups))
+    group = dict(zip(table.paths, table.groups, strict=True))
     assert group["insta/ok/a.jpg"] == group["insta/ok/copy_of_a.jpg"] != group["insta/ok/b.jpg"]
     assert table.same_content == {"groups": 1, "rows": 2}
 
