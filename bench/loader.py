@@ -71,7 +71,7 @@ def time_epochs(batches_of_epoch, epochs: int) -> tuple[float, int]:
     """(seconds, images) over `epochs` full passes; each batch is consumed as training would."""
     images, started = 0, time.perf_counter()
     for _ in range(epochs):
-        for x, y in batches_of_epoch():
+        for x, _labels in batches_of_epoch():
             assert x.dtype.is_floating_point and x.shape[1] == 3
             images += len(x)
     return time.perf_counter() - started, images

@@ -181,13 +181,13 @@ def build_labels(database: Path, image_root: Path, rules: LabelRules, px: int = 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         checked = list(pool.map(lambda item: _file_check(root, item[0], px), kept))
     rows_ok: list[tuple[str, str, str]] = []
-    for (path, label), (problem, digest) in zip(kept, checked):
+    for (path, label), (problem, digest) in zip(kept, checked, strict=True):
         if digest is None:  # then problem says why
             excluded[problem or "undecodable"] += 1
         else:
             rows_ok.append((path, label, digest))
     rows_ok = _consistent_photos(rows_ok, excluded)
-    paths, labels, groups = (tuple(column) for column in zip(*rows_ok)) if rows_ok else ((), (), ())
+    paths, labels, groups = (tuple(column) for column in zip(*rows_ok, strict=True)) if rows_ok else ((), (), ())
     for wanted in (YES, NO):
         if wanted not in labels:
             raise SwiprError(f"{database}: no {wanted} rows left after the rules "

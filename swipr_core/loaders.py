@@ -72,7 +72,7 @@ def _bias_and_scale(mean: tuple, std: tuple, device: torch.device) -> tuple[torc
     """x in 0..255 -> x · 1/(255·std) - mean/std, i.e. (x/255 - mean)/std in one multiply-add.
     Made once per device: a fresh torch.tensor per batch would be a host-to-device copy
     that waits for the GPU to drain."""
-    bias = torch.tensor([-m / s for m, s in zip(mean, std)], device=device).view(1, 3, 1, 1)
+    bias = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=device).view(1, 3, 1, 1)
     scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, 3, 1, 1)
     return bias, scale
 

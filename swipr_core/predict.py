@@ -130,7 +130,7 @@ class Predictor:
         except Exception as error:  # onnxruntime's own types: the graph can't run on what the manifest says
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise SwiprError(f"{self.onnx_file}: onnxruntime failed on a batch: {first}") from None
-        for (row, _), p in zip(pending, probs):
+        for (row, _), p in zip(pending, probs, strict=True):
             row.p_yes = float(p)
             row.answer = self.answer(row.p_yes) if math.isfinite(row.p_yes) else None
             if row.answer is None:

@@ -50,7 +50,7 @@ class LabeledSplit:
 
 def fingerprint(paths, labels, is_valid) -> str:
     digest = hashlib.sha256()
-    for path, label, valid in zip(paths, labels, is_valid):
+    for path, label, valid in zip(paths, labels, is_valid, strict=True):
         digest.update(f"{path}\t{label}\t{int(valid)}\n".encode())
     return digest.hexdigest()[:16]
 
@@ -123,7 +123,7 @@ def check_both_sides(labels, is_valid, valid_pct: float) -> None:
     none at all, every trial trained on nothing and still got a loss), and validation can't
     judge one it lacks."""
     for cls in CLASSES:
-        sides = [valid for label, valid in zip(labels, is_valid) if label == cls]
+        sides = [valid for label, valid in zip(labels, is_valid, strict=True) if label == cls]
         held_out = sum(sides)
         if held_out in (0, len(sides)) and sides:
             side, fix = ("validation", "raise") if held_out == 0 else ("training", "lower")
@@ -189,7 +189,7 @@ def write_split(split: LabeledSplit, labels_file: Path, force: bool = False) -> 
     # terminator, so a path with a carriage return is quoted and reads back whole.
     writer = csv.writer(buffer)
     writer.writerow(["path", "label", "is_valid"])
-    for row in zip(split.paths, split.labels, split.is_valid):
+    for row in zip(split.paths, split.labels, split.is_valid, strict=True):
         writer.writerow([row[0], row[1], int(row[2])])
     # Meta first: a crash between the two leaves a CSV whose fingerprint doesn't match its
     # meta, which read_split reports, rather than a silently stale pair.

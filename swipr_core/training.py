@@ -300,7 +300,7 @@ def _run_phases(learn, config: TrainConfig, run: _Run, saved: dict | None) -> No
     reporter = EpochReporter
     done, first = len(run.history), 0
     with learn.no_logging(), learn.no_bar():
-        for (phase, n_cycles, cycle_len, cycle_mult), (_, n_epochs) in zip(config.sgdr_phases(), config.phases()):
+        for (phase, n_cycles, cycle_len, cycle_mult), (_, n_epochs) in zip(config.sgdr_phases(), config.phases(), strict=True):
             if done >= first + n_epochs:
                 first += n_epochs
                 continue

@@ -54,7 +54,7 @@ def make_db(root: Path, rows: list[dict], anchors: bool = True, files: bool = Tr
 
 def label_of(root: Path, rules: LabelRules, row: dict) -> str:
     table = build_labels(make_db(root, [row]), root, rules)
-    return dict(zip(table.paths, table.labels)).get(row["path"], "excluded")
+    return dict(zip(table.paths, table.labels, strict=True)).get(row["path"], "excluded")
 
 
 def test_plain_yes_and_no_dirs(tmp_path):
@@ -145,7 +145,7 @@ def test_parts_that_are_not_ages_are_skipped_and_their_rows_named(tmp_path, ages
     rules = LabelRules(yes_dirs=("insta/ok",), no_dirs=("insta/no",), min_age=18, max_age=35)
     database = make_db(tmp_path, [{"path": "insta/ok/a.jpg", "ages": ages}, {"path": "insta/ok/b.jpg"}])
     table = build_labels(database, tmp_path, rules)
-    assert dict(zip(table.paths, table.labels))["insta/ok/a.jpg"] == expected
+    assert dict(zip(table.paths, table.labels, strict=True))["insta/ok/a.jpg"] == expected
     assert table.odd_ages == ((3, repr(ages)),)
     assert "rows of pics: row 3 " in describe_odd_ages({"rows": 1, "first": [list(table.odd_ages[0])]})
     assert build_labels(database, tmp_path, RULES).odd_ages == ()   # no age rule: nothing was skipped
@@ -311,7 +311,7 @@ def test_identical_photos_under_different_paths_are_one_group(tmp_path):
                                   {"path": "insta/ok/b.jpg"}])
     (tmp_path / "insta/ok/copy_of_a.jpg").write_bytes((tmp_path / "insta/ok/a.jpg").read_bytes())
     table = build_labels(database, tmp_path, RULES)
-    group = dict(zip(table.paths, table.groups))
+    group = dict(zip(table.paths, table.groups, strict=True))
     assert group["insta/ok/a.jpg"] == group["insta/ok/copy_of_a.jpg"] != group["insta/ok/b.jpg"]
     assert table.same_content == {"groups": 1, "rows": 2}
 

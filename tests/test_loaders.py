@@ -135,7 +135,7 @@ def test_training_batches_are_reproducible_and_differ_per_pass():
     _, a = make_loader(seed=5)
     _, b = make_loader(seed=5)
     epoch_a, epoch_b = [x for x, _ in a], [x for x, _ in b]
-    for x, y in zip(epoch_a, epoch_b):
+    for x, y in zip(epoch_a, epoch_b, strict=True):
         torch.testing.assert_close(x, y)
     second_a = [x for x, _ in a]
     assert not torch.allclose(epoch_a[0], second_a[0])

@@ -15,8 +15,8 @@ def test_split_is_stratified_and_seeded():
     labels = ("YES",) * 20 + ("NO",) * 80
     first = split_rows(labels, 0.2, seed=3)
     # Each class keeps its share in the validation set, and the same seed gives the same split.
-    assert sum(v for v, lab in zip(first, labels) if lab == "YES") == 4
-    assert sum(v for v, lab in zip(first, labels) if lab == "NO") == 16
+    assert sum(v for v, lab in zip(first, labels, strict=True) if lab == "YES") == 4
+    assert sum(v for v, lab in zip(first, labels, strict=True) if lab == "NO") == 16
     assert split_rows(labels, 0.2, seed=3) == first
     assert split_rows(labels, 0.2, seed=4) != first
 
@@ -107,12 +107,12 @@ def test_a_group_never_straddles_the_split_and_shares_stay_close():
     for seed in range(10):
         is_valid = split_rows(tuple(labels), 0.2, seed, tuple(groups))
         sides = {}
-        for group, valid in zip(groups, is_valid):
+        for group, valid in zip(groups, is_valid, strict=True):
             sides.setdefault(group, set()).add(valid)
         assert all(len(side) == 1 for side in sides.values())
         for cls, largest in (("NO", 4), ("YES", 3)):
             n = labels.count(cls)
-            n_valid = sum(v for v, lab in zip(is_valid, labels) if lab == cls)
+            n_valid = sum(v for v, lab in zip(is_valid, labels, strict=True) if lab == cls)
             assert abs(n_valid - round(0.2 * n)) < largest, (cls, n_valid, n)
 
 

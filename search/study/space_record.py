@@ -35,6 +35,8 @@ def distribution(spec: Range | Choices | FinderLR) -> BaseDistribution:
 def describe(dist: BaseDistribution) -> str:
     if isinstance(dist, CategoricalDistribution):
         return json.dumps(list(dist.choices))
+    if not isinstance(dist, IntDistribution | FloatDistribution):
+        raise TypeError(f"no description for {type(dist).__name__}")
     kind = "integers" if isinstance(dist, IntDistribution) else "numbers"
     how = ", log" if dist.log else (f", step {dist.step}" if dist.step not in (None, 1) else "")
     return f"{kind} {dist.low}..{dist.high}{how}"

@@ -65,7 +65,7 @@ def parse_table(where: str | Path, section: str, table: dict, cls, base: Path, s
             if not isinstance(value, list):
                 raise SwiprError(f"{where}: [{section}] {key} must be an array, got {value!r}")
             for element in value:
-                check_type(f"{where}: [{section}] {key} item", element, item)
+                check_type(f"{where}: [{section}] {key} item", element, typing.cast(type, item))
             value = tuple(value)
         elif kind is Path:
             check_type(f"{where}: [{section}] {key}", value, str)
