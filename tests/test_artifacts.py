@@ -67,6 +67,8 @@ def test_every_picture_is_a_png(tmp_path):
 def test_notes_carry_params_metrics_and_the_data_summary():
     note = trial_note(4, "PRUNED", {"lr": 0.0123456, "freeze": "unfrozen"}, {"val_loss": 0.5})
     assert "Trial 4: PRUNED" in note and "| lr | 0.01235 |" in note and "| val_loss | 0.5 |" in note
+    note = trial_note(5, "COMPLETE", {}, {"val_accuracy": 0.83, "majority_accuracy": 0.8}, baseline=0.8)
+    assert "| val_accuracy | 0.830 (majority baseline 0.800) |" in note and "| majority_accuracy" not in note
     note = study_note("demo", {"yes": 30, "no": 90, "valid": 24, "excluded": {"missing_file": 5, "outside_dirs": 2},
                                "fingerprint": "abc123"})
     assert "YES 30, NO 90; YES share 25.0%" in note

@@ -10,7 +10,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.views.progress import StudyProgress, hours_label, summary_table
+from search.views.progress import Budget, StudyProgress, hours_label, summary_table
 from swipr_core.training import EpochRecord
 from tests.studykit import finished_demo_study
 
@@ -77,9 +77,36 @@ def test_summary_counts_states_and_adds_up_hours():
     rows = [" ".join(line.split()) for line in table.splitlines()]
     assert "best trial 1" in rows and "best val_loss 0.2000" in rows and "lr 0.01" in rows
     assert "4 (2 complete, 1 pruned, 1 failed)" in table
-    assert "GPU-hours" in table and "1.5000 in the study, 0.5000 in this run (2 trials)" in table
-    assert hours_label("cpu") == "CPU-hours"
+    assert "trial hours (GPU, wall clock) 1.5000 in the study, 0.5000 in this run (2 trials)" in rows
+    assert hours_label("cpu") == "trial hours (CPU, wall clock)"
     assert "none completed yet" in summary_table(optuna.create_study(), "cpu")
+
+
+def test_summary_puts_the_majority_baseline_beside_the_accuracy():
+    study = optuna.create_study()
+    study.set_user_attr("majority_accuracy", 0.806)
+    study.set_user_attr("majority_class", "NO")
+    trial = _timed(TrialState.COMPLETE, 60, 0.45)
+    trial.user_attrs = {"val_accuracy": 0.806}
+    study.add_trial(trial)
+    rows = [" ".join(line.split()) for line in summary_table(study, "cpu").splitlines()]
+    # 0.806 on 81% NO data is "always NO": the line says so
+    assert "best val_accuracy 0.806 (majority baseline 0.806, always NO: no better than the baseline)" in rows
+
+
+def test_summary_says_a_timeout_cut_the_run_short_and_what_waits():
+    study = optuna.create_study()
+    study.add_trial(_timed(TrialState.COMPLETE, 60, 0.45))
+    study.enqueue_trial({"lr": 0.01}, user_attrs={"warm_start": "notebook run 2", "warm_start_kept": ["lr"],
+                                                  "warm_start_changed": []})
+    rows = [" ".join(line.split()) for line in
+            summary_table(study, "cpu", this_run=[0], budget=Budget(3, 60.0)).splitlines()]
+    assert "stopped early --timeout 60 s reached: 1 of the 3 trials asked for ran" in rows
+    assert "trials 2 (1 complete, 0 pruned, 0 failed, 1 waiting)" in rows
+    assert ("vs notebook notebook run 2 (trial 1): WAITING, not run yet; the next `swipr study run` runs it "
+            "first") in rows
+    # all trials asked for ran: nothing was cut short, whatever the timeout
+    assert "stopped early" not in summary_table(study, "cpu", this_run=[0], budget=Budget(1, 60.0))
 
 
 def test_study_run_in_a_pipe_prints_lines_and_the_summary(tmp_path_factory):
@@ -89,4 +116,4 @@ def test_study_run_in_a_pipe_prints_lines_and_the_summary(tmp_path_factory):
     assert re.search(r"^trial 3 (COMPLETE|PRUNED) ", out, re.M)
     rows = [" ".join(line.split()) for line in out.splitlines()]
     assert any(re.fullmatch(r"trials 4 \(\d complete, \d pruned, 0 failed\)", row) for row in rows), out
-    assert any(re.fullmatch(r"CPU-hours [0-9.]+ in the study, [0-9.]+ in this run \(4 trials\)", row) for row in rows), out
+    assert any(re.fullmatch(r"trial hours \(CPU, wall clock\) [0-9.]+ in the study, [0-9.]+ in this run \(4 trials\)", row) for row in rows), out

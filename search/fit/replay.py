@@ -159,6 +159,9 @@ def replay_trial(study_file, trial, config: TrainConfig, dataset, device: str | 
     return result, replay
 
 
+RECALL_FLOOR = 0.2   # a precise threshold that finds fewer YES photos than this is worth a warning
+
+
 def judge(result, target_precision: float | None, echo) -> tuple:
     """(threshold, scores) on the validation split, said in two lines."""
     threshold = choose_threshold(result.valid_probs, result.valid_targets, target_precision)
@@ -169,6 +172,10 @@ def judge(result, target_precision: float | None, echo) -> tuple:
          f"(majority baseline {scores['majority_accuracy']:.4f}, always {scores['majority_class']})")
     echo(f"threshold {threshold.value:.4f} ({threshold.rule}): precision {scores['precision']:.4f}, "
          f"recall {scores['recall']:.4f}, F1 {scores['f1']:.4f}")
+    if target_precision is not None and scores["recall"] < RECALL_FLOOR:
+        echo(f"warning: the threshold for --target-precision {target_precision:g} finds only "
+              f"{scores['recall']:.0%} of the YES photos (recall {scores['recall']:.4f} < {RECALL_FLOOR}): a lower "
+              f"--target-precision, or none (best F1), keeps more of them")
     return threshold, scores
 
 

@@ -14,6 +14,8 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -26,8 +28,8 @@ from optuna_dashboard import get_note, save_note  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from objectives.judging import AGAINST_ATTR, JUDGED_ATTR, judge  # noqa: E402
-from search.study.data_record import data_summary  # noqa: E402
-from search.views.format import fmt  # noqa: E402
+from search.study.data_record import data_summary, majority_baseline  # noqa: E402
+from search.views.format import accuracy_text, fmt  # noqa: E402
 from swipr_core.metrics import confusion_counts, roc_auc  # noqa: E402
 
 # Artifact file names: the report finds the best trial's pictures by these.
@@ -92,8 +94,9 @@ def _mark_judging(ax, history, marks: dict) -> None:
                     label=f"pruned against: {against['n_completed']} finished trials (median, range)")
 
 
-def plot_curves(history, path: Path, title: str, marks: dict | None = None) -> Path:
-    """Train and validation loss, and validation accuracy, per epoch; `marks` from judging_marks."""
+def plot_curves(history, path: Path, title: str, marks: dict | None = None, baseline: float | None = None) -> Path:
+    """Train and validation loss, and validation accuracy, per epoch; `marks` from judging_marks;
+    `baseline` the majority-class accuracy, drawn dashed: the line the accuracy must clear."""
     epochs = [r.epoch for r in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
     _shade_phases(loss_ax, history)
@@ -106,6 +109,9 @@ def plot_curves(history, path: Path, title: str, marks: dict | None = None) -> P
     loss_ax.legend(fontsize="small")
     _shade_phases(acc_ax, history)
     acc_ax.plot(epochs, [r.accuracy for r in history], "o-", color="C2", label="valid accuracy")
+    if baseline is not None and math.isfinite(baseline):
+        acc_ax.axhline(baseline, color="0.3", linestyle="--", linewidth=1.2,
+                       label=f"majority baseline {baseline:.3f}")
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel("accuracy")
     acc_ax.set_ylim(0, 1)
@@ -179,12 +185,14 @@ def _save(fig, path: Path) -> Path:
 
 # --- notes ------------------------------------------------------------------------------------
 
-def trial_note(number: int, state: str, params: dict, metrics: dict) -> str:
+def trial_note(number: int, state: str, params: dict, metrics: dict, baseline: float | None = None) -> str:
+    """The trial's params and metrics; its accuracy with the majority `baseline` beside it."""
     lines = [f"## Trial {number}: {state}", "", "| param | value |", "|---|---|"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in params.items()]
     if metrics:
         lines += ["", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {fmt(v)} |" for k, v in metrics.items()]
+        lines += [f"| {k} | {accuracy_text(v, baseline) if k == 'val_accuracy' else fmt(v)} |"
+                  for k, v in metrics.items() if k != "majority_accuracy"]
     return "\n".join(lines) + "\n"
 
 
@@ -232,24 +240,35 @@ class TrialArtifacts:
         self._store(trial, state, history, metrics, None, None)
 
     def _store(self, trial, state, history, metrics, probs, targets) -> None:
+        baseline = metrics.get("majority_accuracy")
+        if baseline is None:   # a pruned or failed trial: the study's, which every trial shares
+            try:
+                baseline, _ = majority_baseline(trial.study)
+            except Exception as error:  # noqa: BLE001 - the pictures without the baseline, then
+                _warn(trial, "the majority baseline", error)
         try:
-            save_note(trial, trial_note(trial.number, state, trial.params, metrics))
+            save_note(trial, trial_note(trial.number, state, trial.params, metrics, baseline))
         except Exception as error:  # noqa: BLE001 - a note is never worth a trial
             _warn(trial, "its note", error)
         if not history:
             return
         title = f"trial {trial.number} ({state.split()[0].lower()})"
+        try:
+            marks = judging_marks(trial, history)
+        except Exception as error:  # noqa: BLE001 - the curves without the marks, then
+            marks = None
+            _warn(trial, "the judging marks", error)
+        # name -> the drawing, given where to write it and the title
+        drawings: dict[str, Callable[[Path, str], Path]] = {
+            CURVES_PNG: partial(plot_curves, history, marks=marks, baseline=baseline),
+            LR_PNG: partial(plot_lr, history)}
+        if probs is not None:
+            drawings[CONFUSION_PNG] = partial(plot_confusion, probs, targets)
+            drawings[ROC_PNG] = partial(plot_roc, probs, targets)
         with tempfile.TemporaryDirectory(prefix="swipr-plots-") as tmp:
-            drawings = [(CURVES_PNG, plot_curves, (history,)), (LR_PNG, plot_lr, (history,))]
-            try:
-                drawings[0] = (CURVES_PNG, plot_curves, (history,), {"marks": judging_marks(trial, history)})
-            except Exception as error:  # noqa: BLE001 - the curves without the marks, then
-                _warn(trial, "the judging marks", error)
-            if probs is not None:
-                drawings += [(CONFUSION_PNG, plot_confusion, (probs, targets)), (ROC_PNG, plot_roc, (probs, targets))]
-            for name, draw, data, *options in drawings:
+            for name, draw in drawings.items():
                 try:
-                    path = draw(*data, Path(tmp) / name, title, **(options[0] if options else {}))
+                    path = draw(Path(tmp) / name, title)
                     upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial,
                                     mimetype="image/png")
                 except Exception as error:  # noqa: BLE001 - see the module docstring

@@ -7,13 +7,15 @@ bar redrawn with carriage returns is noise, so the same events are plain lines i
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import torch
 from optuna.trial import TrialState
 from tqdm import tqdm   # not tqdm.auto: this is a terminal, never a notebook widget
 
+from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
-from search.views.format import describe_trial, params_text, short
+from search.views.format import accuracy_text, describe_trial, params_text, short
 from search.views.gains import gains_rows, search_gains
 
 
@@ -110,41 +112,60 @@ class StudyProgress:
 
 
 def hours_label(device: str) -> str:
-    """GPU-hours when the trials ran on CUDA, else CPU-hours."""
+    """What the hours row adds up: each trial's wall-clock time, start to end, on its device.
+    Not CPU time: a trial waiting on a loaded machine counts its waits too."""
     if device == "auto":
-        return "GPU-hours" if torch.cuda.is_available() else "CPU-hours"
-    return "GPU-hours" if device.startswith("cuda") else "CPU-hours"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"trial hours ({'GPU' if device.startswith('cuda') else 'CPU'}, wall clock)"
 
 
-def summary_table(study, device: str, this_run=()) -> str:
+@dataclass(frozen=True)
+class Budget:
+    """What a run was asked for, to say when its --timeout cut it short."""
+    n_trials: int
+    timeout: float | None = None
+
+
+def budget_rows(budget: Budget | None, ran: int) -> list[tuple[str, str]]:
+    if budget is None or budget.timeout is None or ran >= budget.n_trials:
+        return []
+    return [("stopped early", f"--timeout {budget.timeout:g} s reached: {ran} of the {budget.n_trials} trials "
+                              f"asked for ran")]
+
+
+def _best_rows(study) -> list[tuple[str, str]]:
+    best = best_or_none(study)
+    if best is None:
+        return [("best trial", "none completed yet")]
+    rows = [("best trial", str(best.number)), ("best val_loss", f"{best.value:.4f}")]
+    rows += [(f"  {k}", short(v)) for k, v in best.params.items()]
+    accuracy = best.user_attrs.get("val_accuracy")
+    if accuracy is not None:
+        rows.append(("best val_accuracy", accuracy_text(accuracy, *majority_baseline(study))))
+    return rows
+
+
+def summary_table(study, device: str, this_run=(), budget: Budget | None = None) -> str:
     """The end-of-run table: best trial, how it compares with the notebook's runs, trials by
-    state, epochs pruning saved, compute spent in the whole study and in the trials numbered
-    `this_run`."""
+    state, epochs pruning saved, the hours the trials took in the whole study and in the trials
+    numbered `this_run`, and whether `budget`'s --timeout cut the run short."""
     trials = study.get_trials(deepcopy=False)
     counts = {state: sum(1 for t in trials if t.state == state)
-              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    label = hours_label(device)
+              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.WAITING)}
 
     def hours(ts) -> float:
         return sum(t.duration.total_seconds() for t in ts if t.duration is not None) / 3600
 
     this_run = [t for t in trials if t.number in set(this_run)]
-    best = best_or_none(study)
-    rows = []
-    if best is not None:
-        rows += [("best trial", str(best.number)), ("best val_loss", f"{best.value:.4f}")]
-        rows += [(f"  {k}", short(v)) for k, v in best.params.items()]
-        accuracy = best.user_attrs.get("val_accuracy")
-        if accuracy is not None:
-            rows.append(("best val_accuracy", f"{accuracy:.4f}"))
-    else:
-        rows.append(("best trial", "none completed yet"))
-    rows += gains_rows(study, search_gains(study))
+    waiting = f", {counts[TrialState.WAITING]} waiting" if counts[TrialState.WAITING] else ""
+    rows = _best_rows(study) + gains_rows(study, search_gains(study))
     rows += [
         ("trials", f"{len(trials)} ({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
-                   f"{counts[TrialState.FAIL]} failed)"),
-        (label, f"{hours(trials):.4f} in the study, {hours(this_run):.4f} in this run ({len(this_run)} trials)"),
+                   f"{counts[TrialState.FAIL]} failed{waiting})"),
+        (hours_label(device), f"{hours(trials):.4f} in the study, {hours(this_run):.4f} in this run "
+                              f"({len(this_run)} trials)"),
     ]
+    rows += budget_rows(budget, len(this_run))
     width = max(len(key) for key, _ in rows)
     rule = "-" * (width + 2 + max(len(value) for _, value in rows))
     lines = [f"study '{study.study_name}'", rule] + [f"{key:<{width}}  {value}" for key, value in rows] + [rule]
