@@ -102,7 +102,8 @@ def _status_line(row: dict, baseline: float | None) -> str:
     value = f"{row['value']:.4f}" if row["value"] is not None else "-"
     accuracy = row["val_accuracy"]
     acc = f"{accuracy:.3f}" if accuracy is not None else "-"
-    margin = f"{accuracy - baseline:+.3f}" if accuracy is not None and baseline is not None else "-"
+    # + 0.0: a margin that rounds to zero is +0.000, not -0.000
+    margin = f"{round(accuracy - baseline, 3) + 0.0:+.3f}" if accuracy is not None and baseline is not None else "-"
     params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
     return (f"{row['number']:>4}  {row['state']:<9} {value:>8}  {acc:>7}  {margin:>7}  {row['epochs'] or '-':>6}  "
             f"{params}{_where(row)}")

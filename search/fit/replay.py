@@ -24,6 +24,7 @@ from search.study.open import best_trial, open_study, quiet_optuna
 from search.study.storage import redact
 from search.studyfile import load_study_file
 from search.studyfile.fields import keyed
+from search.views import epoch_table
 from swipr_core import bundle
 from swipr_core.bundle_writer import library_versions, model_manifest, write_bundle
 from swipr_core.errors import SwiprError
@@ -147,11 +148,10 @@ def replay_trial(study_file, trial, config: TrainConfig, dataset, device: str | 
     echo(f"replaying on {device} ({precision} precision, {threads} CPU threads)...")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    echo(epoch_table.header())
     try:
         result = train(dataset, config, study_file.model, device=str(device), precision=precision,
-                       compile=study_file.train.compile,
-                       on_epoch=lambda r: echo(f"  epoch {r.epoch} {r.phase}: train_loss {r.train_loss:.4f} "
-                                               f"valid_loss {r.valid_loss:.4f}"))
+                       compile=study_file.train.compile, on_epoch=lambda r: echo(epoch_table.row(trial.number, r)))
     finally:
         torch.set_num_threads(previous_threads)
     replay = compare_replay(trial, float(result.metrics["val_loss"]), echo)

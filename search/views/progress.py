@@ -1,8 +1,10 @@
-"""What `swipr study run` shows while it works: two progress bars, then a summary table.
+"""What `swipr study run` shows while it works: fastai's per-epoch table, two progress bars,
+then a summary table.
 
-On a terminal, tqdm draws one bar for the study's trials and one for the running trial's
-epochs, each labelled with the trial number and its params. Elsewhere (CI logs, pipes) a
-bar redrawn with carriage returns is noise, so the same events are plain lines instead.
+Every epoch is a row of search.views.epoch_table, as fastai's progress table prints it. On a
+terminal the rows stay on screen above two tqdm bars, one for the study's trials and one for
+the running trial's epochs, each labelled with the trial number and its params. Elsewhere
+(CI logs, pipes) a bar redrawn with carriage returns is noise, so there are only the lines.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from tqdm import tqdm   # not tqdm.auto: this is a terminal, never a notebook wi
 
 from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
+from search.views import epoch_table
 from search.views.format import accuracy_text, describe_trial, params_text, short
 from search.views.gains import gains_rows, search_gains
 
@@ -67,19 +70,17 @@ class StudyProgress:
             self.epoch_bar = tqdm(total=config.epochs, desc=f"trial {trial.number}", position=1, leave=False,
                                         file=self.stream, dynamic_ncols=True, bar_format=TRIAL_BAR)
             self.epoch_bar.set_postfix_str(self.params)
-        else:
-            self.write(f"{label}: started, {config.epochs} epochs")
+        last = f", epochs 0-{config.epochs - 1}" if config.epochs > 1 else ", epoch 0"
+        self.write(f"{label}: started{last}{_baseline_text(trial)}")
+        self.write(epoch_table.header())   # above the bars on a terminal: rows stay, as fastai's table
 
     def on_epoch(self, trial, record) -> None:
-        figures = (f"{record.phase} train_loss {record.train_loss:.4f} val_loss {record.valid_loss:.4f} "
-                   f"acc {record.accuracy:.3f}{' (cycle end)' if record.cycle_end else ''}")
         if self.bars and self.epoch_bar is not None:
             # figures first: they change; the params are on the trial's line when it ends
             self.epoch_bar.set_postfix_str(f"val_loss {record.valid_loss:.4f} acc {record.accuracy:.3f} | "
                                            f"{self.params}", refresh=False)
             self.epoch_bar.update(1)
-        elif not self.bars:
-            self.write(f"trial {trial.number} epoch {record.epoch + 1}/{self.planned}: {figures}")
+        self.write(epoch_table.row(trial.number, record))
 
     def on_result(self, trial, result) -> None:
         self._close_epoch_bar()
@@ -109,6 +110,15 @@ class StudyProgress:
         if self.trial_bar is not None:
             self.trial_bar.close()
             self.trial_bar = None
+
+
+def _baseline_text(trial) -> str:
+    """'; majority baseline accuracy 0.806': what the accuracy column must beat."""
+    study = getattr(trial, "study", None)
+    baseline, majority_class = majority_baseline(study) if study is not None else (None, "")
+    if baseline is None:
+        return ""
+    return f"; majority baseline accuracy {baseline:.3f}" + (f" (always {majority_class})" if majority_class else "")
 
 
 def hours_label(device: str) -> str:
