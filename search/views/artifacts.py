@@ -5,7 +5,8 @@ Every trial gets its loss/accuracy curves and the learning-rate schedule it actu
 ends, the epochs where the pruner judged the trial and the value it judged, and for a pruned
 trial what it was compared with; a finished trial also gets a
 confusion matrix and a ROC curve of its last epoch. Each trial gets a markdown note of its
-params and metrics, the study one of its data. A picture that can't be drawn or stored is
+params and metrics (an artifact, note.md, and a one-line user attr: see store_trial_note), the
+study an optuna-dashboard note of its data. A picture that can't be drawn or stored is
 reported on stderr and skipped: it must never turn a finished trial into a failed one.
 """
 from __future__ import annotations
@@ -38,6 +39,8 @@ LR_PNG = "lr_schedule.png"
 CONFUSION_PNG = "confusion_matrix.png"
 ROC_PNG = "roc_curve.png"
 PICTURES = (CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG)
+NOTE_MD = "note.md"   # a trial's note (params, metrics), beside its pictures
+NOTE_ATTR = "note"    # ... and the note in one line, a user attr
 
 
 def artifact_dir(study_file) -> Path:
@@ -196,6 +199,29 @@ def trial_note(number: int, state: str, params: dict, metrics: dict, baseline: f
     return "\n".join(lines) + "\n"
 
 
+def note_line(state: str, metrics: dict, baseline: float | None = None) -> str:
+    """The note in one line, for the dashboard's user-attribute table and `status --json`."""
+    parts = [state]
+    if metrics.get("val_loss") is not None:
+        parts.append(f"val_loss {fmt(metrics['val_loss'])}")
+    if metrics.get("val_accuracy") is not None:
+        parts.append(f"accuracy {accuracy_text(metrics['val_accuracy'], baseline)}")
+    return ", ".join(parts)
+
+
+def store_trial_note(trial, store, note: str, line: str) -> None:
+    """A trial's note as its own artifact (NOTE_MD) and its one line as a user attr (NOTE_ATTR).
+
+    Not optuna-dashboard's save_note: that keeps every trial's note in the study's system
+    attrs, which the dashboard scans once per trial for each page (N^1.7 in trials) and which
+    save_note itself reads whole on every call. Both of these are the trial's own rows."""
+    trial.set_user_attr(NOTE_ATTR, line)
+    with tempfile.TemporaryDirectory(prefix="swipr-note-") as tmp:
+        path = Path(tmp) / NOTE_MD
+        path.write_text(note, encoding="utf-8")
+        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="text/markdown")
+
+
 def study_note(name: str, data: dict) -> str:
     """The study's data note, from search.study.data_record.data_summary."""
     yes, no, excluded = data["yes"], data["no"], data["excluded"]
@@ -247,7 +273,8 @@ class TrialArtifacts:
             except Exception as error:  # noqa: BLE001 - the pictures without the baseline, then
                 _warn(trial, "the majority baseline", error)
         try:
-            save_note(trial, trial_note(trial.number, state, trial.params, metrics, baseline))
+            store_trial_note(trial, self.store, trial_note(trial.number, state, trial.params, metrics, baseline),
+                             note_line(state, metrics, baseline))
         except Exception as error:  # noqa: BLE001 - a note is never worth a trial
             _warn(trial, "its note", error)
         if not history:
