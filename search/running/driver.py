@@ -81,7 +81,7 @@ def _run_study(args: argparse.Namespace) -> int:
         if cluster:
             code = run_on_dask(cluster, study_file, n_trials, timeout)
         elif parallel:
-            code = supervise(study_file.path, study_file.study.storage, slots, n_trials, timeout, device,
+            code = supervise(study_file, study_file.study.storage, slots, n_trials, timeout, device,
                              study_file.study.max_failures_in_a_row)
         else:
             code = _run_here(study_file, study, dataset, n_trials, timeout, device)

@@ -26,6 +26,7 @@ from search.running.stop import StopFlag
 # A trial process's exit status: its trial finished (complete or pruned), it failed, the
 # process met bad input (a SwiprError: the next would too), or it was stopped by a signal.
 from search.running.worker import BAD_INPUT, DONE, FAILED, STOPPED, run_trial_process
+from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
 
 STOP_WAIT_S = 60         # how long a stopping trial may take to record itself before SIGKILL
@@ -46,9 +47,10 @@ class Slot:
 
 @dataclass(frozen=True)
 class Task:
-    """What one trial process needs; pickled to it, so the URL never reaches an argv."""
+    """What one trial process needs; pickled to it, so the URL never reaches an argv. The study
+    file goes parsed, as the run read it at its start: trials never see a later edit."""
 
-    study_file: str
+    study_file: StudyFile
     slot: Slot
     device: str | None
     env: dict = field(default_factory=dict)
@@ -105,10 +107,10 @@ def _trial_process(task: Task) -> None:
 # --- the supervisor ---------------------------------------------------------------------
 
 
-def supervise(study_file_path, storage_url: str, slots: list[Slot], n_trials: int, timeout: float | None,
+def supervise(study_file: StudyFile, storage_url: str, slots: list[Slot], n_trials: int, timeout: float | None,
               device: str | None, max_failures_in_a_row: int = MAX_CRASHES_IN_A_ROW) -> int:
     """Run `n_trials` trials over `slots`; return the exit status (0, 1 or 2)."""
-    run = _Supervisor(str(study_file_path), storage_url, slots, device, max_failures_in_a_row)
+    run = _Supervisor(study_file, storage_url, slots, device, max_failures_in_a_row)
 
     def on_term(signum, frame) -> None:
         raise KeyboardInterrupt   # a preempted machine's SIGTERM stops the run like Ctrl-C
@@ -127,7 +129,7 @@ def supervise(study_file_path, storage_url: str, slots: list[Slot], n_trials: in
 class _Supervisor:
     """Trial processes on free slots, and what their exit statuses mean for the run."""
 
-    def __init__(self, study_file: str, storage_url: str, slots: list[Slot], device: str | None, limit: int):
+    def __init__(self, study_file: StudyFile, storage_url: str, slots: list[Slot], device: str | None, limit: int):
         self.study_file, self.storage_url, self.device, self.limit = study_file, storage_url, device, limit
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(PRELOAD)
