@@ -65,6 +65,7 @@ class EpochRecord:
     seconds: float
     lrs: list[float] = field(default_factory=list)   # the head's learning rate at every batch
     cycle_end: bool = False   # the learning rate reached its minimum: a cycle ended (pruners compare these)
+    images: int = 0           # images trained on in the epoch (images/s = images / seconds)
 
 
 @dataclass
@@ -127,7 +128,7 @@ class EpochReporter(Callback):
         log = self.recorder.log   # [epoch, train_loss, valid_loss, accuracy, time]
         record = EpochRecord(epoch=self.first_epoch + self.epoch, phase=self.phase,
                              train_loss=float(log[1]), valid_loss=float(log[2]), accuracy=float(log[3]),
-                             seconds=self.train_seconds, lrs=self.lrs)
+                             seconds=self.train_seconds, lrs=self.lrs, images=self.images)
         record.cycle_end = record.epoch in self.run.cycle_ends
         try:
             self.run.epoch_done(self.learn, record, self.images)

@@ -16,6 +16,8 @@ from search.views.artifacts import (
     CONFUSION_PNG,
     CURVES_PNG,
     LR_PNG,
+    NOTE_ATTR,
+    NOTE_MD,
     ROC_PNG,
     TrialArtifacts,
     confusion,
@@ -67,6 +69,8 @@ def test_every_picture_is_a_png(tmp_path):
 def test_notes_carry_params_metrics_and_the_data_summary():
     note = trial_note(4, "PRUNED", {"lr": 0.0123456, "freeze": "unfrozen"}, {"val_loss": 0.5})
     assert "Trial 4: PRUNED" in note and "| lr | 0.01235 |" in note and "| val_loss | 0.5 |" in note
+    note = trial_note(5, "COMPLETE", {}, {"val_accuracy": 0.83, "majority_accuracy": 0.8}, baseline=0.8)
+    assert "| val_accuracy | 0.830 (majority baseline 0.800) |" in note and "| majority_accuracy" not in note
     note = study_note("demo", {"yes": 30, "no": 90, "valid": 24, "excluded": {"missing_file": 5, "outside_dirs": 2},
                                "fingerprint": "abc123"})
     assert "YES 30, NO 90; YES share 25.0%" in note
@@ -91,7 +95,6 @@ def prepared(tmp_path_factory):
 
 
 def test_finished_and_pruned_trials_both_get_their_pictures_and_notes(prepared, tmp_path):
-    # (optuna-dashboard keeps notes in the study's system attrs)
     study_file, dataset = prepared
     study = optuna.create_study(pruner=optuna.pruners.MedianPruner())
     study.pruner = _PruneAfter({1})
@@ -104,15 +107,22 @@ def test_finished_and_pruned_trials_both_get_their_pictures_and_notes(prepared, 
     assert (done.state, pruned.state) == (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
     names = {m.filename for m in get_all_artifact_meta(done, storage=storage_of(study))}
-    assert names == {CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG}
+    assert names == {CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG, NOTE_MD}
     pictures = trial_pictures(done, storage_of(study), store)
-    assert set(pictures) == names and all(p.startswith(PNG) for p in pictures.values())
+    assert set(pictures) == names - {NOTE_MD} and all(p.startswith(PNG) for p in pictures.values())
     # the pruned trial stopped before a last epoch: curves so far, no confusion matrix
-    assert {m.filename for m in get_all_artifact_meta(pruned, storage=storage_of(study))} == {CURVES_PNG, LR_PNG}
-
-    bodies = "".join(str(v) for v in storage_of(study).get_study_system_attrs(study_id(study)).values())
-    assert "Trial 0: COMPLETE" in bodies and "val_roc_auc" in bodies
-    assert "Trial 1: PRUNED" in bodies
+    assert {m.filename for m in get_all_artifact_meta(pruned, storage=storage_of(study))} == {CURVES_PNG, LR_PNG,
+                                                                                              NOTE_MD}
+    notes = {}
+    for trial in (done, pruned):
+        meta = next(m for m in get_all_artifact_meta(trial, storage=storage_of(study)) if m.filename == NOTE_MD)
+        with store.open_reader(meta.artifact_id) as reader:
+            notes[trial.number] = reader.read().decode()
+    assert "Trial 0: COMPLETE" in notes[0] and "val_roc_auc" in notes[0] and "Trial 1: PRUNED" in notes[1]
+    assert done.user_attrs[NOTE_ATTR].startswith("COMPLETE, val_loss ")
+    assert "majority baseline" in done.user_attrs[NOTE_ATTR]
+    # the notes are the trials' own: the study's system attrs (which the dashboard scans per trial) stay empty
+    assert not [k for k in storage_of(study).get_study_system_attrs(study_id(study)) if k.startswith("dashboard:")]
 
 
 def test_a_picture_that_fails_warns_and_keeps_the_trial(prepared, tmp_path, capsys):

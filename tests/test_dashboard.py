@@ -60,6 +60,13 @@ def test_dashboard_binds_to_loopback_and_says_where_to_look(dashboard):
     with urllib.request.urlopen(f"{dashboard.base}/api/studies", timeout=10) as answer:
         names = [s["study_name"] for s in json.load(answer)["study_summaries"]]
     assert names == ["dashdemo"]
+    # the objective has a name every Optuna tool shows, and plain optuna-dashboard users learn about pictures
+    with urllib.request.urlopen(f"{dashboard.base}/api/studies/{dashboard.url.rsplit('/', 1)[1]}", timeout=10) as answer:
+        assert json.load(answer)["objective_names"] == ["val_loss"]
+    hint = dashboard.process.stdout.readline()
+    assert "plain optuna-dashboard shows the pictures only with --artifact-dir" in hint
+    assert re.search(r"optuna-dashboard sqlite:///\S+ --artifact-dir \S+dashdemo\.artifacts\)$|"
+                     r"optuna-dashboard \S+ --artifact-dir \S+\.artifacts\)$", hint.strip()), hint
 
 
 def test_dashboard_of_a_study_that_never_ran_is_one_line_error(tmp_path):
@@ -80,6 +87,8 @@ def test_the_browser_shows_the_study_its_trials_and_a_trial_picture(dashboard, b
     browser.go(dashboard.url)
     browser.wait_for("document.body.innerText.includes('dashdemo')")
     browser.wait_for("document.body.innerText.includes('History')")   # the optimisation history plot's card
+    browser.wait_for("document.body.innerText.includes('val_loss')")  # the objective by its name...
+    assert "Objective 0" not in browser.evaluate("document.body.innerText")   # ...never Optuna's default
     browser.screenshot(SCREENSHOTS / "dashboard-study.png")
 
     # The trial list: every trial by number, and the selected trial's artifacts as images.

@@ -191,6 +191,23 @@ def test_target_precision_threshold():
     assert "not reached" in flipped.rule
 
 
+def test_a_precise_threshold_that_finds_few_yes_photos_warns():
+    from types import SimpleNamespace
+
+    from search.fit.replay import judge
+
+    # 20 YES: only the most confident one is above every NO, so precision 0.9 leaves recall 0.05
+    probs = np.concatenate([np.linspace(0.0, 0.5, 80), [0.99], np.linspace(0.1, 0.5, 19)])
+    targets = np.concatenate([np.zeros(80), np.ones(20)])
+    said = []
+    judge(SimpleNamespace(valid_probs=probs, valid_targets=targets), 0.9, said.append)
+    warning = [line for line in said if line.startswith("warning:")]
+    assert warning and "recall 0.0500 < 0.2" in warning[0]
+    said.clear()
+    judge(SimpleNamespace(valid_probs=probs, valid_targets=targets), None, said.append)   # best F1: no warning
+    assert not [line for line in said if line.startswith("warning:")]
+
+
 def test_replay_verdicts_in_words():
     from types import SimpleNamespace
 

@@ -10,7 +10,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.views.progress import StudyProgress, hours_label, summary_table
+from search.views.progress import Budget, StudyProgress, hours_label, summary_table
 from swipr_core.training import EpochRecord
 from tests.studykit import finished_demo_study
 
@@ -23,7 +23,8 @@ def _events(progress: StudyProgress) -> None:
     trial = _Trial(number=7, params={"lr": 0.0123, "freeze": "unfrozen"})
     progress.on_start(trial, SimpleNamespace(epochs=2))
     for epoch in range(2):
-        progress.on_epoch(trial, EpochRecord(epoch, "unfrozen", 0.5, 0.4, 0.75, 1.0, []))
+        progress.on_epoch(trial, EpochRecord(epoch, "unfrozen", 0.5, 0.4, 0.75, 2.0, [], cycle_end=epoch == 1,
+                                             images=240))
     progress.on_result(trial, None)
     frozen = create_trial(state=TrialState.COMPLETE, value=0.4, params={"lr": 0.0123},
                           distributions={"lr": FloatDistribution(1e-4, 1e-1)}, user_attrs={"epochs": 2})
@@ -40,10 +41,12 @@ def test_without_a_terminal_every_event_is_one_plain_line():
     _events(StudyProgress(n_trials=3, stream=out))
     text = out.getvalue()
     assert "\r" not in text
+    # fastai's table: a row an epoch, numbered from 0, with its time and speed (240 images in 2 s)
     assert text.splitlines() == [
-        "trial 7  lr=0.0123 freeze=unfrozen: started, 2 epochs",
-        "trial 7 epoch 1/2: unfrozen train_loss 0.5000 val_loss 0.4000 acc 0.750",
-        "trial 7 epoch 2/2: unfrozen train_loss 0.5000 val_loss 0.4000 acc 0.750",
+        "trial 7  lr=0.0123 freeze=unfrozen: started, epochs 0-1",
+        "trial  epoch  phase     train_loss  valid_loss  accuracy  train_time  images/s",
+        "    7      0  unfrozen      0.5000      0.4000    0.7500       00:02     120.0",
+        "    7      1  unfrozen      0.5000      0.4000    0.7500       00:02     120.0  cycle end",
         "trial 7 COMPLETE val_loss 0.4000 after 2 epochs  lr=0.0123",
     ]
 
@@ -56,6 +59,8 @@ def test_on_a_terminal_two_bars_name_the_trial_and_its_params():
     assert "\r" in text                                    # redrawn in place
     assert "trial 7 0/2 epochs |" in text                  # the epoch bar, labelled with the trial...
     assert "| 00:00<?, lr=0.0123 freeze=unfrozen" in text  # ...and its params
+    # fastai's table above the bars: each row written once, to stay on screen
+    assert text.count("    7      1  unfrozen      0.5000      0.4000    0.7500       00:02     120.0") == 1
     assert "study 1/3 trials |" in text and "best 0.4000 (trial 0)" in text   # the trials bar
     assert "trial 7 COMPLETE val_loss 0.4000" in text      # each finished trial stays as a line
     assert progress.finished == [7]
@@ -77,16 +82,45 @@ def test_summary_counts_states_and_adds_up_hours():
     rows = [" ".join(line.split()) for line in table.splitlines()]
     assert "best trial 1" in rows and "best val_loss 0.2000" in rows and "lr 0.01" in rows
     assert "4 (2 complete, 1 pruned, 1 failed)" in table
-    assert "GPU-hours" in table and "1.5000 in the study, 0.5000 in this run (2 trials)" in table
-    assert hours_label("cpu") == "CPU-hours"
+    assert "trial hours (GPU, wall clock) 1.5000 in the study, 0.5000 in this run (2 trials)" in rows
+    assert hours_label("cpu") == "trial hours (CPU, wall clock)"
     assert "none completed yet" in summary_table(optuna.create_study(), "cpu")
+
+
+def test_summary_puts_the_majority_baseline_beside_the_accuracy():
+    study = optuna.create_study()
+    study.set_user_attr("majority_accuracy", 0.806)
+    study.set_user_attr("majority_class", "NO")
+    trial = _timed(TrialState.COMPLETE, 60, 0.45)
+    trial.user_attrs = {"val_accuracy": 0.806}
+    study.add_trial(trial)
+    rows = [" ".join(line.split()) for line in summary_table(study, "cpu").splitlines()]
+    # 0.806 on 81% NO data is "always NO": the line says so
+    assert "best val_accuracy 0.806 (majority baseline 0.806, always NO: no better than the baseline)" in rows
+
+
+def test_summary_says_a_timeout_cut_the_run_short_and_what_waits():
+    study = optuna.create_study()
+    study.add_trial(_timed(TrialState.COMPLETE, 60, 0.45))
+    study.enqueue_trial({"lr": 0.01}, user_attrs={"warm_start": "notebook run 2", "warm_start_kept": ["lr"],
+                                                  "warm_start_changed": []})
+    rows = [" ".join(line.split()) for line in
+            summary_table(study, "cpu", this_run=[0], budget=Budget(3, 60.0)).splitlines()]
+    assert "stopped early --timeout 60 s reached: 1 of the 3 trials asked for ran" in rows
+    assert "trials 2 (1 complete, 0 pruned, 0 failed, 1 waiting)" in rows
+    assert ("vs notebook notebook run 2 (trial 1): WAITING, not run yet; the next `swipr study run` runs it "
+            "first") in rows
+    # all trials asked for ran: nothing was cut short, whatever the timeout
+    assert "stopped early" not in summary_table(study, "cpu", this_run=[0], budget=Budget(1, 60.0))
 
 
 def test_study_run_in_a_pipe_prints_lines_and_the_summary(tmp_path_factory):
     _, out = finished_demo_study(tmp_path_factory)   # `swipr study run --n-trials 4`, stdout a pipe
     assert "\r" not in out
-    assert "trial 0 epoch 1/2: unfrozen" in out or "trial 0 epoch 1/3: frozen" in out
+    assert re.search(r"^trial  epoch  phase     train_loss  valid_loss  accuracy  train_time  images/s$", out, re.M)
+    # trial 0's first epoch, its time and images/s measured
+    assert re.search(r"^    0      0  (un)?frozen\s+\d\.\d{4}\s+\d\.\d{4}\s+[01]\.\d{4}\s+\d\d:\d\d\s+\d+\.\d(  cycle end)?$", out, re.M), out
     assert re.search(r"^trial 3 (COMPLETE|PRUNED) ", out, re.M)
     rows = [" ".join(line.split()) for line in out.splitlines()]
     assert any(re.fullmatch(r"trials 4 \(\d complete, \d pruned, 0 failed\)", row) for row in rows), out
-    assert any(re.fullmatch(r"CPU-hours [0-9.]+ in the study, [0-9.]+ in this run \(4 trials\)", row) for row in rows), out
+    assert any(re.fullmatch(r"trial hours \(CPU, wall clock\) [0-9.]+ in the study, [0-9.]+ in this run \(4 trials\)", row) for row in rows), out

@@ -228,8 +228,38 @@ def test_the_warm_start_tags_the_notebook_trials(tmp_path):
 
     study_file = load_study_file(write_study(tmp_path, tmp_path / "data", warm_start=True))
     study = optuna.create_study()
-    assert enqueue_warm_start(study, study_file) == 2
+    lines = enqueue_warm_start(study, study_file)
+    assert len(lines) == 2 and lines[0].startswith("warm start: notebook run 1 keeps the notebook's freeze=unfrozen cycle_len=1;")
     assert [t.user_attrs["warm_start"] for t in study.trials] == ["notebook run 1", "notebook run 2"]
+
+
+def test_a_warm_start_trial_says_what_it_kept_and_none_is_tagged_when_nothing_fits(tmp_path):
+    from search.study.warm_start import enqueue_warm_start
+    from search.studyfile import load_study_file
+    from search.views.gains import gains_rows, search_gains
+
+    # batch 32, 40 px, frozen_then_unfrozen: of notebook run 2, only lr and the cycles fit
+    space = ('[space]\nlr = { low = 1e-4, high = 1e-2, log = true }\nbatch_size = [32]\nimage_size = [40]\n'
+             'freeze = ["frozen_then_unfrozen"]\nn_cycles = [3]\ncycle_len = [1]\ncycle_mult = [2]\n')
+    study_file = load_study_file(write_study(tmp_path, tmp_path / "data", warm_start=True, space=space))
+    study = optuna.create_study()
+    lines = enqueue_warm_start(study, study_file)
+    assert "the space changed batch_size, image_size, freeze (the sampler picks them)" in lines[1]
+    waiting = study.trials[1]
+    assert waiting.user_attrs["warm_start_kept"] == ["cycle_len", "cycle_mult", "lr", "n_cycles"]
+    assert waiting.user_attrs["warm_start_changed"] == ["batch_size", "freeze", "image_size"]
+    rows = dict(gains_rows(study, search_gains(study))[:1])
+    assert "notebook's cycle_len, cycle_mult, lr, n_cycles, the space's batch_size, freeze, image_size" in rows[
+        "vs notebook"]
+
+    # a space none of the notebook's values fit: no trial is named after the notebook
+    nothing = ('[space]\nlr = { low = 0.3, high = 0.5 }\nbatch_size = [32]\nimage_size = [40]\n'
+               'freeze = ["frozen_then_unfrozen"]\nn_cycles = [1]\ncycle_len = [2]\ncycle_mult = [1]\n')
+    study_file = load_study_file(write_study(tmp_path, tmp_path / "data", filename="none.toml", warm_start=True,
+                                             space=nothing))
+    study = optuna.create_study()
+    lines = enqueue_warm_start(study, study_file)
+    assert study.trials == [] and all("skipped: none of its values" in line for line in lines)
 
 
 def test_the_curves_picture_marks_where_a_pruned_trial_was_judged_and_against_what(tmp_path):

@@ -1,6 +1,7 @@
 """`swipr study run/status/best` and `swipr labels` through the CLI's main(), good input and bad."""
 import hashlib
 import json
+import re
 import sqlite3
 import sys
 
@@ -42,7 +43,8 @@ def test_best_prints_number_value_params(finished):
     study, *_ = finished
     best = json.loads(run_cli("study", "best", study, "--json").stdout)
     assert set(best) == {"number", "value", "params", "val_accuracy", "vs_notebook", "epochs_run", "epochs_saved",
-                         "pruned"}
+                         "pruned", "majority_accuracy"}
+    assert 0.5 <= best["majority_accuracy"] <= 1
     rows = json.loads(run_cli("study", "status", study, "--json").stdout)["trials"]
     assert best["value"] == min(row["value"] for row in rows)
     assert set(best["params"]) == {"lr", "batch_size", "image_size", "freeze", "n_cycles", "cycle_len", "cycle_mult"}
@@ -52,6 +54,17 @@ def test_status_as_text(finished):
     study, *_ = finished
     result = run_cli("study", "status", study)
     assert result.returncode == 0 and "5 trials (5 complete)" in result.stdout
+    # every accuracy beside the baseline: the header names it, each row its margin over it
+    assert re.search(r"^majority baseline accuracy 0\.\d{3} \(always (NO|YES)\)", result.stdout, re.M)
+    assert re.search(r"^\s+0  COMPLETE\s+[0-9.]+\s+[01]\.\d{3}\s+[+-][01]\.\d{3}\s", result.stdout, re.M)
+
+
+def test_best_as_text_is_text_only(finished):
+    study, *_ = finished
+    out = run_cli("study", "best", study).stdout
+    assert "{" not in out                          # no JSON object in text mode
+    assert re.search(r"^best trial: \d+$", out, re.M)
+    assert re.search(r"^val_accuracy: [01]\.\d{3} \(majority baseline [01]\.\d{3}", out, re.M)
 
 
 def test_changed_data_is_refused_and_the_study_kept(finished):

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 from objectives.optuna_compat import stale_trial_numbers
+from search.study.data_record import majority_baseline
 from search.study.open import best_trial, open_study, quiet_optuna
 from search.studyfile import load_study_file
+from search.views.format import accuracy_text, params_text
 from search.views.gains import gains_rows, search_gains
 
 
@@ -78,20 +80,33 @@ def status(args: argparse.Namespace) -> int:
     study = open_study(study_file, create=False, heartbeat_aware=True)
     stale = stale_trial_numbers(study)
     rows = [_trial_row(t, t.number in stale) for t in study.get_trials(deepcopy=False)]
+    baseline, majority_class = majority_baseline(study)
     if args.json:
-        print(json.dumps({"study": study.study_name, "trials": rows}, indent=2))
+        print(json.dumps({"study": study.study_name, "majority_accuracy": baseline, "trials": rows}, indent=2))
         return 0
     states: dict[str, int] = {}
     for row in rows:
         states[row["state"]] = states.get(row["state"], 0) + 1
     print(f"study '{study.study_name}': {len(rows)} trials "
           f"({', '.join(f'{n} {s.lower()}' for s, n in sorted(states.items())) or 'none'})")
-    print(f"{'#':>4}  {'state':<9} {'val_loss':>8}  {'epochs':>6}  params")
+    if baseline is not None:   # what val_acc is worth: always answering the commoner class scores this
+        always = f" (always {majority_class})" if majority_class else ""
+        print(f"majority baseline accuracy {baseline:.3f}{always}; vs_base = val_acc minus it")
+    print(f"{'#':>4}  {'state':<9} {'val_loss':>8}  {'val_acc':>7}  {'vs_base':>7}  {'epochs':>6}  params")
     for row in rows:
-        value = f"{row['value']:.4f}" if row["value"] is not None else "-"
-        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
-        print(f"{row['number']:>4}  {row['state']:<9} {value:>8}  {row['epochs'] or '-':>6}  {params}{_where(row)}")
+        print(_status_line(row, baseline))
     return 0
+
+
+def _status_line(row: dict, baseline: float | None) -> str:
+    value = f"{row['value']:.4f}" if row["value"] is not None else "-"
+    accuracy = row["val_accuracy"]
+    acc = f"{accuracy:.3f}" if accuracy is not None else "-"
+    # + 0.0: a margin that rounds to zero is +0.000, not -0.000
+    margin = f"{round(accuracy - baseline, 3) + 0.0:+.3f}" if accuracy is not None and baseline is not None else "-"
+    params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+    return (f"{row['number']:>4}  {row['state']:<9} {value:>8}  {acc:>7}  {margin:>7}  {row['epochs'] or '-':>6}  "
+            f"{params}{_where(row)}")
 
 
 def best(args: argparse.Namespace) -> int:
@@ -105,7 +120,11 @@ def best(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(payload))
         return 0
-    print(json.dumps({"number": trial.number, "value": trial.value, "params": trial.params}, indent=2))
+    print(f"best trial: {trial.number}")
+    print(f"val_loss: {trial.value:.4f}")
+    if payload["val_accuracy"] is not None:
+        print(f"val_accuracy: {accuracy_text(payload['val_accuracy'], *majority_baseline(study))}")
+    print(f"params: {params_text(trial.params)}")
     for label, text in gains_rows(study, gains):
         print(f"{label}: {text}")
     return 0

@@ -27,6 +27,7 @@ from search.study.storage import redact
 from search.studyfile import load_study_file
 from search.studyfile.fields import keyed
 from search.studyfile.trained_with import as_trained
+from search.views import epoch_table
 from swipr_core import bundle
 from swipr_core.bundle_writer import library_versions, model_manifest, write_bundle
 from swipr_core.errors import SwiprError
@@ -153,16 +154,18 @@ def replay_trial(study_file, trial, config: TrainConfig, dataset, device: str | 
     echo(f"replaying on {resolved} ({precision} precision, {threads} CPU threads)...")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    echo(epoch_table.header())
     try:
         result = train(dataset, config, study_file.model, device=str(resolved), precision=precision,
-                       compile=study_file.train.compile,
-                       on_epoch=lambda r: echo(f"  epoch {r.epoch} {r.phase}: train_loss {r.train_loss:.4f} "
-                                               f"valid_loss {r.valid_loss:.4f}"))
+                       compile=study_file.train.compile, on_epoch=lambda r: echo(epoch_table.row(trial.number, r)))
     finally:
         torch.set_num_threads(previous_threads)
     replay = compare_replay(trial, float(result.metrics["val_loss"]), echo)
     replay.update(device=str(resolved), precision=precision, cpu_threads=threads)
     return result, replay
+
+
+RECALL_FLOOR = 0.2   # a precise threshold that finds fewer YES photos than this is worth a warning
 
 
 def judge(result, target_precision: float | None, echo) -> tuple:
@@ -175,6 +178,10 @@ def judge(result, target_precision: float | None, echo) -> tuple:
          f"(majority baseline {scores['majority_accuracy']:.4f}, always {scores['majority_class']})")
     echo(f"threshold {threshold.value:.4f} ({threshold.rule}): precision {scores['precision']:.4f}, "
          f"recall {scores['recall']:.4f}, F1 {scores['f1']:.4f}")
+    if target_precision is not None and scores["recall"] < RECALL_FLOOR:
+        echo(f"warning: the threshold for --target-precision {target_precision:g} finds only "
+              f"{scores['recall']:.0%} of the YES photos (recall {scores['recall']:.4f} < {RECALL_FLOOR}): a lower "
+              f"--target-precision, or none (best F1), keeps more of them")
     return threshold, scores
 
 

@@ -25,7 +25,7 @@ from search.study.warm_start import enqueue_warm_start
 from search.studyfile import StudyFile, load_study_file
 from search.studyfile.fields import keyed
 from search.views.artifacts import make_objective_hooks
-from search.views.progress import StudyProgress, summary_table
+from search.views.progress import Budget, StudyProgress, summary_table
 from swipr_core.data import Dataset
 from swipr_core.errors import SwiprError
 from swipr_core.model import check_model
@@ -68,26 +68,31 @@ def _run_study(args: argparse.Namespace) -> int:
         print(note)
     done_before = len(study.trials)   # before the warm start's enqueued trials, which this run runs
     started = datetime.datetime.now()   # Optuna's trial times are naive local times
-    if enqueue_warm_start(study, study_file):
-        print("warm start: the notebook's configurations go first")
+    for line in enqueue_warm_start(study, study_file):
+        print(line)
     where = f" on {len(slots)} worker{'s' if len(slots) != 1 else ''}" if parallel else ""
     where = f" on the Dask cluster at {address}" if cluster else where
+    until = f" (or until --timeout {timeout:g} s)" if timeout else ""
     print(f"study '{study.study_name}' in {redact(study_file.study.storage)}: "
-          f"{done_before} trials so far, running {n_trials} more{where}", flush=True)
+          f"{done_before} trials so far, running {n_trials} more{where}{until}", flush=True)
     if not supports_heartbeat(study_file.study.storage):
         print(NO_HEARTBEAT_NOTE, flush=True)
+    budget = None   # set once the run ends as planned: then a --timeout is what cut it short
     try:
         if cluster:
-            return run_on_dask(cluster, study_file, n_trials, timeout)
-        if parallel:
-            return supervise(study_file, study_file.study.storage, slots, n_trials, timeout, device,
+            code = run_on_dask(cluster, study_file, n_trials, timeout)
+        elif parallel:
+            code = supervise(study_file, study_file.study.storage, slots, n_trials, timeout, device,
                              study_file.study.max_failures_in_a_row, dataset=dataset)
-        return _run_here(study_file, study, dataset, n_trials, timeout, device)
+        else:
+            code = _run_here(study_file, study, dataset, n_trials, timeout, device)
+        budget = Budget(n_trials, timeout)
+        return code
     finally:   # also when the run stops early: what it did is worth a look
         # Trials this run started, queued ones (retries, the warm start) included.
         this_run = [t.number for t in study.get_trials(deepcopy=False)
                     if t.datetime_start is not None and t.datetime_start >= started]
-        print(summary_table(study, device, this_run=this_run))
+        print(summary_table(study, device, this_run=this_run, budget=budget))
         _print_best(study)
 
 

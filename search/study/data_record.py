@@ -9,6 +9,9 @@ from swipr_core.data import Dataset, prepare_data
 from swipr_core.errors import SwiprError
 
 FINGERPRINT_ATTR = "data_fingerprint"
+# The accuracy of always answering the validation set's commoner class: what an accuracy is
+# worth only above. One split per study (the fingerprint), so one baseline per study.
+MAJORITY_ATTR = "majority_accuracy"
 
 
 def prepare_study_data(study_file: StudyFile) -> Dataset:
@@ -25,7 +28,10 @@ def check_fingerprint(study: optuna.Study, dataset: Dataset, study_file: StudyFi
         study.set_user_attr(FINGERPRINT_ATTR, dataset.fingerprint)
         study.set_user_attr("data_counts", dataset.split.counts())
         study.set_user_attr("data_excluded", dataset.split.meta.get("excluded", {}))
+        record_majority(study, dataset)
         return
+    if MAJORITY_ATTR not in study.user_attrs:   # a study started before the baseline was recorded
+        record_majority(study, dataset)
     refuse_other_data(recorded, dataset, study_file, f"the one study '{study.study_name}' was started on: its "
                       f"trials would not be comparable. Restore the labels file the study used, or give the "
                       f"study a new [study] name")
@@ -36,6 +42,26 @@ def refuse_other_data(recorded: str | None, dataset: Dataset, study_file: StudyF
     if recorded != dataset.fingerprint:
         raise SwiprError(f"{study_file.data.labels_file}: data fingerprint {dataset.fingerprint} differs from "
                          f"{recorded}, {why}")
+
+
+def record_majority(study: optuna.Study, dataset: Dataset) -> None:
+    valid = [label for label, flag in zip(dataset.split.labels, dataset.split.is_valid, strict=True) if flag]
+    if valid:
+        yes = sum(label == "YES" for label in valid) / len(valid)
+        study.set_user_attr(MAJORITY_ATTR, max(yes, 1 - yes))
+        study.set_user_attr("majority_class", "YES" if yes > 0.5 else "NO")
+
+
+def majority_baseline(study: optuna.Study) -> tuple[float | None, str]:
+    """(accuracy of always answering the commoner class, that class) on the study's validation
+    split: as recorded, else from a finished trial (older studies), else (None, "")."""
+    attrs = study.user_attrs
+    if attrs.get(MAJORITY_ATTR) is not None:
+        return attrs[MAJORITY_ATTR], attrs.get("majority_class", "")
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if trial.user_attrs.get(MAJORITY_ATTR) is not None:
+            return trial.user_attrs[MAJORITY_ATTR], ""
+    return None, ""
 
 
 def data_summary(study: optuna.Study) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import warnings
 
 import optuna
 
@@ -10,6 +11,8 @@ from search.study.samplers import make_sampler, worker_seed
 from search.study.storage import Heartbeat, open_storage, redact
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
+
+OBJECTIVE_NAME = "val_loss"   # what a trial's value is: the validation loss of its last epoch
 
 
 def quiet_optuna() -> None:
@@ -25,8 +28,13 @@ def open_study(study_file: StudyFile, create: bool = True, heartbeat_aware: bool
     pruner = pruner_for(study_file)
     name = study_file.study.name
     if create:
-        return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                                   direction="minimize", load_if_exists=True)
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                    direction="minimize", load_if_exists=True)
+        if study.metric_names is None:   # optuna-dashboard, trials_dataframe: "val_loss", not "Objective 0"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)   # stable since 3.2
+                study.set_metric_names([OBJECTIVE_NAME])
+        return study
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:

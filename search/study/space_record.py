@@ -45,8 +45,9 @@ def describe(dist: BaseDistribution) -> str:
 def _recorded(study: optuna.Study) -> dict[str, BaseDistribution]:
     """The space the study ran on: as recorded, or (for older studies) from its trials."""
     stored = study.user_attrs.get(SPACE_ATTR)
-    if stored:
-        return {name: json_to_distribution(text) for name, text in stored.items()}
+    if stored:   # each one a dict; older studies stored escaped JSON text
+        return {name: json_to_distribution(value if isinstance(value, str) else json.dumps(value))
+                for name, value in stored.items()}
     found: dict[str, BaseDistribution] = {}
     for trial in study.get_trials(deepcopy=False):
         found.update(trial.distributions)
@@ -70,5 +71,6 @@ def check_space(study: optuna.Study, study_file: StudyFile) -> list[str]:
                 f"[study] name, or put [space] {name} back as it was") from None
         notes.append(f"note: [space] {name} changed from {describe(old[name])} to {describe(dist)}; "
                      f"study '{study.study_name}' goes on with it")
-    study.set_user_attr(SPACE_ATTR, {name: distribution_to_json(dist) for name, dist in new.items()})
+    # as dicts, not distribution_to_json's text: readable in the dashboard and in SQL
+    study.set_user_attr(SPACE_ATTR, {name: json.loads(distribution_to_json(dist)) for name, dist in new.items()})
     return notes

@@ -9,6 +9,8 @@ from search.studyfile import StudyFile
 # user attr of a warm-start trial: which notebook run it is ("notebook run 1", ...); the
 # end-of-run summary and `swipr study best` compare the best trial with these.
 WARM_START_ATTR = "warm_start"
+# ... and which of the notebook run's params it kept, which the space made the sampler choose
+KEPT_ATTR, CHANGED_ATTR = "warm_start_kept", "warm_start_changed"
 
 # The notebook's two runs: fit(1e-4, 3, cycle_len=1, cycle_mult=2) at 224 px, then
 # fit(1e-3, 3, ...) frozen at 229 px.
@@ -20,15 +22,39 @@ NOTEBOOK_CONFIGS = (
 )
 
 
-def enqueue_warm_start(study: optuna.Study, study_file: StudyFile) -> int:
-    """Enqueue the notebook's configurations as a new study's first trials; return how many.
+def notebook_fit(config: dict, space: dict) -> tuple[dict, dict]:
+    """(the notebook's values this space can run, the notebook's values it can't)."""
+    kept = {name: value for name, value in config.items() if name in space and in_space(space[name], value)}
+    return kept, {name: value for name, value in config.items() if name not in kept}
+
+
+def warm_start_text(name: str, kept: dict, changed: dict) -> str:
+    """How a warm-start trial relates to the notebook run it is named after, in one line."""
+    kept_text = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in kept.items())
+    text = f"{name} keeps the notebook's {kept_text}"
+    if changed:
+        text += f"; the space changed {', '.join(changed)} (the sampler picks them)"
+    return text
+
+
+def enqueue_warm_start(study: optuna.Study, study_file: StudyFile) -> list[str]:
+    """Enqueue the notebook's configurations as a new study's first trials; return lines that
+    say what each one kept of the notebook's run.
 
     Params outside this study's space are left for the sampler to choose, so a small
-    demo space still starts from the notebook's learning rate and schedule.
+    demo space still starts from the notebook's learning rate and schedule. A run none of
+    whose values fit is not enqueued: a trial named after it would be the sampler's.
     """
     if not study_file.study.warm_start or study.trials:
-        return 0
+        return []
+    lines = []
     for number, config in enumerate(NOTEBOOK_CONFIGS, start=1):
-        params = {name: value for name, value in config.items() if in_space(study_file.space[name], value)}
-        study.enqueue_trial(params, user_attrs={WARM_START_ATTR: f"notebook run {number}"}, skip_if_exists=True)
-    return len(NOTEBOOK_CONFIGS)
+        name = f"notebook run {number}"
+        kept, changed = notebook_fit(config, study_file.space)
+        if not kept:
+            lines.append(f"warm start: {name} skipped: none of its values ({', '.join(changed)}) is in [space]")
+            continue
+        study.enqueue_trial(kept, user_attrs={WARM_START_ATTR: name, KEPT_ATTR: sorted(kept),
+                                              CHANGED_ATTR: sorted(changed)}, skip_if_exists=True)
+        lines.append(f"warm start: {warm_start_text(name, kept, changed)}")
+    return lines

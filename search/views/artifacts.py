@@ -5,7 +5,8 @@ Every trial gets its loss/accuracy curves and the learning-rate schedule it actu
 ends, the epochs where the pruner judged the trial and the value it judged, and for a pruned
 trial what it was compared with; a finished trial also gets a
 confusion matrix and a ROC curve of its last epoch. Each trial gets a markdown note of its
-params and metrics, the study one of its data. A picture that can't be drawn or stored is
+params and metrics (an artifact, note.md, and a one-line user attr: see store_trial_note), the
+study an optuna-dashboard note of its data. A picture that can't be drawn or stored is
 reported on stderr and skipped: it must never turn a finished trial into a failed one.
 """
 from __future__ import annotations
@@ -14,6 +15,8 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -26,8 +29,8 @@ from optuna_dashboard import get_note, save_note  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from objectives.judging import AGAINST_ATTR, JUDGED_ATTR, judge  # noqa: E402
-from search.study.data_record import data_summary  # noqa: E402
-from search.views.format import fmt  # noqa: E402
+from search.study.data_record import data_summary, majority_baseline  # noqa: E402
+from search.views.format import accuracy_text, fmt  # noqa: E402
 from swipr_core.metrics import confusion_counts, roc_auc  # noqa: E402
 
 # Artifact file names: the report finds the best trial's pictures by these.
@@ -36,6 +39,8 @@ LR_PNG = "lr_schedule.png"
 CONFUSION_PNG = "confusion_matrix.png"
 ROC_PNG = "roc_curve.png"
 PICTURES = (CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG)
+NOTE_MD = "note.md"   # a trial's note (params, metrics), beside its pictures
+NOTE_ATTR = "note"    # ... and the note in one line, a user attr
 
 
 def artifact_dir(study_file) -> Path:
@@ -92,8 +97,9 @@ def _mark_judging(ax, history, marks: dict) -> None:
                     label=f"pruned against: {against['n_completed']} finished trials (median, range)")
 
 
-def plot_curves(history, path: Path, title: str, marks: dict | None = None) -> Path:
-    """Train and validation loss, and validation accuracy, per epoch; `marks` from judging_marks."""
+def plot_curves(history, path: Path, title: str, marks: dict | None = None, baseline: float | None = None) -> Path:
+    """Train and validation loss, and validation accuracy, per epoch; `marks` from judging_marks;
+    `baseline` the majority-class accuracy, drawn dashed: the line the accuracy must clear."""
     epochs = [r.epoch for r in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
     _shade_phases(loss_ax, history)
@@ -106,6 +112,9 @@ def plot_curves(history, path: Path, title: str, marks: dict | None = None) -> P
     loss_ax.legend(fontsize="small")
     _shade_phases(acc_ax, history)
     acc_ax.plot(epochs, [r.accuracy for r in history], "o-", color="C2", label="valid accuracy")
+    if baseline is not None and math.isfinite(baseline):
+        acc_ax.axhline(baseline, color="0.3", linestyle="--", linewidth=1.2,
+                       label=f"majority baseline {baseline:.3f}")
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel("accuracy")
     acc_ax.set_ylim(0, 1)
@@ -179,13 +188,38 @@ def _save(fig, path: Path) -> Path:
 
 # --- notes ------------------------------------------------------------------------------------
 
-def trial_note(number: int, state: str, params: dict, metrics: dict) -> str:
+def trial_note(number: int, state: str, params: dict, metrics: dict, baseline: float | None = None) -> str:
+    """The trial's params and metrics; its accuracy with the majority `baseline` beside it."""
     lines = [f"## Trial {number}: {state}", "", "| param | value |", "|---|---|"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in params.items()]
     if metrics:
         lines += ["", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {fmt(v)} |" for k, v in metrics.items()]
+        lines += [f"| {k} | {accuracy_text(v, baseline) if k == 'val_accuracy' else fmt(v)} |"
+                  for k, v in metrics.items() if k != "majority_accuracy"]
     return "\n".join(lines) + "\n"
+
+
+def note_line(state: str, metrics: dict, baseline: float | None = None) -> str:
+    """The note in one line, for the dashboard's user-attribute table and `status --json`."""
+    parts = [state]
+    if metrics.get("val_loss") is not None:
+        parts.append(f"val_loss {fmt(metrics['val_loss'])}")
+    if metrics.get("val_accuracy") is not None:
+        parts.append(f"accuracy {accuracy_text(metrics['val_accuracy'], baseline)}")
+    return ", ".join(parts)
+
+
+def store_trial_note(trial, store, note: str, line: str) -> None:
+    """A trial's note as its own artifact (NOTE_MD) and its one line as a user attr (NOTE_ATTR).
+
+    Not optuna-dashboard's save_note: that keeps every trial's note in the study's system
+    attrs, which the dashboard scans once per trial for each page (N^1.7 in trials) and which
+    save_note itself reads whole on every call. Both of these are the trial's own rows."""
+    trial.set_user_attr(NOTE_ATTR, line)
+    with tempfile.TemporaryDirectory(prefix="swipr-note-") as tmp:
+        path = Path(tmp) / NOTE_MD
+        path.write_text(note, encoding="utf-8")
+        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="text/markdown")
 
 
 def study_note(name: str, data: dict) -> str:
@@ -232,24 +266,36 @@ class TrialArtifacts:
         self._store(trial, state, history, metrics, None, None)
 
     def _store(self, trial, state, history, metrics, probs, targets) -> None:
+        baseline = metrics.get("majority_accuracy")
+        if baseline is None:   # a pruned or failed trial: the study's, which every trial shares
+            try:
+                baseline, _ = majority_baseline(trial.study)
+            except Exception as error:  # noqa: BLE001 - the pictures without the baseline, then
+                _warn(trial, "the majority baseline", error)
         try:
-            save_note(trial, trial_note(trial.number, state, trial.params, metrics))
+            store_trial_note(trial, self.store, trial_note(trial.number, state, trial.params, metrics, baseline),
+                             note_line(state, metrics, baseline))
         except Exception as error:  # noqa: BLE001 - a note is never worth a trial
             _warn(trial, "its note", error)
         if not history:
             return
         title = f"trial {trial.number} ({state.split()[0].lower()})"
+        try:
+            marks = judging_marks(trial, history)
+        except Exception as error:  # noqa: BLE001 - the curves without the marks, then
+            marks = None
+            _warn(trial, "the judging marks", error)
+        # name -> the drawing, given where to write it and the title
+        drawings: dict[str, Callable[[Path, str], Path]] = {
+            CURVES_PNG: partial(plot_curves, history, marks=marks, baseline=baseline),
+            LR_PNG: partial(plot_lr, history)}
+        if probs is not None:
+            drawings[CONFUSION_PNG] = partial(plot_confusion, probs, targets)
+            drawings[ROC_PNG] = partial(plot_roc, probs, targets)
         with tempfile.TemporaryDirectory(prefix="swipr-plots-") as tmp:
-            drawings: list[tuple] = [(CURVES_PNG, plot_curves, (history,)), (LR_PNG, plot_lr, (history,))]
-            try:
-                drawings[0] = (CURVES_PNG, plot_curves, (history,), {"marks": judging_marks(trial, history)})
-            except Exception as error:  # noqa: BLE001 - the curves without the marks, then
-                _warn(trial, "the judging marks", error)
-            if probs is not None:
-                drawings += [(CONFUSION_PNG, plot_confusion, (probs, targets)), (ROC_PNG, plot_roc, (probs, targets))]
-            for name, draw, data, *options in drawings:
+            for name, draw in drawings.items():
                 try:
-                    path = draw(*data, Path(tmp) / name, title, **(options[0] if options else {}))
+                    path = draw(Path(tmp) / name, title)
                     upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial,
                                     mimetype="image/png")
                 except Exception as error:  # noqa: BLE001 - see the module docstring

@@ -7,6 +7,7 @@ otherwise: the dashboard has no login, and it can edit notes and delete studies.
 from __future__ import annotations
 
 import errno
+import shlex
 import socket
 import sys
 from socketserver import ThreadingMixIn
@@ -66,11 +67,20 @@ def make_dashboard_server(study_file, host: str = LOOPBACK, port: int = 8080, ar
     return server, study
 
 
+def plain_dashboard_hint(study_file, artifact_dir=None) -> str:
+    """Optuna's own `optuna-dashboard` shows the pictures only when told where they are."""
+    directory = artifact_dir or default_artifact_dir(study_file)
+    return (f"(plain optuna-dashboard shows the pictures only with --artifact-dir: "
+            f"optuna-dashboard {shlex.quote(redact(study_file.study.storage))} --artifact-dir "
+            f"{shlex.quote(str(directory))})")
+
+
 def serve(study_file, host: str = LOOPBACK, port: int = 8080, artifact_dir=None) -> int:
     server, study = make_dashboard_server(study_file, host, port, artifact_dir)
     port = server.server_address[1]
     print(f"optuna-dashboard for study '{study.study_name}' in {redact(study_file.study.storage)}")
     print(f"open {study_url(host, port, study_id(study))} in a browser (Ctrl-C stops the server)")
+    print(plain_dashboard_hint(study_file, artifact_dir))
     if host.strip("[]") not in (LOOPBACK, "localhost", "::1"):
         print(f"note: listening on {host}, so other machines can reach it: the dashboard has no login",
               file=sys.stderr)

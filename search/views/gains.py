@@ -5,8 +5,9 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
+from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
-from search.study.warm_start import WARM_START_ATTR
+from search.study.warm_start import CHANGED_ATTR, KEPT_ATTR, WARM_START_ATTR
 
 
 def epochs_saved(trials) -> dict:
@@ -33,7 +34,9 @@ def _notebook_trials(trials) -> dict[str, optuna.trial.FrozenTrial]:
 def _against(best, trial) -> dict:
     row = {"name": trial.user_attrs[WARM_START_ATTR], "number": trial.number, "state": trial.state.name,
            "epochs": trial.user_attrs.get("epochs"), "planned_epochs": trial.user_attrs.get("planned_epochs"),
-           "val_loss": trial.value, "val_accuracy": trial.user_attrs.get("val_accuracy")}
+           "val_loss": trial.value, "val_accuracy": trial.user_attrs.get("val_accuracy"),
+           # None on trials tagged before these were recorded: what they kept is unknown
+           "kept": trial.user_attrs.get(KEPT_ATTR), "changed": trial.user_attrs.get(CHANGED_ATTR)}
     if best is not None and trial.state == TrialState.COMPLETE:
         row["loss_change_pct"] = 100 * (best.value - trial.value) / trial.value
         accuracy, best_accuracy = trial.user_attrs.get("val_accuracy"), best.user_attrs.get("val_accuracy")
@@ -47,13 +50,19 @@ def search_gains(study: optuna.Study) -> dict:
     trials = study.get_trials(deepcopy=False)
     best = best_or_none(study)
     notebook = [_against(best, trial) for trial in _notebook_trials(trials).values()]
-    return {"vs_notebook": notebook, **epochs_saved(trials)}
+    baseline, _ = majority_baseline(study)
+    return {"vs_notebook": notebook, "majority_accuracy": baseline, **epochs_saved(trials)}
 
 
-def _notebook_line(row: dict, best) -> str:
-    where = f"{row['name']} (trial {row['number']})"
+def _notebook_line(row: dict, best, baseline: float | None) -> str:
+    where = f"{row['name']} (trial {row['number']}"
+    if row["changed"]:   # the space moved some of the run's values: it is the notebook's only in part
+        where += f"; notebook's {', '.join(row['kept'])}, the space's {', '.join(row['changed'])}"
+    where += ")"
     if best is not None and row["number"] == best.number:
         return f"{where} is the best trial itself"
+    if row["state"] == "WAITING":   # queued by the warm start; this run ended before reaching it
+        return f"{where}: WAITING, not run yet; the next `swipr study run` runs it first"
     if row["state"] == "PRUNED":
         return f"{where}: pruned after {row['epochs']} of {row['planned_epochs']} epochs"
     if "loss_change_pct" not in row:
@@ -63,14 +72,16 @@ def _notebook_line(row: dict, best) -> str:
             f"({abs(change):.1f}% {'lower' if change <= 0 else 'HIGHER'})")
     if "accuracy_change_points" in row:
         text += (f", accuracy {row['val_accuracy']:.3f} -> {best.user_attrs['val_accuracy']:.3f} "
-                 f"({row['accuracy_change_points']:+.1f} points)")
+                 f"({row['accuracy_change_points']:+.1f} points")
+        text += f"; majority baseline {baseline:.3f})" if baseline is not None else ")"
     return text
 
 
 def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
     """(label, text) rows for the summary table and `swipr study best`."""
     best = best_or_none(study)
-    rows = [("vs notebook", _notebook_line(row, best)) for row in gains["vs_notebook"]]
+    baseline = gains.get("majority_accuracy")
+    rows = [("vs notebook", _notebook_line(row, best, baseline)) for row in gains["vs_notebook"]]
     if not rows:
         rows.append(("vs notebook", "the warm start did not run the notebook's configurations"))
     planned = gains["epochs_run"] + gains["epochs_saved"]

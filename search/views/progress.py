@@ -1,19 +1,24 @@
-"""What `swipr study run` shows while it works: two progress bars, then a summary table.
+"""What `swipr study run` shows while it works: fastai's per-epoch table, two progress bars,
+then a summary table.
 
-On a terminal, tqdm draws one bar for the study's trials and one for the running trial's
-epochs, each labelled with the trial number and its params. Elsewhere (CI logs, pipes) a
-bar redrawn with carriage returns is noise, so the same events are plain lines instead.
+Every epoch is a row of search.views.epoch_table, as fastai's progress table prints it. On a
+terminal the rows stay on screen above two tqdm bars, one for the study's trials and one for
+the running trial's epochs, each labelled with the trial number and its params. Elsewhere
+(CI logs, pipes) a bar redrawn with carriage returns is noise, so there are only the lines.
 """
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import torch
 from optuna.trial import TrialState
 from tqdm import tqdm   # not tqdm.auto: this is a terminal, never a notebook widget
 
+from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
-from search.views.format import describe_trial, params_text, short
+from search.views import epoch_table
+from search.views.format import accuracy_text, describe_trial, params_text, short
 from search.views.gains import gains_rows, search_gains
 
 
@@ -65,19 +70,17 @@ class StudyProgress:
             self.epoch_bar = tqdm(total=config.epochs, desc=f"trial {trial.number}", position=1, leave=False,
                                         file=self.stream, dynamic_ncols=True, bar_format=TRIAL_BAR)
             self.epoch_bar.set_postfix_str(self.params)
-        else:
-            self.write(f"{label}: started, {config.epochs} epochs")
+        last = f", epochs 0-{config.epochs - 1}" if config.epochs > 1 else ", epoch 0"
+        self.write(f"{label}: started{last}{_baseline_text(trial)}")
+        self.write(epoch_table.header())   # above the bars on a terminal: rows stay, as fastai's table
 
     def on_epoch(self, trial, record) -> None:
-        figures = (f"{record.phase} train_loss {record.train_loss:.4f} val_loss {record.valid_loss:.4f} "
-                   f"acc {record.accuracy:.3f}{' (cycle end)' if record.cycle_end else ''}")
         if self.bars and self.epoch_bar is not None:
             # figures first: they change; the params are on the trial's line when it ends
             self.epoch_bar.set_postfix_str(f"val_loss {record.valid_loss:.4f} acc {record.accuracy:.3f} | "
                                            f"{self.params}", refresh=False)
             self.epoch_bar.update(1)
-        elif not self.bars:
-            self.write(f"trial {trial.number} epoch {record.epoch + 1}/{self.planned}: {figures}")
+        self.write(epoch_table.row(trial.number, record))
 
     def on_result(self, trial, result) -> None:
         self._close_epoch_bar()
@@ -109,42 +112,70 @@ class StudyProgress:
             self.trial_bar = None
 
 
+def _baseline_text(trial) -> str:
+    """'; majority baseline accuracy 0.806': what the accuracy column must beat."""
+    study = getattr(trial, "study", None)
+    baseline, majority_class = majority_baseline(study) if study is not None else (None, "")
+    if baseline is None:
+        return ""
+    return f"; majority baseline accuracy {baseline:.3f}" + (f" (always {majority_class})" if majority_class else "")
+
+
 def hours_label(device: str) -> str:
-    """GPU-hours when the trials ran on CUDA, else CPU-hours."""
+    """What the hours row adds up: each trial's wall-clock time, start to end, on its device.
+    Not CPU time: a trial waiting on a loaded machine counts its waits too."""
     if device == "auto":
-        return "GPU-hours" if torch.cuda.is_available() else "CPU-hours"
-    return "GPU-hours" if device.startswith("cuda") else "CPU-hours"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"trial hours ({'GPU' if device.startswith('cuda') else 'CPU'}, wall clock)"
 
 
-def summary_table(study, device: str, this_run=()) -> str:
+@dataclass(frozen=True)
+class Budget:
+    """What a run was asked for, to say when its --timeout cut it short."""
+    n_trials: int
+    timeout: float | None = None
+
+
+def budget_rows(budget: Budget | None, ran: int) -> list[tuple[str, str]]:
+    if budget is None or budget.timeout is None or ran >= budget.n_trials:
+        return []
+    return [("stopped early", f"--timeout {budget.timeout:g} s reached: {ran} of the {budget.n_trials} trials "
+                              f"asked for ran")]
+
+
+def _best_rows(study) -> list[tuple[str, str]]:
+    best = best_or_none(study)
+    if best is None:
+        return [("best trial", "none completed yet")]
+    rows = [("best trial", str(best.number)), ("best val_loss", f"{best.value:.4f}")]
+    rows += [(f"  {k}", short(v)) for k, v in best.params.items()]
+    accuracy = best.user_attrs.get("val_accuracy")
+    if accuracy is not None:
+        rows.append(("best val_accuracy", accuracy_text(accuracy, *majority_baseline(study))))
+    return rows
+
+
+def summary_table(study, device: str, this_run=(), budget: Budget | None = None) -> str:
     """The end-of-run table: best trial, how it compares with the notebook's runs, trials by
-    state, epochs pruning saved, compute spent in the whole study and in the trials numbered
-    `this_run`."""
+    state, epochs pruning saved, the hours the trials took in the whole study and in the trials
+    numbered `this_run`, and whether `budget`'s --timeout cut the run short."""
     trials = study.get_trials(deepcopy=False)
     counts = {state: sum(1 for t in trials if t.state == state)
-              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    label = hours_label(device)
+              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.WAITING)}
 
     def hours(ts) -> float:
         return sum(t.duration.total_seconds() for t in ts if t.duration is not None) / 3600
 
     this_run = [t for t in trials if t.number in set(this_run)]
-    best = best_or_none(study)
-    rows = []
-    if best is not None:
-        rows += [("best trial", str(best.number)), ("best val_loss", f"{best.value:.4f}")]
-        rows += [(f"  {k}", short(v)) for k, v in best.params.items()]
-        accuracy = best.user_attrs.get("val_accuracy")
-        if accuracy is not None:
-            rows.append(("best val_accuracy", f"{accuracy:.4f}"))
-    else:
-        rows.append(("best trial", "none completed yet"))
-    rows += gains_rows(study, search_gains(study))
+    waiting = f", {counts[TrialState.WAITING]} waiting" if counts[TrialState.WAITING] else ""
+    rows = _best_rows(study) + gains_rows(study, search_gains(study))
     rows += [
         ("trials", f"{len(trials)} ({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
-                   f"{counts[TrialState.FAIL]} failed)"),
-        (label, f"{hours(trials):.4f} in the study, {hours(this_run):.4f} in this run ({len(this_run)} trials)"),
+                   f"{counts[TrialState.FAIL]} failed{waiting})"),
+        (hours_label(device), f"{hours(trials):.4f} in the study, {hours(this_run):.4f} in this run "
+                              f"({len(this_run)} trials)"),
     ]
+    rows += budget_rows(budget, len(this_run))
     width = max(len(key) for key, _ in rows)
     rule = "-" * (width + 2 + max(len(value) for _, value in rows))
     lines = [f"study '{study.study_name}'", rule] + [f"{key:<{width}}  {value}" for key, value in rows] + [rule]

@@ -1,0 +1,165 @@
+"""Trial notes against the size of a study: optuna-dashboard's study page and the note's own cost.
+
+    .venv/bin/python bench/dashboard_notes.py                  # 40 and 2,000 trials, both ways
+    .venv/bin/python bench/dashboard_notes.py --sizes 40 400 2000 --repeat 5
+
+For each size N, a SQLite study (a temp folder) gets N synthetic finished trials shaped like
+swipr's (7 params, its user attrs, 3 reported epochs), each with a note stored one of two ways:
+
+- `dashboard_note`: optuna-dashboard's `save_note`, as swipr stored notes before: two study
+  system attrs per trial, which the dashboard scans once per trial on each study page;
+- `trial_artifact`: search.views.artifacts.store_trial_note, as swipr stores them now: a
+  `note.md` artifact and a one-line user attr, the trial's own rows.
+
+Then, on a study of N trials, it times storing the note of a new trial (median of --repeat
+new trials, wall seconds) and the dashboard's study page (`GET /api/studies/<id>`, the request
+the page makes, through a fresh app each time so no cache helps: process CPU seconds and bytes,
+median of --repeat). The last lines give each cost at the largest N as a multiple of its cost
+at the smallest N: the target is 2x or less for the note and for the page's cost per trial (a
+page that lists every trial grows with their number at best: linear is the floor).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import optuna  # noqa: E402
+import optuna_dashboard  # noqa: E402
+from optuna.distributions import CategoricalDistribution, FloatDistribution  # noqa: E402
+from optuna.trial import TrialState, create_trial  # noqa: E402
+from optuna_dashboard import save_note  # noqa: E402
+from optuna_dashboard._note import note_str_key_prefix, note_ver_key  # noqa: E402
+
+from search.views.artifacts import NOTE_ATTR, note_line, open_artifact_store, store_trial_note, trial_note  # noqa: E402
+
+WAYS = ("dashboard_note", "trial_artifact")
+DISTRIBUTIONS = {"lr": FloatDistribution(1e-5, 1e-1, log=True), "batch_size": CategoricalDistribution([16, 24, 32]),
+                 "image_size": CategoricalDistribution([224, 229]),
+                 "freeze": CategoricalDistribution(["frozen", "unfrozen", "frozen_then_unfrozen"]),
+                 "n_cycles": CategoricalDistribution([1, 2, 3]), "cycle_len": CategoricalDistribution([1, 2]),
+                 "cycle_mult": CategoricalDistribution([1, 2])}
+
+
+def _params(number: int) -> dict:
+    return {name: (1e-4 * (1 + number % 7) if name == "lr" else dist.choices[number % len(dist.choices)])
+            for name, dist in DISTRIBUTIONS.items()}
+
+
+def _metrics(number: int) -> dict:
+    return {"val_loss": 0.4 + (number % 13) / 100, "val_accuracy": 0.8 + (number % 5) / 100,
+            "val_roc_auc": 0.7, "majority_accuracy": 0.806, "epochs": 3, "train_seconds": 240.0}
+
+
+def _note(number: int) -> str:
+    return trial_note(number, "COMPLETE", _params(number), _metrics(number), 0.806)
+
+
+def _trial(number: int, way: str, artifact: str) -> optuna.trial.FrozenTrial:
+    metrics = _metrics(number)
+    attrs = {k: v for k, v in metrics.items() if k != "val_loss"}
+    attrs.update(seed=number, planned_epochs=3, prune_at="cycle_end", data_fingerprint="0123456789abcdef",
+                 cpu_threads=1, epoch_losses=[0.6, 0.5, metrics["val_loss"]], judged_epochs=[0, 1, 2])
+    system = {}
+    if way == "trial_artifact":   # what store_trial_note leaves: the line, and upload_artifact's meta
+        attrs[NOTE_ATTR] = note_line("COMPLETE", metrics, 0.806)
+        system[f"artifacts:{artifact}"] = (f'{{"artifact_id": "{artifact}", "filename": "note.md", '
+                                           f'"mimetype": "text/markdown", "encoding": null}}')
+    return create_trial(state=TrialState.COMPLETE, value=metrics["val_loss"], params=_params(number),
+                        distributions=DISTRIBUTIONS, user_attrs=attrs, system_attrs=system,
+                        intermediate_values={0: 0.6, 1: 0.5, 2: metrics["val_loss"]})
+
+
+def build_study(folder: Path, n_trials: int, way: str) -> tuple[optuna.Study, object]:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / f'{way}-{n_trials}.db'}")
+    # a random sampler: TPE over 2,000 trials would time the sampler in every ask, not the note
+    study = optuna.create_study(study_name="bench", storage=storage, direction="minimize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.add_trials([_trial(i, way, f"bench-{i}") for i in range(n_trials)])
+    if way == "dashboard_note":
+        # What save_note leaves per trial, in one transaction: N save_notes would take O(N^2) here,
+        # and that cost is what time_note measures on the new trials.
+        rows = []
+        for trial in study.get_trials(deepcopy=False):
+            rows += [(study._study_id, note_ver_key(trial._trial_id), json.dumps(1)),
+                     (study._study_id, f"{note_str_key_prefix(trial._trial_id)}0", json.dumps(_note(trial.number)))]
+        with sqlite3.connect(folder / f"{way}-{n_trials}.db") as db:
+            db.executemany("INSERT INTO study_system_attributes (study_id, key, value_json) VALUES (?, ?, ?)", rows)
+    return study, open_artifact_store(folder / f"{way}-{n_trials}.artifacts")
+
+
+def time_note(study: optuna.Study, store, way: str, repeat: int) -> float:
+    """Median wall seconds to store one new trial's note, on a study of its size."""
+    seconds = []
+    for _ in range(repeat):
+        trial = study.ask(DISTRIBUTIONS)
+        note = _note(trial.number)
+        started = time.perf_counter()
+        if way == "dashboard_note":
+            save_note(trial, note)
+        else:
+            store_trial_note(trial, store, note, note_line("COMPLETE", _metrics(trial.number), 0.806))
+        seconds.append(time.perf_counter() - started)
+        study.tell(trial, _metrics(trial.number)["val_loss"])
+    return statistics.median(seconds)
+
+
+def time_page(study: optuna.Study, store, repeat: int) -> tuple[float, int]:
+    """(median process CPU seconds, bytes) of the study page's request, a fresh app each time."""
+    cpu, size, status = [], 0, []
+
+    def start_response(code, headers, *rest):
+        status.append(code)
+
+    for _ in range(repeat):
+        app = optuna_dashboard.wsgi(study._storage, artifact_store=store)
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/api/studies/{study._study_id}",
+                   "QUERY_STRING": "after=0", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "0",
+                   "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1"}
+        status.clear()
+        started = time.process_time()
+        body = b"".join(app(environ, start_response))
+        cpu.append(time.process_time() - started)
+        if not status or not status[0].startswith("200"):
+            raise SystemExit(f"the study page answered {status}")
+        size = len(body)
+    return statistics.median(cpu), size
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[40, 2000], metavar="N")
+    parser.add_argument("--repeat", type=int, default=3, metavar="K", help="new trials / page loads to time (median)")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    results: dict[tuple[str, int], tuple[float, float, int]] = {}
+    with tempfile.TemporaryDirectory(prefix="swipr-bench-notes-") as tmp:
+        for way in WAYS:
+            for n in args.sizes:
+                study, store = build_study(Path(tmp), n, way)
+                note_s = time_note(study, store, way, args.repeat)
+                page_cpu, page_bytes = time_page(study, store, args.repeat)
+                results[way, n] = (note_s, page_cpu, page_bytes)
+                print(f"{way:<15} trials {n:>5}: note {1000 * note_s:8.1f} ms   study page {page_cpu:7.3f} CPU-s "
+                      f"({1000 * page_cpu / n:.2f} ms a trial), {page_bytes / 1e6:6.2f} MB", flush=True)
+    small, large = min(args.sizes), max(args.sizes)
+    for way in WAYS:
+        (note_small, page_small, _), (note_large, page_large, _) = results[way, small], results[way, large]
+        per_trial = (page_large / large) / (page_small / small)
+        print(f"{way}: at {large} trials, note x{note_large / note_small:.1f}, study page per trial "
+              f"x{per_trial:.1f} their {small}-trial cost (the whole page x{page_large / page_small:.0f}: "
+              f"it lists {large // small}x the trials)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
