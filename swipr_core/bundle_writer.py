@@ -19,6 +19,8 @@ from swipr_core.export import (ONNX_TOLERANCE, ServingModel, cpu_copy, export_on
                                torch_probs)
 from swipr_core.loaders import Augment
 from swipr_core.split import CLASSES
+from swipr_core.tta import bundle_averages
+from swipr_core.tta_model import FlipAverage
 
 SAMPLE_IMAGES = 256   # validation images the ONNX export is checked on
 
@@ -70,7 +72,8 @@ def write_bundle(out: Path, result, dataset, manifest: dict, checked_vs_training
     """Weights, ONNX export (checked against PyTorch on validation images) and manifest,
     staged beside `out` and moved into place. Returns the manifest's SHA-256."""
     model = cpu_copy(result.model)
-    serving = ServingModel(model, Augment(image_size=manifest["image_size"], mean=result.mean, std=result.std))
+    scorer = FlipAverage(model) if bundle_averages(manifest, out) else model   # TTA inside model.onnx
+    serving = ServingModel(scorer, Augment(image_size=manifest["image_size"], mean=result.mean, std=result.std))
     staging = bundle.staging_dir(out)
     try:
         save_weights(model, staging / bundle.WEIGHTS, {"arch": manifest["arch"], "classes": "NO,YES"})

@@ -121,3 +121,14 @@ def classification_report(probs: np.ndarray, targets: np.ndarray, threshold: flo
         "majority_accuracy": majority_accuracy(targets),
         "majority_class": "YES" if positives > 0.5 else "NO",
     }
+
+
+# P(right class) is floored here: an fp32 softmax can round to exactly 0, whose loss is infinite.
+MIN_PROB = 1e-12
+
+
+def image_log_losses(probs, targets) -> np.ndarray:
+    """Each image's cross-entropy, -log P(its label), from P(YES): fastai's loss per image."""
+    probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets).astype(bool)
+    right = np.where(targets, probs, 1 - probs)
+    return -np.log(np.clip(right, MIN_PROB, 1.0))

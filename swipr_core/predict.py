@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import onnxruntime
 
-from swipr_core import bundle
+from swipr_core import bundle, tta
 from swipr_core.errors import SwiprError
 from swipr_core.images import NotRegularFile, load_square
 
@@ -54,7 +54,8 @@ class Prediction:
 class Predictor:
     """A verified bundle, ready to answer."""
 
-    def __init__(self, bundle_path: str | Path, threads: int | None = None, expect_sha256: str | None = None):
+    def __init__(self, bundle_path: str | Path, threads: int | None = None, expect_sha256: str | None = None,
+                 tta_flip: bool = False):
         if threads is not None and threads < 1:   # 0 or less would silently mean "all cores"
             raise SwiprError(f"--threads must be 1 or more, got {threads}")
         verified = bundle.verify(bundle_path, load=(bundle.ONNX,), expect_sha256=expect_sha256)
@@ -68,6 +69,9 @@ class Predictor:
             if not 1 <= manifest[key] <= MAX_CACHE_PX:
                 raise SwiprError(f"{where}: {key} {manifest[key]} is not a size from 1 to {MAX_CACHE_PX}")
         self.manifest = manifest
+        # A bundle fit with --tta averages inside model.onnx; --tta on another averages here.
+        in_model = tta.bundle_averages(manifest, where)
+        self.tta, self._mirror_here = in_model or tta_flip, tta_flip and not in_model
         self.manifest_sha256 = verified.manifest_sha256
         self.threshold = float(manifest["threshold"])
         self.cache_px = int(manifest["cache_px"])
@@ -126,7 +130,9 @@ class Predictor:
         if not pending:
             return
         try:
-            probs = self.model.probs(np.stack([pixels for _, pixels in pending]), batch_size=len(pending))
+            batch = np.stack([pixels for _, pixels in pending])
+            score = lambda images: self.model.probs(images, batch_size=len(images))  # noqa: E731 - one batch, one run
+            probs = tta.flip_average(score, batch) if self._mirror_here else score(batch)
         except Exception as error:  # onnxruntime's own types: the graph can't run on what the manifest says
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise SwiprError(f"{self.onnx_file}: onnxruntime failed on a batch: {first}") from None

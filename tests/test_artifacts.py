@@ -28,6 +28,7 @@ from search.views.artifacts import (
     plot_lr,
     plot_roc,
     study_note,
+    TOP_LOSSES_PNG,
     trial_note,
     trial_pictures,
 )
@@ -101,13 +102,13 @@ def test_finished_and_pruned_trials_both_get_their_pictures_and_notes(prepared, 
     store = open_artifact_store(tmp_path / "store")
     # prune_at "epoch": these runs are one epoch long, and at cycle ends a last epoch is never judged
     objective = FinetuneObjective(dataset, study_file.space, ModelSpec("test_resnet", False), device="cpu",
-                                  hooks=[TrialArtifacts(store)], prune_at="epoch")
+                                  hooks=[TrialArtifacts(store, dataset)], prune_at="epoch")
     study.optimize(objective, n_trials=2)
     done, pruned = study.trials
     assert (done.state, pruned.state) == (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
     names = {m.filename for m in get_all_artifact_meta(done, storage=storage_of(study))}
-    assert names == {CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG, NOTE_MD}
+    assert names == {CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG, TOP_LOSSES_PNG, NOTE_MD}
     pictures = trial_pictures(done, storage_of(study), store)
     assert set(pictures) == names - {NOTE_MD} and all(p.startswith(PNG) for p in pictures.values())
     # the pruned trial stopped before a last epoch: curves so far, no confusion matrix

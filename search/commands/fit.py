@@ -27,6 +27,9 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch CPU threads for the replay (default: the trial's user attr cpu_threads, else "
                         "all cores); a CPU replay is bit-identical only with the trial's thread count")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: the bundle's model averages P(YES) over each image and its "
+                        "mirror (the fit prints val_loss with and without it either way)")
     p.add_argument("--strict", action="store_true",
                    help="write no bundle when the replay's loss is outside the tolerance")
     p.set_defaults(func=run)
@@ -34,5 +37,6 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     fit(args.study_file, args.out, trial_number=args.trial, target_precision=args.target_precision,
-        device=args.device, strict=args.strict, threads=args.threads, echo=lambda line: print(line, flush=True))
+        device=args.device, strict=args.strict, threads=args.threads, echo=lambda line: print(line, flush=True),
+        tta=args.tta)
     return 0

@@ -26,6 +26,8 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object with a row per image")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
+    p.add_argument("--tta", action="store_true",
+                   help="average P(YES) over each image and its mirror (a bundle fit with --tta always does)")
     p.add_argument("--expect-sha256", metavar="HEX",
                    help="refuse the bundle unless manifest.json's SHA-256 is HEX (pin the bundle you trust)")
     p.set_defaults(func=run)
@@ -39,7 +41,8 @@ def printable(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    predictor = Predictor(args.bundle, threads=args.threads, expect_sha256=args.expect_sha256)
+    predictor = Predictor(args.bundle, threads=args.threads, expect_sha256=args.expect_sha256,
+                          tta_flip=args.tta)
     images = expand_inputs(args.images)
     failed = 0
     rows = []
@@ -55,5 +58,6 @@ def run(args: argparse.Namespace) -> int:
         manifest = predictor.manifest
         print(json.dumps({"bundle": str(args.bundle), "manifest_sha256": predictor.manifest_sha256,
                           "study": manifest.get("study"), "trial": manifest.get("trial"),
-                          "threshold": predictor.threshold, "predictions": rows}, indent=2))
+                          "threshold": predictor.threshold, "tta": predictor.tta,
+                          "predictions": rows}, indent=2))
     return 1 if failed else 0

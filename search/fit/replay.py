@@ -19,6 +19,7 @@ import torch
 
 from objectives.lr_finder import LR_ATTR
 from objectives.space import SPACE_KEYS
+from search.fit.interpret import measure_tta, write_top_losses
 from search.fit.link import link_trial
 from search.fit.outputs import check_outputs
 from search.study.data_record import FINGERPRINT_ATTR, prepare_study_data, refuse_other_data
@@ -98,8 +99,9 @@ def train_config(trial: optuna.trial.FrozenTrial, space_keys, study_file):
 
 def fit(study_path: Path, out: Path, trial_number: int | None = None, target_precision: float | None = None,
         device: str | None = None, strict: bool = False, threads: int | None = None,
-        echo: Callable[[str], None] = print) -> FitOutcome:
-    """Replay the trial (the best one unless `trial_number`), write its bundle to `out`, link it."""
+        echo: Callable[[str], None] = print, tta: bool = False) -> FitOutcome:
+    """Replay the trial (the best one unless `trial_number`), write its bundle to `out`, link it.
+    With `tta`, the bundle's model averages each image with its mirror (search.fit.interpret)."""
     out = bundle.target_path(out)
     check_target_precision(target_precision)   # before an hour of training, not after
     study_file = load_study_file(study_path)
@@ -120,13 +122,14 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
     if strict and not replay["matched"]:
         raise SwiprError(f"trial {trial.number}: replay is outside the tolerance and --strict is set; "
                          f"no bundle written")
+    result, tta_record = measure_tta(result, dataset, config, replay["device"], tta, echo)
     threshold, scores = judge(result, target_precision, echo)
     manifest = {
         **model_manifest(study_file.model.arch, study_file.data.cache_px, config.image_size, result.mean, result.std,
                          threshold),
         "study": study.study_name, "storage": redact(study_file.study.storage), "trial": trial.number,
         "params": trial.params, "seed": config.seed, "epochs": config.epochs, "head_epochs": config.head_epochs,
-        "data_fingerprint": dataset.fingerprint, "replay": replay,
+        "data_fingerprint": dataset.fingerprint, "replay": replay, "tta": tta_record,
         # NaN (a validation split with one class has no AUC) is not JSON: null instead.
         "metrics": {key: None if isinstance(value, float) and value != value else value for key, value in scores.items()},
         "libraries": library_versions(),
@@ -135,6 +138,7 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
                                    echo=echo)
     linked = link_trial(study, study_file, trial, out, manifest_sha256)
     echo(f"wrote bundle {out} (manifest sha256 {manifest_sha256}); linked to trial {trial.number} by {linked}")
+    write_top_losses(out, result, dataset, threshold.value, echo)
     written = json.loads((out / bundle.MANIFEST).read_text())
     return FitOutcome(trial.number, cast(float, trial.value), replay["val_loss"], replay["matched"], out,
                       manifest_sha256, written)

@@ -113,7 +113,7 @@ def _run_here(study_file: StudyFile, study: optuna.Study, dataset: Dataset, n_tr
     progress = StudyProgress(n_trials)
     try:
         run_worker(study_file, dataset, n_trials=n_trials, timeout=timeout, device=device,
-                   hooks=[progress, *make_objective_hooks(study_file, study)], callbacks=[progress])
+                   hooks=[progress, *make_objective_hooks(study_file, study, dataset)], callbacks=[progress])
     finally:
         progress.close()
     return 0

@@ -102,7 +102,7 @@ def run_trial_process(study_file: StudyFile, label: str, slot_index: int, device
         def announce(study, trial) -> None:
             print(f"{label}: {describe_trial(trial)}", flush=True)
 
-        hooks = make_objective_hooks(study_file, open_study(study_file, create=False))
+        hooks = make_objective_hooks(study_file, open_study(study_file, create=False), dataset)
         streak = FailureStreak(limit=2)   # one trial here: the supervisor counts failures in a row
         run_worker(study_file, dataset, n_trials=1, device=device, slot=str(slot_index), hooks=hooks,
                    callbacks=[announce], stop=stop, streak=streak)

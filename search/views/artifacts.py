@@ -4,9 +4,9 @@ Every trial gets its loss/accuracy curves and the learning-rate schedule it actu
 (pruned and failed trials too, up to the epoch they reached); the loss curve marks the cycle
 ends, the epochs where the pruner judged the trial and the value it judged, and for a pruned
 trial what it was compared with; a finished trial also gets a
-confusion matrix and a ROC curve of its last epoch. Each trial gets a markdown note of its
-params and metrics (an artifact, note.md, and a one-line user attr: see store_trial_note), the
-study an optuna-dashboard note of its data. A picture that can't be drawn or stored is
+confusion matrix, a ROC curve and its top losses (search.views.top_losses) of its last epoch. Each
+trial gets a markdown note of its params and metrics (an artifact, note.md, and a one-line user
+attr: see store_trial_note), the study an optuna-dashboard note of its data. A picture that can't be drawn or stored is
 reported on stderr and skipped: it must never turn a finished trial into a failed one.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from objectives.judging import AGAINST_ATTR, JUDGED_ATTR, judge  # noqa: E402
 from search.study.data_record import data_summary, majority_baseline  # noqa: E402
 from search.views.format import accuracy_text, fmt  # noqa: E402
+from search.views.top_losses import TOP_LOSSES_PNG, draw_top_losses  # noqa: E402
 from swipr_core.metrics import confusion_counts, roc_auc  # noqa: E402
 
 # Artifact file names: the report finds the best trial's pictures by these.
@@ -38,7 +39,7 @@ CURVES_PNG = "curves.png"
 LR_PNG = "lr_schedule.png"
 CONFUSION_PNG = "confusion_matrix.png"
 ROC_PNG = "roc_curve.png"
-PICTURES = (CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG)
+PICTURES = (CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG, TOP_LOSSES_PNG)
 NOTE_MD = "note.md"   # a trial's note (params, metrics), beside its pictures
 NOTE_ATTR = "note"    # ... and the note in one line, a user attr
 
@@ -252,8 +253,9 @@ def _warn(trial, what: str, error: BaseException) -> None:
 class TrialArtifacts:
     """Objective hooks (see objectives.finetune) that upload each trial's pictures and note."""
 
-    def __init__(self, store):
+    def __init__(self, store, dataset=None):
         self.store = store
+        self.dataset = dataset   # its image cache gives the top-loss grid its pictures
 
     def on_result(self, trial, result) -> None:
         metrics = {k: v for k, v in result.metrics.items()}
@@ -292,6 +294,8 @@ class TrialArtifacts:
         if probs is not None:
             drawings[CONFUSION_PNG] = partial(plot_confusion, probs, targets)
             drawings[ROC_PNG] = partial(plot_roc, probs, targets)
+            if self.dataset is not None:
+                drawings[TOP_LOSSES_PNG] = partial(draw_top_losses, self.dataset, probs, targets)
         with tempfile.TemporaryDirectory(prefix="swipr-plots-") as tmp:
             for name, draw in drawings.items():
                 try:
@@ -315,8 +319,9 @@ def trial_pictures(trial: optuna.trial.FrozenTrial, storage, store) -> dict[str,
     return found
 
 
-def make_objective_hooks(study_file, study: optuna.Study) -> list:
-    """The artifact hooks for a study's objective; writes the study's data note once."""
+def make_objective_hooks(study_file, study: optuna.Study, dataset=None) -> list:
+    """The artifact hooks for a study's objective; writes the study's data note once.
+    With the trials' `dataset`, a finished trial also gets its top-loss grid."""
     if not get_note(study).strip():
         save_study_note(study)
-    return [TrialArtifacts(open_artifact_store(artifact_dir(study_file)))]
+    return [TrialArtifacts(open_artifact_store(artifact_dir(study_file)), dataset)]

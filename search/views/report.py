@@ -71,6 +71,7 @@ CURVE_TITLES = {
     "lr_schedule.png": "Learning-rate schedule",
     "confusion_matrix.png": "Confusion matrix (last epoch)",
     "roc_curve.png": "ROC curve (last epoch)",
+    "top_losses.png": "Top losses: the validation images it is most confidently wrong about",
 }
 
 STYLE = """
