@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from optuna.trial import TrialState
@@ -41,7 +42,9 @@ class StudyProgress:
         self.stream = stream or sys.stdout
         self.bars = self.stream.isatty() if bars is None else bars
         self.n_trials = n_trials
-        self.trial_bar = self.epoch_bar = None
+        # tqdm bars on a terminal, else None (tqdm ships no types: Any)
+        self.trial_bar: Any = None
+        self.epoch_bar: Any = None
         self.finished: list[int] = []   # numbers of the trials this run finished
         self.planned = 0   # epochs of the running trial
         self.params = ""
