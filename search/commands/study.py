@@ -75,7 +75,7 @@ def _where(row: dict) -> str:
 def status(args: argparse.Namespace) -> int:
     study_file = load_study_file(args.study_file)
     quiet_optuna()
-    study = open_study(study_file, create=False, heartbeat_aware=True)
+    study = open_study(study_file, create=False, heartbeat_aware=True, read_only=True)
     stale = stale_trial_numbers(study)
     rows = [_trial_row(t, t.number in stale) for t in study.get_trials(deepcopy=False)]
     if args.json:
@@ -97,7 +97,7 @@ def status(args: argparse.Namespace) -> int:
 def best(args: argparse.Namespace) -> int:
     study_file = load_study_file(args.study_file)
     quiet_optuna()
-    study = open_study(study_file, create=False)
+    study = open_study(study_file, create=False, read_only=True)
     trial = best_trial(study)
     gains = search_gains(study)
     payload = {"number": trial.number, "value": trial.value, "params": trial.params,

@@ -6,9 +6,10 @@ With them, the supervisor (search.running.supervisor) runs each trial in a fresh
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
+import os
+import uuid
 
 import optuna
 import torch
@@ -18,6 +19,7 @@ from search.running.stop import sigterm_as_interrupt
 from search.running.supervisor import Slot, make_slots, supervise
 from search.running.worker import run_worker
 from search.study.data_record import check_fingerprint, prepare_study_data
+from search.study.guarded import RUN_ATTR, RUN_ENV, StorageFailed, failure_in
 from search.study.open import best_or_none, open_study, quiet_optuna
 from search.study.space_record import check_space
 from search.study.storage import NO_HEARTBEAT_NOTE, redact, redact_output, supports_heartbeat
@@ -35,10 +37,26 @@ from swipr_core.training import resolve_device
 
 def run_study(args: argparse.Namespace) -> int:
     with sigterm_as_interrupt():   # the supervisor, with --workers/--gpus, has its own as well
-        return _run_study(args)
+        try:
+            return _run_study(args)
+        except Exception as error:
+            # A storage that failed mid-run (full disk, database gone) surfaces through Optuna's
+            # loop as other errors; the storage's own one-line reason is what the user needs.
+            failure = failure_in(error)
+            if failure is None:
+                raise
+            raise failure from None
+
+
+def _refuse_empty_flags(args: argparse.Namespace) -> None:
+    """`--dask ""` (an unset variable in a script) must not quietly mean "the default"."""
+    for flag, value in (("--device", args.device), ("--dask", args.dask)):
+        if value is not None and not value.strip():
+            raise SwiprError(f"{flag} is empty; give a value or leave the flag out")
 
 
 def _run_study(args: argparse.Namespace) -> int:
+    _refuse_empty_flags(args)
     study_file = load_study_file(args.study_file)
     device_name, device_where = study_file.device_from(args.device)
     with keyed(device_where):
@@ -66,7 +84,8 @@ def _run_study(args: argparse.Namespace) -> int:
     for note in check_space(study, study_file):
         print(note)
     done_before = len(study.trials)   # before the warm start's enqueued trials, which this run runs
-    started = datetime.datetime.now()   # Optuna's trial times are naive local times
+    # Each trial this run starts, here or in its trial processes, is marked with this token.
+    os.environ[RUN_ENV] = run_token = uuid.uuid4().hex
     if enqueue_warm_start(study, study_file):
         print("warm start: the notebook's configurations go first")
     where = f" on {len(slots)} worker{'s' if len(slots) != 1 else ''}" if parallel else ""
@@ -83,11 +102,7 @@ def _run_study(args: argparse.Namespace) -> int:
                              study_file.study.max_failures_in_a_row)
         return _run_here(study_file, study, dataset, n_trials, timeout, device)
     finally:   # also when the run stops early: what it did is worth a look
-        # Trials this run started, queued ones (retries, the warm start) included.
-        this_run = [t.number for t in study.get_trials(deepcopy=False)
-                    if t.datetime_start is not None and t.datetime_start >= started]
-        print(summary_table(study, device, this_run=this_run))
-        _print_best(study)
+        _print_summary(study, device, run_token)
 
 
 def _budget(args: argparse.Namespace, study_file: StudyFile) -> tuple[int, float | None]:
@@ -127,6 +142,17 @@ def _device(device: str, where: str, slots: list[Slot]) -> str:
         raise SwiprError(f"--gpus names GPU {', '.join(map(str, missing))}, but this machine has {visible} "
                          f"CUDA GPU{'s' if visible != 1 else ''} visible")
     return "cuda"
+
+
+def _print_summary(study: optuna.Study, device: str, run_token: str) -> None:
+    try:
+        # Trials this run started, queued ones (retries, the warm start) included; not those
+        # another run on the same study started meanwhile.
+        this_run = [t.number for t in study.get_trials(deepcopy=False) if t.system_attrs.get(RUN_ATTR) == run_token]
+        print(summary_table(study, device, this_run=this_run))
+        _print_best(study)
+    except StorageFailed as error:   # the storage the run stopped for: its error is said once, below
+        print(f"no summary: the study's storage can't be read ({type(error).__name__}, said below)")
 
 
 def _print_best(study: optuna.Study) -> None:

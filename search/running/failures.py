@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import logging
 import re
+import sys
 import traceback
 from pathlib import Path
 
@@ -29,10 +30,22 @@ def error_log(study_file: StudyFile) -> Path:
     return study_file.path.parent / f"{study_file.path.stem}.errors.log"
 
 
+_unwritable_logs: set[Path] = set()   # said once per process: the log can't be written
+
+
 def _append(log: Path, heading: str, text: str) -> None:
+    """Add an entry to the error log. A log that can't be written (a full disk, a read-only
+    folder) must not turn one failed trial into a crash, here or inside a logging filter: it is
+    said once, and the trial's one line still names its error."""
     stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    with open(log, "a", encoding="utf-8") as file:
-        file.write(f"--- {stamp} {heading}\n{text.rstrip()}\n")
+    try:
+        with open(log, "a", encoding="utf-8") as file:
+            file.write(f"--- {stamp} {heading}\n{text.rstrip()}\n")
+    except OSError as error:
+        if log not in _unwritable_logs:
+            _unwritable_logs.add(log)
+            print(f"swipr: can't write the error log {log}: {error.strerror or error}; "
+                  f"tracebacks are not kept", file=sys.stderr, flush=True)
 
 
 class TracebacksToLog(logging.Filter):
