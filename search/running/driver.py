@@ -19,8 +19,8 @@ from search.running.stop import sigterm_as_interrupt
 from search.running.supervisor import Slot, make_slots, supervise
 from search.running.worker import run_worker
 from search.study.data_record import check_fingerprint, prepare_study_data
-from search.study.guarded import RUN_ATTR, RUN_ENV, StorageFailed, failure_in
-from search.study.open import best_or_none, open_study, quiet_optuna
+from search.study.guarded import RUN_ATTR, RUN_ENV, failure_in
+from search.study.open import best_or_none, open_study, quiet_optuna, refuse_long_name
 from search.study.space_record import check_space
 from search.study.storage import NO_HEARTBEAT_NOTE, redact, redact_output, supports_heartbeat
 from search.study.warm_start import enqueue_warm_start
@@ -58,6 +58,7 @@ def _refuse_empty_flags(args: argparse.Namespace) -> None:
 def _run_study(args: argparse.Namespace) -> int:
     _refuse_empty_flags(args)
     study_file = load_study_file(args.study_file)
+    refuse_long_name(study_file)   # before the data is prepared, not after
     device_name, device_where = study_file.device_from(args.device)
     with keyed(device_where):
         check_device(device_name)   # --device is read here; [train] device was checked at load
@@ -102,7 +103,7 @@ def _run_study(args: argparse.Namespace) -> int:
                              study_file.study.max_failures_in_a_row)
         return _run_here(study_file, study, dataset, n_trials, timeout, device)
     finally:   # also when the run stops early: what it did is worth a look
-        _print_summary(study, device, run_token)
+        _print_summary(study_file, device, run_token)
 
 
 def _budget(args: argparse.Namespace, study_file: StudyFile) -> tuple[int, float | None]:
@@ -144,15 +145,18 @@ def _device(device: str, where: str, slots: list[Slot]) -> str:
     return "cuda"
 
 
-def _print_summary(study: optuna.Study, device: str, run_token: str) -> None:
+def _print_summary(study_file: StudyFile, device: str, run_token: str) -> None:
     try:
+        # Read afresh: the run's own view caches trials as it last saw them, without the marks
+        # of the run that started them (search.study.guarded).
+        study = open_study(study_file, create=False)
         # Trials this run started, queued ones (retries, the warm start) included; not those
         # another run on the same study started meanwhile.
         this_run = [t.number for t in study.get_trials(deepcopy=False) if t.system_attrs.get(RUN_ATTR) == run_token]
         print(summary_table(study, device, this_run=this_run))
         _print_best(study)
-    except StorageFailed as error:   # the storage the run stopped for: its error is said once, below
-        print(f"no summary: the study's storage can't be read ({type(error).__name__}, said below)")
+    except SwiprError:   # the storage the run stops for (StorageFailed), or it can't be opened again
+        print("no summary: the study's storage can't be read (the error is below)")
 
 
 def _print_best(study: optuna.Study) -> None:

@@ -4,6 +4,7 @@ run with one line saying why: the same error would most likely fail every trial 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import re
@@ -15,6 +16,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from search.study.guarded import StorageFailed
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
 
@@ -57,8 +59,8 @@ class TracebacksToLog(logging.Filter):
         self.log = log
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[0] is TrialFailed:
-            return False   # FailureGuard has logged the real error
+        if record.exc_info and record.exc_info[0] in (TrialFailed, StorageFailed):
+            return False   # FailureGuard has logged the real error; the run's last line names the storage's
         if record.exc_info:
             _append(self.log, record.getMessage(), "".join(traceback.format_exception(*record.exc_info)))
             return False
@@ -93,6 +95,10 @@ class FailureGuard:
     def __call__(self, trial: optuna.Trial):
         try:
             return self.objective(trial)
+        except StorageFailed as error:   # the run stops for it; the trial's record says why, if it can
+            with contextlib.suppress(StorageFailed):
+                trial.set_user_attr("fail_reason", str(error))
+            raise
         except (optuna.TrialPruned, SwiprError, KeyboardInterrupt):
             raise
         except UpdateFinishedTrialError:   # nothing more may be written to the trial

@@ -31,6 +31,7 @@ RUN_ENV = "SWIPR_RUN"    # the run's token, set by `swipr study run` and inherit
 RUN_ATTR = "swipr_run"   # system attr: the run that started the trial
 
 _DISK_FULL = ("database or disk is full", "no space left on device")
+_WRITES = ("set_", "create_", "delete_", "_set_", "_create_", "record_")   # storage methods that write
 _UNWRITABLE = ("readonly database", "read-only file system", "disk i/o error", "unable to open database file")
 
 
@@ -89,7 +90,8 @@ class GuardedStorage(optuna.storages.RDBStorage):
         self.identity = _identity(sqlite_file) if sqlite_file else None
         self._lock = threading.Lock()
         self._lost_since: float | None = None   # when the current outage began
-        self._given_up: StorageFailed | None = None
+        self._given_up: StorageFailed | None = None     # nothing more can be read or written
+        self._unwritable: StorageFailed | None = None   # nothing more can be written
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -110,20 +112,17 @@ class GuardedStorage(optuna.storages.RDBStorage):
     def _call(self, method, args, kwargs):
         wait, deadline = FIRST_WAIT_S, None
         while True:
-            if self._given_up is not None:
-                raise self._given_up
-            self._check_identity()
+            self._refuse_if_failed(method.__name__)
             try:
                 result = method(self, *args, **kwargs)
             except Exception as error:
                 found = _kind(error)
-                if found is None:
-                    raise
+                if found is None or (found[0] == "lost" and self.sqlite_file is not None):
+                    raise   # not the storage's trouble; or, for a local file, "database is locked" and the like
                 kind, reason = found
-                if kind == "lost" and self.sqlite_file is not None:
-                    raise   # a local file has no connection to lose: "database is locked" and the like
                 if kind != "lost":
-                    raise self._stop(kind, reason) from None
+                    self._unwritable = self._stop(kind, reason)
+                    raise self._unwritable from None
                 now = time.monotonic()
                 deadline = deadline or self._outage_began(reason, now) + RETRY_FOR_S
                 if now >= deadline:
@@ -136,6 +135,17 @@ class GuardedStorage(optuna.storages.RDBStorage):
                 continue
             self._outage_ended()
             return result
+
+    def _refuse_if_failed(self, method_name: str) -> None:
+        """After a write failed for good (a full disk), no later write of this run is tried: the
+        trial that was running stays RUNNING rather than FAIL with no reason written, and the
+        next run fails it as its worker's and retries it (search.study.orphans). Reads go on, so
+        the run can still print its summary."""
+        if self._given_up is not None:
+            raise self._given_up
+        self._check_identity()
+        if self._unwritable is not None and method_name.startswith(_WRITES):
+            raise self._unwritable
 
     def _stop(self, kind: str, reason: str) -> StorageFailed:
         what = {"full": "the disk is full", "unwritable": "can't write to it"}[kind]
@@ -163,7 +173,7 @@ class GuardedStorage(optuna.storages.RDBStorage):
         """One try: a beat that can't be written is skipped, the next one tries again, and the
         trial's own storage calls say what is wrong (the heartbeat thread must not die)."""
         try:
-            self._check_identity()
+            self._refuse_if_failed("record_heartbeat")
             super().record_heartbeat(trial_id)
         except StorageFailed:
             pass
@@ -173,12 +183,15 @@ class GuardedStorage(optuna.storages.RDBStorage):
                 raise
             if found[0] == "lost":
                 self._outage_began(found[1], time.monotonic())
+            else:   # the trial's next write stops the run, with this reason
+                self._unwritable = self._stop(*found)
 
-    def create_new_trial(self, study_id, template_trial=None):
-        trial_id = self._call(optuna.storages.RDBStorage.create_new_trial, (study_id, template_trial), {})
+    def _create_new_trial(self, study_id, template_trial=None):
+        # Optuna's _CachedStorage (which every Study wraps an RDBStorage in) calls this one.
+        trial = self._call(optuna.storages.RDBStorage._create_new_trial, (study_id, template_trial), {})
         if template_trial is None or template_trial.state == TrialState.RUNNING:
-            self._mark_run(trial_id)
-        return trial_id
+            self._mark_run(trial._trial_id)
+        return trial
 
     def set_trial_state_values(self, trial_id, state, values=None):
         taken = self._call(optuna.storages.RDBStorage.set_trial_state_values, (trial_id, state, values), {})
@@ -204,6 +217,8 @@ _GUARDED = ("create_new_study", "delete_study", "set_study_user_attr", "set_stud
             "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
             "set_trial_param", "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
             "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials",
-            "get_best_trial", "_get_stale_trial_ids")
+            "get_best_trial", "_get_stale_trial_ids",
+            # what Optuna's _CachedStorage calls instead of the public methods
+            "_set_trial_param", "_get_best_trial_id", "_get_trials")
 for _name in _GUARDED:
     setattr(GuardedStorage, _name, _guard(getattr(optuna.storages.RDBStorage, _name)))

@@ -1,6 +1,7 @@
 """A study file -> its Optuna study (storage, sampler, pruner), and the study's best trial."""
 from __future__ import annotations
 
+import logging
 import socket
 
 import optuna
@@ -14,8 +15,12 @@ from swipr_core.errors import SwiprError
 
 
 def quiet_optuna() -> None:
-    """Optuna's per-trial INFO lines repeat what swipr prints itself."""
+    """Optuna's per-trial INFO lines repeat what swipr prints itself. Its plotting functions
+    warn when a study has no (completed) trials yet ("There are no complete trials."): the
+    report draws an empty chart there and says how many trials there are in its own words."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Its module loggers (optuna.visualization._slice, ...) inherit this level.
+    logging.getLogger("optuna.visualization").setLevel(logging.ERROR)
 
 
 def refuse_long_name(study_file: StudyFile) -> None:

@@ -54,12 +54,12 @@ def fail_unbeaten_trials(study: optuna.Study, grace_period: int, on_stale) -> li
         trial = storage.get_trial(trial_id)
         if DASK_TOKEN_ATTR in trial.system_attrs:
             continue
-        try:
+        try:   # the reason first: a finished trial takes no more attributes
+            storage.set_trial_user_attr(trial_id, "fail_reason", NEVER_BEAT)
             if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:   # another worker got there first
             continue
-        storage.set_trial_user_attr(trial_id, "fail_reason", NEVER_BEAT)
         print(f"trial {trial.number}: left RUNNING with no heartbeat; {NEVER_BEAT}", flush=True)
         on_stale(study, storage.get_trial(trial_id))
         failed.append(trial.number)
