@@ -52,9 +52,10 @@ def failure_in(error: BaseException | None) -> StorageFailed | None:
     return None
 
 
-def _kind(error: BaseException) -> tuple[str, str] | None:
+def _kind(first: BaseException) -> tuple[str, str] | None:
     """("full" | "unwritable" | "lost", reason) for a storage error, None for anything else."""
-    seen = set()
+    seen: set[int] = set()
+    error: BaseException | None = first
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         text = (str(getattr(error, "orig", None) or error).splitlines() or [""])[0].strip()
@@ -103,7 +104,7 @@ class GuardedStorage(optuna.storages.RDBStorage):
         self._lock = threading.Lock()
 
     def _check_identity(self) -> None:
-        if self.identity is not None and _identity(self.sqlite_file) != self.identity:
+        if self.sqlite_file is not None and _identity(self.sqlite_file) != self.identity:
             self._given_up = StorageFailed(
                 f"storage {self.shown}: the database file was deleted or replaced while this run used it; "
                 f"what the run wrote since then is not in {self.sqlite_file}; stopping")
@@ -175,6 +176,7 @@ class GuardedStorage(optuna.storages.RDBStorage):
         try:
             self._refuse_if_failed("record_heartbeat")
             super().record_heartbeat(trial_id)
+            self._outage_ended()
         except StorageFailed:
             pass
         except Exception as error:
