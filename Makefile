@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup system-deps bench-loader clean
+.PHONY: demo test lint setup system-deps bench-loader clean
 
 $(BIN)/swipr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: setup
 
 test: setup system-deps
 	$(BIN)/python -m pytest -q -n auto --dist loadgroup
+
+# pyflakes + bugbear, and the type checker on the three packages (configured in pyproject.toml)
+lint: setup
+	$(BIN)/ruff check swipr_core objectives search tests bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf demo-data studies/*.db studies/*.labels.csv* studies/.swipr-cache

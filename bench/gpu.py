@@ -110,7 +110,6 @@ def raw_loop(s: Settings, batch: int, size: int, compile_mode: str | None = None
     """Images/s of a bare training step on tensors already on the device."""
     import timm
     import torch
-    import torch.nn.functional as F
 
     cuda = s.device.type == "cuda"
     torch.backends.cudnn.benchmark = True
@@ -124,16 +123,7 @@ def raw_loop(s: Settings, batch: int, size: int, compile_mode: str | None = None
                             fused=cuda)
     x = torch.randn(batch, 3, size, size, device=s.device).contiguous(memory_format=fmt)
     y = torch.randint(0, 2, (batch,), device=s.device)
-    graphs = compile_mode == "reduce-overhead"
-
-    def step():
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = _train_step(model, opt, x, y, s.device, graphs=compile_mode == "reduce-overhead")
 
     started = time.perf_counter()
     for _ in range(s.warmup):
@@ -147,9 +137,26 @@ def raw_loop(s: Settings, batch: int, size: int, compile_mode: str | None = None
     seconds = time.perf_counter() - started
     result = {"batch": batch, "size": size, "images_per_s": round(batch * s.steps / seconds, 1),
               "warmup_seconds": round(warm, 1), "peak_gpu_gb": peak_gb(s.device)}
-    del model, opt, x, y
+    del step, model, opt, x, y   # the step's closure holds them too: free all before the next measure
     reset_peak(s.device)
     return result
+
+
+def _train_step(model, opt, x, y, device, graphs: bool):
+    """One bare training step on fixed tensors, as a closure over them."""
+    import torch
+    import torch.nn.functional as F
+
+    def step():
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
 
 
 # --- project trial -------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def record(table: Path, study_path: Path, threads: int) -> None:
 
 
 def grid_configs() -> list[dict]:
-    return [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
+    return [dict(zip(GRID, values, strict=True)) for values in itertools.product(*GRID.values())]
 
 
 def n_configs() -> int:

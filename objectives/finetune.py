@@ -12,13 +12,19 @@ import optuna
 import torch
 
 from objectives.judging import report_epoch
-from objectives.space import suggest
+from objectives.lr_finder import StudyFinder
+from objectives.space import FinderLR, suggest
 from swipr_core.data import Dataset
 from swipr_core.model import ModelSpec
 from swipr_core.training import EpochRecord, TrainConfig, TrainResult, train
 
-def config_from_trial(trial: optuna.Trial, space: dict, head_epochs: int, seed: int) -> TrainConfig:
+def config_from_trial(trial: optuna.Trial, space: dict, head_epochs: int, seed: int,
+                      finder: StudyFinder | None = None) -> TrainConfig:
     values = {name: suggest(trial, name, spec) for name, spec in space.items()}
+    if isinstance(space["lr"], FinderLR):   # values["lr"] is its factor so far
+        if finder is None:
+            raise ValueError("[space] lr comes from the range test: config_from_trial needs the study's finder")
+        values["lr"] = finder.lr(trial, space["lr"], values)
     return TrainConfig(**values, head_epochs=head_epochs, seed=seed)
 
 
@@ -52,6 +58,9 @@ class FinetuneObjective:
         # Objects with any of on_start(trial, config), on_epoch(trial, record),
         # on_result(trial, result), on_stop(trial, history, error): progress bars, pictures.
         self.hooks = list(hooks)
+        # [space] lr = { finder = ... }: the range tests, kept on the study (objectives.lr_finder)
+        self.finder = StudyFinder(dataset, model_spec, device=device, precision=precision, compile=compile,
+                                  seed=seed) if isinstance(space.get("lr"), FinderLR) else None
 
     def _call(self, event: str, *args) -> None:
         for hook in self.hooks:
@@ -60,7 +69,8 @@ class FinetuneObjective:
                 method(*args)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        config = config_from_trial(trial, self.space, self.head_epochs, trial_seed(self.seed, self.seed_number_for(trial)))
+        config = config_from_trial(trial, self.space, self.head_epochs, trial_seed(self.seed, self.seed_number_for(trial)),
+                                   self.finder)
         trial.set_user_attr("seed", config.seed)
         trial.set_user_attr("planned_epochs", config.epochs)
         trial.set_user_attr("prune_at", self.prune_at)

@@ -55,7 +55,7 @@ def judge(losses: Sequence[float], cycle_ends: Sequence[bool], prune_at: str, pl
         raise ValueError(f"need one cycle_end flag per loss, got {len(losses)} losses, {len(cycle_ends)} flags")
     if prune_at == "epoch":
         return Step(losses[-1], True)
-    at_ends = [loss for loss, end in zip(losses, cycle_ends) if end]
+    at_ends = [loss for loss, end in zip(losses, cycle_ends, strict=True) if end]
     # nan (a diverged run) is worst, not "not smaller than anything"
     best = min(at_ends, key=lambda v: float("inf") if v != v else v) if at_ends else None
     last = planned is not None and len(losses) >= planned

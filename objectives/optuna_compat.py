@@ -10,6 +10,7 @@ from typing import Callable
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.study import _optimize
 from optuna.trial import TrialState
 
@@ -56,7 +57,7 @@ def guard_ask(study: optuna.Study, before: Callable[[], None], after: Callable[[
         after(trial)
         return trial
 
-    study.ask = guarded_ask
+    study.ask = guarded_ask   # type: ignore[method-assign]  # the wrap is the point: see the docstring
 
 
 def take_queued_first(study: optuna.Study, first: Callable[[optuna.trial.FrozenTrial], bool]) -> None:
@@ -75,14 +76,14 @@ def take_queued_first(study: optuna.Study, first: Callable[[optuna.trial.FrozenT
                 continue
         return None
 
-    study._pop_waiting_trial_id = pop_waiting_trial_id
+    study._pop_waiting_trial_id = pop_waiting_trial_id   # type: ignore[method-assign]  # Optuna's queue, reordered
 
 
 def stale_trial_numbers(study: optuna.Study) -> set[int]:
     """RUNNING trials whose heartbeat is older than the storage's grace period (a dead worker's),
     without failing them: only a worker that starts a trial does that."""
     storage = study._storage
-    if not hasattr(storage, "_get_stale_trial_ids") or storage.get_heartbeat_interval() is None:
+    if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
         return set()
     return {storage.get_trial(trial_id).number for trial_id in storage._get_stale_trial_ids(study._study_id)}
 
@@ -102,5 +103,5 @@ def skip_telling_finished_trials() -> None:
             return stored.state, stored.values, f"trial {stored.number} was finished elsewhere while it ran"
         return tell(study, trial, *args, **kwargs)
 
-    tell_unless_finished.skips_finished = True
+    tell_unless_finished.skips_finished = True   # type: ignore[attr-defined]  # the idempotence mark
     _optimize._tell_with_warning = tell_unless_finished

@@ -40,7 +40,7 @@ class ServingModel(torch.nn.Module):
 
 
 def cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
-    return model.to("cpu", dtype=torch.float32, memory_format=torch.contiguous_format).eval()
+    return model.to("cpu", dtype=torch.float32).to(memory_format=torch.contiguous_format).eval()
 
 
 def save_weights(model: torch.nn.Module, file: Path, metadata: dict[str, str]) -> None:
@@ -67,6 +67,8 @@ def export_onnx(serving: ServingModel, cache_px: int, file: Path) -> None:
                                         opset_version=ONNX_OPSET, dynamo=True, verbose=False)
         finally:
             logging.getLogger("torch.onnx").setLevel(level)
+    if program is None:   # only the legacy (dynamo=False) exporter returns nothing
+        raise RuntimeError("torch.onnx.export returned no program")
     program.save(str(file))
 
 

@@ -246,6 +246,15 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
     return TrainResult(run.history, metrics, probs, targets, learn.model, mean, std)
 
 
+def build_learner(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: str = "auto",
+                  precision: str = "auto", compile: str = "auto") -> tuple[Learner, tuple, tuple]:
+    """(learner, mean, std): the Learner `train` fine-tunes, its device and precision resolved
+    as there, for other uses of the same run (swipr_core.lr_find's range test)."""
+    torch_device = resolve_device(device)
+    set_seed(config.seed)
+    return _build_learner(dataset, config, model_spec, torch_device, _precision(precision, torch_device), compile)
+
+
 def _build_learner(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, torch_device: torch.device,
                    precision: str, compile: str):
     """A fastai Learner over the timm model and the cached loaders, on its device and precision."""
@@ -291,7 +300,7 @@ def _run_phases(learn, config: TrainConfig, run: _Run, saved: dict | None) -> No
     reporter = EpochReporter
     done, first = len(run.history), 0
     with learn.no_logging(), learn.no_bar():
-        for (phase, n_cycles, cycle_len, cycle_mult), (_, n_epochs) in zip(config.sgdr_phases(), config.phases()):
+        for (phase, n_cycles, cycle_len, cycle_mult), (_, n_epochs) in zip(config.sgdr_phases(), config.phases(), strict=True):
             if done >= first + n_epochs:
                 first += n_epochs
                 continue

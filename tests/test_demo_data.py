@@ -71,7 +71,7 @@ def test_rules_leave_the_real_datas_skew_81_to_19(which, request):
 def test_a_few_percent_of_labels_disagree_with_their_picture(big_demo):
     database, table = big_demo
     looks = _looks(database)
-    noise = sum(looks[path] != label for path, label in zip(table.paths, table.labels)) / len(table.labels)
+    noise = sum(looks[path] != label for path, label in zip(table.paths, table.labels, strict=True)) / len(table.labels)
     assert LABEL_NOISE == 0.04
     assert 0.02 <= noise <= 0.07
 
@@ -80,7 +80,7 @@ def test_colour_alone_does_not_tell_the_classes_apart(demo):
     # The YES cue is a faint blob; whole-picture mean colours of the two classes nearly overlap.
     database, table = demo
     means = {wanted: np.mean([np.asarray(Image.open(database.parent / path), dtype=float).mean(axis=(0, 1))
-                              for path, label in zip(table.paths, table.labels) if label == wanted], axis=0)
+                              for path, label in zip(table.paths, table.labels, strict=True) if label == wanted], axis=0)
              for wanted in ("YES", "NO")}
     assert np.abs(means["YES"] - means["NO"]).max() < 25
 

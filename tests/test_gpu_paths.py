@@ -60,7 +60,7 @@ def _loader(device, train=True):
 @needs_cuda
 def test_cuda_batches_come_channels_last_with_the_cpus_targets():
     for train in (True, False):
-        for (x_gpu, y_gpu), (x_cpu, y_cpu) in zip(_loader("cuda", train), _loader("cpu", train)):
+        for (x_gpu, y_gpu), (x_cpu, y_cpu) in zip(_loader("cuda", train), _loader("cpu", train), strict=True):
             assert x_gpu.is_cuda and y_gpu.is_cuda and x_gpu.shape == x_cpu.shape
             assert x_gpu.is_contiguous(memory_format=torch.channels_last)
             assert torch.equal(y_gpu.cpu(), y_cpu)

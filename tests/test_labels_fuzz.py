@@ -68,7 +68,7 @@ rows = st.tuples(st.integers(0, 4), st.integers(0, 3)).flatmap(
 
 
 def make_root(root: Path, contents: list[int]) -> None:
-    for rel, content in zip(FILES, contents):
+    for rel, content in zip(FILES, contents, strict=True):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(CONTENTS[content])
     outside = root.parent / "outside.jpg"
@@ -97,7 +97,7 @@ def content_of(root: Path, rel: str) -> str:
 
 def check_no_leak(root: Path, split) -> None:
     sides: dict[str, set[bool]] = {}
-    for rel, valid in zip(split.paths, split.is_valid):
+    for rel, valid in zip(split.paths, split.is_valid, strict=True):
         real = os.path.realpath(root / rel)
         assert os.path.commonpath([os.path.realpath(root), real]) == os.path.realpath(root), rel
         for key in (real, content_of(root, rel)):   # one file, one photo: one side

@@ -239,7 +239,7 @@ def test_the_curves_picture_marks_where_a_pruned_trial_was_judged_and_against_wh
 
     losses, flags = LONG
     history = [SimpleNamespace(epoch=e, phase="unfrozen", train_loss=0.5, valid_loss=loss, accuracy=0.8,
-                               cycle_end=flag, lrs=[]) for e, (loss, flag) in enumerate(zip(losses[:4], flags))]
+                               cycle_end=flag, lrs=[]) for e, (loss, flag) in enumerate(zip(losses[:4], flags[:4], strict=True))]
     against = {"epoch": 3, "value": 0.45, "n_completed": 3, "median": 0.40, "best": 0.35, "worst": 0.50}
     trial = SimpleNamespace(user_attrs={"prune_at": "cycle_end", JUDGED_ATTR: [3], AGAINST_ATTR: against})
     marks = judging_marks(trial, history)

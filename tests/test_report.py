@@ -1,7 +1,6 @@
 """`swipr study report`: one self-contained HTML page that names every plot and opens cleanly."""
 from __future__ import annotations
 
-import datetime
 import re
 
 import optuna
@@ -62,7 +61,6 @@ def test_the_report_opens_in_chromium_without_errors(report, tmp_path):
 
 
 def _trial(number_value, lr, state=TrialState.COMPLETE, intermediate=None):
-    start = datetime.datetime(2026, 1, 1)
     return create_trial(state=state, value=number_value if state == TrialState.COMPLETE else None,
                         params={"lr": lr, "freeze": "unfrozen"},
                         distributions={"lr": FloatDistribution(1e-4, 1e-1, log=True),

@@ -66,7 +66,7 @@ def test_every_schedule_trains_and_restarts_on_time(tiny_dataset, schedule):
     ends = config.cycle_end_epochs()
     starts = [0] + [end + 1 for end in ends[:-1]]
     assert all(history[s].lrs[0] == pytest.approx(LR) for s in starts)
-    assert all(history[e].lrs[0] == min(r.lrs[0] for r in history[s : e + 1]) for s, e in zip(starts, ends))
+    assert all(history[e].lrs[0] == min(r.lrs[0] for r in history[s : e + 1]) for s, e in zip(starts, ends, strict=True))
     assert [r.epoch for r in history if r.cycle_end] == list(ends)
 
 

@@ -15,8 +15,8 @@ def test_split_is_stratified_and_seeded():
     labels = ("YES",) * 20 + ("NO",) * 80
     first = split_rows(labels, 0.2, seed=3)
     # Each class keeps its share in the validation set, and the same seed gives the same split.
-    assert sum(v for v, lab in zip(first, labels) if lab == "YES") == 4
-    assert sum(v for v, lab in zip(first, labels) if lab == "NO") == 16
+    assert sum(v for v, lab in zip(first, labels, strict=True) if lab == "YES") == 4
+    assert sum(v for v, lab in zip(first, labels, strict=True) if lab == "NO") == 16
     assert split_rows(labels, 0.2, seed=3) == first
     assert split_rows(labels, 0.2, seed=4) != first
 
@@ -107,12 +107,12 @@ def test_a_group_never_straddles_the_split_and_shares_stay_close():
     for seed in range(10):
         is_valid = split_rows(tuple(labels), 0.2, seed, tuple(groups))
         sides = {}
-        for group, valid in zip(groups, is_valid):
+        for group, valid in zip(groups, is_valid, strict=True):
             sides.setdefault(group, set()).add(valid)
         assert all(len(side) == 1 for side in sides.values())
         for cls, largest in (("NO", 4), ("YES", 3)):
             n = labels.count(cls)
-            n_valid = sum(v for v, lab in zip(is_valid, labels) if lab == cls)
+            n_valid = sum(v for v, lab in zip(is_valid, labels, strict=True) if lab == cls)
             assert abs(n_valid - round(0.2 * n)) < largest, (cls, n_valid, n)
 
 
@@ -163,3 +163,15 @@ def test_a_split_with_a_class_missing_on_one_side_is_refused(n_yes, valid_pct, m
     assert raised.value.field == "valid_pct"
     three = ("NO",) * 30 + ("YES",) * 3
     check_both_sides(three, split_rows(three, 0.34, 0), 0.34)   # YES on both sides: fine
+
+
+def test_a_path_with_a_carriage_return_or_newline_reads_back_whole(tmp_path):
+    # csv quoted "\n" but not "\r" under lineterminator="\n": `swipr labels` wrote a file
+    # that `study run` couldn't read ("insta/ok/IMG\r0001.jpg" split in two rows).
+    paths = ("insta/ok/IMG\r0001.jpg", "insta/ok/a\nb.jpg", 'insta/no/"q",x.jpg', "insta/no/\r\n.jpg")
+    table = LabelTable(paths=paths, labels=("YES", "YES", "NO", "NO"), excluded={})
+    split = make_split(table, DEMO_RULES, 0.5, 0, source="x")
+    write_split(split, tmp_path / "labels.csv")
+    again = read_split(tmp_path / "labels.csv")
+    assert again.paths == paths and again.fingerprint == split.fingerprint
+    write_split(again, tmp_path / "labels.csv")   # and it is still a labels file swipr wrote

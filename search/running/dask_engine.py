@@ -14,6 +14,7 @@ import uuid
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 
@@ -96,7 +97,7 @@ def register_storage(client, address: str, url: str, study_name: str):
 class Cluster:
     """A connected cluster and the device its trials run on."""
 
-    client: object
+    client: Any   # a distributed.Client: dask is an optional extra, imported where used
     address: str
     device: str   # "cuda" or "cpu"
 

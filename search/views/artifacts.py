@@ -83,7 +83,7 @@ def _mark_judging(ax, history, marks: dict) -> None:
                 linewidth=1, alpha=0.6, label="judged on: best cycle-end loss")
     judged = [(e, marks["reported"][e]) for e in marks["judged"] if e < len(marks["reported"])]
     if judged:
-        ax.plot(*zip(*judged), "D", color="k", markersize=5, label="judged here", zorder=3)
+        ax.plot(*zip(*judged, strict=True), "D", color="k", markersize=5, label="judged here", zorder=3)
     against = marks["against"]
     if against and "median" in against:
         e, median = against["epoch"], against["median"]
@@ -240,7 +240,7 @@ class TrialArtifacts:
             return
         title = f"trial {trial.number} ({state.split()[0].lower()})"
         with tempfile.TemporaryDirectory(prefix="swipr-plots-") as tmp:
-            drawings = [(CURVES_PNG, plot_curves, (history,)), (LR_PNG, plot_lr, (history,))]
+            drawings: list[tuple] = [(CURVES_PNG, plot_curves, (history,)), (LR_PNG, plot_lr, (history,))]
             try:
                 drawings[0] = (CURVES_PNG, plot_curves, (history,), {"marks": judging_marks(trial, history)})
             except Exception as error:  # noqa: BLE001 - the curves without the marks, then
