@@ -140,7 +140,7 @@ def _device(device: str, where: str, slots: list[Slot]) -> str:
     if device == "cpu":
         raise SwiprError("--gpus runs trials on GPUs, but the device is cpu ([train] device or --device)")
     visible = torch.cuda.device_count()   # counts without initialising CUDA in this process
-    missing = sorted({slot.gpu for slot in slots if slot.gpu >= visible})
+    missing = sorted({slot.gpu for slot in slots if slot.gpu is not None and slot.gpu >= visible})
     if missing:
         raise SwiprError(f"--gpus names GPU {', '.join(map(str, missing))}, but this machine has {visible} "
                          f"CUDA GPU{'s' if visible != 1 else ''} visible")

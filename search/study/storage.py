@@ -221,8 +221,9 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
     SQLite file read-only (for commands that only read). With
     `heartbeat`, running trials beat and stale ones are handed to `on_stale(study, trial)`;
     a journal file has no heartbeats, so there `heartbeat` is ignored (see supports_heartbeat)."""
-    if journal_path(url) is not None:
-        return _open_journal(url, create)
+    journal = journal_path(url)
+    if journal is not None:
+        return _open_journal(url, journal, create)
     url = normalize_url(url)
     refuse_ambiguous_password(url)
     parsed, shown, connect_url = _parse(url), redact(url), url
@@ -267,8 +268,7 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
         raise SwiprError(f"storage {redact(url)}: can't open it: {redact_text(reason, url)}") from None
 
 
-def _open_journal(url: str, create: bool):
-    path = journal_path(url)
+def _open_journal(url: str, path: Path, create: bool):
     # JournalFileBackend creates a missing file: status and best must not.
     if not create and not path.is_file():
         raise SwiprError(f"storage {url}: no such journal file (run `swipr study run` first)")
