@@ -66,9 +66,17 @@ class Server:
         self.root.chmod(0o700)
         self._run(self.initdb, "-D", self.data, "-U", USER, f"--pwfile={pwfile}", "-A", "scram-sha-256",
                   "-E", "UTF8", "--no-sync")
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the server (again, after `halt`), on the same port and data."""
         options = f"-p {self.port} -h 127.0.0.1 -k {self.root} -c max_connections=200 -c fsync=off"
         self._run(self.pg_ctl, "-D", self.data, "-o", options, "-l", self.root / "log", "-w", "start")
-        return self
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data, as an outage would (`resume` starts it again)."""
+        self._run(self.pg_ctl, "-D", self.data, "-m", "fast", "-w", "stop")
 
     def url(self, database: str = "postgres", password: str = PASSWORD) -> str:
         return f"postgresql://{USER}:{password}@127.0.0.1:{self.port}/{database}"
@@ -87,5 +95,7 @@ class Server:
     def stop(self) -> None:
         try:
             self._run(self.pg_ctl, "-D", self.data, "-m", "immediate", "stop")
+        except subprocess.CalledProcessError:   # halted already
+            pass
         finally:
             shutil.rmtree(self.root, ignore_errors=True)

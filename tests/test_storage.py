@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+from urllib.parse import quote
 
 import optuna
+import psycopg2
 import pytest
+from psycopg2 import sql
 
+from search.study.open import open_study
 from search.study.storage import Heartbeat, open_storage, redact, redact_output
 from search.study.samplers import make_sampler, worker_seed
+from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
 from tests import pg
+from tests.studykit import one_line_error, run_cli, write_study
 
 
 def _trivial_worker(url: str, slot: int, n_trials: int) -> None:
@@ -161,3 +167,56 @@ def test_each_queued_trial_is_handed_out_once_under_concurrent_workers(tmp_path)
     numbers = [t for t in taken if isinstance(t, int)]
     assert len(numbers) == len(set(numbers)) == 60
     assert set(range(40)) <= set(numbers)   # every queued trial ran, exactly once
+
+
+def _role_with_password(server, name: str, password: str) -> str:
+    """A role and its own database on `server`; the URL with the password percent-encoded."""
+    connection = psycopg2.connect(host="127.0.0.1", port=server.port, user=pg.USER, password=pg.PASSWORD,
+                                  dbname="postgres")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(name)), (password,))
+        cursor.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(name)))
+    connection.close()
+    return f"postgresql://{name}:{quote(password, safe='')}@127.0.0.1:{server.port}/{name}"
+
+
+def test_a_percent_encoded_password_opens_a_real_server(pg_server, capsys):
+    # '#', '@', '/' and '%' percent-encoded, as the refusal of an unencoded '@' asks: accepted,
+    # and the study works on a real server.
+    url = _role_with_password(pg_server, "swipr_encoded", "Pa#ss@wo/rd%9z")
+    assert "%23" in url and "%40" in url and "%2F" in url and "%25" in url
+    study = optuna.create_study(study_name="enc", storage=open_storage(url))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="enc", storage=open_storage(url, create=False)).trials) == 2
+    assert redact(url) == f"postgresql://swipr_encoded:***@127.0.0.1:{pg_server.port}/swipr_encoded"
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("postgresql://u:Secret-Pw1@127.0.0.1:abc/db", "the port 'abc' is not a number"),
+    ("postgresql://u:Secret-Pw1@[::1/db", "'[' of the IPv6 host '[::1' is not closed"),
+])
+def test_an_unreadable_host_or_port_is_one_line(tmp_path, data_dir, url, problem):
+    study = write_study(tmp_path, data_dir, extra={"study": f'storage = "{url}"\n'})
+    error = one_line_error(run_cli("study", "status", study))
+    assert problem in error and "Secret-Pw1" not in error
+
+
+def test_a_study_name_over_the_postgres_limit_is_refused_at_load(tmp_path, data_dir, pg_url):
+    storage = {"study": f'storage = "{pg_url}"\n'}
+    too_long = write_study(tmp_path, data_dir, "long.toml", name="n" * 513, extra=storage)
+    for command in ("run", "status"):
+        error = one_line_error(run_cli("study", command, too_long))
+        assert "long.toml: [study] name: 513 characters" in error and "at most 512" in error
+    # 512 is the limit itself: such a study is created and kept.
+    longest = write_study(tmp_path, data_dir, "longest.toml", name="n" * 512, extra=storage)
+    assert open_study(load_study_file(longest)).study_name == "n" * 512
+    # SQLite has no such limit.
+    sqlite = write_study(tmp_path, data_dir, "sqlite.toml", name="n" * 600)
+    assert open_study(load_study_file(sqlite)).study_name == "n" * 600
+
+
+@pytest.mark.parametrize("flag", ["--dask", "--device"])
+def test_an_empty_flag_is_refused_not_taken_as_the_default(tmp_path, data_dir, flag):
+    study = write_study(tmp_path, data_dir)
+    assert f"{flag} is empty" in one_line_error(run_cli("study", "run", study, flag, ""))

@@ -77,7 +77,7 @@ def _where(row: dict) -> str:
 def status(args: argparse.Namespace) -> int:
     study_file = load_study_file(args.study_file)
     quiet_optuna()
-    study = open_study(study_file, create=False, heartbeat_aware=True)
+    study = open_study(study_file, create=False, heartbeat_aware=True, read_only=True)
     stale = stale_trial_numbers(study)
     rows = [_trial_row(t, t.number in stale) for t in study.get_trials(deepcopy=False)]
     baseline, majority_class = majority_baseline(study)
@@ -112,7 +112,7 @@ def _status_line(row: dict, baseline: float | None) -> str:
 def best(args: argparse.Namespace) -> int:
     study_file = load_study_file(args.study_file)
     quiet_optuna()
-    study = open_study(study_file, create=False)
+    study = open_study(study_file, create=False, read_only=True)
     trial = best_trial(study)
     gains = search_gains(study)
     payload = {"number": trial.number, "value": trial.value, "params": trial.params,

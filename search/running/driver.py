@@ -6,9 +6,10 @@ With them, the supervisor (search.running.supervisor) runs each trial in a fresh
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
+import os
+import uuid
 
 import optuna
 import torch
@@ -18,7 +19,8 @@ from search.running.stop import sigterm_as_interrupt
 from search.running.supervisor import Slot, make_slots, supervise
 from search.running.worker import run_worker
 from search.study.data_record import check_fingerprint, prepare_study_data
-from search.study.open import best_or_none, open_study, quiet_optuna
+from search.study.guarded import RUN_ATTR, RUN_ENV, failure_in
+from search.study.open import best_or_none, open_study, quiet_optuna, refuse_long_name
 from search.study.space_record import check_space
 from search.study.storage import NO_HEARTBEAT_NOTE, redact, redact_output, supports_heartbeat
 from search.study.warm_start import enqueue_warm_start
@@ -36,11 +38,28 @@ from swipr_core.training import resolve_device
 
 def run_study(args: argparse.Namespace) -> int:
     with sigterm_as_interrupt():   # the supervisor, with --workers/--gpus, has its own as well
-        return _run_study(args)
+        try:
+            return _run_study(args)
+        except Exception as error:
+            # A storage that failed mid-run (full disk, database gone) surfaces through Optuna's
+            # loop as other errors; the storage's own one-line reason is what the user needs.
+            failure = failure_in(error)
+            if failure is None:
+                raise
+            raise failure from None
+
+
+def _refuse_empty_flags(args: argparse.Namespace) -> None:
+    """`--dask ""` (an unset variable in a script) must not quietly mean "the default"."""
+    for flag, value in (("--device", args.device), ("--dask", args.dask)):
+        if value is not None and not value.strip():
+            raise SwiprError(f"{flag} is empty; give a value or leave the flag out")
 
 
 def _run_study(args: argparse.Namespace) -> int:
+    _refuse_empty_flags(args)
     study_file = load_study_file(args.study_file)
+    refuse_long_name(study_file)   # before the data is prepared, not after
     device_name, device_where = study_file.device_from(args.device)
     with keyed(device_where):
         check_device(device_name)   # --device is read here; [train] device was checked at load
@@ -67,7 +86,8 @@ def _run_study(args: argparse.Namespace) -> int:
     for note in check_space(study, study_file):
         print(note)
     done_before = len(study.trials)   # before the warm start's enqueued trials, which this run runs
-    started = datetime.datetime.now()   # Optuna's trial times are naive local times
+    # Each trial this run starts, here or in its trial processes, is marked with this token.
+    os.environ[RUN_ENV] = run_token = uuid.uuid4().hex
     for line in enqueue_warm_start(study, study_file):
         print(line)
     where = f" on {len(slots)} worker{'s' if len(slots) != 1 else ''}" if parallel else ""
@@ -89,11 +109,7 @@ def _run_study(args: argparse.Namespace) -> int:
         budget = Budget(n_trials, timeout)
         return code
     finally:   # also when the run stops early: what it did is worth a look
-        # Trials this run started, queued ones (retries, the warm start) included.
-        this_run = [t.number for t in study.get_trials(deepcopy=False)
-                    if t.datetime_start is not None and t.datetime_start >= started]
-        print(summary_table(study, device, this_run=this_run, budget=budget))
-        _print_best(study)
+        _print_summary(study_file, device, run_token, budget)
 
 
 def _budget(args: argparse.Namespace, study_file: StudyFile) -> tuple[int, float | None]:
@@ -129,11 +145,25 @@ def _device(device: str, where: str, slots: list[Slot]) -> str:
     if device == "cpu":
         raise SwiprError("--gpus runs trials on GPUs, but the device is cpu ([train] device or --device)")
     visible = torch.cuda.device_count()   # counts without initialising CUDA in this process
-    missing = sorted({slot.gpu for slot in slots if slot.gpu >= visible})
+    missing = sorted({slot.gpu for slot in slots if slot.gpu is not None and slot.gpu >= visible})
     if missing:
         raise SwiprError(f"--gpus names GPU {', '.join(map(str, missing))}, but this machine has {visible} "
                          f"CUDA GPU{'s' if visible != 1 else ''} visible")
     return "cuda"
+
+
+def _print_summary(study_file: StudyFile, device: str, run_token: str, budget: Budget | None) -> None:
+    try:
+        # Read afresh: the run's own view caches trials as it last saw them, without the marks
+        # of the run that started them (search.study.guarded).
+        study = open_study(study_file, create=False)
+        # Trials this run started, queued ones (retries, the warm start) included; not those
+        # another run on the same study started meanwhile.
+        this_run = [t.number for t in study.get_trials(deepcopy=False) if t.system_attrs.get(RUN_ATTR) == run_token]
+        print(summary_table(study, device, this_run=this_run, budget=budget))
+        _print_best(study)
+    except SwiprError:   # the storage the run stops for (StorageFailed), or it can't be opened again
+        print("no summary: the study's storage can't be read (the error is below)")
 
 
 def _print_best(study: optuna.Study) -> None:

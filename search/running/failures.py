@@ -4,9 +4,11 @@ run with one line saying why: the same error would most likely fail every trial 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import re
+import sys
 import traceback
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from search.study.guarded import StorageFailed
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
 
@@ -29,10 +32,22 @@ def error_log(study_file: StudyFile) -> Path:
     return study_file.path.parent / f"{study_file.path.stem}.errors.log"
 
 
+_unwritable_logs: set[Path] = set()   # said once per process: the log can't be written
+
+
 def _append(log: Path, heading: str, text: str) -> None:
+    """Add an entry to the error log. A log that can't be written (a full disk, a read-only
+    folder) must not turn one failed trial into a crash, here or inside a logging filter: it is
+    said once, and the trial's one line still names its error."""
     stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    with open(log, "a", encoding="utf-8") as file:
-        file.write(f"--- {stamp} {heading}\n{text.rstrip()}\n")
+    try:
+        with open(log, "a", encoding="utf-8") as file:
+            file.write(f"--- {stamp} {heading}\n{text.rstrip()}\n")
+    except OSError as error:
+        if log not in _unwritable_logs:
+            _unwritable_logs.add(log)
+            print(f"swipr: can't write the error log {log}: {error.strerror or error}; "
+                  f"tracebacks are not kept", file=sys.stderr, flush=True)
 
 
 class TracebacksToLog(logging.Filter):
@@ -44,8 +59,8 @@ class TracebacksToLog(logging.Filter):
         self.log = log
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[0] is TrialFailed:
-            return False   # FailureGuard has logged the real error
+        if record.exc_info and record.exc_info[0] in (TrialFailed, StorageFailed):
+            return False   # FailureGuard has logged the real error; the run's last line names the storage's
         if record.exc_info:
             _append(self.log, record.getMessage(), "".join(traceback.format_exception(*record.exc_info)))
             return False
@@ -80,6 +95,10 @@ class FailureGuard:
     def __call__(self, trial: optuna.Trial):
         try:
             return self.objective(trial)
+        except StorageFailed as error:   # the run stops for it; the trial's record says why, if it can
+            with contextlib.suppress(StorageFailed):
+                trial.set_user_attr("fail_reason", str(error))
+            raise
         except (optuna.TrialPruned, SwiprError, KeyboardInterrupt):
             raise
         except UpdateFinishedTrialError:   # nothing more may be written to the trial

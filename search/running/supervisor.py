@@ -25,7 +25,8 @@ import torch
 from search.running.stop import StopFlag
 # A trial process's exit status: its trial finished (complete or pruned), it failed, the
 # process met bad input (a SwiprError: the next would too), or it was stopped by a signal.
-from search.running.worker import BAD_INPUT, DONE, FAILED, STOPPED, run_trial_process
+from search.running.worker import BAD_INPUT, DONE, FAILED, STOPPED, STORAGE_FAILED, run_trial_process
+from search.study.guarded import RUN_ENV, failure_in
 from search.studyfile import StudyFile
 from swipr_core.data import Dataset
 from swipr_core.errors import SwiprError
@@ -104,7 +105,16 @@ def _trial_process(task: Task) -> None:
     signal.signal(signal.SIGTERM, stop.on_signal)
     os.environ.update(task.env)   # before anything touches CUDA
     torch.set_num_threads(task.cpu_threads)
-    sys.exit(run_trial_process(task.study_file, task.slot.label, task.slot.index, task.device, stop, task.dataset))
+    try:
+        code = run_trial_process(task.study_file, task.slot.label, task.slot.index, task.device, stop, task.dataset)
+    except Exception as error:
+        # A failed storage reaches here through Optuna's loop as another error (see failure_in).
+        failure = failure_in(error)
+        if failure is None:
+            raise
+        print(f"swipr: error: {task.slot.label}: {failure}", file=sys.stderr, flush=True)
+        code = STORAGE_FAILED
+    sys.exit(code)
 
 
 # --- the supervisor ---------------------------------------------------------------------
@@ -160,7 +170,8 @@ class _Supervisor:
                 self.ended(slot, process.exitcode)
 
     def start(self, slot: Slot) -> None:
-        env = {"SWIPR_STORAGE": self.storage_url}
+        # The run's token too: a forkserver started by an earlier run would hand out that one.
+        env = {"SWIPR_STORAGE": self.storage_url, RUN_ENV: os.environ.get(RUN_ENV, "")}
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = visible_device(slot.gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
         process = self.context.Process(target=_trial_process, name=f"swipr-{slot.index}",
@@ -178,6 +189,8 @@ class _Supervisor:
                 self.status = 1
         elif code == BAD_INPUT:   # the process printed a SwiprError: the same would happen again
             self.status = 2
+        elif code == STORAGE_FAILED:   # it said why; every other trial process meets the same storage
+            self.status = self.status or 1
         elif code != STOPPED:   # stopped by a signal someone sent it: its trial was recorded
             self.crashed(slot, code)
 

@@ -29,6 +29,7 @@ from swipr_core.errors import RunStopped, SwiprError
 
 # run_trial_process's exit statuses, read by search.running.supervisor
 DONE, FAILED, BAD_INPUT, STOPPED = 0, 3, 2, 130
+STORAGE_FAILED = 4   # the storage failed (a full disk, the database gone): the run stops, exit 1
 
 
 def checkpoint_root(study_file: StudyFile) -> Path:
@@ -108,7 +109,7 @@ def run_trial_process(study_file: StudyFile, label: str, slot_index: int, device
                    callbacks=[announce], stop=stop, streak=streak)
     except SwiprError as error:
         print(f"swipr: error: {label}: {error}", file=sys.stderr, flush=True)
-        return BAD_INPUT
+        return BAD_INPUT if error.exit_code == BAD_INPUT else STORAGE_FAILED
     except KeyboardInterrupt:
         return STOPPED
     return FAILED if streak.in_a_row else DONE

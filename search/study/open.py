@@ -1,6 +1,7 @@
 """A study file -> its Optuna study (storage, sampler, pruner), and the study's best trial."""
 from __future__ import annotations
 
+import logging
 import socket
 import warnings
 
@@ -8,7 +9,8 @@ import optuna
 
 from search.study.pruners import pruner_for
 from search.study.samplers import make_sampler, worker_seed
-from search.study.storage import Heartbeat, open_storage, redact
+from search.study.orphans import fail_unbeaten_trials
+from search.study.storage import Heartbeat, open_storage, redact, study_name_limit
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
 
@@ -16,13 +18,28 @@ OBJECTIVE_NAME = "val_loss"   # what a trial's value is: the validation loss of 
 
 
 def quiet_optuna() -> None:
-    """Optuna's per-trial INFO lines repeat what swipr prints itself."""
+    """Optuna's per-trial INFO lines repeat what swipr prints itself. Its plotting functions
+    warn when a study has no (completed) trials yet ("There are no complete trials."): the
+    report draws an empty chart there and says how many trials there are in its own words."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Its module loggers (optuna.visualization._slice, ...) inherit this level.
+    logging.getLogger("optuna.visualization").setLevel(logging.ERROR)
 
 
-def open_study(study_file: StudyFile, create: bool = True, heartbeat_aware: bool = False) -> optuna.Study:
-    """The study; `heartbeat_aware` lets a reader tell a dead worker's trial from a live one."""
-    storage = open_storage(study_file.study.storage, create=create,
+def refuse_long_name(study_file: StudyFile) -> None:
+    """A name longer than the storage's column would fail deep inside Optuna, on the first write."""
+    name, limit = study_file.study.name, study_name_limit(study_file.study.storage)
+    if limit is not None and len(name) > limit:
+        raise SwiprError(f"{study_file.where('study')} name: {len(name)} characters, but "
+                         f"{redact(study_file.study.storage)} holds study names of at most {limit}")
+
+
+def open_study(study_file: StudyFile, create: bool = True, heartbeat_aware: bool = False,
+               read_only: bool = False) -> optuna.Study:
+    """The study; `heartbeat_aware` lets a reader tell a dead worker's trial from a live one;
+    `read_only` (status, best) opens a SQLite file read-only, so read-only media can be read."""
+    refuse_long_name(study_file)
+    storage = open_storage(study_file.study.storage, create=create, read_only=read_only,
                            heartbeat=heartbeat(study_file) if heartbeat_aware else None)
     sampler = make_sampler(study_file.study.sampler, study_file.study.seed)
     pruner = pruner_for(study_file)
@@ -53,12 +70,14 @@ def open_worker_study(study_file: StudyFile, on_stale, slot: str = "0") -> optun
     (see search.study.samplers.worker_seed). `on_stale(study, trial)` gets each dead worker's
     trial (objectives.resume.Checkpoints.on_stale)."""
     s = study_file.study
+    refuse_long_name(study_file)
     storage = open_storage(s.storage, create=False, heartbeat=heartbeat(study_file), on_stale=on_stale)
     try:
         study = optuna.load_study(study_name=s.name, storage=storage, pruner=pruner_for(study_file),
                                   sampler=optuna.samplers.RandomSampler())
     except KeyError:
         raise SwiprError(f"no study named '{s.name}' in {redact(s.storage)}") from None
+    fail_unbeaten_trials(study, s.grace_period, on_stale)
     so_far = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(s.sampler, worker_seed(s.seed, socket.gethostname(), slot, so_far))
     return study

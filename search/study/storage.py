@@ -10,6 +10,7 @@ retried) exist only for RDBStorage; on a journal such a trial just stays RUNNING
 """
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import sys
@@ -17,7 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import optuna
 from optuna.storages.journal import JournalFileBackend
@@ -25,6 +26,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 
+from search.study.guarded import GuardedStorage
 from swipr_core.errors import SwiprError
 
 SQLITE_BUSY_TIMEOUT_S = 300   # a worker waits this long for the write lock before it fails
@@ -106,9 +108,9 @@ def refuse_ambiguous_password(url: str) -> None:
     """A password with an unencoded "@" (or a "/" after one) makes a URL parser split it early:
     the connection would go to the wrong host with part of the password as the database."""
     match = _USERINFO.match(url)
-    ours = match["userinfo"].partition(":")[2] if match else ""
+    ours = unquote(match["userinfo"].partition(":")[2]) if match else ""
     try:
-        theirs = make_url(url).password or ""
+        theirs = make_url(url).password or ""   # SQLAlchemy percent-decodes it: compare decoded forms
     except Exception:  # noqa: BLE001 - open_storage says what is wrong with such a URL
         return
     if ours != theirs:
@@ -120,6 +122,18 @@ def redact_text(text: str, url: str) -> str:
     for password in passwords_of(url):
         text = text.replace(password, "***")
     return text
+
+
+# Optuna's schema keeps study names in a varchar(512) (optuna/storages/_rdb/models.py,
+# MAX_INDEXED_STRING_LENGTH): PostgreSQL and MySQL refuse longer ones, SQLite stores any length.
+RDB_NAME_LIMIT = 512
+
+
+def study_name_limit(url: str) -> int | None:
+    """The longest study name the storage at `url` holds, or None for no limit."""
+    if journal_path(url) is not None or sqlite_path(url) is not None:
+        return None
+    return RDB_NAME_LIMIT
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -163,28 +177,67 @@ def _lost_schema_race(error: Exception) -> bool:
     return isinstance(error, IntegrityError) or "already exists" in text or "unique constraint" in text
 
 
-def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = None, on_stale=None):
-    """An Optuna storage for `url`. With create=False a missing SQLite file is an error
-    instead of a new empty database (status and best must not create files). With
-    `heartbeat`, running trials beat and stale ones are handed to `on_stale(study, trial)`;
-    a journal file has no heartbeats, so there `heartbeat` is ignored (see supports_heartbeat)."""
-    if journal_path(url) is not None:
-        return _open_journal(url, create)
-    url = normalize_url(url)
-    refuse_ambiguous_password(url)
+def _parse(url: str):
     try:
-        parsed = make_url(url)
+        return make_url(url)
     except ArgumentError:
         raise SwiprError(f"storage URL {redact(url)!r} is not a database URL (e.g. sqlite:///study.db, "
                          f"postgresql://user:pass@host/db, journal:///study.log)") from None
+    except ValueError:   # SQLAlchemy's int() of the port: "invalid literal for int() ..."
+        raise SwiprError(f"storage URL {redact(url)!r} can't be read: {_host_problem(url)}") from None
+
+
+def _host_problem(url: str) -> str:
+    """What is wrong with the host:port part of a URL that SQLAlchemy could not read."""
+    match = _USERINFO.match(url)
+    rest = match["rest"] if match else url.partition("://")[2]
+    host_port = re.split(r"[/?]", rest, maxsplit=1)[0]
+    if host_port.startswith("[") and "]" not in host_port:
+        return f"the '[' of the IPv6 host {host_port!r} is not closed (write it as [::1] or [::1]:5432)"
+    port = host_port.rpartition("]")[2].rpartition(":")[2] if ":" in host_port else host_port
+    return f"the port {port!r} is not a number (host:port, e.g. 127.0.0.1:5432)"
+
+
+def _read_only_url(path: Path) -> str:
+    """A URL that opens the SQLite file read-only: status, best and report never write, and a
+    study on read-only media (a DVD, a read-only mount) can be read. On such media no WAL index
+    can be made beside the file, so it is opened as immutable: nothing can change it there."""
+    writable = os.access(path.parent, os.W_OK) and not _on_read_only_mount(path)
+    mode = "mode=ro" if writable else "mode=ro&immutable=1"
+    return f"sqlite:///file:{quote(str(path.resolve()))}?{mode}&uri=true"
+
+
+def _on_read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = None, on_stale=None,
+                 read_only: bool = False):
+    """An Optuna storage for `url`. With create=False a missing SQLite file is an error
+    instead of a new empty database (status and best must not create files); read_only opens a
+    SQLite file read-only (for commands that only read). With
+    `heartbeat`, running trials beat and stale ones are handed to `on_stale(study, trial)`;
+    a journal file has no heartbeats, so there `heartbeat` is ignored (see supports_heartbeat)."""
+    journal = journal_path(url)
+    if journal is not None:
+        return _open_journal(url, journal, create)
+    url = normalize_url(url)
+    refuse_ambiguous_password(url)
+    parsed, shown, connect_url = _parse(url), redact(url), url
     engine_kwargs: dict = {}
     path = sqlite_path(url)
     if path is not None:
         if not create and not path.is_file():
-            raise SwiprError(f"storage {redact(url)}: no such database file (run `swipr study run` first)")
+            what = "a folder, not a database file" if path.is_dir() else "no such database file"
+            raise SwiprError(f"storage {redact(url)}: {what} (run `swipr study run` first)")
         if create and not path.parent.is_dir():
             raise SwiprError(f"storage {redact(url)}: folder {path.parent} does not exist")
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+        if read_only:
+            connect_url = _read_only_url(path)
     elif parsed.get_backend_name() == "postgresql":
         # A worker holds its connection for hours; check it before use after a server restart.
         engine_kwargs["pool_pre_ping"] = True
@@ -199,8 +252,9 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)   # heartbeats
-                    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
-                if path is not None:
+                    storage = GuardedStorage(connect_url, engine_kwargs=engine_kwargs, shown=shown, sqlite_file=path,
+                                             skip_table_creation=connect_url != url, **heartbeat_kwargs)
+                if path is not None and not read_only:
                     _serialize_transactions(storage.engine)
                 return storage
             except Exception as error:
@@ -214,8 +268,7 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
         raise SwiprError(f"storage {redact(url)}: can't open it: {redact_text(reason, url)}") from None
 
 
-def _open_journal(url: str, create: bool):
-    path = journal_path(url)
+def _open_journal(url: str, path: Path, create: bool):
     # JournalFileBackend creates a missing file: status and best must not.
     if not create and not path.is_file():
         raise SwiprError(f"storage {url}: no such journal file (run `swipr study run` first)")

@@ -1,0 +1,66 @@
+"""RUNNING trials that no heartbeat will ever fail: their worker never wrote one.
+
+Optuna fails a trial as stale when its last heartbeat is older than the grace period, but a
+trial whose first heartbeat was never written (a full disk, the database gone, the worker
+killed between taking the trial and its first beat) has no heartbeat row at all: Optuna's
+check never sees it, and it stays RUNNING for ever. Here the trial's start counts as its
+first heartbeat: RUNNING, no heartbeat row, started more than grace_period ago means no live
+worker owns it (a live one beats every heartbeat_interval), so it is failed and handed to the
+same stale-trial callback as any dead worker's trial (which queues its retry).
+
+Trials a Dask driver started (they run without heartbeats, and the driver keeps track of
+them itself) are left alone.
+"""
+from __future__ import annotations
+
+import datetime
+
+import optuna
+import sqlalchemy
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from objectives.optuna_compat import storage_of, study_id
+
+DASK_TOKEN_ATTR = "swipr_dask_token"   # search.running.dask_driver.TOKEN_ATTR: a Dask driver's trial
+NEVER_BEAT = "its worker never wrote a heartbeat (it stopped before its first, or the storage refused it)"
+
+# Optuna's RDB schema: trial_heartbeats holds one row per trial that has beaten at least once.
+_UNBEATEN = sqlalchemy.text(
+    "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+    "WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.trial_id IS NULL "
+    "AND t.datetime_start IS NOT NULL AND t.datetime_start < :before")
+
+
+def unbeaten_trial_ids(study: optuna.Study, grace_period: int) -> list[int]:
+    """RUNNING trials of `study` with no heartbeat row, started over `grace_period` s ago."""
+    storage = storage_of(study)
+    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    if engine is None:   # not an RDB storage: a journal file has no heartbeats at all
+        return []
+    # Optuna stores datetime_start as naive UTC.
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    before = now - datetime.timedelta(seconds=grace_period)
+    with engine.connect() as connection:
+        rows = connection.execute(_UNBEATEN, {"study": study_id(study), "before": before}).fetchall()
+    return [row[0] for row in rows]
+
+
+def fail_unbeaten_trials(study: optuna.Study, grace_period: int, on_stale) -> list[int]:
+    """Fail each unbeaten trial (see the module's doc) and pass it to `on_stale(study, trial)`,
+    as Optuna does with a stale one. Returns the numbers failed."""
+    storage, failed = storage_of(study), []
+    for trial_id in unbeaten_trial_ids(study, grace_period):
+        trial = storage.get_trial(trial_id)
+        if DASK_TOKEN_ATTR in trial.system_attrs:
+            continue
+        try:   # the reason first: a finished trial takes no more attributes
+            storage.set_trial_user_attr(trial_id, "fail_reason", NEVER_BEAT)
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:   # another worker got there first
+            continue
+        print(f"trial {trial.number}: left RUNNING with no heartbeat; {NEVER_BEAT}", flush=True)
+        on_stale(study, storage.get_trial(trial_id))
+        failed.append(trial.number)
+    return failed
