@@ -17,6 +17,7 @@ from typing import Callable
 import optuna
 import torch
 
+from objectives.finetune import replay_config
 from objectives.space import SPACE_KEYS
 from search.fit.link import link_trial
 from search.study.data_record import FINGERPRINT_ATTR, prepare_study_data, refuse_other_data
@@ -28,7 +29,7 @@ from swipr_core import bundle
 from swipr_core.bundle_writer import library_versions, model_manifest, write_bundle
 from swipr_core.errors import SwiprError
 from swipr_core.metrics import check_target_precision, choose_threshold, classification_report
-from swipr_core.training import TrainConfig, resolve_device, sgdr_epochs, train
+from swipr_core.training import TrainConfig, resolve_device, train
 
 # Replay tolerance on the final validation loss: |replay - trial| <= ATOL + RTOL * |trial|.
 # Measured with bench/replay_drift.py on the demo study (CPU, fp32, 2 cores): with the trial's
@@ -72,22 +73,9 @@ def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTr
 
 
 def train_config(trial: optuna.trial.FrozenTrial, space_keys, study_file):
-    """The trial's TrainConfig: params as they were, its seed, and the head epochs it ran with."""
-    missing = [key for key in space_keys if key not in trial.params]
-    if missing or "seed" not in trial.user_attrs:
-        what = f"params {', '.join(missing)}" if missing else "user attr 'seed'"
-        raise SwiprError(f"trial {trial.number}: has no {what}; it wasn't run by `swipr study run`, can't replay it")
-    params = {key: trial.params[key] for key in space_keys}
-    head_epochs = study_file.train.head_epochs
-    planned = trial.user_attrs.get("planned_epochs")
-    if params["freeze"] == "frozen_then_unfrozen" and isinstance(planned, int):
-        # The study file's head_epochs may have changed since; the trial's plan says what it ran.
-        head_epochs = planned - sgdr_epochs(params["n_cycles"], params["cycle_len"], params["cycle_mult"])
-    config = TrainConfig(**params, head_epochs=head_epochs, seed=int(trial.user_attrs["seed"]))
-    ran = trial.user_attrs.get("epochs", planned)
-    if ran is not None and ran != config.epochs:
-        raise SwiprError(f"trial {trial.number}: ran {ran} epochs but its params plan {config.epochs}; can't replay it")
-    return config
+    """The trial's TrainConfig: params as they were, its seed, the head epochs it ran with, and
+    the cycles of its best finished schedule (objectives.finetune.replay_config)."""
+    return replay_config(trial, space_keys, study_file.train.head_epochs)
 
 
 def fit(study_path: Path, out: Path, trial_number: int | None = None, target_precision: float | None = None,

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import optuna
 
-from objectives.space import in_space
+from objectives.space import drawn, in_space
+from search.study.schedule_record import n_cycles_mode
 from search.studyfile import StudyFile
 
 # user attr of a warm-start trial: which notebook run it is ("notebook run 1", ...); the
@@ -28,7 +29,8 @@ def enqueue_warm_start(study: optuna.Study, study_file: StudyFile) -> int:
     """
     if not study_file.study.warm_start or study.trials:
         return 0
+    space = drawn(study_file.space, n_cycles_mode(study, study_file))   # n_cycles as a budget is no param
     for number, config in enumerate(NOTEBOOK_CONFIGS, start=1):
-        params = {name: value for name, value in config.items() if in_space(study_file.space[name], value)}
+        params = {name: value for name, value in config.items() if name in space and in_space(space[name], value)}
         study.enqueue_trial(params, user_attrs={WARM_START_ATTR: f"notebook run {number}"}, skip_if_exists=True)
     return len(NOTEBOOK_CONFIGS)
