@@ -162,6 +162,20 @@ def against(study: optuna.Study, epoch: int, value: float) -> dict:
     return summary
 
 
+def nesting_saved(user_attrs: dict) -> int:
+    """Epochs a nested trial's shorter finished schedules would have cost as trials of their own
+    (n_cycles sampled trains each length apart): they came free inside its longer run."""
+    reached = user_attrs.get(FINISHED_ATTR, [])
+    return sum(epoch + 1 for epoch, _ in reached[:-1])
+
+
+def best_schedule(user_attrs: dict) -> tuple[int, int, float] | None:
+    """(n_cycles, epoch, loss) of a nested trial's best finished schedule; None if not nested."""
+    if BEST_N_CYCLES_ATTR not in user_attrs or "n_cycles_budget" not in user_attrs:
+        return None
+    return user_attrs[BEST_N_CYCLES_ATTR], user_attrs[BEST_EPOCH_ATTR], user_attrs[BEST_LOSS_ATTR]
+
+
 def replay_curve(trial: optuna.Trial, losses: Sequence[float], cycle_ends: Sequence[bool], prune_at: str,
                  finishes: Sequence[int] | None = None) -> float:
     """Report a recorded run epoch by epoch as the live objective does; its value (its best

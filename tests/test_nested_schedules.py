@@ -209,3 +209,35 @@ def test_a_retried_nested_trial_resumes_mid_budget(tmp_path, data_dir, monkeypat
     assert retry.value == min(losses) and not math.isnan(retry.value)
     assert retry.user_attrs["finished_schedules"] == [[0, 1], [1, 2], [2, 3]]
     assert losses[retry.user_attrs["best_cycle_end_epoch"]] == retry.value
+
+
+def test_the_summary_says_what_pruning_and_nesting_saved_and_which_schedule_is_best():
+    from optuna.trial import TrialState
+
+    from search.views.gains import gains_rows, search_gains
+
+    def nested(state, value, epochs, finished, **attrs):
+        return optuna.trial.create_trial(
+            state=state, value=value, params={"lr": 0.01},
+            distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1)},
+            user_attrs={"planned_epochs": 7, "epochs": epochs, "n_cycles_budget": 3, "finished_schedules": finished,
+                        **attrs})
+
+    study = optuna.create_study()
+    study.add_trials([
+        # 1 + 2 + 4 epoch cycles, 2 and 3 finished: ran all 7, its 2-cycle run (3 epochs) came free
+        nested(TrialState.COMPLETE, 0.5, 7, [[2, 2], [6, 3]], best_n_cycles=3, best_cycle_end_epoch=6,
+               best_cycle_end_loss=0.5),
+        # cut after its 2-cycle schedule: 4 epochs saved, and it is the best trial
+        nested(TrialState.COMPLETE, 0.4, 3, [[2, 2]], best_n_cycles=2, best_cycle_end_epoch=2,
+               best_cycle_end_loss=0.4, cut_after_epoch=2),
+        nested(TrialState.PRUNED, None, 1, []),   # 6 saved
+    ])
+    gains = search_gains(study)
+    assert (gains["epochs_run"], gains["epochs_saved"], gains["pruned"], gains["cut"], gains["nesting_saved"]) == \
+        (11, 10, 1, 1, 3)
+    rows = dict(gains_rows(study, gains))
+    assert rows["pruning saved"] == ("10 epochs (48% of 21): 1 trials pruned, 1 stopped after a finished shorter "
+                                     "schedule, 11 epochs run")
+    assert rows["nesting saved"].startswith("3 epochs")
+    assert rows["best schedule"].startswith("trial 1's 2-cycle schedule (val_loss 0.4000 after epoch 2")
