@@ -87,7 +87,7 @@ def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
         rows.append(("nesting saved", f"{gains['nesting_saved']} epochs: shorter schedules finished inside longer "
                                       f"runs, which n_cycles sampled would have trained as trials of their own"))
     schedule = best_schedule(best.user_attrs) if best is not None else None
-    if schedule is not None:
+    if best is not None and schedule is not None:
         rows.append(("best schedule", f"trial {best.number}'s {schedule[0]}-cycle schedule (val_loss {schedule[2]:.4f} "
                                       f"after epoch {schedule[1]}; it planned {best.user_attrs['n_cycles_budget']})"))
     return rows
