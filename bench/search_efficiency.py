@@ -274,7 +274,7 @@ def replay(table: Path, seeds: int, only: str | None = None) -> dict:
     head_epochs = data["meta"].get("head_epochs", 1)
     results = {}
     for strategy in STRATEGIES:
-        if only and not any(part in strategy[0] for part in only.split(",")) \
+        if only and not any(part in strategy[0] for part in only.split("|")) \
                 and strategy[0] not in (TODAY, CYCLE_END, NO_PRUNING) and _with_mode(strategy[1:]) != default_strategy()[1:]:
             continue
         scores = [score(replay_study(curves, grid, strategy, seed, cap, head_epochs), target, budget, finals[:TOP])
@@ -315,7 +315,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="--record: torch threads")
     parser.add_argument("--seeds", type=int, default=30, help="studies per strategy")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--only", help="replay only the strategies whose name contains one of these (comma-separated), and "
+    parser.add_argument("--only", help="replay only the strategies whose name contains one of these ('|'-separated), and "
                              "the four the summary lines compare")
     args = parser.parse_args()
     if args.record:
