@@ -3,7 +3,9 @@
 Both read the same generated JPEG photos (640×480 by default, ~60-100 KB each, like the
 Swipr pictures), produce normalised float batches of the same size and batch size, with
 the same augmentations (flip, zoom up to 1.1, no rotation, lighting or warp), on the same
-number of CPU workers. The project's loader reads the decode-once cache, built first
+number of CPU workers. The project's loader runs three ways, epochs alternating: without
+MADV_WILLNEED advice (as before issue 22), by default (advice only for a cache larger than
+the memory available) and always advised (as such a cache is). It reads the decode-once cache, built first
 (timed separately: a one-off cost per dataset, shared by every trial); fastai decodes
 every JPEG every epoch.
 
@@ -24,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -74,15 +77,42 @@ def time_epochs(batches_of_epoch, epochs: int) -> tuple[float, int]:
     return time.perf_counter() - started, images
 
 
-def project_rate(folder: Path, names, is_valid, args) -> tuple[float, float]:
+def project_rate(folder: Path, names, is_valid, args) -> tuple[dict, float]:
+    """({"plain" | "default" | "advised" [+ " gather"]: images/s}, cache build seconds) on a
+    cache in RAM, epochs alternating between the three so load on the machine hits all alike.
+
+    "plain": no MADV_WILLNEED advice, as before issue 22; "default": as a trial runs it (advice
+    only when the cache outgrows the memory available); "advised": always advised, as a cache
+    larger than RAM is."""
     started = time.perf_counter()
     cache = build_cache(folder, names, folder / "cache", args.cache_px, workers=args.workers)
     build_seconds = time.perf_counter() - started
     train_rows = [i for i, valid in enumerate(is_valid) if not valid]
-    loader = CachedBatches(cache.open(), train_rows, [i % 2 for i in train_rows], args.bs,
-                           Augment(args.size, IMAGENET_MEAN, IMAGENET_STD), train=True, device="cpu")
-    seconds, images = time_epochs(lambda: loader, args.epochs)
-    return images / seconds, build_seconds
+    array = cache.open()
+    loaders = {name: CachedBatches(array, train_rows, [i % 2 for i in train_rows], args.bs,
+                                   Augment(args.size, IMAGENET_MEAN, IMAGENET_STD), train=True, device="cpu",
+                                   advise=advise)
+               for name, advise in (("plain", False), ("default", None), ("advised", True))}
+    time_epochs(lambda: loaders["plain"], 1)   # the first epoch pages the cache in: not timed
+    totals = {name: [0.0, 0] for name in [*loaders, *(f"{name} gather" for name in loaders)]}
+    for _ in range(args.epochs):
+        for name, loader in loaders.items():
+            for key, timed in ((name, time_epochs), (f"{name} gather", gather_epochs)):
+                seconds, images = timed(lambda loader=loader: loader, 1)
+                totals[key][0] += seconds
+                totals[key][1] += images
+    return {name: images / seconds for name, (seconds, images) in totals.items()}, build_seconds
+
+
+def gather_epochs(batches_of_epoch, epochs: int) -> tuple[float, int]:
+    """(seconds, images) of the loader's host batches alone: rows gathered, no augmentation,
+    the part that the advice could slow down."""
+    images, started = 0, time.perf_counter()
+    for _ in range(epochs):
+        loader = batches_of_epoch()
+        for batch, _, _ in loader.host_batches(loader.order(), torch.Generator().manual_seed(0)):
+            images += len(batch)
+    return time.perf_counter() - started, images
 
 
 def fastai_rate(folder: Path, names, is_valid, args) -> float:
@@ -111,6 +141,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per loader (default 2)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="fastai num_workers and cache-building processes (default: all CPUs)")
+    parser.add_argument("--skip-fastai", action="store_true", help="time the project's loader only")
     parser.add_argument("--dir", type=Path, default=None, help="keep the photos here (default: a temp folder)")
     args = parser.parse_args()
 
@@ -128,10 +159,16 @@ def main() -> int:
         ours, build_seconds = project_rate(folder, names, is_valid, args)
         print(f"project cache build (one-off): {build_seconds:.1f} s "
               f"({len(names) / build_seconds:.0f} images/s decoded)")
-        print(f"project loader: {ours:.0f} images/s")
+        for part, key in (("project loader", ""), ("gathering rows alone", " gather")):
+            plain = ours[f"plain{key}"]
+            print(f"{part}: plain (before issue 22) {plain:.0f}, default {ours[f'default{key}']:.0f} "
+                  f"({ours[f'default{key}'] / plain:.2f}x), always advised {ours[f'advised{key}']:.0f} "
+                  f"({ours[f'advised{key}'] / plain:.2f}x) images/s")
+        if args.skip_fastai:
+            return 0
         theirs = fastai_rate(folder, names, is_valid, args)
         print(f"fastai ImageDataLoaders.from_df: {theirs:.0f} images/s")
-        print(f"ratio: {ours / theirs:.2f}")
+        print(f"ratio: {ours['default'] / theirs:.2f}")
     finally:
         if args.dir is None:
             shutil.rmtree(folder, ignore_errors=True)

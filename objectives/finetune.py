@@ -14,7 +14,8 @@ import optuna
 import torch
 
 from objectives.judging import BEST_EPOCH_ATTR, BEST_N_CYCLES_ATTR, ScheduleCut, best_finished, report_epoch
-from objectives.space import DEFAULT_N_CYCLES_MODE, cycle_budget, drawn, suggest
+from objectives.lr_finder import LR_ATTR, StudyFinder
+from objectives.space import DEFAULT_N_CYCLES_MODE, FinderLR, cycle_budget, drawn, suggest
 from swipr_core.data import Dataset
 from swipr_core.errors import SwiprError
 from swipr_core.model import ModelSpec
@@ -27,8 +28,12 @@ FINISH_AT_ATTR = "finish_at"          # the cycle counts that are finished sched
 
 
 def config_from_trial(trial: optuna.Trial, space: dict, head_epochs: int, seed: int,
-                      n_cycles_mode: str = DEFAULT_N_CYCLES_MODE) -> TrainConfig:
+                      finder: StudyFinder | None = None, n_cycles_mode: str = DEFAULT_N_CYCLES_MODE) -> TrainConfig:
     values = {name: suggest(trial, name, spec) for name, spec in drawn(space, n_cycles_mode).items()}
+    if isinstance(space["lr"], FinderLR):   # values["lr"] is its factor so far
+        if finder is None:
+            raise ValueError("[space] lr comes from the range test: config_from_trial needs the study's finder")
+        values["lr"] = finder.lr(trial, space["lr"], values)
     budget = cycle_budget(space, n_cycles_mode)
     if budget is not None:
         values.update(n_cycles=budget[-1], finish_at=budget)
@@ -40,11 +45,14 @@ def replay_config(trial: optuna.trial.FrozenTrial, space_keys, head_epochs: int)
     it ran with, and exactly the cycles of its best finished schedule (`best_n_cycles`)."""
     attrs = trial.user_attrs
     nested = "n_cycles" not in trial.params and BUDGET_ATTR in attrs
-    missing = [key for key in space_keys if key not in trial.params and not (key == "n_cycles" and nested)]
+    missing = [key for key in space_keys if key not in trial.params and not (key == "n_cycles" and nested)
+               and not (key == "lr" and LR_ATTR in attrs)]
     if missing or "seed" not in attrs:
         what = f"params {', '.join(missing)}" if missing else "user attr 'seed'"
         raise SwiprError(f"trial {trial.number}: has no {what}; it wasn't run by `swipr study run`, can't replay it")
     params = {key: trial.params[key] for key in space_keys if key in trial.params}
+    if LR_ATTR in attrs:   # the lr came from the [space] lr finder (objectives.lr_finder)
+        params["lr"] = attrs[LR_ATTR]
     if nested:
         params.update(n_cycles=int(attrs[BUDGET_ATTR]), finish_at=tuple(attrs.get(FINISH_AT_ATTR, ())))
     planned = attrs.get("planned_epochs")
@@ -97,6 +105,9 @@ class FinetuneObjective:
         # Objects with any of on_start(trial, config), on_epoch(trial, record),
         # on_result(trial, result), on_stop(trial, history, error): progress bars, pictures.
         self.hooks = list(hooks)
+        # [space] lr = { finder = ... }: the range tests, kept on the study (objectives.lr_finder)
+        self.finder = StudyFinder(dataset, model_spec, device=device, precision=precision, compile=compile,
+                                  seed=seed) if isinstance(space.get("lr"), FinderLR) else None
 
     def _call(self, event: str, *args) -> None:
         for hook in self.hooks:
@@ -106,7 +117,7 @@ class FinetuneObjective:
 
     def _start(self, trial: optuna.Trial) -> TrainConfig:
         config = config_from_trial(trial, self.space, self.head_epochs,
-                                   trial_seed(self.seed, self.seed_number_for(trial)), self.n_cycles_mode)
+                                   trial_seed(self.seed, self.seed_number_for(trial)), self.finder, self.n_cycles_mode)
         trial.set_user_attr("seed", config.seed)
         trial.set_user_attr("planned_epochs", config.epochs)
         trial.set_user_attr("prune_at", self.prune_at)

@@ -32,8 +32,32 @@ class Choices:
     values: tuple
 
 
-def suggest(trial: optuna.Trial, name: str, spec: Range | Choices):
-    """The trial's value for `name`; asking again returns the same value."""
+# swipr_core.lr_find.SUGGESTIONS' names, here without torch: reading a study file imports none.
+FINDER_SUGGESTIONS = ("valley", "slide", "minimum", "steep")
+
+
+@dataclass(frozen=True)
+class FinderLR:
+    """lr = { finder = "valley", factor = ... }: the range test's suggestion for the trial's
+    freeze, batch size and image size (objectives.lr_finder), times a searched factor, the
+    trial's param `lr_factor`."""
+    finder: str
+    factor: Range | Choices
+
+    @property
+    def param(self) -> str:
+        return "lr_factor"
+
+
+def param_name(name: str, spec: Range | Choices | FinderLR) -> str:
+    """The Optuna param a [space] key is drawn as: its own name, or a finder's factor's."""
+    return spec.param if isinstance(spec, FinderLR) else name
+
+
+def suggest(trial: optuna.Trial, name: str, spec: Range | Choices | FinderLR):
+    """The trial's value for `name`; asking again returns the same value (a FinderLR: its factor)."""
+    if isinstance(spec, FinderLR):
+        return suggest(trial, spec.param, spec.factor)
     if isinstance(spec, Range):
         if spec.is_int:
             return trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
@@ -63,15 +87,19 @@ def drawn(space: dict, mode: str) -> dict:
     return {name: spec for name, spec in space.items() if name != "n_cycles" or cycle_budget(space, mode) is None}
 
 
-def in_space(spec: Range | Choices, value) -> bool:
+def in_space(spec: Range | Choices | FinderLR, value) -> bool:
+    if isinstance(spec, FinderLR):
+        return False   # an lr of its own is not a factor of the finder's
     if isinstance(spec, Range):
         return isinstance(value, (int, float)) and spec.low <= value <= spec.high
     return value in spec.values
 
 
-def distribution(spec: Range | Choices) -> optuna.distributions.BaseDistribution:
+def distribution(spec: Range | Choices | FinderLR) -> optuna.distributions.BaseDistribution:
     """The distribution `suggest` draws `spec` from: a driver that asks for a trial with every
     param fixed up front (the Dask engine) hands a worker params its `suggest` calls give back."""
+    if isinstance(spec, FinderLR):
+        return distribution(spec.factor)
     if isinstance(spec, Range):
         if spec.is_int:
             return optuna.distributions.IntDistribution(int(spec.low), int(spec.high), log=spec.log,

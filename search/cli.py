@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("demo_data", "write a small Swipr-shaped demo dataset"),
     "labels": ("labels", "turn the pics database into a labels file with a fixed split"),
     "study": ("study", "run, inspect or report on a study"),
+    "lr-find": ("lr_find", "run fastai's learning-rate range test on a study's data and model"),
     "dashboard": ("dashboard", "serve optuna-dashboard on a study's storage"),
     "fit": ("fit", "replay a trial and write a model bundle"),
     "predict": ("predict", "answer YES or NO for images with a model bundle"),

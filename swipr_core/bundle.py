@@ -7,21 +7,23 @@ canonical JSON, so one changed byte anywhere is caught before anything is loaded
 checksum catches corruption and careless edits, not an attacker (who could recompute it):
 for that, compare the manifest file's SHA-256 with the one recorded on the study's trial.
 
-Writes go to a temporary folder beside the target and are renamed into place, so a crash
-leaves either the old bundle or the new one, never half of one.
+Writes go to a temporary folder beside the target; the target is a symlink to the finished
+folder, swapped for a new one in one rename (swipr_core.bundle_swap), so a crash or a Ctrl-C
+leaves either the old bundle or the new one, never half of one and never none.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from swipr_core.bundle_swap import STAGING_SUFFIX, publish
 from swipr_core.errors import SwiprError
 from swipr_core.images import NotRegularFile, read_regular, sha256_regular
+from swipr_core.writable import check_folder_writable
 
 FORMAT = "swipr-bundle"
 FORMAT_VERSION = 1
@@ -68,20 +70,29 @@ def is_bundle(path: Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
+def target_path(out: str | Path) -> Path:
+    """--out as an absolute path whose folder's symlinks are followed but not its own: a
+    bundle's name is the link that the next bundle replaces, not the version it points at."""
+    out = Path(os.path.abspath(out))
+    return out.parent.resolve() / out.name
+
+
 def check_target(out: Path) -> None:
-    """Refuse a target that is a file, or a non-empty folder that is not a bundle."""
+    """Refuse a target that is a file, a non-empty folder that is not a bundle, or one whose
+    folder can't be written (the new bundle, its link and the swap all live there)."""
     if out.exists() and not out.is_dir():
         raise SwiprError(f"{out}: exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not is_bundle(out):
         raise SwiprError(f"{out}: folder is not empty and holds no model bundle; refusing to overwrite it")
     if not out.parent.is_dir():
         raise SwiprError(f"{out.parent}: folder does not exist")
+    check_folder_writable(out.parent, f"--out {out}")
 
 
 def staging_dir(out: Path) -> Path:
     """An empty folder beside `out`, on the same file system, for the new bundle's files."""
     check_target(out)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=STAGING_SUFFIX, dir=out.parent))
 
 
 def finish(staging: Path, out: Path, manifest: dict) -> str:
@@ -104,20 +115,7 @@ def finish(staging: Path, out: Path, manifest: dict) -> str:
     os.chmod(staging, 0o777 & ~umask)
     for name in (*files, MANIFEST):
         os.chmod(staging / name, 0o666 & ~umask)
-    old = None
-    if out.exists():
-        # Two renames: the old bundle steps aside, the new one takes its name.
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / "bundle")
-    try:
-        os.replace(staging, out)
-    except OSError:
-        if old is not None:
-            os.replace(old / "bundle", out)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    publish(staging, out)   # one atomic step (swipr_core.bundle_swap)
     return sha256_bytes(text.encode())
 
 
@@ -139,6 +137,9 @@ def verify(path: str | Path, load: tuple[str, ...] = (ONNX,), expect_sha256: str
     path = Path(path)
     if not path.is_dir():
         raise SwiprError(f"{path}: not a model bundle folder")
+    # A bundle written by `swipr fit` is a symlink to its version folder: follow it once, so
+    # every file is read from one version even if a new one is swapped in meanwhile.
+    path = path.resolve()
     manifest_file = path / MANIFEST
     raw = _read_manifest(manifest_file, expect_sha256)
     try:

@@ -3,29 +3,35 @@
 This is the notebook's `data.resize(340, 'tmp')`, made shareable: the array is an .npy
 file opened with mmap, so every trial and every worker process on the machine reads the
 same pages from the OS page cache instead of decoding JPEGs again, and it need not fit in
-RAM. The file's name carries a key of its inputs (paths, sizes, mtimes, pixel size), so a
-change of any input builds a new cache and an unchanged one is reused. A file whose header
-or size is wrong (truncated, overwritten) is rebuilt, never mapped; a build stopped by
-SIGTERM or SIGKILL leaves no decoding child, held lock or temp file behind.
+RAM. The file's name carries a key of its inputs (paths, sizes, mtimes, ctimes, pixel size),
+so a change of any input builds a new cache and an unchanged one is reused. A file whose
+header or size is wrong (truncated, overwritten) is rebuilt, never mapped; a build stopped by
+SIGTERM or SIGKILL leaves no decoding child, held lock or temp file behind. The whole file is
+allocated before decoding, so a full disk is a one-line error, never a SIGBUS in the middle;
+a decoding child that dies (the OOM killer) stops the build with one line, never a hang.
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import threading
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from swipr_core.errors import SwiprError
+from swipr_core.errors import RunStopped, SwiprError
 from swipr_core.images import (  # load_square: re-exported, as it lived here
     load_square,
     open_regular,
@@ -82,11 +88,16 @@ def _say_rebuilding(file: Path, problem: str) -> None:
 
 
 def cache_key(image_root: Path, paths, px: int) -> str:
+    """A key of the images' identities: path, size, mtime and ctime of each, and the size.
+
+    The ctime is what a photo replaced in place can't keep: restoring its old size and mtime
+    (os.utime, `touch -r`, rsync -t) sets the ctime to now. Anything else that touches the
+    file's inode (chmod, a copied folder) also rebuilds, which is safe, only slower."""
     digest = hashlib.sha256(f"{px}\n".encode())
     for rel in paths:
         try:
             stat = (image_root / rel).stat()
-            digest.update(f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}\t{stat.st_ctime_ns}\n".encode())
         except FileNotFoundError:
             digest.update(f"{rel}\tmissing\n".encode())
     return digest.hexdigest()[:16]
@@ -114,10 +125,14 @@ def build_cache(image_root: Path, paths, cache_dir: Path, px: int, workers: int 
     cache = ImageCache(file=file, paths=paths, px=px, image_root=Path(image_root))
     if cache_problem(file, len(paths), px) is None:
         return cache
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(cache_dir / f".{file.name}.lock", "w")
+    except OSError as error:
+        raise SwiprError(f"{cache_dir}: can't write the image cache there: {error.strerror or error}") from None
     # Workers that start together on one machine build it once: the first takes the lock
     # and decodes; the others wait, then find the file and reuse it.
-    with open(cache_dir / f".{file.name}.lock", "w") as lock:
+    with lock:
         _lock(lock, file)
         problem = cache_problem(file, len(paths), px)
         if problem:
@@ -149,36 +164,91 @@ def _build(file: Path, image_root: Path, paths: tuple, px: int, workers: int | N
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     with _sigterm_raises():
         try:
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), px, px, 3))
-            del array  # the header and size are on disk; workers map the file themselves
-            for job in _run_jobs(jobs, workers):
+            _allocate(tmp, len(paths), px)
+            for job in _run_jobs(file, jobs, workers):
                 if progress:
                     progress(len(job[2]))
             index = file.with_suffix(".json")
             index_tmp = index.with_name(f".{index.name}.{os.getpid()}.tmp")
-            index_tmp.write_text(json.dumps({"paths": paths}))
-            os.replace(index_tmp, index)
+            try:
+                index_tmp.write_text(json.dumps({"paths": paths}))
+                os.replace(index_tmp, index)
+            except OSError as error:
+                index_tmp.unlink(missing_ok=True)
+                raise SwiprError(f"{index}: can't write the image cache's index: {error.strerror or error}") from None
             os.replace(tmp, file)
         finally:
             tmp.unlink(missing_ok=True)
 
 
-def _run_jobs(jobs: list, workers: int):
-    """Fill the chunks, yielding each job when done; child processes never outlive this."""
+def _allocate(tmp: Path, n: int, px: int) -> None:
+    """Create the .npy with every block of it on disk, or say in one line why it can't be.
+
+    A sparse file would take its blocks only as decoded images are written into the mapping:
+    on a disk that fills meanwhile, that write is a SIGBUS, which kills the process (no
+    message, exit 135) or a decoding child."""
+    needed = n * px * px * 3 + 4096   # the header is at most a few hundred bytes
+    free = shutil.disk_usage(tmp.parent).free
+    if free < needed:
+        raise SwiprError(f"{tmp.parent}: the image cache of {n} images at {px} px needs {_size(needed)}, "
+                         f"only {_size(free)} free there; free some space or set [data] cache_dir elsewhere")
+    try:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, px, px, 3))
+        del array  # the header and size are on disk; workers map the file themselves
+        with open(tmp, "r+b") as handle:
+            _preallocate(handle.fileno())
+    except OSError as error:
+        raise SwiprError(f"{tmp.parent}: can't allocate the image cache of {n} images at {px} px "
+                         f"({_size(needed)}): {error.strerror or error}") from None
+
+
+def _preallocate(fd: int) -> None:
+    size = os.fstat(fd).st_size
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except AttributeError:
+        pass  # not on this OS (macOS): the file stays sparse
+    except OSError as error:
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise  # ENOSPC, EDQUOT, EFBIG: no room for it
+        # This file system can't preallocate: the file stays sparse, as it always was.
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def _run_jobs(file: Path, jobs: list, workers: int):
+    """Fill the chunks, yielding each job when done; child processes never outlive this.
+
+    A ProcessPoolExecutor, not a multiprocessing.Pool: a child killed outright (SIGBUS, the
+    OOM killer) makes it raise BrokenProcessPool, where the Pool replaced the child, lost its
+    task and waited for it forever."""
     if workers <= 1:
         for job in jobs:
             _fill_chunk(job)
             yield job
         return
-    pool = multiprocessing.Pool(min(workers, len(jobs)), initializer=_die_with_parent,
-                                initargs=(os.getpid(),))
+    before = set(multiprocessing.active_children())
+    executor = ProcessPoolExecutor(min(workers, len(jobs)), initializer=_die_with_parent,
+                                   initargs=(os.getpid(),))
+    children: list = []
+    pending: dict = {}
     try:
-        for job, _ in zip(jobs, pool.imap(_fill_chunk, jobs)):
-            yield job
-        pool.close()
+        pending = {executor.submit(_fill_chunk, job): job for job in jobs}
+        children = [child for child in multiprocessing.active_children() if child not in before]
+        for future in as_completed(list(pending)):
+            future.result()  # a chunk's SwiprError, or BrokenProcessPool
+            yield pending.pop(future)
+    except BrokenProcessPool:
+        raise RunStopped(f"{file.name}: a process decoding images for the cache died (killed by a "
+                         "signal: out of memory?); nothing was cached, the next run builds it again") from None
     finally:
-        pool.terminate()  # on an error or a signal: no child goes on decoding or holds the lock
-        pool.join()
+        # On an error or a signal: no child goes on decoding or holds the lock (inherited).
+        if pending:
+            for child in children:
+                child.terminate()
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _die_with_parent(parent: int) -> None:

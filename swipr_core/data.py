@@ -48,6 +48,6 @@ class Dataset:
 
 def prepare_data(spec: DataSpec, progress=None) -> Dataset:
     split = prepare_labels(spec.database, spec.image_root, spec.rules, spec.valid_pct, spec.split_seed,
-                           spec.labels_file)
+                           spec.labels_file, cache_px=spec.cache_px)
     cache = build_cache(spec.image_root, split.paths, spec.cache_dir, spec.cache_px, progress=progress)
     return Dataset(split=split, cache=cache)

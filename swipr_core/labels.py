@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import sqlite3
 from collections import Counter, defaultdict
@@ -22,10 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from PIL import Image
-
 from swipr_core.errors import FieldError, SwiprError
-from swipr_core.images import BadDimensions, NotRegularFile, decode_check, open_regular
+from swipr_core.images import NotRegularFile, decode_square, open_regular
 
 YES, NO = "YES", "NO"
 # New reasons go at the end: labels files written before list only the first five.
@@ -35,6 +34,7 @@ PICS_COLUMNS = ("path", "label", "invalid", "ages", "num_people", "male_present"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _NO_FILE = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP)
 _INT_RULES = ("min_people", "max_people", "min_age", "max_age")
+DEFAULT_PX = 256  # the image cache's default size (DataSpec.cache_px): images are checked at it
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,10 @@ class PicRow:
     path: str
     label: int
     invalid: int
-    ages: tuple[int, ...]
+    ages: tuple[float, ...]
     num_people: int
     male_present: int
+    odd_ages: str | None = None  # the ages cell, when a part of it is not an age (skipped)
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,15 @@ class LabelTable:
     excluded: dict[str, int]  # reason -> count (every reason key present, 0 if none)
     groups: tuple[str, ...] = ()  # per row: SHA-256 of the file; rows sharing one are one photo
     same_content: dict[str, int] = field(default_factory=dict)  # {"groups", "rows"} of shared photos
+    # (rowid, ages cell) of rows whose ages the age rules read in part only; () without age rules
+    odd_ages: tuple[tuple[int, str], ...] = ()
 
 
 def read_pics(database: Path) -> list[PicRow]:
-    """All rows of the `pics` table in rowid order; a SwiprError for anything unusable."""
+    """All rows of `pics` (a table or a view) in rowid order; a SwiprError for anything unusable."""
     database = Path(database)
+    if database.is_dir():
+        raise SwiprError(f"{database}: is a folder, not a database file")
     if not database.is_file():
         raise SwiprError(f"{database}: database file not found")
     with open(database, "rb") as handle:
@@ -114,20 +119,24 @@ def read_pics(database: Path) -> list[PicRow]:
     # Read-only, so that a wrong path never leaves an empty database or a journal behind.
     connection = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                              "AND name = 'pics'").fetchone() is None:
-            raise SwiprError(f"{database}: no table 'pics'")
+        kind = connection.execute("SELECT type FROM sqlite_master WHERE type IN ('table', 'view') "
+                                  "AND name = 'pics'").fetchone()
+        if kind is None:
+            raise SwiprError(f"{database}: no table or view 'pics'")
         present = {row[1] for row in connection.execute("PRAGMA table_info(pics)")}
         missing = [column for column in PICS_COLUMNS if column not in present]
         if missing:
-            raise SwiprError(f"{database}: table pics lacks column(s) {', '.join(missing)}")
-        rows = connection.execute(f"SELECT rowid, {', '.join(PICS_COLUMNS)} FROM pics "
-                                  "ORDER BY rowid").fetchall()
+            raise SwiprError(f"{database}: {kind[0]} pics lacks column(s) {', '.join(missing)}")
+        # A view has no rowid: its rows are numbered in the order it gives them.
+        order = "rowid, " if kind[0] == "table" else "NULL, "
+        rows = connection.execute(f"SELECT {order}{', '.join(PICS_COLUMNS)} FROM pics"
+                                  + (" ORDER BY rowid" if kind[0] == "table" else "")).fetchall()
     except sqlite3.Error as error:
-        raise SwiprError(f"{database}: cannot read table pics ({error})") from None
+        raise SwiprError(f"{database}: cannot read pics ({error})") from None
     finally:
         connection.close()
-    return [_pic_row(database, row) for row in rows]
+    return [_pic_row(database, row if row[0] is not None else (number, *row[1:]))
+            for number, row in enumerate(rows, start=1)]
 
 
 def classify(row: PicRow, rules: LabelRules) -> str:
@@ -146,15 +155,18 @@ def classify(row: PicRow, rules: LabelRules) -> str:
     return YES if _passes(row, rules) else NO
 
 
-def build_labels(database: Path, image_root: Path, rules: LabelRules) -> LabelTable:
+def build_labels(database: Path, image_root: Path, rules: LabelRules, px: int = DEFAULT_PX) -> LabelTable:
     """Classify every row, drop duplicate and conflicting paths, then drop rows whose image
-    is outside the root, missing or broken, and photos labelled both ways."""
+    is outside the root, missing or broken, and photos labelled both ways.
+
+    Each image is checked by decoding it as the image cache will, at its size `px` (the
+    study's cache_px): a photo kept here is one the cache can decode."""
     image_root = Path(image_root)
     rows = read_pics(database)   # first: a missing database is named as such, not as its folder
     if not image_root.is_dir():
         raise SwiprError(f"{image_root}: image_root is not a directory")
     if not rows:
-        raise SwiprError(f"{database}: table pics has no rows")
+        raise SwiprError(f"{database}: pics has no rows")
     excluded = dict.fromkeys(EXCLUSION_REASONS, 0)
     kept: list[tuple[str, str]] = []
     for row in rows:
@@ -167,11 +179,11 @@ def build_labels(database: Path, image_root: Path, rules: LabelRules) -> LabelTa
     root = os.path.realpath(image_root)
     # Hashing and decoding are the slow part on a real photo collection; both release the GIL.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        checked = list(pool.map(lambda item: _file_check(root, item[0]), kept))
-    rows_ok = []
+        checked = list(pool.map(lambda item: _file_check(root, item[0], px), kept))
+    rows_ok: list[tuple[str, str, str]] = []
     for (path, label), (problem, digest) in zip(kept, checked):
-        if problem:
-            excluded[problem] += 1
+        if digest is None:  # then problem says why
+            excluded[problem or "undecodable"] += 1
         else:
             rows_ok.append((path, label, digest))
     rows_ok = _consistent_photos(rows_ok, excluded)
@@ -181,8 +193,19 @@ def build_labels(database: Path, image_root: Path, rules: LabelRules) -> LabelTa
             raise SwiprError(f"{database}: no {wanted} rows left after the rules "
                              f"({_summary(list(labels), excluded)})")
     sizes = [n for n in Counter(groups).values() if n > 1]
+    odd_ages = tuple((row.rowid, row.odd_ages) for row in rows if row.odd_ages) \
+        if rules.min_age or rules.max_age else ()
     return LabelTable(paths=paths, labels=labels, excluded=excluded, groups=groups,
-                      same_content={"groups": len(sizes), "rows": sum(sizes)})
+                      same_content={"groups": len(sizes), "rows": sum(sizes)}, odd_ages=odd_ages)
+
+
+def describe_odd_ages(odd_ages: dict) -> str:
+    """One line naming the rows whose ages the age rules read in part only, for the user to check;
+    `odd_ages` as the labels meta keeps it: {"rows": count, "first": [[rowid, cell], ...]}."""
+    named = ", ".join(f"row {rowid} {cell}" for rowid, cell in odd_ages["first"])
+    more = f" and {odd_ages['rows'] - len(odd_ages['first'])} more" if odd_ages["rows"] > len(odd_ages["first"]) else ""
+    return (f"ages that are not numbers >= 0 were skipped by the age rules in "
+            f"{odd_ages['rows']} rows of pics: {named}{more}")
 
 
 def _unique_paths(kept: list[tuple[str, str]], excluded: dict[str, int]) -> list[tuple[str, str]]:
@@ -220,7 +243,8 @@ def _pic_row(database: Path, row: tuple) -> PicRow:
     for column, value in (("label", label), ("invalid", invalid), ("num_people", num_people),
                           ("male_present", male_present)):
         values[column] = _int_cell(database, rowid, column, value)
-    return PicRow(rowid=rowid, path=path, ages=_parse_ages(ages), **values)
+    parsed, odd = _parse_ages(ages)
+    return PicRow(rowid=rowid, path=path, ages=parsed, odd_ages=odd, **values)
 
 
 def _int_cell(database: Path, rowid: int, column: str, value) -> int:
@@ -236,15 +260,36 @@ def _int_cell(database: Path, rowid: int, column: str, value) -> int:
                      f"but got {value!r}")
 
 
-def _parse_ages(text) -> tuple[int, ...]:
-    # The face model writes "25,31"; stray parts such as "x" or a trailing comma are ignored.
-    ages = []
-    for part in str(text if text is not None else "").split(","):
+def _parse_ages(value) -> tuple[tuple[float, ...], str | None]:
+    """(the ages, None), or (the ages that could be read, the text) when a part is not an age.
+
+    The face model writes "25,31" and, at times, junk such as "25,x,": a part that is not a
+    number >= 0 is skipped, as before, and the row is reported. Age regressors write "25.4"
+    or REAL 17.0; "25 31" is read too. Empty parts (a trailing comma) are nothing."""
+    if value is None:
+        return (), None
+    if isinstance(value, (int, float)):
+        text = repr(value)
+    elif isinstance(value, bytes):
+        # A BLOB is the bytes of its text; str() would make b"17" the text "b'17'".
+        text = value.decode("utf-8", errors="replace")
+    else:
+        text = str(value)
+    ages, odd = [], False
+    for part in text.replace(",", " ").split():
         try:
-            ages.append(int(part.strip()))
+            age = float(part)
         except ValueError:
-            continue
-    return tuple(ages)
+            age = math.nan
+        if math.isfinite(age) and age >= 0:
+            ages.append(age)
+        else:
+            odd = True
+    return tuple(ages), (_shortened(repr(value)) if odd else None)
+
+
+def _shortened(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _passes(row: PicRow, rules: LabelRules) -> bool:
@@ -263,7 +308,7 @@ def _passes(row: PicRow, rules: LabelRules) -> bool:
     return True
 
 
-def _file_check(root: str, rel: str) -> tuple[str | None, str | None]:
+def _file_check(root: str, rel: str, px: int) -> tuple[str | None, str | None]:
     """(exclusion reason, None) or (None, SHA-256 of the file's bytes)."""
     if "\0" in rel:
         return "missing_file", None  # no file system can hold this name
@@ -274,13 +319,13 @@ def _file_check(root: str, rel: str) -> tuple[str | None, str | None]:
         with open_regular(full) as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
             handle.seek(0)
-            decode_check(handle)
+            decode_square(handle, px)
     except NotRegularFile:
         return "missing_file", None  # a folder, FIFO or device: no image file there
     except OSError as error:
         # Pillow's own OSErrors carry no errno: those mean the bytes are not an image.
         return ("missing_file" if error.errno in _NO_FILE else "undecodable"), None
-    except (SyntaxError, ValueError, EOFError, BadDimensions, Image.DecompressionBombError):
+    except Exception:  # as the cache does: Pillow raises many types for one cause, a bad file
         return "undecodable", None
     return None, digest
 

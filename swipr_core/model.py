@@ -11,6 +11,7 @@ import socket
 import huggingface_hub.constants as hub_constants
 import timm
 from timm.data import resolve_model_data_config
+from timm.models import load_state_dict
 
 from swipr_core.errors import FieldError
 from swipr_core.model_spec import ModelSpec  # noqa: F401  (the spec lives apart: no timm to read it)
@@ -48,10 +49,12 @@ def create_model(spec: ModelSpec, num_classes: int = 2):
         if not spec.weights.is_file():
             raise FieldError("weights", f"file {spec.weights} not found")
         try:
-            return timm.create_model(spec.arch, pretrained=True, num_classes=num_classes,
-                                     pretrained_cfg_overlay={"file": str(spec.weights)})
+            model = timm.create_model(spec.arch, pretrained=True, num_classes=num_classes,
+                                      pretrained_cfg_overlay={"file": str(spec.weights)})
         except Exception as error:  # a wrong or corrupt file surfaces as many error types
             raise FieldError("weights", f"file {spec.weights} doesn't load into '{spec.arch}': {error}") from None
+        _check_all_loaded(model, spec)
+        return model
     if not spec.pretrained:
         return timm.create_model(spec.arch, pretrained=False, num_classes=num_classes)
     try:
@@ -65,6 +68,20 @@ def create_model(spec: ModelSpec, num_classes: int = 2):
         return timm.create_model(spec.arch, pretrained=True, num_classes=num_classes)
     except Exception as error:
         raise FieldError("arch", _offline_help(spec, str(error).splitlines()[0] if str(error) else type(error).__name__)) from None
+
+
+def _check_all_loaded(model, spec: ModelSpec) -> None:
+    """Every weight but the head's came from the file. timm drops a file's head whose class
+    count isn't ours and then loads the rest with strict=False, so a file for another arch
+    would load nothing, leave random weights and say so only in a log line."""
+    in_file = set(load_state_dict(str(spec.weights)))
+    head = {id(tensor) for tensor in model.get_classifier().state_dict(keep_vars=True).values()}
+    ours = model.state_dict(keep_vars=True)   # the tensors themselves, so the head's are known by id
+    missing = [key for key, tensor in ours.items() if id(tensor) not in head and key not in in_file]
+    if missing:
+        raise FieldError("weights", f"file {spec.weights} lacks {len(missing)} of the {len(ours) - len(head)} "
+                                    f"weights of '{spec.arch}' below its head (first: {missing[0]}): is it for "
+                                    f"another arch?")
 
 
 def _create_offline(spec: ModelSpec, num_classes: int):

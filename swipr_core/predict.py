@@ -21,7 +21,6 @@ from swipr_core import bundle
 from swipr_core.errors import SwiprError
 from swipr_core.images import NotRegularFile, load_square
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 CLASSES = ["NO", "YES"]
 BATCH_SIZE = 32
 MAX_CACHE_PX = 4096  # one decoded square is then at most 48 MiB
@@ -140,19 +139,33 @@ class Predictor:
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given (whatever their name: the decoder decides); folders walked, sorted,
-    for files with an image suffix. A path that doesn't exist is kept: its row says so."""
+    """Files as given; folders walked, sorted, through symlinked folders too, for every file
+    not hidden (a dot name). The decoder decides what is an image, as it does for training:
+    a .jfif is answered, a .heic or a notes.txt gets an error row, none is skipped unseen.
+    A path that doesn't exist is kept: its row says so."""
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                found.extend(Path(root) / name for name in sorted(files)
-                             if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."))
+            found.extend(_files_under(path))
         else:
             found.append(path)
     return found
+
+
+def _files_under(folder: Path) -> Iterator[Path]:
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        try:
+            info = os.stat(root)
+        except OSError:  # removed while walking
+            continue
+        if (info.st_dev, info.st_ino) in seen:  # a symlink back to a folder above: walked once
+            dirs.clear()
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        dirs.sort()
+        yield from (Path(root) / name for name in sorted(files) if not name.startswith("."))
 
 
 def as_dict(row: Prediction) -> dict:

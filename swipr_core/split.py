@@ -19,7 +19,7 @@ from pathlib import Path
 
 from swipr_core.errors import FieldError, SwiprError
 from swipr_core.images import open_regular
-from swipr_core.labels import LabelRules, LabelTable, build_labels
+from swipr_core.labels import DEFAULT_PX, LabelRules, LabelTable, build_labels
 
 CLASSES = ("NO", "YES")
 LABELS_HEADER = b"path,label,is_valid"
@@ -109,6 +109,8 @@ def make_split(table: LabelTable, rules: LabelRules, valid_pct: float, seed: int
         "split_seed": seed,
         "excluded": dict(table.excluded),
         "same_content": dict(table.same_content) or {"groups": 0, "rows": 0},
+        # Rows the age rules could read in part only: a few named, for the user to look at.
+        "odd_ages": {"rows": len(table.odd_ages), "first": [list(row) for row in table.odd_ages[:5]]},
     }
     split = LabeledSplit(table.paths, table.labels, is_valid, fingerprint(table.paths, table.labels, is_valid), meta)
     split.meta["counts"] = split.counts()
@@ -183,7 +185,9 @@ def write_split(split: LabeledSplit, labels_file: Path, force: bool = False) -> 
         check_labels_target(labels_file)
 
     buffer = StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # The default terminator, "\r\n": csv quotes a field holding any character of the
+    # terminator, so a path with a carriage return is quoted and reads back whole.
+    writer = csv.writer(buffer)
     writer.writerow(["path", "label", "is_valid"])
     for row in zip(split.paths, split.labels, split.is_valid):
         writer.writerow([row[0], row[1], int(row[2])])
@@ -218,7 +222,8 @@ def read_split(labels_file: Path) -> LabeledSplit:
 
 
 def prepare_labels(database: Path, image_root: Path, rules: LabelRules, valid_pct: float, seed: int,
-                   labels_file: Path, rebuild: bool = False, force: bool = False) -> LabeledSplit:
+                   labels_file: Path, rebuild: bool = False, force: bool = False,
+                   cache_px: int = DEFAULT_PX) -> LabeledSplit:
     """Read the labels file if it exists and was made the same way; make it otherwise.
 
     An existing file is kept as it is (that is the point of a fixed split) unless `rebuild`.
@@ -238,7 +243,7 @@ def prepare_labels(database: Path, image_root: Path, rules: LabelRules, valid_pc
         return split
     if not force:
         check_labels_target(labels_file)  # before the slow part: every image is read
-    table = build_labels(database, image_root, rules)
+    table = build_labels(database, image_root, rules, px=cache_px)
     split = make_split(table, rules, valid_pct, seed, source=str(database))
     write_split(split, labels_file, force=force)
     return split

@@ -278,6 +278,15 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
     return TrainResult(run.history, metrics, probs, targets, learn.model, mean, std)
 
 
+def build_learner(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: str = "auto",
+                  precision: str = "auto", compile: str = "auto") -> tuple[Learner, tuple, tuple]:
+    """(learner, mean, std): the Learner `train` fine-tunes, its device and precision resolved
+    as there, for other uses of the same run (swipr_core.lr_find's range test)."""
+    torch_device = resolve_device(device)
+    set_seed(config.seed)
+    return _build_learner(dataset, config, model_spec, torch_device, _precision(precision, torch_device), compile)
+
+
 def _build_learner(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, torch_device: torch.device,
                    precision: str, compile: str):
     """A fastai Learner over the timm model and the cached loaders, on its device and precision."""

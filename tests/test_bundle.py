@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,12 @@ def write_bundle(out: Path, onnx: bytes = b"onnx graph bytes", weights: bytes = 
     return bundle.finish(staging, out, MANIFEST)
 
 
+def only_the_bundle(folder: Path, out: Path) -> bool:
+    """`folder` holds `out` (a link) and the one version it points at: no staging folder,
+    no replaced version, no link left behind."""
+    return sorted(p.name for p in folder.iterdir()) == sorted([out.name, os.readlink(out)])
+
+
 def flip(file: Path, position: int) -> None:
     data = bytearray(file.read_bytes())
     data[position] ^= 0x01
@@ -36,7 +43,7 @@ def test_written_bundle_verifies_and_hashes_every_file(tmp_path):
     assert sha == verified.manifest_sha256 == bundle.sha256_file(out / bundle.MANIFEST)
     assert verified.contents == {bundle.ONNX: b"onnx graph bytes"}
     assert verified.manifest["threshold"] == 0.42
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]   # no staging folder left behind
+    assert only_the_bundle(tmp_path, out)
 
 
 @pytest.mark.parametrize("name", [bundle.ONNX, bundle.WEIGHTS, bundle.MANIFEST])
@@ -93,7 +100,7 @@ def test_previous_bundle_is_replaced_but_other_folders_are_not(tmp_path):
     write_bundle(out, onnx=b"first")
     write_bundle(out, onnx=b"second")
     assert bundle.verify(out).contents[bundle.ONNX] == b"second"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    assert only_the_bundle(tmp_path, out)
     other = tmp_path / "photos"
     other.mkdir()
     (other / "keep.jpg").write_bytes(b"x")
@@ -110,8 +117,6 @@ def test_previous_bundle_is_replaced_but_other_folders_are_not(tmp_path):
 
 
 def test_special_and_oversized_files_are_refused_before_reading(tmp_path):
-    import os
-
     out = tmp_path / "b"
     write_bundle(out)
     (out / bundle.WEIGHTS).unlink()

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from PIL import Image
 from swipr_core import cache as cache_module
 from swipr_core.cache import build_cache, load_square
 from swipr_core.errors import SwiprError
+from tests.prockit import children_of, is_alive
 from tests.studykit import ROOT
 
 
@@ -275,26 +275,6 @@ print("done", flush=True)
 """
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if entry.isdigit() and int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")   # a zombie has finished; only its exit status is left
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads Linux /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_build_stopped_by_a_signal_leaves_no_child_lock_or_temp_file(tmp_path, sig):
@@ -304,15 +284,15 @@ def test_a_build_stopped_by_a_signal_leaves_no_child_lock_or_temp_file(tmp_path,
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, str(tmp_path), ",".join(paths)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "chunk"   # the pool is decoding
-    children = _children(proc.pid)
+    children = children_of(proc.pid)
     assert children, "the build should run in child processes"
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=30)
     assert "done" not in out and proc.returncode != 0
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+    while any(is_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(pid) for pid in children), "a decoding child outlived its parent"
+    assert not any(is_alive(pid) for pid in children), "a decoding child outlived its parent"
     temps = [p.name for p in (tmp_path / "c").iterdir() if p.name.endswith(".tmp")]
     # SIGTERM: removed on the way out. SIGKILL: nothing runs, so the next build removes it.
     assert len(temps) == (0 if sig == signal.SIGTERM else 1), temps

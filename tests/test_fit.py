@@ -9,6 +9,7 @@ import pytest
 
 from swipr_core import bundle
 from swipr_core.errors import SwiprError
+from tests.readonly import read_only_folder
 from tests.studykit import one_line_error, run_cli
 
 # One pytest-xdist worker runs this module, so its module-scoped study is built once.
@@ -221,3 +222,30 @@ def test_strict_writes_nothing_outside_the_tolerance(fitted, tmp_path, monkeypat
     with pytest.raises(SwiprError, match="--strict"):
         search.fit.replay.fit(study_path, tmp_path / "b", strict=True, threads=1, echo=lambda line: None)
     assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_out_is_refused_before_the_replay(fitted, tmp_path):
+    study_path, _, _ = fitted
+    with read_only_folder(tmp_path / "ro") as ro:
+        result = run_cli("fit", study_path, "--out", ro / "model")
+        error = one_line_error(result)
+        assert error.startswith(f"swipr: error: --out {ro / 'model'}: can't write in {ro} (")
+        assert result.stdout == ""   # nothing replayed: refused before the training, not after
+
+
+def test_a_read_only_storage_is_refused_before_the_replay(fitted, tmp_path, monkeypatch):
+    import shutil
+
+    study_path, _, _ = fitted
+
+    def copy_study(folder):
+        for file in study_path.parent.glob("demo.db*"):
+            shutil.copy(file, folder / file.name)
+
+    with read_only_folder(tmp_path / "ro", copy_study) as ro:
+        monkeypatch.setenv("SWIPR_STORAGE", f"sqlite:///{ro / 'demo.db'}")
+        result = run_cli("fit", study_path, "--out", tmp_path / "model")
+        error = one_line_error(result)
+        assert error.startswith(f"swipr: error: the study's storage, where the fit links the trial to its "
+                                f"bundle: can't write {ro / 'demo.db'} (")
+        assert result.stdout == "" and not (tmp_path / "model").exists()

@@ -9,7 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 from swipr_core.images import MAX_PIXELS, BadDimensions, NotRegularFile, load_square, open_regular, read_regular
 from tests.studykit import ROOT
@@ -100,3 +100,77 @@ def test_devices_and_oversized_files_are_refused_before_reading(tmp_path):
     assert read_regular(file, 101) == b"x" * 101
     with pytest.raises(IsADirectoryError), open_regular(tmp_path):
         pass
+
+
+def _grey_file(tmp_path, values: np.ndarray, suffix: str):
+    file = tmp_path / f"grey-{values.dtype}{suffix}"
+    Image.fromarray(values).save(file)
+    return file
+
+
+@pytest.mark.parametrize("values, suffix, mode, expected", [
+    (np.full((12, 20), 32896, np.uint16), ".png", "I;16", 128),       # 16-bit PNG: 0..65535
+    (np.full((12, 20), 16448, np.int32), ".tif", "I", 64),             # 32-bit integers in 0..65535
+    (np.full((12, 20), 0.5, np.float32), ".tif", "F", 128),            # floats in 0..1
+])
+def test_high_bit_depth_greyscale_is_scaled_to_8_bits_not_clipped(tmp_path, values, suffix, mode, expected):
+    # convert("RGB") used to clip: a mid-grey 16-bit PNG became white, a 0..1 float TIFF black.
+    values[:, :10] = 0   # a black half: the scale must keep black black
+    file = _grey_file(tmp_path, values, suffix)
+    with Image.open(file) as opened:
+        assert opened.mode == mode
+    square = load_square(file, 12)
+    assert square.shape == (12, 12, 3)
+    assert abs(int(square[:, -1].mean()) - expected) <= 1, square[:, -1, 0]   # the grey side
+    assert square[:, 0].max() == 0                                             # the black side
+
+
+def test_float_values_beyond_0_to_1_are_stretched_from_their_range(tmp_path):
+    values = np.zeros((8, 16), np.float32)
+    values[:, 8:] = 1000.0
+    square = load_square(_grey_file(tmp_path, values, ".tif"), 8)
+    assert square[:, 0].max() == 0 and square[:, -1].min() == 255
+
+
+def _jpeg_with_exif(file, ifd_entries: dict, types: dict):
+    """A 24x20 JPEG, left half blue, right half red, with an EXIF block built tag by tag, types included:
+    Pillow's own writer refuses to write a mistyped tag, which cameras and editors do write."""
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"MM")
+    for tag, value in ifd_entries.items():
+        ifd[tag] = value
+    ifd.tagtype.update(types)
+    exif = b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08" + ifd.tobytes(8)
+    image = Image.new("RGB", (24, 20), (220, 0, 0))
+    image.paste((0, 0, 220), (0, 0, 12, 20))
+    image.save(file, exif=exif, quality=95)
+    return file
+
+
+def test_a_mistyped_exif_tag_beside_orientation_keeps_the_orientation(tmp_path):
+    # XResolution written as text: ImageOps.exif_transpose raised "bad operand type for
+    # abs(): 'str'" when rewriting the EXIF, so the cache and predict refused the photo.
+    file = _jpeg_with_exif(tmp_path / "x.jpg", {0x0112: 6, 0x011A: "abc"}, {0x011A: 2})
+    square = load_square(file, 20)
+    # Orientation 6: turned a quarter clockwise, so the blue left side is now the top.
+    assert square[0, 10, 2] > 150 and square[0, 10, 0] < 80
+    assert square[-1, 10, 0] > 150 and square[-1, 10, 2] < 80
+
+
+def test_unreadable_exif_leaves_the_pixels_as_stored(tmp_path):
+    file = _jpeg_with_exif(tmp_path / "y.jpg", {0x0112: 6}, {})
+    data = bytearray(file.read_bytes())
+    at = data.index(b"Exif\x00\x00") + 6
+    data[at:at + 4] = b"XX\x00\x2a"   # neither II nor MM: the TIFF header can't be read
+    file.write_bytes(bytes(data))
+    square = load_square(file, 20)
+    assert square[10, 0, 2] > 150 and square[10, -1, 0] > 150   # blue on the left, red on the right
+
+
+def test_a_panorama_too_large_at_the_natural_draft_scale_is_decoded_smaller(tmp_path):
+    # The issue's 23000x3000 at 1024 px: 1/2 scale would be 34 M pixels, over MAX_PIXELS, so the
+    # decode asks JPEG draft for 1/4 (5750x750) and scales up to 1024, in bounded memory.
+    photo = tmp_path / "pano.jpg"
+    Image.new("L", (23000, 3000), 200).save(photo)
+    result = decode_in_subprocess(photo, 1024)
+    assert result["shape"] == [1024, 1024, 3], result
+    assert result["grew"] < 200 * MiB, result

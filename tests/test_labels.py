@@ -7,10 +7,19 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
+from swipr_core.cache import build_cache
 from swipr_core.errors import FieldError, SwiprError
-from swipr_core.labels import EXCLUSION_REASONS, LabelRules, PicRow, build_labels, classify, read_pics
+from swipr_core.labels import (
+    EXCLUSION_REASONS,
+    LabelRules,
+    PicRow,
+    build_labels,
+    classify,
+    describe_odd_ages,
+    read_pics,
+)
 
 RULES = LabelRules(yes_dirs=("insta/ok",), no_dirs=("insta/no",))
 # Every database gets one plain YES and one plain NO row, so that both classes exist.
@@ -117,11 +126,29 @@ def test_every_age_must_be_in_range(tmp_path, ages):
     assert label_of(tmp_path, rules, {"path": "insta/ok/a.jpg", "ages": ages}) == "NO"
 
 
-@pytest.mark.parametrize("ages, expected", [("25,x,", "YES"), ("x,40", "NO"), ("?", "YES"),
-                                            (None, "YES")])
-def test_unparsable_ages_are_ignored(tmp_path, ages, expected):
+@pytest.mark.parametrize("ages, expected", [
+    ("17.5", "NO"), (17.0, "NO"), ("25, 16.9", "NO"), ("25 16.9", "NO"), (b"17", "NO"),   # under 18
+    ("25,", "YES"), ("25 31", "YES"), (25.5, "YES"), (b"25,30", "YES"), (None, "YES"), ("", "YES"),
+])
+def test_ages_are_numbers_however_they_are_written(tmp_path, ages, expected):
+    # Age regressors write decimals: only int() was tried, so "17.5" and REAL 17.0 were
+    # dropped and the photo stayed YES under min_age = 18; a BLOB was read as "b'17'".
     rules = LabelRules(yes_dirs=("insta/ok",), no_dirs=("insta/no",), min_age=18, max_age=35)
     assert label_of(tmp_path, rules, {"path": "insta/ok/a.jpg", "ages": ages}) == expected
+
+
+@pytest.mark.parametrize("ages, expected", [("25,x,", "YES"), ("x,40", "NO"), ("?", "YES"), ("nan,17", "NO"),
+                                            ("-3", "YES"), (b"\xff17", "YES")])
+def test_parts_that_are_not_ages_are_skipped_and_their_rows_named(tmp_path, ages, expected):
+    # The face model writes junk such as "25,x,": the junk is skipped, as before, and each
+    # such row is now named (rowid and cell) so that the user can look at it.
+    rules = LabelRules(yes_dirs=("insta/ok",), no_dirs=("insta/no",), min_age=18, max_age=35)
+    database = make_db(tmp_path, [{"path": "insta/ok/a.jpg", "ages": ages}, {"path": "insta/ok/b.jpg"}])
+    table = build_labels(database, tmp_path, rules)
+    assert dict(zip(table.paths, table.labels))["insta/ok/a.jpg"] == expected
+    assert table.odd_ages == ((3, repr(ages)),)
+    assert "rows of pics: row 3 " in describe_odd_ages({"rows": 1, "first": [list(table.odd_ages[0])]})
+    assert build_labels(database, tmp_path, RULES).odd_ages == ()   # no age rule: nothing was skipped
 
 
 def test_null_integers_count_as_zero(tmp_path):
@@ -169,7 +196,7 @@ def test_no_pics_table(tmp_path):
     with sqlite3.connect(tmp_path / "pics.db") as connection:
         connection.execute("CREATE TABLE photos (path TEXT)")
     connection.close()
-    with pytest.raises(SwiprError, match="no table 'pics'"):
+    with pytest.raises(SwiprError, match="no table or view 'pics'"):
         read_pics(tmp_path / "pics.db")
 
 
@@ -304,3 +331,63 @@ def test_absurd_image_dimensions_are_undecodable(tmp_path):
     Image.new("L", (1, 200_000)).save(tmp_path / "insta/ok/strip.png")
     table = build_labels(database, tmp_path, RULES)
     assert table.excluded["undecodable"] == 1 and "insta/ok/strip.png" not in table.paths
+
+
+def test_a_pics_view_is_read_like_a_table(tmp_path):
+    # A view over the real table (a common way to pick columns) was refused as "no table".
+    database = make_db(tmp_path, [{"path": "insta/ok/a.jpg"}, {"path": "insta/ok/b.jpg", "num_people": "two"}])
+    with sqlite3.connect(database) as connection:
+        connection.execute("ALTER TABLE pics RENAME TO raw")
+        connection.execute("CREATE VIEW pics AS SELECT * FROM raw WHERE path != 'insta/ok/b.jpg'")
+    connection.close()
+    table = build_labels(database, tmp_path, RULES)
+    assert table.paths == ("insta/ok/anchor_yes.jpg", "insta/no/anchor_no.jpg", "insta/ok/a.jpg")
+    with sqlite3.connect(database) as connection:   # a view has no rowid: rows are numbered as it gives them
+        connection.execute("DROP VIEW pics")
+        connection.execute("CREATE VIEW pics AS SELECT * FROM raw WHERE path != 'insta/ok/a.jpg'")
+    connection.close()
+    with pytest.raises(SwiprError, match="pics row 3: num_people must be an integer"):
+        read_pics(database)
+
+
+def test_a_folder_given_as_the_database_is_named_a_folder(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with pytest.raises(SwiprError, match=r"data: is a folder, not a database file$"):
+        read_pics(folder)
+
+
+def _exif_jpeg(file: Path, entries: dict, types: dict) -> None:
+    """A JPEG whose EXIF block is written tag by tag with the given types (Pillow's own
+    writer refuses a mistyped tag, which cameras and editors do write)."""
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"MM")
+    for tag, value in entries.items():
+        ifd[tag] = value
+    ifd.tagtype.update(types)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (24, 16), (30, 120, 200)).save(file, exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08" + ifd.tobytes(8))
+
+
+def test_a_photo_labels_keeps_is_one_the_cache_can_decode(tmp_path):
+    # XResolution written as text beside Orientation: labels kept the photo, then the cache
+    # build refused it (exif_transpose: "bad operand type for abs(): 'str'"), blocking the study.
+    database = make_db(tmp_path, [{"path": "insta/ok/exif.jpg"}], files=False)
+    write_anchors(tmp_path)
+    _exif_jpeg(tmp_path / "insta/ok/exif.jpg", {0x0112: 6, 0x011A: "abc"}, {0x011A: 2})
+    table = build_labels(database, tmp_path, RULES, px=16)
+    assert "insta/ok/exif.jpg" in table.paths
+    array = build_cache(tmp_path, table.paths, tmp_path / "cache", px=16, workers=1).open()
+    assert array.shape == (3, 16, 16, 3)
+
+
+def test_a_panorama_is_checked_at_the_cache_size_and_cached(tmp_path):
+    # 16000x1100 passed labels' old 64 px draft check (1/8 scale), then the cache at 1024 px
+    # refused it (1/1 scale: over the pixel limit). Labels now checks with the cache's own
+    # decode at its size, and that decode reduces such a JPEG further (1/2) and scales it up.
+    database = make_db(tmp_path, [{"path": "insta/ok/pano.jpg"}], files=False)
+    write_anchors(tmp_path)
+    Image.new("L", (16000, 1100), 90).save(tmp_path / "insta/ok/pano.jpg")
+    table = build_labels(database, tmp_path, RULES, px=1024)
+    assert "insta/ok/pano.jpg" in table.paths
+    array = build_cache(tmp_path, table.paths, tmp_path / "cache", px=1024, workers=1).open()
+    assert abs(int(array[table.paths.index("insta/ok/pano.jpg")].mean()) - 90) <= 2

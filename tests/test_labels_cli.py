@@ -85,3 +85,14 @@ def test_labels_files_follow_the_umask(study, tmp_path, umask):
     assert result.returncode == 0, result.stderr
     for file in (out, tmp_path / "labels.csv.meta.json"):
         assert file.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_rows_whose_ages_were_read_in_part_are_named(study, tmp_path):
+    # The demo data has the face model's junk ("25,x,"): skipped by the age rules, as before,
+    # and now each such row is named (a few, and how many) instead of passing unseen.
+    result = swipr("labels", study, "-o", tmp_path / "l.csv", "--json")
+    odd = json.loads(result.stdout)["odd_ages"]
+    assert odd["rows"] > 0 and all("x" in cell for _, cell in odd["first"])
+    lines = [line for line in swipr("labels", study, "-o", tmp_path / "l.csv").stdout.splitlines()
+             if line.startswith("ages that are not numbers")]
+    assert len(lines) == 1 and f"in {odd['rows']} rows of pics: row {odd['first'][0][0]} " in lines[0]

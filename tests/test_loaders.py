@@ -1,9 +1,19 @@
 """Batches from the cache, augmented on the training device (here, the CPU)."""
+import os
+
 import numpy as np
 import pytest
 import torch
 
-from swipr_core.loaders import Augment, CachedBatches, augment_batch, gather_rows, random_affine, prefetched
+from swipr_core.loaders import (
+    Augment,
+    CachedBatches,
+    augment_batch,
+    gather_rows,
+    outgrows_ram,
+    prefetched,
+    random_affine,
+)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -179,3 +189,61 @@ def test_the_axis_aligned_grid_equals_torchs_affine_grid():
     theta = random_affine(6, aug(), torch.Generator().manual_seed(2))
     expected = F.affine_grid(theta, [6, 3, 16, 16], align_corners=False)
     torch.testing.assert_close(axis_aligned_grid(theta, 16), expected, atol=1e-6, rtol=1e-5)
+
+
+def _read_bytes() -> int:
+    with open("/proc/self/io") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("read_bytes"))
+
+
+def _cold_memmap(tmp_path, rows=400, px=128):
+    file = tmp_path / "cache.npy"
+    array = np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=(rows, px, px, 3))
+    array[:] = (np.arange(rows, dtype=np.uint8) * 7)[:, None, None, None]
+    array.flush()
+    del array
+    fd = os.open(file, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)   # out of the page cache: the next read is the disk's
+    os.close(fd)
+    return file
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="counts disk reads in Linux /proc/self/io")
+def test_advised_rows_of_a_cold_cache_are_read_once_not_with_the_readahead_around_them(tmp_path):
+    # Issue 22: a page fault on a cold memmap reads the disk's readahead window around it;
+    # scattered rows advised first are read alone.
+    file = _cold_memmap(tmp_path)
+    array = np.load(file, mmap_mode="r")
+    rows = np.arange(3, 400, 50)   # 8 rows, far apart, as a batch of a big cache is
+    before = _read_bytes()
+    out = gather_rows(array, rows, advise=True)
+    read = _read_bytes() - before
+    np.testing.assert_array_equal(out.numpy()[:, 0, 0, 0], (rows * 7).astype(np.uint8))
+    if read == 0:
+        pytest.skip("this file system does not count its reads in /proc/self/io (tmpfs?)")
+    assert read <= 1.5 * out.numel(), f"read {read} bytes for {out.numel()} bytes of rows"
+
+
+def test_only_a_memmap_larger_than_the_memory_available_is_advised():
+    in_ram = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    assert not outgrows_ram(in_ram, available=0)   # nothing to ask the disk for
+
+
+def test_outgrows_ram_compares_the_mapping_with_the_memory_available(tmp_path):
+    array = np.load(_cold_memmap(tmp_path, rows=10, px=16), mmap_mode="r")
+    assert outgrows_ram(array, available=array.nbytes - 1)
+    assert not outgrows_ram(array, available=array.nbytes)
+    assert not outgrows_ram(array)   # 7.7 KB fits in any machine's memory
+
+
+def test_advised_and_plain_loaders_give_the_same_batches(tmp_path):
+    array = np.load(_cold_memmap(tmp_path, rows=30, px=16), mmap_mode="r")
+    aug = Augment(16, (0.5,) * 3, (0.5,) * 3)
+    runs = [[(x, y) for x, y in CachedBatches(array, np.arange(2, 30), np.arange(28) % 2, 8, aug, True,
+                                                 seed=1, advise=advise)] for advise in (True, False, None)]
+    assert len(runs[0]) == 4
+    for other in runs[1:]:
+        for (xa, ya), (xb, yb) in zip(runs[0], other, strict=True):
+            torch.testing.assert_close(xa, xb)
+            assert torch.equal(ya, yb)

@@ -95,11 +95,53 @@ def test_batch_size_does_not_change_probabilities(served):
         list(predictor.predict(images, batch_size=0))
 
 
-def test_folders_are_walked_for_images(served, tmp_path):
+def test_folders_are_walked_for_every_file_through_symlinked_folders(served, tmp_path):
+    # Serving used to pick files by suffix, training by decoding: a .jfif was skipped, and so
+    # was a symlinked folder, without a row. Now every file not hidden is tried, once.
     _, images, _ = served
-    (images[0].parent / "notes.txt").write_text("not an image")
-    found = expand_inputs([images[0].parent, tmp_path / "nope.jpg"])
-    assert found == [*sorted(images), tmp_path / "nope.jpg"]
+    photos = tmp_path / "photos"
+    (photos / "more").mkdir(parents=True)
+    (photos / "a.jpg").write_bytes(images[0].read_bytes())
+    (photos / "notes.txt").write_text("not an image")
+    (photos / ".hidden.jpg").write_bytes(images[0].read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "b.jfif").write_bytes(images[0].read_bytes())
+    (photos / "more" / "linked").symlink_to(elsewhere)
+    (photos / "more" / "loop").symlink_to(photos)   # back to a folder above: walked once
+    found = expand_inputs([photos, tmp_path / "nope.jpg"])
+    assert found == [photos / "a.jpg", photos / "notes.txt", photos / "more/linked/b.jfif", tmp_path / "nope.jpg"]
+
+
+@pytest.mark.parametrize("suffix", [".jfif", ".jpe", ".heic"])
+def test_a_folder_of_unusual_suffixes_gets_a_row_per_file(served, tmp_path, suffix):
+    # A folder of only such files printed nothing and exited 0.
+    out, images, _ = served
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    # A JPEG named .jfif or .jpe is a JPEG; this .heic holds text, as Pillow can't read HEIC.
+    (folder / f"x{suffix}").write_bytes(images[0].read_bytes() if suffix != ".heic" else b"ftypheic...")
+    done = run_cli("predict", out, folder, "--json", timeout=60)
+    rows = json.loads(done.stdout)["predictions"]
+    assert [Path(row["image"]).name for row in rows] == [f"x{suffix}"]
+    if suffix == ".heic":
+        assert done.returncode == 1 and "can't decode image" in rows[0]["error"]
+    else:
+        assert done.returncode == 0 and rows[0]["answer"] in ("YES", "NO"), done.stderr
+
+
+def test_control_characters_in_names_cannot_forge_rows(served, tmp_path):
+    out, images, _ = served
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    forged = folder / "a.jpg\nYES   1.0000  forged.jpg"
+    forged.write_bytes(images[0].read_bytes())
+    (folder / "b\rc.jpg").write_bytes(b"not an image")
+    done = run_cli("predict", out, folder, timeout=60)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout   # one row per file, whatever its name holds
+    assert lines[0].endswith("a.jpg\\nYES   1.0000  forged.jpg") and lines[0].split()[0] in ("YES", "NO")
+    assert lines[1].startswith("ERROR") and "b\\rc.jpg" in lines[1] and "\r" not in done.stdout
 
 
 def test_nothing_is_unpickled(served, monkeypatch):

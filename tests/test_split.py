@@ -163,3 +163,15 @@ def test_a_split_with_a_class_missing_on_one_side_is_refused(n_yes, valid_pct, m
     assert raised.value.field == "valid_pct"
     three = ("NO",) * 30 + ("YES",) * 3
     check_both_sides(three, split_rows(three, 0.34, 0), 0.34)   # YES on both sides: fine
+
+
+def test_a_path_with_a_carriage_return_or_newline_reads_back_whole(tmp_path):
+    # csv quoted "\n" but not "\r" under lineterminator="\n": `swipr labels` wrote a file
+    # that `study run` couldn't read ("insta/ok/IMG\r0001.jpg" split in two rows).
+    paths = ("insta/ok/IMG\r0001.jpg", "insta/ok/a\nb.jpg", 'insta/no/"q",x.jpg', "insta/no/\r\n.jpg")
+    table = LabelTable(paths=paths, labels=("YES", "YES", "NO", "NO"), excluded={})
+    split = make_split(table, DEMO_RULES, 0.5, 0, source="x")
+    write_split(split, tmp_path / "labels.csv")
+    again = read_split(tmp_path / "labels.csv")
+    assert again.paths == paths and again.fingerprint == split.fingerprint
+    write_split(again, tmp_path / "labels.csv")   # and it is still a labels file swipr wrote

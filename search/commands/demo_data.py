@@ -6,6 +6,7 @@ from pathlib import Path
 
 from swipr_core.demo_data import DEMO_RULES, write_demo_data
 from swipr_core.labels import build_labels
+from swipr_core.writable import check_folder_writable
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -24,6 +25,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_folder_writable(args.directory, f"DIR {args.directory}")
     database = write_demo_data(args.directory, n_images=args.images, seed=args.seed)
     table = build_labels(database, database.parent, DEMO_RULES)
     excluded = ", ".join(f"{reason} {count}" for reason, count in table.excluded.items())

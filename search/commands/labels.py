@@ -7,7 +7,9 @@ from pathlib import Path
 
 from search.studyfile import load_study_file
 from search.studyfile.fields import keyed
+from swipr_core.labels import describe_odd_ages
 from swipr_core.split import prepare_labels
+from swipr_core.writable import check_folder_writable
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -31,14 +33,20 @@ def run(args: argparse.Namespace) -> int:
     study_file = load_study_file(args.study_file)
     data = study_file.data
     labels_file = args.output or data.labels_file
+    # Before every image is read and hashed, not after.
+    check_folder_writable(labels_file.parent, f"-o {labels_file}" if args.output else
+                          f"{study_file.where('data')} labels_file {labels_file}")
     # Always rebuild: this command is how a user asks for a new labels file.
     with keyed(study_file.where("data")):
         split = prepare_labels(data.database, data.image_root, data.rules, data.valid_pct,
-                               data.split_seed, labels_file, rebuild=True, force=args.force)
+                               data.split_seed, labels_file, rebuild=True, force=args.force,
+                               cache_px=data.cache_px)
     counts, excluded, same = split.counts(), split.meta["excluded"], split.meta["same_content"]
+    odd_ages = split.meta["odd_ages"]
     if args.json:
         print(json.dumps({"labels_file": str(labels_file), "fingerprint": split.fingerprint,
-                          "counts": counts, "excluded": excluded, "same_content": same}, indent=2))
+                          "counts": counts, "excluded": excluded, "same_content": same,
+                          "odd_ages": odd_ages}, indent=2))
         return 0
     reasons = ", ".join(f"{reason} {count}" for reason, count in excluded.items())
     print(f"wrote {labels_file} (fingerprint {split.fingerprint})")
@@ -46,4 +54,6 @@ def run(args: argparse.Namespace) -> int:
           f"excluded {sum(excluded.values())} ({reasons})")
     print(f"identical photos under different paths: {same['rows']} rows in {same['groups']} groups, "
           "each group kept on one side of the split")
+    if odd_ages["rows"]:
+        print(describe_odd_ages(odd_ages))
     return 0

@@ -17,7 +17,9 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
         name, help=help_text,
         description="Verify a model bundle (manifest and every file's SHA-256), then answer YES or NO "
                     "with P(YES) for each image, batched on the CPU with onnxruntime. Folders are "
-                    "walked for image files. A missing or broken image gets a row with its error.",
+                    "walked (symlinked folders too) and every file not hidden is tried: the decoder, "
+                    "not the name, decides what is an image. A missing, broken or non-image file "
+                    "gets a row with its error.",
     )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="a bundle folder written by `swipr fit`")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
@@ -27,6 +29,13 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--expect-sha256", metavar="HEX",
                    help="refuse the bundle unless manifest.json's SHA-256 is HEX (pin the bundle you trust)")
     p.set_defaults(func=run)
+
+
+def printable(text: str) -> str:
+    """The text with control and other unprintable characters escaped as Python writes them
+    (\\n, \\r, \\x1b, \\udcff): a file name with a newline would otherwise print a row of its
+    own, an ANSI escape would move the cursor, and undecodable bytes would fail the print."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             rows.append(as_dict(row))
         elif row.error is None:
-            print(f"{row.answer:<5} {row.p_yes:.4f}  {row.image}", flush=True)
+            print(f"{row.answer:<5} {row.p_yes:.4f}  {printable(row.image)}", flush=True)
         else:
-            print(f"ERROR -       {row.image}  ({row.error})", flush=True)
+            print(f"ERROR -       {printable(row.image)}  ({printable(row.error)})", flush=True)
     if args.json:
         manifest = predictor.manifest
         print(json.dumps({"bundle": str(args.bundle), "manifest_sha256": predictor.manifest_sha256,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, cast
 
 import optuna
 import torch
@@ -20,11 +20,13 @@ import torch
 from objectives.finetune import replay_config
 from objectives.space import SPACE_KEYS
 from search.fit.link import link_trial
+from search.fit.outputs import check_outputs
 from search.study.data_record import FINGERPRINT_ATTR, prepare_study_data, refuse_other_data
 from search.study.open import best_trial, open_study, quiet_optuna
 from search.study.storage import redact
 from search.studyfile import load_study_file
 from search.studyfile.fields import keyed
+from search.studyfile.trained_with import as_trained
 from swipr_core import bundle
 from swipr_core.bundle_writer import library_versions, model_manifest, write_bundle
 from swipr_core.errors import SwiprError
@@ -73,8 +75,8 @@ def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTr
 
 
 def train_config(trial: optuna.trial.FrozenTrial, space_keys, study_file):
-    """The trial's TrainConfig: params as they were, its seed, the head epochs it ran with, and
-    the cycles of its best finished schedule (objectives.finetune.replay_config)."""
+    """The trial's TrainConfig: params as they were (an lr finder's lr included), its seed, the head
+    epochs it ran with, and the cycles of its best finished schedule (objectives.finetune.replay_config)."""
     return replay_config(trial, space_keys, study_file.train.head_epochs)
 
 
@@ -82,16 +84,17 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
         device: str | None = None, strict: bool = False, threads: int | None = None,
         echo: Callable[[str], None] = print) -> FitOutcome:
     """Replay the trial (the best one unless `trial_number`), write its bundle to `out`, link it."""
-    out = out.resolve()
+    out = bundle.target_path(out)
     check_target_precision(target_precision)   # before an hour of training, not after
-    bundle.check_target(out)
     study_file = load_study_file(study_path)
+    check_outputs(study_file, out)
     quiet_optuna()
     study = open_study(study_file, create=False)
     trial = pick_trial(study, trial_number)
     config = train_config(trial, SPACE_KEYS, study_file)
     echo(f"trial {trial.number}{' (best)' if trial_number is None else ''} of study '{study.study_name}': "
          f"val_loss {trial.value:.6g}, seed {config.seed}, {config.epochs} epochs, params {json.dumps(trial.params)}")
+    study_file = as_trained(study_file, trial.user_attrs, f"trial {trial.number}", echo)   # its [model], cache_px
     dataset = prepare_study_data(study_file)
     recorded = trial.user_attrs.get(FINGERPRINT_ATTR, study.user_attrs.get(FINGERPRINT_ATTR))
     refuse_other_data(recorded, dataset, study_file, f"the one trial {trial.number} was trained on; the replay "
@@ -117,8 +120,8 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
     linked = link_trial(study, study_file, trial, out, manifest_sha256)
     echo(f"wrote bundle {out} (manifest sha256 {manifest_sha256}); linked to trial {trial.number} by {linked}")
     written = json.loads((out / bundle.MANIFEST).read_text())
-    return FitOutcome(trial.number, trial.value, replay["val_loss"], replay["matched"], out, manifest_sha256,
-                      written)
+    return FitOutcome(trial.number, cast(float, trial.value), replay["val_loss"], replay["matched"], out,
+                      manifest_sha256, written)
 
 
 def replay_trial(study_file, trial, config: TrainConfig, dataset, device: str | None, threads: int | None,
@@ -126,24 +129,24 @@ def replay_trial(study_file, trial, config: TrainConfig, dataset, device: str | 
     """(TrainResult, replay record) of the trial's run again, with its CPU thread count."""
     name, where = study_file.device_from(device)
     with keyed(where):
-        device = resolve_device(name)
+        resolved = resolve_device(name)
     precision = study_file.train.precision
     # CPU reductions are summed per thread: the trial's thread count gives its exact numbers.
     if threads is not None and threads < 1:   # 0 is not "the default"
         raise SwiprError(f"--threads must be 1 or more, got {threads}")
     threads = threads or trial.user_attrs.get(THREADS_ATTR) or torch.get_num_threads()
-    echo(f"replaying on {device} ({precision} precision, {threads} CPU threads)...")
+    echo(f"replaying on {resolved} ({precision} precision, {threads} CPU threads)...")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        result = train(dataset, config, study_file.model, device=str(device), precision=precision,
+        result = train(dataset, config, study_file.model, device=str(resolved), precision=precision,
                        compile=study_file.train.compile,
                        on_epoch=lambda r: echo(f"  epoch {r.epoch} {r.phase}: train_loss {r.train_loss:.4f} "
                                                f"valid_loss {r.valid_loss:.4f}"))
     finally:
         torch.set_num_threads(previous_threads)
     replay = compare_replay(trial, float(result.metrics["val_loss"]), echo)
-    replay.update(device=str(device), precision=precision, cpu_threads=threads)
+    replay.update(device=str(resolved), precision=precision, cpu_threads=threads)
     return result, replay
 
 
@@ -162,8 +165,9 @@ def judge(result, target_precision: float | None, echo) -> tuple:
 
 def compare_replay(trial: optuna.trial.FrozenTrial, replay_value: float, echo) -> dict:
     """The replay's final loss against the trial's, said in words; the record for the manifest."""
-    diff = abs(replay_value - trial.value)
-    tolerance = replay_tolerance(trial.value)
+    trial_value = cast(float, trial.value)   # a COMPLETE trial's (pick_trial): always set
+    diff = abs(replay_value - trial_value)
+    tolerance = replay_tolerance(trial_value)
     matched = diff <= tolerance
     rule = f"{REPLAY_ATOL:g} + {REPLAY_RTOL:g} x |trial's|"
     if diff == 0:
@@ -173,7 +177,7 @@ def compare_replay(trial: optuna.trial.FrozenTrial, replay_value: float, echo) -
              f"within tolerance {tolerance:.2g} = {rule}")
     else:
         echo(f"replay: val_loss {replay_value:.6g} vs the trial's {trial.value:.6g}: off by {diff:.3g} "
-             f"({diff / max(abs(trial.value), 1e-12):.1%}), OUTSIDE tolerance {tolerance:.2g} = {rule}. Same params, "
+             f"({diff / max(abs(trial_value), 1e-12):.1%}), OUTSIDE tolerance {tolerance:.2g} = {rule}. Same params, "
              f"seed and data can still differ: GPU kernels (cuDNN convolutions, atomics) are not deterministic, "
              f"bf16/fp16 rounds differently, another CPU thread count or library version sums in another order, "
              f"and a change to the training code since the trial (augmentation, schedule) makes it another run")

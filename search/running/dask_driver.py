@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from objectives.optuna_compat import storage_of, study_id, trial_id
 from objectives.resume import Checkpoints
-from objectives.space import distribution, drawn
+from objectives.space import distribution, drawn, param_name
 from search.running.dask_trial import STARTED_ATTR, STOP_EVENT, DaskTask, run_dask_trial
 from search.running.failures import error_log
 from search.running.worker import checkpoint_root
@@ -61,7 +61,7 @@ class Driver:
         self.checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
         # n_cycles as a budget is no param: the task's trial plans it (objectives.space.drawn)
         space = drawn(study_file.space, n_cycles_mode(study, study_file))
-        self.distributions = {name: distribution(spec) for name, spec in space.items()}
+        self.distributions = {param_name(name, spec): distribution(spec) for name, spec in space.items()}
         self.running: dict = {}   # future -> trial id
         self.status = 0
         self.lost_in_a_row = self.failed_in_a_row = 0
@@ -111,7 +111,7 @@ class Driver:
         self.storage.set_trial_system_attr(trial_id(trial), TOKEN_ATTR, self.run_id)
         token = uuid.uuid4().hex
         task = DaskTask(str(self.study_file.path), self.storage_name, trial_id(trial), token, self.run_id,
-                        self.device)
+                        self.device, self.study_file.sha256)
         future = self.client.submit(self.task_function, task, key=f"swipr-trial-{trial.number}-{token[:8]}",
                                     resources={"GPU": 1} if self.kind == "GPU" else None, pure=False)
         self.running[future] = trial_id(trial)

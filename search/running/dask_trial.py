@@ -33,6 +33,7 @@ from search.study.data_record import check_fingerprint, prepare_study_data
 from search.study.open import quiet_optuna
 from search.study.pruners import pruner_for
 from search.studyfile import StudyFile, load_study_file
+from search.studyfile.trained_with import RecordTrainedWith, check_same_version
 from search.views.artifacts import make_objective_hooks
 from swipr_core.errors import SwiprError
 
@@ -50,6 +51,7 @@ class DaskTask:
     token: str          # this attempt; a Dask re-run of the same task carries the same token
     run: str            # the driver's run id (its stop event)
     device: str         # "cuda" (the worker's own GPU) or "cpu"
+    study_file_sha256: str = ""   # the file's version the run started with: a worker's copy must match
 
 
 class StopTrial(KeyboardInterrupt):
@@ -106,6 +108,7 @@ def run_dask_trial(task: DaskTask) -> dict:
         if _stop_requested(task):
             storage.set_trial_state_values(task.trial_id, TrialState.WAITING)   # untouched: back in the queue
             return {"outcome": "returned", **where}
+        check_same_version(study_file, task.study_file_sha256)   # not an edit made since the run started
         check_fingerprint(study, dataset, study_file)
     except SwiprError as error:   # before the trial began: it goes back to the queue untouched
         if study is not None:
@@ -123,7 +126,7 @@ def _train(task: DaskTask, study_file: StudyFile, dataset, trial: optuna.Trial) 
     stop arrives between epochs (StopCheck), and checkpoints go only once the end is recorded."""
     checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
     settings = train_settings(study_file, task.device, trial.study)
-    hooks = [StopCheck(task), *make_objective_hooks(study_file, trial.study)]
+    hooks = [StopCheck(task), RecordTrainedWith(study_file), *make_objective_hooks(study_file, trial.study)]
     finetune = guarded_finetune(dataset, study_file.space, study_file.model, settings, checkpoints, hooks)
     objective = FailureGuard(finetune, error_log(study_file))
     try:

@@ -31,6 +31,7 @@ from swipr_core.data import Dataset
 from swipr_core.errors import SwiprError
 from swipr_core.model import check_model
 from swipr_core.schedule import check_device
+from swipr_core.threads import cpu_threads
 from swipr_core.training import resolve_device
 
 
@@ -80,8 +81,8 @@ def _run_study(args: argparse.Namespace) -> int:
         if cluster:
             return run_on_dask(cluster, study_file, n_trials, timeout)
         if parallel:
-            return supervise(study_file.path, study_file.study.storage, slots, n_trials, timeout, device,
-                             study_file.study.max_failures_in_a_row)
+            return supervise(study_file, study_file.study.storage, slots, n_trials, timeout, device,
+                             study_file.study.max_failures_in_a_row, dataset=dataset)
         return _run_here(study_file, study, dataset, n_trials, timeout, device)
     finally:   # also when the run stops early: what it did is worth a look
         # Trials this run started, queued ones (retries, the warm start) included.
@@ -104,6 +105,7 @@ def _budget(args: argparse.Namespace, study_file: StudyFile) -> tuple[int, float
 
 def _run_here(study_file: StudyFile, study: optuna.Study, dataset: Dataset, n_trials: int,
               timeout: float | None, device: str) -> int:
+    torch.set_num_threads(cpu_threads())   # not torch's default of a thread a core: see swipr_core.threads
     progress = StudyProgress(n_trials)
     try:
         run_worker(study_file, dataset, n_trials=n_trials, timeout=timeout, device=device,

@@ -26,7 +26,10 @@ from search.running.stop import StopFlag
 # A trial process's exit status: its trial finished (complete or pruned), it failed, the
 # process met bad input (a SwiprError: the next would too), or it was stopped by a signal.
 from search.running.worker import BAD_INPUT, DONE, FAILED, STOPPED, run_trial_process
+from search.studyfile import StudyFile
+from swipr_core.data import Dataset
 from swipr_core.errors import SwiprError
+from swipr_core.threads import cpu_threads
 
 STOP_WAIT_S = 60         # how long a stopping trial may take to record itself before SIGKILL
 MAX_CRASHES_IN_A_ROW = 3  # trial processes that die one after another before the run gives up
@@ -46,13 +49,15 @@ class Slot:
 
 @dataclass(frozen=True)
 class Task:
-    """What one trial process needs; pickled to it, so the URL never reaches an argv."""
+    """What one trial process needs; pickled to it, so the URL never reaches an argv. The study
+    file goes parsed, as the run read it at its start: trials never see a later edit."""
 
-    study_file: str
+    study_file: StudyFile
     slot: Slot
     device: str | None
     env: dict = field(default_factory=dict)
     cpu_threads: int = 1   # the machine's cores shared by the slots, so workers don't thrash
+    dataset: Dataset | None = None   # the data the driver prepared and checked: not again per trial
 
 
 def parse_gpus(text: str) -> list[int]:
@@ -99,16 +104,18 @@ def _trial_process(task: Task) -> None:
     signal.signal(signal.SIGTERM, stop.on_signal)
     os.environ.update(task.env)   # before anything touches CUDA
     torch.set_num_threads(task.cpu_threads)
-    sys.exit(run_trial_process(task.study_file, task.slot.label, task.slot.index, task.device, stop))
+    sys.exit(run_trial_process(task.study_file, task.slot.label, task.slot.index, task.device, stop, task.dataset))
 
 
 # --- the supervisor ---------------------------------------------------------------------
 
 
-def supervise(study_file_path, storage_url: str, slots: list[Slot], n_trials: int, timeout: float | None,
-              device: str | None, max_failures_in_a_row: int = MAX_CRASHES_IN_A_ROW) -> int:
-    """Run `n_trials` trials over `slots`; return the exit status (0, 1 or 2)."""
-    run = _Supervisor(str(study_file_path), storage_url, slots, device, max_failures_in_a_row)
+def supervise(study_file: StudyFile, storage_url: str, slots: list[Slot], n_trials: int, timeout: float | None,
+              device: str | None, max_failures_in_a_row: int = MAX_CRASHES_IN_A_ROW,
+              dataset: Dataset | None = None) -> int:
+    """Run `n_trials` trials over `slots`; return the exit status (0, 1 or 2). `dataset`: the
+    data already prepared and checked against the study, handed to every trial process."""
+    run = _Supervisor(study_file, storage_url, slots, device, max_failures_in_a_row, dataset)
 
     def on_term(signum, frame) -> None:
         raise KeyboardInterrupt   # a preempted machine's SIGTERM stops the run like Ctrl-C
@@ -127,13 +134,15 @@ def supervise(study_file_path, storage_url: str, slots: list[Slot], n_trials: in
 class _Supervisor:
     """Trial processes on free slots, and what their exit statuses mean for the run."""
 
-    def __init__(self, study_file: str, storage_url: str, slots: list[Slot], device: str | None, limit: int):
+    def __init__(self, study_file: StudyFile, storage_url: str, slots: list[Slot], device: str | None, limit: int,
+                 dataset: Dataset | None = None):
         self.study_file, self.storage_url, self.device, self.limit = study_file, storage_url, device, limit
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(PRELOAD)
         self.running: dict = {}   # sentinel -> (process, slot)
         self.free = list(slots)
-        self.threads = max(1, (os.cpu_count() or 1) // len(slots))
+        self.threads = cpu_threads(len(slots))   # the machine's cores shared by the slots
+        self.dataset = dataset
         self.status, self.crashes, self.failures = 0, 0, 0
 
     def until_done(self, budget: int, deadline: float | None) -> int:
@@ -155,7 +164,7 @@ class _Supervisor:
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = visible_device(slot.gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
         process = self.context.Process(target=_trial_process, name=f"swipr-{slot.index}",
-                                       args=(Task(self.study_file, slot, self.device, env, self.threads),))
+                                       args=(Task(self.study_file, slot, self.device, env, self.threads, self.dataset),))
         process.start()
         self.running[process.sentinel] = (process, slot)
 

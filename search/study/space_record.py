@@ -14,15 +14,17 @@ import optuna
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution,
                                   check_distribution_compatibility, distribution_to_json, json_to_distribution)
 
-from objectives.space import Choices, Range
+from objectives.space import Choices, FinderLR, Range, param_name
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
 
 SPACE_ATTR = "search_space"
 
 
-def distribution(spec: Range | Choices) -> BaseDistribution:
+def distribution(spec: Range | Choices | FinderLR) -> BaseDistribution:
     """The distribution objectives.space.suggest asks Optuna for."""
+    if isinstance(spec, FinderLR):
+        return distribution(spec.factor)
     if isinstance(spec, Choices):
         return CategoricalDistribution(list(spec.values))
     if spec.is_int:
@@ -52,7 +54,7 @@ def _recorded(study: optuna.Study) -> dict[str, BaseDistribution]:
 def check_space(study: optuna.Study, study_file: StudyFile) -> list[str]:
     """Refuse a [space] the study can't take; record the one it runs on. Returns notes to print."""
     old = _recorded(study)
-    new = {name: distribution(spec) for name, spec in study_file.space.items()}
+    new = {param_name(name, spec): distribution(spec) for name, spec in study_file.space.items()}
     notes = []
     for name, dist in new.items():
         if name not in old or old[name] == dist:

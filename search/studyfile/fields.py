@@ -22,7 +22,7 @@ def resolve(base: Path, value: str) -> Path:
     return (base / os.path.expanduser(value)).resolve()
 
 
-def table_at(where: str, raw: dict, name: str) -> dict:
+def table_at(where: str | Path, raw: dict, name: str) -> dict:
     """The table `name` ('data.rules' reaches into [data]); {} when absent."""
     table = raw
     for part in name.split("."):
@@ -50,7 +50,7 @@ def _accepts(hint) -> tuple[type, type | None]:
     return (Path if hint is Path else hint), None
 
 
-def parse_table(where: str, section: str, table: dict, cls, base: Path, skip: tuple[str, ...] = ()) -> dict:
+def parse_table(where: str | Path, section: str, table: dict, cls, base: Path, skip: tuple[str, ...] = ()) -> dict:
     """`table`'s keys as keyword arguments for `cls`: typed, paths resolved, arrays as tuples."""
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
@@ -61,7 +61,7 @@ def parse_table(where: str, section: str, table: dict, cls, base: Path, skip: tu
         if key not in known:
             raise SwiprError(f"{where}: unknown key '{key}' in [{section}] (known: {', '.join(known)})")
         kind, item = _accepts(hints[key])
-        if kind is tuple:
+        if kind is tuple and item is not None:   # every array field names its item type
             if not isinstance(value, list):
                 raise SwiprError(f"{where}: [{section}] {key} must be an array, got {value!r}")
             for element in value:

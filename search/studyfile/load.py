@@ -3,6 +3,7 @@ failure one line that names the file and the key."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import tomllib
@@ -26,7 +27,7 @@ MAX_HEARTBEAT_S = 86_400   # a day: far beyond any real interval, far below what
 
 def load_study_file(path: str | Path) -> StudyFile:
     path = Path(path)
-    raw = _read_toml(path)
+    raw, sha256 = _read_toml(path)
     data = _data(path, raw)
     space = parse_space(path, raw)
     if largest(space["image_size"]) > data.cache_px:
@@ -36,14 +37,16 @@ def load_study_file(path: str | Path) -> StudyFile:
     train = _train(path, raw)
     check_epochs(path, space, train.head_epochs)
     return StudyFile(path=path.resolve(), study=_study(path, raw), data=data, model=model, train=train, space=space,
-                     cluster=_cluster(path, raw))
+                     cluster=_cluster(path, raw), sha256=sha256)
 
 
-def _read_toml(path: Path) -> dict:
+def _read_toml(path: Path) -> tuple[dict, str]:
+    """The file's tables and the SHA-256 of the bytes they were read from (read once)."""
     if not path.is_file():
         raise SwiprError(f"{path}: study file not found")
+    content = path.read_bytes()
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(content.decode("utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise SwiprError(f"{path}: not valid TOML: {error}") from None
     except UnicodeDecodeError:
@@ -51,7 +54,7 @@ def _read_toml(path: Path) -> dict:
     for name in raw:
         if name not in SECTIONS:
             raise SwiprError(f"{path}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
-    return raw
+    return raw, hashlib.sha256(content).hexdigest()
 
 
 def _study(path: Path, raw: dict) -> StudySection:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from objectives.judging import PRUNE_AT
-from objectives.space import Choices, Range
+from objectives.space import Choices, FinderLR, Range
 from swipr_core.data import DataSpec
 from swipr_core.model_spec import ModelSpec
 
@@ -61,8 +61,9 @@ class StudyFile:
     data: DataSpec
     model: ModelSpec
     train: TrainSection
-    space: dict[str, Range | Choices] = field(default_factory=dict)
+    space: dict[str, Range | Choices | FinderLR] = field(default_factory=dict)
     cluster: ClusterSection = ClusterSection()
+    sha256: str = ""   # of the file's bytes as read: which version of the file a run (and trial) used
 
     def where(self, section: str) -> str:
         """How a message names one of this file's sections: "studies/x.toml: [data]"."""

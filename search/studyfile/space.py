@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from objectives.space import SPACE_KEYS, Choices, Range
+from objectives.space import FINDER_SUGGESTIONS, SPACE_KEYS, Choices, FinderLR, Range
 from search.studyfile.fields import check_type, keyed
 from swipr_core.errors import SwiprError
 from swipr_core.schedule import check_epochs as core_check_epochs
@@ -13,21 +13,25 @@ from swipr_core.schedule import check_param
 
 # The TOML type each key's values have.
 _VALUE_TYPES = {"lr": float, "batch_size": int, "image_size": int, "freeze": str,
-                "n_cycles": int, "cycle_len": int, "cycle_mult": int}
+                "n_cycles": int, "cycle_len": int, "cycle_mult": int, "lr_factor": float}
 
 
-def _check_value(where: str, key: str, value: Any) -> None:
+def _check_value(where: str | Path, key: str, value: Any) -> None:
     """The TOML type here; the value itself by the core (swipr_core.schedule.check_param)."""
     check_type(f"{where}: [space] {key} value", value, _VALUE_TYPES[key])
+    if key == "lr_factor":   # lr = { finder = ..., factor = ... }: any positive multiple
+        if not (math.isfinite(value) and value > 0):
+            raise SwiprError(f"{where}: [space] lr factor must be a positive number, got {value!r}")
+        return
     with keyed(f"{where}: [space]"):
         check_param(key, value)
 
 
-def parse_space(where: Path, raw: dict) -> dict[str, Range | Choices]:
+def parse_space(where: Path, raw: dict) -> dict[str, Range | Choices | FinderLR]:
     table = raw.get("space", {})
     if not isinstance(table, dict):
         raise SwiprError(f"{where}: [space] must be a table")
-    space: dict[str, Range | Choices] = {}
+    space: dict[str, Range | Choices | FinderLR] = {}
     for key, spec in table.items():
         if key not in SPACE_KEYS:
             raise SwiprError(f"{where}: unknown key '{key}' in [space] (known: {', '.join(SPACE_KEYS)})")
@@ -37,6 +41,8 @@ def parse_space(where: Path, raw: dict) -> dict[str, Range | Choices]:
             for value in spec:
                 _check_value(where, key, value)
             space[key] = Choices(tuple(spec))
+        elif isinstance(spec, dict) and key == "lr" and "finder" in spec:
+            space[key] = _parse_finder(where, spec)
         elif isinstance(spec, dict):
             space[key] = _parse_range(where, key, spec)
         else:
@@ -63,7 +69,7 @@ def _parse_range(where: Path, key: str, spec: dict) -> Range:
     step = spec.get("step")
     if step is not None:
         check_type(f"{where}: [space] {key} step", step, float)
-        whole = key != "lr"
+        whole = key not in ("lr", "lr_factor")
         if (whole and not isinstance(step, int)) or not math.isfinite(step) or step <= 0:
             raise SwiprError(f"{where}: [space] {key} step must be {'a whole number, 1 or more' if whole else 'a positive number'}, "
                              f"got {step}")
@@ -77,7 +83,28 @@ def _parse_range(where: Path, key: str, spec: dict) -> Range:
         last = low + int((high - low) // step) * step
         raise SwiprError(f"{where}: [space] {key} high ({high}) is not low ({low}) plus a whole number of "
                          f"steps ({step}); the last value on that grid is {last:g}")
-    return Range(low=low, high=high, log=log, step=step, is_int=key != "lr")
+    return Range(low=low, high=high, log=log, step=step, is_int=key not in ("lr", "lr_factor"))
+
+
+def _parse_finder(where: Path, spec: dict) -> FinderLR:
+    """lr = { finder = "valley", factor = { low = 0.3, high = 3, log = true } }: the factor a
+    range, choices or one value, as any [space] key."""
+    unknown = set(spec) - {"finder", "factor"}
+    if unknown:
+        raise SwiprError(f"{where}: unknown key '{sorted(unknown)[0]}' in [space] lr (known with finder: finder, "
+                         f"factor)")
+    finder = spec["finder"]
+    if finder not in FINDER_SUGGESTIONS:
+        raise SwiprError(f"{where}: [space] lr finder must be one of {', '.join(FINDER_SUGGESTIONS)}, got {finder!r}")
+    factor = spec.get("factor", 1.0)
+    if isinstance(factor, dict):
+        return FinderLR(finder, _parse_range(where, "lr_factor", factor))
+    values = factor if isinstance(factor, list) else [factor]
+    if not values:
+        raise SwiprError(f"{where}: [space] lr factor has no choices")
+    for value in values:
+        _check_value(where, "lr_factor", value)
+    return FinderLR(finder, Choices(tuple(float(v) for v in values)))
 
 
 def _on_grid(low, high, step) -> bool:
@@ -85,7 +112,9 @@ def _on_grid(low, high, step) -> bool:
     return abs(steps - round(steps)) <= 1e-9 * max(1.0, abs(steps))
 
 
-def largest(spec: Range | Choices):
+def largest(spec: Range | Choices | FinderLR):
+    if isinstance(spec, FinderLR):   # its lr is known once the range test has run
+        raise TypeError("an lr from the finder has no largest value in the study file")
     return spec.high if isinstance(spec, Range) else max(spec.values)
 
 

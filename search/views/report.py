@@ -23,12 +23,14 @@ from optuna.trial import TrialState
 
 from objectives.judging import JUDGED_ATTR, LOSSES_ATTR
 from objectives.optuna_compat import storage_of
+from objectives.lr_record import finding_of, recorded_findings
 from search.study.data_record import data_summary
 from search.study.open import best_or_none, open_study, quiet_optuna
 from search.study.storage import redact
 from search.studyfile import load_study_file
 from search.views.artifacts import PICTURES, artifact_dir as default_artifact_dir, open_artifact_store, trial_pictures
 from search.views.gains import gains_rows, search_gains
+from search.views.lr_plot import finding_title, plot_lr_find
 from swipr_core.errors import SwiprError
 
 REPORT_FILE = "report.html"
@@ -175,6 +177,27 @@ def _best_section(study, trials, store) -> str:
             f'<h3>Its curves</h3><div class="pictures">{images}</div></section>')
 
 
+def _lr_find_section(study) -> str:
+    """The study's learning-rate range tests (`swipr lr-find`), each drawn again from the curve
+    stored on the study, so the page needs no artifact folder for them."""
+    records = recorded_findings(study)
+    if not records:
+        return ('<section id="lr-find"><h2>Learning-rate finder</h2><p class="missing">No range test yet: '
+                '<code>swipr lr-find STUDY.toml</code> runs one and keeps it on the study.</p></section>')
+    parts = []
+    with tempfile.TemporaryDirectory(prefix="swipr-report-") as tmp:
+        for number, record in enumerate(records):
+            finding = finding_of(record)
+            picture = plot_lr_find(finding, Path(tmp) / f"{number}.png", record.get("lr_range"))
+            rows = [(name, f"{lr:.1e}") for name, lr in finding.suggestions.items()]
+            rows += [(name, f"none: {why}") for name, why in finding.unreadable.items()]
+            rows.append(("run", f"{record.get('num_it')} batches, {record.get('when', '?')}"))
+            data = base64.b64encode(picture.read_bytes()).decode()
+            parts.append(f"<h3>{html.escape(finding_title(finding))}</h3>{_table(rows)}"
+                         f'<div class="pictures"><img alt="lr_find.png" src="data:image/png;base64,{data}"></div>')
+    return f'<section id="lr-find"><h2>Learning-rate finder</h2>{"".join(parts)}</section>'
+
+
 def render_report(study, store=None, storage_text: str = "") -> str:
     trials = study.get_trials(deepcopy=False)
     generated = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -186,6 +209,7 @@ def render_report(study, store=None, storage_text: str = "") -> str:
         f'<p class="meta">{html.escape(storage_text)} &middot; generated {html.escape(generated)}</p>',
         _summary(study, trials),
         _best_section(study, trials, store),
+        _lr_find_section(study),
         *_plot_sections(study),
         "</body></html>",
     ]

@@ -1,0 +1,157 @@
+"""`swipr lr-find STUDY.toml [--out DIR]`: fastai's learning-rate range test on the study's data,
+image cache and model; its suggestions printed, its plot written, both kept on the study."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from optuna.artifacts import upload_artifact
+
+from objectives.lr_record import picture_name, record_finding
+from objectives.lr_finder import PLACEHOLDER_LR
+from objectives.space import Choices, FinderLR, Range
+from search.study.data_record import check_fingerprint, prepare_study_data
+from search.study.open import open_study, quiet_optuna
+from search.studyfile import StudyFile, load_study_file
+from search.studyfile.fields import keyed
+from search.views.artifacts import artifact_dir, open_artifact_store
+from search.views.lr_plot import plot_lr_find
+from swipr_core.errors import SwiprError
+from swipr_core.lr_find import END_LR, START_LR, SUGGESTIONS, check_iterations, find_lr
+from swipr_core.schedule import FREEZE_STRATEGIES, TrainConfig, check_param
+from swipr_core.training import resolve_device
+
+PICTURE = "lr_find.png"
+
+
+def add_parser(subparsers, name: str, help_text: str) -> None:
+    p = subparsers.add_parser(
+        name, help=help_text,
+        description=f"Run fastai's learning-rate range test (Learner.lr_find: the learning rate grows from "
+                    f"{START_LR:g} to {END_LR:g} over --num-it batches) on the study's data, image cache and "
+                    f"model, and print fastai's suggestions ({', '.join(SUGGESTIONS)}). Writes the loss-vs-lr "
+                    f"plot, with the [space] lr range shaded, as {PICTURE} in --out, and keeps the curve and "
+                    f"suggestions on the study (a study user attr and a study artifact), where `swipr "
+                    f"dashboard` and `swipr study report` show them. Batch size, image size and freeze "
+                    f"default to the first value of each in [space].")
+    p.add_argument("study_file", type=Path, metavar="STUDY.toml", help="the study file")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="folder to write the plot to (default: <study>.lr_find beside the study file)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="batch size (default: [space] batch_size's first)")
+    p.add_argument("--image-size", type=int, metavar="PX", help="image size (default: [space] image_size's first)")
+    p.add_argument("--freeze", metavar="F",
+                   help=f"{', '.join(FREEZE_STRATEGIES)} (default: [space] freeze's first); frozen tests the "
+                        f"head alone, frozen_then_unfrozen the unfrozen phase (body at lr/100)")
+    p.add_argument("--num-it", type=int, default=100, metavar="N", help="batches in the test (default 100)")
+    p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: [train] device)")
+    p.set_defaults(func=run)
+
+
+def first_value(spec: Range | Choices):
+    """The value a space starts from: a range's low end, the first of its choices."""
+    if isinstance(spec, Range):
+        return int(spec.low) if spec.is_int else spec.low
+    return spec.values[0]
+
+
+def lr_range(spec: Range | Choices | FinderLR, suggestions: dict[str, float]) -> tuple[float, float] | None:
+    """The (low, high) learning rates the space searches, to shade on the plot: with the finder,
+    its suggestion times the factor's range (none if the curve gave no such suggestion)."""
+    if isinstance(spec, FinderLR):
+        if spec.finder not in suggestions:
+            return None
+        low, high = lr_range(spec.factor, suggestions) or (0.0, 0.0)
+        return low * suggestions[spec.finder], high * suggestions[spec.finder]
+    return (spec.low, spec.high) if isinstance(spec, Range) else (min(spec.values), max(spec.values))
+
+
+def finder_config(study_file: StudyFile, args: argparse.Namespace) -> TrainConfig:
+    """The space's first values, with the flags given; each flag checked, naming it."""
+    values = {key: first_value(spec) for key, spec in study_file.space.items() if not isinstance(spec, FinderLR)}
+    values.setdefault("lr", PLACEHOLDER_LR)   # the range test sets its own
+    for key in ("batch_size", "image_size", "freeze"):
+        flag = getattr(args, key)
+        if flag is not None:
+            with keyed(f"--{key.replace('_', '-')}:"):
+                check_param(key, flag)
+            values[key] = flag
+    if values["image_size"] > study_file.data.cache_px:
+        raise SwiprError(f"image size {values['image_size']} is above {study_file.where('data')} cache_px "
+                         f"({study_file.data.cache_px}): the cache has no pixels for it")
+    with keyed(study_file.where("space")):
+        return TrainConfig(**values, head_epochs=study_file.train.head_epochs, seed=study_file.study.seed)
+
+
+def output_folder(study_file: StudyFile, out: Path | None) -> Path:
+    folder = out if out is not None else study_file.path.parent / f"{study_file.path.stem}.lr_find"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SwiprError(f"--out {folder}: can't make the folder: {error.strerror or error}") from None
+    if not os.access(folder, os.W_OK):
+        raise SwiprError(f"--out {folder}: not writable")
+    return folder
+
+
+def run(args: argparse.Namespace) -> int:
+    study_file = load_study_file(args.study_file)
+    config = finder_config(study_file, args)
+    with keyed("--num-it:"):
+        check_iterations(args.num_it)
+    device_name, device_where = study_file.device_from(args.device)
+    with keyed(device_where):
+        device = resolve_device(device_name)
+    out = output_folder(study_file, args.out)
+    quiet_optuna()
+    dataset = prepare_study_data(study_file)
+    study = open_study(study_file, create=True)
+    check_fingerprint(study, dataset, study_file)
+    print(f"range test: {config.freeze}, batch size {config.batch_size}, {config.image_size} px, "
+          f"{args.num_it} batches, lr {START_LR:g} to {END_LR:g}, on {device}", flush=True)
+    with keyed(study_file.where("model")):   # the only fields left unchecked: arch, weights
+        finding = find_lr(dataset, config, study_file.model, device=str(device),
+                          precision=study_file.train.precision, compile=study_file.train.compile,
+                          num_it=args.num_it)
+    for name in SUGGESTIONS:
+        if name in finding.suggestions:
+            print(f"{name}: {finding.suggestions[name]:.1e}")
+        else:
+            print(f"{name}: none ({finding.unreadable.get(name, 'not read')})")
+    space_range = lr_range(study_file.space["lr"], finding.suggestions)
+    picture = write_picture(finding, out / PICTURE, space_range)
+    attr = record_finding(study, finding, args.num_it, dataset.fingerprint, space_range)
+    stored = store_picture(study, study_file, picture, picture_name(finding))
+    print(f"wrote {picture}; kept on study '{study.study_name}' as user attr {attr}{stored}")
+    return 0
+
+
+def write_picture(finding, target: Path, space_range: tuple[float, float] | None) -> Path:
+    """The plot at `target`, whole or not at all (drawn to a temp file, then renamed)."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".lr_find-", suffix=".png")
+    os.close(fd)
+    try:
+        plot_lr_find(finding, Path(tmp), space_range)
+        os.chmod(tmp, 0o644)   # mkstemp makes it private; a plot is for sharing
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target
+
+
+def store_picture(study, study_file: StudyFile, picture: Path, name: str) -> str:
+    """Upload the plot as a study artifact (the dashboard shows those); a failure is a warning:
+    the plot is written and the curve is on the study already."""
+    try:
+        store = open_artifact_store(artifact_dir(study_file))
+        with tempfile.TemporaryDirectory(prefix="swipr-lr-find-") as tmp:
+            copy = Path(tmp) / name
+            copy.write_bytes(picture.read_bytes())
+            upload_artifact(artifact_store=store, file_path=str(copy), study_or_trial=study, mimetype="image/png")
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        print(f"warning: could not store the plot as a study artifact: {type(error).__name__}: {error}",
+              file=sys.stderr, flush=True)
+        return ""
+    return f" and study artifact {name}"

@@ -1,0 +1,101 @@
+"""The learning-rate range test: fastai's Learner.lr_find on a run's own learner.
+
+The learning rate grows exponentially, batch by batch, from start_lr to end_lr while fastai
+records the smoothed training loss; its suggestion functions (valley, slide, minimum, steep)
+read a learning rate off that curve. The learner is the one a training run builds
+(swipr_core.training.build_learner: same data, cache, model, device and precision), with the
+parameter groups the run's freeze strategy trains:
+
+- frozen: the head only;
+- unfrozen: the whole network at one learning rate;
+- frozen_then_unfrozen: the whole network, the body at lr / BODY_LR_DIVISOR, as in the run's
+  unfrozen phase, where it spends most of its epochs.
+
+The learning rate recorded and suggested is always the head's: the trial's `lr`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from fastai.callback.schedule import minimum, slide, steep, valley
+from fastai.torch_core import tensor
+
+from swipr_core.data import Dataset
+from swipr_core.errors import FieldError
+from swipr_core.model import ModelSpec
+from swipr_core.training import BODY_LR_DIVISOR, TrainConfig, build_learner
+
+# fastai's suggestion functions, by the name a user sees (and a [space] lr finder names).
+SUGGESTIONS = {"valley": valley, "slide": slide, "minimum": minimum, "steep": steep}
+MIN_ITERATIONS = 20   # fastai reads suggestions off batches num_it // 10 to the 5th from last
+MAX_ITERATIONS = 10_000
+START_LR, END_LR = 1e-7, 10.0   # fastai's defaults
+
+
+@dataclass(frozen=True)
+class LRFinding:
+    """One range test: the curve (head lr and smoothed loss per batch) and what was read off it."""
+
+    freeze: str
+    batch_size: int
+    image_size: int
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]
+    suggestions: dict[str, float] = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)   # suggestion -> why the curve didn't give it
+
+
+def check_iterations(num_it) -> None:
+    if isinstance(num_it, bool) or not isinstance(num_it, int) or not MIN_ITERATIONS <= num_it <= MAX_ITERATIONS:
+        raise FieldError("num_it", f"must be a whole number between {MIN_ITERATIONS} and {MAX_ITERATIONS}, "
+                                   f"got {num_it!r}")
+
+
+def find_lr(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: str = "auto",
+            precision: str = "auto", compile: str = "auto", num_it: int = 100) -> LRFinding:
+    """The range test for `config`'s batch size, image size and freeze strategy (its lr and
+    schedule are not used), over `num_it` batches from START_LR to END_LR."""
+    check_iterations(num_it)
+    learn, _, _ = build_learner(dataset, config, model_spec, device=device, precision=precision, compile=compile)
+    scale: float | np.ndarray = 1.0
+    if config.freeze == "frozen":
+        learn.freeze()
+    else:
+        learn.unfreeze()
+        if config.freeze == "frozen_then_unfrozen":
+            scale = np.array([1 / BODY_LR_DIVISOR, 1.0])   # one lr per group: body, head
+    with learn.no_bar():
+        learn.lr_find(start_lr=START_LR * scale, end_lr=END_LR * scale, num_it=num_it, show_plot=False,
+                      suggest_funcs=None)
+    lrs = [float(lr) for lr in learn.recorder.lrs]
+    losses = [float(loss) for loss in learn.recorder.losses]
+    suggestions, unreadable = suggest(lrs, losses, num_it)
+    return LRFinding(config.freeze, config.batch_size, config.image_size, tuple(lrs), tuple(losses),
+                     suggestions, unreadable)
+
+
+def suggest(lrs: list[float], losses: list[float], num_it: int) -> tuple[dict[str, float], dict[str, str]]:
+    """({name: lr}, {name: why not}) from fastai's suggestion functions, on the part of the
+    curve fastai's lr_find reads them from (past the first tenth, before the last 5 batches,
+    up to the first NaN). Each is read on its own: fastai computes them together, so one that
+    a curve cut short by divergence can't give (slide needs 16 points) would lose them all."""
+    window = slice(num_it // 10, -5)
+    lr_t, loss_t = tensor(lrs[window]).float(), tensor(losses[window]).float()
+    nans = torch.nonzero(torch.isnan(loss_t)).flatten()
+    if len(nans):
+        lr_t, loss_t = lr_t[:int(nans[0])], loss_t[:int(nans[0])]
+    found, unreadable = {}, {}
+    for name, function in SUGGESTIONS.items():
+        try:
+            lr, _ = function(lr_t, loss_t, num_it)
+        except (IndexError, RuntimeError, ValueError) as error:
+            unreadable[name] = f"the curve has {len(loss_t)} usable points ({type(error).__name__})"
+            continue
+        if not math.isfinite(lr) or lr <= 0:
+            unreadable[name] = f"it gave {lr}"
+            continue
+        found[name] = float(lr)
+    return found, unreadable
