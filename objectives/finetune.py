@@ -15,14 +15,13 @@ import torch
 
 from objectives.judging import BEST_EPOCH_ATTR, BEST_N_CYCLES_ATTR, ScheduleCut, best_finished, report_epoch
 from objectives.lr_finder import LR_ATTR, StudyFinder
-from objectives.space import DEFAULT_N_CYCLES_MODE, FinderLR, cycle_budget, drawn, suggest
+from objectives.space import DEFAULT_N_CYCLES_MODE, MODE_ATTR, FinderLR, cycle_budget, drawn, suggest
 from swipr_core.data import Dataset
 from swipr_core.errors import SwiprError
 from swipr_core.model import ModelSpec
 from swipr_core.training import EpochRecord, TrainConfig, TrainResult, sgdr_epochs, train
 
 # user attrs of a trial whose n_cycles is its budget
-MODE_ATTR = "n_cycles_mode"           # budget | sampled: how the trial got its cycles
 BUDGET_ATTR = "n_cycles_budget"       # the cycles it planned
 FINISH_AT_ATTR = "finish_at"          # the cycle counts that are finished schedules on the way
 

@@ -16,6 +16,7 @@ SPACE_KEYS = ("lr", "batch_size", "image_size", "freeze", "n_cycles", "cycle_len
 # "sampled": one more param, each trial one length (the way before issue 21).
 N_CYCLES_MODES = ("budget", "sampled")
 DEFAULT_N_CYCLES_MODE = "budget"   # the winner of bench/search_efficiency.py
+MODE_ATTR = "n_cycles_mode"        # user attr (a trial's, and the study's): how it got its cycles
 
 
 @dataclass(frozen=True)

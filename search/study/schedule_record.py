@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import optuna
 
-from objectives.finetune import MODE_ATTR
-from objectives.space import DEFAULT_N_CYCLES_MODE
+from objectives.space import DEFAULT_N_CYCLES_MODE, MODE_ATTR
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
 
