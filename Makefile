@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/swipr study run studies/demo.toml
 	$(BIN)/swipr study best studies/demo.toml
 
-test: setup system-deps
+test: setup system-deps lint
 	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 # pyflakes + bugbear, and the type checker on the three packages (configured in pyproject.toml)

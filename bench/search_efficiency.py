@@ -11,6 +11,13 @@ epochs end a cycle, and seconds to TABLE. The replay runs real Optuna studies (t
 samplers and pruners) over GRID as a categorical space; each trial reports its recorded curve
 through objectives.judging.replay_curve, the code a live trial runs, and stops where the pruner
 says so. Each study runs until it has spent CAP_FACTOR x the grid's epochs.
+
+Three ways to treat n_cycles (issue 21): "sampled", one more param (each trial one length);
+"budget", nested schedules (a trial plans the largest n_cycles and each smaller one in the grid
+is a finished schedule on the way: the table's 3-cycle curves hold the 2-cycle runs exactly,
+epoch for epoch); and the one-epoch baseline of Egele et al. (2023), "Is one epoch all you need
+for multi-fidelity HPO?": train every sampled configuration to its first cycle end, keep the
+best ONE_EPOCH_KEEP, train those to their end (nested), and again, until the cap.
 """
 from __future__ import annotations
 
@@ -28,11 +35,12 @@ import optuna
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))   # run as a script from anywhere: the project's packages
 
-from objectives.judging import replay_curve  # noqa: E402
-from objectives.space import Choices, suggest  # noqa: E402
+from objectives.judging import BEST_N_CYCLES_ATTR, replay_curve  # noqa: E402
+from objectives.space import DEFAULT_N_CYCLES_MODE, Choices, suggest  # noqa: E402
 from search.study.pruners import make_pruner  # noqa: E402
 from search.study.samplers import make_sampler  # noqa: E402
 from search.studyfile import StudySection  # noqa: E402
+from swipr_core.schedule import TrainConfig  # noqa: E402
 
 TABLE = ROOT / "bench" / "results" / "search_efficiency_curves.json"
 STUDY_FILE = ROOT / "studies" / "demo.toml"
@@ -46,7 +54,8 @@ GRID = {
     "cycle_mult": (1, 2),
 }
 DEFAULTS = StudySection()   # the study file's defaults: pruner, warm-up, start-up trials
-# (name, sampler, pruner, prune_at, pruner_warmup_epochs). "today": the defaults before issue 10.
+# (name, sampler, pruner, prune_at, pruner_warmup_epochs[, n_cycles: sampled | budget | one_epoch]).
+# "today": the defaults before issue 10.
 STRATEGIES = (
     ("random, no pruning", "random", "none", "epoch", 1),
     ("tpe, no pruning", "tpe", "none", "epoch", 1),
@@ -56,12 +65,37 @@ STRATEGIES = (
     ("tpe + hyperband, every epoch", "tpe", "hyperband", "epoch", DEFAULTS.pruner_warmup_epochs),
     ("tpe + hyperband, cycle ends", "tpe", "hyperband", "cycle_end", DEFAULTS.pruner_warmup_epochs),
     ("tpe + successive halving, cycle ends", "tpe", "successive_halving", "cycle_end", DEFAULTS.pruner_warmup_epochs),
+    ("tpe, no pruning, nested", "tpe", "none", "cycle_end", 1, "budget"),
+    ("tpe + median, cycle ends, nested", "tpe", "median", "cycle_end", DEFAULTS.pruner_warmup_epochs, "budget"),
+    ("tpe + hyperband, cycle ends, nested", "tpe", "hyperband", "cycle_end", DEFAULTS.pruner_warmup_epochs, "budget"),
+    ("tpe + successive halving, nested", "tpe", "successive_halving", "cycle_end", DEFAULTS.pruner_warmup_epochs,
+     "budget"),
+    ("one-epoch baseline (random, keep 3)", "random", "none", "cycle_end", 0, "one_epoch"),
+    ("one-epoch baseline (tpe, keep 3)", "tpe", "none", "cycle_end", 0, "one_epoch"),
 )
 TODAY, CYCLE_END, NO_PRUNING = STRATEGIES[2][0], STRATEGIES[4][0], STRATEGIES[1][0]
 TARGET = 1.02        # within 2% of the grid's best final loss
 CAP_FACTOR = 2.0     # a study stops after this many times the epochs of the whole grid
 BUDGET_FACTOR = 0.5  # "best after a fixed budget": half the grid's epochs
 TOP = 3              # the grid's best configurations, watched for being pruned
+ONE_EPOCH_SCREEN = 12   # one-epoch baseline: configurations screened to their first cycle end a round
+ONE_EPOCH_KEEP = 3      # ... and the best of them trained to their end
+TABLE_NAME = "demo"     # `vs_unpruned: TABLE X`
+
+
+def default_strategy() -> tuple:
+    """The study files' defaults as a strategy: the one `vs_unpruned` speaks for."""
+    return ("defaults", DEFAULTS.sampler, DEFAULTS.pruner, DEFAULTS.prune_at, DEFAULTS.pruner_warmup_epochs,
+            DEFAULTS.n_cycles or DEFAULT_N_CYCLES_MODE)
+
+
+def mode_of(strategy: tuple) -> str:
+    return strategy[5] if len(strategy) > 5 else "sampled"
+
+
+def _with_mode(settings: tuple) -> tuple:
+    """(sampler, pruner, prune_at, warm-up, n_cycles mode) of a strategy's settings."""
+    return (*settings[:4], settings[4] if len(settings) > 4 else "sampled")
 
 
 # --- record ---------------------------------------------------------------------------------
@@ -114,9 +148,36 @@ def key(params: dict, names) -> tuple:
     return tuple(params[name] for name in names)
 
 
-def replay_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: float) -> list[dict]:
-    """One real Optuna study over the recorded grid; a row per trial, in order."""
-    _, sampler, pruner, prune_at, warmup = strategy
+def nested_curves(curves: dict, grid: dict, head_epochs: int) -> tuple[dict, dict]:
+    """(space less n_cycles, {key less n_cycles: curve}) of nested trials: each the longest
+    n_cycles curve, with `finishes` (swipr_core.schedule's finished schedules) and `covers`, the
+    grid key finished at each epoch."""
+    names = [name for name in grid if name != "n_cycles"]
+    budget = tuple(sorted(grid["n_cycles"]))
+    nested = {}
+    for full, curve in curves.items():
+        params = dict(zip(grid, full, strict=True))
+        if params["n_cycles"] != budget[-1]:
+            continue
+        plan = TrainConfig(**params, batch_size=16, image_size=32, head_epochs=head_epochs, finish_at=budget)
+        finishes = [0] * len(curve["val_loss"])
+        for end in plan.schedule().finished():
+            finishes[end.epoch] = end.cycle
+        covers = {e: key({**params, "n_cycles": k}, grid) for e, k in enumerate(finishes) if k}
+        nested[key(params, names)] = {**curve, "finishes": finishes, "covers": covers,
+                                      "sampled": {key({**params, "n_cycles": k}, grid) for k in budget}}
+    return {name: grid[name] for name in names}, nested
+
+
+def replay_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: float, head_epochs: int = 1) -> list[dict]:
+    """One real Optuna study over the recorded grid; a row per trial, in order. Each row: the
+    key sampled, state, value, epochs, and which grid configurations it could have finished
+    (`sampled`) and did finish (`covers`)."""
+    if mode_of(strategy) == "one_epoch":
+        return one_epoch_baseline(curves, grid, strategy, seed, cap, head_epochs)
+    _, sampler, pruner, prune_at, warmup = strategy[:5]
+    if mode_of(strategy) == "budget":
+        grid, curves = nested_curves(curves, grid, head_epochs)
     section = StudySection(pruner=pruner, prune_at=prune_at, pruner_warmup_epochs=warmup)
     study = optuna.create_study(study_name=f"{strategy[0]} {seed}", sampler=make_sampler(sampler, seed),
                                 pruner=make_pruner(section, max(len(c["val_loss"]) for c in curves.values())))
@@ -125,7 +186,7 @@ def replay_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: floa
 
     def objective(trial: optuna.Trial) -> float:
         curve = curves[key({name: suggest(trial, name, spec) for name, spec in space.items()}, grid)]
-        return replay_curve(trial, curve["val_loss"], curve["cycle_end"], prune_at)
+        return replay_curve(trial, curve["val_loss"], curve["cycle_end"], prune_at, curve.get("finishes"))
 
     def stop_at_cap(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         spent[0] += trial.user_attrs["epochs"]
@@ -133,13 +194,53 @@ def replay_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: floa
             study.stop()
 
     study.optimize(objective, callbacks=[stop_at_cap])
-    return [{"key": key(t.params, grid), "state": t.state.name, "value": t.value, "epochs": t.user_attrs["epochs"]}
-            for t in study.trials]
+    return [_row(t, curves[key(t.params, grid)]) for t in study.trials]
+
+
+def _row(trial: optuna.trial.FrozenTrial, curve: dict) -> dict:
+    k, epochs = key(trial.params, list(trial.params)), trial.user_attrs["epochs"]
+    done = trial.state.name == "COMPLETE"
+    if "covers" in curve:
+        covers = {grid_key for e, grid_key in curve["covers"].items() if e < epochs} if done else set()
+        sampled = curve["sampled"]
+    else:
+        covers, sampled = ({k} if done else set()), {k}
+    return {"key": k, "state": trial.state.name, "value": trial.value, "epochs": epochs, "covers": covers,
+            "sampled": sampled, "best_n_cycles": trial.user_attrs.get(BEST_N_CYCLES_ATTR)}
+
+
+def one_epoch_baseline(curves: dict, grid: dict, strategy: tuple, seed: int, cap: float, head_epochs: int) -> list[dict]:
+    """Egele et al. (2023): rounds of ONE_EPOCH_SCREEN configurations, each trained to its first
+    cycle end (the sampler told that loss); the best ONE_EPOCH_KEEP of each round go on to their
+    end, nested (value: best finished schedule). Until the cap."""
+    grid, curves = nested_curves(curves, grid, head_epochs)
+    study = optuna.create_study(study_name=f"{strategy[0]} {seed}", sampler=make_sampler(strategy[1], seed))
+    space = {name: Choices(tuple(values)) for name, values in grid.items()}
+    rows: list[dict] = []
+    while sum(row["epochs"] for row in rows) < cap:
+        screened = []
+        for _ in range(ONE_EPOCH_SCREEN):
+            trial = study.ask()
+            k = key({name: suggest(trial, name, spec) for name, spec in space.items()}, grid)
+            first = curves[k]["cycle_end"].index(True)
+            study.tell(trial, curves[k]["val_loss"][first])
+            screened.append((curves[k]["val_loss"][first], len(rows), k, first + 1))
+            rows.append({"key": k, "state": "PRUNED", "value": None, "epochs": first + 1, "covers": set(),
+                         "sampled": curves[k]["sampled"]})
+        for _, index, k, spent in sorted(screened)[:ONE_EPOCH_KEEP]:
+            curve = curves[k]
+            finished = [(loss, e) for e, (loss, f) in enumerate(zip(curve["val_loss"], curve["finishes"],
+                                                                      strict=True)) if f]
+            rows[index].update(state="SCREENED", sampled=set())   # its row goes on below
+            rows.append({"key": k, "state": "COMPLETE", "value": min(finished)[0],
+                         "epochs": len(curve["val_loss"]) - spent, "covers": set(curve["covers"].values()),
+                         "sampled": curve["sampled"]})
+    return rows
 
 
 def score(trials: list[dict], target: float, budget: float, top: list) -> dict:
     """Epochs until the best-so-far is within the target, best loss within the budget, and how
-    often the `top` configurations (best first) were sampled and pruned."""
+    often the `top` configurations (best first) were sampled and not finished (pruned)."""
     spent, best, to_target, best_at_budget = 0, math.inf, math.inf, math.inf
     for trial in trials:
         spent += trial["epochs"]
@@ -149,11 +250,11 @@ def score(trials: list[dict], target: float, budget: float, top: list) -> dict:
                 best_at_budget = best
             if best <= target and to_target == math.inf:
                 to_target = spent
-    sampled = [t for t in trials if t["key"] in top]
-    first = [t for t in sampled if t["key"] == top[0]]
+    sampled = [(t, k) for t in trials for k in top if k in t.get("sampled", {t["key"]})]
+    pruned = [(t, k) for t, k in sampled if k not in t.get("covers", {t["key"]} if t["state"] == "COMPLETE" else set())]
     return {"epochs_to_target": to_target, "best_at_budget": best_at_budget, "top_sampled": len(sampled),
-            "top_pruned": sum(t["state"] == "PRUNED" for t in sampled),
-            "best_sampled": len(first), "best_pruned": sum(t["state"] == "PRUNED" for t in first)}
+            "top_pruned": len(pruned), "best_sampled": sum(k == top[0] for _, k in sampled),
+            "best_pruned": sum(k == top[0] for _, k in pruned)}
 
 
 def quartiles(values: list[float]) -> list[float]:
@@ -162,7 +263,7 @@ def quartiles(values: list[float]) -> list[float]:
     return [ordered[int(round(q * (len(ordered) - 1)))] for q in (0.25, 0.5, 0.75)]
 
 
-def replay(table: Path, seeds: int) -> dict:
+def replay(table: Path, seeds: int, only: str | None = None) -> dict:
     data = json.loads(table.read_text())
     grid = {name: tuple(values) for name, values in data["grid"].items()}
     curves = {key(c["params"], grid): c for c in data["configs"]}
@@ -170,9 +271,13 @@ def replay(table: Path, seeds: int) -> dict:
     grid_best = curves[finals[0]]["val_loss"][-1]
     grid_epochs = sum(len(c["val_loss"]) for c in curves.values())
     target, budget, cap = grid_best * TARGET, grid_epochs * BUDGET_FACTOR, grid_epochs * CAP_FACTOR
+    head_epochs = data["meta"].get("head_epochs", 1)
     results = {}
     for strategy in STRATEGIES:
-        scores = [score(replay_study(curves, grid, strategy, seed, cap), target, budget, finals[:TOP])
+        if only and not any(part in strategy[0] for part in only.split("|")) \
+                and strategy[0] not in (TODAY, CYCLE_END, NO_PRUNING) and _with_mode(strategy[1:]) != default_strategy()[1:]:
+            continue
+        scores = [score(replay_study(curves, grid, strategy, seed, cap, head_epochs), target, budget, finals[:TOP])
                   for seed in range(seeds)]
         results[strategy[0]] = {
             "epochs_to_target_q1_median_q3": quartiles([s["epochs_to_target"] for s in scores]),
@@ -181,8 +286,9 @@ def replay(table: Path, seeds: int) -> dict:
             **{key: sum(s[key] for s in scores) for key in ("top_pruned", "top_sampled", "best_pruned",
                                                              "best_sampled")},
         }
+    default = next(s[0] for s in STRATEGIES if _with_mode(s[1:]) == default_strategy()[1:])
     return {"grid_best": grid_best, "target": target, "grid_epochs": grid_epochs, "budget_epochs": budget,
-            "cap_epochs": cap, "seeds": seeds, "configs": len(curves), "strategies": results}
+            "cap_epochs": cap, "seeds": seeds, "configs": len(curves), "strategies": results, "default": default}
 
 
 def print_table(report: dict) -> None:
@@ -209,11 +315,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="--record: torch threads")
     parser.add_argument("--seeds", type=int, default=30, help="studies per strategy")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--only", help="replay only the strategies whose name contains one of these ('|'-separated), and "
+                             "the four the summary lines compare")
     args = parser.parse_args()
     if args.record:
         record(args.table, args.study_file.resolve(), args.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    report = replay(args.table, args.seeds)
+    report = replay(args.table, args.seeds, args.only)
     print_table(report)
     text = json.dumps(report, default=lambda v: None)
     print(text.replace("Infinity", "null"))
@@ -225,6 +333,9 @@ def main() -> None:
     bound = "≥ " if median[TODAY] >= report["cap_epochs"] else ""
     print(f"{TODAY} / {CYCLE_END}, epochs to target: {bound}{median[TODAY]:g} / {median[CYCLE_END]:g}; "
           f"{CYCLE_END} / {NO_PRUNING}: {median[CYCLE_END] / median[NO_PRUNING]:.2f} (target ≤ 0.5)")
+    print(f"default ({report['default']}) / {NO_PRUNING}, epochs to target: {median[report['default']]:g} / "
+          f"{median[NO_PRUNING]:g} (target ≤ 0.5)")
+    print(f"vs_unpruned: {TABLE_NAME} {median[report['default']] / median[NO_PRUNING]:.2f}")
     print(f"ratio: {median[TODAY] / median[CYCLE_END]:.2f}")
 
 

@@ -17,6 +17,15 @@ A run whose loss turns nan has diverged: its weights are nan and stay so. It is 
 that epoch whatever the pruner, with the nan reported, which Optuna's samplers read as the
 worst value (a FAIL would teach TPE nothing about the learning rate that caused it).
 
+A trial's VALUE is its best finished schedule (swipr_core.schedule): the lowest loss at a
+cycle end where a run of that many cycles would have ended. With n_cycles sampled, the only
+one is the run's last epoch (as before); with n_cycles a budget (nested schedules, issue 21),
+each cycle end whose count of cycles is in the space is one. Which one is best is kept in the
+user attrs `best_n_cycles`, `best_cycle_end_loss` and `best_cycle_end_epoch`. When the pruner
+stops a trial that has already finished a schedule, the trial has earned that many cycles:
+ScheduleCut (a TrialPruned) carries its value, and the objective ends it COMPLETE with it,
+noted in `cut_after_epoch`. Stopped before any finished schedule, it is PRUNED as ever.
+
 `judge` is the pure rule; `report_epoch` applies it to a live Optuna trial. The objective,
 a retry's re-report of its saved epochs and bench/search_efficiency.py's replay all use it.
 """
@@ -36,6 +45,23 @@ CYCLE_ENDS_ATTR = "cycle_end_epochs"
 JUDGED_ATTR = "judged_epochs"
 AGAINST_ATTR = "pruned_against"
 DIVERGED_ATTR = "diverged_at_epoch"
+FINISHED_ATTR = "finished_schedules"      # [[epoch, n_cycles], ...]: the finished schedules reached
+BEST_N_CYCLES_ATTR = "best_n_cycles"
+BEST_LOSS_ATTR = "best_cycle_end_loss"
+BEST_EPOCH_ATTR = "best_cycle_end_epoch"
+CUT_ATTR = "cut_after_epoch"              # the pruner stopped it here, after a finished schedule
+
+
+class ScheduleCut(optuna.TrialPruned):
+    """The pruner stopped a trial that had finished a schedule: it ends with that value."""
+
+    def __init__(self, message: str, value: float, n_cycles: int):
+        super().__init__(message)
+        self.value, self.n_cycles = value, n_cycles
+
+
+def _worst_if_nan(value: float) -> float:
+    return float("inf") if value != value else value
 
 
 @dataclass(frozen=True)
@@ -57,15 +83,24 @@ def judge(losses: Sequence[float], cycle_ends: Sequence[bool], prune_at: str, pl
         return Step(losses[-1], True)
     at_ends = [loss for loss, end in zip(losses, cycle_ends, strict=True) if end]
     # nan (a diverged run) is worst, not "not smaller than anything"
-    best = min(at_ends, key=lambda v: float("inf") if v != v else v) if at_ends else None
+    best = min(at_ends, key=_worst_if_nan) if at_ends else None
     last = planned is not None and len(losses) >= planned
     return Step(best, bool(cycle_ends[-1]) and not last)
 
 
+def best_finished(losses: Sequence[float], finishes: Sequence[int]) -> tuple[int, int, float] | None:
+    """(epoch, n_cycles, loss) of the best finished schedule so far (`finishes[e]`: the cycles
+    of the schedule finished at epoch e, 0 for none); the earliest of equals; None before one."""
+    done = [(e, k, loss) for e, (loss, k) in enumerate(zip(losses, finishes, strict=True)) if k]
+    return min(done, key=lambda row: _worst_if_nan(row[2])) if done else None
+
+
 def report_epoch(trial: optuna.Trial, epoch: int, loss: float, cycle_end: bool, prune_at: str,
-                 ask: bool = True, planned: int | None = None) -> None:
-    """Record epoch `epoch`'s raw loss on the trial, report what `judge` says and, where it
-    says to ask (and `ask`), raise TrialPruned if the pruner says so."""
+                 ask: bool = True, planned: int | None = None, finishes: int = 0) -> None:
+    """Record epoch `epoch`'s raw loss on the trial (and, where a schedule of `finishes` cycles
+    ends, whether it is the best finished one), report what `judge` says and, where it says to
+    ask (and `ask`), stop the trial if the pruner says so: TrialPruned, or ScheduleCut after a
+    finished schedule."""
     attrs = trial.user_attrs
     losses = list(attrs.get(LOSSES_ATTR, []))[:epoch] + [loss]
     if len(losses) != epoch + 1:
@@ -73,19 +108,48 @@ def report_epoch(trial: optuna.Trial, epoch: int, loss: float, cycle_end: bool, 
     ends = [e for e in attrs.get(CYCLE_ENDS_ATTR, []) if e < epoch] + ([epoch] if cycle_end else [])
     trial.set_user_attr(LOSSES_ATTR, losses)
     trial.set_user_attr(CYCLE_ENDS_ATTR, ends)
+    best = _record_finished(trial, epoch, loss, finishes)
+    if planned is not None and epoch + 1 >= planned:
+        best = None   # judged at its very end (prune_at = "epoch"): pruned as before issue 21
     if loss != loss:   # nan
         trial.report(loss, step=epoch)
         trial.set_user_attr(DIVERGED_ATTR, epoch)
-        raise optuna.TrialPruned(f"diverged: val_loss is nan after epoch {epoch}")
+        _stop(trial, best, epoch, f"diverged: val_loss is nan after epoch {epoch}")
     step = judge(losses, [e in ends for e in range(len(losses))], prune_at, planned)
     if step.value is not None:
         trial.report(step.value, step=epoch)
-    if not (ask and step.ask):
+    if not (ask and step.ask) or step.value is None:   # judge asks only once there is a value
         return
     trial.set_user_attr(JUDGED_ATTR, [e for e in attrs.get(JUDGED_ATTR, []) if e < epoch] + [epoch])
     if trial.should_prune():
         trial.set_user_attr(AGAINST_ATTR, against(trial.study, epoch, step.value))
-        raise optuna.TrialPruned(f"pruned after epoch {epoch} (judged on {step.value:.4f}, raw val_loss {loss:.4f})")
+        _stop(trial, best, epoch, f"pruned after epoch {epoch} (judged on {step.value:.4f}, raw val_loss {loss:.4f})")
+
+
+def _record_finished(trial: optuna.Trial, epoch: int, loss: float, finishes: int) -> tuple[int, int, float] | None:
+    """Keep the finished schedules reached (this epoch's too) and the best of them on the trial."""
+    attrs = trial.user_attrs
+    reached = [row for row in attrs.get(FINISHED_ATTR, []) if row[0] < epoch] + ([[epoch, finishes]] if finishes else [])
+    if finishes or FINISHED_ATTR in attrs:
+        trial.set_user_attr(FINISHED_ATTR, reached)
+    losses = attrs.get(LOSSES_ATTR, [])[:epoch] + [loss]
+    flags = [0] * len(losses)
+    for e, k in reached:
+        flags[e] = k
+    best = best_finished(losses, flags)
+    if best is not None and finishes:
+        trial.set_user_attr(BEST_EPOCH_ATTR, best[0])
+        trial.set_user_attr(BEST_N_CYCLES_ATTR, best[1])
+        trial.set_user_attr(BEST_LOSS_ATTR, best[2])
+    return best
+
+
+def _stop(trial: optuna.Trial, best: tuple[int, int, float] | None, epoch: int, why: str) -> None:
+    if best is None or best[2] != best[2]:
+        raise optuna.TrialPruned(why)
+    trial.set_user_attr(CUT_ATTR, epoch)
+    raise ScheduleCut(f"{why}; keeps its {best[1]}-cycle schedule (val_loss {best[2]:.4f} after epoch {best[0]})",
+                      best[2], best[1])
 
 
 def against(study: optuna.Study, epoch: int, value: float) -> dict:
@@ -98,10 +162,31 @@ def against(study: optuna.Study, epoch: int, value: float) -> dict:
     return summary
 
 
-def replay_curve(trial: optuna.Trial, losses: Sequence[float], cycle_ends: Sequence[bool], prune_at: str) -> float:
-    """Report a recorded run epoch by epoch as the live objective does; its final loss, or
-    TrialPruned where the pruner stops it (tests and bench/search_efficiency.py)."""
-    for epoch, (loss, cycle_end) in enumerate(zip(losses, cycle_ends, strict=True)):
-        trial.set_user_attr("epochs", epoch + 1)
-        report_epoch(trial, epoch, loss, cycle_end, prune_at, planned=len(losses))
-    return losses[-1]
+def nesting_saved(user_attrs: dict) -> int:
+    """Epochs a nested trial's shorter finished schedules would have cost as trials of their own
+    (n_cycles sampled trains each length apart): they came free inside its longer run."""
+    reached = user_attrs.get(FINISHED_ATTR, [])
+    return sum(epoch + 1 for epoch, _ in reached[:-1])
+
+
+def best_schedule(user_attrs: dict) -> tuple[int, int, float] | None:
+    """(n_cycles, epoch, loss) of a nested trial's best finished schedule; None if not nested."""
+    if BEST_N_CYCLES_ATTR not in user_attrs or "n_cycles_budget" not in user_attrs:
+        return None
+    return user_attrs[BEST_N_CYCLES_ATTR], user_attrs[BEST_EPOCH_ATTR], user_attrs[BEST_LOSS_ATTR]
+
+
+def replay_curve(trial: optuna.Trial, losses: Sequence[float], cycle_ends: Sequence[bool], prune_at: str,
+                 finishes: Sequence[int] | None = None) -> float:
+    """Report a recorded run epoch by epoch as the live objective does; its value (its best
+    finished schedule), or TrialPruned where the pruner stops it before one (tests and
+    bench/search_efficiency.py). `finishes` as best_finished's; default: only the last epoch."""
+    finishes = list(finishes) if finishes is not None else [0] * (len(losses) - 1) + [1]
+    try:
+        for epoch, (loss, cycle_end, k) in enumerate(zip(losses, cycle_ends, finishes, strict=True)):
+            trial.set_user_attr("epochs", epoch + 1)
+            report_epoch(trial, epoch, loss, cycle_end, prune_at, planned=len(losses), finishes=k)
+    except ScheduleCut as cut:
+        return cut.value
+    best = best_finished(losses, finishes)
+    return best[2] if best is not None else losses[-1]

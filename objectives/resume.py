@@ -101,7 +101,7 @@ class Checkpoints:
         trial.set_user_attr("resumed_from_epoch", len(history))
         for record in history:
             report_epoch(trial, record["epoch"], record["valid_loss"], record.get("cycle_end", False), prune_at,
-                         ask=False)
+                         ask=False, finishes=record.get("finishes", 0))
         print(f"trial {trial.number}: retries trial {retried}, "
               f"{'resumes after epoch ' + str(len(history) - 1) if history else 'no checkpoint, starts over'}",
               flush=True)

@@ -1,6 +1,9 @@
 """The search space: what the study file's [space] holds, and how a trial draws from it.
 
-Parameter names are the space's keys, so a trial's params are exactly a training config.
+Parameter names are the space's keys, so a trial's params are exactly a training config,
+except where n_cycles is a budget ([study] n_cycles = "budget", the default, with several
+[space] n_cycles values): then a trial plans the largest value and each value on the way is a
+finished schedule of that many cycles (swipr_core.schedule), so n_cycles is not drawn.
 """
 from __future__ import annotations
 
@@ -9,6 +12,11 @@ from dataclasses import dataclass
 import optuna
 
 SPACE_KEYS = ("lr", "batch_size", "image_size", "freeze", "n_cycles", "cycle_len", "cycle_mult")
+# [study] n_cycles: how a trial gets its cycles. "budget": nested schedules (issue 21);
+# "sampled": one more param, each trial one length (the way before issue 21).
+N_CYCLES_MODES = ("budget", "sampled")
+DEFAULT_N_CYCLES_MODE = "budget"   # the winner of bench/search_efficiency.py
+MODE_ATTR = "n_cycles_mode"        # user attr (a trial's, and the study's): how it got its cycles
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,28 @@ def suggest(trial: optuna.Trial, name: str, spec: Range | Choices | FinderLR):
             return trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
         return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
     return trial.suggest_categorical(name, list(spec.values))
+
+
+def values(spec: Range | Choices) -> tuple:
+    """Every value an integer range or choices offers."""
+    if isinstance(spec, Choices):
+        return tuple(spec.values)
+    step = int(spec.step or 1)
+    return tuple(range(int(spec.low), int(spec.high) + 1, step))
+
+
+def cycle_budget(space: dict, mode: str) -> tuple[int, ...] | None:
+    """The n_cycles values that are finished schedules when n_cycles is a trial's budget (the
+    trial plans the last, the largest); None where n_cycles is drawn like any other param."""
+    if mode not in N_CYCLES_MODES:
+        raise ValueError(f"n_cycles mode must be one of {', '.join(N_CYCLES_MODES)}, but got {mode=}.")
+    offered = tuple(sorted(set(values(space["n_cycles"]))))
+    return offered if mode == "budget" and len(offered) > 1 else None
+
+
+def drawn(space: dict, mode: str) -> dict:
+    """The part of the space a trial draws from: all of it, less n_cycles where it is a budget."""
+    return {name: spec for name, spec in space.items() if name != "n_cycles" or cycle_budget(space, mode) is None}
 
 
 def in_space(spec: Range | Choices | FinderLR, value) -> bool:

@@ -29,6 +29,7 @@ class TrainSettings:
     precision: str = "auto"
     compile: str = "auto"
     prune_at: str = "cycle_end"   # where a trial is judged: objectives.judging.PRUNE_AT
+    n_cycles_mode: str = "budget"   # how a trial gets its cycles: objectives.space.N_CYCLES_MODES
 
 
 def guarded_finetune(dataset: Dataset, space: dict, model: ModelSpec, settings: TrainSettings,
@@ -38,7 +39,8 @@ def guarded_finetune(dataset: Dataset, space: dict, model: ModelSpec, settings: 
     finetune = FinetuneObjective(
         dataset, space, model, head_epochs=settings.head_epochs, seed=settings.seed, device=settings.device,
         precision=settings.precision, compile=settings.compile, checkpoint_dir_for=checkpoints.dir_for,
-        seed_number_for=checkpoints.seed_number_for, hooks=hooks, prune_at=settings.prune_at)
+        seed_number_for=checkpoints.seed_number_for, hooks=hooks, prune_at=settings.prune_at,
+        n_cycles_mode=settings.n_cycles_mode)
     return OutOfMemoryGuard(finetune, space)
 
 

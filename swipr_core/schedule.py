@@ -1,4 +1,11 @@
-"""A training run's plan: its config, checked, and the SGDR schedule's epochs and cycle ends.
+"""A training run's plan: its config, checked, and the schedule model every part reads.
+
+`TrainConfig.schedule()` is the one place that says what a run's epochs are: its phases (one
+SGDR fit each, on the run's one epoch counter), each cycle end, and which cycle ends are
+FINISHED SCHEDULES. SGDR restarts the same way every cycle, so a run of n cycles passes
+through the finished run of k < n cycles at its k-th cycle end (same seed, same numbers):
+with `finish_at`, those cycle ends count as finished k-cycle runs too (nested schedules,
+issue 21). Training, judging, checkpoints and `swipr fit`'s replay all read it from here.
 
 Pure arithmetic and checks, no torch: the study file checks a whole search space with it
 before anything heavy is imported. swipr_core.training runs the plan.
@@ -8,7 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from swipr_core.errors import FieldError, SwiprError
 
@@ -18,6 +25,77 @@ COMPILE_MODES = ("auto", "on", "off")   # torch.compile: on, off, or on only whe
 
 MAX_EPOCHS = 1000   # per run: more is a typo or a runaway cycle_mult ** n_cycles, not a plan
 _COUNTS = ("batch_size", "image_size", "n_cycles", "cycle_len", "cycle_mult", "head_epochs")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One SGDR fit of a run: what trains, at which learning rate, and its cycles."""
+
+    name: str             # frozen | unfrozen: what trains
+    lr: float             # the head's peak learning rate
+    discriminative: bool  # the body learns at lr / training.BODY_LR_DIVISOR (fastai's slice(lo, hi))
+    n_cycles: int
+    cycle_len: int
+    cycle_mult: int
+    first_epoch: int      # on the run's one counter
+    stage: int = 1        # the stage the phase belongs to (a later stage continues from its weights)
+    warm_up: bool = False  # frozen_then_unfrozen's head-only cycle: not one of the stage's counted cycles
+
+    @property
+    def epochs(self) -> int:
+        return sgdr_epochs(self.n_cycles, self.cycle_len, self.cycle_mult)
+
+    def cycle_lengths(self) -> list[int]:
+        return cycle_lengths(self.n_cycles, self.cycle_len, self.cycle_mult)
+
+
+@dataclass(frozen=True)
+class CycleEnd:
+    """An epoch after which the learning rate is at its minimum."""
+
+    epoch: int       # 0-based, on the run's one counter
+    stage: int
+    phase: str
+    cycle: int       # the stage's SGDR cycles done at this end (1, 2, ...); 0 for a warm-up
+    finished: bool   # a finished schedule: the run planned to end here would be this very run
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's whole plan, in order: its phases and cycle ends on one epoch counter."""
+
+    phases: tuple[Phase, ...]
+    ends: tuple[CycleEnd, ...]
+
+    @property
+    def epochs(self) -> int:
+        return sum(phase.epochs for phase in self.phases)
+
+    def cycle_end_epochs(self) -> tuple[int, ...]:
+        return tuple(end.epoch for end in self.ends)
+
+    def finished(self) -> tuple[CycleEnd, ...]:
+        """The finished schedules on the way, first to last; the last one is the run's end."""
+        return tuple(end for end in self.ends if end.finished)
+
+    def end_at(self, epoch: int) -> CycleEnd | None:
+        return next((end for end in self.ends if end.epoch == epoch), None)
+
+
+def plan(phases: list[Phase], finish_at: tuple[int, ...]) -> Schedule:
+    """The schedule of `phases`: every cycle end, finished where a stage's counted cycles so far
+    are one of `finish_at`, and at the run's last epoch."""
+    ends, last = [], sum(phase.epochs for phase in phases) - 1
+    for phase in phases:
+        done = sum(p.n_cycles for p in phases if p.stage == phase.stage and not p.warm_up
+                   and p.first_epoch < phase.first_epoch)
+        epoch = phase.first_epoch
+        for index, length in enumerate(phase.cycle_lengths(), start=1):
+            epoch += length
+            cycle = 0 if phase.warm_up else done + index
+            finished = epoch - 1 == last or (cycle > 0 and cycle in finish_at)
+            ends.append(CycleEnd(epoch - 1, phase.stage, phase.name, cycle, finished))
+    return Schedule(tuple(phases), tuple(ends))
 
 
 @dataclass(frozen=True)
@@ -31,11 +109,37 @@ class TrainConfig:
     cycle_mult: int
     head_epochs: int = 1
     seed: int = 0
+    # n_cycles values below n_cycles whose cycle ends are finished runs too: n_cycles is then
+    # the run's budget, not its only length (nested schedules). () = only the run's own end.
+    finish_at: tuple[int, ...] = ()
 
     def __post_init__(self):
         for name in ("lr", "freeze", *_COUNTS):
             check_param(name, getattr(self, name))
         check_epochs(self.n_cycles, self.cycle_len, self.cycle_mult, self.freeze, self.head_epochs)
+        for k in self.finish_at:
+            _check_count("finish_at", k)
+            if int(k) > self.n_cycles:
+                raise FieldError("finish_at", f"values must be at most n_cycles ({self.n_cycles}), got {k}")
+
+    def schedule(self) -> Schedule:
+        """The run's plan: phases, cycle ends, finished schedules (see the module's docstring)."""
+        phases, first = [], 0
+        for name, n_cycles, cycle_len, cycle_mult in self.sgdr_phases():
+            two_phases = self.freeze == "frozen_then_unfrozen"
+            phases.append(Phase(name, self.lr, discriminative=two_phases and name == "unfrozen", n_cycles=n_cycles,
+                                cycle_len=cycle_len, cycle_mult=cycle_mult, first_epoch=first,
+                                warm_up=two_phases and name == "frozen"))
+            first += phases[-1].epochs
+        return plan(phases, self.finish_at)
+
+    def finished_run(self, n_cycles: int) -> "TrainConfig":
+        """The run of exactly `n_cycles` cycles that this one passes through (same seed and
+        params): what `swipr fit` replays for a trial whose best finished schedule is shorter."""
+        if n_cycles not in {end.cycle for end in self.schedule().finished()}:
+            raise FieldError("n_cycles", f"{n_cycles} is not a finished schedule of this run "
+                                         f"(finished: {[end.cycle for end in self.schedule().finished()]})")
+        return replace(self, n_cycles=n_cycles, finish_at=())
 
     def sgdr_phases(self) -> list[tuple[str, int, int, int]]:
         """(phase name, n_cycles, cycle_len, cycle_mult) in order."""
@@ -56,12 +160,7 @@ class TrainConfig:
     def cycle_end_epochs(self) -> tuple[int, ...]:
         """The epochs (0-based, on the run's one counter) at whose end the learning rate reaches
         its minimum: the last epoch of every SGDR cycle and of frozen_then_unfrozen's warm-up."""
-        ends, epoch = [], 0
-        for _, *cycles in self.sgdr_phases():
-            for length in cycle_lengths(*cycles):
-                epoch += length
-                ends.append(epoch - 1)
-        return tuple(ends)
+        return self.schedule().cycle_end_epochs()
 
 
 def check_param(name: str, value) -> None:
@@ -78,7 +177,7 @@ def check_param(name: str, value) -> None:
 
 
 def _check_lr(lr) -> None:
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < 1:
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < float(lr) < 1:
         raise FieldError("lr", f"must be a number between 0 and 1 (both excluded), got {lr!r}")
 
 

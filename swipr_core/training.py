@@ -41,6 +41,8 @@ from swipr_core.schedule import (  # noqa: F401
     COMPILE_MODES,
     FREEZE_STRATEGIES,
     MAX_EPOCHS,
+    Phase,
+    Schedule,
     TrainConfig,
     check_compile_mode,
     check_device,
@@ -66,6 +68,7 @@ class EpochRecord:
     lrs: list[float] = field(default_factory=list)   # the head's learning rate at every batch
     cycle_end: bool = False   # the learning rate reached its minimum: a cycle ended (pruners compare these)
     images: int = 0           # images trained on in the epoch (images/s = images / seconds)
+    finishes: int = 0   # a finished schedule of this many cycles ends here (0: none); see swipr_core.schedule
 
 
 @dataclass
@@ -129,7 +132,7 @@ class EpochReporter(Callback):
         record = EpochRecord(epoch=self.first_epoch + self.epoch, phase=self.phase,
                              train_loss=float(log[1]), valid_loss=float(log[2]), accuracy=float(log[3]),
                              seconds=self.train_seconds, lrs=self.lrs, images=self.images)
-        record.cycle_end = record.epoch in self.run.cycle_ends
+        self.run.mark(record)
         try:
             self.run.epoch_done(self.learn, record, self.images)
         except BaseException as error:
@@ -140,14 +143,21 @@ class EpochReporter(Callback):
 class _Run:
     """State shared by the phases of one run: history, timing, checkpoints, the caller's hook."""
 
-    def __init__(self, on_epoch, checkpoint_dir: Path | None, cycle_ends: tuple[int, ...]):
+    def __init__(self, on_epoch, checkpoint_dir: Path | None, schedule: Schedule):
         self.history: list[EpochRecord] = []
-        self.cycle_ends = frozenset(cycle_ends)
+        self.schedule = schedule
         self.on_epoch = on_epoch
         self.checkpoint_dir = checkpoint_dir
         self.stopped_by: BaseException | None = None
         self.train_seconds = 0.0
         self.train_images = 0
+
+    def mark(self, record: EpochRecord) -> EpochRecord:
+        """Flag the record's cycle end and finished schedule, from the plan."""
+        end = self.schedule.end_at(record.epoch)
+        record.cycle_end = end is not None
+        record.finishes = end.cycle if end is not None and end.finished else 0
+        return record
 
     def epoch_done(self, learn, record: EpochRecord, images: int) -> None:
         self.history.append(record)
@@ -158,6 +168,11 @@ class _Run:
                             self.train_seconds, self.train_images)
         if self.on_epoch is not None:
             self.on_epoch(record)
+
+
+def _cycle_at(starts: list[int], epoch: float) -> int:
+    """The cycle (0-based) that epoch position `epoch` falls in."""
+    return min(max(bisect.bisect_right(starts, epoch + 1e-6) - 1, 0), len(starts) - 2)
 
 
 def sgdr_schedule(n_cycles: int, cycle_len: int, cycle_mult: int, lr_max) -> Callable[[float], object]:
@@ -172,21 +187,38 @@ def sgdr_schedule(n_cycles: int, cycle_len: int, cycle_mult: int, lr_max) -> Cal
 
     def schedule(pct: float):
         epoch = pct * total   # fastai's pct at an epoch start is epoch / total: off by an ulp at most
-        cycle = min(max(bisect.bisect_right(starts, epoch + 1e-6) - 1, 0), n_cycles - 1)
+        cycle = _cycle_at(starts, epoch)
         return cosine(min(max((epoch - starts[cycle]) / lengths[cycle], 0.0), 1.0))
 
     return schedule
 
 
-def _fit_sgdr(learn, n_cycles, cycle_len, cycle_mult, lr_max, cbs, start_epoch):
-    """fastai's Learner.fit_sgdr, with sgdr_schedule's exact cycle starts."""
+class ExactSGDR(ParamScheduler):
+    """sgdr_schedule's learning rates, computed from the batch's whole position (epoch, batch)
+    instead of fastai's accumulated float pct: every run whose first cycles are the same gets
+    bit-identical learning rates in them, whatever its total length, so the k-cycle prefix of an
+    n-cycle run IS the k-cycle run (nested schedules; swipr_core.schedule)."""
+
+    def __init__(self, phase: Phase, lr_max):
+        self.lengths = phase.cycle_lengths()
+        self.starts = list(itertools.accumulate(self.lengths, initial=0))
+        self.cosine = SchedCos(lr_max, 0)
+        super().__init__({"lr": self.cosine})   # ParamScheduler records what it set under this key
+
+    def before_batch(self):
+        cycle = _cycle_at(self.starts, self.epoch)
+        batches = self.lengths[cycle] * self.n_iter
+        done = (self.epoch - self.starts[cycle]) * self.n_iter + self.iter
+        self.opt.set_hyper("lr", self.cosine(done / batches))
+
+
+def _fit_sgdr(learn, phase: Phase, lr_max, cbs, start_epoch):
+    """fastai's Learner.fit_sgdr, with exact cycle starts and learning rates (ExactSGDR)."""
     if learn.opt is None:
         learn.create_opt()
     learn.opt.set_hyper("lr", lr_max)
     lr_max = np.array([h["lr"] for h in learn.opt.hypers])
-    scheds = {"lr": sgdr_schedule(n_cycles, cycle_len, cycle_mult, lr_max)}
-    learn.fit(sgdr_epochs(n_cycles, cycle_len, cycle_mult), cbs=[ParamScheduler(scheds), *cbs],
-              start_epoch=start_epoch)
+    learn.fit(phase.epochs, cbs=[ExactSGDR(phase, lr_max), *cbs], start_epoch=start_epoch)
 
 
 def make_loaders(dataset: Dataset, config: TrainConfig, mean, std, device):
@@ -239,7 +271,7 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
     precision = _precision(precision, torch_device)
     set_seed(config.seed)
     learn, mean, std = _build_learner(dataset, config, model_spec, torch_device, precision, compile)
-    run = _Run(on_epoch, checkpoint_dir, config.cycle_end_epochs())
+    run = _Run(on_epoch, checkpoint_dir, config.schedule())
     saved = _resume(learn, run, checkpoint_dir)
     _run_phases(learn, config, run, saved)
     probs, targets = predict_valid(learn.model, learn.dls.valid, precision)
@@ -289,8 +321,8 @@ def _resume(learn, run: _Run, checkpoint_dir: Path | None) -> dict | None:
     if saved is None:
         return None
     learn.model.load_state_dict(saved["model"])
-    # cycle_end is recomputed: checkpoints from before it existed lack it.
-    run.history = [EpochRecord(**{**r, "cycle_end": r["epoch"] in run.cycle_ends}) for r in saved["history"]]
+    # cycle_end and finishes are recomputed from the plan: older checkpoints lack them.
+    run.history = [run.mark(EpochRecord(**r)) for r in saved["history"]]
     run.train_seconds, run.train_images = saved["train_seconds"], saved["train_images"]
     learn.dls.train.passes = len(run.history)   # the shuffles continue where the saved run was
     return saved
@@ -298,32 +330,30 @@ def _resume(learn, run: _Run, checkpoint_dir: Path | None) -> dict | None:
 
 def _run_phases(learn, config: TrainConfig, run: _Run, saved: dict | None) -> None:
     """Each phase's SGDR fit, skipping the epochs the run already has; re-raises what stopped it."""
-    reporter = EpochReporter
-    done, first = len(run.history), 0
+    done = len(run.history)
     with learn.no_logging(), learn.no_bar():
-        for (phase, n_cycles, cycle_len, cycle_mult), (_, n_epochs) in zip(config.sgdr_phases(), config.phases(), strict=True):
-            if done >= first + n_epochs:
-                first += n_epochs
+        for phase in run.schedule.phases:
+            if done >= phase.first_epoch + phase.epochs:
                 continue
-            if phase == "frozen":
+            if phase.name == "frozen":
                 learn.freeze()
-                lr = config.lr
-            elif config.freeze == "frozen_then_unfrozen":
-                learn.unfreeze()
-                lr = slice(config.lr / BODY_LR_DIVISOR, config.lr)
             else:
                 learn.unfreeze()
-                lr = config.lr
-            start = max(0, done - first)
+            lr = slice(phase.lr / BODY_LR_DIVISOR, phase.lr) if phase.discriminative else phase.lr
+            start = max(0, done - phase.first_epoch)
             if learn.opt is None:
-                learn.create_opt()
-                if saved is not None and saved.get("opt") is not None and start > 0:
-                    learn.opt.load_state_dict(fastai_opt_state(saved["opt"]))
-            _fit_sgdr(learn, n_cycles, cycle_len, cycle_mult, lr_max=lr, cbs=[reporter(run, phase, first)],
+                _create_opt(learn, saved if start > 0 else None)
+            _fit_sgdr(learn, phase, lr_max=lr, cbs=[EpochReporter(run, phase.name, phase.first_epoch)],
                       start_epoch=start)
             if run.stopped_by is not None:
                 raise run.stopped_by
-            first += n_epochs
+
+
+def _create_opt(learn, saved: dict | None) -> None:
+    """The run's optimizer, with the saved state of the run it resumes mid-phase (if any)."""
+    learn.create_opt()
+    if saved is not None and saved.get("opt") is not None:
+        learn.opt.load_state_dict(fastai_opt_state(saved["opt"]))
 
 
 @torch.no_grad()

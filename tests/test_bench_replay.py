@@ -56,3 +56,36 @@ def test_score_counts_epochs_to_target_budget_and_pruned_top_configs(bench):
     assert bench.score(rows, target=0.51, budget=5, top=["top", "b"]) == {
         "epochs_to_target": 9, "best_at_budget": 0.9, "top_sampled": 3, "top_pruned": 1,
         "best_sampled": 2, "best_pruned": 1}
+
+
+NESTED_GRID = {"lr": (0.001, 0.01), "freeze": ("unfrozen",), "n_cycles": (1, 2), "cycle_len": (1,), "cycle_mult": (1,)}
+
+
+def nested_table():
+    """1-epoch cycles: the 2-cycle curve starts with the 1-cycle one, as recorded runs do."""
+    table = {}
+    for lr in NESTED_GRID["lr"]:
+        two = [0.5, 0.45] if lr == 0.01 else [0.6, 0.9]
+        for n in NESTED_GRID["n_cycles"]:
+            table[(lr, "unfrozen", n, 1, 1)] = {"val_loss": two[:n], "cycle_end": [True] * n}
+    return table
+
+
+def test_nested_trials_plan_the_longest_run_and_keep_their_best_finished_schedule(bench):
+    rows = bench.replay_study(nested_table(), NESTED_GRID, ("t", "random", "none", "cycle_end", 1, "budget"),
+                              seed=0, cap=12)
+    assert all(len(row["key"]) == 4 and row["epochs"] == 2 for row in rows)   # n_cycles is no param
+    for row in rows:
+        # lr 0.001 is best after 1 cycle (0.6, then 0.9): its value is that, not its last loss
+        assert row["value"] == (0.45 if row["key"][0] == 0.01 else 0.6)
+        assert row["covers"] == {(row["key"][0], "unfrozen", n, 1, 1) for n in (1, 2)}
+
+
+def test_the_one_epoch_baseline_screens_at_the_first_cycle_end_and_finishes_the_best(bench):
+    rows = bench.replay_study(nested_table(), NESTED_GRID, ("t", "random", "none", "cycle_end", 0, "one_epoch"),
+                              seed=0, cap=20)
+    screen = rows[:bench.ONE_EPOCH_SCREEN]
+    assert all(row["epochs"] == 1 and row["state"] in ("PRUNED", "SCREENED") for row in screen)
+    kept = rows[bench.ONE_EPOCH_SCREEN:bench.ONE_EPOCH_SCREEN + bench.ONE_EPOCH_KEEP]
+    assert [row["state"] for row in kept] == ["COMPLETE"] * bench.ONE_EPOCH_KEEP
+    assert all(row["key"][0] == 0.01 and row["value"] == 0.45 and row["epochs"] == 1 for row in kept)

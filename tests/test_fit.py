@@ -34,7 +34,7 @@ def fitted(tmp_path_factory):
     write_demo_data(root / "demo-data", n_images=120, image_px=48)
     (root / "studies").mkdir()
     text = (ROOT / "studies/demo.toml").read_text()
-    for old, new in (("n_trials = 14", "n_trials = 3"), ('pruner = "hyperband"', 'pruner = "none"'),
+    for old, new in (("n_trials = 12", "n_trials = 3"), ('pruner = "successive_halving"', 'pruner = "none"'),
                      ("n_cycles = [2, 3]", "n_cycles = 2"), ("cycle_mult = [1, 2]", "cycle_mult = 1")):
         assert old in text
         text = text.replace(old, new)

@@ -4,6 +4,7 @@ written. Each ends in one line, the right exit status, nothing left RUNNING for 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -274,7 +275,7 @@ def test_postgres_stopped_mid_trial_is_retried_and_the_run_ends_cleanly(tmp_path
         no_traceback(result.stdout, result.stderr, seen.out, seen.err)
         assert result.stderr.count("lost the connection") == 1, result.stderr
         assert result.stderr.count("connection back after") == 1, result.stderr
-        assert "trials             1 (1 complete" in result.stdout   # the summary, after the outage
+        assert re.search(r"^trials +1 \(1 complete", result.stdout, re.M), result.stdout   # the summary, after the outage
         trials = trials_of(url)
         assert [t.state for t in trials] == [TrialState.COMPLETE] and len(trials[0].intermediate_values) == 3
 

@@ -43,7 +43,7 @@ def test_best_prints_number_value_params(finished):
     study, *_ = finished
     best = json.loads(run_cli("study", "best", study, "--json").stdout)
     assert set(best) == {"number", "value", "params", "val_accuracy", "vs_notebook", "epochs_run", "epochs_saved",
-                         "pruned", "majority_accuracy"}
+                         "pruned", "cut", "nesting_saved", "majority_accuracy"}
     assert 0.5 <= best["majority_accuracy"] <= 1
     rows = json.loads(run_cli("study", "status", study, "--json").stdout)["trials"]
     assert best["value"] == min(row["value"] for row in rows)
@@ -92,9 +92,11 @@ def test_warm_start_enqueues_the_notebook_configs(tmp_path):
     result = run_cli("study", "run", study, "--n-trials", "1")
     assert result.returncode == 0, result.stderr
     trial = json.loads(run_cli("study", "status", study, "--json").stdout)["trials"][0]
-    # The notebook's first run (lr 1e-4, 3 SGDR cycles, mult 2) where the space allows it.
+    # The notebook's first run (lr 1e-4, 3 SGDR cycles, mult 2) where the space allows it; n_cycles
+    # is the trial's budget (nested schedules), 3 cycles planned, not a param.
     assert trial["params"]["lr"] == pytest.approx(1e-4)
-    assert trial["params"]["n_cycles"] == 3 and trial["params"]["cycle_mult"] == 2
+    assert "n_cycles" not in trial["params"] and trial["params"]["cycle_mult"] == 2
+    assert trial["epochs"] == 7   # 1 + 2 + 4: the whole 3-cycle budget, unpruned
 
 
 def test_labels_command_prints_counts(tmp_path):

@@ -23,7 +23,7 @@ def test_defaults_and_paths_relative_to_the_study_file(tmp_path, monkeypatch):
     # Every default from the schema, every path resolved beside the study file.
     assert parsed.study.name == "s"
     assert parsed.study.storage == f"sqlite:///{tmp_path.resolve() / 's.db'}"
-    assert parsed.study.sampler == "tpe" and parsed.study.pruner == "hyperband"
+    assert parsed.study.sampler == "tpe" and parsed.study.pruner == "successive_halving"
     assert parsed.study.prune_at == "cycle_end" and parsed.study.pruner_warmup_epochs == 2
     assert parsed.data.database == tmp_path.resolve() / "d" / "pics.db"
     assert parsed.data.image_root == tmp_path.resolve() / "d"

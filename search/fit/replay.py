@@ -17,7 +17,7 @@ from typing import Callable, cast
 import optuna
 import torch
 
-from objectives.lr_finder import LR_ATTR
+from objectives.finetune import replay_config
 from objectives.space import SPACE_KEYS
 from search.fit.interpret import measure_tta, write_top_losses
 from search.fit.link import link_trial
@@ -33,7 +33,7 @@ from swipr_core import bundle
 from swipr_core.bundle_writer import library_versions, model_manifest, write_bundle
 from swipr_core.errors import SwiprError
 from swipr_core.metrics import check_target_precision, choose_threshold, classification_report
-from swipr_core.training import TrainConfig, resolve_device, sgdr_epochs, train
+from swipr_core.training import TrainConfig, resolve_device, train
 
 # Replay tolerance on the final validation loss: |replay - trial| <= ATOL + RTOL * |trial|.
 # Measured with bench/replay_drift.py on the demo study (CPU, fp32, 2 cores): with the trial's
@@ -77,24 +77,9 @@ def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTr
 
 
 def train_config(trial: optuna.trial.FrozenTrial, space_keys, study_file):
-    """The trial's TrainConfig: params as they were, its seed, and the head epochs it ran with."""
-    # A trial whose lr came from the [space] lr finder keeps it as a user attr (objectives.lr_finder).
-    params = {**{key: trial.params[key] for key in space_keys if key in trial.params},
-              **({"lr": trial.user_attrs[LR_ATTR]} if LR_ATTR in trial.user_attrs else {})}
-    missing = [key for key in space_keys if key not in params]
-    if missing or "seed" not in trial.user_attrs:
-        what = f"params {', '.join(missing)}" if missing else "user attr 'seed'"
-        raise SwiprError(f"trial {trial.number}: has no {what}; it wasn't run by `swipr study run`, can't replay it")
-    head_epochs = study_file.train.head_epochs
-    planned = trial.user_attrs.get("planned_epochs")
-    if params["freeze"] == "frozen_then_unfrozen" and isinstance(planned, int):
-        # The study file's head_epochs may have changed since; the trial's plan says what it ran.
-        head_epochs = planned - sgdr_epochs(params["n_cycles"], params["cycle_len"], params["cycle_mult"])
-    config = TrainConfig(**params, head_epochs=head_epochs, seed=int(trial.user_attrs["seed"]))
-    ran = trial.user_attrs.get("epochs", planned)
-    if ran is not None and ran != config.epochs:
-        raise SwiprError(f"trial {trial.number}: ran {ran} epochs but its params plan {config.epochs}; can't replay it")
-    return config
+    """The trial's TrainConfig: params as they were (an lr finder's lr included), its seed, the head
+    epochs it ran with, and the cycles of its best finished schedule (objectives.finetune.replay_config)."""
+    return replay_config(trial, space_keys, study_file.train.head_epochs)
 
 
 def fit(study_path: Path, out: Path, trial_number: int | None = None, target_precision: float | None = None,

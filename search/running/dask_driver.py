@@ -22,10 +22,11 @@ from optuna.trial import TrialState
 
 from objectives.optuna_compat import storage_of, study_id, trial_id
 from objectives.resume import Checkpoints
-from objectives.space import distribution, param_name
+from objectives.space import distribution, drawn, param_name
 from search.running.dask_trial import STARTED_ATTR, STOP_EVENT, DaskTask, run_dask_trial
 from search.running.failures import error_log
 from search.running.worker import checkpoint_root
+from search.study.schedule_record import n_cycles_mode
 from search.studyfile import StudyFile
 from search.views.format import describe_trial
 
@@ -58,7 +59,9 @@ class Driver:
         self.kind = "GPU" if device == "cuda" else "CPU"
         self.run_id = uuid.uuid4().hex
         self.checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
-        self.distributions = {param_name(name, spec): distribution(spec) for name, spec in study_file.space.items()}
+        # n_cycles as a budget is no param: the task's trial plans it (objectives.space.drawn)
+        space = drawn(study_file.space, n_cycles_mode(study, study_file))
+        self.distributions = {param_name(name, spec): distribution(spec) for name, spec in space.items()}
         self.running: dict = {}   # future -> trial id
         self.status = 0
         self.lost_in_a_row = self.failed_in_a_row = 0

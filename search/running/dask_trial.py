@@ -125,12 +125,12 @@ def _train(task: DaskTask, study_file: StudyFile, dataset, trial: optuna.Trial) 
     """The objective as trial_objective builds it, less ResumableObjective: here the driver's
     stop arrives between epochs (StopCheck), and checkpoints go only once the end is recorded."""
     checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
-    settings = train_settings(study_file, task.device)
+    settings = train_settings(study_file, task.device, trial.study)
     hooks = [StopCheck(task), RecordTrainedWith(study_file), *make_objective_hooks(study_file, trial.study, dataset)]
     finetune = guarded_finetune(dataset, study_file.space, study_file.model, settings, checkpoints, hooks)
     objective = FailureGuard(finetune, error_log(study_file))
     try:
-        checkpoints.note_resume(trial)
+        checkpoints.note_resume(trial, settings.prune_at)
         outcome = {"outcome": "COMPLETE", "value": objective(trial)}
     except optuna.TrialPruned:
         outcome = {"outcome": "PRUNED"}

@@ -21,6 +21,7 @@ from search.running.worker import run_worker
 from search.study.data_record import check_fingerprint, prepare_study_data
 from search.study.guarded import RUN_ATTR, RUN_ENV, failure_in
 from search.study.open import best_or_none, open_study, quiet_optuna, refuse_long_name
+from search.study.schedule_record import settle_n_cycles_mode
 from search.study.space_record import check_space
 from search.study.storage import NO_HEARTBEAT_NOTE, redact, redact_output, supports_heartbeat
 from search.study.warm_start import enqueue_warm_start
@@ -83,7 +84,7 @@ def _run_study(args: argparse.Namespace) -> int:
           f"valid {counts['valid']}, fingerprint {dataset.fingerprint}")
     study = open_study(study_file, create=True)
     check_fingerprint(study, dataset, study_file)
-    for note in check_space(study, study_file):
+    for note in [*check_space(study, study_file), *settle_n_cycles_mode(study, study_file)]:
         print(note)
     done_before = len(study.trials)   # before the warm start's enqueued trials, which this run runs
     # Each trial this run starts, here or in its trial processes, is marked with this token.

@@ -19,6 +19,7 @@ from search.running.failures import FailureGuard, FailureStreak, TrialFailed, er
 from search.running.stop import StopFlag
 from search.study.data_record import check_fingerprint, prepare_study_data
 from search.study.open import open_study, open_worker_study, quiet_optuna
+from search.study.schedule_record import n_cycles_mode
 from search.study.storage import redact, redact_output
 from search.studyfile import StudyFile
 from search.studyfile.trained_with import RecordTrainedWith
@@ -43,10 +44,13 @@ def checkpoint_root(study_file: StudyFile) -> Path:
     return (study_file.cluster.checkpoint_dir or study_file.data.cache_dir / "checkpoints") / f"{safe}-{key}"
 
 
-def train_settings(study_file: StudyFile, device: str | None) -> TrainSettings:
+def train_settings(study_file: StudyFile, device: str | None, study: optuna.Study | None = None) -> TrainSettings:
+    """How the study's trials train; `study` says how they get their cycles (schedule_record)."""
     train = study_file.train
+    mode = n_cycles_mode(study, study_file) if study is not None else study_file.study.n_cycles or None
     return TrainSettings(head_epochs=train.head_epochs, seed=study_file.study.seed, device=device or train.device,
-                         precision=train.precision, compile=train.compile, prune_at=study_file.study.prune_at)
+                         precision=train.precision, compile=train.compile, prune_at=study_file.study.prune_at,
+                         **({"n_cycles_mode": mode} if mode else {}))
 
 
 def run_worker(study_file: StudyFile, dataset: Dataset, *, n_trials: int, timeout: float | None = None,
@@ -67,7 +71,8 @@ def run_worker(study_file: StudyFile, dataset: Dataset, *, n_trials: int, timeou
     check_fingerprint(study, dataset, study_file)
     hooks = [RecordTrainedWith(study_file), *hooks]   # what `swipr fit --trial N` replays
     objective = FailureGuard(trial_objective(dataset, study_file.space, study_file.model,
-                                             train_settings(study_file, device), checkpoints, stop, hooks), log)
+                                             train_settings(study_file, device, study), checkpoints, stop, hooks),
+                           log)
 
     def tidy(study, trial) -> None:
         free_memory()   # what the trial left behind goes before the next one allocates

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import optuna
 
-from objectives.space import in_space
+from objectives.space import drawn, in_space
+from search.study.schedule_record import n_cycles_mode
 from search.studyfile import StudyFile
 
 # user attr of a warm-start trial: which notebook run it is ("notebook run 1", ...); the
@@ -47,6 +48,9 @@ def enqueue_warm_start(study: optuna.Study, study_file: StudyFile) -> list[str]:
     """
     if not study_file.study.warm_start or study.trials:
         return []
+    # The notebook's values as this space runs them: with n_cycles as a budget, the notebook's
+    # cycle count is kept when the space offers it, but it is planned, not enqueued as a param.
+    space = drawn(study_file.space, n_cycles_mode(study, study_file))
     lines = []
     for number, config in enumerate(NOTEBOOK_CONFIGS, start=1):
         name = f"notebook run {number}"
@@ -54,7 +58,8 @@ def enqueue_warm_start(study: optuna.Study, study_file: StudyFile) -> list[str]:
         if not kept:
             lines.append(f"warm start: {name} skipped: none of its values ({', '.join(changed)}) is in [space]")
             continue
-        study.enqueue_trial(kept, user_attrs={WARM_START_ATTR: name, KEPT_ATTR: sorted(kept),
-                                              CHANGED_ATTR: sorted(changed)}, skip_if_exists=True)
+        params = {key: value for key, value in kept.items() if key in space}
+        study.enqueue_trial(params, user_attrs={WARM_START_ATTR: name, KEPT_ATTR: sorted(kept),
+                                                CHANGED_ATTR: sorted(changed)}, skip_if_exists=True)
         lines.append(f"warm start: {warm_start_text(name, kept, changed)}")
     return lines

@@ -9,6 +9,7 @@ import os
 import tomllib
 from pathlib import Path
 
+from objectives.space import N_CYCLES_MODES
 from search.studyfile.fields import keyed, one_of, parse_table, resolve, table_at
 from search.studyfile.sections import (PRECISIONS, PRUNE_AT_CHOICES, PRUNERS, SAMPLERS, ClusterSection, StudyFile,
                                        StudySection, TrainSection)
@@ -62,6 +63,8 @@ def _study(path: Path, raw: dict) -> StudySection:
     one_of(f"{where} sampler", study.sampler, SAMPLERS)
     one_of(f"{where} pruner", study.pruner, PRUNERS)
     one_of(f"{where} prune_at", study.prune_at, PRUNE_AT_CHOICES)
+    if study.n_cycles:
+        one_of(f"{where} n_cycles", study.n_cycles, N_CYCLES_MODES)
     for key in ("pruner_startup_trials", "pruner_warmup_epochs", "max_retry"):
         if getattr(study, key) < 0:
             raise SwiprError(f"{where} {key} must be 0 or more, got {getattr(study, key)}")

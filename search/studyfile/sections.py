@@ -23,10 +23,12 @@ class StudySection:
     name: str = ""                    # default: the study file's stem
     storage: str = ""                 # default: a SQLite file beside the study file
     sampler: str = "tpe"              # one of SAMPLERS
-    pruner: str = "hyperband"         # one of PRUNERS; the winner of bench/search_efficiency.py
+    pruner: str = "successive_halving"   # one of PRUNERS; the winner of bench/search_efficiency.py (nested)
     pruner_startup_trials: int = 3    # median/percentile: trials finished before pruning
     pruner_warmup_epochs: int = 2     # epochs every trial runs before it can be pruned (bench/search_efficiency.py)
     prune_at: str = "cycle_end"       # judge trials at SGDR cycle ends, or at every "epoch"
+    n_cycles: str = ""                # "budget" | "sampled" (objectives.space); "" = budget for a new
+                                      # study, the way it started for one already run
     seed: int = 0
     warm_start: bool = True           # enqueue the notebook's configurations first
     n_trials: int = 20

@@ -28,7 +28,7 @@ from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upl
 from optuna_dashboard import get_note, save_note  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from objectives.judging import AGAINST_ATTR, JUDGED_ATTR, judge  # noqa: E402
+from objectives.judging import AGAINST_ATTR, JUDGED_ATTR, ScheduleCut, judge  # noqa: E402
 from search.study.data_record import data_summary, majority_baseline  # noqa: E402
 from search.views.format import accuracy_text, fmt  # noqa: E402
 from search.views.top_losses import TOP_LOSSES_PNG, draw_top_losses  # noqa: E402
@@ -263,6 +263,8 @@ class TrialArtifacts:
 
     def on_stop(self, trial, history, error: BaseException) -> None:
         state = "PRUNED" if isinstance(error, optuna.TrialPruned) else f"FAILED ({type(error).__name__})"
+        if isinstance(error, ScheduleCut):   # stopped after a finished schedule: its value is that one's
+            state = f"COMPLETE (stopped by the pruner; keeps its {error.n_cycles}-cycle schedule)"
         last = history[-1] if history else None
         metrics = {"val_loss": last.valid_loss, "val_accuracy": last.accuracy, "epochs": len(history)} if last else {}
         self._store(trial, state, history, metrics, None, None)

@@ -5,19 +5,24 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
+from objectives.judging import CUT_ATTR, best_schedule, nesting_saved
 from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
 from search.study.warm_start import CHANGED_ATTR, KEPT_ATTR, WARM_START_ATTR
 
 
 def epochs_saved(trials) -> dict:
-    """Epochs run, and epochs the pruned trials would still have run (planned − run)."""
+    """Epochs run, epochs the stopped trials would still have run (planned − run): pruned ones and
+    nested ones cut after a finished schedule (objectives.judging); and what nesting saved."""
     ran = [t for t in trials if "planned_epochs" in t.user_attrs]
     # a retry's `epochs` counts the epochs it resumed after, which its original ran
     run = sum(t.user_attrs.get("epochs", 0) - t.user_attrs.get("resumed_from_epoch", 0) for t in ran)
+    cut = [t for t in ran if t.state == TrialState.COMPLETE and CUT_ATTR in t.user_attrs]
     saved = sum(t.user_attrs["planned_epochs"] - t.user_attrs.get("epochs", 0)
-                for t in ran if t.state == TrialState.PRUNED)
-    return {"epochs_run": run, "epochs_saved": saved, "pruned": sum(t.state == TrialState.PRUNED for t in ran)}
+                for t in ran if t.state == TrialState.PRUNED or t in cut)
+    nested = sum(nesting_saved(t.user_attrs) for t in ran if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+    return {"epochs_run": run, "epochs_saved": saved, "pruned": sum(t.state == TrialState.PRUNED for t in ran),
+            "cut": len(cut), "nesting_saved": nested}
 
 
 def _notebook_trials(trials) -> dict[str, optuna.trial.FrozenTrial]:
@@ -26,7 +31,7 @@ def _notebook_trials(trials) -> dict[str, optuna.trial.FrozenTrial]:
     rank = {TrialState.COMPLETE: 2, TrialState.PRUNED: 1}
     for trial in trials:
         name = trial.user_attrs.get(WARM_START_ATTR)
-        if name is not None and rank.get(trial.state, 0) >= rank.get(getattr(found.get(name), "state", None), 0):
+        if name is not None and (name not in found or rank.get(trial.state, 0) >= rank.get(found[name].state, 0)):
             found[name] = trial
     return dict(sorted(found.items()))
 
@@ -86,6 +91,14 @@ def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
         rows.append(("vs notebook", "the warm start did not run the notebook's configurations"))
     planned = gains["epochs_run"] + gains["epochs_saved"]
     share = f" ({100 * gains['epochs_saved'] / planned:.0f}% of {planned})" if planned else ""
-    rows.append(("pruning saved", f"{gains['epochs_saved']} epochs{share}: {gains['pruned']} trials pruned, "
+    cut = f", {gains['cut']} stopped after a finished shorter schedule" if gains.get("cut") else ""
+    rows.append(("pruning saved", f"{gains['epochs_saved']} epochs{share}: {gains['pruned']} trials pruned{cut}, "
                                   f"{gains['epochs_run']} epochs run"))
+    if gains.get("nesting_saved"):
+        rows.append(("nesting saved", f"{gains['nesting_saved']} epochs: shorter schedules finished inside longer "
+                                      f"runs, which n_cycles sampled would have trained as trials of their own"))
+    schedule = best_schedule(best.user_attrs) if best is not None else None
+    if best is not None and schedule is not None:
+        rows.append(("best schedule", f"trial {best.number}'s {schedule[0]}-cycle schedule (val_loss {schedule[2]:.4f} "
+                                      f"after epoch {schedule[1]}; it planned {best.user_attrs['n_cycles_budget']})"))
     return rows
