@@ -44,6 +44,17 @@ def demo_data(folder: Path, n_images: int = 120) -> Path:
     return database
 
 
+def prepared_demo(folder: Path):
+    """The demo dataset in `folder`, labelled, split and cached at 40 px: what training tests train on."""
+    from swipr_core.data import DataSpec, prepare_data
+    from swipr_core.demo_data import DEMO_RULES
+
+    database = demo_data(folder)
+    spec = DataSpec(database=database, image_root=folder, labels_file=folder / "labels.csv",
+                    cache_dir=folder / "cache", cache_px=40, valid_pct=0.25, split_seed=1, rules=DEMO_RULES)
+    return prepare_data(spec)
+
+
 def study_toml(data_dir: Path, *, name: str = "t", space: str = SPACE, extra: dict[str, str] | None = None,
                pruner: str = "median", sampler: str = "tpe", warm_start: bool = False) -> str:
     """A study file's text over the demo dataset; `extra` adds raw lines to a section."""

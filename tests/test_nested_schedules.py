@@ -12,12 +12,10 @@ import pytest
 from objectives.finetune import FinetuneObjective, config_from_trial, replay_config
 from objectives.judging import ScheduleCut, replay_curve
 from objectives.space import SPACE_KEYS, Choices, cycle_budget, drawn
-from swipr_core.data import DataSpec, prepare_data
-from swipr_core.demo_data import DEMO_RULES
 from swipr_core.errors import FieldError, SwiprError
 from swipr_core.model import ModelSpec
 from swipr_core.training import TrainConfig, train
-from tests.studykit import SPACE, demo_data, write_study
+from tests.studykit import SPACE, prepared_demo, write_study
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
 NESTED = SPACE.replace("n_cycles = [1]", "n_cycles = [1, 2, 3]")   # 1-epoch cycles: ends at epochs 0, 1, 2
@@ -25,11 +23,7 @@ NESTED = SPACE.replace("n_cycles = [1]", "n_cycles = [1, 2, 3]")   # 1-epoch cyc
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    database = demo_data(folder)
-    spec = DataSpec(database=database, image_root=folder, labels_file=folder / "labels.csv",
-                    cache_dir=folder / "cache", cache_px=40, valid_pct=0.25, split_seed=1, rules=DEMO_RULES)
-    return prepare_data(spec)
+    return prepared_demo(tmp_path_factory.mktemp("data"))
 
 
 def config(**overrides) -> TrainConfig:

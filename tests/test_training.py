@@ -4,24 +4,18 @@ import re
 
 import pytest
 
-from swipr_core.data import DataSpec, prepare_data
-from swipr_core.demo_data import DEMO_RULES
 from swipr_core.model import ModelSpec
 from swipr_core.checkpoints import load_checkpoint
 from swipr_core.errors import SwiprError
 from swipr_core.training import MAX_EPOCHS, TrainConfig, check_epochs, sgdr_epochs, train
-from tests.studykit import demo_data
+from tests.studykit import prepared_demo
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    database = demo_data(folder)
-    spec = DataSpec(database=database, image_root=folder, labels_file=folder / "labels.csv",
-                    cache_dir=folder / "cache", cache_px=40, valid_pct=0.25, split_seed=1, rules=DEMO_RULES)
-    return prepare_data(spec)
+    return prepared_demo(tmp_path_factory.mktemp("data"))
 
 
 def config(**overrides) -> TrainConfig:
