@@ -71,7 +71,7 @@ class Finished:
 def study_file(folder: Path, data: Path, seed: int, trials: int) -> Path:
     """The demo study over `data`, with the given TPE seed and trial count; the rest as shipped."""
     demo = (ROOT / "studies" / "demo.toml").read_text()
-    head = demo.split("[space]")[0]
+    head = demo.split("\n[space]\n")[0] + "\n"   # the section, not a comment that names it
     head = head.replace('name = "demo"', f'name = "peers-{seed}"')
     head = head.replace("seed = 0", f"seed = {seed}").replace("n_trials = 14", f"n_trials = {trials}")
     head = head.replace('database = "../demo-data/pics.db"', f'database = "{data / "pics.db"}"')
