@@ -5,8 +5,10 @@ hard-coded ImageNet numbers, so a study can switch arch without silently mis-nor
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
+from contextlib import contextmanager
 
 import huggingface_hub.constants as hub_constants
 import timm
@@ -49,8 +51,10 @@ def create_model(spec: ModelSpec, num_classes: int = 2):
         if not spec.weights.is_file():
             raise FieldError("weights", f"file {spec.weights} not found")
         try:
-            model = timm.create_model(spec.arch, pretrained=True, num_classes=num_classes,
-                                      pretrained_cfg_overlay={"file": str(spec.weights)})
+            # timm logs the keys a file lacks and loads on; _check_all_loaded says it in one line.
+            with _timm_logs_at(logging.ERROR):
+                model = timm.create_model(spec.arch, pretrained=True, num_classes=num_classes,
+                                          pretrained_cfg_overlay={"file": str(spec.weights)})
         except Exception as error:  # a wrong or corrupt file surfaces as many error types
             raise FieldError("weights", f"file {spec.weights} doesn't load into '{spec.arch}': {error}") from None
         _check_all_loaded(model, spec)
@@ -68,6 +72,17 @@ def create_model(spec: ModelSpec, num_classes: int = 2):
         return timm.create_model(spec.arch, pretrained=True, num_classes=num_classes)
     except Exception as error:
         raise FieldError("arch", _offline_help(spec, str(error).splitlines()[0] if str(error) else type(error).__name__)) from None
+
+
+@contextmanager
+def _timm_logs_at(level: int):
+    logger = logging.getLogger("timm")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def _check_all_loaded(model, spec: ModelSpec) -> None:
