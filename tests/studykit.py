@@ -34,6 +34,15 @@ cycle_mult = [1]
 """
 
 
+def space_toml(**values: str) -> str:
+    """SPACE with some keys' TOML values replaced: `space_toml(batch_size="[16]")`."""
+    lines = [f"{line.split(' = ')[0]} = {values.pop(line.split(' = ')[0])}" if line.split(" = ")[0] in values
+             else line for line in SPACE.splitlines()]
+    if values:
+        raise KeyError(f"not [space] keys: {', '.join(values)}")
+    return "\n".join(lines) + "\n"
+
+
 def demo_data(folder: Path, n_images: int = 120) -> Path:
     """Write (once per folder) the demo dataset; return its pics database."""
     from swipr_core.demo_data import write_demo_data

@@ -15,22 +15,11 @@ from search.study.open import open_study
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
 from swipr_core.lr_find import SUGGESTIONS, LRFinding
-from tests.studykit import run_cli, write_study
-
-FINDER_SPACE = """
-[space]
-lr = {{ finder = "valley", factor = {factor} }}
-batch_size = [16]
-image_size = [32]
-freeze = ["unfrozen"]
-n_cycles = [1]
-cycle_len = [1]
-cycle_mult = [1]
-"""
+from tests.studykit import run_cli, space_toml, write_study
 
 
 def finder_space(factor: str = "{ low = 0.3, high = 3, log = true }") -> str:
-    return FINDER_SPACE.format(factor=factor)
+    return space_toml(lr=f'{{ finder = "valley", factor = {factor} }}', batch_size="[16]")
 
 
 def test_the_finder_form_reads_into_a_finder_and_a_factor(tmp_path, data_dir):

@@ -20,20 +20,11 @@ from swipr_core.loaders import Augment
 from swipr_core.model import ModelSpec, create_model
 from swipr_core.predict import Predictor
 from swipr_core.training import BODY_LR_DIVISOR, TrainConfig, train
-from tests.studykit import one_line_error, run_cli, study_toml, write_study
+from tests.studykit import one_line_error, run_cli, space_toml, study_toml, write_study
 from tests.weights import ARCH, load_weights, make_weights
 
 HEAD = "fc."   # test_resnet's classifier
-FROZEN_SPACE = """
-[space]
-lr = { low = 1e-3, high = 3e-2, log = true }
-batch_size = [16]
-image_size = [32]
-freeze = ["frozen"]
-n_cycles = [1]
-cycle_len = [1]
-cycle_mult = [1]
-"""
+FROZEN_SPACE = space_toml(batch_size="[16]", freeze='["frozen"]')
 
 
 @pytest.fixture(scope="module")

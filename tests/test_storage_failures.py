@@ -23,7 +23,7 @@ from search.study import guarded
 from search.study.guarded import StorageFailed
 from search.study.storage import open_storage
 from tests import pg
-from tests.studykit import run_cli, write_study
+from tests.studykit import run_cli, space_toml, write_study
 
 QUICK_HEARTBEAT = "heartbeat_interval = 1\ngrace_period = 2\n"
 
@@ -221,16 +221,7 @@ def test_a_zero_trial_report_prints_no_optuna_warnings(tmp_path, data_dir, capfd
     assert result.stderr == "" and "[W " not in seen.err, seen.err
 
 
-SLOW_SPACE = """
-[space]
-lr = { low = 1e-3, high = 3e-2, log = true }
-batch_size = [16]
-image_size = [32]
-freeze = ["unfrozen"]
-n_cycles = [3]
-cycle_len = [1]
-cycle_mult = [1]
-"""
+SLOW_SPACE = space_toml(batch_size="[16]", n_cycles="[3]")
 
 
 @pytest.mark.slow

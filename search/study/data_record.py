@@ -7,6 +7,8 @@ from search.studyfile import StudyFile
 from search.studyfile.fields import keyed
 from swipr_core.data import Dataset, prepare_data
 from swipr_core.errors import SwiprError
+from swipr_core.metrics import majority_accuracy
+from swipr_core.split import CLASSES
 
 FINGERPRINT_ATTR = "data_fingerprint"
 # The accuracy of always answering the validation set's commoner class: what an accuracy is
@@ -45,11 +47,11 @@ def refuse_other_data(recorded: str | None, dataset: Dataset, study_file: StudyF
 
 
 def record_majority(study: optuna.Study, dataset: Dataset) -> None:
-    valid = [label for label, flag in zip(dataset.split.labels, dataset.split.is_valid, strict=True) if flag]
+    split = dataset.split
+    valid = [target for target, flag in zip(split.targets(), split.is_valid, strict=True) if flag]
     if valid:
-        yes = sum(label == "YES" for label in valid) / len(valid)
-        study.set_user_attr(MAJORITY_ATTR, max(yes, 1 - yes))
-        study.set_user_attr("majority_class", "YES" if yes > 0.5 else "NO")
+        study.set_user_attr(MAJORITY_ATTR, majority_accuracy(valid))
+        study.set_user_attr("majority_class", CLASSES[int(sum(valid) / len(valid) > 0.5)])
 
 
 def majority_baseline(study: optuna.Study) -> tuple[float | None, str]:
