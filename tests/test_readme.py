@@ -273,7 +273,7 @@ def test_placeholders_pipes_and_other_commands_pass():
         "swipr labels STUDY.toml [-o FILE [--force]] [--json]   # a comment --not-a-flag",
         "swipr study run STUDY.toml [--n-trials N] [--workers K | --gpus 0,1,.. [--trials-per-gpu K] | --dask ADDRESS]",
         "swipr predict BUNDLE IMAGE_OR_DIR... [--json] [--expect-sha256 HEX]",
-        "SWIPR_STORAGE=postgresql://u:p@db/swipr swipr study status studies/demo.toml --json | head -3",
+        "SWIPR_STORAGE=postgresql://u:p@127.0.0.1/swipr swipr study status studies/demo.toml --json | head -3",
         "make demo && .venv/bin/swipr study best studies/demo.toml",
         "dask scheduler --host 127.0.0.1 --made-up-but-not-swipr &",
         "swipr --help",
