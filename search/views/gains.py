@@ -1,5 +1,6 @@
-"""What the search gained: the best trial against the notebook's own configurations (when the
-warm start ran them), and the epochs pruning saved against running every trial to its end."""
+"""What the search gained: the best trial against the notebook's pipeline (when the warm start
+ran it: search.study.warm_start), and the epochs pruning saved against running every trial to
+its end."""
 from __future__ import annotations
 
 import optuna
@@ -8,7 +9,8 @@ from optuna.trial import TrialState
 from objectives.judging import CUT_ATTR, best_schedule, nesting_saved
 from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
-from search.study.warm_start import CHANGED_ATTR, KEPT_ATTR, WARM_START_ATTR
+from search.study.warm_start import CHANGED_ATTR, KEPT_ATTR, NOTEBOOK, OLD_RUNS, STAGES_RUN_ATTR, WARM_START_ATTR
+from search.views.stages import spans_of, stages_text
 
 
 def epochs_saved(trials) -> dict:
@@ -26,7 +28,8 @@ def epochs_saved(trials) -> dict:
 
 
 def _notebook_trials(trials) -> dict[str, optuna.trial.FrozenTrial]:
-    """Each notebook run's trial; of a run retried, the one that got furthest."""
+    """The notebook's trial (an older study's: each notebook run's); of one retried, the one
+    that got furthest."""
     found: dict[str, optuna.trial.FrozenTrial] = {}
     rank = {TrialState.COMPLETE: 2, TrialState.PRUNED: 1}
     for trial in trials:
@@ -41,7 +44,9 @@ def _against(best, trial) -> dict:
            "epochs": trial.user_attrs.get("epochs"), "planned_epochs": trial.user_attrs.get("planned_epochs"),
            "val_loss": trial.value, "val_accuracy": trial.user_attrs.get("val_accuracy"),
            # None on trials tagged before these were recorded: what they kept is unknown
-           "kept": trial.user_attrs.get(KEPT_ATTR), "changed": trial.user_attrs.get(CHANGED_ATTR)}
+           "kept": trial.user_attrs.get(KEPT_ATTR), "changed": trial.user_attrs.get(CHANGED_ATTR),
+           # the notebook's stages it ran (None: an older study's run of one stage, OLD_RUNS)
+           "stages": trial.user_attrs.get(STAGES_RUN_ATTR), "best_stage": trial.user_attrs.get("best_stage")}
     if best is not None and trial.state == TrialState.COMPLETE:
         row["loss_change_pct"] = 100 * (best.value - trial.value) / trial.value
         accuracy, best_accuracy = trial.user_attrs.get("val_accuracy"), best.user_attrs.get("val_accuracy")
@@ -59,11 +64,23 @@ def search_gains(study: optuna.Study) -> dict:
     return {"vs_notebook": notebook, "majority_accuracy": baseline, **epochs_saved(trials)}
 
 
+def _which_notebook(row: dict) -> str:
+    """How much of the notebook's pipeline the trial is: both stages, stage 1 only, or an older
+    study's single run."""
+    if row["name"] == NOTEBOOK:
+        return "both stages" if row["stages"] == 2 else "stage 1 only: the space has no [space.stage2]"
+    if row["name"] == OLD_RUNS[1]:
+        return "an older warm start: run 2 alone from the starting weights, not after run 1 as the notebook ran it"
+    return ""
+
+
 def _notebook_line(row: dict, best, baseline: float | None) -> str:
-    where = f"{row['name']} (trial {row['number']}"
-    if row["changed"]:   # the space moved some of the run's values: it is the notebook's only in part
-        where += f"; notebook's {', '.join(row['kept'])}, the space's {', '.join(row['changed'])}"
-    where += ")"
+    parts = [f"trial {row['number']}", _which_notebook(row)]
+    if row["changed"]:   # the space moved some of the notebook's values: it is the notebook's only in part
+        parts.append(f"the space's {', '.join(row['changed'])}")
+    if row["stages"] == 2 and row["best_stage"] == 1:   # its value is stage 1's end: stage 2 did not help
+        parts.append("its best schedule skips stage 2")
+    where = f"{row['name']} ({'; '.join(part for part in parts if part)})"
     if best is not None and row["number"] == best.number:
         return f"{where} is the best trial itself"
     if row["state"] == "WAITING":   # queued by the warm start; this run ended before reaching it
@@ -88,7 +105,7 @@ def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
     baseline = gains.get("majority_accuracy")
     rows = [("vs notebook", _notebook_line(row, best, baseline)) for row in gains["vs_notebook"]]
     if not rows:
-        rows.append(("vs notebook", "the warm start did not run the notebook's configurations"))
+        rows.append(("vs notebook", "the warm start did not run the notebook's pipeline"))
     planned = gains["epochs_run"] + gains["epochs_saved"]
     share = f" ({100 * gains['epochs_saved'] / planned:.0f}% of {planned})" if planned else ""
     cut = f", {gains['cut']} stopped after a finished shorter schedule" if gains.get("cut") else ""
@@ -101,4 +118,13 @@ def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
     if best is not None and schedule is not None:
         rows.append(("best schedule", f"trial {best.number}'s {schedule[0]}-cycle schedule (val_loss {schedule[2]:.4f} "
                                       f"after epoch {schedule[1]}; it planned {best.user_attrs['n_cycles_budget']})"))
-    return rows
+    return rows + _stage_rows(best)
+
+
+def _stage_rows(best) -> list[tuple[str, str]]:
+    """The best trial's stages, where it has two (search.views.stages)."""
+    spans = spans_of(best.user_attrs) if best is not None else []
+    if best is None or not spans:
+        return []
+    skipped = "; its best schedule is stage 1's end (stage 2 skipped)" if best.user_attrs.get("best_stage") == 1 else ""
+    return [("best stages", stages_text(spans) + skipped)]

@@ -1,0 +1,119 @@
+"""The warm start as the notebook ran (one trial, stage 2 from stage 1's weights), and the
+pictures and texts of two-stage trials."""
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from search.study.warm_start import NOTEBOOK, enqueue_warm_start
+from search.studyfile import load_study_file
+from search.views.artifacts import curves_figure, lr_figure, stage_boundary
+from search.views.gains import gains_rows, search_gains
+from search.views.progress import summary_table
+from search.views.stages import STAGES_ATTR, StageSpan, spans_of, stages_text
+from swipr_core.training import EpochRecord
+from tests.studykit import space_toml, write_study
+
+# The notebook's stage 1 (lr 1e-4, unfrozen, 3 cycles of 1, 2, 4 epochs) fits this space but
+# for its batch size and image size.
+NOTEBOOK_SPACE = space_toml(lr="{ low = 1e-4, high = 1e-2, log = true }", freeze='["unfrozen", "frozen"]',
+                            n_cycles="[1, 3]", cycle_mult="[1, 2]")
+SPANS = [StageSpan(1, 0, 3, 32, 16, "unfrozen", 1e-3), StageSpan(2, 3, 2, 40, 16, "frozen", 1e-2)]
+
+
+def _stored(state, value=None, **attrs):
+    return optuna.trial.create_trial(state=state, value=value, params={"lr": 0.01},
+                                     distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1)},
+                                     intermediate_values={0: value or 0.9}, user_attrs=attrs)
+
+
+def _history(phases: str) -> list[EpochRecord]:
+    """One record an epoch; phases as letters, f(rozen) or u(nfrozen)."""
+    return [EpochRecord(epoch=i, phase="frozen" if p == "f" else "unfrozen", train_loss=0.7 - 0.05 * i,
+                        valid_loss=0.8 - 0.05 * i, accuracy=0.6 + 0.02 * i, seconds=1.0,
+                        lrs=[0.01 * (1 - j / 4) for j in range(4)]) for i, p in enumerate(phases)]
+
+
+def _vlines(ax) -> list[tuple[float, str]]:
+    """(x, label) of the figure's vertical lines across the whole axis."""
+    return [(line.get_xdata()[0], line.get_label()) for line in ax.lines
+            if len(set(line.get_xdata())) == 1 and list(line.get_ydata()) == [0, 1]]
+
+
+def test_without_a_second_stage_the_notebook_is_one_trial_of_stage_1_and_says_so(tmp_path):
+    study_file = load_study_file(write_study(tmp_path, tmp_path / "data", warm_start=True, space=NOTEBOOK_SPACE))
+    study = optuna.create_study()
+    lines = enqueue_warm_start(study, study_file)
+    # one trial, the notebook's stage 1 values where the space offers them; n_cycles (several
+    # values: the trial's budget) is planned, not a param
+    assert len(study.trials) == 1 and len(lines) == 1
+    trial = study.trials[0]
+    assert trial.user_attrs["warm_start"] == NOTEBOOK and trial.user_attrs["warm_start_stages"] == 1
+    assert trial.system_attrs["fixed_params"] == {"lr": 1e-4, "freeze": "unfrozen", "cycle_len": 1, "cycle_mult": 2}
+    assert trial.user_attrs["warm_start_changed"] == ["batch_size", "image_size"]
+    assert "the space changed batch_size, image_size (the sampler picks them)" in lines[0]
+    assert "stage 1 only: the space has no [space.stage2]" in lines[0]
+    # a second run of the study enqueues nothing more
+    assert enqueue_warm_start(study, study_file) == [] and len(study.trials) == 1
+
+
+def test_the_summary_compares_with_the_notebook_trial_and_reads_an_older_studys_two_runs():
+    study = optuna.create_study()
+    study.add_trials([
+        _stored(TrialState.COMPLETE, 0.50, warm_start=NOTEBOOK, warm_start_stages=2, val_accuracy=0.80,
+                warm_start_changed=["batch_size", "stage2_image_size"], best_stage=2),
+        _stored(TrialState.COMPLETE, 0.40, val_accuracy=0.85, **{STAGES_ATTR: [vars(s) for s in SPANS]}),
+    ])
+    rows = dict(gains_rows(study, search_gains(study)))
+    assert rows["vs notebook"] == ("notebook (trial 0; both stages; the space's batch_size, stage2_image_size): "
+                                   "val_loss 0.5000 -> best 0.4000 (20.0% lower), accuracy 0.800 -> 0.850 "
+                                   "(+5.0 points)")
+    # the best trial has two stages: the summary says where each ran and on what
+    assert rows["best stages"] == ("stage 1 epochs 0-2 (32 px, batch 16, unfrozen, lr 0.001); stage 2 epochs 3-4 "
+                                   "(40 px, batch 16, frozen, lr 0.01), from stage 1's weights")
+    assert "best stages" in summary_table(study, "cpu")
+
+    older = optuna.create_study()
+    older.add_trials([_stored(TrialState.COMPLETE, 0.45, warm_start="notebook run 1"),
+                      _stored(TrialState.COMPLETE, 0.50, warm_start="notebook run 2")])
+    lines = [text for label, text in gains_rows(older, search_gains(older)) if label == "vs notebook"]
+    assert lines[0] == "notebook run 1 (trial 0) is the best trial itself"
+    assert lines[1].startswith("notebook run 2 (trial 1; an older warm start: run 2 alone from the starting weights")
+    assert "best stages" not in dict(gains_rows(older, search_gains(older)))
+
+
+def test_a_notebook_trial_whose_best_schedule_skips_stage_2_says_so():
+    study = optuna.create_study()
+    study.add_trials([_stored(TrialState.COMPLETE, 0.30, warm_start=NOTEBOOK, warm_start_stages=2, best_stage=1,
+                              warm_start_changed=[]),
+                      _stored(TrialState.COMPLETE, 0.20)])
+    line = dict(gains_rows(study, search_gains(study)))["vs notebook"]
+    assert line.startswith("notebook (trial 0; both stages; its best schedule skips stage 2): val_loss 0.3000")
+
+
+def test_the_pictures_mark_where_stage_2_starts_with_what_it_trains():
+    history = _history("uuuff")
+    trial = _stored(TrialState.COMPLETE, 0.5, **{STAGES_ATTR: [vars(s) for s in SPANS]})
+    boundary = stage_boundary(trial, history)
+    assert boundary == SPANS[1]
+    curves = curves_figure(history, "t", boundary=boundary)
+    for ax in curves.axes:   # loss and accuracy: a line between epochs 2 and 3, named after stage 2
+        assert (2.5, "stage 2: 40 px, batch 16, frozen") in _vlines(ax)
+    assert (2.5, "stage 2: 40 px, batch 16, frozen") in _vlines(lr_figure(history, "t", boundary).axes[0])
+    # a trial pruned before stage 2, and a one-stage trial, have no boundary to draw
+    assert stage_boundary(trial, history[:3]) is None
+    assert stage_boundary(_stored(TrialState.COMPLETE, 0.5), history) is None
+    assert _vlines(curves_figure(history, "t").axes[1]) == []
+
+
+def test_frozen_epochs_in_both_stages_are_two_bands_not_one_across_the_unfrozen_ones():
+    figure = curves_figure(_history("fuuff"), "t")
+    bands = [(patch.get_x(), patch.get_x() + patch.get_width()) for patch in figure.axes[0].patches]
+    assert bands == [(-0.5, 0.5), (2.5, 4.5)]
+
+
+def test_recorded_spans_read_back_and_a_foreign_record_reads_as_none():
+    attrs = {STAGES_ATTR: [vars(s) for s in SPANS]}
+    assert spans_of(attrs) == SPANS and spans_of({}) == []
+    assert spans_of({STAGES_ATTR: [{"stage": 1, "size": 3}]}) == []
+    assert stages_text(SPANS[:1]) == "stage 1 epochs 0-2 (32 px, batch 16, unfrozen, lr 0.001)"
