@@ -85,8 +85,9 @@ def mark_stage(ax, boundary: StageSpan | None) -> None:
         return
     x = boundary.first_epoch - 0.5
     ax.axvline(x, color="C4", linestyle="--", linewidth=1.5, zorder=2, label=boundary_label(boundary))
-    ax.text(x, 0.98, f" stage {boundary.stage}", transform=ax.get_xaxis_transform(), color="C4",
-            ha="left", va="top", fontsize="small")
+    # written up the line, beside it: across the top it would sit on the curves' first points
+    ax.text(x, 0.97, f"stage {boundary.stage} ", transform=ax.get_xaxis_transform(), color="C4", rotation=90,
+            ha="right", va="top", fontsize="small")
 
 
 def stage_boundary(trial, history) -> StageSpan | None:
