@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 
 from search.study.warm_start import NOTEBOOK, enqueue_warm_start
 from search.studyfile import load_study_file
-from search.views.artifacts import curves_figure, lr_figure, stage_boundary
+from search.views.artifacts import curves_figure, lr_figure, stage_boundary, trial_note
 from search.views.gains import gains_rows, search_gains
 from search.views.progress import summary_table
 from search.views.stages import STAGES_ATTR, StageSpan, spans_of, stages_text
@@ -117,3 +117,6 @@ def test_recorded_spans_read_back_and_a_foreign_record_reads_as_none():
     assert spans_of(attrs) == SPANS and spans_of({}) == []
     assert spans_of({STAGES_ATTR: [{"stage": 1, "size": 3}]}) == []
     assert stages_text(SPANS[:1]) == "stage 1 epochs 0-2 (32 px, batch 16, unfrozen, lr 0.001)"
+    # the trial's note says its stages above its params; a one-stage trial's says nothing of them
+    assert "Stages: stage 1 epochs 0-2 (32 px" in trial_note(0, "COMPLETE", {"lr": 0.01}, {}, stages=SPANS)
+    assert "Stages" not in trial_note(0, "COMPLETE", {"lr": 0.01}, {})

@@ -32,7 +32,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from objectives.judging import AGAINST_ATTR, JUDGED_ATTR, ScheduleCut, judge  # noqa: E402
 from search.study.data_record import data_summary, majority_baseline  # noqa: E402
 from search.views.format import accuracy_text, fmt  # noqa: E402
-from search.views.stages import RecordStages, StageSpan, boundary_label, spans_of  # noqa: E402
+from search.views.stages import RecordStages, StageSpan, boundary_label, spans_of, stages_text  # noqa: E402
 from search.views.top_losses import TOP_LOSSES_PNG, draw_top_losses  # noqa: E402
 from swipr_core.metrics import confusion_counts, roc_auc  # noqa: E402
 
@@ -238,9 +238,14 @@ def _save(fig, path: Path) -> Path:
 
 # --- notes ------------------------------------------------------------------------------------
 
-def trial_note(number: int, state: str, params: dict, metrics: dict, baseline: float | None = None) -> str:
-    """The trial's params and metrics; its accuracy with the majority `baseline` beside it."""
-    lines = [f"## Trial {number}: {state}", "", "| param | value |", "|---|---|"]
+def trial_note(number: int, state: str, params: dict, metrics: dict, baseline: float | None = None,
+               stages: list[StageSpan] | None = None) -> str:
+    """The trial's params and metrics; its accuracy with the majority `baseline` beside it; a
+    two-stage trial's `stages` (search.views.stages) in a line."""
+    lines = [f"## Trial {number}: {state}", ""]
+    if stages:
+        lines += [f"Stages: {stages_text(stages)}.", ""]
+    lines += ["| param | value |", "|---|---|"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in params.items()]
     if metrics:
         lines += ["", "| metric | value |", "|---|---|"]
@@ -326,8 +331,8 @@ class TrialArtifacts:
             except Exception as error:  # noqa: BLE001 - the pictures without the baseline, then
                 _warn(trial, "the majority baseline", error)
         try:
-            store_trial_note(trial, self.store, trial_note(trial.number, state, trial.params, metrics, baseline),
-                             note_line(state, metrics, baseline))
+            note = trial_note(trial.number, state, trial.params, metrics, baseline, spans_of(trial.user_attrs))
+            store_trial_note(trial, self.store, note, note_line(state, metrics, baseline))
         except Exception as error:  # noqa: BLE001 - a note is never worth a trial
             _warn(trial, "its note", error)
         if not history:
