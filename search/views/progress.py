@@ -78,7 +78,7 @@ class StudyProgress:
         last = f", epochs 0-{config.epochs - 1}" if config.epochs > 1 else ", epoch 0"
         spans = stage_spans(config)
         if spans:
-            last += " (" + ", ".join(f"stage {s.stage} {s.first_epoch}-{s.last_epoch}" for s in spans) + ")"
+            last += " (" + ", ".join(f"stage {s.stage} {s.epochs_text()}" for s in spans) + ")"
         self.later_stages = spans[1:]
         self.write(f"{label}: started{last}{_baseline_text(trial)}")
         self.write(epoch_table.header())   # above the bars on a terminal: rows stay, as fastai's table

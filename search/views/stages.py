@@ -29,6 +29,12 @@ class StageSpan:
     def last_epoch(self) -> int:
         return self.first_epoch + self.epochs - 1
 
+    def epochs_text(self) -> str:
+        """'epochs 7-13', or 'epoch 0' for a stage of one epoch."""
+        if self.epochs == 1:
+            return f"epoch {self.first_epoch}"
+        return f"epochs {self.first_epoch}-{self.last_epoch}"
+
     def what(self) -> str:
         """'229 px, batch 24, frozen, lr 0.001': what the stage trains."""
         return f"{self.image_size} px, batch {self.batch_size}, {self.freeze}, lr {self.lr:.3g}"
@@ -61,14 +67,13 @@ def boundary_label(span: StageSpan) -> str:
 
 def stages_text(spans: list[StageSpan]) -> str:
     """The stages in one line, for the summary, `study best` and the report."""
-    parts = [f"stage {s.stage} epochs {s.first_epoch}-{s.last_epoch} ({s.what()})" for s in spans]
+    parts = [f"stage {s.stage} {s.epochs_text()} ({s.what()})" for s in spans]
     return "; ".join(parts) + (", from stage 1's weights" if len(spans) > 1 else "")
 
 
 def stage_start_line(span: StageSpan) -> str:
     """The line the per-epoch table prints before a later stage's first epoch."""
-    return f"-- stage {span.stage} from stage {span.stage - 1}'s weights, epochs {span.first_epoch}-" \
-           f"{span.last_epoch}: {span.what()} --"
+    return f"-- stage {span.stage} from stage {span.stage - 1}'s weights, {span.epochs_text()}: {span.what()} --"
 
 
 class RecordStages:
