@@ -2,6 +2,9 @@
 pictures and texts of two-stage trials."""
 from __future__ import annotations
 
+import io
+from dataclasses import replace
+
 import optuna
 from optuna.trial import TrialState
 
@@ -9,8 +12,9 @@ from search.study.warm_start import NOTEBOOK, enqueue_warm_start
 from search.studyfile import load_study_file
 from search.views.artifacts import curves_figure, lr_figure, stage_boundary, trial_note
 from search.views.gains import gains_rows, search_gains
-from search.views.progress import summary_table
-from search.views.stages import STAGES_ATTR, StageSpan, spans_of, stages_text
+from search.views.progress import StudyProgress, summary_table
+from search.views.stages import STAGES_ATTR, RecordStages, StageSpan, spans_of, stage_spans, stages_text
+from swipr_core.schedule import StageConfig, TrainConfig
 from swipr_core.training import EpochRecord
 from tests.studykit import space_toml, write_study
 
@@ -120,3 +124,29 @@ def test_recorded_spans_read_back_and_a_foreign_record_reads_as_none():
     # the trial's note says its stages above its params; a one-stage trial's says nothing of them
     assert "Stages: stage 1 epochs 0-2 (32 px" in trial_note(0, "COMPLETE", {"lr": 0.01}, {}, stages=SPANS)
     assert "Stages" not in trial_note(0, "COMPLETE", {"lr": 0.01}, {})
+
+
+def test_a_two_stage_trial_records_its_spans_and_the_table_announces_stage_2():
+    config = TrainConfig(lr=1e-3, batch_size=16, image_size=32, freeze="frozen_then_unfrozen", n_cycles=1,
+                         cycle_len=1, cycle_mult=1, head_epochs=1,
+                         stage2=StageConfig(lr=1e-2, batch_size=8, image_size=40, freeze="frozen", n_cycles=2,
+                                            cycle_len=1, cycle_mult=1))
+    # stage 1: the head's warm-up epoch, then one unfrozen cycle; stage 2: two cycles
+    assert stage_spans(config) == [StageSpan(1, 0, 2, 32, 16, "frozen_then_unfrozen", 1e-3),
+                                   StageSpan(2, 2, 2, 40, 8, "frozen", 1e-2)]
+    assert stage_spans(replace(config, stage2=None)) == []
+    study = optuna.create_study()
+    trial = study.ask()
+    RecordStages().on_start(trial, config)
+    assert spans_of(study.trials[0].user_attrs) == stage_spans(config)
+
+    out = io.StringIO()
+    progress = StudyProgress(1, stream=out, bars=False)
+    progress.on_start(trial, config)
+    for record in _history("fuff"):
+        progress.on_epoch(trial, record)
+    lines = out.getvalue().splitlines()
+    assert "started, epochs 0-3 (stage 1 epochs 0-1, stage 2 epochs 2-3)" in lines[0]
+    # the announcement comes once, right before stage 2's first row
+    announced = [n for n, line in enumerate(lines) if line.startswith("-- stage 2 from stage 1's weights")]
+    assert len(announced) == 1 and lines[announced[0] + 1].split()[1] == "2"
