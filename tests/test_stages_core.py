@@ -196,8 +196,18 @@ def test_a_frozen_stage_2_leaves_the_body_unchanged(two_stage):
     assert any(not torch.equal(after[names[id(p)]], stage_1_end[names[id(p)]]) for p in head)
 
 
-@pytest.mark.parametrize("killed_after", [1, 2])   # stage 1's last epoch; the middle of stage 2's fit
-def test_a_run_killed_in_stage_2_resumes_bit_for_bit(two_stage, dataset, tmp_path, killed_after):
+@pytest.fixture(scope="module")
+def one_stage(dataset):
+    """Stage 1 of `two_stage` alone: one fit of 2 epochs."""
+    return training.train(dataset, config(stage2=None), TINY, device="cpu")
+
+
+@pytest.mark.parametrize("stages, killed_after", [
+    (2, 1),   # at stage 1's end: stage 2 starts on new loaders
+    (2, 2),   # in the middle of stage 2's fit: its optimizer state and smoothed loss go on
+    (1, 0),   # in the middle of a one-stage run's fit, likewise
+])
+def test_a_killed_run_resumes_bit_for_bit(two_stage, one_stage, dataset, tmp_path, stages, killed_after):
     class Killed(Exception):
         pass
 
@@ -205,13 +215,13 @@ def test_a_run_killed_in_stage_2_resumes_bit_for_bit(two_stage, dataset, tmp_pat
         if record.epoch == killed_after:
             raise Killed()
 
-    cfg = config(finish_at=(0, 1))
+    cfg = config(finish_at=(0, 1)) if stages == 2 else config(stage2=None)
+    whole = two_stage[1] if stages == 2 else one_stage
     with pytest.raises(Killed):
         training.train(dataset, cfg, TINY, device="cpu", on_epoch=kill, checkpoint_dir=tmp_path)
     seen = []
     resumed = training.train(dataset, cfg, TINY, device="cpu", on_epoch=seen.append, checkpoint_dir=tmp_path)
-    assert [r.epoch for r in seen] == list(range(killed_after + 1, 4))
-    _, whole = two_stage
+    assert [r.epoch for r in seen] == list(range(killed_after + 1, cfg.epochs))
     assert outcome(resumed.history) == outcome(whole.history)
     assert [r.finishes for r in resumed.history] == [r.finishes for r in whole.history]
     assert (resumed.valid_probs == whole.valid_probs).all()
@@ -224,10 +234,10 @@ def test_the_k_cycle_prefix_of_stage_2_is_the_run_with_k_cycles(two_stage, datas
     assert outcome(short.history) == outcome(long.history[:3])
 
 
-def test_stage_2_skipped_is_the_one_stage_run(two_stage, dataset):
+def test_stage_2_skipped_is_the_one_stage_run(two_stage, one_stage):
     _, long = two_stage
-    cfg = config(finish_at=(0, 1)).finished_run_at(1)
-    assert cfg == config(stage2=None)
-    one = training.train(dataset, cfg, TINY, device="cpu")
+    assert config(finish_at=(0, 1)).finished_run_at(1) == config(stage2=None)   # what one_stage ran
+    one = one_stage
     assert outcome(one.history) == outcome(long.history[:2])
+    assert long.history[1].finishes == 2 and long.history[1].stage == 1   # marked finished in the long run too
     assert one.history[-1].finishes == 2 and one.history[-1].stage == 1
