@@ -194,7 +194,7 @@ def gains_study() -> optuna.Study:
     study = optuna.create_study()
     study.add_trials([
         _done(TrialState.COMPLETE, 0.50, warm_start="notebook", warm_start_stages=2, val_accuracy=0.80, epochs=7,
-              planned_epochs=7),
+              planned_epochs=7, stage2_first_epoch=3),
         _done(TrialState.PRUNED, epochs=2, planned_epochs=7),
         _done(TrialState.COMPLETE, 0.40, val_accuracy=0.85, epochs=3, planned_epochs=3),
         _done(TrialState.PRUNED, epochs=1, planned_epochs=6),

@@ -3,11 +3,14 @@ pictures and texts of two-stage trials."""
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import replace
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
+from search.study.open import open_study
 from search.study.warm_start import NOTEBOOK, enqueue_warm_start
 from search.studyfile import load_study_file
 from search.views.artifacts import curves_figure, lr_figure, stage_boundary, trial_note
@@ -16,7 +19,7 @@ from search.views.progress import StudyProgress, summary_table
 from search.views.stages import STAGES_ATTR, RecordStages, StageSpan, spans_of, stage_spans, stages_text
 from swipr_core.schedule import StageConfig, TrainConfig
 from swipr_core.training import EpochRecord
-from tests.studykit import space_toml, write_study
+from tests.studykit import run_cli, space_toml, write_study
 
 # The notebook's stage 1 (lr 1e-4, unfrozen, 3 cycles of 1, 2, 4 epochs) fits this space but
 # for its batch size and image size.
@@ -61,6 +64,44 @@ def test_without_a_second_stage_the_notebook_is_one_trial_of_stage_1_and_says_so
     assert enqueue_warm_start(study, study_file) == [] and len(study.trials) == 1
 
 
+# A space with a second stage that takes the notebook's stage 2 but for its size and batch:
+# stage 1 one cycle (the notebook's 3 is not offered), stage 2's n_cycles the trial's budget.
+TWO_STAGE_SPACE = NOTEBOOK_SPACE.replace("n_cycles = [1, 3]", "n_cycles = [1]").replace(
+    "batch_size = [16, 32]", "batch_size = [16]") + (
+    '\n[space.stage2]\nlr = { low = 1e-4, high = 1e-2, log = true }\nimage_size = [40]\n'
+    'freeze = ["frozen", "unfrozen"]\nn_cycles = [0, 3]\n')
+
+
+def test_the_notebook_trial_runs_both_stages_with_the_notebooks_values_where_the_space_allows(tmp_path):
+    study_path = write_study(tmp_path, tmp_path / "data", warm_start=True, pruner="none", space=TWO_STAGE_SPACE)
+    study = optuna.create_study()
+    lines = enqueue_warm_start(study, load_study_file(study_path))
+    assert len(study.trials) == 1 and len(lines) == 1
+    queued = study.trials[0]
+    # stage 2's lr and freeze are the notebook's; its n_cycles (0 or 3) is the budget: planned, not a param
+    assert queued.system_attrs["fixed_params"] == {"lr": 1e-4, "freeze": "unfrozen", "cycle_len": 1, "cycle_mult": 2,
+                                                   "stage2_lr": 1e-3, "stage2_freeze": "frozen"}
+    assert queued.user_attrs["warm_start_stages"] == 2
+    assert "the space changed batch_size, image_size, n_cycles, stage2_image_size (the sampler picks them)" in lines[0]
+    assert "stage 2 runs stage 1's batch_size ([space.stage2] leaves it out)" in lines[0]
+
+    result = run_cli("study", "run", study_path, "--n-trials", "1")
+    assert result.returncode == 0, result.stderr
+    trial = open_study(load_study_file(study_path), create=False).trials[0]
+    assert trial.user_attrs["warm_start"] == NOTEBOOK and trial.params["stage2_lr"] == pytest.approx(1e-3)
+    # stage 1: one epoch at 32 px; stage 2 from its weights: 1 + 2 + 4 epochs at 40 px, frozen
+    assert trial.user_attrs["epochs"] == 8
+    assert spans_of(trial.user_attrs) == [StageSpan(1, 0, 1, 32, 16, "unfrozen", pytest.approx(1e-4)),
+                                          StageSpan(2, 1, 7, 40, 16, "frozen", pytest.approx(1e-3))]
+    assert "-- stage 2 from stage 1's weights, epochs 1-7: 40 px, batch 16, frozen, lr 0.001 --" in result.stdout
+    summary = " ".join(result.stdout.split())
+    assert "vs notebook notebook (trial 0; both stages; the space's batch_size, image_size, n_cycles, " \
+           "stage2_batch_size, stage2_image_size) is the best trial itself" in summary
+    assert "best stages stage 1 epoch 0 (32 px, batch 16, unfrozen, lr 0.0001); stage 2 epochs 1-7" in summary
+    best = json.loads(run_cli("study", "best", study_path, "--json").stdout)
+    assert [row["name"] for row in best["vs_notebook"]] == [NOTEBOOK] and best["vs_notebook"][0]["stages"] == 2
+
+
 def test_the_summary_compares_with_the_notebook_trial_and_reads_an_older_studys_two_runs():
     study = optuna.create_study()
     study.add_trials([
@@ -86,13 +127,20 @@ def test_the_summary_compares_with_the_notebook_trial_and_reads_an_older_studys_
     assert "best stages" not in dict(gains_rows(older, search_gains(older)))
 
 
-def test_a_notebook_trial_whose_best_schedule_skips_stage_2_says_so():
+def test_a_notebook_trial_whose_best_schedule_or_sampler_skips_stage_2_says_so():
     study = optuna.create_study()
     study.add_trials([_stored(TrialState.COMPLETE, 0.30, warm_start=NOTEBOOK, warm_start_stages=2, best_stage=1,
-                              warm_start_changed=[]),
+                              warm_start_changed=[], planned_epochs=5, stage2_first_epoch=3),
                       _stored(TrialState.COMPLETE, 0.20)])
     line = dict(gains_rows(study, search_gains(study)))["vs notebook"]
     assert line.startswith("notebook (trial 0; both stages; its best schedule skips stage 2): val_loss 0.3000")
+    # n_cycles sampled, 0 offered and not the notebook's 3: the trial ran one stage, and says why
+    study = optuna.create_study()
+    study.add_trials([_stored(TrialState.COMPLETE, 0.30, warm_start=NOTEBOOK, warm_start_stages=2,
+                              warm_start_changed=["stage2_n_cycles"], planned_epochs=3)])
+    line = dict(gains_rows(study, search_gains(study)))["vs notebook"]
+    assert line.startswith("notebook (trial 0; stage 2 skipped: the sampler drew stage2_n_cycles 0; the space's "
+                           "stage2_n_cycles) is the best trial itself")
 
 
 def test_the_pictures_mark_where_stage_2_starts_with_what_it_trains():

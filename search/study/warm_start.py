@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import optuna
 
-from objectives.space import cycle_budget, drawn, in_space
+from objectives.space import STAGE2, conditional, drawn, has_stage2, in_space, stage2_name, stage_space
 from search.study.schedule_record import n_cycles_mode
 from search.studyfile import StudyFile
 
@@ -27,7 +27,6 @@ WARM_START_ATTR = "warm_start"
 KEPT_ATTR, CHANGED_ATTR, STAGES_RUN_ATTR = "warm_start_kept", "warm_start_changed", "warm_start_stages"
 NOTEBOOK = "notebook"
 OLD_RUNS = ("notebook run 1", "notebook run 2")   # the two trials of a warm start before stages
-STAGE2 = "stage2_"   # the prefix of stage 2's params (objectives.space)
 
 # Stage 1: learn.fit(1e-4, 3, cycle_len=1, cycle_mult=2) unfrozen at 224 px; stage 2, from its
 # weights: learn.set_data(get_data(229, bs)); learn.freeze(); learn.fit(1e-3, 3, cycle_len=1, cycle_mult=2).
@@ -38,8 +37,8 @@ NOTEBOOK_STAGE2 = {"lr": 1e-3, "batch_size": 24, "image_size": 229, "freeze": "f
 
 
 def stage2_space(study_file: StudyFile) -> dict | None:
-    """The study's [space.stage2] (None: the space has one stage)."""
-    return getattr(study_file, "space_stage2", None)
+    """The study's [space.stage2] under its plain keys (None: the space has one stage)."""
+    return stage_space(study_file.space, 2) if has_stage2(study_file.space) else None
 
 
 def notebook_fit(config: dict, space: dict) -> tuple[dict, dict]:
@@ -55,7 +54,7 @@ def stage2_fit(space2: dict, kept1: dict) -> tuple[dict, dict]:
     changed: dict = {}
     for key, value in NOTEBOOK_STAGE2.items():
         fits = in_space(space2[key], value) if key in space2 else kept1.get(key) == value
-        (kept if fits else changed)[STAGE2 + key] = value
+        (kept if fits else changed)[stage2_name(key)] = value
     return kept, changed
 
 
@@ -72,23 +71,19 @@ def warm_start_text(kept: dict, changed: dict, space2: dict | None) -> str:
     if picked:
         text += f"; the space changed {', '.join(picked)} (the sampler picks them)"
     if inherited:
-        text += f"; stage 2 runs stage 1's {', '.join(inherited)} ([space.stage2] leaves them out)"
+        text += (f"; stage 2 runs stage 1's {', '.join(inherited)} ([space.stage2] leaves "
+                 f"{'it' if len(inherited) == 1 else 'them'} out)")
     if space2 is None:
         text += (f"; stage 1 only: the space has no [space.stage2], so the notebook's stage 2 from stage 1's "
                  f"weights ({_values_text(NOTEBOOK_STAGE2)}) does not run")
     return text
 
 
-def _enqueued(values: dict, study: optuna.Study, study_file: StudyFile, space2: dict | None) -> dict:
+def _enqueued(values: dict, study: optuna.Study, study_file: StudyFile) -> dict:
     """Of the notebook's kept values, those a trial draws as params: with n_cycles as the budget,
     the last stage's cycle count is planned, not drawn (objectives.space.cycle_budget)."""
     mode = n_cycles_mode(study, study_file)
-    if space2 is None:
-        params = set(drawn(study_file.space, mode))
-    else:   # stage 2's n_cycles is the budget where it offers several; stage 1's is then drawn
-        budget = "n_cycles" in space2 and cycle_budget(space2, mode) is not None
-        params = set(study_file.space) if budget else set(drawn(study_file.space, mode))
-        params |= {STAGE2 + key for key in space2 if not (budget and key == "n_cycles")}
+    params = {**drawn(study_file.space, mode), **conditional(study_file.space, mode)}
     return {name: value for name, value in values.items() if name in params}
 
 
@@ -103,13 +98,13 @@ def enqueue_warm_start(study: optuna.Study, study_file: StudyFile) -> list[str]:
     if not study_file.study.warm_start or study.trials:
         return []
     space2 = stage2_space(study_file)
-    kept, changed = notebook_fit(NOTEBOOK_STAGE1, study_file.space)
+    kept, changed = notebook_fit(NOTEBOOK_STAGE1, stage_space(study_file.space, 1))
     if space2 is not None:
         kept2, changed2 = stage2_fit(space2, kept)
         kept, changed = {**kept, **kept2}, {**changed, **changed2}
     if not kept:
         return [f"warm start: {NOTEBOOK} skipped: none of its values ({', '.join(changed)}) is in the space"]
-    study.enqueue_trial(_enqueued(kept, study, study_file, space2), skip_if_exists=True,
+    study.enqueue_trial(_enqueued(kept, study, study_file), skip_if_exists=True,
                         user_attrs={WARM_START_ATTR: NOTEBOOK, KEPT_ATTR: sorted(kept), CHANGED_ATTR: sorted(changed),
                                     STAGES_RUN_ATTR: 1 if space2 is None else 2})
     return [f"warm start: {warm_start_text(kept, changed, space2)}"]

@@ -174,7 +174,7 @@ def plot_lr(history, path: Path, title: str, boundary: StageSpan | None = None) 
 
 def lr_figure(history, title: str, boundary: StageSpan | None = None):
     """The head's learning rate at every batch, on the epoch axis; stage 2's start marked."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6, 3.8))
     _shade_phases(ax, history)
     mark_stage(ax, boundary)
     xs, ys = [], []
@@ -187,7 +187,8 @@ def lr_figure(history, title: str, boundary: StageSpan | None = None):
     ax.set_ylabel("learning rate (head)")
     ax.set_title(title)
     if ax.get_legend_handles_labels()[1]:   # the frozen band or the stage line: say which is which
-        ax.legend(fontsize="small")
+        # below the axis: inside, it sits on a restart's peak wherever it goes
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     return fig
 
 

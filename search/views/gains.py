@@ -6,7 +6,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from objectives.judging import CUT_ATTR, best_schedule, nesting_saved
+from objectives.judging import BEST_STAGE_ATTR, CUT_ATTR, STAGE2_FIRST_EPOCH_ATTR, best_schedule, nesting_saved
 from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
 from search.study.warm_start import CHANGED_ATTR, KEPT_ATTR, NOTEBOOK, OLD_RUNS, STAGES_RUN_ATTR, WARM_START_ATTR
@@ -46,7 +46,10 @@ def _against(best, trial) -> dict:
            # None on trials tagged before these were recorded: what they kept is unknown
            "kept": trial.user_attrs.get(KEPT_ATTR), "changed": trial.user_attrs.get(CHANGED_ATTR),
            # the notebook's stages it ran (None: an older study's run of one stage, OLD_RUNS)
-           "stages": trial.user_attrs.get(STAGES_RUN_ATTR), "best_stage": trial.user_attrs.get("best_stage")}
+           "stages": trial.user_attrs.get(STAGES_RUN_ATTR), "best_stage": trial.user_attrs.get(BEST_STAGE_ATTR),
+           # the stages it trained (None: not started): a sampled stage2_n_cycles of 0 skips stage 2
+           "ran_stages": (2 if STAGE2_FIRST_EPOCH_ATTR in trial.user_attrs else 1)
+           if "planned_epochs" in trial.user_attrs else None}
     if best is not None and trial.state == TrialState.COMPLETE:
         row["loss_change_pct"] = 100 * (best.value - trial.value) / trial.value
         accuracy, best_accuracy = trial.user_attrs.get("val_accuracy"), best.user_attrs.get("val_accuracy")
@@ -67,6 +70,8 @@ def search_gains(study: optuna.Study) -> dict:
 def _which_notebook(row: dict) -> str:
     """How much of the notebook's pipeline the trial is: both stages, stage 1 only, or an older
     study's single run."""
+    if row["name"] == NOTEBOOK and row["stages"] == 2 and row["ran_stages"] == 1:
+        return "stage 2 skipped: the sampler drew stage2_n_cycles 0"
     if row["name"] == NOTEBOOK:
         return "both stages" if row["stages"] == 2 else "stage 1 only: the space has no [space.stage2]"
     if row["name"] == OLD_RUNS[1]:
@@ -126,5 +131,6 @@ def _stage_rows(best) -> list[tuple[str, str]]:
     spans = spans_of(best.user_attrs) if best is not None else []
     if best is None or not spans:
         return []
-    skipped = "; its best schedule is stage 1's end (stage 2 skipped)" if best.user_attrs.get("best_stage") == 1 else ""
+    skipped = ("; its best schedule is stage 1's end (stage 2 skipped)"
+               if best.user_attrs.get(BEST_STAGE_ATTR) == 1 else "")
     return [("best stages", stages_text(spans) + skipped)]
