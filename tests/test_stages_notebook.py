@@ -102,6 +102,17 @@ def test_the_notebook_trial_runs_both_stages_with_the_notebooks_values_where_the
     assert [row["name"] for row in best["vs_notebook"]] == [NOTEBOOK] and best["vs_notebook"][0]["stages"] == 2
 
 
+def test_a_budget_without_the_notebooks_cycle_count_is_planned_and_says_so(tmp_path):
+    # stage 2's n_cycles offers 0, 1, 2: the trial's budget, so it plans 2 where the notebook ran 3
+    space = TWO_STAGE_SPACE.replace("n_cycles = [0, 3]", "n_cycles = [0, 1, 2]")
+    study_file = load_study_file(write_study(tmp_path, tmp_path / "data", warm_start=True, space=space))
+    study = optuna.create_study()
+    line = enqueue_warm_start(study, study_file)[0]
+    assert "the space changed batch_size, image_size, n_cycles, stage2_image_size (the sampler picks them); " \
+           "stage2_n_cycles is the trial's budget: it plans 2 cycles" in line
+    assert "stage2_n_cycles" not in study.trials[0].system_attrs["fixed_params"]
+
+
 def test_the_summary_compares_with_the_notebook_trial_and_reads_an_older_studys_two_runs():
     study = optuna.create_study()
     study.add_trials([

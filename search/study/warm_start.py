@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import optuna
 
-from objectives.space import STAGE2, conditional, drawn, has_stage2, in_space, stage2_name, stage_space
+from objectives.space import (STAGE2, budget_key, conditional, cycle_budget, drawn, has_stage2, in_space, stage2_name,
+                              stage_space)
 from search.study.schedule_record import n_cycles_mode
 from search.studyfile import StudyFile
 
@@ -62,14 +63,18 @@ def _values_text(values: dict) -> str:
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
-def warm_start_text(kept: dict, changed: dict, space2: dict | None) -> str:
-    """What the notebook trial kept of the notebook's two stages, in one line."""
+def warm_start_text(kept: dict, changed: dict, space2: dict | None, budget: tuple[str, int] | None = None) -> str:
+    """What the notebook trial kept of the notebook's two stages, in one line; `budget` the
+    n_cycles param that is the trial's budget, and the cycles it plans."""
     text = f"{NOTEBOOK} keeps the notebook's {_values_text(kept)}"
-    picked = [name for name in changed if not name.startswith(STAGE2) or space2 is None
-              or name.removeprefix(STAGE2) in space2]
-    inherited = [name.removeprefix(STAGE2) for name in changed if name not in picked]
+    planned = budget[0] if budget is not None and budget[0] in changed else None
+    picked = [name for name in changed if name != planned and (not name.startswith(STAGE2) or space2 is None
+                                                               or name.removeprefix(STAGE2) in space2)]
+    inherited = [name.removeprefix(STAGE2) for name in changed if name != planned and name not in picked]
     if picked:
         text += f"; the space changed {', '.join(picked)} (the sampler picks them)"
+    if budget is not None and planned:
+        text += f"; {planned} is the trial's budget: it plans {budget[1]} cycles"
     if inherited:
         text += (f"; stage 2 runs stage 1's {', '.join(inherited)} ([space.stage2] leaves "
                  f"{'it' if len(inherited) == 1 else 'them'} out)")
@@ -107,4 +112,6 @@ def enqueue_warm_start(study: optuna.Study, study_file: StudyFile) -> list[str]:
     study.enqueue_trial(_enqueued(kept, study, study_file), skip_if_exists=True,
                         user_attrs={WARM_START_ATTR: NOTEBOOK, KEPT_ATTR: sorted(kept), CHANGED_ATTR: sorted(changed),
                                     STAGES_RUN_ATTR: 1 if space2 is None else 2})
-    return [f"warm start: {warm_start_text(kept, changed, space2)}"]
+    offered = cycle_budget(study_file.space, n_cycles_mode(study, study_file))
+    budget = (budget_key(study_file.space), offered[-1]) if offered is not None else None
+    return [f"warm start: {warm_start_text(kept, changed, space2, budget)}"]
