@@ -354,3 +354,21 @@ def test_a_trial_whose_best_is_stage_1s_end_replays_without_stage_2(tmp_path, da
     outcome = fit(path, tmp_path / "bundle", echo=lambda line: None)
     assert outcome.replay_value == trial.value and outcome.matched
     assert outcome.manifest["epochs"] == 2 and outcome.manifest["image_size"] == 32
+
+
+@pytest.mark.slow
+def test_dask_trials_run_both_stages_with_the_params_the_driver_fixed(tmp_path, data_dir):
+    pytest.importorskip("distributed", reason="the dask extra is not installed: pip install '.[dask]'")
+    from tests.daskkit import Cluster
+
+    path = write_study(tmp_path, data_dir, space=STAGED, pruner="none",
+                       extra={"study": 'n_cycles = "sampled"\n'})
+    with Cluster(workers=1) as cluster:
+        result = run_cli("study", "run", path, "--dask", cluster.address, "--n-trials", "3", "--device", "cpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = _trials(path)
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    for trial in trials:
+        k = trial.params["stage2_n_cycles"]
+        assert ("stage2_lr" in trial.params) == (k > 0)
+        assert trial.user_attrs["epochs"] == 2 + k and ("stage2_first_epoch" in trial.user_attrs) == (k > 0)
