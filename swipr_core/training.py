@@ -168,14 +168,17 @@ class _Run:
         self.train_seconds += record.seconds
         self.train_images += images
         if self.checkpoint_dir is not None:
-            smooth = learn.recorder.smooth_loss
             save_checkpoint(self.checkpoint_dir, learn.model, learn.opt, [asdict(r) for r in self.history],
-                            self.train_seconds, self.train_images,
-                            # a plain tensor: fastai's TensorBase is no weights_only type
-                            smooth_loss={"val": smooth.val.detach().cpu().as_subclass(torch.Tensor),
-                                         "count": smooth.count})
+                            self.train_seconds, self.train_images, _smooth_loss_state(learn))
         if self.on_epoch is not None:
             self.on_epoch(record)
+
+
+def _smooth_loss_state(learn) -> dict:
+    """fastai's smoothed training loss so far in the fit, as a checkpoint keeps it: a plain
+    tensor, since fastai's TensorBase is no type torch.load(weights_only=True) reads."""
+    smooth = learn.recorder.smooth_loss
+    return {"val": smooth.val.detach().cpu().as_subclass(torch.Tensor), "count": smooth.count}
 
 
 class _ResumeSmoothLoss(Callback):

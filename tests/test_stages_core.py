@@ -225,6 +225,10 @@ def test_a_killed_run_resumes_bit_for_bit(two_stage, one_stage, dataset, tmp_pat
     assert outcome(resumed.history) == outcome(whole.history)
     assert [r.finishes for r in resumed.history] == [r.finishes for r in whole.history]
     assert (resumed.valid_probs == whole.valid_probs).all()
+    # Started again on the finished run's checkpoint: nothing to train, the same predictions
+    # (on the last stage's loaders).
+    again = training.train(dataset, cfg, TINY, device="cpu", on_epoch=seen.append, checkpoint_dir=tmp_path)
+    assert len(seen) == cfg.epochs - killed_after - 1 and (again.valid_probs == whole.valid_probs).all()
 
 
 def test_the_k_cycle_prefix_of_stage_2_is_the_run_with_k_cycles(two_stage, dataset):
