@@ -113,6 +113,19 @@ def test_the_recorded_space_holds_stage_2_and_a_change_optuna_cant_mix_is_refuse
         check_space(study, load_study_file(write_study(tmp_path, data_dir, space=STAGE1)))
 
 
+def test_the_docs_example_is_a_valid_space(tmp_path, data_dir):
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "stages.md").read_text()
+    example = docs.split("```toml\n", 1)[1].split("```", 1)[0]
+    text = write_study(tmp_path, data_dir).read_text().replace("cache_px = 40", "cache_px = 229")
+    path = tmp_path / "notebook.toml"
+    path.write_text(text.split("[space]")[0] + example)
+    space = load_study_file(path).space
+    assert space["image_size"].values == (224,) and space["stage2_image_size"].values == (229,)
+    assert space["stage2_n_cycles"].values == (0, 1, 2, 3)
+
+
 # --- a trial's params -------------------------------------------------------------------------
 
 def test_budget_mode_plans_stage_2s_largest_and_draws_stage_1s_n_cycles(tmp_path, data_dir):
@@ -165,6 +178,37 @@ def test_a_dask_driver_fixes_stage_2s_params_up_front_as_a_trial_draws_them(tmp_
         config_from_trial(task, space, head_epochs=1, seed=0, n_cycles_mode="sampled")
         assert (params["stage2_n_cycles"] == 0) == ("stage2_lr" not in params)
         study.tell(asked, 0.5)
+
+
+class Submitted:
+    """A stand-in for a Dask client: keeps each task the driver submits (nothing runs)."""
+
+    def __init__(self):
+        self.tasks = []
+
+    def submit(self, function, task, **options):
+        self.tasks.append(task)
+        return object()
+
+
+def test_the_dask_driver_submits_trials_with_stage_2s_params_fixed(tmp_path, data_dir):
+    from search.running.dask_driver import Driver
+
+    path = write_study(tmp_path, data_dir, space=STAGED, extra={"study": 'n_cycles = "sampled"\n'})
+    study_file = load_study_file(path)
+    study = optuna.create_study(study_name=study_file.study.name, storage=study_file.study.storage,
+                                sampler=optuna.samplers.RandomSampler(seed=2))
+    driver = Driver(Submitted(), study, study_file, "unused", "cpu")
+    for _ in range(8):
+        driver.submit()
+    trials = study.get_trials()
+    assert len(trials) == len(driver.client.tasks) == 8
+    skipped = [t for t in trials if t.params["stage2_n_cycles"] == 0]
+    assert skipped and len(skipped) < 8   # both kinds drawn
+    for trial in trials:
+        drawn_stage2 = {name for name in trial.params if name.startswith("stage2_")}
+        assert drawn_stage2 == ({"stage2_n_cycles"} if trial in skipped else
+                                {"stage2_n_cycles", "stage2_lr", "stage2_image_size", "stage2_freeze"})
 
 
 def test_a_stage_2_shape_that_ran_out_of_memory_refuses_the_trial(tmp_path, data_dir):
@@ -228,6 +272,12 @@ def test_fit_replays_a_two_stage_trial_exactly_at_stage_2s_size(staged_study, tm
     assert outcome.manifest["image_size"] == (40 if expected.stage2 is not None else 32)
     assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["image_size"] == \
         expected.final_image_size
+    # A trial whose record doesn't match its plan is not replayed as some other run.
+    for changed in ({"best_cycle_end_epoch": 0}, {"best_stage": 3 - best.user_attrs["best_stage"]}):
+        odd = optuna.trial.create_trial(params=best.params, distributions=best.distributions, value=best.value,
+                                        user_attrs={**best.user_attrs, **changed})
+        with pytest.raises(SwiprError, match="can't replay it"):
+            replay_config(odd, SPACE_KEYS, 1)
 
 
 # --- pruning, resuming --------------------------------------------------------------------------
@@ -304,3 +354,21 @@ def test_a_trial_whose_best_is_stage_1s_end_replays_without_stage_2(tmp_path, da
     outcome = fit(path, tmp_path / "bundle", echo=lambda line: None)
     assert outcome.replay_value == trial.value and outcome.matched
     assert outcome.manifest["epochs"] == 2 and outcome.manifest["image_size"] == 32
+
+
+@pytest.mark.slow
+def test_dask_trials_run_both_stages_with_the_params_the_driver_fixed(tmp_path, data_dir):
+    pytest.importorskip("distributed", reason="the dask extra is not installed: pip install '.[dask]'")
+    from tests.daskkit import Cluster
+
+    path = write_study(tmp_path, data_dir, space=STAGED, pruner="none",
+                       extra={"study": 'n_cycles = "sampled"\n'})
+    with Cluster(workers=1) as cluster:
+        result = run_cli("study", "run", path, "--dask", cluster.address, "--n-trials", "3", "--device", "cpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = _trials(path)
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    for trial in trials:
+        k = trial.params["stage2_n_cycles"]
+        assert ("stage2_lr" in trial.params) == (k > 0)
+        assert trial.user_attrs["epochs"] == 2 + k and ("stage2_first_epoch" in trial.user_attrs) == (k > 0)
