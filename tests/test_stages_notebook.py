@@ -16,6 +16,7 @@ from search.studyfile import load_study_file
 from search.views.artifacts import curves_figure, lr_figure, stage_boundary, trial_note
 from search.views.gains import gains_rows, search_gains
 from search.views.progress import StudyProgress, summary_table
+from search.views.report import render_report
 from search.views.stages import STAGES_ATTR, RecordStages, StageSpan, spans_of, stage_spans, stages_text
 from swipr_core.schedule import StageConfig, TrainConfig
 from swipr_core.training import EpochRecord
@@ -128,6 +129,7 @@ def test_the_summary_compares_with_the_notebook_trial_and_reads_an_older_studys_
     assert rows["best stages"] == ("stage 1 epochs 0-2 (32 px, batch 16, unfrozen, lr 0.001); stage 2 epochs 3-4 "
                                    "(40 px, batch 16, frozen, lr 0.01), from stage 1's weights")
     assert "best stages" in summary_table(study, "cpu")
+    assert "<th>best stages</th><td>stage 1 epochs 0-2 (32 px" in render_report(study)
 
     older = optuna.create_study()
     older.add_trials([_stored(TrialState.COMPLETE, 0.45, warm_start="notebook run 1"),
