@@ -10,6 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from objectives.judging import BEST_EPOCH_ATTR, BEST_LOSS_ATTR, BEST_N_CYCLES_ATTR, STAGE2_FIRST_EPOCH_ATTR
 from search.study.open import open_study
 from search.study.warm_start import NOTEBOOK, enqueue_warm_start
 from search.studyfile import load_study_file
@@ -147,6 +148,17 @@ def test_a_notebook_trial_whose_best_schedule_or_sampler_skips_stage_2_says_so()
                       _stored(TrialState.COMPLETE, 0.20)])
     line = dict(gains_rows(study, search_gains(study)))["vs notebook"]
     assert line.startswith("notebook (trial 0; both stages; its best schedule skips stage 2): val_loss 0.3000")
+    # a best trial whose best finished schedule is stage 1's end: the summary says which stage it ends in
+    nested = {"n_cycles_budget": 2, BEST_N_CYCLES_ATTR: 3, BEST_EPOCH_ATTR: 6, BEST_LOSS_ATTR: 0.2,
+              STAGE2_FIRST_EPOCH_ATTR: 7}
+    study.add_trials([_stored(TrialState.COMPLETE, 0.10, best_stage=1, **nested),
+                      _stored(TrialState.COMPLETE, 0.05, best_stage=2, **{**nested, BEST_N_CYCLES_ATTR: 2})])
+    rows = gains_rows(study, search_gains(study))
+    texts = [text for label, text in rows if label == "best schedule"]
+    assert texts == ["trial 3's stage 1, then stage 2's 2-cycle schedule (val_loss 0.2000 after epoch 6; it planned 2)"]
+    study.add_trials([_stored(TrialState.COMPLETE, 0.01, best_stage=1, **nested)])
+    assert dict(gains_rows(study, search_gains(study)))["best schedule"] == (
+        "trial 4's stage 1 alone, stage 2 skipped (val_loss 0.2000 after epoch 6; it planned stage 2's 2 cycles)")
     # n_cycles sampled, 0 offered and not the notebook's 3: the trial ran one stage, and says why
     study = optuna.create_study()
     study.add_trials([_stored(TrialState.COMPLETE, 0.30, warm_start=NOTEBOOK, warm_start_stages=2,

@@ -121,16 +121,23 @@ def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
                                       f"runs, which n_cycles sampled would have trained as trials of their own"))
     schedule = best_schedule(best.user_attrs) if best is not None else None
     if best is not None and schedule is not None:
-        rows.append(("best schedule", f"trial {best.number}'s {schedule[0]}-cycle schedule (val_loss {schedule[2]:.4f} "
-                                      f"after epoch {schedule[1]}; it planned {best.user_attrs['n_cycles_budget']})"))
-    return rows + _stage_rows(best)
-
-
-def _stage_rows(best) -> list[tuple[str, str]]:
-    """The best trial's stages, where it has two (search.views.stages)."""
+        rows.append(("best schedule", _schedule_text(best, schedule)))
     spans = spans_of(best.user_attrs) if best is not None else []
-    if best is None or not spans:
-        return []
-    skipped = ("; its best schedule is stage 1's end (stage 2 skipped)"
-               if best.user_attrs.get(BEST_STAGE_ATTR) == 1 else "")
-    return [("best stages", stages_text(spans) + skipped)]
+    if spans:   # a two-stage best trial: where each stage ran, on what
+        rows.append(("best stages", stages_text(spans)))
+    return rows
+
+
+def _schedule_text(best, schedule: tuple[int, int, float]) -> str:
+    """The best trial's best finished schedule; with two stages, which stage it ends in (the
+    budget is stage 2's cycles, 0 = stage 1's end: objectives.space.cycle_budget)."""
+    n_cycles, epoch, loss = schedule
+    planned = best.user_attrs["n_cycles_budget"]
+    figures = f"val_loss {loss:.4f} after epoch {epoch}"
+    stage = best.user_attrs.get(BEST_STAGE_ATTR)
+    trial = f"trial {best.number}'s"
+    if stage == 1 and STAGE2_FIRST_EPOCH_ATTR in best.user_attrs:
+        return f"{trial} stage 1 alone, stage 2 skipped ({figures}; it planned stage 2's {planned} cycles)"
+    if stage == 2:
+        return f"{trial} stage 1, then stage 2's {n_cycles}-cycle schedule ({figures}; it planned {planned})"
+    return f"{trial} {n_cycles}-cycle schedule ({figures}; it planned {planned})"
