@@ -17,8 +17,9 @@ CHECKPOINT_FILE = "last.pth"
 
 
 def save_checkpoint(directory: Path, model, opt, history: list[dict], train_seconds: float,
-                    train_images: int) -> None:
-    """Weights, optimizer and history after an epoch, written to a temp file then renamed."""
+                    train_images: int, smooth_loss: dict | None = None) -> None:
+    """Weights, optimizer and history after an epoch, written to a temp file then renamed.
+    `smooth_loss`: fastai's smoothed training loss so far in the fit ({"val": tensor, "count": int})."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {
         "model": model.state_dict(),
@@ -26,6 +27,7 @@ def save_checkpoint(directory: Path, model, opt, history: list[dict], train_seco
         "history": history,
         "train_seconds": train_seconds,
         "train_images": train_images,
+        "smooth_loss": smooth_loss,
     }
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
     os.close(fd)

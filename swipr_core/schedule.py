@@ -7,6 +7,13 @@ through the finished run of k < n cycles at its k-th cycle end (same seed, same 
 with `finish_at`, those cycle ends count as finished k-cycle runs too (nested schedules,
 issue 21). Training, judging, checkpoints and `swipr fit`'s replay all read it from here.
 
+A STAGE is one freeze strategy's phases at one image size, batch size and learning rate.
+A run has one stage, or two: `TrainConfig.stage2` continues from stage 1's weights and
+optimizer with new loaders at its own size (fastai's progressive resizing, the notebook's
+`learn.set_data(...)` then `learn.fit(...)`), on the same epoch counter. With two stages,
+`finish_at` counts the LAST stage's cycles, and 0 there marks stage 1's end as a finished
+schedule: the run with stage 2 skipped.
+
 Pure arithmetic and checks, no torch: the study file checks a whole search space with it
 before anything heavy is imported. swipr_core.training runs the plan.
 """
@@ -25,6 +32,7 @@ COMPILE_MODES = ("auto", "on", "off")   # torch.compile: on, off, or on only whe
 
 MAX_EPOCHS = 1000   # per run: more is a typo or a runaway cycle_mult ** n_cycles, not a plan
 _COUNTS = ("batch_size", "image_size", "n_cycles", "cycle_len", "cycle_mult", "head_epochs")
+STAGE_KEYS = ("lr", "batch_size", "image_size", "freeze", "n_cycles", "cycle_len", "cycle_mult")
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,9 @@ class Phase:
     cycle_len: int
     cycle_mult: int
     first_epoch: int      # on the run's one counter
-    stage: int = 1        # the stage the phase belongs to (a later stage continues from its weights)
+    image_size: int       # what the phase's loaders give the model
+    batch_size: int
+    stage: int = 1        # 1 or 2: stage 2 continues from stage 1's weights (see the module's docstring)
     warm_up: bool = False  # frozen_then_unfrozen's head-only cycle: not one of the stage's counted cycles
 
     @property
@@ -83,9 +93,12 @@ class Schedule:
 
 
 def plan(phases: list[Phase], finish_at: tuple[int, ...]) -> Schedule:
-    """The schedule of `phases`: every cycle end, finished where a stage's counted cycles so far
-    are one of `finish_at`, and at the run's last epoch."""
+    """The schedule of `phases`: every cycle end, finished at the run's last epoch, where the
+    last stage's counted cycles so far are one of `finish_at`, and, for 0 in `finish_at` in a
+    two-stage run, at stage 1's end."""
     ends, last = [], sum(phase.epochs for phase in phases) - 1
+    last_stage = phases[-1].stage
+    stage1_end = sum(phase.epochs for phase in phases if phase.stage == 1) - 1
     for phase in phases:
         done = sum(p.n_cycles for p in phases if p.stage == phase.stage and not p.warm_up
                    and p.first_epoch < phase.first_epoch)
@@ -93,9 +106,48 @@ def plan(phases: list[Phase], finish_at: tuple[int, ...]) -> Schedule:
         for index, length in enumerate(phase.cycle_lengths(), start=1):
             epoch += length
             cycle = 0 if phase.warm_up else done + index
-            finished = epoch - 1 == last or (cycle > 0 and cycle in finish_at)
+            finished = (epoch - 1 == last or (phase.stage == last_stage and cycle > 0 and cycle in finish_at)
+                        or (last_stage > 1 and 0 in finish_at and epoch - 1 == stage1_end))
             ends.append(CycleEnd(epoch - 1, phase.stage, phase.name, cycle, finished))
     return Schedule(tuple(phases), tuple(ends))
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """A run's second stage: continues from the first stage's weights and optimizer (fastai's
+    progressive resizing: new loaders at its size, its own freeze, lr and SGDR cycles).
+    frozen_then_unfrozen warms its head up for the run's head_epochs, as in stage 1."""
+
+    lr: float
+    batch_size: int
+    image_size: int
+    freeze: str
+    n_cycles: int        # >= 1: a skipped stage 2 is TrainConfig.stage2 = None
+    cycle_len: int
+    cycle_mult: int
+
+    def __post_init__(self):
+        for name in STAGE_KEYS:
+            try:
+                check_param(name, getattr(self, name))
+            except FieldError as error:   # named as the trial's param is
+                raise FieldError(f"stage2_{name}", error.problem) from None
+
+
+def _stage_phases(stage: int, plan: "TrainConfig | StageConfig", head_epochs: int, first_epoch: int) -> list[Phase]:
+    """One stage's phases from `first_epoch` on: its SGDR fit, after a head-only warm-up
+    cycle of head_epochs for frozen_then_unfrozen (whose unfrozen phase has discriminative lrs)."""
+    sgdr = (plan.n_cycles, plan.cycle_len, plan.cycle_mult)
+    two_phases = plan.freeze == "frozen_then_unfrozen"
+    fits = [("frozen", 1, head_epochs, 1), ("unfrozen", *sgdr)] if two_phases else [(plan.freeze, *sgdr)]
+    phases = []
+    for name, n_cycles, cycle_len, cycle_mult in fits:
+        phases.append(Phase(name, plan.lr, discriminative=two_phases and name == "unfrozen", n_cycles=n_cycles,
+                            cycle_len=cycle_len, cycle_mult=cycle_mult, first_epoch=first_epoch,
+                            image_size=plan.image_size, batch_size=plan.batch_size, stage=stage,
+                            warm_up=two_phases and name == "frozen"))
+        first_epoch += phases[-1].epochs
+    return phases
 
 
 @dataclass(frozen=True)
@@ -109,53 +161,85 @@ class TrainConfig:
     cycle_mult: int
     head_epochs: int = 1
     seed: int = 0
-    # n_cycles values below n_cycles whose cycle ends are finished runs too: n_cycles is then
-    # the run's budget, not its only length (nested schedules). () = only the run's own end.
+    # Cycle counts of the last stage below its n_cycles whose cycle ends are finished runs too:
+    # n_cycles is then the run's budget, not its only length (nested schedules); with a stage 2,
+    # 0 = stage 1's end. () = only the run's own end.
     finish_at: tuple[int, ...] = ()
+    stage2: StageConfig | None = None   # None: a one-stage run
 
     def __post_init__(self):
         for name in ("lr", "freeze", *_COUNTS):
             check_param(name, getattr(self, name))
-        check_epochs(self.n_cycles, self.cycle_len, self.cycle_mult, self.freeze, self.head_epochs)
+        first = check_epochs(self.n_cycles, self.cycle_len, self.cycle_mult, self.freeze, self.head_epochs)
+        if self.stage2 is not None:
+            if not isinstance(self.stage2, StageConfig):
+                raise FieldError("stage2", f"must be a StageConfig or None, got {self.stage2!r}")
+            second = self.stage2
+            check_epochs(second.n_cycles, second.cycle_len, second.cycle_mult, second.freeze, self.head_epochs,
+                         before=first)
+        self._check_finish_at()
+
+    def _check_finish_at(self) -> None:
+        last = self.stage2 or self
         for k in self.finish_at:
+            if self.stage2 is not None and not isinstance(k, bool) and k == 0:
+                continue   # stage 1's end
             _check_count("finish_at", k)
-            if int(k) > self.n_cycles:
-                raise FieldError("finish_at", f"values must be at most n_cycles ({self.n_cycles}), got {k}")
+            if int(k) > last.n_cycles:
+                which = "stage2's n_cycles" if self.stage2 is not None else "n_cycles"
+                raise FieldError("finish_at", f"values must be at most {which} ({last.n_cycles}), got {k}")
 
     def schedule(self) -> Schedule:
         """The run's plan: phases, cycle ends, finished schedules (see the module's docstring)."""
-        phases, first = [], 0
-        for name, n_cycles, cycle_len, cycle_mult in self.sgdr_phases():
-            two_phases = self.freeze == "frozen_then_unfrozen"
-            phases.append(Phase(name, self.lr, discriminative=two_phases and name == "unfrozen", n_cycles=n_cycles,
-                                cycle_len=cycle_len, cycle_mult=cycle_mult, first_epoch=first,
-                                warm_up=two_phases and name == "frozen"))
-            first += phases[-1].epochs
+        phases = _stage_phases(1, self, self.head_epochs, first_epoch=0)
+        if self.stage2 is not None:
+            phases += _stage_phases(2, self.stage2, self.head_epochs, first_epoch=sum(p.epochs for p in phases))
         return plan(phases, self.finish_at)
 
+    def finished_run_at(self, epoch: int) -> "TrainConfig":
+        """The run (same seed and params) that ends at this run's finished cycle end `epoch`:
+        what `swipr fit` replays for a trial whose best finished schedule ends there."""
+        schedule = self.schedule()
+        end = schedule.end_at(epoch)
+        if end is None or not end.finished:
+            raise FieldError("epoch", f"{epoch} is not the end of a finished schedule of this run "
+                                      f"(those end at epochs {[e.epoch for e in schedule.finished()]})")
+        if self.stage2 is None:
+            return replace(self, n_cycles=end.cycle, finish_at=())
+        if end.stage == 1:
+            return replace(self, stage2=None, finish_at=())
+        return replace(self, stage2=replace(self.stage2, n_cycles=end.cycle), finish_at=())
+
     def finished_run(self, n_cycles: int) -> "TrainConfig":
-        """The run of exactly `n_cycles` cycles that this one passes through (same seed and
-        params): what `swipr fit` replays for a trial whose best finished schedule is shorter."""
-        if n_cycles not in {end.cycle for end in self.schedule().finished()}:
+        """The run of exactly `n_cycles` cycles of the last stage that this one passes through
+        (as finish_at counts them: with a stage 2, 0 = stage 1's end); see finished_run_at."""
+        last_stage = 1 if self.stage2 is None else 2
+        ends = {end.cycle if end.stage == last_stage else 0: end.epoch for end in self.schedule().finished()}
+        if n_cycles not in ends:
             raise FieldError("n_cycles", f"{n_cycles} is not a finished schedule of this run "
-                                         f"(finished: {[end.cycle for end in self.schedule().finished()]})")
-        return replace(self, n_cycles=n_cycles, finish_at=())
+                                         f"(finished: {sorted(ends)})")
+        return self.finished_run_at(ends[n_cycles])
+
+    @property
+    def final_image_size(self) -> int:
+        """The image size the trained model ends at: the last stage's (what bundles predict at)."""
+        return self.stage2.image_size if self.stage2 is not None else self.image_size
+
+    @property
+    def final_batch_size(self) -> int:
+        return self.stage2.batch_size if self.stage2 is not None else self.batch_size
 
     def sgdr_phases(self) -> list[tuple[str, int, int, int]]:
-        """(phase name, n_cycles, cycle_len, cycle_mult) in order."""
-        sgdr = (self.n_cycles, self.cycle_len, self.cycle_mult)
-        if self.freeze == "frozen_then_unfrozen":
-            # The head-only warm-up is one cosine cycle of head_epochs.
-            return [("frozen", 1, self.head_epochs, 1), ("unfrozen", *sgdr)]
-        return [(self.freeze, *sgdr)]
+        """(phase name, n_cycles, cycle_len, cycle_mult) in order, over both stages."""
+        return [(p.name, p.n_cycles, p.cycle_len, p.cycle_mult) for p in self.schedule().phases]
 
     def phases(self) -> list[tuple[str, int]]:
-        """(phase name, epochs) in order."""
-        return [(name, sgdr_epochs(*cycles)) for name, *cycles in self.sgdr_phases()]
+        """(phase name, epochs) in order, over both stages."""
+        return [(p.name, p.epochs) for p in self.schedule().phases]
 
     @property
     def epochs(self) -> int:
-        return sum(n for _, n in self.phases())
+        return self.schedule().epochs
 
     def cycle_end_epochs(self) -> tuple[int, ...]:
         """The epochs (0-based, on the run's one counter) at whose end the learning rate reaches
@@ -210,9 +294,10 @@ def sgdr_epochs(n_cycles: int, cycle_len: int, cycle_mult: int) -> int:
 
 
 def check_epochs(n_cycles: int, cycle_len: int, cycle_mult: int, freeze: str = "unfrozen",
-                 head_epochs: int = 1) -> int:
-    """A run's epochs; SwiprError past MAX_EPOCHS. Epochs grow with every argument, so the
-    highs of a search space bound all its trials."""
+                 head_epochs: int = 1, before: int = 0) -> int:
+    """A stage's epochs; SwiprError past MAX_EPOCHS, counting the `before` epochs of the stages
+    before it on the run's counter (stage 2: check_epochs(stage 1's ...)). Epochs grow with
+    every argument, so the highs of a search space bound all its trials."""
     for name, value in (("n_cycles", n_cycles), ("cycle_len", cycle_len), ("cycle_mult", cycle_mult),
                         ("head_epochs", head_epochs)):
         _check_count(name, value)
@@ -221,11 +306,12 @@ def check_epochs(n_cycles: int, cycle_len: int, cycle_mult: int, freeze: str = "
     total, length = head, cycle_len
     for _ in range(n_cycles):   # stops once past the cap: cycle_mult ** n_cycles may not fit in memory
         total += length
-        if total > MAX_EPOCHS:
+        if before + total > MAX_EPOCHS:
             asked = _epochs_in_words(n_cycles, cycle_len, cycle_mult, head)
             warm_up = f"head_epochs={head_epochs}, " if head else ""
-            raise SwiprError(f"{warm_up}n_cycles={n_cycles}, cycle_len={cycle_len}, cycle_mult={cycle_mult} "
-                             f"ask for {asked} epochs; a run may have at most {MAX_EPOCHS}")
+            stage, after = ("stage 2's ", f" after stage 1's {before}") if before else ("", "")
+            raise SwiprError(f"{stage}{warm_up}n_cycles={n_cycles}, cycle_len={cycle_len}, cycle_mult={cycle_mult} "
+                             f"ask for {asked} epochs{after}; a run may have at most {MAX_EPOCHS}")
         length *= cycle_mult
     return total
 

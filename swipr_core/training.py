@@ -1,9 +1,12 @@
 """One fine-tuning run: fastai's Learner and SGDR schedule over a timm model.
 
 The run reports every epoch on ONE counter (0, 1, 2, ...) that keeps counting across the
-frozen and unfrozen phases of `frozen_then_unfrozen`; fastai's own epoch counter restarts
-at 0 on every fit. Whoever wants to stop a run early (a pruner) raises from `on_epoch`;
-the exception is carried out of fastai cleanly and re-raised to the caller.
+frozen and unfrozen phases of `frozen_then_unfrozen` and across stages; fastai's own epoch
+counter restarts at 0 on every fit. A second stage keeps the model and the optimizer and
+trains on new loaders at its own image and batch size (fastai's set_data). Whoever wants
+to stop a run early (a pruner) raises from `on_epoch`; the exception is carried out of
+fastai cleanly and re-raised to the caller. A run resumed from its checkpoint trains on
+exactly as the uninterrupted run would have (weights, optimizer state, smoothed loss, shuffles).
 """
 from __future__ import annotations
 
@@ -69,6 +72,7 @@ class EpochRecord:
     cycle_end: bool = False   # the learning rate reached its minimum: a cycle ended (pruners compare these)
     images: int = 0           # images trained on in the epoch (images/s = images / seconds)
     finishes: int = 0   # a finished schedule of this many cycles ends here (0: none); see swipr_core.schedule
+    stage: int = 1      # the stage the epoch trained in (finishes counts that stage's cycles)
 
 
 @dataclass
@@ -105,8 +109,8 @@ class EpochReporter(Callback):
 
     order = Recorder.order + 1   # after Recorder has written the epoch's losses
 
-    def __init__(self, run: "_Run", phase: str, first_epoch: int):
-        self.run, self.phase, self.first_epoch = run, phase, first_epoch
+    def __init__(self, run: "_Run", phase: Phase):
+        self.run, self.phase = run, phase
 
     def before_epoch(self):
         self.trained, self.lrs, self.images, self.train_seconds = False, [], 0, 0.0
@@ -129,9 +133,9 @@ class EpochReporter(Callback):
         if not self.trained:   # an epoch SkipToEpoch skipped while resuming
             return
         log = self.recorder.log   # [epoch, train_loss, valid_loss, accuracy, time]
-        record = EpochRecord(epoch=self.first_epoch + self.epoch, phase=self.phase,
+        record = EpochRecord(epoch=self.phase.first_epoch + self.epoch, phase=self.phase.name,
                              train_loss=float(log[1]), valid_loss=float(log[2]), accuracy=float(log[3]),
-                             seconds=self.train_seconds, lrs=self.lrs, images=self.images)
+                             seconds=self.train_seconds, lrs=self.lrs, images=self.images, stage=self.phase.stage)
         self.run.mark(record)
         try:
             self.run.epoch_done(self.learn, record, self.images)
@@ -165,9 +169,32 @@ class _Run:
         self.train_images += images
         if self.checkpoint_dir is not None:
             save_checkpoint(self.checkpoint_dir, learn.model, learn.opt, [asdict(r) for r in self.history],
-                            self.train_seconds, self.train_images)
+                            self.train_seconds, self.train_images, _smooth_loss_state(learn))
         if self.on_epoch is not None:
             self.on_epoch(record)
+
+
+def _smooth_loss_state(learn) -> dict:
+    """fastai's smoothed training loss so far in the fit, as a checkpoint keeps it: a plain
+    tensor, since fastai's TensorBase is no type torch.load(weights_only=True) reads."""
+    smooth = learn.recorder.smooth_loss
+    return {"val": smooth.val.detach().cpu().as_subclass(torch.Tensor), "count": smooth.count}
+
+
+class _ResumeSmoothLoss(Callback):
+    """Puts back the smoothed training loss a run resumed mid-fit had: fastai's Recorder
+    restarts it at every fit, and each epoch's train_loss is its value at the epoch's end."""
+
+    order = Recorder.order + 1   # after Recorder.before_fit has reset it
+
+    def __init__(self, saved: dict):
+        self.saved = saved
+
+    def before_fit(self):
+        smooth = self.recorder.smooth_loss
+        on_device = isinstance(smooth, DeviceSmoothLoss)
+        smooth.val = self.saved["val"].to(self.dls.device) if on_device else self.saved["val"]
+        smooth.count = self.saved["count"]
 
 
 def _cycle_at(starts: list[int], epoch: float) -> int:
@@ -221,16 +248,43 @@ def _fit_sgdr(learn, phase: Phase, lr_max, cbs, start_epoch):
     learn.fit(phase.epochs, cbs=[ExactSGDR(phase, lr_max), *cbs], start_epoch=start_epoch)
 
 
-def make_loaders(dataset: Dataset, config: TrainConfig, mean, std, device):
+def make_loaders(dataset: Dataset, image_size: int, batch_size: int, mean, std, device, seed: int = 0,
+                 passes: int = 0) -> tuple[CachedBatches, CachedBatches]:
+    """(train, valid) batches from the cache at `image_size`. `passes`: training passes already
+    made on the run's counter, so a loader built mid-run shuffles as the run's first one would by then."""
     array = dataset.cache.open()
     targets = dataset.split.targets()
-    aug = Augment(image_size=config.image_size, mean=mean, std=std)
+    aug = Augment(image_size=image_size, mean=mean, std=std)
     train_idx, valid_idx = dataset.split.indices(False), dataset.split.indices(True)
-    train = CachedBatches(array, train_idx, [targets[i] for i in train_idx], config.batch_size, aug, True,
-                          device, seed=config.seed)
-    valid = CachedBatches(array, valid_idx, [targets[i] for i in valid_idx], config.batch_size, aug, False,
-                          device, seed=config.seed)
+    train = CachedBatches(array, train_idx, [targets[i] for i in train_idx], batch_size, aug, True,
+                          device, seed=seed)
+    train.passes = passes
+    valid = CachedBatches(array, valid_idx, [targets[i] for i in valid_idx], batch_size, aug, False,
+                          device, seed=seed)
     return train, valid
+
+
+@dataclass
+class _StageLoaders:
+    """Each stage's loaders on the run's learner, as fastai's set_data: at a stage boundary,
+    new loaders at the stage's image and batch size; the model and the optimizer stay."""
+
+    dataset: Dataset
+    mean: tuple
+    std: tuple
+    device: torch.device
+    seed: int
+    stage: int = 1   # whose loaders the learner has now (it is built with stage 1's)
+
+    def enter(self, learn: Learner, phase: Phase, passes: int) -> None:
+        """`phase`'s stage's loaders on `learn`; `passes` = epochs done on the run's counter, so
+        a run resumed in a stage shuffles exactly as the uninterrupted run."""
+        if phase.stage == self.stage:
+            return
+        train_dl, valid_dl = make_loaders(self.dataset, phase.image_size, phase.batch_size, self.mean, self.std,
+                                          self.device, self.seed, passes)
+        learn.dls = DataLoaders(train_dl, valid_dl, device=self.device)
+        self.stage = phase.stage
 
 
 # "auto" turns torch.compile on only where it was measured faster (bench/gpu.py's
@@ -273,16 +327,18 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
     learn, mean, std = _build_learner(dataset, config, model_spec, torch_device, precision, compile)
     run = _Run(on_epoch, checkpoint_dir, config.schedule())
     saved = _resume(learn, run, checkpoint_dir)
-    _run_phases(learn, config, run, saved)
-    probs, targets = predict_valid(learn.model, learn.dls.valid, precision)
+    stages = _StageLoaders(dataset, mean, std, torch_device, config.seed)
+    _run_phases(learn, run, stages, saved)
+    stages.enter(learn, run.schedule.phases[-1], passes=len(run.history))   # also when nothing was left to train
+    probs, targets = predict_valid(learn.model, learn.dls.valid, precision)   # the last stage's loaders
     metrics = evaluate(probs, targets, run, config)
     return TrainResult(run.history, metrics, probs, targets, learn.model, mean, std)
 
 
 def build_learner(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: str = "auto",
                   precision: str = "auto", compile: str = "auto") -> tuple[Learner, tuple, tuple]:
-    """(learner, mean, std): the Learner `train` fine-tunes, its device and precision resolved
-    as there, for other uses of the same run (swipr_core.lr_find's range test)."""
+    """(learner, mean, std): the Learner `train` fine-tunes (on stage 1's loaders), its device and
+    precision resolved as there, for other uses of the same run (swipr_core.lr_find's range test)."""
     torch_device = resolve_device(device)
     set_seed(config.seed)
     return _build_learner(dataset, config, model_spec, torch_device, _precision(precision, torch_device), compile)
@@ -290,18 +346,19 @@ def build_learner(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, 
 
 def _build_learner(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, torch_device: torch.device,
                    precision: str, compile: str):
-    """A fastai Learner over the timm model and the cached loaders, on its device and precision."""
+    """A fastai Learner over the timm model and stage 1's cached loaders, on its device and precision."""
     model = create_model(model_spec)
     mean, std = normalisation(model)
     if torch_device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    train_dl, valid_dl = make_loaders(dataset, config, mean, std, torch_device)
+    train_dl, valid_dl = make_loaders(dataset, config.image_size, config.batch_size, mean, std, torch_device,
+                                      config.seed)
     dls = DataLoaders(train_dl, valid_dl, device=torch_device)
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, splitter=body_and_head,
                     path=tempfile.gettempdir())
     learn.model.to(torch_device)
     if torch_device.type == "cuda":
-        torch.backends.cudnn.benchmark = True   # one input shape per run: let cuDNN pick its fastest kernels
+        torch.backends.cudnn.benchmark = True   # one input shape per stage: let cuDNN pick its fastest kernels
         _keep_smooth_loss_on_device(learn)
     if compile_enabled(compile, torch_device):
         # One graph per phase (frozen, unfrozen) × mode (train, eval, no_grad) × batch shape
@@ -328,30 +385,39 @@ def _resume(learn, run: _Run, checkpoint_dir: Path | None) -> dict | None:
     return saved
 
 
-def _run_phases(learn, config: TrainConfig, run: _Run, saved: dict | None) -> None:
+def _run_phases(learn, run: _Run, stages: _StageLoaders, saved: dict | None) -> None:
     """Each phase's SGDR fit, skipping the epochs the run already has; re-raises what stopped it."""
     done = len(run.history)
     with learn.no_logging(), learn.no_bar():
         for phase in run.schedule.phases:
             if done >= phase.first_epoch + phase.epochs:
                 continue
-            if phase.name == "frozen":
-                learn.freeze()
-            else:
-                learn.unfreeze()
-            lr = slice(phase.lr / BODY_LR_DIVISOR, phase.lr) if phase.discriminative else phase.lr
             start = max(0, done - phase.first_epoch)
-            if learn.opt is None:
-                _create_opt(learn, saved if start > 0 else None)
-            _fit_sgdr(learn, phase, lr_max=lr, cbs=[EpochReporter(run, phase.name, phase.first_epoch)],
-                      start_epoch=start)
+            resumed = saved if start > 0 else None   # mid-phase: the fit continues where it stopped
+            stages.enter(learn, phase, passes=len(run.history))
+            _set_trainable(learn, phase, resumed)
+            lr = slice(phase.lr / BODY_LR_DIVISOR, phase.lr) if phase.discriminative else phase.lr
+            cbs: list[Callback] = [EpochReporter(run, phase)]
+            if resumed is not None and resumed.get("smooth_loss") is not None:
+                cbs.append(_ResumeSmoothLoss(resumed["smooth_loss"]))
+            _fit_sgdr(learn, phase, lr_max=lr, cbs=cbs, start_epoch=start)
             if run.stopped_by is not None:
                 raise run.stopped_by
 
 
-def _create_opt(learn, saved: dict | None) -> None:
-    """The run's optimizer, with the saved state of the run it resumes mid-phase (if any)."""
-    learn.create_opt()
+def _set_trainable(learn, phase: Phase, saved: dict | None) -> None:
+    """Freeze or unfreeze for `phase`. fastai clears the optimizer's state at each (as the
+    notebook's learn.freeze() between its stages does), so only a run resumed mid-phase
+    (`saved`) puts back the optimizer state it had."""
+    if phase.name == "frozen":
+        learn.freeze()
+    else:
+        learn.unfreeze()
+    for param in learn.model.parameters():
+        if not param.requires_grad:
+            # fastai zeroes gradients instead of dropping them, and steps every parameter that
+            # has one: a body frozen after an unfrozen stage would still shrink by weight decay.
+            param.grad = None
     if saved is not None and saved.get("opt") is not None:
         learn.opt.load_state_dict(fastai_opt_state(saved["opt"]))
 

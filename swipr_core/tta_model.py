@@ -36,6 +36,7 @@ class FlipAverage(torch.nn.Module):
 def tta_valid_probs(model: torch.nn.Module, dataset: Dataset, config: TrainConfig, mean, std,
                     device: torch.device, precision: str, flip: bool = True) -> np.ndarray:
     """P(YES) of every validation image, flip-averaged (or plain), in split order (as TrainResult.valid_probs)."""
-    _, valid = make_loaders(dataset, config, mean, std, device)
+    # The size the trained model ends at: its last stage's.
+    _, valid = make_loaders(dataset, config.final_image_size, config.final_batch_size, mean, std, device, config.seed)
     probs, _ = predict_valid(FlipAverage(model) if flip else model, valid, precision)
     return probs
