@@ -21,7 +21,8 @@ A trial's VALUE is its best finished schedule (swipr_core.schedule): the lowest 
 cycle end where a run of that many cycles would have ended. With n_cycles sampled, the only
 one is the run's last epoch (as before); with n_cycles a budget (nested schedules, issue 21),
 each cycle end whose count of cycles is in the space is one. Which one is best is kept in the
-user attrs `best_n_cycles`, `best_cycle_end_loss` and `best_cycle_end_epoch`. When the pruner
+user attrs `best_n_cycles`, `best_cycle_end_loss` and `best_cycle_end_epoch` (and, for a trial
+with a second stage, `best_stage`: its n_cycles counts that stage's cycles). When the pruner
 stops a trial that has already finished a schedule, the trial has earned that many cycles:
 ScheduleCut (a TrialPruned) carries its value, and the objective ends it COMPLETE with it,
 noted in `cut_after_epoch`. Stopped before any finished schedule, it is PRUNED as ever.
@@ -50,6 +51,10 @@ BEST_N_CYCLES_ATTR = "best_n_cycles"
 BEST_LOSS_ATTR = "best_cycle_end_loss"
 BEST_EPOCH_ATTR = "best_cycle_end_epoch"
 CUT_ATTR = "cut_after_epoch"              # the pruner stopped it here, after a finished schedule
+# A two-stage trial (docs/stages.md) notes where its stage 2 begins on its one epoch counter, and
+# which stage its best finished schedule ends in (1: stage 1's end, the run with stage 2 skipped).
+STAGE2_FIRST_EPOCH_ATTR = "stage2_first_epoch"
+BEST_STAGE_ATTR = "best_stage"
 
 
 class ScheduleCut(optuna.TrialPruned):
@@ -141,15 +146,24 @@ def _record_finished(trial: optuna.Trial, epoch: int, loss: float, finishes: int
         trial.set_user_attr(BEST_EPOCH_ATTR, best[0])
         trial.set_user_attr(BEST_N_CYCLES_ATTR, best[1])
         trial.set_user_attr(BEST_LOSS_ATTR, best[2])
+        if STAGE2_FIRST_EPOCH_ATTR in attrs:
+            trial.set_user_attr(BEST_STAGE_ATTR, stage_of(attrs, best[0]))
     return best
+
+
+def stage_of(user_attrs: dict, epoch: int) -> int:
+    """The stage a trial's epoch belongs to (1 for a trial of one stage)."""
+    first = user_attrs.get(STAGE2_FIRST_EPOCH_ATTR)
+    return 2 if first is not None and epoch >= first else 1
 
 
 def _stop(trial: optuna.Trial, best: tuple[int, int, float] | None, epoch: int, why: str) -> None:
     if best is None or best[2] != best[2]:
         raise optuna.TrialPruned(why)
     trial.set_user_attr(CUT_ATTR, epoch)
-    raise ScheduleCut(f"{why}; keeps its {best[1]}-cycle schedule (val_loss {best[2]:.4f} after epoch {best[0]})",
-                      best[2], best[1])
+    stage = f"stage {stage_of(trial.user_attrs, best[0])}'s " if STAGE2_FIRST_EPOCH_ATTR in trial.user_attrs else ""
+    raise ScheduleCut(f"{why}; keeps its {stage}{best[1]}-cycle schedule (val_loss {best[2]:.4f} after epoch "
+                      f"{best[0]})", best[2], best[1])
 
 
 def against(study: optuna.Study, epoch: int, value: float) -> dict:

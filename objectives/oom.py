@@ -4,7 +4,8 @@ A CUDA OOM fails only its trial. The (freeze, batch size, image size) that ran o
 on the study (one user attr per shape, so workers on several machines never overwrite each
 other), and a later trial whose shape is at least as large is refused before it allocates
 anything: it ends PRUNED with no reported epochs, which TPE ranks below every finished trial,
-so the sampler learns to leave that corner alone.
+so the sampler learns to leave that corner alone. A trial with a second stage has a shape for
+each stage: either one too large refuses it, and an OOM records the stage's it ran out in.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import gc
 import optuna
 import torch
 
-from objectives.space import suggest
+from objectives.judging import stage_of
+from objectives.space import STAGE2, has_stage2, skippable_stage2, stage2_name, suggest
 
 ATTR_PREFIX = "oom:"
 # Peak memory by freeze strategy: frozen_then_unfrozen peaks in its unfrozen phase.
@@ -55,21 +57,37 @@ def free_memory() -> None:
 
 
 class OutOfMemoryGuard:
-    """Wraps an objective; needs the space to ask for the three params that size a run."""
+    """Wraps an objective; needs the space (and how it draws n_cycles) to ask for the params
+    that size a run."""
 
-    def __init__(self, objective, space: dict):
+    def __init__(self, objective, space: dict, n_cycles_mode: str = "budget"):
         self.objective = objective
         self.space = space
+        self.n_cycles_mode = n_cycles_mode
+
+    def shapes(self, trial: optuna.Trial) -> list[tuple[str, int, int]]:
+        """Each stage's (freeze, batch size, image size). Asked here first; the objective's own
+        suggest calls get the same values back."""
+        keys = ("freeze", "batch_size", "image_size")
+        first = tuple(suggest(trial, name, self.space[name]) for name in keys)
+        if not has_stage2(self.space):
+            return [first]
+        if skippable_stage2(self.space, self.n_cycles_mode) and \
+                suggest(trial, stage2_name("n_cycles"), self.space[stage2_name("n_cycles")]) == 0:
+            return [first]   # this trial skips stage 2
+        second = tuple(suggest(trial, STAGE2 + name, self.space[STAGE2 + name]) if STAGE2 + name in self.space
+                       else value for name, value in zip(keys, first, strict=True))
+        return [first, second]
 
     def __call__(self, trial: optuna.Trial):
-        # Asked here first; the objective's own suggest calls get the same values back.
-        shape = tuple(suggest(trial, name, self.space[name]) for name in ("freeze", "batch_size", "image_size"))
-        known = too_big(shape, known_shapes(trial.study))
-        if known is not None:
-            reason = (f"refused: freeze={shape[0]} batch_size={shape[1]} image_size={shape[2]} is at least "
-                      f"as large as {known[0]} {known[1]}x{known[2]}, which ran out of GPU memory")
-            trial.set_user_attr("refused", reason)
-            raise optuna.TrialPruned(reason)
+        shapes = self.shapes(trial)
+        for shape in shapes:
+            known = too_big(shape, known_shapes(trial.study))
+            if known is not None:
+                reason = (f"refused: freeze={shape[0]} batch_size={shape[1]} image_size={shape[2]} is at least "
+                          f"as large as {known[0]} {known[1]}x{known[2]}, which ran out of GPU memory")
+                trial.set_user_attr("refused", reason)
+                raise optuna.TrialPruned(reason)
         message = None
         try:
             return self.objective(trial)
@@ -78,6 +96,8 @@ class OutOfMemoryGuard:
         # Out of the except block, the error and its traceback (which holds the run's
         # tensors) are gone, so the memory can really be freed.
         free_memory()
+        attrs = trial.user_attrs   # the stage of the epoch that ran out: the one after those reported
+        shape = shapes[min(stage_of(attrs, attrs.get("epochs", 0)), len(shapes)) - 1]
         reason = f"out of GPU memory at freeze={shape[0]} batch_size={shape[1]} image_size={shape[2]}: {message}"
         trial.set_user_attr("fail_reason", reason)
         trial.study.set_user_attr(shape_key(*shape), trial.number)

@@ -4,6 +4,12 @@ Parameter names are the space's keys, so a trial's params are exactly a training
 except where n_cycles is a budget ([study] n_cycles = "budget", the default, with several
 [space] n_cycles values): then a trial plans the largest value and each value on the way is a
 finished schedule of that many cycles (swipr_core.schedule), so n_cycles is not drawn.
+
+A second stage ([space.stage2], docs/stages.md) is held in the same dict, each of its keys as
+the param it is drawn as, `stage2_<key>`; a key it leaves out keeps the trial's stage-1 value.
+With a second stage, n_cycles as a budget is stage 2's (0 among its values: stage 1's end is a
+finished schedule too, the run with stage 2 skipped) and stage 1's n_cycles is drawn. With
+n_cycles sampled, `stage2_n_cycles` is drawn; 0 skips stage 2, and no other stage2_ param is.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ SPACE_KEYS = ("lr", "batch_size", "image_size", "freeze", "n_cycles", "cycle_len
 N_CYCLES_MODES = ("budget", "sampled")
 DEFAULT_N_CYCLES_MODE = "budget"   # the winner of bench/search_efficiency.py
 MODE_ATTR = "n_cycles_mode"        # user attr (a trial's, and the study's): how it got its cycles
+STAGE2 = "stage2_"                 # a second stage's keys, and its trials' params, start with it
 
 
 @dataclass(frozen=True)
@@ -74,18 +81,69 @@ def values(spec: Range | Choices) -> tuple:
     return tuple(range(int(spec.low), int(spec.high) + 1, step))
 
 
+def stage2_name(key: str) -> str:
+    """The param (and space key) stage 2's `key` is drawn as."""
+    return STAGE2 + key
+
+
+def has_stage2(space: dict) -> bool:
+    return any(name.startswith(STAGE2) for name in space)
+
+
+def stage_space(space: dict, stage: int) -> dict:
+    """One stage's part of the space under its plain keys: stage 2's holds only the keys it declares."""
+    if stage == 1:
+        return {name: spec for name, spec in space.items() if not name.startswith(STAGE2)}
+    return {name[len(STAGE2):]: spec for name, spec in space.items() if name.startswith(STAGE2)}
+
+
+def budget_key(space: dict) -> str:
+    """The n_cycles that can be a budget: the last stage's (finish_at refers to it)."""
+    return stage2_name("n_cycles") if has_stage2(space) else "n_cycles"
+
+
 def cycle_budget(space: dict, mode: str) -> tuple[int, ...] | None:
     """The n_cycles values that are finished schedules when n_cycles is a trial's budget (the
-    trial plans the last, the largest); None where n_cycles is drawn like any other param."""
+    trial plans the last, the largest; stage 2's may start with 0, stage 1's end); None where
+    n_cycles is drawn like any other param."""
     if mode not in N_CYCLES_MODES:
         raise ValueError(f"n_cycles mode must be one of {', '.join(N_CYCLES_MODES)}, but got {mode=}.")
-    offered = tuple(sorted(set(values(space["n_cycles"]))))
+    key = budget_key(space)
+    if key not in space:   # a stage 2 that keeps stage 1's n_cycles: one length, drawn in stage 1
+        return None
+    offered = tuple(sorted(set(values(space[key]))))
     return offered if mode == "budget" and len(offered) > 1 else None
 
 
+def skippable_stage2(space: dict, mode: str) -> bool:
+    """Whether a drawn stage2_n_cycles of 0 can skip stage 2 (n_cycles sampled, 0 offered)."""
+    key = stage2_name("n_cycles")
+    return mode == "sampled" and key in space and 0 in values(space[key])
+
+
 def drawn(space: dict, mode: str) -> dict:
-    """The part of the space a trial draws from: all of it, less n_cycles where it is a budget."""
-    return {name: spec for name, spec in space.items() if name != "n_cycles" or cycle_budget(space, mode) is None}
+    """The part of the space every trial draws from: all of it, less n_cycles where it is a
+    budget, and less stage 2's other keys where a drawn 0 may skip stage 2 (`conditional`)."""
+    budget = budget_key(space) if cycle_budget(space, mode) is not None else None
+    later = conditional(space, mode)
+    return {name: spec for name, spec in space.items() if name != budget and name not in later}
+
+
+def conditional(space: dict, mode: str) -> dict:
+    """The params a trial draws only once its stage2_n_cycles is not 0 (n_cycles sampled)."""
+    if not skippable_stage2(space, mode):
+        return {}
+    return {name: spec for name, spec in space.items() if name.startswith(STAGE2) and name != stage2_name("n_cycles")}
+
+
+def draw_all(trial: optuna.Trial, space: dict, mode: str) -> dict:
+    """Every param the trial draws (by name), in the order config_from_trial draws them: what a
+    driver that fixes a trial's params before handing it on (the Dask engine) asks for."""
+    values = {name: suggest(trial, name, spec) for name, spec in drawn(space, mode).items()}
+    if skippable_stage2(space, mode) and values[stage2_name("n_cycles")] == 0:
+        return values
+    values.update({name: suggest(trial, name, spec) for name, spec in conditional(space, mode).items()})
+    return values
 
 
 def in_space(spec: Range | Choices | FinderLR, value) -> bool:

@@ -41,7 +41,7 @@ def guarded_finetune(dataset: Dataset, space: dict, model: ModelSpec, settings: 
         precision=settings.precision, compile=settings.compile, checkpoint_dir_for=checkpoints.dir_for,
         seed_number_for=checkpoints.seed_number_for, hooks=hooks, prune_at=settings.prune_at,
         n_cycles_mode=settings.n_cycles_mode)
-    return OutOfMemoryGuard(finetune, space)
+    return OutOfMemoryGuard(finetune, space, settings.n_cycles_mode)
 
 
 def trial_objective(dataset: Dataset, space: dict, model: ModelSpec, settings: TrainSettings,

@@ -12,7 +12,7 @@ from optuna.artifacts import upload_artifact
 
 from objectives.lr_record import picture_name, record_finding
 from objectives.lr_finder import PLACEHOLDER_LR
-from objectives.space import Choices, FinderLR, Range
+from objectives.space import Choices, FinderLR, Range, stage_space
 from search.study.data_record import check_fingerprint, prepare_study_data
 from search.study.open import open_study, quiet_optuna
 from search.studyfile import StudyFile, load_study_file
@@ -70,7 +70,8 @@ def lr_range(spec: Range | Choices | FinderLR, suggestions: dict[str, float]) ->
 
 def finder_config(study_file: StudyFile, args: argparse.Namespace) -> TrainConfig:
     """The space's first values, with the flags given; each flag checked, naming it."""
-    values = {key: first_value(spec) for key, spec in study_file.space.items() if not isinstance(spec, FinderLR)}
+    values = {key: first_value(spec) for key, spec in stage_space(study_file.space, 1).items()
+              if not isinstance(spec, FinderLR)}   # stage 1's: the range test starts from the starting weights
     values.setdefault("lr", PLACEHOLDER_LR)   # the range test sets its own
     for key in ("batch_size", "image_size", "freeze"):
         flag = getattr(args, key)

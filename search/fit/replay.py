@@ -110,8 +110,9 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
     result, tta_record = measure_tta(result, dataset, config, replay["device"], tta, echo)
     threshold, scores = judge(result, target_precision, echo)
     manifest = {
-        **model_manifest(study_file.model.arch, study_file.data.cache_px, config.image_size, result.mean, result.std,
-                         threshold),
+        # the size the model ends at (stage 2's, where it ran) is the one it predicts at
+        **model_manifest(study_file.model.arch, study_file.data.cache_px, config.final_image_size, result.mean,
+                         result.std, threshold),
         "study": study.study_name, "storage": redact(study_file.study.storage), "trial": trial.number,
         "params": trial.params, "seed": config.seed, "epochs": config.epochs, "head_epochs": config.head_epochs,
         "data_fingerprint": dataset.fingerprint, "replay": replay, "tta": tta_record,

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from objectives.optuna_compat import storage_of, study_id, trial_id
 from objectives.resume import Checkpoints
-from objectives.space import distribution, drawn, param_name
+from objectives.space import distribution, draw_all, drawn, param_name
 from search.running.dask_trial import STARTED_ATTR, STOP_EVENT, DaskTask, run_dask_trial
 from search.running.failures import error_log
 from search.running.worker import checkpoint_root
@@ -60,7 +60,8 @@ class Driver:
         self.run_id = uuid.uuid4().hex
         self.checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
         # n_cycles as a budget is no param: the task's trial plans it (objectives.space.drawn)
-        space = drawn(study_file.space, n_cycles_mode(study, study_file))
+        self.mode = n_cycles_mode(study, study_file)
+        space = drawn(study_file.space, self.mode)
         self.distributions = {param_name(name, spec): distribution(spec) for name, spec in space.items()}
         self.running: dict = {}   # future -> trial id
         self.status = 0
@@ -108,6 +109,9 @@ class Driver:
 
     def submit(self) -> None:
         trial = self.study.ask(self.distributions)   # the sampler sees every running trial: constant liar
+        # Stage 2's params drawn only where its n_cycles is not 0 (objectives.space.conditional):
+        # drawn here too, by the study's sampler, for the task's study hands back only what it's given.
+        draw_all(trial, self.study_file.space, self.mode)
         self.storage.set_trial_system_attr(trial_id(trial), TOKEN_ATTR, self.run_id)
         token = uuid.uuid4().hex
         task = DaskTask(str(self.study_file.path), self.storage_name, trial_id(trial), token, self.run_id,

@@ -14,7 +14,7 @@ import optuna
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution,
                                   check_distribution_compatibility, distribution_to_json, json_to_distribution)
 
-from objectives.space import Choices, FinderLR, Range, param_name
+from objectives.space import STAGE2, Choices, FinderLR, Range, param_name
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
 
@@ -54,22 +54,45 @@ def _recorded(study: optuna.Study) -> dict[str, BaseDistribution]:
     return found
 
 
+def _where(study_file: StudyFile, name: str) -> tuple[str, str]:
+    """(the table, the key) a param comes from: stage 2's ([space.stage2]) are named stage2_<key>."""
+    if name.startswith(STAGE2):
+        return "space.stage2", name[len(STAGE2):]
+    return "space", name
+
+
+def _refuse_another_pipeline(study: optuna.Study, study_file: StudyFile, old: dict, new: dict) -> None:
+    """A study whose trials ran one stage can't go on with two, nor the other way: a trial's
+    value would be another pipeline's (as a changed [study] n_cycles would be another meaning)."""
+    before, now = (any(name.startswith(STAGE2) for name in names) for names in (old, new))
+    if not old or before == now or not study.get_trials(deepcopy=False):
+        return
+    said = "adds a [space.stage2] table" if now else "has no [space.stage2] table"
+    ran = "one stage" if now else "two stages"
+    raise SwiprError(f"{study_file.path}: {said}, but study '{study.study_name}' ran its trials with {ran}, and their "
+                     f"values would mean another run. Give the study a new [study] name, or put [space.stage2] back "
+                     f"as it was")
+
+
 def check_space(study: optuna.Study, study_file: StudyFile) -> list[str]:
-    """Refuse a [space] the study can't take; record the one it runs on. Returns notes to print."""
+    """Refuse a [space] (or [space.stage2]) the study can't take; record the one it runs on, both
+    stages. Returns notes to print."""
     old = _recorded(study)
     new = {param_name(name, spec): distribution(spec) for name, spec in study_file.space.items()}
+    _refuse_another_pipeline(study, study_file, old, new)
     notes = []
     for name, dist in new.items():
         if name not in old or old[name] == dist:
             continue
+        table, key = _where(study_file, name)
         try:
             check_distribution_compatibility(old[name], dist)
         except ValueError:
             raise SwiprError(
-                f"{study_file.where('space')} {name} is {describe(dist)}, but study '{study.study_name}' ran on "
+                f"{study_file.where(table)} {key} is {describe(dist)}, but study '{study.study_name}' ran on "
                 f"{describe(old[name])}, and Optuna can't mix the two in one study. Give the study a new "
-                f"[study] name, or put [space] {name} back as it was") from None
-        notes.append(f"note: [space] {name} changed from {describe(old[name])} to {describe(dist)}; "
+                f"[study] name, or put [{table}] {key} back as it was") from None
+        notes.append(f"note: [{table}] {key} changed from {describe(old[name])} to {describe(dist)}; "
                      f"study '{study.study_name}' goes on with it")
     # as dicts, not distribution_to_json's text: readable in the dashboard and in SQL
     study.set_user_attr(SPACE_ATTR, {name: json.loads(distribution_to_json(dist)) for name, dist in new.items()})

@@ -13,7 +13,7 @@ from objectives.space import N_CYCLES_MODES
 from search.studyfile.fields import keyed, one_of, parse_table, resolve, table_at
 from search.studyfile.sections import (PRECISIONS, PRUNE_AT_CHOICES, PRUNERS, SAMPLERS, ClusterSection, StudyFile,
                                        StudySection, TrainSection)
-from search.studyfile.space import check_epochs, largest, parse_space
+from search.studyfile.space import check_epochs, largest, largest_image_size, parse_space
 from search.studyfile.storage_url import storage_url
 from swipr_core.data import MAX_SEED, DataSpec
 from swipr_core.errors import SwiprError
@@ -30,8 +30,9 @@ def load_study_file(path: str | Path) -> StudyFile:
     raw, sha256 = _read_toml(path)
     data = _data(path, raw)
     space = parse_space(path, raw)
-    if largest(space["image_size"]) > data.cache_px:
-        raise SwiprError(f"{path}: [space] image_size goes up to {largest(space['image_size'])}, "
+    if largest_image_size(space) > data.cache_px:
+        where = "[space]" if largest(space["image_size"]) == largest_image_size(space) else "[space.stage2]"
+        raise SwiprError(f"{path}: {where} image_size goes up to {largest_image_size(space)}, "
                          f"above [data] cache_px ({data.cache_px})")
     model = ModelSpec(**parse_table(path, "model", table_at(path, raw, "model"), ModelSpec, path.parent))
     train = _train(path, raw)
