@@ -21,7 +21,7 @@ from search.views.report import render_report
 from search.views.stages import STAGES_ATTR, RecordStages, StageSpan, spans_of, stage_spans, stages_text
 from swipr_core.schedule import StageConfig, TrainConfig
 from swipr_core.training import EpochRecord
-from tests.studykit import run_cli, space_toml, write_study
+from tests.studykit import ROOT, run_cli, space_toml, write_study
 
 # The notebook's stage 1 (lr 1e-4, unfrozen, 3 cycles of 1, 2, 4 epochs) fits this space but
 # for its batch size and image size.
@@ -102,6 +102,19 @@ def test_the_notebook_trial_runs_both_stages_with_the_notebooks_values_where_the
     assert "best stages stage 1 epoch 0 (32 px, batch 16, unfrozen, lr 0.0001); stage 2 epochs 1-7" in summary
     best = json.loads(run_cli("study", "best", study_path, "--json").stdout)
     assert [row["name"] for row in best["vs_notebook"]] == [NOTEBOOK] and best["vs_notebook"][0]["stages"] == 2
+
+
+def test_the_real_studys_notebook_trial_is_the_notebook_exactly():
+    # studies/swipr_resnext50.toml offers every value of both of the notebook's runs
+    study = optuna.create_study()
+    line = enqueue_warm_start(study, load_study_file(ROOT / "studies" / "swipr_resnext50.toml"))[0]
+    assert "changed" not in line and "stage 1 only" not in line
+    queued = study.trials[0]
+    assert queued.user_attrs["warm_start_changed"] == [] and queued.user_attrs["warm_start_stages"] == 2
+    # stage 2's n_cycles (0-3) is the budget: it plans the notebook's 3, so it is no param
+    assert queued.system_attrs["fixed_params"] == {
+        "lr": 1e-4, "batch_size": 24, "image_size": 224, "freeze": "unfrozen", "n_cycles": 3, "cycle_len": 1,
+        "cycle_mult": 2, "stage2_lr": 1e-3, "stage2_image_size": 229, "stage2_freeze": "frozen"}
 
 
 def test_a_budget_without_the_notebooks_cycle_count_is_planned_and_says_so(tmp_path):
