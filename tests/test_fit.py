@@ -72,7 +72,9 @@ def test_replay_reproduces_the_best_trial(fitted):
     assert manifest["trial"] == best.number and manifest["study"] == "demo"
     assert manifest["params"] == best.params and manifest["seed"] == best.user_attrs["seed"]
     assert manifest["data_fingerprint"] == best.user_attrs["data_fingerprint"]
-    assert manifest["image_size"] == best.params["image_size"] and manifest["cache_px"] == 48
+    # the size the model ends at: stage 2's where its best schedule ran stage 2 (the demo has one)
+    final_size = best.params["stage2_image_size"] if best.user_attrs.get("best_stage") == 2 else best.params["image_size"]
+    assert manifest["image_size"] == final_size and manifest["cache_px"] == 48
 
 
 def test_metrics_for_skewed_data_and_the_threshold(fitted):

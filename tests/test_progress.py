@@ -102,14 +102,14 @@ def test_summary_puts_the_majority_baseline_beside_the_accuracy():
 def test_summary_says_a_timeout_cut_the_run_short_and_what_waits():
     study = optuna.create_study()
     study.add_trial(_timed(TrialState.COMPLETE, 60, 0.45))
-    study.enqueue_trial({"lr": 0.01}, user_attrs={"warm_start": "notebook run 2", "warm_start_kept": ["lr"],
-                                                  "warm_start_changed": []})
+    study.enqueue_trial({"lr": 0.01}, user_attrs={"warm_start": "notebook", "warm_start_kept": ["lr"],
+                                                  "warm_start_changed": [], "warm_start_stages": 2})
     rows = [" ".join(line.split()) for line in
             summary_table(study, "cpu", this_run=[0], budget=Budget(3, 60.0)).splitlines()]
     assert "stopped early --timeout 60 s reached: 1 of the 3 trials asked for ran" in rows
     assert "trials 2 (1 complete, 0 pruned, 0 failed, 1 waiting)" in rows
-    assert ("vs notebook notebook run 2 (trial 1): WAITING, not run yet; the next `swipr study run` runs it "
-            "first") in rows
+    assert ("vs notebook notebook (trial 1; both stages): WAITING, not run yet; the next `swipr study run` runs "
+            "it first") in rows
     # all trials asked for ran: nothing was cut short, whatever the timeout
     assert "stopped early" not in summary_table(study, "cpu", this_run=[0], budget=Budget(1, 60.0))
 

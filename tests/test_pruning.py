@@ -193,8 +193,9 @@ def _done(state, value=None, **attrs):
 def gains_study() -> optuna.Study:
     study = optuna.create_study()
     study.add_trials([
-        _done(TrialState.COMPLETE, 0.50, warm_start="notebook run 1", val_accuracy=0.80, epochs=7, planned_epochs=7),
-        _done(TrialState.PRUNED, warm_start="notebook run 2", epochs=2, planned_epochs=7),
+        _done(TrialState.COMPLETE, 0.50, warm_start="notebook", warm_start_stages=2, val_accuracy=0.80, epochs=7,
+              planned_epochs=7, stage2_first_epoch=3),
+        _done(TrialState.PRUNED, epochs=2, planned_epochs=7),
         _done(TrialState.COMPLETE, 0.40, val_accuracy=0.85, epochs=3, planned_epochs=3),
         _done(TrialState.PRUNED, epochs=1, planned_epochs=6),
     ])
@@ -206,9 +207,9 @@ def test_the_summary_compares_the_best_with_the_notebook_and_counts_epochs_saved
 
     table = " ".join(summary_table(gains_study(), "cpu").split())
     # best 0.40 vs the notebook's 0.50: 20% lower, 5 accuracy points; 5 + 5 epochs not run
-    assert ("notebook run 1 (trial 0): val_loss 0.5000 -> best 0.4000 (20.0% lower), "
+    assert ("vs notebook notebook (trial 0; both stages): val_loss 0.5000 -> best 0.4000 (20.0% lower), "
             "accuracy 0.800 -> 0.850 (+5.0 points)") in table
-    assert "notebook run 2 (trial 1): pruned after 2 of 7 epochs" in table
+    assert table.count("vs notebook") == 1   # one trial is the notebook's pipeline
     assert "pruning saved 10 epochs (43% of 23): 2 trials pruned, 13 epochs run" in table
 
 
@@ -218,7 +219,8 @@ def test_best_as_json_carries_the_gains():
     gains = search_gains(gains_study())
     assert gains["epochs_saved"] == 10 and gains["epochs_run"] == 13
     first = gains["vs_notebook"][0]
-    assert first["name"] == "notebook run 1" and first["loss_change_pct"] == pytest.approx(-20.0)
+    assert len(gains["vs_notebook"]) == 1 and first["name"] == "notebook" and first["stages"] == 2
+    assert first["loss_change_pct"] == pytest.approx(-20.0)
     assert first["accuracy_change_points"] == pytest.approx(5.0)
 
 
@@ -229,8 +231,9 @@ def test_the_warm_start_tags_the_notebook_trials(tmp_path):
     study_file = load_study_file(write_study(tmp_path, tmp_path / "data", warm_start=True))
     study = optuna.create_study()
     lines = enqueue_warm_start(study, study_file)
-    assert len(lines) == 2 and lines[0].startswith("warm start: notebook run 1 keeps the notebook's freeze=unfrozen cycle_len=1;")
-    assert [t.user_attrs["warm_start"] for t in study.trials] == ["notebook run 1", "notebook run 2"]
+    # one trial, the notebook's pipeline: here stage 1 only, the space has no [space.stage2]
+    assert len(lines) == 1 and lines[0].startswith("warm start: notebook keeps the notebook's freeze=unfrozen cycle_len=1;")
+    assert [t.user_attrs["warm_start"] for t in study.trials] == ["notebook"]
 
 
 def test_a_warm_start_trial_says_what_it_kept_and_none_is_tagged_when_nothing_fits(tmp_path):
@@ -238,19 +241,19 @@ def test_a_warm_start_trial_says_what_it_kept_and_none_is_tagged_when_nothing_fi
     from search.studyfile import load_study_file
     from search.views.gains import gains_rows, search_gains
 
-    # batch 32, 40 px, frozen_then_unfrozen: of notebook run 2, only lr and the cycles fit
+    # batch 32, 40 px, frozen_then_unfrozen: of the notebook's stage 1, only lr and the cycles fit
     space = ('[space]\nlr = { low = 1e-4, high = 1e-2, log = true }\nbatch_size = [32]\nimage_size = [40]\n'
              'freeze = ["frozen_then_unfrozen"]\nn_cycles = [3]\ncycle_len = [1]\ncycle_mult = [2]\n')
     study_file = load_study_file(write_study(tmp_path, tmp_path / "data", warm_start=True, space=space))
     study = optuna.create_study()
     lines = enqueue_warm_start(study, study_file)
-    assert "the space changed batch_size, image_size, freeze (the sampler picks them)" in lines[1]
-    waiting = study.trials[1]
+    assert "the space changed batch_size, image_size, freeze (the sampler picks them)" in lines[0]
+    waiting = study.trials[0]
     assert waiting.user_attrs["warm_start_kept"] == ["cycle_len", "cycle_mult", "lr", "n_cycles"]
     assert waiting.user_attrs["warm_start_changed"] == ["batch_size", "freeze", "image_size"]
     rows = dict(gains_rows(study, search_gains(study))[:1])
-    assert "notebook's cycle_len, cycle_mult, lr, n_cycles, the space's batch_size, freeze, image_size" in rows[
-        "vs notebook"]
+    assert "notebook (trial 0; stage 1 only: the space has no [space.stage2]; the space's batch_size, freeze, " \
+           "image_size): WAITING" in rows["vs notebook"]
 
     # a space none of the notebook's values fit: no trial is named after the notebook
     nothing = ('[space]\nlr = { low = 0.3, high = 0.5 }\nbatch_size = [32]\nimage_size = [40]\n'
@@ -259,7 +262,7 @@ def test_a_warm_start_trial_says_what_it_kept_and_none_is_tagged_when_nothing_fi
                                              space=nothing))
     study = optuna.create_study()
     lines = enqueue_warm_start(study, study_file)
-    assert study.trials == [] and all("skipped: none of its values" in line for line in lines)
+    assert study.trials == [] and len(lines) == 1 and "skipped: none of its values" in lines[0]
 
 
 def test_the_curves_picture_marks_where_a_pruned_trial_was_judged_and_against_what(tmp_path):

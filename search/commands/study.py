@@ -37,7 +37,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     status_p.set_defaults(func=status)
 
     best_p = actions.add_parser("best", help="the best trial's number, value and params; how it compares with "
-                                             "the notebook's runs, and the epochs pruning saved")
+                                             "the notebook's pipeline, and the epochs pruning saved")
     best_p.add_argument("study_file", type=Path, metavar="STUDY.toml")
     best_p.add_argument("--json", action="store_true", help="print JSON")
     best_p.set_defaults(func=best)

@@ -3,7 +3,8 @@
 Every trial gets its loss/accuracy curves and the learning-rate schedule it actually ran
 (pruned and failed trials too, up to the epoch they reached); the loss curve marks the cycle
 ends, the epochs where the pruner judged the trial and the value it judged, and for a pruned
-trial what it was compared with; a finished trial also gets a
+trial what it was compared with; both mark where a two-stage trial's stage 2 starts (a dashed
+line, labelled with its image size, batch size and freeze); a finished trial also gets a
 confusion matrix, a ROC curve and its top losses (search.views.top_losses) of its last epoch. Each
 trial gets a markdown note of its params and metrics (an artifact, note.md, and a one-line user
 attr: see store_trial_note), the study an optuna-dashboard note of its data. A picture that can't be drawn or stored is
@@ -31,6 +32,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from objectives.judging import AGAINST_ATTR, JUDGED_ATTR, ScheduleCut, judge  # noqa: E402
 from search.study.data_record import data_summary, majority_baseline  # noqa: E402
 from search.views.format import accuracy_text, fmt  # noqa: E402
+from search.views.stages import RecordStages, StageSpan, boundary_label, spans_of, stages_text  # noqa: E402
 from search.views.top_losses import TOP_LOSSES_PNG, draw_top_losses  # noqa: E402
 from swipr_core.metrics import confusion_counts, roc_auc  # noqa: E402
 
@@ -62,10 +64,39 @@ def open_artifact_store(directory: Path, create: bool = True) -> FileSystemArtif
 # --- pictures -------------------------------------------------------------------------------
 
 def _shade_phases(ax, history) -> None:
-    """Grey band over the frozen epochs, so the unfreezing point shows on every curve."""
-    frozen = [r.epoch for r in history if r.phase == "frozen"]
-    if frozen:
-        ax.axvspan(min(frozen) - 0.5, max(frozen) + 0.5, color="0.9", zorder=0, label="frozen body")
+    """Grey bands over the frozen epochs, so the unfreezing point shows on every curve; one band
+    for each run of frozen epochs (a two-stage run can freeze again in stage 2)."""
+    runs: list[list[int]] = []
+    for record in history:
+        if record.phase != "frozen":
+            continue
+        if runs and runs[-1][1] == record.epoch - 1:
+            runs[-1][1] = record.epoch
+        else:
+            runs.append([record.epoch, record.epoch])
+    for number, (first, last) in enumerate(runs):
+        ax.axvspan(first - 0.5, last + 0.5, color="0.9", zorder=0, label="frozen body" if number == 0 else None)
+
+
+def mark_stage(ax, boundary: StageSpan | None) -> None:
+    """A vertical line where stage 2 starts (between its first epoch and the one before),
+    labelled with what stage 2 trains."""
+    if boundary is None:
+        return
+    x = boundary.first_epoch - 0.5
+    ax.axvline(x, color="C4", linestyle="--", linewidth=1.5, zorder=2, label=boundary_label(boundary))
+    # written up the line, beside it: across the top it would sit on the curves' first points
+    ax.text(x, 0.97, f"stage {boundary.stage} ", transform=ax.get_xaxis_transform(), color="C4", rotation=90,
+            ha="right", va="top", fontsize="small")
+
+
+def stage_boundary(trial, history) -> StageSpan | None:
+    """Stage 2's span as the trial recorded it (search.views.stages), where the run reached it."""
+    spans = spans_of(trial.user_attrs)
+    later = [span for span in spans if span.stage > 1]
+    if not later or not any(r.epoch >= later[0].first_epoch for r in history):
+        return None
+    return later[0]
 
 
 def judging_marks(trial, history) -> dict:
@@ -98,12 +129,21 @@ def _mark_judging(ax, history, marks: dict) -> None:
                     label=f"pruned against: {against['n_completed']} finished trials (median, range)")
 
 
-def plot_curves(history, path: Path, title: str, marks: dict | None = None, baseline: float | None = None) -> Path:
+def plot_curves(history, path: Path, title: str, marks: dict | None = None, baseline: float | None = None,
+                boundary: StageSpan | None = None) -> Path:
+    """curves_figure, written to `path` (PNG)."""
+    return _save(curves_figure(history, title, marks, baseline, boundary), path)
+
+
+def curves_figure(history, title: str, marks: dict | None = None, baseline: float | None = None,
+                  boundary: StageSpan | None = None):
     """Train and validation loss, and validation accuracy, per epoch; `marks` from judging_marks;
-    `baseline` the majority-class accuracy, drawn dashed: the line the accuracy must clear."""
+    `baseline` the majority-class accuracy, drawn dashed: the line the accuracy must clear;
+    `boundary` stage 2's span (stage_boundary), marked where it starts."""
     epochs = [r.epoch for r in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
     _shade_phases(loss_ax, history)
+    mark_stage(loss_ax, boundary)
     loss_ax.plot(epochs, [r.train_loss for r in history], "o-", label="train loss")
     loss_ax.plot(epochs, [r.valid_loss for r in history], "o-", label="valid loss")
     if marks is not None:
@@ -112,6 +152,7 @@ def plot_curves(history, path: Path, title: str, marks: dict | None = None, base
     loss_ax.set_ylabel("cross-entropy")
     loss_ax.legend(fontsize="small")
     _shade_phases(acc_ax, history)
+    mark_stage(acc_ax, boundary)
     acc_ax.plot(epochs, [r.accuracy for r in history], "o-", color="C2", label="valid accuracy")
     if baseline is not None and math.isfinite(baseline):
         acc_ax.axhline(baseline, color="0.3", linestyle="--", linewidth=1.2,
@@ -123,13 +164,19 @@ def plot_curves(history, path: Path, title: str, marks: dict | None = None, base
     for ax in (loss_ax, acc_ax):
         ax.set_xticks(epochs)
     fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
-def plot_lr(history, path: Path, title: str) -> Path:
-    """The head's learning rate at every batch, on the epoch axis."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+def plot_lr(history, path: Path, title: str, boundary: StageSpan | None = None) -> Path:
+    """lr_figure, written to `path` (PNG)."""
+    return _save(lr_figure(history, title, boundary), path)
+
+
+def lr_figure(history, title: str, boundary: StageSpan | None = None):
+    """The head's learning rate at every batch, on the epoch axis; stage 2's start marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
     _shade_phases(ax, history)
+    mark_stage(ax, boundary)
     xs, ys = [], []
     for record in history:
         n = len(record.lrs)
@@ -139,7 +186,10 @@ def plot_lr(history, path: Path, title: str) -> Path:
     ax.set_xlabel("epoch")
     ax.set_ylabel("learning rate (head)")
     ax.set_title(title)
-    return _save(fig, path)
+    if ax.get_legend_handles_labels()[1]:   # the frozen band or the stage line: say which is which
+        # below the axis: inside, it sits on a restart's peak wherever it goes
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
+    return fig
 
 
 def confusion(probs, targets, threshold: float = 0.5) -> list[list[int]]:
@@ -189,9 +239,14 @@ def _save(fig, path: Path) -> Path:
 
 # --- notes ------------------------------------------------------------------------------------
 
-def trial_note(number: int, state: str, params: dict, metrics: dict, baseline: float | None = None) -> str:
-    """The trial's params and metrics; its accuracy with the majority `baseline` beside it."""
-    lines = [f"## Trial {number}: {state}", "", "| param | value |", "|---|---|"]
+def trial_note(number: int, state: str, params: dict, metrics: dict, baseline: float | None = None,
+               stages: list[StageSpan] | None = None) -> str:
+    """The trial's params and metrics; its accuracy with the majority `baseline` beside it; a
+    two-stage trial's `stages` (search.views.stages) in a line."""
+    lines = [f"## Trial {number}: {state}", ""]
+    if stages:
+        lines += [f"Stages: {stages_text(stages)}.", ""]
+    lines += ["| param | value |", "|---|---|"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in params.items()]
     if metrics:
         lines += ["", "| metric | value |", "|---|---|"]
@@ -277,8 +332,8 @@ class TrialArtifacts:
             except Exception as error:  # noqa: BLE001 - the pictures without the baseline, then
                 _warn(trial, "the majority baseline", error)
         try:
-            store_trial_note(trial, self.store, trial_note(trial.number, state, trial.params, metrics, baseline),
-                             note_line(state, metrics, baseline))
+            note = trial_note(trial.number, state, trial.params, metrics, baseline, spans_of(trial.user_attrs))
+            store_trial_note(trial, self.store, note, note_line(state, metrics, baseline))
         except Exception as error:  # noqa: BLE001 - a note is never worth a trial
             _warn(trial, "its note", error)
         if not history:
@@ -289,10 +344,11 @@ class TrialArtifacts:
         except Exception as error:  # noqa: BLE001 - the curves without the marks, then
             marks = None
             _warn(trial, "the judging marks", error)
+        boundary = stage_boundary(trial, history)
         # name -> the drawing, given where to write it and the title
         drawings: dict[str, Callable[[Path, str], Path]] = {
-            CURVES_PNG: partial(plot_curves, history, marks=marks, baseline=baseline),
-            LR_PNG: partial(plot_lr, history)}
+            CURVES_PNG: partial(plot_curves, history, marks=marks, baseline=baseline, boundary=boundary),
+            LR_PNG: partial(plot_lr, history, boundary=boundary)}
         if probs is not None:
             drawings[CONFUSION_PNG] = partial(plot_confusion, probs, targets)
             drawings[ROC_PNG] = partial(plot_roc, probs, targets)
@@ -322,8 +378,9 @@ def trial_pictures(trial: optuna.trial.FrozenTrial, storage, store) -> dict[str,
 
 
 def make_objective_hooks(study_file, study: optuna.Study, dataset=None) -> list:
-    """The artifact hooks for a study's objective; writes the study's data note once.
-    With the trials' `dataset`, a finished trial also gets its top-loss grid."""
+    """The artifact hooks for a study's objective, after the one that records a two-stage trial's
+    stages (which its pictures mark); writes the study's data note once. With the trials'
+    `dataset`, a finished trial also gets its top-loss grid."""
     if not get_note(study).strip():
         save_study_note(study)
-    return [TrialArtifacts(open_artifact_store(artifact_dir(study_file)), dataset)]
+    return [RecordStages(), TrialArtifacts(open_artifact_store(artifact_dir(study_file)), dataset)]

@@ -1,14 +1,16 @@
-"""What the search gained: the best trial against the notebook's own configurations (when the
-warm start ran them), and the epochs pruning saved against running every trial to its end."""
+"""What the search gained: the best trial against the notebook's pipeline (when the warm start
+ran it: search.study.warm_start), and the epochs pruning saved against running every trial to
+its end."""
 from __future__ import annotations
 
 import optuna
 from optuna.trial import TrialState
 
-from objectives.judging import CUT_ATTR, best_schedule, nesting_saved
+from objectives.judging import BEST_STAGE_ATTR, CUT_ATTR, STAGE2_FIRST_EPOCH_ATTR, best_schedule, nesting_saved
 from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
-from search.study.warm_start import CHANGED_ATTR, KEPT_ATTR, WARM_START_ATTR
+from search.study.warm_start import CHANGED_ATTR, KEPT_ATTR, NOTEBOOK, OLD_RUNS, STAGES_RUN_ATTR, WARM_START_ATTR
+from search.views.stages import spans_of, stages_text
 
 
 def epochs_saved(trials) -> dict:
@@ -26,7 +28,8 @@ def epochs_saved(trials) -> dict:
 
 
 def _notebook_trials(trials) -> dict[str, optuna.trial.FrozenTrial]:
-    """Each notebook run's trial; of a run retried, the one that got furthest."""
+    """The notebook's trial (an older study's: each notebook run's); of one retried, the one
+    that got furthest."""
     found: dict[str, optuna.trial.FrozenTrial] = {}
     rank = {TrialState.COMPLETE: 2, TrialState.PRUNED: 1}
     for trial in trials:
@@ -41,7 +44,12 @@ def _against(best, trial) -> dict:
            "epochs": trial.user_attrs.get("epochs"), "planned_epochs": trial.user_attrs.get("planned_epochs"),
            "val_loss": trial.value, "val_accuracy": trial.user_attrs.get("val_accuracy"),
            # None on trials tagged before these were recorded: what they kept is unknown
-           "kept": trial.user_attrs.get(KEPT_ATTR), "changed": trial.user_attrs.get(CHANGED_ATTR)}
+           "kept": trial.user_attrs.get(KEPT_ATTR), "changed": trial.user_attrs.get(CHANGED_ATTR),
+           # the notebook's stages it ran (None: an older study's run of one stage, OLD_RUNS)
+           "stages": trial.user_attrs.get(STAGES_RUN_ATTR), "best_stage": trial.user_attrs.get(BEST_STAGE_ATTR),
+           # the stages it trained (None: not started): a sampled stage2_n_cycles of 0 skips stage 2
+           "ran_stages": (2 if STAGE2_FIRST_EPOCH_ATTR in trial.user_attrs else 1)
+           if "planned_epochs" in trial.user_attrs else None}
     if best is not None and trial.state == TrialState.COMPLETE:
         row["loss_change_pct"] = 100 * (best.value - trial.value) / trial.value
         accuracy, best_accuracy = trial.user_attrs.get("val_accuracy"), best.user_attrs.get("val_accuracy")
@@ -59,11 +67,25 @@ def search_gains(study: optuna.Study) -> dict:
     return {"vs_notebook": notebook, "majority_accuracy": baseline, **epochs_saved(trials)}
 
 
+def _which_notebook(row: dict) -> str:
+    """How much of the notebook's pipeline the trial is: both stages, stage 1 only, or an older
+    study's single run."""
+    if row["name"] == NOTEBOOK and row["stages"] == 2 and row["ran_stages"] == 1:
+        return "stage 2 skipped: the sampler drew stage2_n_cycles 0"
+    if row["name"] == NOTEBOOK:
+        return "both stages" if row["stages"] == 2 else "stage 1 only: the space has no [space.stage2]"
+    if row["name"] == OLD_RUNS[1]:
+        return "an older warm start: run 2 alone from the starting weights, not after run 1 as the notebook ran it"
+    return ""
+
+
 def _notebook_line(row: dict, best, baseline: float | None) -> str:
-    where = f"{row['name']} (trial {row['number']}"
-    if row["changed"]:   # the space moved some of the run's values: it is the notebook's only in part
-        where += f"; notebook's {', '.join(row['kept'])}, the space's {', '.join(row['changed'])}"
-    where += ")"
+    parts = [f"trial {row['number']}", _which_notebook(row)]
+    if row["changed"]:   # the space moved some of the notebook's values: it is the notebook's only in part
+        parts.append(f"the space's {', '.join(row['changed'])}")
+    if row["stages"] == 2 and row["best_stage"] == 1:   # its value is stage 1's end: stage 2 did not help
+        parts.append("its best schedule skips stage 2")
+    where = f"{row['name']} ({'; '.join(part for part in parts if part)})"
     if best is not None and row["number"] == best.number:
         return f"{where} is the best trial itself"
     if row["state"] == "WAITING":   # queued by the warm start; this run ended before reaching it
@@ -88,7 +110,7 @@ def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
     baseline = gains.get("majority_accuracy")
     rows = [("vs notebook", _notebook_line(row, best, baseline)) for row in gains["vs_notebook"]]
     if not rows:
-        rows.append(("vs notebook", "the warm start did not run the notebook's configurations"))
+        rows.append(("vs notebook", "the warm start did not run the notebook's pipeline"))
     planned = gains["epochs_run"] + gains["epochs_saved"]
     share = f" ({100 * gains['epochs_saved'] / planned:.0f}% of {planned})" if planned else ""
     cut = f", {gains['cut']} stopped after a finished shorter schedule" if gains.get("cut") else ""
@@ -99,6 +121,23 @@ def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
                                       f"runs, which n_cycles sampled would have trained as trials of their own"))
     schedule = best_schedule(best.user_attrs) if best is not None else None
     if best is not None and schedule is not None:
-        rows.append(("best schedule", f"trial {best.number}'s {schedule[0]}-cycle schedule (val_loss {schedule[2]:.4f} "
-                                      f"after epoch {schedule[1]}; it planned {best.user_attrs['n_cycles_budget']})"))
+        rows.append(("best schedule", _schedule_text(best, schedule)))
+    spans = spans_of(best.user_attrs) if best is not None else []
+    if spans:   # a two-stage best trial: where each stage ran, on what
+        rows.append(("best stages", stages_text(spans)))
     return rows
+
+
+def _schedule_text(best, schedule: tuple[int, int, float]) -> str:
+    """The best trial's best finished schedule; with two stages, which stage it ends in (the
+    budget is stage 2's cycles, 0 = stage 1's end: objectives.space.cycle_budget)."""
+    n_cycles, epoch, loss = schedule
+    planned = best.user_attrs["n_cycles_budget"]
+    figures = f"val_loss {loss:.4f} after epoch {epoch}"
+    stage = best.user_attrs.get(BEST_STAGE_ATTR)
+    trial = f"trial {best.number}'s"
+    if stage == 1 and STAGE2_FIRST_EPOCH_ATTR in best.user_attrs:
+        return f"{trial} stage 1 alone, stage 2 skipped ({figures}; it planned stage 2's {planned} cycles)"
+    if stage == 2:
+        return f"{trial} stage 1, then stage 2's {n_cycles}-cycle schedule ({figures}; it planned {planned})"
+    return f"{trial} {n_cycles}-cycle schedule ({figures}; it planned {planned})"

@@ -21,6 +21,7 @@ from search.study.open import best_or_none
 from search.views import epoch_table
 from search.views.format import accuracy_text, describe_trial, params_text, short
 from search.views.gains import gains_rows, search_gains
+from search.views.stages import stage_spans, stage_start_line
 
 
 def varied_params(trial) -> dict:
@@ -47,6 +48,7 @@ class StudyProgress:
         self.epoch_bar: Any = None
         self.finished: list[int] = []   # numbers of the trials this run finished
         self.planned = 0   # epochs of the running trial
+        self.later_stages: list = []   # its stages after the first, each announced as its first epoch comes
         self.params = ""
         self.best = ""     # ", best <value> (trial <n>)" once a trial has completed
         if self.bars:
@@ -74,6 +76,10 @@ class StudyProgress:
                                         file=self.stream, dynamic_ncols=True, bar_format=TRIAL_BAR)
             self.epoch_bar.set_postfix_str(self.params)
         last = f", epochs 0-{config.epochs - 1}" if config.epochs > 1 else ", epoch 0"
+        spans = stage_spans(config)
+        if spans:
+            last += " (" + ", ".join(f"stage {s.stage} {s.epochs_text()}" for s in spans) + ")"
+        self.later_stages = spans[1:]
         self.write(f"{label}: started{last}{_baseline_text(trial)}")
         self.write(epoch_table.header())   # above the bars on a terminal: rows stay, as fastai's table
 
@@ -83,6 +89,8 @@ class StudyProgress:
             self.epoch_bar.set_postfix_str(f"val_loss {record.valid_loss:.4f} acc {record.accuracy:.3f} | "
                                            f"{self.params}", refresh=False)
             self.epoch_bar.update(1)
+        if self.later_stages and record.epoch >= self.later_stages[0].first_epoch:
+            self.write(stage_start_line(self.later_stages.pop(0)))
         self.write(epoch_table.row(trial.number, record))
 
     def on_result(self, trial, result) -> None:
@@ -159,7 +167,7 @@ def _best_rows(study) -> list[tuple[str, str]]:
 
 
 def summary_table(study, device: str, this_run=(), budget: Budget | None = None) -> str:
-    """The end-of-run table: best trial, how it compares with the notebook's runs, trials by
+    """The end-of-run table: best trial, how it compares with the notebook's pipeline, trials by
     state, epochs pruning saved, the hours the trials took in the whole study and in the trials
     numbered `this_run`, and whether `budget`'s --timeout cut the run short."""
     trials = study.get_trials(deepcopy=False)
