@@ -30,7 +30,7 @@ class StudySection:
     n_cycles: str = ""                # "budget" | "sampled" (objectives.space); "" = budget for a new
                                       # study, the way it started for one already run
     seed: int = 0
-    warm_start: bool = True           # enqueue the notebook's configurations first
+    warm_start: bool = True           # the notebook's pipeline (one two-stage trial) first
     n_trials: int = 20
     timeout: float = 0.0              # seconds; 0 = none
     heartbeat_interval: int = 60      # seconds between a running trial's heartbeats
