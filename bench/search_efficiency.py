@@ -343,7 +343,8 @@ def main() -> None:
         record(args.table or table, args.study_file.resolve(), args.threads, grid,
                WEIGHTS if args.pretrained else None)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    tables = {name: args.table} if args.table else {n: t for n, (t, _) in TABLES.items() if t.is_file()}
+    tables = {table_name(args.table): args.table} if args.table else {n: t for n, (t, _) in TABLES.items()
+                                                                       if t.is_file()}
     reports = {n: replay(table, args.seeds, args.only) for n, table in tables.items()}
     for n, report in reports.items():
         print_table(n, report)
@@ -357,6 +358,11 @@ def main() -> None:
     first = next(iter(reports.values()))
     median = medians(first)
     print(f"ratio: {median[TODAY] / median[CYCLE_END]:.2f}")
+
+
+def table_name(table: Path) -> str:
+    """`vs_unpruned: NAME`: a committed table's name, another file's stem."""
+    return next((name for name, (path, _) in TABLES.items() if path.resolve() == table.resolve()), table.stem)
 
 
 def medians(report: dict) -> dict:
