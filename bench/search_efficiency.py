@@ -2,12 +2,16 @@
 
 A tabular learning-curve benchmark, as HPO research measures searchers:
 
-    python bench/search_efficiency.py            # replay the committed table: seconds, no training
+    python bench/search_efficiency.py            # replay the committed tables: minutes, no training
     nice python bench/search_efficiency.py --record   # train the whole grid once (minutes, 1 CPU thread)
+    nice python bench/search_efficiency.py --record --pretrained   # the pretrained table's grid
 
---record trains every configuration of GRID to its end, unpruned, with the project's trainer on
-the demo data of studies/demo.toml, and writes each one's validation loss per epoch, which
-epochs end a cycle, and seconds to TABLE. The replay runs real Optuna studies (the project's
+Two tables (issue 21): "demo", random weights as studies/demo.toml trains; "pretrained", the
+same network fine-tuned from bench/make_pretrained.py's weights (`[model] pretrained = true,
+weights = FILE`), the real job, over PRETRAINED_GRID. --record trains every configuration of
+a table's grid to its end, unpruned, with the project's trainer on the demo data of
+studies/demo.toml, and writes each one's validation loss per epoch, which epochs end a cycle,
+and seconds to the table's file. The replay runs real Optuna studies (the project's
 samplers and pruners) over GRID as a categorical space; each trial reports its recorded curve
 through objectives.judging.replay_curve, the code a live trial runs, and stops where the pruner
 says so. Each study runs until it has spent CAP_FACTOR x the grid's epochs.
@@ -43,6 +47,8 @@ from search.studyfile import StudySection  # noqa: E402
 from swipr_core.schedule import TrainConfig  # noqa: E402
 
 TABLE = ROOT / "bench" / "results" / "search_efficiency_curves.json"
+PRETRAINED_TABLE = ROOT / "bench" / "results" / "search_efficiency_curves_pretrained.json"
+WEIGHTS = ROOT / "bench" / "results" / "demo_pretrained_test_resnet.safetensors"   # bench/make_pretrained.py
 STUDY_FILE = ROOT / "studies" / "demo.toml"
 # The grid: every schedule knob at two values, three learning rates across the demo space,
 # and the three freeze strategies. batch_size and image_size stay at the demo's first choice.
@@ -53,6 +59,9 @@ GRID = {
     "cycle_len": (1, 2),
     "cycle_mult": (1, 2),
 }
+# Fine-tuning wants lower learning rates: the grid's lrs a step lower, the rest the same.
+PRETRAINED_GRID = {**GRID, "lr": (5e-4, 2e-3, 8e-3)}
+TABLES = {"demo": (TABLE, GRID), "pretrained": (PRETRAINED_TABLE, PRETRAINED_GRID)}   # name: (file, grid)
 DEFAULTS = StudySection()   # the study file's defaults: pruner, warm-up, start-up trials
 # (name, sampler, pruner, prune_at, pruner_warmup_epochs[, n_cycles: sampled | budget | one_epoch]).
 # "today": the defaults before issue 10.
@@ -80,7 +89,6 @@ BUDGET_FACTOR = 0.5  # "best after a fixed budget": half the grid's epochs
 TOP = 3              # the grid's best configurations, watched for being pruned
 ONE_EPOCH_SCREEN = 12   # one-epoch baseline: configurations screened to their first cycle end a round
 ONE_EPOCH_KEEP = 3      # ... and the best of them trained to their end
-TABLE_NAME = "demo"     # `vs_unpruned: TABLE X`
 
 
 def default_strategy() -> tuple:
@@ -100,8 +108,11 @@ def _with_mode(settings: tuple) -> tuple:
 
 # --- record ---------------------------------------------------------------------------------
 
-def record(table: Path, study_path: Path, threads: int) -> None:
-    """Train every GRID configuration to its end on the demo data; write the curves."""
+def record(table: Path, study_path: Path, threads: int, grid: dict = GRID, weights: Path | None = None) -> None:
+    """Train every configuration of `grid` to its end on the demo data, from `weights` if given
+    (else the study file's model); write the curves."""
+    import dataclasses
+
     import torch
 
     torch.set_num_threads(threads)   # one thread: a shared machine, and no oversubscription
@@ -115,31 +126,36 @@ def record(table: Path, study_path: Path, threads: int) -> None:
         write_demo_data(study_file.data.database.parent)
     dataset = prepare_data(study_file.data)
     fixed = {name: study_file.space[name].values[0] for name in ("batch_size", "image_size")}
+    model = study_file.model if weights is None else dataclasses.replace(study_file.model, pretrained=True,
+                                                                        weights=weights)
     rows, started = [], time.perf_counter()
-    for params in grid_configs():
+    for params in grid_configs(grid):
         config = TrainConfig(**params, **fixed, head_epochs=study_file.train.head_epochs, seed=0)
-        result = train(dataset, config, study_file.model, device="cpu", precision="fp32")
+        result = train(dataset, config, model, device="cpu", precision="fp32")
         rows.append({"params": params, "val_loss": [r.valid_loss for r in result.history],
                      "cycle_end": [r.cycle_end for r in result.history],
                      "accuracy": [r.accuracy for r in result.history],
                      "seconds": [round(r.seconds, 3) for r in result.history]})
-        print(f"{len(rows)}/{n_configs()} {params}: {len(result.history)} epochs, "
+        print(f"{len(rows)}/{n_configs(grid)} {params}: {len(result.history)} epochs, "
               f"final val_loss {result.history[-1].valid_loss:.4f}", flush=True)
-    meta = {"study_file": str(study_path.relative_to(ROOT)), "arch": study_file.model.arch, **fixed,
+    meta = {"study_file": str(study_path.relative_to(ROOT)), "arch": model.arch, **fixed,
+            "weights": str(weights.relative_to(ROOT)) if weights else None,
             "head_epochs": study_file.train.head_epochs, "data_fingerprint": dataset.fingerprint,
             "images": len(dataset.split), "cpu_threads": torch.get_num_threads(),
             "total_seconds": round(time.perf_counter() - started, 1)}
     table.parent.mkdir(parents=True, exist_ok=True)
-    table.write_text(json.dumps({"meta": meta, "grid": GRID, "configs": rows}, indent=1))
+    partial = table.with_suffix(".partial")
+    partial.write_text(json.dumps({"meta": meta, "grid": grid, "configs": rows}, indent=1))
+    partial.replace(table)   # an interrupted recording leaves the committed table as it was
     print(f"wrote {table}: {len(rows)} configurations in {meta['total_seconds']} s")
 
 
-def grid_configs() -> list[dict]:
-    return [dict(zip(GRID, values, strict=True)) for values in itertools.product(*GRID.values())]
+def grid_configs(grid: dict = GRID) -> list[dict]:
+    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
-def n_configs() -> int:
-    return math.prod(len(values) for values in GRID.values())
+def n_configs(grid: dict = GRID) -> int:
+    return math.prod(len(values) for values in grid.values())
 
 
 # --- replay ---------------------------------------------------------------------------------
@@ -291,8 +307,8 @@ def replay(table: Path, seeds: int, only: str | None = None) -> dict:
             "cap_epochs": cap, "seeds": seeds, "configs": len(curves), "strategies": results, "default": default}
 
 
-def print_table(report: dict) -> None:
-    print(f"{report['configs']} configurations, {report['grid_epochs']} epochs to train them all; grid best "
+def print_table(name: str, report: dict) -> None:
+    print(f"table {name}: {report['configs']} configurations, {report['grid_epochs']} epochs to train them all; grid best "
           f"{report['grid_best']:.4f}, target {report['target']:.4f}; budget {report['budget_epochs']:g} epochs; "
           f"{report['seeds']} seeds per strategy, each study capped at {report['cap_epochs']:g} epochs")
     head = (f"{'strategy':<38} {'epochs to target q1/median/q3':>30} {'reached':>8} {'best@budget':>11} "
@@ -309,8 +325,11 @@ def print_table(report: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--record", action="store_true", help="train the grid and write the table (slow)")
-    parser.add_argument("--table", type=Path, default=TABLE, help=f"the curves (default: {TABLE.relative_to(ROOT)})")
+    parser.add_argument("--record", action="store_true", help="train a grid and write its table (slow)")
+    parser.add_argument("--pretrained", action="store_true",
+                        help=f"--record: the pretrained table (PRETRAINED_GRID from {WEIGHTS.relative_to(ROOT)})")
+    parser.add_argument("--table", type=Path, help="--record: write here; replay: only this table "
+                        f"(default: {', '.join(str(t.relative_to(ROOT)) for t, _ in TABLES.values())})")
     parser.add_argument("--study-file", type=Path, default=STUDY_FILE, help="--record: data, model and sizes")
     parser.add_argument("--threads", type=int, default=1, help="--record: torch threads")
     parser.add_argument("--seeds", type=int, default=30, help="studies per strategy")
@@ -318,25 +337,49 @@ def main() -> None:
     parser.add_argument("--only", help="replay only the strategies whose name contains one of these ('|'-separated), and "
                              "the four the summary lines compare")
     args = parser.parse_args()
+    name = "pretrained" if args.pretrained else "demo"
     if args.record:
-        record(args.table, args.study_file.resolve(), args.threads)
+        table, grid = TABLES[name]
+        record(args.table or table, args.study_file.resolve(), args.threads, grid,
+               WEIGHTS if args.pretrained else None)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    report = replay(args.table, args.seeds, args.only)
-    print_table(report)
-    text = json.dumps(report, default=lambda v: None)
-    print(text.replace("Infinity", "null"))
+    tables = {table_name(args.table): args.table} if args.table else {n: t for n, (t, _) in TABLES.items()
+                                                                       if t.is_file()}
+    reports = {n: replay(table, args.seeds, args.only) for n, table in tables.items()}
+    for n, report in reports.items():
+        print_table(n, report)
+    text = json.dumps(reports, default=lambda v: None).replace("Infinity", "null")
+    print(text)
     if args.json:
-        args.json.write_text(text.replace("Infinity", "null"))
-    # A study that never reached the target counts as the cap: a ratio over one is then a lower bound.
-    median = {name: min(row["epochs_to_target_q1_median_q3"][1], report["cap_epochs"])
-              for name, row in report["strategies"].items()}
-    bound = "≥ " if median[TODAY] >= report["cap_epochs"] else ""
-    print(f"{TODAY} / {CYCLE_END}, epochs to target: {bound}{median[TODAY]:g} / {median[CYCLE_END]:g}; "
-          f"{CYCLE_END} / {NO_PRUNING}: {median[CYCLE_END] / median[NO_PRUNING]:.2f} (target ≤ 0.5)")
-    print(f"default ({report['default']}) / {NO_PRUNING}, epochs to target: {median[report['default']]:g} / "
-          f"{median[NO_PRUNING]:g} (target ≤ 0.5)")
-    print(f"vs_unpruned: {TABLE_NAME} {median[report['default']] / median[NO_PRUNING]:.2f}")
+        args.json.write_text(text)
+    for n, report in reports.items():
+        print_summary(n, report)
+    # `ratio:` compares today's per-epoch median with the cycle-end median, on the first table.
+    first = next(iter(reports.values()))
+    median = medians(first)
     print(f"ratio: {median[TODAY] / median[CYCLE_END]:.2f}")
+
+
+def table_name(table: Path) -> str:
+    """`vs_unpruned: NAME`: a committed table's name, another file's stem."""
+    return next((name for name, (path, _) in TABLES.items() if path.resolve() == table.resolve()), table.stem)
+
+
+def medians(report: dict) -> dict:
+    """Median epochs to target by strategy; a study that never reached the target counts as the
+    cap, so a ratio over one is then a lower bound."""
+    return {name: min(row["epochs_to_target_q1_median_q3"][1], report["cap_epochs"])
+            for name, row in report["strategies"].items()}
+
+
+def print_summary(name: str, report: dict) -> None:
+    median = medians(report)
+    bound = "≥ " if median[TODAY] >= report["cap_epochs"] else ""
+    print(f"{name}: {TODAY} / {CYCLE_END}, epochs to target: {bound}{median[TODAY]:g} / {median[CYCLE_END]:g}; "
+          f"{CYCLE_END} / {NO_PRUNING}: {median[CYCLE_END] / median[NO_PRUNING]:.2f} (target ≤ 0.5)")
+    print(f"{name}: default ({report['default']}) / {NO_PRUNING}, epochs to target: {median[report['default']]:g} / "
+          f"{median[NO_PRUNING]:g} (target ≤ 0.5)")
+    print(f"vs_unpruned: {name} {median[report['default']] / median[NO_PRUNING]:.2f}")
 
 
 if __name__ == "__main__":

@@ -216,3 +216,9 @@ def _add_cue(image: np.ndarray, rng: np.random.Generator) -> None:
     blob = _ellipse(image.shape[0], rng, 0.12, 0.25)
     warm = np.array([230, 170, 130]) + rng.normal(0, 10, size=3)
     image[blob] = (1 - CUE_ALPHA) * image[blob] + CUE_ALPHA * warm
+
+
+# Public for bench/make_pretrained.py, which pretrains on the same scenes with another task
+# (a blob's colour, never the warm YES cue).
+scene = _scene
+ellipse = _ellipse
