@@ -271,6 +271,10 @@ def compare(swipr: list[Finished], plain: list[Finished], on_the_way: bool = Fal
     return rows, worst
 
 
+def _best(finished: list[Finished]) -> float | None:
+    return min((t.loss for t in finished if t.loss is not None and not math.isnan(t.loss)), default=None)
+
+
 def _fmt(value: float | None) -> str:
     return "  none" if value is None else f"{value:.4f}"
 
@@ -309,6 +313,8 @@ def print_seed(seed: int, variant: str, ours: list[Finished], theirs: list[Finis
         print(f"  at {share:4.0%} of the plain script's epochs ({budget:5.1f}): "
               f"swipr {_fmt(a)}  plain {_fmt(b)}  ratio {ratio:.3f}   "
               f"(counting schedules finished inside a running trial: swipr {_fmt(a_way)}, ratio {way_ratio:.3f})")
+    print(f"  after all {len(ours)} trials: swipr {_fmt(_best(ours))} ({sum(t.epochs for t in ours)} epochs), "
+          f"plain {_fmt(_best(theirs))} ({sum(t.epochs for t in theirs)} epochs)")
     print(f"  seed {seed} anytime: {worst:.3f} (on the way: {way_worst:.3f})")
     return worst, way_worst, rows[-1][4] < 1.0
 
@@ -325,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: default only). The last line is the first variant's.")
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder keeping each contender's trials per seed, so another run reuses them")
-    parser.add_argument("--only", choices=("swipr", "plain"), default=None,
-                        help="run one contender only, into --cache (to split the work over processes); "
-                             "a seed is compared once both are in the cache")
+    parser.add_argument("--only", choices=("swipr", "plain", "cached"), default=None,
+                        help="run one contender only, into --cache (to split the work over processes), or "
+                             "neither ('cached': compare what the cache holds); a seed is compared once both are in it")
     args = parser.parse_args(argv)
     if args.only and args.cache is None:
         parser.error("--only needs --cache: the other contender's trials are read from it")
@@ -351,11 +357,11 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             plain_file = study_file(folder, folder / "data", seed, args.trials)
             theirs = cached(args.cache, f"plain-{seed}-{key}", functools.partial(run_plain, plain_file, seed, args.trials),
-                            run=args.only != "swipr")
+                            run=args.only in (None, "plain"))
             for variant in variants:
                 file = study_file(folder, folder / "data", seed, args.trials, variant)
                 ours = cached(args.cache, f"swipr-{seed}-{key}-{_slug(variant)}",
-                              functools.partial(run_swipr, file, args.trials), run=args.only != "plain")
+                              functools.partial(run_swipr, file, args.trials), run=args.only in (None, "swipr"))
                 if ours is None or theirs is None:
                     print(f"seed {seed} [{variant}]: not compared, {'swipr' if ours is None else 'plain'} "
                           f"not in {args.cache} yet", flush=True)
