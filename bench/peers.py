@@ -10,42 +10,60 @@ by `cycle_mult - 1`, so equal cycles are one `fit_sgdr` each. Each fit restarts 
 step at 0, as it does for any user of it).
 
 Both run the same number of trials on the same demo data, one after the other, with the same
-torch thread count. For each contender the script prints its best-so-far validation loss at
-fixed budgets of epochs trained (25%, 50% and 100% of the plain script's total epochs), and
-the last line is
+torch thread count (swipr's trials get it through SWIPR_CPU_THREADS). For each contender the
+script prints its best-so-far validation loss at fixed budgets of epochs trained, counted the
+same way on both sides (every epoch trained, the head epoch and a pruned trial's partial run
+included): 25%, 50% and 100% of the plain script's total epochs. Per seed it prints that
+seed's anytime, and the last line is
 
     anytime: X
 
 the worst (largest), over those budgets, of swipr's best-so-far divided by the plain
 script's — the median over the seeds run. A budget at which neither has finished a trial is
-left out; one at which only swipr has counts 0, only the plain script inf. X <= 1.0 means swipr was at least as good at every
-budget. A trial counts once it has finished a schedule: a COMPLETE trial's value, or a
-pruned trial's best finished SGDR schedule where swipr records one (`best_cycle_end_loss`);
-the plain script's pruned trials finished nothing.
+left out; one at which only swipr has counts 0, only the plain script inf. X <= 1.0 means
+swipr was at least as good at every budget. A trial counts once it has ended and finished a
+schedule: a COMPLETE trial's value, or a pruned trial's best finished SGDR schedule where
+swipr records one (`best_cycle_end_loss`); the plain script's pruned trials finished nothing.
+Beside it, "on the way" also counts a schedule a nested swipr trial finished inside its
+longer run as soon as its epochs are spent (`finished_schedules`: a 2-cycle run inside a
+3-cycle budget, which `swipr fit` can replay); the plain script records nothing finished
+before its trial ends, so its figures are the same either way.
 
-    .venv/bin/python bench/peers.py [--seeds 0,1,2] [--trials 12] [--images 600] [--threads 2]
+    .venv/bin/python bench/peers.py [--seeds 0,1,2,3,4] [--trials 12] [--images 600] [--threads 2]
+        [--variant "pruner_warmup_epochs = 1; warm_start = false" ...] [--cache DIR [--only swipr|plain]]
 
-Several minutes per seed and contender on 2 cores: the figures are only comparable within one
-run of this script (the machines are shared and noisy).
+`--variant` runs swipr with [study] lines other than the shipped ones (repeatable; "default"
+is the study file as shipped; the last line is the first variant's). `--cache` keeps each
+contender's trials per seed as JSON, so another run (another variant, or `--only` one
+contender in a second process) reuses them instead of training again.
+
+About 5-10 minutes per seed and contender on a loaded 2-core machine: the times are only
+comparable within one run of this script (the machines are shared and noisy); the epochs and
+losses don't depend on the load.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
+import json
 import math
+import os
+import re
 import statistics
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BUDGET_SHARES = (0.25, 0.5, 1.0)
+DEFAULT_VARIANT = "default"   # the study file's [study] lines as shipped
 
 # The demo study's space (studies/demo.toml), written once here for both contenders.
 SPACE = """
@@ -62,23 +80,52 @@ cycle_mult = [1, 2]
 
 @dataclass
 class Finished:
-    """One trial as a budget sees it: epochs it trained, and the loss of what it finished (or None)."""
+    """One trial as a budget sees it: epochs it trained, the loss of what it finished (or None),
+    and where on the way it finished each schedule: (epochs into the trial, loss)."""
 
     epochs: int
     loss: float | None
+    on_the_way: list[tuple[int, float]] = field(default_factory=list)
 
 
-def study_file(folder: Path, data: Path, seed: int, trials: int) -> Path:
-    """The demo study over `data`, with the given TPE seed and trial count; the rest as shipped."""
+def study_file(folder: Path, data: Path, seed: int, trials: int, variant: str = DEFAULT_VARIANT) -> Path:
+    """The demo study over `data`, with the given TPE seed and trial count, the [study] lines of
+    `variant` ("key = value; key = value", or "default") in place of the shipped ones."""
     demo = (ROOT / "studies" / "demo.toml").read_text()
     head = demo.split("\n[space]\n")[0] + "\n"   # the section, not a comment that names it
-    head = head.replace('name = "demo"', f'name = "peers-{seed}"')
-    head = head.replace("seed = 0", f"seed = {seed}").replace("n_trials = 14", f"n_trials = {trials}")
+    overrides = variant_lines(variant)
+    lines = []
+    for line in head.splitlines():
+        key = line.split("=")[0].strip()
+        if key in overrides:
+            continue
+        lines.append(line)
+        if line.strip() == "[study]":
+            lines += [f"{k} = {v}" for k, v in overrides.items()]
+    head = "\n".join(lines) + "\n"
+    tag = f"{seed}-{_slug(variant)}"
+    head = head.replace('name = "demo"', f'name = "peers-{tag}"')
+    head = re.sub(r"(?m)^seed = 0", f"seed = {seed}", head)
+    head = re.sub(r"(?m)^n_trials = \d+", f"n_trials = {trials}", head)
     head = head.replace('database = "../demo-data/pics.db"', f'database = "{data / "pics.db"}"')
     head = head.replace('device = "auto"', 'device = "cpu"')
-    file = folder / f"peers-{seed}.toml"
+    file = folder / f"peers-{tag}.toml"
     file.write_text(head + SPACE)
     return file
+
+
+def variant_lines(variant: str) -> dict[str, str]:
+    """"pruner_warmup_epochs = 1; warm_start = false" -> {key: TOML value}; "default" -> {}."""
+    if variant.strip() == DEFAULT_VARIANT:
+        return {}
+    pairs = [part.split("=", 1) for part in variant.split(";") if part.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"--variant {variant!r}: write [study] lines as 'key = value; key = value'")
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _slug(variant: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", variant.lower()).strip("-")[:60] or DEFAULT_VARIANT
 
 
 def run_swipr(file: Path, trials: int) -> list[Finished]:
@@ -97,10 +144,16 @@ def run_swipr(file: Path, trials: int) -> list[Finished]:
 
 
 def _swipr_finished(trial) -> Finished:
-    epochs = int(trial.user_attrs.get("epochs", 0))
-    if trial.state.name == "COMPLETE":
-        return Finished(epochs, trial.value)
-    return Finished(epochs, trial.user_attrs.get("best_cycle_end_loss"))
+    attrs = trial.user_attrs
+    epochs = int(attrs.get("epochs", 0))
+    losses = attrs.get("val_loss_by_epoch", [])
+    # The schedules it finished on the way (nested: each cycle end whose count is in the space)
+    on_the_way = [(epoch + 1, losses[epoch]) for epoch, _ in attrs.get("finished_schedules", [])
+                  if epoch < len(losses) and losses[epoch] == losses[epoch]]
+    loss = trial.value if trial.state.name == "COMPLETE" else attrs.get("best_cycle_end_loss")
+    if loss is not None and not on_the_way:   # n_cycles sampled: its one schedule ends with it
+        on_the_way = [(epochs, loss)]
+    return Finished(epochs, loss, on_the_way)
 
 
 def _in_finish_order(trials) -> list:
@@ -116,10 +169,13 @@ def run_plain(file: Path, seed: int, trials: int) -> list[Finished]:
                                    aug_transforms, set_seed, vision_learner)
     from optuna_integration import FastAIPruningCallback
 
+    from search.study.data_record import prepare_study_data
     from search.studyfile import load_study_file
 
-    data = load_study_file(file).data
-    table = pd.read_csv(data.labels_file)   # the split swipr made and used: the same images on each side
+    spec = load_study_file(file)
+    data = spec.data
+    prepare_study_data(spec)   # the labels file with the split swipr makes and uses (if not made yet)
+    table = pd.read_csv(data.labels_file)   # the same images on each side
     table["is_valid"] = table["is_valid"].astype(bool)
     epochs_run: dict[int, int] = {}
 
@@ -173,28 +229,36 @@ def run_plain(file: Path, seed: int, trials: int) -> list[Finished]:
         # The callback reports step 0 again in every fit after the first: Optuna says so each time.
         warnings.filterwarnings("ignore", message="The reported value is ignored")
         study.optimize(objective, n_trials=trials)
-    return [Finished(epochs_run.get(t.number, 0), t.value if t.state.name == "COMPLETE" else None)
-            for t in _in_finish_order(study.trials)]
+    finished = []
+    for trial in _in_finish_order(study.trials):
+        epochs, value = epochs_run.get(trial.number, 0), trial.value if trial.state.name == "COMPLETE" else None
+        finished.append(Finished(epochs, value, [(epochs, value)] if value is not None else []))
+    return finished
 
 
-def best_at(finished: list[Finished], budget: float) -> float | None:
-    """The best finished loss among the trials done within `budget` epochs (in finish order)."""
+def best_at(finished: list[Finished], budget: float, on_the_way: bool = False) -> float | None:
+    """The best finished loss among the trials done within `budget` epochs (in finish order);
+    with `on_the_way`, also the schedules finished within it inside a trial still running."""
     spent, best = 0, None
     for trial in finished:
+        if on_the_way:
+            found = [loss for at, loss in trial.on_the_way if spent + at <= budget and not math.isnan(loss)]
+        else:
+            found = [trial.loss] if (spent + trial.epochs <= budget and trial.loss is not None
+                                     and not math.isnan(trial.loss)) else []
+        best = min([*found, *([] if best is None else [best])], default=None)
         spent += trial.epochs
         if spent > budget:
             break
-        if trial.loss is not None and not math.isnan(trial.loss):
-            best = trial.loss if best is None else min(best, trial.loss)
     return best
 
 
-def compare(swipr: list[Finished], plain: list[Finished]) -> tuple[list[tuple], float]:
+def compare(swipr: list[Finished], plain: list[Finished], on_the_way: bool = False) -> tuple[list[tuple], float]:
     total = sum(t.epochs for t in plain)
     rows, worst = [], 0.0
     for share in BUDGET_SHARES:
         budget = share * total
-        ours, theirs = best_at(swipr, budget), best_at(plain, budget)
+        ours, theirs = best_at(swipr, budget, on_the_way), best_at(plain, budget, on_the_way)
         if ours is None and theirs is None:
             ratio = math.nan   # neither has finished anything yet: nothing to compare
         elif ours is None or theirs is None:
@@ -207,48 +271,113 @@ def compare(swipr: list[Finished], plain: list[Finished]) -> tuple[list[tuple], 
     return rows, worst
 
 
+def _best(finished: list[Finished]) -> float | None:
+    return min((t.loss for t in finished if t.loss is not None and not math.isnan(t.loss)), default=None)
+
+
 def _fmt(value: float | None) -> str:
     return "  none" if value is None else f"{value:.4f}"
 
 
+def cached(cache: Path | None, name: str, contender, run: bool = True) -> tuple[list[Finished], float] | None:
+    """(trials, seconds) of `contender()`, kept as `cache/name.json` when a cache folder is given:
+    a second run of this script with other variants reuses the plain script's trials. None if
+    it isn't cached and not to be `run`."""
+    file = cache / f"{name}.json" if cache else None
+    if file is not None and file.exists():
+        saved = json.loads(file.read_text())
+        return [Finished(t["epochs"], t["loss"], [tuple(x) for x in t["on_the_way"]]) for t in saved["trials"]], saved["seconds"]
+    if not run:
+        return None
+    started = time.monotonic()
+    trials = contender()
+    seconds = time.monotonic() - started
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        temp = file.with_suffix(".tmp")
+        temp.write_text(json.dumps({"seconds": seconds, "trials": [asdict(t) for t in trials]}))
+        temp.replace(file)
+    return trials, seconds
+
+
+def print_seed(seed: int, variant: str, ours: list[Finished], theirs: list[Finished], swipr_s: float,
+               plain_s: float) -> tuple[float, float, bool]:
+    """Print one seed's comparison; (anytime at trial ends, anytime on the way, final best better)."""
+    rows, worst = compare(ours, theirs)
+    way_rows, way_worst = compare(ours, theirs, on_the_way=True)
+    print(f"seed {seed} [{variant}]: swipr {sum(t.epochs for t in ours)} epochs in {swipr_s:.0f} s "
+          f"({sum(t.loss is None for t in ours)} of {len(ours)} stopped before a finished schedule), "
+          f"plain script {sum(t.epochs for t in theirs)} epochs in {plain_s:.0f} s "
+          f"({sum(t.loss is None for t in theirs)} of {len(theirs)} pruned)")
+    for (share, budget, a, b, ratio), (_, _, a_way, _, way_ratio) in zip(rows, way_rows, strict=True):
+        print(f"  at {share:4.0%} of the plain script's epochs ({budget:5.1f}): "
+              f"swipr {_fmt(a)}  plain {_fmt(b)}  ratio {ratio:.3f}   "
+              f"(counting schedules finished inside a running trial: swipr {_fmt(a_way)}, ratio {way_ratio:.3f})")
+    print(f"  after all {len(ours)} trials: swipr {_fmt(_best(ours))} ({sum(t.epochs for t in ours)} epochs), "
+          f"plain {_fmt(_best(theirs))} ({sum(t.epochs for t in theirs)} epochs)")
+    print(f"  seed {seed} anytime: {worst:.3f} (on the way: {way_worst:.3f})")
+    return worst, way_worst, rows[-1][4] < 1.0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", default="0,1,2", help="TPE seeds, comma-separated (default 0,1,2)")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="TPE seeds, comma-separated (default 0,1,2,3,4)")
     parser.add_argument("--trials", type=int, default=12, help="trials per contender and seed (default 12)")
     parser.add_argument("--images", type=int, default=600, help="demo photos (default 600, as make demo)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both (default 2)")
+    parser.add_argument("--variant", action="append", default=None,
+                        help="swipr's [study] lines to try instead of the shipped ones, e.g. "
+                             "'pruner_warmup_epochs = 1; warm_start = false'; repeatable; 'default' = as shipped "
+                             "(default: default only). The last line is the first variant's.")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="folder keeping each contender's trials per seed, so another run reuses them")
+    parser.add_argument("--only", choices=("swipr", "plain", "cached"), default=None,
+                        help="run one contender only, into --cache (to split the work over processes), or "
+                             "neither ('cached': compare what the cache holds); a seed is compared once both are in it")
     args = parser.parse_args(argv)
+    if args.only and args.cache is None:
+        parser.error("--only needs --cache: the other contender's trials are read from it")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    variants = args.variant or [DEFAULT_VARIANT]
+    for variant in variants:
+        variant_lines(variant)   # refuse a malformed one before minutes of training
 
     import torch
 
     from swipr_core.demo_data import write_demo_data
+    from swipr_core.threads import THREADS_VARIABLE
 
     torch.set_num_threads(args.threads)
-    anytimes, final_wins = [], 0
+    os.environ[THREADS_VARIABLE] = str(args.threads)   # swipr's trials pick their own count otherwise
+    key = f"t{args.trials}-i{args.images}-th{args.threads}"
+    results: dict[str, list[tuple[float, float, bool]]] = {variant: [] for variant in variants}
     with tempfile.TemporaryDirectory(prefix="swipr-peers-") as tmp:
         folder = Path(tmp)
         write_demo_data(folder / "data", n_images=args.images, seed=0)
         for seed in seeds:
-            file = study_file(folder, folder / "data", seed, args.trials)
-            started = time.monotonic()
-            ours = run_swipr(file, args.trials)
-            swipr_s = time.monotonic() - started
-            started = time.monotonic()
-            theirs = run_plain(file, seed, args.trials)
-            plain_s = time.monotonic() - started
-            rows, worst = compare(ours, theirs)
-            print(f"seed {seed}: swipr {sum(t.epochs for t in ours)} epochs in {swipr_s:.0f} s, "
-                  f"plain script {sum(t.epochs for t in theirs)} epochs in {plain_s:.0f} s "
-                  f"({sum(t.loss is None for t in theirs)} of {len(theirs)} pruned)")
-            for share, budget, a, b, ratio in rows:
-                print(f"  at {share:4.0%} of the plain script's epochs ({budget:5.1f}): "
-                      f"swipr {_fmt(a)}  plain {_fmt(b)}  ratio {ratio:.3f}")
-            anytimes.append(worst)
-            final_wins += rows[-1][4] < 1.0
-    print(f"swipr at least as good at every budget in {sum(a <= 1.0 for a in anytimes)} of {len(seeds)} seeds; "
-          f"final best better in {final_wins} of {len(seeds)}")
-    print(f"anytime: {statistics.median(anytimes):.3f}")
+            plain_file = study_file(folder, folder / "data", seed, args.trials)
+            theirs = cached(args.cache, f"plain-{seed}-{key}", functools.partial(run_plain, plain_file, seed, args.trials),
+                            run=args.only in (None, "plain"))
+            for variant in variants:
+                file = study_file(folder, folder / "data", seed, args.trials, variant)
+                ours = cached(args.cache, f"swipr-{seed}-{key}-{_slug(variant)}",
+                              functools.partial(run_swipr, file, args.trials), run=args.only in (None, "swipr"))
+                if ours is None or theirs is None:
+                    print(f"seed {seed} [{variant}]: not compared, {'swipr' if ours is None else 'plain'} "
+                          f"not in {args.cache} yet", flush=True)
+                    continue
+                results[variant].append(print_seed(seed, variant, ours[0], theirs[0], ours[1], theirs[1]))
+    for variant in variants:
+        rows = results[variant]
+        if not rows:
+            continue
+        ends, ways = [r[0] for r in rows], [r[1] for r in rows]
+        print(f"[{variant}] per-seed anytime {' '.join(f'{a:.3f}' for a in ends)}; "
+              f"at least as good at every budget in {sum(a <= 1.0 for a in ends)} of {len(rows)} seeds; "
+              f"final best better in {sum(r[2] for r in rows)} of {len(rows)}; median {statistics.median(ends):.3f}; "
+              f"on the way: {' '.join(f'{a:.3f}' for a in ways)}, median {statistics.median(ways):.3f}")
+    if results[variants[0]]:
+        print(f"anytime: {statistics.median(r[0] for r in results[variants[0]]):.3f}")
     return 0
 
 
