@@ -144,6 +144,12 @@ def test_the_summary_compares_with_the_notebook_trial_and_reads_an_older_studys_
                                    "(40 px, batch 16, frozen, lr 0.01), from stage 1's weights")
     assert "best stages" in summary_table(study, "cpu")
     assert "<th>best stages</th><td>stage 1 epochs 0-2 (32 px" in render_report(study)
+    # a best trial whose value is stage 1's end: its stage 2 is shown as planned, not as its result
+    skipped = optuna.create_study()
+    skipped.add_trials([_stored(TrialState.COMPLETE, 0.40, best_stage=1, **{STAGES_ATTR: [vars(s) for s in SPANS]})])
+    rows = dict(gains_rows(skipped, search_gains(skipped)))
+    assert "best stages" not in rows
+    assert rows["planned stages"].endswith("from stage 1's weights; its best schedule ends with stage 1")
 
     older = optuna.create_study()
     older.add_trials([_stored(TrialState.COMPLETE, 0.45, warm_start="notebook run 1"),
