@@ -64,6 +64,35 @@ def prepared_demo(folder: Path):
     return prepare_data(spec)
 
 
+def kill_then_retry(monkeypatch, study_file, dataset, after_epoch: int, on_retry_epoch=None) -> None:
+    """Run one trial of `study_file` whose training is killed (KeyboardInterrupt) after epoch
+    `after_epoch`, then a worker again, which retries it from its checkpoint;
+    `on_retry_epoch(record)` sees each epoch the retry trains."""
+    import objectives.finetune as finetune
+    from search.running.worker import run_worker
+
+    real = finetune.train
+
+    def watched(hook):
+        return lambda *args, on_epoch, **kwargs: real(*args, on_epoch=lambda r: hook(r, on_epoch), **kwargs)
+
+    def killed(record, on_epoch):
+        on_epoch(record)
+        if record.epoch == after_epoch:
+            raise KeyboardInterrupt
+
+    def retried(record, on_epoch):
+        if on_retry_epoch is not None:
+            on_retry_epoch(record)
+        on_epoch(record)
+
+    monkeypatch.setattr(finetune, "train", watched(killed))
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study_file, dataset, n_trials=1, device="cpu")
+    monkeypatch.setattr(finetune, "train", watched(retried))
+    run_worker(study_file, dataset, n_trials=1, device="cpu")
+
+
 def study_toml(data_dir: Path, *, name: str = "t", space: str = SPACE, extra: dict[str, str] | None = None,
                pruner: str = "median", sampler: str = "tpe", warm_start: bool = False) -> str:
     """A study file's text over the demo dataset; `extra` adds raw lines to a section."""

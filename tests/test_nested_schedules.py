@@ -15,7 +15,7 @@ from objectives.space import SPACE_KEYS, Choices, cycle_budget, drawn
 from swipr_core.errors import FieldError, SwiprError
 from swipr_core.model import ModelSpec
 from swipr_core.training import TrainConfig, train
-from tests.studykit import SPACE, prepared_demo, write_study
+from tests.studykit import SPACE, kill_then_retry, prepared_demo, write_study
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
 NESTED = SPACE.replace("n_cycles = [1]", "n_cycles = [1, 2, 3]")   # 1-epoch cycles: ends at epochs 0, 1, 2
@@ -176,24 +176,8 @@ def test_a_bad_n_cycles_mode_is_one_line(tmp_path, data_dir):
 
 
 def test_a_retried_nested_trial_resumes_mid_budget(tmp_path, data_dir, monkeypatch):
-    import objectives.finetune as finetune
-    from search.running.worker import run_worker
-
     path, study_file, study, dataset = _nested_study(tmp_path, data_dir, optuna.pruners.NopPruner())
-    real = finetune.train
-
-    def stop_after_epoch_1(*args, on_epoch, **kwargs):
-        def hook(record):
-            on_epoch(record)
-            if record.epoch == 1:
-                raise KeyboardInterrupt
-        return real(*args, on_epoch=hook, **kwargs)
-
-    monkeypatch.setattr(finetune, "train", stop_after_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        run_worker(study_file, dataset, n_trials=1, device="cpu")
-    monkeypatch.setattr(finetune, "train", real)
-    run_worker(study_file, dataset, n_trials=1, device="cpu")
+    kill_then_retry(monkeypatch, study_file, dataset, after_epoch=1)
     first, retry = study.trials
     assert first.state == optuna.trial.TrialState.FAIL and retry.state == optuna.trial.TrialState.COMPLETE
     # Two of the 3 planned cycles were saved: the retry trains only the third, and its value is

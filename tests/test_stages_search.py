@@ -17,7 +17,8 @@ from search.study.space_record import check_space
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
 from swipr_core.model import ModelSpec
-from tests.studykit import one_line_error, run_cli, space_toml, write_study
+from swipr_core.training import train
+from tests.studykit import kill_then_retry, one_line_error, run_cli, space_toml, write_study
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
 # Stage 1: 2 one-epoch cycles at 32 px (epochs 0, 1); stage 2 from its weights at 40 px, its own
@@ -304,26 +305,10 @@ def test_pruned_at_a_stage_2_cycle_end_and_a_cut_after_a_finished_schedule_stays
 
 
 def test_a_killed_trial_resumes_in_stage_2_from_its_checkpoint(tmp_path, data_dir, monkeypatch):
-    import objectives.finetune as finetune
-    from search.running.worker import run_worker
-
     path, study_file, study, dataset = _study(tmp_path, data_dir, pruner="none")
-    real = finetune.train
-
-    def killed_after_epoch_2(*args, on_epoch, **kwargs):   # stage 2's first epoch
-        def hook(record):
-            on_epoch(record)
-            if record.epoch == 2:
-                raise KeyboardInterrupt
-        return real(*args, on_epoch=hook, **kwargs)
-
-    monkeypatch.setattr(finetune, "train", killed_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        run_worker(study_file, dataset, n_trials=1, device="cpu")
     resumed_at = []
-    monkeypatch.setattr(finetune, "train", lambda *a, on_epoch, **k: real(
-        *a, on_epoch=lambda r: resumed_at.append(r.epoch) or on_epoch(r), **k))
-    run_worker(study_file, dataset, n_trials=1, device="cpu")
+    kill_then_retry(monkeypatch, study_file, dataset, after_epoch=2,   # stage 2's first epoch
+                    on_retry_epoch=lambda record: resumed_at.append(record.epoch))
     first, retry = study.trials
     assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
     assert retry.user_attrs["resumed_from_epoch"] == 3 and resumed_at == [3]   # only stage 2's last epoch trained
@@ -335,7 +320,7 @@ def test_a_killed_trial_resumes_in_stage_2_from_its_checkpoint(tmp_path, data_di
     planned = config_from_trial(optuna.trial.FixedTrial(retry.params), study_file.space, head_epochs=1,
                                 seed=retry.user_attrs["seed"])
     assert planned.stage2 is not None and planned.epochs == 4
-    assert [r.valid_loss for r in real(dataset, planned, TINY, device="cpu").history] == losses
+    assert [r.valid_loss for r in train(dataset, planned, TINY, device="cpu").history] == losses
 
 
 def test_a_trial_whose_best_is_stage_1s_end_replays_without_stage_2(tmp_path, data_dir):
