@@ -123,7 +123,7 @@ def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
     if best is not None and schedule is not None:
         rows.append(("best schedule", _schedule_text(best, schedule)))
     spans = spans_of(best.user_attrs) if best is not None else []
-    if spans and best.user_attrs.get("best_stage") == 1:
+    if spans and best is not None and best.user_attrs.get("best_stage") == 1:
         # its value is stage 1's end: stage 2 ran (or was planned) but is not part of the result
         rows.append(("planned stages", f"{stages_text(spans)}; its best schedule ends with stage 1"))
     elif spans:   # a two-stage best trial: where each stage ran, on what
