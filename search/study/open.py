@@ -78,7 +78,12 @@ def open_worker_study(study_file: StudyFile, on_stale, slot: str = "0") -> optun
     except KeyError:
         raise SwiprError(f"no study named '{s.name}' in {redact(s.storage)}") from None
     fail_unbeaten_trials(study, s.grace_period, on_stale)
-    so_far = len(study.get_trials(deepcopy=False))
+    # Trials so far plus finished ones: a worker that takes a WAITING trial (one put back
+    # untried when a run stopped) draws its params without adding a trial, so the count alone
+    # would hand the next worker on its slot the same seed and the same draw. The sum grows with
+    # every worker on a slot, and is 0 for a new study as the count was.
+    trials = study.get_trials(deepcopy=False)
+    so_far = len(trials) + sum(trial.state.is_finished() for trial in trials)
     study.sampler = make_sampler(s.sampler, worker_seed(s.seed, socket.gethostname(), slot, so_far))
     return study
 
