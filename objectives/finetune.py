@@ -13,20 +13,20 @@ from __future__ import annotations
 import optuna
 import torch
 
-from objectives.judging import (BEST_EPOCH_ATTR, BEST_N_CYCLES_ATTR, BEST_STAGE_ATTR, STAGE2_FIRST_EPOCH_ATTR,
-                               ScheduleCut, best_finished, report_epoch)
-from objectives.lr_finder import LR_ATTR, StudyFinder
+from objectives.judging import STAGE2_FIRST_EPOCH_ATTR, ScheduleCut, best_finished, report_epoch
+from objectives.lr_finder import FINDER_LR_ATTR, LR_ATTR, StudyFinder
+from objectives.record import (BUDGET_ATTR, FINISH_AT_ATTR, Plan, best_finished_record, record_of, result_of,
+                               write_plan, write_result)
 from objectives.space import (DEFAULT_N_CYCLES_MODE, MODE_ATTR, SPACE_KEYS, STAGE2, FinderLR, cycle_budget, draw_all,
                                has_stage2, stage2_name)
+from swipr_core.checkpoints import load_checkpoint
 from swipr_core.data import Dataset
-from swipr_core.errors import FieldError, SwiprError
 from swipr_core.model import ModelSpec
 from swipr_core.schedule import StageConfig
-from swipr_core.training import EpochRecord, TrainConfig, TrainResult, sgdr_epochs, train
+from swipr_core.training import EpochRecord, TrainConfig, TrainResult, train, valid_targets
 
-# user attrs of a trial whose n_cycles is its budget
-BUDGET_ATTR = "n_cycles_budget"       # the cycles it planned
-FINISH_AT_ATTR = "finish_at"          # the cycle counts that are finished schedules on the way
+FINDING_ATTR = "lr_finding"   # the finder's finding a trial used (objectives.lr_finder), folded into its plan
+STUDY_FILE_ATTR = "study_file_sha256"   # written by search's RecordTrainedWith hook as the trial starts
 
 
 def config_from_trial(trial: optuna.Trial, space: dict, head_epochs: int, seed: int,
@@ -51,79 +51,11 @@ def config_from_trial(trial: optuna.Trial, space: dict, head_epochs: int, seed: 
                        stage2=StageConfig(**second))
 
 
-def _replay_params(trial: optuna.trial.FrozenTrial, space_keys) -> tuple[dict, dict | None, bool]:
-    """(stage 1's params, stage 2's or None, nested) as the trial ran them; SwiprError where it
-    lacks what a replay needs."""
-    attrs = trial.user_attrs
-    nested = BUDGET_ATTR in attrs and (STAGE2_FIRST_EPOCH_ATTR in attrs or "n_cycles" not in trial.params)
-    two_stage = STAGE2_FIRST_EPOCH_ATTR in attrs
-    missing = [key for key in space_keys if key not in trial.params
-               and not (key == "n_cycles" and nested and not two_stage) and not (key == "lr" and LR_ATTR in attrs)]
-    if missing or "seed" not in attrs:
-        what = f"params {', '.join(missing)}" if missing else "user attr 'seed'"
-        raise SwiprError(f"trial {trial.number}: has no {what}; it wasn't run by `swipr study run`, can't replay it")
-    first = {key: trial.params[key] for key in space_keys if key in trial.params}
-    if LR_ATTR in attrs:   # the lr came from the [space] lr finder (objectives.lr_finder)
-        first["lr"] = attrs[LR_ATTR]
-    second = None
-    if two_stage:   # keys stage 2 left out kept stage 1's values
-        second = {key: trial.params.get(stage2_name(key), first[key]) for key in space_keys}
-    if nested:
-        cycles = {"n_cycles": int(attrs[BUDGET_ATTR]), "finish_at": tuple(attrs.get(FINISH_AT_ATTR, ()))}
-        if second is None:
-            first.update(cycles)
-        else:
-            second["n_cycles"] = cycles["n_cycles"]
-            first["finish_at"] = cycles["finish_at"]
-    return first, second, nested
-
-
-def _head_epochs(first: dict, second: dict | None, planned, head_epochs: int) -> int:
-    """The head epochs the trial ran with: the study file's head_epochs may have changed since,
-    the trial's plan says what it ran (each frozen_then_unfrozen stage has one warm-up)."""
-    stages = [first] + ([second] if second is not None else [])
-    warm_ups = sum(stage["freeze"] == "frozen_then_unfrozen" for stage in stages)
-    if not warm_ups or not isinstance(planned, int):
-        return head_epochs
-    sgdr = sum(sgdr_epochs(stage["n_cycles"], stage["cycle_len"], stage["cycle_mult"]) for stage in stages)
-    return (planned - sgdr) // warm_ups
-
-
-def replay_config(trial: optuna.trial.FrozenTrial, space_keys, head_epochs: int) -> TrainConfig:
-    """The run `swipr fit` replays for a finished trial: its params (both stages'), its seed, the
-    head epochs it ran with, and exactly its best finished schedule (`best_cycle_end_epoch`:
-    with two stages, possibly stage 1's end, the run with stage 2 skipped)."""
-    attrs = trial.user_attrs
-    first, second, nested = _replay_params(trial, space_keys)
-    planned = attrs.get("planned_epochs")
-    head_epochs = _head_epochs(first, second, planned, head_epochs)
-    try:
-        config = TrainConfig(**first, head_epochs=head_epochs, seed=int(attrs["seed"]),
-                             stage2=StageConfig(**second) if second is not None else None)
-    except (FieldError, TypeError, ValueError) as error:
-        raise SwiprError(f"trial {trial.number}: its params make no run ({error}); can't replay it") from None
-    ran = attrs.get("epochs", planned)
-    if not nested:
-        if ran is not None and ran != config.epochs:
-            raise SwiprError(f"trial {trial.number}: ran {ran} epochs but its params plan {config.epochs}; "
-                             f"can't replay it")
-        return config
-    best_epoch = attrs.get(BEST_EPOCH_ATTR, config.epochs - 1)
-    try:
-        if second is None:
-            config = config.finished_run(int(attrs.get(BEST_N_CYCLES_ATTR, config.n_cycles)))
-        else:
-            config = config.finished_run_at(int(best_epoch))
-    except FieldError as error:
-        raise SwiprError(f"trial {trial.number}: its best schedule is not one its params plan ({error}); "
-                         f"can't replay it") from None
-    stage = 2 if config.stage2 is not None else 1
-    if (ran is not None and ran < config.epochs) or best_epoch != config.epochs - 1 \
-            or attrs.get(BEST_STAGE_ATTR, stage) != stage:
-        raise SwiprError(f"trial {trial.number}: its best {attrs.get(BEST_N_CYCLES_ATTR)}-cycle schedule should end "
-                         f"after epoch {config.epochs - 1} (stage {stage}), but the trial says {best_epoch} (stage "
-                         f"{attrs.get(BEST_STAGE_ATTR, stage)}, {ran} epochs run); can't replay it")
-    return config
+def replay_config(trial: optuna.trial.FrozenTrial, head_epochs: int) -> TrainConfig:
+    """The run `swipr fit` replays for a finished trial: its plan (objectives.record), ending at
+    exactly its best finished schedule. A trial written before the record has its plan rebuilt
+    from its params and user attrs (`head_epochs`: the study file's, where it recorded none)."""
+    return record_of(trial, head_epochs).replay_config()
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -158,6 +90,7 @@ class FinetuneObjective:
         # on_result(trial, result), on_stop(trial, history, error): progress bars, pictures.
         self.hooks = list(hooks)
         # [space] lr = { finder = ... }: the range tests, kept on the study (objectives.lr_finder)
+        self.targets = valid_targets(dataset)   # what each kept prediction is scored against
         self.finder = StudyFinder(dataset, model_spec, device=device, precision=precision, compile=compile,
                                   seed=seed) if isinstance(space.get("lr"), FinderLR) else None
 
@@ -184,14 +117,47 @@ class FinetuneObjective:
         # CPU results depend on the thread count (reduction order): `swipr fit` replays with it.
         trial.set_user_attr("cpu_threads", torch.get_num_threads())
         self._call("on_start", trial, config)
+        write_plan(trial, self._plan(trial, config))
         return config
+
+    def _plan(self, trial: optuna.Trial, config: TrainConfig) -> Plan:
+        """The trial's plan record (objectives.record), from its config and what it trains with."""
+        attrs = trial.user_attrs
+        finding = attrs.get(FINDING_ATTR)
+        if finding is None and LR_ATTR in attrs:   # a finder that names no version
+            finding = {"lr": attrs[LR_ATTR], "suggestion": attrs.get(FINDER_LR_ATTR)}
+        spec = self.model_spec
+        return Plan(config=config, finding=finding, n_cycles_mode=self.n_cycles_mode, prune_at=self.prune_at,
+                    model={"arch": spec.arch, "pretrained": spec.pretrained,
+                           "weights": None if spec.weights is None else str(spec.weights)},
+                    cache_px=self.dataset.cache.px, data_fingerprint=self.dataset.fingerprint,
+                    cpu_threads=torch.get_num_threads(), study_file_sha256=attrs.get(STUDY_FILE_ATTR))
+
+    def _resumed(self, trial: optuna.Trial, folder) -> list[EpochRecord]:
+        """The epochs a retry resumes after (its checkpoint's), with the result they hold recorded:
+        its best finished schedule may be among them."""
+        saved = load_checkpoint(folder)
+        history = [EpochRecord(**record) for record in saved["history"]] if saved else []
+        self._record_result(trial, history, history[-1] if history else None)
+        return history
+
+    def _record_result(self, trial: optuna.Trial, history: list[EpochRecord], latest: EpochRecord | None) -> None:
+        """Where `latest` is the best finished schedule so far, it is the trial's result."""
+        if latest is None or not latest.finishes:
+            return
+        best = best_finished_record(history)
+        if best is not None and best.epoch == latest.epoch:
+            write_result(trial, result_of(latest, self.targets))
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = self._start(trial)
-        seen: list[EpochRecord] = []   # what a pruned or failed run reached, for on_stop
+        folder = self.checkpoint_dir_for(trial)
+        seen: list[EpochRecord] = self._resumed(trial, folder) if folder is not None else []
+        resumed = len(seen)   # a retry's saved epochs: its original ran (and timed) them
 
         def report(record: EpochRecord) -> None:
             seen.append(record)
+            self._record_result(trial, seen, record)   # before the pruner may stop it: a cut keeps it
             self._call("on_epoch", trial, record)
             trial.set_user_attr("epochs", record.epoch + 1)
             report_epoch(trial, record.epoch, record.valid_loss, record.cycle_end, self.prune_at,
@@ -200,29 +166,20 @@ class FinetuneObjective:
         try:
             result: TrainResult = train(self.dataset, config, self.model_spec, device=self.device,
                                         precision=self.precision, on_epoch=report,
-                                        checkpoint_dir=self.checkpoint_dir_for(trial), compile=self.compile)
+                                        checkpoint_dir=folder, compile=self.compile)
         except Exception as error:
             # Still RUNNING here, so hooks may write to the trial; then Optuna records
             # PRUNED or FAIL from the same exception. What the cut run cost is kept too.
-            trial.set_user_attr("train_seconds", sum(record.seconds for record in seen))
+            trial.set_user_attr("train_seconds", sum(record.seconds for record in seen[resumed:]))
             self._call("on_stop", trial, seen, error)
             if isinstance(error, ScheduleCut):   # it earned the cycles it finished: COMPLETE
-                self._best_accuracy(trial, seen)
                 return error.value
             raise
-        for key, value in result.metrics.items():
-            if key != "val_loss":
-                trial.set_user_attr(key, value)
-        self._best_accuracy(trial, result.history)
+        # the run's own figures; its accuracy and AUC are the result's (objectives.record), not the last epoch's
+        for key in ("majority_accuracy", "epochs", "train_seconds", "train_images_per_s"):
+            trial.set_user_attr(key, result.metrics[key])
         if self.on_result is not None:
             self.on_result(trial, result)
         self._call("on_result", trial, result)
         best = best_finished([r.valid_loss for r in result.history], [r.finishes for r in result.history])
         return best[2] if best is not None else result.metrics["val_loss"]
-
-    def _best_accuracy(self, trial: optuna.Trial, history: list[EpochRecord]) -> None:
-        """val_accuracy: the best finished schedule's, which the trial's value is the loss of."""
-        epoch = trial.user_attrs.get(BEST_EPOCH_ATTR)
-        record = next((r for r in history if r.epoch == epoch), None)
-        if record is not None:
-            trial.set_user_attr("val_accuracy", record.accuracy)

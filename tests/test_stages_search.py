@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from objectives.finetune import FinetuneObjective, config_from_trial, replay_config
 from objectives.oom import OutOfMemoryGuard, shape_key
-from objectives.space import SPACE_KEYS, distribution, draw_all, drawn, param_name
+from objectives.space import distribution, draw_all, drawn, param_name
 from search.study.space_record import check_space
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
@@ -264,7 +264,7 @@ def test_fit_replays_a_two_stage_trial_exactly_at_stage_2s_size(staged_study, tm
 
     path, _ = staged_study
     best = min(_trials(path), key=lambda t: t.value)
-    expected = replay_config(best, SPACE_KEYS, 1)
+    expected = replay_config(best, 1)
     lines: list[str] = []
     outcome = fit(path, tmp_path / "bundle", echo=lines.append)
     assert outcome.trial_number == best.number
@@ -278,7 +278,7 @@ def test_fit_replays_a_two_stage_trial_exactly_at_stage_2s_size(staged_study, tm
         odd = optuna.trial.create_trial(params=best.params, distributions=best.distributions, value=best.value,
                                         user_attrs={**best.user_attrs, **changed})
         with pytest.raises(SwiprError, match="can't replay it"):
-            replay_config(odd, SPACE_KEYS, 1)
+            replay_config(odd, 1)
 
 
 # --- pruning, resuming --------------------------------------------------------------------------
@@ -334,7 +334,7 @@ def test_a_trial_whose_best_is_stage_1s_end_replays_without_stage_2(tmp_path, da
     [trial] = study.trials
     assert trial.state == TrialState.COMPLETE and trial.user_attrs["epochs"] == 4
     assert trial.user_attrs["best_stage"] == 1 and trial.user_attrs["best_cycle_end_epoch"] == 1
-    config = replay_config(trial, SPACE_KEYS, 1)
+    config = replay_config(trial, 1)
     assert config.stage2 is None and config.epochs == 2 and config.finish_at == ()
     outcome = fit(path, tmp_path / "bundle", echo=lambda line: None)
     assert outcome.replay_value == trial.value and outcome.matched

@@ -16,11 +16,13 @@ import torch
 from optuna.trial import TrialState
 from tqdm import tqdm   # not tqdm.auto: this is a terminal, never a notebook widget
 
+from objectives.record import record_of
 from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
 from search.views import epoch_table
 from search.views.format import accuracy_text, describe_trial, params_text, short
 from search.views.gains import gains_rows, search_gains
+from search.views.results import schedule_text
 from search.views.stages import stage_spans, stage_start_line
 
 
@@ -158,11 +160,14 @@ def _best_rows(study) -> list[tuple[str, str]]:
     best = best_or_none(study)
     if best is None:
         return [("best trial", "none completed yet")]
-    rows = [("best trial", str(best.number)), ("best val_loss", f"{best.value:.4f}")]
+    record = record_of(best)
+    value_is = f" ({schedule_text(record)})" if record.result is not None else ""
+    rows = [("best trial", str(best.number)), ("best val_loss", f"{best.value:.4f}{value_is}")]
     rows += [(f"  {k}", short(v)) for k, v in best.params.items()]
-    accuracy = best.user_attrs.get("val_accuracy")
-    if accuracy is not None:
-        rows.append(("best val_accuracy", accuracy_text(accuracy, *majority_baseline(study))))
+    if record.result is not None and record.result.accuracy is not None:
+        rows.append(("best val_accuracy", accuracy_text(record.result.accuracy, *majority_baseline(study))))
+    if record.result is not None and record.result.roc_auc is not None:
+        rows.append(("best val_roc_auc", f"{record.result.roc_auc:.4f}"))
     return rows
 
 
