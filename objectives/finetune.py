@@ -10,6 +10,9 @@ one the pruner stops after a finished schedule ends COMPLETE with it (judging.Sc
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import optuna
 import torch
 
@@ -17,8 +20,8 @@ from objectives.judging import STAGE2_FIRST_EPOCH_ATTR, ScheduleCut, best_finish
 from objectives.lr_finder import FINDER_LR_ATTR, LR_ATTR, StudyFinder
 from objectives.record import (BUDGET_ATTR, FINISH_AT_ATTR, Plan, best_finished_record, record_of, result_of,
                                write_plan, write_result)
-from objectives.space import (DEFAULT_N_CYCLES_MODE, MODE_ATTR, SPACE_KEYS, STAGE2, FinderLR, cycle_budget, draw_all,
-                               has_stage2, stage2_name)
+from objectives.space import (DEFAULT_N_CYCLES_MODE, MODE_ATTR, SPACE_KEYS, STAGE2, FinderLR, conditional,
+                               cycle_budget, drawn, has_stage2, placeholder, stage2_name, suggest)
 from swipr_core.checkpoints import load_checkpoint
 from swipr_core.data import Dataset
 from swipr_core.model import ModelSpec
@@ -29,12 +32,14 @@ FINDING_ATTR = "lr_finding"   # the finder's finding a trial used (objectives.lr
 STUDY_FILE_ATTR = "study_file_sha256"   # written by search's RecordTrainedWith hook as the trial starts
 
 
-def config_from_trial(trial: optuna.Trial, space: dict, head_epochs: int, seed: int,
-                      finder: StudyFinder | None = None, n_cycles_mode: str = DEFAULT_N_CYCLES_MODE) -> TrainConfig:
-    values = draw_all(trial, space, n_cycles_mode)
+def planned_config(trial: optuna.Trial, space: dict, head_epochs: int, seed: int,
+                   finder: StudyFinder | None = None, n_cycles_mode: str = DEFAULT_N_CYCLES_MODE) -> TrainConfig:
+    """The trial's run as it starts: stage 1's params drawn; a stage 2 only holds its place
+    (objectives.space.placeholder), its params drawn by `draw_stage2` once the run reaches it."""
+    values = {name: suggest(trial, name, spec) for name, spec in drawn(space, n_cycles_mode).items()}
     if isinstance(space["lr"], FinderLR):   # values["lr"] is its factor so far
         if finder is None:
-            raise ValueError("[space] lr comes from the range test: config_from_trial needs the study's finder")
+            raise ValueError("[space] lr comes from the range test: planned_config needs the study's finder")
         values["lr"] = finder.lr(trial, space["lr"], values)
     first = {key: value for key, value in values.items() if not key.startswith(STAGE2)}
     budget = cycle_budget(space, n_cycles_mode)
@@ -42,13 +47,33 @@ def config_from_trial(trial: optuna.Trial, space: dict, head_epochs: int, seed: 
         if budget is not None:
             first.update(n_cycles=budget[-1], finish_at=budget)
         return TrainConfig(**first, head_epochs=head_epochs, seed=seed)
-    second = {key: values.get(stage2_name(key), first[key]) for key in SPACE_KEYS}
+    held = {name: placeholder(spec) for name, spec in conditional(space, n_cycles_mode).items()}
+    second = {key: values.get(stage2_name(key), held.get(stage2_name(key), first[key])) for key in SPACE_KEYS}
     if budget is not None:   # stage 2's n_cycles is the budget; 0 = stage 1's end is finished too
         second["n_cycles"] = budget[-1]
     elif second["n_cycles"] == 0:   # n_cycles sampled, and this trial skips stage 2
         return TrainConfig(**first, head_epochs=head_epochs, seed=seed)
     return TrainConfig(**first, head_epochs=head_epochs, seed=seed, finish_at=budget or (),
                        stage2=StageConfig(**second))
+
+
+def draw_stage2(trial: optuna.Trial, space: dict, config: TrainConfig, n_cycles_mode: str) -> StageConfig:
+    """Stage 2 of `planned_config`'s run, its params drawn now (a retry's come back as its
+    original drew them); keys [space.stage2] leaves out keep stage 1's values."""
+    if config.stage2 is None:
+        raise ValueError("draw_stage2: the run has no stage 2")
+    drawn_now = {name[len(STAGE2):]: suggest(trial, name, spec) for name, spec in conditional(space, n_cycles_mode).items()}
+    return replace(config.stage2, **drawn_now)
+
+
+def config_from_trial(trial: optuna.Trial, space: dict, head_epochs: int, seed: int,
+                      finder: StudyFinder | None = None, n_cycles_mode: str = DEFAULT_N_CYCLES_MODE) -> TrainConfig:
+    """The trial's whole run with every stage's params drawn now (what a trial that reaches
+    stage 2 ends up with): planned_config, then draw_stage2."""
+    config = planned_config(trial, space, head_epochs, seed, finder, n_cycles_mode)
+    if config.stage2 is None:
+        return config
+    return replace(config, stage2=draw_stage2(trial, space, config, n_cycles_mode))
 
 
 def replay_config(trial: optuna.trial.FrozenTrial, head_epochs: int) -> TrainConfig:
@@ -86,11 +111,15 @@ class FinetuneObjective:
         self.seed_number_for = seed_number_for or (lambda trial: trial.number)
         # (trial, TrainResult) -> None: artifacts, notes, anything after a finished run
         self.on_result = on_result
-        # Objects with any of on_start(trial, config), on_epoch(trial, record),
-        # on_result(trial, result), on_stop(trial, history, error): progress bars, pictures.
+        # Objects with any of on_start(trial, config), on_stage2(trial, config) (as the run reaches
+        # stage 2, its params drawn), on_epoch(trial, record), on_result(trial, result),
+        # on_stop(trial, history, error): progress bars, pictures.
         self.hooks = list(hooks)
+        # (trial, StageConfig, epochs so far) -> None, raising to refuse stage 2's shape: the OOM guard's
+        self.stage2_guard = None
+        self.config: TrainConfig | None = None   # the running trial's, stage 2 included once drawn
         # [space] lr = { finder = ... }: the range tests, kept on the study (objectives.lr_finder)
-        self.targets = valid_targets(dataset)   # what each kept prediction is scored against
+        self._targets: np.ndarray | None = None   # the validation targets each kept prediction is scored against
         self.finder = StudyFinder(dataset, model_spec, device=device, precision=precision, compile=compile,
                                   seed=seed) if isinstance(space.get("lr"), FinderLR) else None
 
@@ -101,8 +130,8 @@ class FinetuneObjective:
                 method(*args)
 
     def _start(self, trial: optuna.Trial) -> TrainConfig:
-        config = config_from_trial(trial, self.space, self.head_epochs,
-                                   trial_seed(self.seed, self.seed_number_for(trial)), self.finder, self.n_cycles_mode)
+        config = planned_config(trial, self.space, self.head_epochs,
+                                trial_seed(self.seed, self.seed_number_for(trial)), self.finder, self.n_cycles_mode)
         trial.set_user_attr("seed", config.seed)
         trial.set_user_attr("planned_epochs", config.epochs)
         trial.set_user_attr("prune_at", self.prune_at)
@@ -117,17 +146,33 @@ class FinetuneObjective:
         # CPU results depend on the thread count (reduction order): `swipr fit` replays with it.
         trial.set_user_attr("cpu_threads", torch.get_num_threads())
         self._call("on_start", trial, config)
-        write_plan(trial, self._plan(trial, config))
+        write_plan(trial, self._plan(trial, config, stage2_drawn=config.stage2 is None))
         return config
 
-    def _plan(self, trial: optuna.Trial, config: TrainConfig) -> Plan:
+    def _stage2(self, trial: optuna.Trial, planned: TrainConfig, seen: list[EpochRecord]):
+        """What `train` asks for as the run reaches stage 2: its params drawn now (a trial stopped
+        at stage 1 never draws them), checked by the OOM guard, and the plan completed."""
+        def draw() -> StageConfig:
+            stage2 = draw_stage2(trial, self.space, planned, self.n_cycles_mode)
+            if self.stage2_guard is not None:
+                self.stage2_guard(trial, stage2, seen)
+            config = replace(planned, stage2=stage2)
+            self.config = config
+            trial.set_user_attr("planned_epochs", config.epochs)
+            write_plan(trial, self._plan(trial, config, stage2_drawn=True))
+            self._call("on_stage2", trial, config)
+            return stage2
+        return draw
+
+    def _plan(self, trial: optuna.Trial, config: TrainConfig, stage2_drawn: bool) -> Plan:
         """The trial's plan record (objectives.record), from its config and what it trains with."""
         attrs = trial.user_attrs
         finding = attrs.get(FINDING_ATTR)
         if finding is None and LR_ATTR in attrs:   # a finder that names no version
             finding = {"lr": attrs[LR_ATTR], "suggestion": attrs.get(FINDER_LR_ATTR)}
         spec = self.model_spec
-        return Plan(config=config, finding=finding, n_cycles_mode=self.n_cycles_mode, prune_at=self.prune_at,
+        return Plan(config=config, stage2_drawn=stage2_drawn, finding=finding, n_cycles_mode=self.n_cycles_mode,
+                    prune_at=self.prune_at,
                     model={"arch": spec.arch, "pretrained": spec.pretrained,
                            "weights": None if spec.weights is None else str(spec.weights)},
                     cache_px=self.dataset.cache.px, data_fingerprint=self.dataset.fingerprint,
@@ -147,10 +192,12 @@ class FinetuneObjective:
             return
         best = best_finished_record(history)
         if best is not None and best.epoch == latest.epoch:
-            write_result(trial, result_of(latest, self.targets))
+            if self._targets is None:
+                self._targets = valid_targets(self.dataset)
+            write_result(trial, result_of(latest, self._targets))
 
     def __call__(self, trial: optuna.Trial) -> float:
-        config = self._start(trial)
+        self.config = config = self._start(trial)
         folder = self.checkpoint_dir_for(trial)
         seen: list[EpochRecord] = self._resumed(trial, folder) if folder is not None else []
         resumed = len(seen)   # a retry's saved epochs: its original ran (and timed) them
@@ -161,12 +208,13 @@ class FinetuneObjective:
             self._call("on_epoch", trial, record)
             trial.set_user_attr("epochs", record.epoch + 1)
             report_epoch(trial, record.epoch, record.valid_loss, record.cycle_end, self.prune_at,
-                         planned=config.epochs, finishes=record.finishes)
+                         planned=(self.config or config).epochs, finishes=record.finishes)
 
+        late = self._stage2(trial, config, seen) if config.stage2 is not None else None
         try:
             result: TrainResult = train(self.dataset, config, self.model_spec, device=self.device,
                                         precision=self.precision, on_epoch=report,
-                                        checkpoint_dir=folder, compile=self.compile)
+                                        checkpoint_dir=folder, compile=self.compile, stage2=late)
         except Exception as error:
             # Still RUNNING here, so hooks may write to the trial; then Optuna records
             # PRUNED or FAIL from the same exception. What the cut run cost is kept too.

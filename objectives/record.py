@@ -45,6 +45,9 @@ class Plan:
     """What a trial trains: enough to run it again exactly."""
 
     config: TrainConfig
+    # False: config.stage2 only holds stage 2's place; its params are drawn as the run reaches it
+    # (objectives.finetune.draw_stage2), and a trial stopped before then never draws them
+    stage2_drawn: bool = True
     model: dict | None = None           # {"arch", "pretrained", "weights"}: [model] as trained
     cache_px: int | None = None         # [data] cache_px: the pixels its images had
     finding: dict | None = None         # the lr finder's finding it trained with (objectives.lr_finder)
@@ -63,8 +66,9 @@ class Plan:
 
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
-        fields = {key: data.get(key) for key in cls.__dataclass_fields__ if key != "config"}
-        return cls(config=config_from_json(data["config"]), **fields)
+        fields = {key: data.get(key) for key in cls.__dataclass_fields__ if key not in ("config", "stage2_drawn")}
+        return cls(config=config_from_json(data["config"]), stage2_drawn=bool(data.get("stage2_drawn", True)),
+                   **fields)
 
 
 @dataclass(frozen=True)

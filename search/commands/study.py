@@ -12,7 +12,7 @@ from search.study.open import best_trial, open_study, quiet_optuna
 from search.studyfile import load_study_file
 from search.views.format import accuracy_text, params_text
 from search.views.gains import gains_rows, search_gains
-from search.views.results import schedule_text
+from search.views.results import accuracy_of, auc_of, schedule_text
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -65,8 +65,8 @@ def _trial_row(trial, stale: bool = False) -> dict:
         "epochs": trial.user_attrs.get("epochs"),
         "value_epoch": result.epoch if result is not None else None,
         "value_is": schedule_text(record) if result is not None else None,
-        "val_accuracy": result.accuracy if result is not None else None,
-        "val_roc_auc": result.roc_auc if result is not None else None,
+        "val_accuracy": accuracy_of(trial),
+        "val_roc_auc": auc_of(trial),
         "duration_s": trial.duration.total_seconds() if trial.duration else None,
         # where it ran, on a Dask cluster: worker name, machine, GPU (CUDA_VISIBLE_DEVICES there)
         "worker": trial.user_attrs.get("worker"),
@@ -128,8 +128,7 @@ def best(args: argparse.Namespace) -> int:
     record = record_of(trial)
     result = record.result
     payload = {"number": trial.number, "value": trial.value, "params": trial.params,
-               "val_accuracy": result.accuracy if result is not None else None,
-               "val_roc_auc": result.roc_auc if result is not None else None,
+               "val_accuracy": accuracy_of(trial), "val_roc_auc": auc_of(trial),
                "result": result.to_json() if result is not None else None,
                "value_is": schedule_text(record) if result is not None else None, **gains}
     if args.json:

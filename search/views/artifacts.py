@@ -353,6 +353,8 @@ class TrialArtifacts:
         except Exception as error:  # noqa: BLE001 - the pictures without the baseline, then
             baseline = None
             _warn(trial, "the majority baseline", error)
+        if baseline is None and record.result is not None:   # a study that recorded none: the split's own
+            baseline = record.result.majority_accuracy
         value_is = schedule_text(record) if record.result is not None else ""
         try:
             metrics = {**result_metrics(record), "epochs run": len(history)}

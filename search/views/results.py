@@ -62,6 +62,13 @@ def result_line(record: TrialRecord, baseline: float | None) -> str:
 
 
 def accuracy_of(trial) -> float | None:
-    """The value's accuracy (its result's), or None."""
+    """The value's accuracy: its result's; for a trial with neither record nor epochs (added by
+    hand, not run by swipr), the `val_accuracy` it carries."""
     result = record_of(trial).result
-    return result.accuracy if result is not None else None
+    return result.accuracy if result is not None else trial.user_attrs.get("val_accuracy")
+
+
+def auc_of(trial) -> float | None:
+    """The value's ROC AUC, as accuracy_of."""
+    result = record_of(trial).result
+    return result.roc_auc if result is not None else trial.user_attrs.get("val_roc_auc")
