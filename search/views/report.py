@@ -100,6 +100,8 @@ def _plot_sections(study) -> list[str]:
                 _mark_pruned(figure, study)
             body = figure.to_html(full_html=False, include_plotlyjs="inline" if not plotly_included else False,
                                   div_id=f"plot-{anchor}")
+            if anchor == "importances" and _left_out(study):
+                body += f'<p class="meta">{html.escape(_left_out(study))}</p>'
             plotly_included = True
         except Exception as error:  # noqa: BLE001 - one plot that can't be drawn yet must not sink the page
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -109,20 +111,38 @@ def _plot_sections(study) -> list[str]:
 
 
 def _varied_params(study) -> list[str]:
-    """The params worth an importance: ones that took two values or more among finished trials.
+    """The params worth an importance: ones every finished trial drew that took two values or more.
 
     Optuna draws something even from one trial (an even split) or from a param held fixed;
-    a made-up bar chart is worse than a sentence saying why there is none.
+    a made-up bar chart is worse than a sentence saying why there is none. Stage 2's params are
+    drawn only by trials that reach stage 2 (objectives.space.conditional): ranked with the rest,
+    they would restrict every importance to those trials, so they are left out (`_left_out` says so).
     """
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(done) < 2:
         raise ValueError(f"parameter importances need 2 or more finished trials, and this study has {len(done)}")
     if len({t.value for t in done}) < 2:
         raise ValueError("every finished trial has the same value, so no parameter made a difference")
-    varied = [name for name in done[0].params if len({repr(t.params.get(name)) for t in done}) > 1]
+    everywhere = set.intersection(*(set(t.params) for t in done))
+    varied = [name for name in done[0].params
+              if name in everywhere and len({repr(t.params.get(name)) for t in done}) > 1]
     if not varied:
         raise ValueError("every finished trial ran with the same params")
     return varied
+
+
+def _left_out(study) -> str:
+    """The sentence under the importances about params only some finished trials drew."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return ""
+    everywhere = set.intersection(*(set(t.params) for t in done))
+    some = sorted({name for t in done for name in t.params} - everywhere)
+    if not some:
+        return ""
+    counts = ", ".join(f"{name} ({sum(name in t.params for t in done)} of {len(done)})" for name in some)
+    return (f"Left out: {counts} finished trials drew them. Stage 2's params are drawn only by trials that "
+            f"reach stage 2, so they are ranked among those trials alone, not against stage 1's.")
 
 
 def _mark_pruned(figure, study) -> None:
