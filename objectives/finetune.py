@@ -10,31 +10,36 @@ one the pruner stops after a finished schedule ends COMPLETE with it (judging.Sc
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import optuna
 import torch
 
-from objectives.judging import (BEST_EPOCH_ATTR, BEST_N_CYCLES_ATTR, BEST_STAGE_ATTR, STAGE2_FIRST_EPOCH_ATTR,
-                               ScheduleCut, best_finished, report_epoch)
-from objectives.lr_finder import LR_ATTR, StudyFinder
-from objectives.space import (DEFAULT_N_CYCLES_MODE, MODE_ATTR, SPACE_KEYS, STAGE2, FinderLR, cycle_budget, draw_all,
-                               has_stage2, stage2_name)
+from objectives.judging import STAGE2_FIRST_EPOCH_ATTR, ScheduleCut, best_finished, report_epoch
+from objectives.lr_finder import FINDER_LR_ATTR, LR_ATTR, StudyFinder
+from objectives.record import (BUDGET_ATTR, FINISH_AT_ATTR, Plan, best_finished_record, record_of, result_of,
+                               write_plan, write_result)
+from objectives.space import (DEFAULT_N_CYCLES_MODE, MODE_ATTR, SPACE_KEYS, STAGE2, FinderLR, conditional,
+                               cycle_budget, drawn, has_stage2, placeholder, stage2_name, suggest)
+from swipr_core.checkpoints import load_checkpoint
 from swipr_core.data import Dataset
-from swipr_core.errors import FieldError, SwiprError
 from swipr_core.model import ModelSpec
 from swipr_core.schedule import StageConfig
-from swipr_core.training import EpochRecord, TrainConfig, TrainResult, sgdr_epochs, train
+from swipr_core.training import EpochRecord, TrainConfig, TrainResult, train, valid_targets
 
-# user attrs of a trial whose n_cycles is its budget
-BUDGET_ATTR = "n_cycles_budget"       # the cycles it planned
-FINISH_AT_ATTR = "finish_at"          # the cycle counts that are finished schedules on the way
+FINDING_ATTR = "lr_finding"   # the finder's finding a trial used (objectives.lr_finder), folded into its plan
+STUDY_FILE_ATTR = "study_file_sha256"   # written by search's RecordTrainedWith hook as the trial starts
 
 
-def config_from_trial(trial: optuna.Trial, space: dict, head_epochs: int, seed: int,
-                      finder: StudyFinder | None = None, n_cycles_mode: str = DEFAULT_N_CYCLES_MODE) -> TrainConfig:
-    values = draw_all(trial, space, n_cycles_mode)
+def planned_config(trial: optuna.Trial, space: dict, head_epochs: int, seed: int,
+                   finder: StudyFinder | None = None, n_cycles_mode: str = DEFAULT_N_CYCLES_MODE) -> TrainConfig:
+    """The trial's run as it starts: stage 1's params drawn; a stage 2 only holds its place
+    (objectives.space.placeholder), its params drawn by `draw_stage2` once the run reaches it."""
+    values = {name: suggest(trial, name, spec) for name, spec in drawn(space, n_cycles_mode).items()}
     if isinstance(space["lr"], FinderLR):   # values["lr"] is its factor so far
         if finder is None:
-            raise ValueError("[space] lr comes from the range test: config_from_trial needs the study's finder")
+            raise ValueError("[space] lr comes from the range test: planned_config needs the study's finder")
         values["lr"] = finder.lr(trial, space["lr"], values)
     first = {key: value for key, value in values.items() if not key.startswith(STAGE2)}
     budget = cycle_budget(space, n_cycles_mode)
@@ -42,7 +47,8 @@ def config_from_trial(trial: optuna.Trial, space: dict, head_epochs: int, seed: 
         if budget is not None:
             first.update(n_cycles=budget[-1], finish_at=budget)
         return TrainConfig(**first, head_epochs=head_epochs, seed=seed)
-    second = {key: values.get(stage2_name(key), first[key]) for key in SPACE_KEYS}
+    held = {name: placeholder(spec) for name, spec in conditional(space, n_cycles_mode).items()}
+    second = {key: values.get(stage2_name(key), held.get(stage2_name(key), first[key])) for key in SPACE_KEYS}
     if budget is not None:   # stage 2's n_cycles is the budget; 0 = stage 1's end is finished too
         second["n_cycles"] = budget[-1]
     elif second["n_cycles"] == 0:   # n_cycles sampled, and this trial skips stage 2
@@ -51,79 +57,30 @@ def config_from_trial(trial: optuna.Trial, space: dict, head_epochs: int, seed: 
                        stage2=StageConfig(**second))
 
 
-def _replay_params(trial: optuna.trial.FrozenTrial, space_keys) -> tuple[dict, dict | None, bool]:
-    """(stage 1's params, stage 2's or None, nested) as the trial ran them; SwiprError where it
-    lacks what a replay needs."""
-    attrs = trial.user_attrs
-    nested = BUDGET_ATTR in attrs and (STAGE2_FIRST_EPOCH_ATTR in attrs or "n_cycles" not in trial.params)
-    two_stage = STAGE2_FIRST_EPOCH_ATTR in attrs
-    missing = [key for key in space_keys if key not in trial.params
-               and not (key == "n_cycles" and nested and not two_stage) and not (key == "lr" and LR_ATTR in attrs)]
-    if missing or "seed" not in attrs:
-        what = f"params {', '.join(missing)}" if missing else "user attr 'seed'"
-        raise SwiprError(f"trial {trial.number}: has no {what}; it wasn't run by `swipr study run`, can't replay it")
-    first = {key: trial.params[key] for key in space_keys if key in trial.params}
-    if LR_ATTR in attrs:   # the lr came from the [space] lr finder (objectives.lr_finder)
-        first["lr"] = attrs[LR_ATTR]
-    second = None
-    if two_stage:   # keys stage 2 left out kept stage 1's values
-        second = {key: trial.params.get(stage2_name(key), first[key]) for key in space_keys}
-    if nested:
-        cycles = {"n_cycles": int(attrs[BUDGET_ATTR]), "finish_at": tuple(attrs.get(FINISH_AT_ATTR, ()))}
-        if second is None:
-            first.update(cycles)
-        else:
-            second["n_cycles"] = cycles["n_cycles"]
-            first["finish_at"] = cycles["finish_at"]
-    return first, second, nested
+def draw_stage2(trial: optuna.Trial, space: dict, config: TrainConfig, n_cycles_mode: str) -> StageConfig:
+    """Stage 2 of `planned_config`'s run, its params drawn now (a retry's come back as its
+    original drew them); keys [space.stage2] leaves out keep stage 1's values."""
+    if config.stage2 is None:
+        raise ValueError("draw_stage2: the run has no stage 2")
+    drawn_now = {name[len(STAGE2):]: suggest(trial, name, spec) for name, spec in conditional(space, n_cycles_mode).items()}
+    return replace(config.stage2, **drawn_now)
 
 
-def _head_epochs(first: dict, second: dict | None, planned, head_epochs: int) -> int:
-    """The head epochs the trial ran with: the study file's head_epochs may have changed since,
-    the trial's plan says what it ran (each frozen_then_unfrozen stage has one warm-up)."""
-    stages = [first] + ([second] if second is not None else [])
-    warm_ups = sum(stage["freeze"] == "frozen_then_unfrozen" for stage in stages)
-    if not warm_ups or not isinstance(planned, int):
-        return head_epochs
-    sgdr = sum(sgdr_epochs(stage["n_cycles"], stage["cycle_len"], stage["cycle_mult"]) for stage in stages)
-    return (planned - sgdr) // warm_ups
-
-
-def replay_config(trial: optuna.trial.FrozenTrial, space_keys, head_epochs: int) -> TrainConfig:
-    """The run `swipr fit` replays for a finished trial: its params (both stages'), its seed, the
-    head epochs it ran with, and exactly its best finished schedule (`best_cycle_end_epoch`:
-    with two stages, possibly stage 1's end, the run with stage 2 skipped)."""
-    attrs = trial.user_attrs
-    first, second, nested = _replay_params(trial, space_keys)
-    planned = attrs.get("planned_epochs")
-    head_epochs = _head_epochs(first, second, planned, head_epochs)
-    try:
-        config = TrainConfig(**first, head_epochs=head_epochs, seed=int(attrs["seed"]),
-                             stage2=StageConfig(**second) if second is not None else None)
-    except (FieldError, TypeError, ValueError) as error:
-        raise SwiprError(f"trial {trial.number}: its params make no run ({error}); can't replay it") from None
-    ran = attrs.get("epochs", planned)
-    if not nested:
-        if ran is not None and ran != config.epochs:
-            raise SwiprError(f"trial {trial.number}: ran {ran} epochs but its params plan {config.epochs}; "
-                             f"can't replay it")
+def config_from_trial(trial: optuna.Trial, space: dict, head_epochs: int, seed: int,
+                      finder: StudyFinder | None = None, n_cycles_mode: str = DEFAULT_N_CYCLES_MODE) -> TrainConfig:
+    """The trial's whole run with every stage's params drawn now (what a trial that reaches
+    stage 2 ends up with): planned_config, then draw_stage2."""
+    config = planned_config(trial, space, head_epochs, seed, finder, n_cycles_mode)
+    if config.stage2 is None:
         return config
-    best_epoch = attrs.get(BEST_EPOCH_ATTR, config.epochs - 1)
-    try:
-        if second is None:
-            config = config.finished_run(int(attrs.get(BEST_N_CYCLES_ATTR, config.n_cycles)))
-        else:
-            config = config.finished_run_at(int(best_epoch))
-    except FieldError as error:
-        raise SwiprError(f"trial {trial.number}: its best schedule is not one its params plan ({error}); "
-                         f"can't replay it") from None
-    stage = 2 if config.stage2 is not None else 1
-    if (ran is not None and ran < config.epochs) or best_epoch != config.epochs - 1 \
-            or attrs.get(BEST_STAGE_ATTR, stage) != stage:
-        raise SwiprError(f"trial {trial.number}: its best {attrs.get(BEST_N_CYCLES_ATTR)}-cycle schedule should end "
-                         f"after epoch {config.epochs - 1} (stage {stage}), but the trial says {best_epoch} (stage "
-                         f"{attrs.get(BEST_STAGE_ATTR, stage)}, {ran} epochs run); can't replay it")
-    return config
+    return replace(config, stage2=draw_stage2(trial, space, config, n_cycles_mode))
+
+
+def replay_config(trial: optuna.trial.FrozenTrial, head_epochs: int) -> TrainConfig:
+    """The run `swipr fit` replays for a finished trial: its plan (objectives.record), ending at
+    exactly its best finished schedule. A trial written before the record has its plan rebuilt
+    from its params and user attrs (`head_epochs`: the study file's, where it recorded none)."""
+    return record_of(trial, head_epochs).replay_config()
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -154,10 +111,15 @@ class FinetuneObjective:
         self.seed_number_for = seed_number_for or (lambda trial: trial.number)
         # (trial, TrainResult) -> None: artifacts, notes, anything after a finished run
         self.on_result = on_result
-        # Objects with any of on_start(trial, config), on_epoch(trial, record),
-        # on_result(trial, result), on_stop(trial, history, error): progress bars, pictures.
+        # Objects with any of on_start(trial, config), on_stage2(trial, config) (as the run reaches
+        # stage 2, its params drawn), on_epoch(trial, record), on_result(trial, result),
+        # on_stop(trial, history, error): progress bars, pictures.
         self.hooks = list(hooks)
+        # (trial, StageConfig, epochs so far) -> None, raising to refuse stage 2's shape: the OOM guard's
+        self.stage2_guard = None
+        self.config: TrainConfig | None = None   # the running trial's, stage 2 included once drawn
         # [space] lr = { finder = ... }: the range tests, kept on the study (objectives.lr_finder)
+        self._targets: np.ndarray | None = None   # the validation targets each kept prediction is scored against
         self.finder = StudyFinder(dataset, model_spec, device=device, precision=precision, compile=compile,
                                   seed=seed) if isinstance(space.get("lr"), FinderLR) else None
 
@@ -168,8 +130,8 @@ class FinetuneObjective:
                 method(*args)
 
     def _start(self, trial: optuna.Trial) -> TrainConfig:
-        config = config_from_trial(trial, self.space, self.head_epochs,
-                                   trial_seed(self.seed, self.seed_number_for(trial)), self.finder, self.n_cycles_mode)
+        config = planned_config(trial, self.space, self.head_epochs,
+                                trial_seed(self.seed, self.seed_number_for(trial)), self.finder, self.n_cycles_mode)
         trial.set_user_attr("seed", config.seed)
         trial.set_user_attr("planned_epochs", config.epochs)
         trial.set_user_attr("prune_at", self.prune_at)
@@ -184,45 +146,88 @@ class FinetuneObjective:
         # CPU results depend on the thread count (reduction order): `swipr fit` replays with it.
         trial.set_user_attr("cpu_threads", torch.get_num_threads())
         self._call("on_start", trial, config)
+        write_plan(trial, self._plan(trial, config, stage2_drawn=config.stage2 is None))
         return config
 
+    def _stage2(self, trial: optuna.Trial, planned: TrainConfig, seen: list[EpochRecord]):
+        """What `train` asks for as the run reaches stage 2: its params drawn now (a trial stopped
+        at stage 1 never draws them), checked by the OOM guard, and the plan completed."""
+        def draw() -> StageConfig:
+            stage2 = draw_stage2(trial, self.space, planned, self.n_cycles_mode)
+            if self.stage2_guard is not None:
+                self.stage2_guard(trial, stage2, seen)
+            config = replace(planned, stage2=stage2)
+            self.config = config
+            trial.set_user_attr("planned_epochs", config.epochs)
+            write_plan(trial, self._plan(trial, config, stage2_drawn=True))
+            self._call("on_stage2", trial, config)
+            return stage2
+        return draw
+
+    def _plan(self, trial: optuna.Trial, config: TrainConfig, stage2_drawn: bool) -> Plan:
+        """The trial's plan record (objectives.record), from its config and what it trains with."""
+        attrs = trial.user_attrs
+        finding = attrs.get(FINDING_ATTR)
+        if finding is None and LR_ATTR in attrs:   # a finder that names no version
+            finding = {"lr": attrs[LR_ATTR], "suggestion": attrs.get(FINDER_LR_ATTR)}
+        spec = self.model_spec
+        return Plan(config=config, stage2_drawn=stage2_drawn, finding=finding, n_cycles_mode=self.n_cycles_mode,
+                    prune_at=self.prune_at,
+                    model={"arch": spec.arch, "pretrained": spec.pretrained,
+                           "weights": None if spec.weights is None else str(spec.weights)},
+                    cache_px=self.dataset.cache.px, data_fingerprint=self.dataset.fingerprint,
+                    cpu_threads=torch.get_num_threads(), study_file_sha256=attrs.get(STUDY_FILE_ATTR))
+
+    def _resumed(self, trial: optuna.Trial, folder) -> list[EpochRecord]:
+        """The epochs a retry resumes after (its checkpoint's), with the result they hold recorded:
+        its best finished schedule may be among them."""
+        saved = load_checkpoint(folder)
+        history = [EpochRecord(**record) for record in saved["history"]] if saved else []
+        self._record_result(trial, history, history[-1] if history else None)
+        return history
+
+    def _record_result(self, trial: optuna.Trial, history: list[EpochRecord], latest: EpochRecord | None) -> None:
+        """Where `latest` is the best finished schedule so far, it is the trial's result."""
+        if latest is None or not latest.finishes:
+            return
+        best = best_finished_record(history)
+        if best is not None and best.epoch == latest.epoch:
+            if self._targets is None:
+                self._targets = valid_targets(self.dataset)
+            write_result(trial, result_of(latest, self._targets))
+
     def __call__(self, trial: optuna.Trial) -> float:
-        config = self._start(trial)
-        seen: list[EpochRecord] = []   # what a pruned or failed run reached, for on_stop
+        self.config = config = self._start(trial)
+        folder = self.checkpoint_dir_for(trial)
+        seen: list[EpochRecord] = self._resumed(trial, folder) if folder is not None else []
+        resumed = len(seen)   # a retry's saved epochs: its original ran (and timed) them
 
         def report(record: EpochRecord) -> None:
             seen.append(record)
+            self._record_result(trial, seen, record)   # before the pruner may stop it: a cut keeps it
             self._call("on_epoch", trial, record)
             trial.set_user_attr("epochs", record.epoch + 1)
             report_epoch(trial, record.epoch, record.valid_loss, record.cycle_end, self.prune_at,
-                         planned=config.epochs, finishes=record.finishes)
+                         planned=(self.config or config).epochs, finishes=record.finishes)
 
+        late = self._stage2(trial, config, seen) if config.stage2 is not None else None
         try:
             result: TrainResult = train(self.dataset, config, self.model_spec, device=self.device,
                                         precision=self.precision, on_epoch=report,
-                                        checkpoint_dir=self.checkpoint_dir_for(trial), compile=self.compile)
+                                        checkpoint_dir=folder, compile=self.compile, stage2=late)
         except Exception as error:
             # Still RUNNING here, so hooks may write to the trial; then Optuna records
             # PRUNED or FAIL from the same exception. What the cut run cost is kept too.
-            trial.set_user_attr("train_seconds", sum(record.seconds for record in seen))
+            trial.set_user_attr("train_seconds", sum(record.seconds for record in seen[resumed:]))
             self._call("on_stop", trial, seen, error)
             if isinstance(error, ScheduleCut):   # it earned the cycles it finished: COMPLETE
-                self._best_accuracy(trial, seen)
                 return error.value
             raise
-        for key, value in result.metrics.items():
-            if key != "val_loss":
-                trial.set_user_attr(key, value)
-        self._best_accuracy(trial, result.history)
+        # the run's own figures; its accuracy and AUC are the result's (objectives.record), not the last epoch's
+        for key in ("majority_accuracy", "epochs", "train_seconds", "train_images_per_s"):
+            trial.set_user_attr(key, result.metrics[key])
         if self.on_result is not None:
             self.on_result(trial, result)
         self._call("on_result", trial, result)
         best = best_finished([r.valid_loss for r in result.history], [r.finishes for r in result.history])
         return best[2] if best is not None else result.metrics["val_loss"]
-
-    def _best_accuracy(self, trial: optuna.Trial, history: list[EpochRecord]) -> None:
-        """val_accuracy: the best finished schedule's, which the trial's value is the loss of."""
-        epoch = trial.user_attrs.get(BEST_EPOCH_ATTR)
-        record = next((r for r in history if r.epoch == epoch), None)
-        if record is not None:
-            trial.set_user_attr("val_accuracy", record.accuracy)

@@ -14,8 +14,8 @@ import gc
 import optuna
 import torch
 
-from objectives.judging import stage_of
-from objectives.space import STAGE2, has_stage2, skippable_stage2, stage2_name, suggest
+from objectives.judging import ScheduleCut, best_finished, stage_of
+from objectives.space import suggest
 
 ATTR_PREFIX = "oom:"
 # Peak memory by freeze strategy: frozen_then_unfrozen peaks in its unfrozen phase.
@@ -64,30 +64,39 @@ class OutOfMemoryGuard:
         self.objective = objective
         self.space = space
         self.n_cycles_mode = n_cycles_mode
+        self.shapes: list[tuple[str, int, int]] = []   # the running trial's, one a stage, as each is drawn
+        if hasattr(objective, "stage2_guard"):   # stage 2's shape is known only once the run reaches it
+            objective.stage2_guard = self.refuse_stage2
 
-    def shapes(self, trial: optuna.Trial) -> list[tuple[str, int, int]]:
-        """Each stage's (freeze, batch size, image size). Asked here first; the objective's own
-        suggest calls get the same values back."""
-        keys = ("freeze", "batch_size", "image_size")
-        first = tuple(suggest(trial, name, self.space[name]) for name in keys)
-        if not has_stage2(self.space):
-            return [first]
-        if skippable_stage2(self.space, self.n_cycles_mode) and \
-                suggest(trial, stage2_name("n_cycles"), self.space[stage2_name("n_cycles")]) == 0:
-            return [first]   # this trial skips stage 2
-        second = tuple(suggest(trial, STAGE2 + name, self.space[STAGE2 + name]) if STAGE2 + name in self.space
-                       else value for name, value in zip(keys, first, strict=True))
-        return [first, second]
+    def _refuse(self, trial: optuna.Trial, shape: tuple[str, int, int]) -> str | None:
+        """Why the shape is refused (one known to run out of memory is no smaller), or None."""
+        self.shapes.append(shape)
+        known = too_big(shape, known_shapes(trial.study))
+        if known is None:
+            return None
+        reason = (f"refused: freeze={shape[0]} batch_size={shape[1]} image_size={shape[2]} is at least "
+                  f"as large as {known[0]} {known[1]}x{known[2]}, which ran out of GPU memory")
+        trial.set_user_attr("refused", reason)
+        return reason
+
+    def refuse_stage2(self, trial: optuna.Trial, stage2, seen) -> None:
+        """The objective's stage2_guard: stage 2's shape refused like stage 1's; a trial that has
+        finished stage 1's schedule keeps it (judging.ScheduleCut), else it is pruned."""
+        reason = self._refuse(trial, (stage2.freeze, stage2.batch_size, stage2.image_size))
+        if reason is None:
+            return
+        best = best_finished([r.valid_loss for r in seen], [r.finishes for r in seen])
+        if best is not None:
+            raise ScheduleCut(f"{reason}; keeps its stage 1 schedule", best[2], best[1])
+        raise optuna.TrialPruned(reason)
 
     def __call__(self, trial: optuna.Trial):
-        shapes = self.shapes(trial)
-        for shape in shapes:
-            known = too_big(shape, known_shapes(trial.study))
-            if known is not None:
-                reason = (f"refused: freeze={shape[0]} batch_size={shape[1]} image_size={shape[2]} is at least "
-                          f"as large as {known[0]} {known[1]}x{known[2]}, which ran out of GPU memory")
-                trial.set_user_attr("refused", reason)
-                raise optuna.TrialPruned(reason)
+        self.shapes = []
+        shape = (suggest(trial, "freeze", self.space["freeze"]), suggest(trial, "batch_size", self.space["batch_size"]),
+                 suggest(trial, "image_size", self.space["image_size"]))
+        reason = self._refuse(trial, shape)
+        if reason is not None:
+            raise optuna.TrialPruned(reason)
         message = None
         try:
             return self.objective(trial)
@@ -97,7 +106,7 @@ class OutOfMemoryGuard:
         # tensors) are gone, so the memory can really be freed.
         free_memory()
         attrs = trial.user_attrs   # the stage of the epoch that ran out: the one after those reported
-        shape = shapes[min(stage_of(attrs, attrs.get("epochs", 0)), len(shapes)) - 1]
+        shape = self.shapes[min(stage_of(attrs, attrs.get("epochs", 0)), len(self.shapes)) - 1]
         reason = f"out of GPU memory at freeze={shape[0]} batch_size={shape[1]} image_size={shape[2]}: {message}"
         trial.set_user_attr("fail_reason", reason)
         trial.study.set_user_attr(shape_key(*shape), trial.number)

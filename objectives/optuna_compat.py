@@ -35,6 +35,20 @@ def trial_id(trial: optuna.Trial) -> int:
     return trial._trial_id
 
 
+def set_system_attr(trial: optuna.Trial, key: str, value) -> None:
+    """A system attr on a live trial: Optuna's Trial has no setter for them since 3.x, its storage does.
+    The generic tables (`optuna trials`, the dashboard's attribute list) leave system attrs out."""
+    trial.study._storage.set_trial_system_attr(trial._trial_id, key, value)
+
+
+def fix_params(trial: optuna.Trial, params: dict) -> None:
+    """Params the trial's later `suggest` calls return, without drawing them now: what
+    `Study.enqueue_trial` keeps as the system attr "fixed_params", added to a trial already asked."""
+    storage, stored = trial.study._storage, trial.study._storage.get_trial(trial._trial_id)
+    storage.set_trial_system_attr(trial._trial_id, "fixed_params", {**stored.system_attrs.get("fixed_params", {}),
+                                                                    **params})
+
+
 def attach(study: optuna.Study, trial_id: int) -> optuna.Trial:
     """A live Trial for the stored RUNNING trial `trial_id`, as `ask` builds it, in another process."""
     return optuna.Trial(study, trial_id)

@@ -20,6 +20,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback as _Retry
 
 from objectives.judging import report_epoch
 from objectives.optuna_compat import guard_ask, put_back, stored_trial, take_queued_first
+from objectives.space import STAGE2, stage2_name
 from swipr_core.checkpoints import load_checkpoint
 
 
@@ -55,7 +56,11 @@ class Checkpoints:
         return self.root / f"trial-{trial_number}"
 
     def owner(self, study: optuna.Study, number: int, params: dict) -> dict:
-        return {"root": str(self.root), "trial": number, "params": params,
+        """Whose checkpoints: the study's folder, the trial, the params it draws as it starts (stage
+        2's come later: objectives.space.conditional) and its data."""
+        first = {name: value for name, value in params.items()
+                 if not name.startswith(STAGE2) or name == stage2_name("n_cycles")}
+        return {"root": str(self.root), "trial": number, "params": first,
                 "data_fingerprint": study.user_attrs.get("data_fingerprint")}
 
     def owned_by(self, folder: Path, owner: dict) -> bool:

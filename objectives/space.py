@@ -9,7 +9,8 @@ A second stage ([space.stage2], docs/stages.md) is held in the same dict, each o
 the param it is drawn as, `stage2_<key>`; a key it leaves out keeps the trial's stage-1 value.
 With a second stage, n_cycles as a budget is stage 2's (0 among its values: stage 1's end is a
 finished schedule too, the run with stage 2 skipped) and stage 1's n_cycles is drawn. With
-n_cycles sampled, `stage2_n_cycles` is drawn; 0 skips stage 2, and no other stage2_ param is.
+n_cycles sampled, `stage2_n_cycles` is drawn as the trial starts; 0 skips stage 2. Every other
+stage2_ param is drawn only when the trial reaches stage 2 (`conditional`).
 """
 from __future__ import annotations
 
@@ -122,28 +123,37 @@ def skippable_stage2(space: dict, mode: str) -> bool:
 
 
 def drawn(space: dict, mode: str) -> dict:
-    """The part of the space every trial draws from: all of it, less n_cycles where it is a
-    budget, and less stage 2's other keys where a drawn 0 may skip stage 2 (`conditional`)."""
+    """The part of the space every trial draws as it starts: all of it, less n_cycles where it is
+    a budget, and less stage 2's params, which a trial draws only once it reaches stage 2
+    (`conditional`). Stage 2's n_cycles, where drawn, is drawn here: it decides the run's length."""
     budget = budget_key(space) if cycle_budget(space, mode) is not None else None
     later = conditional(space, mode)
     return {name: spec for name, spec in space.items() if name != budget and name not in later}
 
 
 def conditional(space: dict, mode: str) -> dict:
-    """The params a trial draws only once its stage2_n_cycles is not 0 (n_cycles sampled)."""
-    if not skippable_stage2(space, mode):
-        return {}
+    """The params a trial draws only once it reaches stage 2: so a trial stopped at stage 1's
+    end, or one whose drawn stage2_n_cycles is 0, has none, and the sampler and the parameter
+    importances learn stage 2's params only from trials that trained with them."""
     return {name: spec for name, spec in space.items() if name.startswith(STAGE2) and name != stage2_name("n_cycles")}
 
 
 def draw_all(trial: optuna.Trial, space: dict, mode: str) -> dict:
-    """Every param the trial draws (by name), in the order config_from_trial draws them: what a
-    driver that fixes a trial's params before handing it on (the Dask engine) asks for."""
+    """Every param a trial that runs all its stages draws (by name): `drawn`, then, unless its
+    stage2_n_cycles is 0, `conditional`."""
     values = {name: suggest(trial, name, spec) for name, spec in drawn(space, mode).items()}
     if skippable_stage2(space, mode) and values[stage2_name("n_cycles")] == 0:
         return values
     values.update({name: suggest(trial, name, spec) for name, spec in conditional(space, mode).items()})
     return values
+
+
+def placeholder(spec: Range | Choices) -> object:
+    """A value of `spec` that holds a param's place before it is drawn (the run's length and
+    stage 1's schedule don't depend on it): the first choice, or the range's low end."""
+    if isinstance(spec, Choices):
+        return spec.values[0]
+    return int(spec.low) if spec.is_int else spec.low
 
 
 def in_space(spec: Range | Choices | FinderLR, value) -> bool:

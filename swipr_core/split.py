@@ -251,3 +251,9 @@ def prepare_labels(database: Path, image_root: Path, rules: LabelRules, valid_pc
 
 def _jsonable(value):
     return json.loads(json.dumps(value))
+
+
+def valid_targets(split: LabeledSplit) -> list[int]:
+    """The validation rows' targets (1 = YES) in split order, as every run's valid loader gives them."""
+    targets = split.targets()
+    return [targets[i] for i in split.indices(True)]

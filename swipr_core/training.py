@@ -15,7 +15,7 @@ import itertools
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +37,7 @@ from swipr_core.data import Dataset
 from swipr_core.errors import FieldError
 from swipr_core.loaders import Augment, CachedBatches
 from swipr_core.metrics import majority_accuracy, roc_auc
+from swipr_core.split import valid_targets as split_valid_targets
 from swipr_core.model import ModelSpec, body_and_head, create_model, normalisation
 
 # The plan lives in swipr_core.schedule (no torch); these names are used from here too.
@@ -46,6 +47,7 @@ from swipr_core.schedule import (  # noqa: F401
     MAX_EPOCHS,
     Phase,
     Schedule,
+    StageConfig,
     TrainConfig,
     check_compile_mode,
     check_device,
@@ -73,6 +75,9 @@ class EpochRecord:
     images: int = 0           # images trained on in the epoch (images/s = images / seconds)
     finishes: int = 0   # a finished schedule of this many cycles ends here (0: none); see swipr_core.schedule
     stage: int = 1      # the stage the epoch trained in (finishes counts that stage's cycles)
+    # P(YES) for each validation row (split order), kept where a finished schedule ends: the
+    # predictions of the model a trial's value names, taken from fastai's own validation pass
+    valid_probs: list[float] | None = None
 
 
 @dataclass
@@ -84,6 +89,7 @@ class TrainResult:
     model: torch.nn.Module = field(repr=False)
     mean: tuple = ()
     std: tuple = ()
+    config: TrainConfig | None = None   # the run as it ran (with the stage 2 `train`'s `stage2` gave)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -114,6 +120,8 @@ class EpochReporter(Callback):
 
     def before_epoch(self):
         self.trained, self.lrs, self.images, self.train_seconds = False, [], 0, 0.0
+        end = self.run.schedule.end_at(self.phase.first_epoch + self.epoch)
+        self.probs: list[torch.Tensor] | None = [] if end is not None and end.finished else None
 
     def before_train(self):
         self.started = time.perf_counter()
@@ -122,6 +130,8 @@ class EpochReporter(Callback):
         if self.training:
             self.lrs.append(float(self.opt.hypers[-1]["lr"]))
             self.images += len(self.yb[0])
+        elif self.probs is not None:   # kept on the device until the epoch ends: no sync per batch
+            self.probs.append(torch.softmax(self.pred.detach().float(), dim=1)[:, 1])
 
     def after_train(self):
         self.train_seconds = time.perf_counter() - self.started
@@ -136,6 +146,8 @@ class EpochReporter(Callback):
         record = EpochRecord(epoch=self.phase.first_epoch + self.epoch, phase=self.phase.name,
                              train_loss=float(log[1]), valid_loss=float(log[2]), accuracy=float(log[3]),
                              seconds=self.train_seconds, lrs=self.lrs, images=self.images, stage=self.phase.stage)
+        if self.probs:
+            record.valid_probs = torch.cat(self.probs).cpu().tolist()
         self.run.mark(record)
         try:
             self.run.epoch_done(self.learn, record, self.images)
@@ -155,6 +167,14 @@ class _Run:
         self.stopped_by: BaseException | None = None
         self.train_seconds = 0.0
         self.train_images = 0
+        self.config: TrainConfig | None = None   # set where stage 2 was given late (_Stage2)
+
+    def replan(self, schedule: Schedule) -> None:
+        """The run's plan once its stage 2 is known (see `train`'s `stage2`): stage 1's part is the
+        same, so only the flags of epochs already in stage 2 (a resumed run's) can change."""
+        self.schedule = schedule
+        for record in self.history:
+            self.mark(record)
 
     def mark(self, record: EpochRecord) -> EpochRecord:
         """Flag the record's cycle end and finished schedule, from the plan."""
@@ -317,10 +337,13 @@ def _keep_smooth_loss_on_device(learn) -> None:
 
 def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: str = "auto",
           precision: str = "auto", on_epoch: Callable[[EpochRecord], None] | None = None,
-          checkpoint_dir: Path | None = None, compile: str = "auto") -> TrainResult:
+          checkpoint_dir: Path | None = None, compile: str = "auto",
+          stage2: Callable[[], StageConfig] | None = None) -> TrainResult:
     """Fine-tune and evaluate. With `checkpoint_dir`, each epoch is saved there, and a run
     that finds a checkpoint resumes after its last epoch. `compile`: torch.compile the
-    model (on | off | auto = on only where measured faster)."""
+    model (on | off | auto = on only where measured faster). `stage2`: config.stage2 only holds
+    stage 2's place, and `stage2()` gives the real one once the run reaches it (a search draws
+    stage 2's params only for a trial that gets there); TrainResult.config is the run as it ran."""
     torch_device = resolve_device(device)
     precision = _precision(precision, torch_device)
     set_seed(config.seed)
@@ -328,11 +351,16 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
     run = _Run(on_epoch, checkpoint_dir, config.schedule())
     saved = _resume(learn, run, checkpoint_dir)
     stages = _StageLoaders(dataset, mean, std, torch_device, config.seed)
-    _run_phases(learn, run, stages, saved)
+    _run_phases(learn, run, stages, saved, _Stage2(config, stage2) if stage2 is not None else None)
     stages.enter(learn, run.schedule.phases[-1], passes=len(run.history))   # also when nothing was left to train
-    probs, targets = predict_valid(learn.model, learn.dls.valid, precision)   # the last stage's loaders
+    targets = valid_targets(dataset)
+    last = run.history[-1] if run.history else None
+    if last is not None and last.valid_probs is not None:   # the last epoch ends the run: a finished schedule
+        probs = np.asarray(last.valid_probs, dtype=np.float32)
+    else:   # a checkpoint of an older version, without them: one more pass on the last stage's loaders
+        probs, targets = predict_valid(learn.model, learn.dls.valid, precision)
     metrics = evaluate(probs, targets, run, config)
-    return TrainResult(run.history, metrics, probs, targets, learn.model, mean, std)
+    return TrainResult(run.history, metrics, probs, targets, learn.model, mean, std, run.config or config)
 
 
 def build_learner(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: str = "auto",
@@ -385,11 +413,29 @@ def _resume(learn, run: _Run, checkpoint_dir: Path | None) -> dict | None:
     return saved
 
 
-def _run_phases(learn, run: _Run, stages: _StageLoaders, saved: dict | None) -> None:
-    """Each phase's SGDR fit, skipping the epochs the run already has; re-raises what stopped it."""
-    done = len(run.history)
+@dataclass
+class _Stage2:
+    """A stage 2 given when the run reaches it: `config` holds its place until then."""
+
+    config: TrainConfig
+    resolve: Callable[[], StageConfig]
+
+    def enter(self, run: _Run) -> None:
+        run.config = replace(self.config, stage2=self.resolve())
+        run.replan(run.config.schedule())
+
+
+def _run_phases(learn, run: _Run, stages: _StageLoaders, saved: dict | None, late: _Stage2 | None = None) -> None:
+    """Each phase's SGDR fit, skipping the epochs the run already has; re-raises what stopped it.
+    A `late` stage 2 is asked for as the run reaches its first phase (a resumed run's too)."""
+    done, index = len(run.history), 0
     with learn.no_logging(), learn.no_bar():
-        for phase in run.schedule.phases:
+        while index < len(run.schedule.phases):
+            if late is not None and run.schedule.phases[index].stage == 2:
+                late.enter(run)
+                late = None
+            phase = run.schedule.phases[index]
+            index += 1
             if done >= phase.first_epoch + phase.epochs:
                 continue
             start = max(0, done - phase.first_epoch)
@@ -420,6 +466,11 @@ def _set_trainable(learn, phase: Phase, saved: dict | None) -> None:
             param.grad = None
     if saved is not None and saved.get("opt") is not None:
         learn.opt.load_state_dict(fastai_opt_state(saved["opt"]))
+
+
+def valid_targets(dataset: Dataset) -> np.ndarray:
+    """The validation split's targets (1 = YES) in split order, as every run's valid loader gives them."""
+    return np.asarray(split_valid_targets(dataset.split), dtype=np.int64)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import pytest
 
 from objectives.finetune import FinetuneObjective, config_from_trial, replay_config
 from objectives.judging import ScheduleCut, replay_curve
-from objectives.space import SPACE_KEYS, Choices, cycle_budget, drawn
+from objectives.space import Choices, cycle_budget, drawn
 from swipr_core.errors import FieldError, SwiprError
 from swipr_core.model import ModelSpec
 from swipr_core.training import TrainConfig, train
@@ -135,7 +135,7 @@ def test_fit_replays_exactly_the_best_finished_schedule(tmp_path, data_dir):
     losses = trial.user_attrs["val_loss_by_epoch"]
     assert trial.value == min(losses[:2]) == trial.user_attrs["best_cycle_end_loss"]
     k = trial.user_attrs["best_n_cycles"]
-    assert replay_config(trial, SPACE_KEYS, 1).n_cycles == k
+    assert replay_config(trial, 1).n_cycles == k
     lines = []
     outcome = fit(path, tmp_path / "bundle", echo=lines.append)
     assert outcome.trial_number == 0 and outcome.manifest["epochs"] == k

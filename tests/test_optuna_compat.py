@@ -88,3 +88,11 @@ def test_a_trial_finished_under_the_loop_is_skipped_and_the_loop_goes_on(study):
     study.optimize(objective, n_trials=2)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert study.trials[0].value is None
+
+
+def test_a_system_attr_set_on_a_live_trial_is_stored_and_kept_out_of_user_attrs(study):
+    trial = study.ask()
+    optuna_compat.set_system_attr(trial, "swipr:x", {"a": [1, 2]})
+    stored = study.trials[-1]
+    assert stored.system_attrs["swipr:x"] == {"a": [1, 2]}
+    assert "swipr:x" not in stored.user_attrs

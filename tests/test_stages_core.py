@@ -176,8 +176,10 @@ def test_stage_2_trains_at_its_own_size_on_the_one_counter(two_stage, dataset):
     assert {(epoch, shape[2:]) for epoch, shape in trained} == {(0, (24, 24)), (1, (24, 24)), (2, (40, 40)),
                                                                (3, (40, 40))}
     assert {epoch: max(s[0] for e, s in trained if e == epoch) for epoch in range(4)} == {0: 32, 1: 32, 2: 16, 3: 16}
-    # The validation after the run (valid_probs) ran on the last stage's loaders.
-    assert {shape[2:] for epoch, training_, shape in watched.seen if epoch == 4} == {(40, 40)}
+    # No pass after the run: its valid_probs are those stage 2's last validation kept, at its size.
+    assert not [shape for epoch, training_, shape in watched.seen if epoch == 4]
+    assert {shape[2:] for epoch, training_, shape in watched.seen if epoch == 3 and not training_} == {(40, 40)}
+    assert list(result.valid_probs) == history[-1].valid_probs
     assert len(result.valid_probs) == len(dataset.split.indices(True))
 
 

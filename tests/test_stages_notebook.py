@@ -229,13 +229,17 @@ def test_a_two_stage_trial_records_its_spans_and_the_table_announces_stage_2():
     assert stage_spans(replace(config, stage2=None)) == []
     study = optuna.create_study()
     trial = study.ask()
-    RecordStages().on_start(trial, config)
+    RecordStages().on_start(trial, config)   # stage 2's params are not drawn yet: nothing to record
+    assert spans_of(study.trials[0].user_attrs) == []
+    RecordStages().on_stage2(trial, config)   # as the run reaches stage 2
     assert spans_of(study.trials[0].user_attrs) == stage_spans(config)
 
     out = io.StringIO()
     progress = StudyProgress(1, stream=out, bars=False)
     progress.on_start(trial, config)
     for record in _history("fuff"):
+        if record.epoch == 2:
+            progress.on_stage2(trial, config)
         progress.on_epoch(trial, record)
     lines = out.getvalue().splitlines()
     assert "started, epochs 0-3 (stage 1 epochs 0-1, stage 2 epochs 2-3)" in lines[0]

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from objectives.finetune import FinetuneObjective, config_from_trial, replay_config
 from objectives.oom import OutOfMemoryGuard, shape_key
-from objectives.space import SPACE_KEYS, distribution, draw_all, drawn, param_name
+from objectives.space import drawn
 from search.study.space_record import check_space
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
@@ -163,24 +163,6 @@ def test_sampled_mode_draws_stage2_n_cycles_and_a_0_draws_no_other_stage2_param(
     assert seen == {0, 1, 2}
 
 
-def test_a_dask_driver_fixes_stage_2s_params_up_front_as_a_trial_draws_them(tmp_path, data_dir):
-    # The driver asks with `drawn`'s distributions, then draws what a 0 would skip
-    # (search.running.dask_driver); the task's trial must find every param it suggests fixed.
-    space = load_study_file(write_study(tmp_path, data_dir, space=STAGED)).space
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
-    fixed = {param_name(name, spec): distribution(spec) for name, spec in drawn(space, "sampled").items()}
-    assert "stage2_lr" not in fixed and "stage2_n_cycles" in fixed
-    for _ in range(8):
-        asked = study.ask(fixed)
-        draw_all(asked, space, "sampled")
-        params = dict(asked.params)
-        # the task's side: a study whose sampler would draw anything it was not given differently
-        task = optuna.trial.FixedTrial(params)
-        config_from_trial(task, space, head_epochs=1, seed=0, n_cycles_mode="sampled")
-        assert (params["stage2_n_cycles"] == 0) == ("stage2_lr" not in params)
-        study.tell(asked, 0.5)
-
-
 class Submitted:
     """A stand-in for a Dask client: keeps each task the driver submits (nothing runs)."""
 
@@ -207,20 +189,28 @@ def test_the_dask_driver_submits_trials_with_stage_2s_params_fixed(tmp_path, dat
     skipped = [t for t in trials if t.params["stage2_n_cycles"] == 0]
     assert skipped and len(skipped) < 8   # both kinds drawn
     for trial in trials:
-        drawn_stage2 = {name for name in trial.params if name.startswith("stage2_")}
-        assert drawn_stage2 == ({"stage2_n_cycles"} if trial in skipped else
-                                {"stage2_n_cycles", "stage2_lr", "stage2_image_size", "stage2_freeze"})
+        # stage 2's other params are drawn where the trial reaches stage 2: the driver's sampler
+        # drew them, kept as fixed params that the task's suggest calls get back
+        assert {name for name in trial.params if name.startswith("stage2_")} == {"stage2_n_cycles"}
+        fixed = trial.system_attrs.get("fixed_params", {})
+        assert set(fixed) == (set() if trial in skipped else {"stage2_lr", "stage2_image_size", "stage2_freeze"})
+        if fixed:
+            task = optuna.trial.FixedTrial({**trial.params, **fixed})
+            config = config_from_trial(task, study_file.space, head_epochs=1, seed=0, n_cycles_mode="sampled")
+            assert config.stage2.lr == fixed["stage2_lr"]
 
 
-def test_a_stage_2_shape_that_ran_out_of_memory_refuses_the_trial(tmp_path, data_dir):
-    space = load_study_file(write_study(tmp_path, data_dir, space=STAGED)).space
-    study = optuna.create_study()
+def test_a_stage_2_shape_that_ran_out_of_memory_refuses_stage_2(tmp_path, data_dir):
+    # Stage 2's shape is known once the run reaches it: refused there, the trial keeps stage 1's
+    # end (a finished schedule: the budget offers 0) and trains nothing at stage 2's shape.
+    _, study_file, study, dataset = _study(tmp_path, data_dir, pruner="none")
     study.set_user_attr(shape_key("frozen", 16, 40), 0)   # stage 2's shape, not stage 1's (unfrozen, 32 px)
-    ran = []
-    guard = OutOfMemoryGuard(lambda trial: ran.append(trial) or 0.5, space, "budget")
-    study.optimize(guard, n_trials=1)
-    assert study.trials[0].state == TrialState.PRUNED and not ran
-    assert "image_size=40" in study.trials[0].user_attrs["refused"]
+    objective = FinetuneObjective(dataset, study_file.space, TINY, device="cpu")
+    study.optimize(OutOfMemoryGuard(objective, study_file.space, "budget"), n_trials=1)
+    [trial] = study.trials
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["epochs"] == 2
+    assert "image_size=40" in trial.user_attrs["refused"]
+    assert trial.value == trial.user_attrs["val_loss_by_epoch"][1]
 
 
 # --- a study that runs both stages ------------------------------------------------------------
@@ -264,7 +254,7 @@ def test_fit_replays_a_two_stage_trial_exactly_at_stage_2s_size(staged_study, tm
 
     path, _ = staged_study
     best = min(_trials(path), key=lambda t: t.value)
-    expected = replay_config(best, SPACE_KEYS, 1)
+    expected = replay_config(best, 1)
     lines: list[str] = []
     outcome = fit(path, tmp_path / "bundle", echo=lines.append)
     assert outcome.trial_number == best.number
@@ -278,7 +268,7 @@ def test_fit_replays_a_two_stage_trial_exactly_at_stage_2s_size(staged_study, tm
         odd = optuna.trial.create_trial(params=best.params, distributions=best.distributions, value=best.value,
                                         user_attrs={**best.user_attrs, **changed})
         with pytest.raises(SwiprError, match="can't replay it"):
-            replay_config(odd, SPACE_KEYS, 1)
+            replay_config(odd, 1)
 
 
 # --- pruning, resuming --------------------------------------------------------------------------
@@ -334,7 +324,7 @@ def test_a_trial_whose_best_is_stage_1s_end_replays_without_stage_2(tmp_path, da
     [trial] = study.trials
     assert trial.state == TrialState.COMPLETE and trial.user_attrs["epochs"] == 4
     assert trial.user_attrs["best_stage"] == 1 and trial.user_attrs["best_cycle_end_epoch"] == 1
-    config = replay_config(trial, SPACE_KEYS, 1)
+    config = replay_config(trial, 1)
     assert config.stage2 is None and config.epochs == 2 and config.finish_at == ()
     outcome = fit(path, tmp_path / "bundle", echo=lambda line: None)
     assert outcome.replay_value == trial.value and outcome.matched

@@ -131,3 +131,18 @@ def test_check_epochs_counts_the_warm_up_and_bounds_at_max_epochs():
     assert check_epochs(MAX_EPOCHS, 1, 1) == MAX_EPOCHS
     with pytest.raises(SwiprError, match="head_epochs=1, n_cycles=1000, cycle_len=1, cycle_mult=1 ask for 1001"):
         check_epochs(MAX_EPOCHS, 1, 1, "frozen_then_unfrozen", 1)
+
+
+def test_finished_schedules_keep_the_validation_predictions_of_that_epochs_model(dataset):
+    # Nested: the 1-cycle run ends after epoch 0, the 2-cycle run after epoch 2. Those epochs keep
+    # P(YES) from fastai's own validation pass; the others keep none. The last one is what the
+    # run returns, and it is exactly the prediction of the model that ends there.
+    seen = []
+    result = train(dataset, config(n_cycles=2, cycle_mult=2, finish_at=(1,)), TINY, device="cpu",
+                   on_epoch=seen.append)
+    assert [r.valid_probs is not None for r in seen] == [True, False, True]
+    assert len(seen[0].valid_probs) == len(dataset.split.indices(True))
+    assert seen[0].valid_probs != seen[2].valid_probs
+    assert list(result.valid_probs) == seen[2].valid_probs
+    shorter = train(dataset, config(n_cycles=1, cycle_mult=2), TINY, device="cpu")
+    assert list(shorter.valid_probs) == seen[0].valid_probs   # the 1-cycle run's own model, bit for bit

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 from objectives.optuna_compat import stale_trial_numbers
+from objectives.record import record_of
 from search.study.data_record import majority_baseline
 from search.study.open import best_trial, open_study, quiet_optuna
 from search.studyfile import load_study_file
 from search.views.format import accuracy_text, params_text
 from search.views.gains import gains_rows, search_gains
+from search.views.results import accuracy_of, auc_of, schedule_text
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -51,14 +53,20 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 
 
 def _trial_row(trial, stale: bool = False) -> dict:
-    """A trial as `status` shows it; STALE: RUNNING, but its worker's heartbeat stopped."""
+    """A trial as `status` shows it; STALE: RUNNING, but its worker's heartbeat stopped. Its
+    figures are its record's result: the finished schedule its value names (objectives.record)."""
+    record = record_of(trial)
+    result = record.result
     return {
         "number": trial.number,
         "state": "STALE" if stale else trial.state.name,
         "value": trial.value,
         "params": trial.params,
         "epochs": trial.user_attrs.get("epochs"),
-        "val_accuracy": trial.user_attrs.get("val_accuracy"),
+        "value_epoch": result.epoch if result is not None else None,
+        "value_is": schedule_text(record) if result is not None else None,
+        "val_accuracy": accuracy_of(trial),
+        "val_roc_auc": auc_of(trial),
         "duration_s": trial.duration.total_seconds() if trial.duration else None,
         # where it ran, on a Dask cluster: worker name, machine, GPU (CUDA_VISIBLE_DEVICES there)
         "worker": trial.user_attrs.get("worker"),
@@ -92,7 +100,8 @@ def status(args: argparse.Namespace) -> int:
     if baseline is not None:   # what val_acc is worth: always answering the commoner class scores this
         always = f" (always {majority_class})" if majority_class else ""
         print(f"majority baseline accuracy {baseline:.3f}{always}; vs_base = val_acc minus it")
-    print(f"{'#':>4}  {'state':<9} {'val_loss':>8}  {'val_acc':>7}  {'vs_base':>7}  {'epochs':>6}  params")
+    print("val_loss, val_acc: the trial's value, its best finished schedule, whose epoch is 'at'")
+    print(f"{'#':>4}  {'state':<9} {'val_loss':>8}  {'val_acc':>7}  {'vs_base':>7}  {'at':>3}  {'epochs':>6}  params")
     for row in rows:
         print(_status_line(row, baseline))
     return 0
@@ -105,8 +114,9 @@ def _status_line(row: dict, baseline: float | None) -> str:
     # + 0.0: a margin that rounds to zero is +0.000, not -0.000
     margin = f"{round(accuracy - baseline, 3) + 0.0:+.3f}" if accuracy is not None and baseline is not None else "-"
     params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
-    return (f"{row['number']:>4}  {row['state']:<9} {value:>8}  {acc:>7}  {margin:>7}  {row['epochs'] or '-':>6}  "
-            f"{params}{_where(row)}")
+    at = row["value_epoch"] if row["value_epoch"] is not None else "-"
+    return (f"{row['number']:>4}  {row['state']:<9} {value:>8}  {acc:>7}  {margin:>7}  {at:>3}  "
+            f"{row['epochs'] or '-':>6}  {params}{_where(row)}")
 
 
 def best(args: argparse.Namespace) -> int:
@@ -115,15 +125,21 @@ def best(args: argparse.Namespace) -> int:
     study = open_study(study_file, create=False, read_only=True)
     trial = best_trial(study)
     gains = search_gains(study)
+    record = record_of(trial)
+    result = record.result
     payload = {"number": trial.number, "value": trial.value, "params": trial.params,
-               "val_accuracy": trial.user_attrs.get("val_accuracy"), **gains}
+               "val_accuracy": accuracy_of(trial), "val_roc_auc": auc_of(trial),
+               "result": result.to_json() if result is not None else None,
+               "value_is": schedule_text(record) if result is not None else None, **gains}
     if args.json:
         print(json.dumps(payload))
         return 0
     print(f"best trial: {trial.number}")
-    print(f"val_loss: {trial.value:.4f}")
+    print(f"val_loss: {trial.value:.4f}" + (f" ({payload['value_is']})" if payload["value_is"] else ""))
     if payload["val_accuracy"] is not None:
         print(f"val_accuracy: {accuracy_text(payload['val_accuracy'], *majority_baseline(study))}")
+    if payload["val_roc_auc"] is not None:
+        print(f"val_roc_auc: {payload['val_roc_auc']:.4f}")
     print(f"params: {params_text(trial.params)}")
     for label, text in gains_rows(study, gains):
         print(f"{label}: {text}")

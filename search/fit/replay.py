@@ -17,8 +17,7 @@ from typing import Callable, cast
 import optuna
 import torch
 
-from objectives.finetune import replay_config
-from objectives.space import SPACE_KEYS
+from objectives.record import TrialRecord, record_of
 from search.fit.interpret import measure_tta, write_top_losses
 from search.fit.link import link_trial
 from search.fit.outputs import check_outputs
@@ -76,10 +75,10 @@ def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTr
     return trial
 
 
-def train_config(trial: optuna.trial.FrozenTrial, space_keys, study_file):
-    """The trial's TrainConfig: params as they were (an lr finder's lr included), its seed, the head
-    epochs it ran with, and the cycles of its best finished schedule (objectives.finetune.replay_config)."""
-    return replay_config(trial, space_keys, study_file.train.head_epochs)
+def trial_record(trial: optuna.trial.FrozenTrial, study_file) -> TrialRecord:
+    """The trial's record (objectives.record): its plan is what the fit replays, up to its result's
+    finished schedule; a trial written before the record has both rebuilt from its user attrs."""
+    return record_of(trial, study_file.train.head_epochs)
 
 
 def fit(study_path: Path, out: Path, trial_number: int | None = None, target_precision: float | None = None,
@@ -94,7 +93,8 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
     quiet_optuna()
     study = open_study(study_file, create=False)
     trial = pick_trial(study, trial_number)
-    config = train_config(trial, SPACE_KEYS, study_file)
+    record = trial_record(trial, study_file)
+    config = record.replay_config()
     echo(f"trial {trial.number}{' (best)' if trial_number is None else ''} of study '{study.study_name}': "
          f"val_loss {trial.value:.6g}, seed {config.seed}, {config.epochs} epochs, params {json.dumps(trial.params)}")
     study_file = as_trained(study_file, trial.user_attrs, f"trial {trial.number}", echo)   # its [model], cache_px
@@ -103,12 +103,14 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
     refuse_other_data(recorded, dataset, study_file, f"the one trial {trial.number} was trained on; the replay "
                       f"would not be that trial. Restore the labels file the study used")
     echo(f"data: fingerprint {dataset.fingerprint} matches the trial's")
-    result, replay = replay_trial(study_file, trial, config, dataset, device, threads, echo)
+    result, replay = replay_trial(study_file, trial, config, dataset, device, threads, echo,
+                                  record.plan.cpu_threads if record.plan else None)
     if strict and not replay["matched"]:
         raise SwiprError(f"trial {trial.number}: replay is outside the tolerance and --strict is set; "
                          f"no bundle written")
     result, tta_record = measure_tta(result, dataset, config, replay["device"], tta, echo)
     threshold, scores = judge(result, target_precision, echo)
+    replay["roc_auc"] = compare_auc(record, scores["roc_auc"], echo)
     manifest = {
         # the size the model ends at (stage 2's, where it ran) is the one it predicts at
         **model_manifest(study_file.model.arch, study_file.data.cache_px, config.final_image_size, result.mean,
@@ -131,7 +133,7 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
 
 
 def replay_trial(study_file, trial, config: TrainConfig, dataset, device: str | None, threads: int | None,
-                 echo) -> tuple:
+                 echo, planned_threads: int | None = None) -> tuple:
     """(TrainResult, replay record) of the trial's run again, with its CPU thread count."""
     name, where = study_file.device_from(device)
     with keyed(where):
@@ -140,7 +142,7 @@ def replay_trial(study_file, trial, config: TrainConfig, dataset, device: str | 
     # CPU reductions are summed per thread: the trial's thread count gives its exact numbers.
     if threads is not None and threads < 1:   # 0 is not "the default"
         raise SwiprError(f"--threads must be 1 or more, got {threads}")
-    threads = threads or trial.user_attrs.get(THREADS_ATTR) or torch.get_num_threads()
+    threads = threads or planned_threads or trial.user_attrs.get(THREADS_ATTR) or torch.get_num_threads()
     echo(f"replaying on {resolved} ({precision} precision, {threads} CPU threads)...")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -173,6 +175,20 @@ def judge(result, target_precision: float | None, echo) -> tuple:
               f"{scores['recall']:.0%} of the YES photos (recall {scores['recall']:.4f} < {RECALL_FLOOR}): a lower "
               f"--target-precision, or none (best F1), keeps more of them")
     return threshold, scores
+
+
+def compare_auc(record: TrialRecord, replay_auc: float, echo) -> dict:
+    """The replay's ROC AUC against the one the trial recorded for its value's model."""
+    recorded = record.result.roc_auc if record.result is not None else None
+    if replay_auc != replay_auc:   # one class in the validation split: no AUC either way
+        return {"trial": recorded, "replay": None}
+    if recorded is None or record.result is None:
+        echo(f"ROC AUC {replay_auc:.4f}; the trial recorded none for its best schedule (run by an older swipr)")
+        return {"trial": None, "replay": replay_auc}
+    same = "the same as" if abs(replay_auc - recorded) < 1e-9 else f"off by {abs(replay_auc - recorded):.2g} from"
+    echo(f"ROC AUC {replay_auc:.4f}, {same} the trial's {recorded:.4f} (its best schedule, after epoch "
+         f"{record.result.epoch})")
+    return {"trial": recorded, "replay": replay_auc}
 
 
 def compare_replay(trial: optuna.trial.FrozenTrial, replay_value: float, echo) -> dict:

@@ -20,9 +20,9 @@ import uuid
 import optuna
 from optuna.trial import TrialState
 
-from objectives.optuna_compat import storage_of, study_id, trial_id
+from objectives.optuna_compat import fix_params, storage_of, study_id, trial_id
 from objectives.resume import Checkpoints
-from objectives.space import distribution, draw_all, drawn, param_name
+from objectives.space import conditional, distribution, drawn, param_name, skippable_stage2, stage2_name
 from search.running.dask_trial import STARTED_ATTR, STOP_EVENT, DaskTask, run_dask_trial
 from search.running.failures import error_log
 from search.running.worker import checkpoint_root
@@ -109,9 +109,7 @@ class Driver:
 
     def submit(self) -> None:
         trial = self.study.ask(self.distributions)   # the sampler sees every running trial: constant liar
-        # Stage 2's params drawn only where its n_cycles is not 0 (objectives.space.conditional):
-        # drawn here too, by the study's sampler, for the task's study hands back only what it's given.
-        draw_all(trial, self.study_file.space, self.mode)
+        self.fix_stage2(trial)
         self.storage.set_trial_system_attr(trial_id(trial), TOKEN_ATTR, self.run_id)
         token = uuid.uuid4().hex
         task = DaskTask(str(self.study_file.path), self.storage_name, trial_id(trial), token, self.run_id,
@@ -119,6 +117,24 @@ class Driver:
         future = self.client.submit(self.task_function, task, key=f"swipr-trial-{trial.number}-{token[:8]}",
                                     resources={"GPU": 1} if self.kind == "GPU" else None, pure=False)
         self.running[future] = trial_id(trial)
+
+    def fix_stage2(self, trial: optuna.Trial) -> None:
+        """Stage 2's params are drawn where the trial reaches stage 2 (objectives.space.conditional),
+        on a worker whose study hands back only what it is given: the study's sampler draws them
+        here, kept as the trial's fixed params, so they become its params only if it gets there."""
+        space = self.study_file.space
+        later = conditional(space, self.mode)
+        if not later or (skippable_stage2(space, self.mode) and trial.params.get(stage2_name("n_cycles")) == 0):
+            return
+        frozen = self.storage.get_trial(trial_id(trial))
+        fixed = frozen.system_attrs.get("fixed_params", {})
+        draws = {}
+        for name, spec in later.items():
+            if name not in fixed:   # a retry's come back as its original drew them
+                dist = distribution(spec)
+                draws[name] = dist.to_external_repr(dist.to_internal_repr(
+                    self.study.sampler.sample_independent(self.study, frozen, name, dist)))
+        fix_params(trial, draws)
 
     def collect(self, future) -> int:
         """Report a finished task; return how many trials go back to the budget (lost ones)."""

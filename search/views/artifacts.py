@@ -5,7 +5,8 @@ Every trial gets its loss/accuracy curves and the learning-rate schedule it actu
 ends, the epochs where the pruner judged the trial and the value it judged, and for a pruned
 trial what it was compared with; both mark where a two-stage trial's stage 2 starts (a dashed
 line, labelled with its image size, batch size and freeze); a finished trial also gets a
-confusion matrix, a ROC curve and its top losses (search.views.top_losses) of its last epoch. Each
+confusion matrix, a ROC curve and its top losses (search.views.top_losses) of its value's model
+(the best finished schedule, objectives.record), for every trial that finished one. Each
 trial gets a markdown note of its params and metrics (an artifact, note.md, and a one-line user
 attr: see store_trial_note), the study an optuna-dashboard note of its data. A picture that can't be drawn or stored is
 reported on stderr and skipped: it must never turn a finished trial into a failed one.
@@ -24,17 +25,22 @@ import matplotlib
 
 matplotlib.use("Agg")   # files only, never a window; before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact  # noqa: E402
 from optuna_dashboard import get_note, save_note  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from objectives.judging import AGAINST_ATTR, JUDGED_ATTR, ScheduleCut, judge  # noqa: E402
+from objectives.optuna_compat import stored_trial  # noqa: E402
+from objectives.record import best_finished_record, record_of  # noqa: E402
 from search.study.data_record import data_summary, majority_baseline  # noqa: E402
 from search.views.format import accuracy_text, fmt  # noqa: E402
 from search.views.stages import RecordStages, StageSpan, boundary_label, spans_of, stages_text  # noqa: E402
+from search.views.results import last_epoch_loss, result_metrics, schedule_text  # noqa: E402
 from search.views.top_losses import TOP_LOSSES_PNG, draw_top_losses  # noqa: E402
 from swipr_core.metrics import confusion_counts, roc_auc  # noqa: E402
+from swipr_core.split import valid_targets  # noqa: E402
 
 # Artifact file names: the report finds the best trial's pictures by these.
 CURVES_PNG = "curves.png"
@@ -130,13 +136,24 @@ def _mark_judging(ax, history, marks: dict) -> None:
 
 
 def plot_curves(history, path: Path, title: str, marks: dict | None = None, baseline: float | None = None,
-                boundary: StageSpan | None = None) -> Path:
+                boundary: StageSpan | None = None, value_epoch: int | None = None) -> Path:
     """curves_figure, written to `path` (PNG)."""
-    return _save(curves_figure(history, title, marks, baseline, boundary), path)
+    return _save(curves_figure(history, title, marks, baseline, boundary, value_epoch), path)
+
+
+def _mark_value(loss_ax, acc_ax, history, value_epoch: int | None) -> None:
+    """A star on the epoch whose finished schedule is the trial's value (its record's result)."""
+    record = next((r for r in history if r.epoch == value_epoch), None)
+    if record is None:
+        return
+    loss_ax.plot([record.epoch], [record.valid_loss], "*", color="C3", markersize=14, zorder=5,
+                 label=f"the value: epoch {record.epoch}")
+    acc_ax.plot([record.epoch], [record.accuracy], "*", color="C3", markersize=14, zorder=5,
+                label=f"the value's epoch ({record.epoch})")
 
 
 def curves_figure(history, title: str, marks: dict | None = None, baseline: float | None = None,
-                  boundary: StageSpan | None = None):
+                  boundary: StageSpan | None = None, value_epoch: int | None = None):
     """Train and validation loss, and validation accuracy, per epoch; `marks` from judging_marks;
     `baseline` the majority-class accuracy, drawn dashed: the line the accuracy must clear;
     `boundary` stage 2's span (stage_boundary), marked where it starts."""
@@ -154,6 +171,7 @@ def curves_figure(history, title: str, marks: dict | None = None, baseline: floa
     _shade_phases(acc_ax, history)
     mark_stage(acc_ax, boundary)
     acc_ax.plot(epochs, [r.accuracy for r in history], "o-", color="C2", label="valid accuracy")
+    _mark_value(loss_ax, acc_ax, history, value_epoch)
     if baseline is not None and math.isfinite(baseline):
         acc_ax.axhline(baseline, color="0.3", linestyle="--", linewidth=1.2,
                        label=f"majority baseline {baseline:.3f}")
@@ -240,14 +258,19 @@ def _save(fig, path: Path) -> Path:
 # --- notes ------------------------------------------------------------------------------------
 
 def trial_note(number: int, state: str, params: dict, metrics: dict, baseline: float | None = None,
-               stages: list[StageSpan] | None = None) -> str:
-    """The trial's params and metrics; its accuracy with the majority `baseline` beside it; a
-    two-stage trial's `stages` (search.views.stages) in a line."""
+               stages: list[StageSpan] | None = None, value_is: str = "", last_epoch: tuple | None = None) -> str:
+    """The trial's params and metrics (its result's: the value's schedule, `value_is` in words);
+    its accuracy with the majority `baseline` beside it; a two-stage trial's `stages`
+    (search.views.stages) in a line; `last_epoch` (epoch, val_loss) where it is another epoch."""
     lines = [f"## Trial {number}: {state}", ""]
+    if value_is:
+        lines += [f"Its value is {value_is}; the metrics and pictures are of that model.", ""]
     if stages:
         lines += [f"Stages: {stages_text(stages)}.", ""]
     lines += ["| param | value |", "|---|---|"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in params.items()]
+    if last_epoch is not None:
+        metrics = {**metrics, f"last epoch ({last_epoch[0]}) val_loss": last_epoch[1]}
     if metrics:
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {accuracy_text(v, baseline) if k == 'val_accuracy' else fmt(v)} |"
@@ -313,27 +336,34 @@ class TrialArtifacts:
         self.dataset = dataset   # its image cache gives the top-loss grid its pictures
 
     def on_result(self, trial, result) -> None:
-        metrics = {k: v for k, v in result.metrics.items()}
-        self._store(trial, "COMPLETE", result.history, metrics, result.valid_probs, result.valid_targets)
+        self._store(trial, "COMPLETE", result.history)
 
     def on_stop(self, trial, history, error: BaseException) -> None:
         state = "PRUNED" if isinstance(error, optuna.TrialPruned) else f"FAILED ({type(error).__name__})"
         if isinstance(error, ScheduleCut):   # stopped after a finished schedule: its value is that one's
             state = f"COMPLETE (stopped by the pruner; keeps its {error.n_cycles}-cycle schedule)"
-        last = history[-1] if history else None
-        metrics = {"val_loss": last.valid_loss, "val_accuracy": last.accuracy, "epochs": len(history)} if last else {}
-        self._store(trial, state, history, metrics, None, None)
+        self._store(trial, state, history)
 
-    def _store(self, trial, state, history, metrics, probs, targets) -> None:
-        baseline = metrics.get("majority_accuracy")
-        if baseline is None:   # a pruned or failed trial: the study's, which every trial shares
-            try:
-                baseline, _ = majority_baseline(trial.study)
-            except Exception as error:  # noqa: BLE001 - the pictures without the baseline, then
-                _warn(trial, "the majority baseline", error)
+    def _store(self, trial, state: str, history) -> None:
+        """The note and pictures of the trial's record: its metrics, confusion, ROC and top losses
+        are of its best finished schedule's model (the value's), from the predictions it kept."""
+        record = record_of(stored_trial(trial))
         try:
-            note = trial_note(trial.number, state, trial.params, metrics, baseline, spans_of(trial.user_attrs))
-            store_trial_note(trial, self.store, note, note_line(state, metrics, baseline))
+            baseline, _ = majority_baseline(trial.study)
+        except Exception as error:  # noqa: BLE001 - the pictures without the baseline, then
+            baseline = None
+            _warn(trial, "the majority baseline", error)
+        if baseline is None and record.result is not None:   # a study that recorded none: the split's own
+            baseline = record.result.majority_accuracy
+        value_is = schedule_text(record) if record.result is not None else ""
+        try:
+            metrics = {**result_metrics(record), "epochs run": len(history)}
+            note = trial_note(trial.number, state, trial.params, metrics, baseline, spans_of(trial.user_attrs),
+                              value_is=value_is, last_epoch=last_epoch_loss(trial, record))
+            line = note_line(state, result_metrics(record), baseline)
+            if record.result is not None:
+                line += f" (after epoch {record.result.epoch})"
+            store_trial_note(trial, self.store, note, line)
         except Exception as error:  # noqa: BLE001 - a note is never worth a trial
             _warn(trial, "its note", error)
         if not history:
@@ -345,15 +375,20 @@ class TrialArtifacts:
             marks = None
             _warn(trial, "the judging marks", error)
         boundary = stage_boundary(trial, history)
+        value_epoch = record.result.epoch if record.result is not None else None
         # name -> the drawing, given where to write it and the title
         drawings: dict[str, Callable[[Path, str], Path]] = {
-            CURVES_PNG: partial(plot_curves, history, marks=marks, baseline=baseline, boundary=boundary),
+            CURVES_PNG: partial(plot_curves, history, marks=marks, baseline=baseline, boundary=boundary,
+                                value_epoch=value_epoch),
             LR_PNG: partial(plot_lr, history, boundary=boundary)}
-        if probs is not None:
-            drawings[CONFUSION_PNG] = partial(plot_confusion, probs, targets)
-            drawings[ROC_PNG] = partial(plot_roc, probs, targets)
-            if self.dataset is not None:
-                drawings[TOP_LOSSES_PNG] = partial(draw_top_losses, self.dataset, probs, targets)
+        best = best_finished_record(history)
+        if best is not None and best.valid_probs is not None and self.dataset is not None:
+            probs, targets = np.asarray(best.valid_probs), valid_targets(self.dataset.split)
+            of = f"{title}, epoch {best.epoch}: the value's model"
+            drawings[CONFUSION_PNG] = partial(_retitled, plot_confusion, probs, targets, title=of)
+            drawings[ROC_PNG] = partial(_retitled, plot_roc, probs, targets, title=of)
+            drawings[TOP_LOSSES_PNG] = partial(_retitled, partial(draw_top_losses, self.dataset), probs, targets,
+                                               title=of)
         with tempfile.TemporaryDirectory(prefix="swipr-plots-") as tmp:
             for name, draw in drawings.items():
                 try:
@@ -362,6 +397,11 @@ class TrialArtifacts:
                                     mimetype="image/png")
                 except Exception as error:  # noqa: BLE001 - see the module docstring
                     _warn(trial, name, error)
+
+
+def _retitled(draw, probs, targets, path: Path, _title: str, title: str) -> Path:
+    """`draw(probs, targets, path, title)` under its own title, not the hook's."""
+    return draw(probs, targets, path, title)
 
 
 def trial_pictures(trial: optuna.trial.FrozenTrial, storage, store) -> dict[str, bytes]:

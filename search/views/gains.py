@@ -10,6 +10,7 @@ from objectives.judging import BEST_STAGE_ATTR, CUT_ATTR, STAGE2_FIRST_EPOCH_ATT
 from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
 from search.study.warm_start import CHANGED_ATTR, KEPT_ATTR, NOTEBOOK, OLD_RUNS, STAGES_RUN_ATTR, WARM_START_ATTR
+from search.views.results import accuracy_of
 from search.views.stages import spans_of, stages_text
 
 
@@ -42,7 +43,7 @@ def _notebook_trials(trials) -> dict[str, optuna.trial.FrozenTrial]:
 def _against(best, trial) -> dict:
     row = {"name": trial.user_attrs[WARM_START_ATTR], "number": trial.number, "state": trial.state.name,
            "epochs": trial.user_attrs.get("epochs"), "planned_epochs": trial.user_attrs.get("planned_epochs"),
-           "val_loss": trial.value, "val_accuracy": trial.user_attrs.get("val_accuracy"),
+           "val_loss": trial.value, "val_accuracy": accuracy_of(trial),
            # None on trials tagged before these were recorded: what they kept is unknown
            "kept": trial.user_attrs.get(KEPT_ATTR), "changed": trial.user_attrs.get(CHANGED_ATTR),
            # the notebook's stages it ran (None: an older study's run of one stage, OLD_RUNS)
@@ -52,7 +53,7 @@ def _against(best, trial) -> dict:
            if "planned_epochs" in trial.user_attrs else None}
     if best is not None and trial.state == TrialState.COMPLETE:
         row["loss_change_pct"] = 100 * (best.value - trial.value) / trial.value
-        accuracy, best_accuracy = trial.user_attrs.get("val_accuracy"), best.user_attrs.get("val_accuracy")
+        accuracy, best_accuracy = accuracy_of(trial), accuracy_of(best)
         if accuracy is not None and best_accuracy is not None:
             row["accuracy_change_points"] = 100 * (best_accuracy - accuracy)
     return row
@@ -98,7 +99,7 @@ def _notebook_line(row: dict, best, baseline: float | None) -> str:
     text = (f"{where}: val_loss {row['val_loss']:.4f} -> best {best.value:.4f} "
             f"({abs(change):.1f}% {'lower' if change <= 0 else 'HIGHER'})")
     if "accuracy_change_points" in row:
-        text += (f", accuracy {row['val_accuracy']:.3f} -> {best.user_attrs['val_accuracy']:.3f} "
+        text += (f", accuracy {row['val_accuracy']:.3f} -> {accuracy_of(best):.3f} "
                  f"({row['accuracy_change_points']:+.1f} points")
         text += f"; majority baseline {baseline:.3f})" if baseline is not None else ")"
     return text

@@ -16,11 +16,13 @@ import torch
 from optuna.trial import TrialState
 from tqdm import tqdm   # not tqdm.auto: this is a terminal, never a notebook widget
 
+from objectives.record import record_of
 from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
 from search.views import epoch_table
 from search.views.format import accuracy_text, describe_trial, params_text, short
 from search.views.gains import gains_rows, search_gains
+from search.views.results import accuracy_of, auc_of, schedule_text
 from search.views.stages import stage_spans, stage_start_line
 
 
@@ -82,6 +84,13 @@ class StudyProgress:
         self.later_stages = spans[1:]
         self.write(f"{label}: started{last}{_baseline_text(trial)}")
         self.write(epoch_table.header())   # above the bars on a terminal: rows stay, as fastai's table
+
+    def on_stage2(self, trial, config) -> None:
+        """Stage 2's params are drawn as the run reaches it: announce it with them."""
+        self.later_stages = stage_spans(config)[1:]
+        if self.epoch_bar is not None and config.epochs != self.planned:
+            self.epoch_bar.total = self.planned = config.epochs
+            self.epoch_bar.refresh()
 
     def on_epoch(self, trial, record) -> None:
         if self.bars and self.epoch_bar is not None:
@@ -158,11 +167,15 @@ def _best_rows(study) -> list[tuple[str, str]]:
     best = best_or_none(study)
     if best is None:
         return [("best trial", "none completed yet")]
-    rows = [("best trial", str(best.number)), ("best val_loss", f"{best.value:.4f}")]
+    record = record_of(best)
+    value_is = f" ({schedule_text(record)})" if record.result is not None else ""
+    rows = [("best trial", str(best.number)), ("best val_loss", f"{best.value:.4f}{value_is}")]
     rows += [(f"  {k}", short(v)) for k, v in best.params.items()]
-    accuracy = best.user_attrs.get("val_accuracy")
+    accuracy, auc = accuracy_of(best), auc_of(best)
     if accuracy is not None:
         rows.append(("best val_accuracy", accuracy_text(accuracy, *majority_baseline(study))))
+    if auc is not None:
+        rows.append(("best val_roc_auc", f"{auc:.4f}"))
     return rows
 
 

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from objectives.judging import JUDGED_ATTR, LOSSES_ATTR
 from objectives.optuna_compat import storage_of
 from objectives.lr_record import finding_of, recorded_findings
+from objectives.record import record_of
 from search.study.data_record import data_summary
 from search.study.open import best_or_none, open_study, quiet_optuna
 from search.study.storage import redact
@@ -31,6 +32,7 @@ from search.studyfile import load_study_file
 from search.views.artifacts import PICTURES, artifact_dir as default_artifact_dir, open_artifact_store, trial_pictures
 from search.views.gains import gains_rows, search_gains
 from search.views.lr_plot import finding_title, plot_lr_find
+from search.views.results import last_epoch_loss, result_metrics, schedule_text
 from swipr_core.errors import SwiprError
 
 REPORT_FILE = "report.html"
@@ -69,9 +71,9 @@ PLOTS = (
 CURVE_TITLES = {
     "curves.png": "Loss and accuracy per epoch",
     "lr_schedule.png": "Learning-rate schedule",
-    "confusion_matrix.png": "Confusion matrix (last epoch)",
-    "roc_curve.png": "ROC curve (last epoch)",
-    "top_losses.png": "Top losses: the validation images it is most confidently wrong about",
+    "confusion_matrix.png": "Confusion matrix of the value's model (its best finished schedule)",
+    "roc_curve.png": "ROC curve of the value's model",
+    "top_losses.png": "Top losses of the value's model: the validation images it is most confidently wrong about",
 }
 
 STYLE = """
@@ -98,6 +100,8 @@ def _plot_sections(study) -> list[str]:
                 _mark_pruned(figure, study)
             body = figure.to_html(full_html=False, include_plotlyjs="inline" if not plotly_included else False,
                                   div_id=f"plot-{anchor}")
+            if anchor == "importances" and _left_out(study):
+                body += f'<p class="meta">{html.escape(_left_out(study))}</p>'
             plotly_included = True
         except Exception as error:  # noqa: BLE001 - one plot that can't be drawn yet must not sink the page
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -107,20 +111,38 @@ def _plot_sections(study) -> list[str]:
 
 
 def _varied_params(study) -> list[str]:
-    """The params worth an importance: ones that took two values or more among finished trials.
+    """The params worth an importance: ones every finished trial drew that took two values or more.
 
     Optuna draws something even from one trial (an even split) or from a param held fixed;
-    a made-up bar chart is worse than a sentence saying why there is none.
+    a made-up bar chart is worse than a sentence saying why there is none. Stage 2's params are
+    drawn only by trials that reach stage 2 (objectives.space.conditional): ranked with the rest,
+    they would restrict every importance to those trials, so they are left out (`_left_out` says so).
     """
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(done) < 2:
         raise ValueError(f"parameter importances need 2 or more finished trials, and this study has {len(done)}")
     if len({t.value for t in done}) < 2:
         raise ValueError("every finished trial has the same value, so no parameter made a difference")
-    varied = [name for name in done[0].params if len({repr(t.params.get(name)) for t in done}) > 1]
+    everywhere = set.intersection(*(set(t.params) for t in done))
+    varied = [name for name in done[0].params
+              if name in everywhere and len({repr(t.params.get(name)) for t in done}) > 1]
     if not varied:
         raise ValueError("every finished trial ran with the same params")
     return varied
+
+
+def _left_out(study) -> str:
+    """The sentence under the importances about params only some finished trials drew."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return ""
+    everywhere = set.intersection(*(set(t.params) for t in done))
+    some = sorted({name for t in done for name in t.params} - everywhere)
+    if not some:
+        return ""
+    counts = ", ".join(f"{name} ({sum(name in t.params for t in done)} of {len(done)})" for name in some)
+    return (f"Left out: {counts} finished trials drew them. Stage 2's params are drawn only by trials that "
+            f"reach stage 2, so they are ranked among those trials alone, not against stage 1's.")
 
 
 def _mark_pruned(figure, study) -> None:
@@ -159,12 +181,21 @@ def _best_section(study, trials, store) -> str:
     best = best_or_none(study)
     if best is None:
         return '<section id="best"><h2>Best trial</h2><p class="missing">No trial has completed yet.</p></section>'
+    record = record_of(best)
     rows = [("trial", best.number), ("val_loss", f"{best.value:.4f}")]
+    if record.result is not None:
+        rows.append(("its value is", schedule_text(record)))
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in best.params.items()]
-    for key in ("val_accuracy", "val_roc_auc", "majority_accuracy", "epochs"):
+    rows += [(key, f"{value:.4f}" if isinstance(value, float) else value)
+             for key, value in result_metrics(record).items() if key != "val_loss"]
+    for key in ("majority_accuracy", "epochs"):
         if key in best.user_attrs:
             value = best.user_attrs[key]
-            rows.append((key, f"{value:.4f}" if isinstance(value, float) else value))
+            label = "epochs run" if key == "epochs" else key
+            rows.append((label, f"{value:.4f}" if isinstance(value, float) else value))
+    last = last_epoch_loss(best, record)
+    if last is not None:
+        rows.append((f"last epoch ({last[0]}) val_loss", f"{last[1]:.4f}"))
     pictures = trial_pictures(best, storage_of(study), store) if store is not None else {}
     if pictures:
         images = "".join(

@@ -2,7 +2,7 @@
 
 The trial's config says it (swipr_core.schedule: stage 2 continues from stage 1's weights, at
 its own size, batch size, freeze and learning rate, on the run's one epoch counter). A hook
-records it on the trial when the trial starts (user attr STAGES_ATTR), so the pictures, the
+records it on the trial when the run reaches stage 2 and its params are drawn (user attr STAGES_ATTR), so the pictures, the
 per-epoch table, the summary and the report read the same spans, and so do later readers of a
 stored trial, without rebuilding its config. A one-stage trial records nothing.
 """
@@ -77,9 +77,13 @@ def stage_start_line(span: StageSpan) -> str:
 
 
 class RecordStages:
-    """Objective hook: records a two-stage trial's spans when it starts (see the module docstring)."""
+    """Objective hook: records a two-stage trial's spans as it reaches stage 2, its params drawn
+    (see the module docstring): a trial stopped at stage 1's end records none."""
 
     def on_start(self, trial, config) -> None:
+        """Nothing yet: a two-stage trial's stage 2 params are drawn as the run reaches it."""
+
+    def on_stage2(self, trial, config) -> None:
         spans = stage_spans(config)
         if spans:
             trial.set_user_attr(STAGES_ATTR, [asdict(span) for span in spans])
