@@ -27,13 +27,19 @@ X = median over seeds of finder best / plain best (below 1: the finder is better
 where the finder's best is lower.
 
     PYTHONPATH=. .venv/bin/python bench/lr_finder_vs_plain.py [--seeds 0-9] [--trials 12]
-        [--factor 0.3,3] [--finder valley] [--jobs 2] [--keep DIR]
+        [--factor 0.3,3] [--finder valley] [--jobs 2] [--keep DIR [--accept-unversioned]]
+
+With --keep, each finished study gets NAME.provenance.json beside it (bench/provenance.py:
+commit, code, versions, space, data, split, threads, settings); a later run reads a finished
+study only if that is what it would make now, says which it reuses and from when, and
+otherwise stops, before anything trains, with one line naming the study and what differs.
 
 About 2-4 minutes per study on one core of the 2-core machine: 10 seeds take 30-60 minutes.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -42,12 +48,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench import provenance  # noqa: E402
 
 LR_LINE = re.compile(r"^lr = .*$", re.MULTILINE)
 RANGE_TEST_PREFIX = "lr_find:"   # objectives.lr_record.ATTR_PREFIX
@@ -128,22 +137,70 @@ def swipr(*args: str, log: Path) -> float:
     return time.monotonic() - started
 
 
-def run_study(folder: Path, name: str, seed: int, database: Path, lr_line: str, trials: int) -> Outcome:
-    """Run the study, or, in a --keep folder, read the one a run before finished (a half-run one is run again)."""
-    file, wall_file = folder / f"{name}.toml", folder / f"{name}.wall_s"
+def kept(folder: Path, name: str, seed: int, database: Path, lr_line: str, trials: int,
+         made: Callable[[str, int, str], dict], accept_unversioned: bool = False, quiet: bool = False) -> Outcome | None:
+    """The study a run before finished in a --keep folder, or None (none, or half-run). One that
+    this run would not make the same way (`made(name, seed, study text)`, bench/provenance.py,
+    against its .provenance.json) stops the run with one line naming it and what differs."""
+    file, wall_file, made_file = folder / f"{name}.toml", folder / f"{name}.wall_s", folder / f"{name}.provenance.json"
     text = study_text(name, seed, database, lr_line)
-    if wall_file.exists() and file.read_text() == text:
-        outcome = read_outcome(file.with_suffix(".db"), name)
-        if len(outcome.trials) == trials:
-            outcome.wall_s = float(wall_file.read_text())
-            return outcome
+    if not (wall_file.exists() and file.read_text() == text):
+        return None
+    outcome = read_outcome(file.with_suffix(".db"), name)
+    if len(outcome.trials) != trials:
+        return None
+    recorded = json.loads(made_file.read_text()) if made_file.exists() else None
+    try:
+        line = provenance.check(file, recorded, made(name, seed, text.replace(str(folder), "<keep>")), accept_unversioned)
+    except provenance.Refused as error:
+        provenance.refuse(error, "bench/lr_finder_vs_plain.py")
+    if not quiet:
+        print(f"reusing {line}", flush=True)
+    outcome.wall_s = float(wall_file.read_text())
+    return outcome
+
+
+def run_study(folder: Path, name: str, seed: int, database: Path, lr_line: str, trials: int,
+              made: Callable[[str, int, str], dict], accept_unversioned: bool = False) -> Outcome:
+    """Run the study, or read the one a run before finished in a --keep folder (kept); write
+    what made it beside it."""
+    outcome = kept(folder, name, seed, database, lr_line, trials, made, accept_unversioned, quiet=True)
+    if outcome is not None:
+        return outcome
+    file = folder / f"{name}.toml"
+    text = study_text(name, seed, database, lr_line)
     file.with_suffix(".db").unlink(missing_ok=True)
     file.write_text(text)
     wall = swipr("study", "run", str(file), "--n-trials", str(trials), log=folder / f"{name}.log")
-    wall_file.write_text(f"{wall:.1f}")
+    (folder / f"{name}.wall_s").write_text(f"{wall:.1f}")
+    made_by = made(name, seed, text.replace(str(folder), "<keep>"))
+    (folder / f"{name}.provenance.json").write_text(json.dumps(made_by, indent=1))
     outcome = read_outcome(file.with_suffix(".db"), name)
     outcome.wall_s = wall
     return outcome
+
+
+def what_makes(folder: Path, database: Path, trials: int) -> Callable[[str, int, str], dict]:
+    """made(name, seed, study text) -> the provenance of a study this run makes: the code
+    `swipr study run` runs, the demo photos and their split (prepared once here), one thread."""
+    from search.study.data_record import prepare_study_data
+    from search.studyfile import load_study_file
+
+    probe = folder / "provenance-probe.toml"
+    probe.write_text(study_text("provenance-probe", 0, database, PLAIN_LR))
+    spec = load_study_file(probe)
+    data, split = provenance.dataset_fingerprints(prepare_study_data(spec), spec.data.image_root)
+    probe.unlink()
+    code = provenance.project_code(Path(__file__), "swipr_core", "objectives", "search")
+
+    def made(name: str, seed: int, text: str) -> dict:
+        space = text.split("\n[space]\n", 1)[1]
+        return provenance.provenance("bench/lr_finder_vs_plain.py", code=code, space=provenance.digest(space),
+                                     data=data, split=split, threads=1,
+                                     settings={"study": name, "seed": seed, "trials": trials,
+                                               "study_file": provenance.digest(text)})
+
+    return made
 
 
 def train_batches(n_train: int, batch_size: int) -> int:
@@ -244,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finder", default="valley", help="the finder's suggestion (default valley)")
     parser.add_argument("--jobs", type=int, default=2, choices=(1, 2), help="studies at once (default 2)")
     parser.add_argument("--keep", type=Path, help="keep study files, logs and databases in this folder; a study "
-                        "a run before finished there is read, not run again (so a stopped run can go on)")
+                        "a run before finished there is read, not run again (so a stopped run can go on), "
+                        "if what made it (its .provenance.json) is what this run would make")
+    parser.add_argument(provenance.ACCEPT_FLAG, action="store_true",
+                        help="--keep: read finished studies recorded before provenance (bench/README.md, Provenance)")
     args = parser.parse_args(argv)
     seeds = parse_seeds(args.seeds)
     low, high = (float(v) for v in args.factor.split(","))
@@ -259,9 +319,15 @@ def main(argv: list[str] | None = None) -> int:
         database = folder / "data" / "pics.db"
         if not database.exists():   # the same data every time: swipr demo-data's default seed
             swipr("demo-data", str(folder / "data"), log=folder / "demo-data.log")
+        made, accept = what_makes(folder, database, args.trials), args.accept_unversioned
+        for seed in seeds:   # a kept study this run would not make is refused here, before anything trains
+            for name, line in ((f"plain-{seed}", plain_line), (f"finder-{seed}", finder_line)):
+                kept(folder, name, seed, database, line, args.trials, made, accept)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [(seed, pool.submit(run_study, folder, f"plain-{seed}", seed, database, plain_line, args.trials),
-                        pool.submit(run_study, folder, f"finder-{seed}", seed, database, finder_line, args.trials))
+            futures = [(seed, pool.submit(run_study, folder, f"plain-{seed}", seed, database, plain_line, args.trials,
+                                          made, accept),
+                        pool.submit(run_study, folder, f"finder-{seed}", seed, database, finder_line, args.trials,
+                                    made, accept))
                        for seed in seeds]
             rows = []
             for seed, plain, finder in futures:

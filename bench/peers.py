@@ -30,12 +30,18 @@ longer run as soon as its epochs are spent (`finished_schedules`: a 2-cycle run 
 before its trial ends, so its figures are the same either way.
 
     .venv/bin/python bench/peers.py [--seeds 0,1,2,3,4] [--trials 12] [--images 600] [--threads 2]
-        [--variant "pruner_warmup_epochs = 1; warm_start = false" ...] [--cache DIR [--only swipr|plain]]
+        [--variant "pruner_warmup_epochs = 1; warm_start = false" ...] [--cache DIR [--only swipr|plain|cached]]
+        [--accept-unversioned]
 
 `--variant` runs swipr with [study] lines other than the shipped ones (repeatable; "default"
 is the study file as shipped; the last line is the first variant's). `--cache` keeps each
-contender's trials per seed as JSON, so another run (another variant, or `--only` one
-contender in a second process) reuses them instead of training again.
+contender's trials per seed as JSON with what made them (bench/provenance.py: commit, code,
+versions, space, data, split, threads, settings), so another run (another variant, or `--only`
+one contender in a second process) reuses them instead of training again; each reused file is
+named with when and at which commit it was made, and one that this run would not make the same
+way stops the run with one line saying what differs. `--only cached` re-prints what the cache
+holds, each file named that way. Files recorded before provenance are read only with
+--accept-unversioned.
 
 About 5-10 minutes per seed and contender on a loaded 2-core machine: the times are only
 comparable within one run of this script (the machines are shared and noisy); the epochs and
@@ -56,11 +62,14 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench import provenance  # noqa: E402
 
 BUDGET_SHARES = (0.25, 0.5, 1.0)
 DEFAULT_VARIANT = "default"   # the study file's [study] lines as shipped
@@ -279,13 +288,20 @@ def _fmt(value: float | None) -> str:
     return "  none" if value is None else f"{value:.4f}"
 
 
-def cached(cache: Path | None, name: str, contender, run: bool = True) -> tuple[list[Finished], float] | None:
-    """(trials, seconds) of `contender()`, kept as `cache/name.json` when a cache folder is given:
-    a second run of this script with other variants reuses the plain script's trials. None if
-    it isn't cached and not to be `run`."""
+def cached(cache: Path | None, name: str, contender, made: Callable[[], dict], run: bool = True,
+           accept_unversioned: bool = False) -> tuple[list[Finished], float] | None:
+    """(trials, seconds) of `contender()`, kept as `cache/name.json` with its provenance when a
+    cache folder is given: a second run of this script with other variants reuses the plain
+    script's trials. A cached file is reused only if `made()` (what would be run now:
+    bench/provenance.py) matches what made it; otherwise the run stops with one line naming the
+    file and what differs. None if it isn't cached and not to be `run`."""
     file = cache / f"{name}.json" if cache else None
     if file is not None and file.exists():
         saved = json.loads(file.read_text())
+        try:
+            print(f"reusing {provenance.check(file, saved.get('provenance'), made(), accept_unversioned)}", flush=True)
+        except provenance.Refused as error:
+            provenance.refuse(error, "bench/peers.py")
         return [Finished(t["epochs"], t["loss"], [tuple(x) for x in t["on_the_way"]]) for t in saved["trials"]], saved["seconds"]
     if not run:
         return None
@@ -295,9 +311,32 @@ def cached(cache: Path | None, name: str, contender, run: bool = True) -> tuple[
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
         temp = file.with_suffix(".tmp")
-        temp.write_text(json.dumps({"seconds": seconds, "trials": [asdict(t) for t in trials]}))
+        temp.write_text(json.dumps({"provenance": made(), "seconds": seconds, "trials": [asdict(t) for t in trials]}))
         temp.replace(file)
     return trials, seconds
+
+
+def what_makes(folder: Path, args, seeds: list[int]) -> Callable[[str, int, str], dict]:
+    """made(contender, seed, variant) -> the provenance block of what this run would make: the
+    code it runs, the space, the demo photos and their split (prepared once here, as both
+    contenders prepare them), threads and the settings that change a contender's trials."""
+    from search.study.data_record import prepare_study_data
+    from search.studyfile import load_study_file
+
+    spec = load_study_file(study_file(folder, folder / "data", seeds[0], args.trials))
+    data, split = provenance.dataset_fingerprints(prepare_study_data(spec), spec.data.image_root)
+    code = provenance.project_code(Path(__file__), "swipr_core", "objectives", "search")
+
+    def made(contender: str, seed: int, variant: str) -> dict:
+        settings = {"contender": contender, "seed": seed, "trials": args.trials, "images": args.images}
+        if contender == "swipr":
+            settings["variant"] = variant_lines(variant)
+            text = study_file(folder, folder / "data", seed, args.trials, variant).read_text()
+            settings["study_file"] = provenance.digest(text.replace(str(folder), "<tmp>"))
+        return provenance.provenance("bench/peers.py", code=code, space=provenance.digest(SPACE), data=data,
+                                     split=split, threads=args.threads, settings=settings)
+
+    return made
 
 
 def print_seed(seed: int, variant: str, ours: list[Finished], theirs: list[Finished], swipr_s: float,
@@ -331,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: default only). The last line is the first variant's.")
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder keeping each contender's trials per seed, so another run reuses them")
+    parser.add_argument(provenance.ACCEPT_FLAG, action="store_true",
+                        help="read cached trials recorded before provenance (bench/README.md, Provenance); "
+                             "what they do record is still checked")
     parser.add_argument("--only", choices=("swipr", "plain", "cached"), default=None,
                         help="run one contender only, into --cache (to split the work over processes), or "
                              "neither ('cached': compare what the cache holds); a seed is compared once both are in it")
@@ -354,14 +396,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="swipr-peers-") as tmp:
         folder = Path(tmp)
         write_demo_data(folder / "data", n_images=args.images, seed=0)
+        made = what_makes(folder, args, seeds)
+        accept = args.accept_unversioned
         for seed in seeds:
             plain_file = study_file(folder, folder / "data", seed, args.trials)
             theirs = cached(args.cache, f"plain-{seed}-{key}", functools.partial(run_plain, plain_file, seed, args.trials),
-                            run=args.only in (None, "plain"))
+                            functools.partial(made, "plain", seed, DEFAULT_VARIANT), args.only in (None, "plain"),
+                            accept)
             for variant in variants:
                 file = study_file(folder, folder / "data", seed, args.trials, variant)
                 ours = cached(args.cache, f"swipr-{seed}-{key}-{_slug(variant)}",
-                              functools.partial(run_swipr, file, args.trials), run=args.only in (None, "swipr"))
+                              functools.partial(run_swipr, file, args.trials),
+                              functools.partial(made, "swipr", seed, variant), args.only in (None, "swipr"), accept)
                 if ours is None or theirs is None:
                     print(f"seed {seed} [{variant}]: not compared, {'swipr' if ours is None else 'plain'} "
                           f"not in {args.cache} yet", flush=True)

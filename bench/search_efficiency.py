@@ -39,6 +39,7 @@ import optuna
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))   # run as a script from anywhere: the project's packages
 
+from bench import provenance  # noqa: E402
 from objectives.judging import BEST_N_CYCLES_ATTR, replay_curve  # noqa: E402
 from objectives.space import DEFAULT_N_CYCLES_MODE, Choices, suggest  # noqa: E402
 from search.study.pruners import make_pruner  # noqa: E402
@@ -125,6 +126,7 @@ def record(table: Path, study_path: Path, threads: int, grid: dict = GRID, weigh
     if not study_file.data.database.exists():
         write_demo_data(study_file.data.database.parent)
     dataset = prepare_data(study_file.data)
+    made = table_provenance(study_file, dataset, grid, weights, threads)   # before training: what it will be
     fixed = {name: study_file.space[name].values[0] for name in ("batch_size", "image_size")}
     model = study_file.model if weights is None else dataclasses.replace(study_file.model, pretrained=True,
                                                                         weights=weights)
@@ -142,12 +144,59 @@ def record(table: Path, study_path: Path, threads: int, grid: dict = GRID, weigh
             "weights": str(weights.relative_to(ROOT)) if weights else None,
             "head_epochs": study_file.train.head_epochs, "data_fingerprint": dataset.fingerprint,
             "images": len(dataset.split), "cpu_threads": torch.get_num_threads(),
-            "total_seconds": round(time.perf_counter() - started, 1)}
+            "total_seconds": round(time.perf_counter() - started, 1), "provenance": made}
     table.parent.mkdir(parents=True, exist_ok=True)
     partial = table.with_suffix(".partial")
     partial.write_text(json.dumps({"meta": meta, "grid": grid, "configs": rows}, indent=1))
     partial.replace(table)   # an interrupted recording leaves the committed table as it was
     print(f"wrote {table}: {len(rows)} configurations in {meta['total_seconds']} s")
+
+
+def table_provenance(study_file, dataset, grid: dict, weights: Path | None, threads: int) -> dict:
+    """What a --record of `grid` makes now (bench/provenance.py): the trainer (swipr_core) and
+    record()'s own source, the grid, the demo photos and their split, the fixed settings."""
+    settings = {"study_file": str(study_file.path.relative_to(ROOT)), "arch": study_file.model.arch,
+                **{name: study_file.space[name].values[0] for name in ("batch_size", "image_size")},
+                "head_epochs": study_file.train.head_epochs,
+                "weights": str(weights.relative_to(ROOT)) if weights else None}
+    code = {"swipr_core": provenance.code_hash(ROOT / "swipr_core"),
+            "bench/search_efficiency.py:record": provenance.source_hash(record)}
+    if weights:
+        code[settings["weights"]] = provenance.files_hash(ROOT, [weights.relative_to(ROOT)])
+    data, split = provenance.dataset_fingerprints(dataset, study_file.data.image_root)
+    return provenance.provenance("bench/search_efficiency.py --record", code=code, space=provenance.digest(grid),
+                                 data=data, split=split, threads=threads, settings=settings)
+
+
+def check_table(table: Path, study_path: Path, threads: int, accept_unversioned: bool) -> None:
+    """Refuse (one line, exit 2) a table that a --record now would not make the same way; print
+    what is replayed and from when. The demo photos are made in a temporary folder when the
+    study file's aren't there, as --record would make them."""
+    import dataclasses
+    import tempfile
+
+    from search.studyfile import load_study_file
+    from swipr_core.data import prepare_data
+    from swipr_core.demo_data import write_demo_data
+
+    data = json.loads(table.read_text())
+    name = table_name(table)
+    grid = TABLES[name][1] if name in TABLES else data["grid"]
+    weights = WEIGHTS if data["meta"].get("weights") else None
+    study_file = load_study_file(study_path)
+    with tempfile.TemporaryDirectory(prefix="swipr-efficiency-") as tmp:
+        spec = study_file.data
+        if not spec.database.exists():
+            write_demo_data(Path(tmp) / "demo-data")
+            spec = dataclasses.replace(spec, database=Path(tmp) / "demo-data" / "pics.db", image_root=Path(tmp) / "demo-data",
+                                       cache_dir=Path(tmp) / "cache", labels_file=Path(tmp) / "labels.csv")
+        dataset = prepare_data(spec)
+        now = table_provenance(dataclasses.replace(study_file, data=spec), dataset, grid, weights, threads)
+    try:
+        print(f"replaying {provenance.check(table, data['meta'].get('provenance'), now, accept_unversioned)}",
+              flush=True)
+    except provenance.Refused as error:
+        provenance.refuse(error, "bench/search_efficiency.py")
 
 
 def grid_configs(grid: dict = GRID) -> list[dict]:
@@ -336,6 +385,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--only", help="replay only the strategies whose name contains one of these ('|'-separated), and "
                              "the four the summary lines compare")
+    parser.add_argument(provenance.ACCEPT_FLAG, action="store_true",
+                        help="replay tables recorded before provenance (bench/README.md, Provenance); what they do "
+                             "record (grid, split, threads, settings) is still checked")
     args = parser.parse_args()
     name = "pretrained" if args.pretrained else "demo"
     if args.record:
@@ -345,19 +397,33 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     tables = {table_name(args.table): args.table} if args.table else {n: t for n, (t, _) in TABLES.items()
                                                                        if t.is_file()}
+    for table in tables.values():
+        check_table(table, args.study_file.resolve(), args.threads, args.accept_unversioned)
     reports = {n: replay(table, args.seeds, args.only) for n, table in tables.items()}
     for n, report in reports.items():
         print_table(n, report)
     text = json.dumps(reports, default=lambda v: None).replace("Infinity", "null")
     print(text)
     if args.json:
-        args.json.write_text(text)
+        made = replay_provenance(tables, args)
+        args.json.write_text(json.dumps({"provenance": made, "tables": json.loads(text)}))
     for n, report in reports.items():
         print_summary(n, report)
     # `ratio:` compares today's per-epoch median with the cycle-end median, on the first table.
     first = next(iter(reports.values()))
     median = medians(first)
     print(f"ratio: {median[TODAY] / median[CYCLE_END]:.2f}")
+
+
+def replay_provenance(tables: dict[str, Path], args) -> dict:
+    """What made a --json file: this script and the code it replays with (samplers, pruners,
+    judging), the tables (each table's own provenance), the strategies and seeds."""
+    code = provenance.project_code(Path(__file__), "objectives", "search")
+    recorded = {n: json.loads(t.read_text())["meta"].get("provenance") for n, t in tables.items()}
+    return provenance.provenance("bench/search_efficiency.py", code=code, space=provenance.digest(recorded),
+                                 data=provenance.digest({n: p and p.get("data") for n, p in recorded.items()}),
+                                 split=provenance.digest({n: p and p.get("split") for n, p in recorded.items()}),
+                                 threads=1, settings={"seeds": args.seeds, "only": args.only, "tables": recorded})
 
 
 def table_name(table: Path) -> str:

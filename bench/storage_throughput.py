@@ -27,12 +27,12 @@ sys.path.insert(0, str(ROOT))
 def _worker(url: str, slot: int, n_trials: int, sampler: str, ready, go) -> None:
     import optuna
 
-    from search.study.samplers import make_sampler, worker_seed
+    from search.study.samplers import make_sampler
     from search.study.storage import Heartbeat, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name="bench", storage=open_storage(url, heartbeat=Heartbeat(interval=60, grace_period=180)))
-    study.sampler = make_sampler(sampler, worker_seed(0, "bench", slot, 0))
+    study.sampler = make_sampler(sampler, 0)   # every worker the study seed, as swipr's do
     ready.release()
     go.wait()
 

@@ -13,7 +13,7 @@ from psycopg2 import sql
 
 from search.study.open import open_study
 from search.study.storage import Heartbeat, open_storage, redact, redact_output
-from search.study.samplers import make_sampler, worker_seed
+from search.study.samplers import make_sampler
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
 from tests import pg
@@ -21,11 +21,12 @@ from tests.studykit import one_line_error, run_cli, write_study
 
 
 def _trivial_worker(url: str, slot: int, n_trials: int) -> None:
-    # What a worker does, minus the training: heartbeats on, a sampler seed of its own.
+    # What a worker does, minus the training: heartbeats on, the study's sampler with the
+    # study's seed (search.study.samplers seeds each trial by its number).
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(url, heartbeat=Heartbeat(interval=5, grace_period=20))
     study = optuna.load_study(study_name="s", storage=storage)
-    study.sampler = make_sampler("tpe", worker_seed(0, "host", slot, len(study.trials)))
+    study.sampler = make_sampler("tpe", 0)
 
     def objective(trial):
         return (trial.suggest_float("x", -10, 10) - 2) ** 2 + trial.suggest_float("y", -10, 10) ** 2
@@ -97,12 +98,6 @@ def test_redacted_output_replaces_the_password(capsys):
     out, err = capsys.readouterr()
     assert pg.PASSWORD not in out + err
     assert "connecting with ***" in out
-
-
-def test_worker_seeds_differ_by_slot_and_are_stable():
-    assert worker_seed(0, "h", 0, 5) == worker_seed(0, "h", 0, 5)
-    assert len({worker_seed(0, "h", slot, 5) for slot in range(16)}) == 16
-    assert worker_seed(0, "a", 0, 5) != worker_seed(0, "b", 0, 5)
 
 
 # A password with an unencoded "@" and "/" whose wrong split still lands on loopback.

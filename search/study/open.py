@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import logging
-import socket
 import warnings
 
 import optuna
 
 from search.study.pruners import pruner_for
-from search.study.samplers import make_sampler, worker_seed
+from search.study.samplers import make_sampler
 from search.study.orphans import fail_unbeaten_trials
 from search.study.storage import Heartbeat, open_storage, redact, study_name_limit
 from search.studyfile import StudyFile
@@ -66,25 +65,20 @@ def heartbeat(study_file: StudyFile) -> Heartbeat:
 
 def open_worker_study(study_file: StudyFile, on_stale, slot: str = "0") -> optuna.Study:
     """The study as one worker runs it: heartbeats on, stale trials retried (on SQLite and
-    PostgreSQL; a journal file has no heartbeats), and a sampler seed of its own
-    (see search.study.samplers.worker_seed). `on_stale(study, trial)` gets each dead worker's
-    trial (objectives.resume.Checkpoints.on_stale)."""
+    PostgreSQL; a journal file has no heartbeats), and the study's sampler, which seeds each
+    trial by its number (search.study.samplers), so no worker needs a seed of its own and the
+    machine's name plays no part. `slot` names the worker on this machine; it is not part of
+    any seed. `on_stale(study, trial)` gets each dead worker's trial
+    (objectives.resume.Checkpoints.on_stale)."""
     s = study_file.study
     refuse_long_name(study_file)
     storage = open_storage(s.storage, create=False, heartbeat=heartbeat(study_file), on_stale=on_stale)
     try:
         study = optuna.load_study(study_name=s.name, storage=storage, pruner=pruner_for(study_file),
-                                  sampler=optuna.samplers.RandomSampler())
+                                  sampler=make_sampler(s.sampler, s.seed))
     except KeyError:
         raise SwiprError(f"no study named '{s.name}' in {redact(s.storage)}") from None
     fail_unbeaten_trials(study, s.grace_period, on_stale)
-    # Trials so far plus finished ones: a worker that takes a WAITING trial (one put back
-    # untried when a run stopped) draws its params without adding a trial, so the count alone
-    # would hand the next worker on its slot the same seed and the same draw. The sum grows with
-    # every worker on a slot, and is 0 for a new study as the count was.
-    trials = study.get_trials(deepcopy=False)
-    so_far = len(trials) + sum(trial.state.is_finished() for trial in trials)
-    study.sampler = make_sampler(s.sampler, worker_seed(s.seed, socket.gethostname(), slot, so_far))
     return study
 
 
