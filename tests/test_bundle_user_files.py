@@ -17,10 +17,11 @@ MANIFEST = {"arch": "test_resnet", "cache_px": 48, "image_size": 32, "mean": [0.
 
 
 def write_bundle(out: Path, onnx: bytes, force: bool = False) -> str:
-    staging = bundle.staging_dir(out, force)
+    forced = {"force": True} if force else {}
+    staging = bundle.staging_dir(out, **forced)
     (staging / bundle.ONNX).write_bytes(onnx)
     (staging / bundle.WEIGHTS).write_bytes(b"safetensors bytes")
-    return bundle.finish(staging, out, MANIFEST, force)
+    return bundle.finish(staging, out, MANIFEST, **forced)
 
 
 def copied_bundle_with_notes(tmp_path: Path) -> Path:
