@@ -82,7 +82,9 @@ def test_redaction_is_by_position_never_by_substring():
     assert "p" not in passwords_of(url)
     assert redact_text("psycopg2 could not connect", url) == "psycopg2 could not connect"
     # A user name or host that happens to hold the password's letters is shown as it is.
-    assert redact("postgresql://pw:pw@127.0.0.1/pwdb") == "postgresql://pw:***@127.0.0.1/pwdb"
+    short = "postgresql://pw:pw@127.0.0.1/pwdb"
+    assert redact(short) == "postgresql://pw:***@127.0.0.1/pwdb"
+    assert redact_text(f"can't open {short}", short) == "can't open postgresql://pw:***@127.0.0.1/pwdb"
 
 
 FORMS = {

@@ -179,11 +179,21 @@ def refuse_ambiguous_password(url: str, where: str = "storage") -> None:
 
 
 def redact_text(text: str, url: str) -> str:
-    """`text` with every password of `url` replaced by *** (free text: a driver's message,
-    whatever a worker prints). The URL itself is redacted by position (redact)."""
-    for password in passwords_of(url):
-        text = text.replace(password, "***")
-    return text
+    """`text` (free text: a driver's message, whatever a worker prints) with `url` itself, as
+    written or with its driver added, redacted by position, then any password of `url` left
+    elsewhere in it replaced by ***."""
+    if not passwords_of(url):
+        return text
+    forms = sorted({url, normalize_url(url)}, key=len, reverse=True)
+    pieces = re.split("(" + "|".join(map(re.escape, forms)) + ")", text)
+    for index, piece in enumerate(pieces):
+        if index % 2:   # a whole URL: its user, host and database stay readable
+            pieces[index] = redact(piece)
+            continue
+        for password in passwords_of(url):
+            piece = piece.replace(password, "***")
+        pieces[index] = piece
+    return "".join(pieces)
 
 
 # Optuna's schema keeps study names in a varchar(512) (optuna/storages/_rdb/models.py,
