@@ -98,13 +98,18 @@ FORMS = {
     "sslpassword": ("postgresql://swipr:Sekrit-Both-46@127.0.0.1:{port}/db?sslpassword=Sekrit-Key-47",
                     ["Sekrit-Both-46", "Sekrit-Key-47"]),
     "key=value string": ("host=127.0.0.1 port={port} user=swipr password=Sekrit-Dsn-48", ["Sekrit-Dsn-48"]),
+    # libpq reads a passfile itself; swipr never opens it, so its contents can't reach a message.
+    "passfile": ("postgresql://swipr@127.0.0.1:{port}/db?passfile={passfile}", ["Sekrit-Passfile-49"]),
 }
 
 
 @pytest.mark.parametrize("form", FORMS)
 def test_no_command_shows_a_password_in_any_form(tmp_path, data_dir, monkeypatch, form):
     template, secrets = FORMS[form]
-    url = template.format(port=CLOSED)
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{CLOSED}:*:swipr:Sekrit-Passfile-49\n")
+    passfile.chmod(0o600)
+    url = template.format(port=CLOSED, passfile=passfile)
     path = write_study(tmp_path, data_dir)
     monkeypatch.setenv("SWIPR_STORAGE", url)
     commands = [("study", "run", path, "--n-trials", "1"), ("study", "status", path), ("study", "best", path),
@@ -119,7 +124,8 @@ def test_no_command_shows_a_password_in_any_form(tmp_path, data_dir, monkeypatch
             assert secret not in output, (command, output)
     for secret in secrets:
         assert secret not in redact(url)
-        assert redact_text(f"connect({secret!r}) failed", url) == "connect('***') failed" or form == "encoded key"
+        assert redact_text(f"connect({secret!r}) failed", url) == "connect('***') failed" or form in (
+            "encoded key", "passfile")
 
 
 def _tree_command_lines(session: int) -> list[str]:
