@@ -208,12 +208,16 @@ def describe_odd_ages(odd_ages: dict) -> str:
             f"{odd_ages['rows']} rows of pics: {named}{more}")
 
 
-def database_record(database: Path) -> dict:
+def database_record(database: Path) -> dict | None:
     """What a labels file records of the pics database it is made from: the path, size,
-    modification time and SHA-256 of its bytes (taken before they are read)."""
-    info = os.stat(database)
-    with open(database, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    modification time and SHA-256 of its bytes; None for a file that can't be read (reading
+    the table then says why)."""
+    try:
+        info = os.stat(database)
+        with open_regular(database) as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    except (OSError, NotRegularFile):
+        return None
     return {"path": str(database.resolve()), "bytes": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": digest}
 
 
@@ -221,7 +225,8 @@ def database_change(meta: dict, database: Path) -> str | None:
     """How `database` differs from the one a labels file's `meta` says it was made from; None
     when it is the same data (the same bytes, even moved or copied elsewhere) or when that
     can't be told (no record, or no database file to compare)."""
-    if not database.is_file():
+    current = os.stat(database) if database.is_file() else None
+    if current is None or not os.access(database, os.R_OK):
         return None
     recorded = meta.get("database")
     if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
@@ -229,16 +234,16 @@ def database_change(meta: dict, database: Path) -> str | None:
         if isinstance(source, str) and source and Path(source).resolve() != database.resolve():
             return f"was made from {source}, but [data] database is {database}"
         return None
-    info = os.stat(database)
     same_path = recorded.get("path") == str(database.resolve())
-    if same_path and (recorded.get("bytes"), recorded.get("mtime_ns")) == (info.st_size, info.st_mtime_ns):
+    if same_path and (recorded.get("bytes"), recorded.get("mtime_ns")) == (current.st_size, current.st_mtime_ns):
         return None   # untouched: no need to read it
-    if database_record(database)["sha256"] == recorded["sha256"]:
+    now = database_record(database)
+    if now is None or now["sha256"] == recorded["sha256"]:
         return None
     if not same_path:
         return f"was made from {recorded.get('path')}, but [data] database is {database}, which holds other data"
     return (f"was made from {database} as it was before it changed ({recorded.get('bytes')} bytes then, "
-            f"{info.st_size} now)")
+            f"{current.st_size} now)")
 
 
 def _unique_paths(kept: list[tuple[str, str]], excluded: dict[str, int]) -> list[tuple[str, str]]:

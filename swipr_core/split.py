@@ -248,7 +248,7 @@ def prepare_labels(database: Path, image_root: Path, rules: LabelRules, valid_pc
         return split
     if not force:
         check_labels_target(labels_file)  # before the slow part: every image is read
-    source = database_record(database) if database.is_file() else None   # before build_labels reads it
+    source = database_record(database)   # before build_labels reads it
     table = build_labels(database, image_root, rules, px=cache_px)
     split = make_split(table, rules, valid_pct, seed, source=str(database))
     split.meta["database"] = source
