@@ -34,6 +34,7 @@ REQUIRED_FILES = (WEIGHTS, ONNX)
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_MODEL_BYTES = 4 << 30  # a file to load whose manifest entry gives no size: read no more
 CHECKSUM_KEY = "manifest_checksum"
+UNLISTED_SHOWN = 5   # a refusal names this many of a folder's unlisted files
 
 # What predict relies on, with the type each must have: checked on every load.
 REQUIRED_KEYS = {
@@ -77,28 +78,51 @@ def target_path(out: str | Path) -> Path:
     return out.parent.resolve() / out.name
 
 
-def check_target(out: Path) -> None:
-    """Refuse a target that is a file, a non-empty folder that is not a bundle, or one whose
-    folder can't be written (the new bundle, its link and the swap all live there)."""
+def unlisted_files(out: Path) -> list[str]:
+    """What the bundle folder `out` holds besides manifest.json and the files its manifest
+    lists (a folder's name ends in "/"): a user's own files, which replacing `out` would delete."""
+    folder = out.resolve()
+    try:
+        files = json.loads(read_regular(folder / MANIFEST, MAX_MANIFEST_BYTES)).get("files")
+    except (OSError, ValueError, AttributeError):
+        files = None
+    listed = {MANIFEST, *(files if isinstance(files, dict) else ())}
+    return sorted(entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else "")
+                  for entry in folder.iterdir()
+                  if entry.name not in listed or (entry.is_dir() and not entry.is_symlink()))
+
+
+def check_target(out: Path, force: bool = False) -> None:
+    """Refuse a target that is a file, a non-empty folder that is not a bundle, a bundle that
+    holds files its manifest doesn't list (unless `force`: they are deleted with it), or one
+    whose folder can't be written (the new bundle, its link and the swap all live there)."""
     if out.exists() and not out.is_dir():
         raise SwiprError(f"{out}: exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not is_bundle(out):
         raise SwiprError(f"{out}: folder is not empty and holds no model bundle; refusing to overwrite it")
+    extra = unlisted_files(out) if out.is_dir() and not force else []
+    if extra:
+        shown = ", ".join(extra[:UNLISTED_SHOWN]) + (f" and {len(extra) - UNLISTED_SHOWN} more"
+                                                     if len(extra) > UNLISTED_SHOWN else "")
+        raise SwiprError(f"{out}: holds {shown}, which the bundle's manifest doesn't list; a new bundle there "
+                         f"would delete {'them' if len(extra) > 1 else 'it'}: move {'them' if len(extra) > 1 else 'it'} "
+                         f"out, choose another --out, or pass --force to replace the folder whole")
     if not out.parent.is_dir():
         raise SwiprError(f"{out.parent}: folder does not exist")
     check_folder_writable(out.parent, f"--out {out}")
 
 
-def staging_dir(out: Path) -> Path:
+def staging_dir(out: Path, force: bool = False) -> Path:
     """An empty folder beside `out`, on the same file system, for the new bundle's files."""
-    check_target(out)
+    check_target(out, force)
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=STAGING_SUFFIX, dir=out.parent))
 
 
-def finish(staging: Path, out: Path, manifest: dict) -> str:
-    """Hash the staged files into the manifest, write it, move the bundle into place.
-    Returns the SHA-256 of the manifest file."""
-    check_target(out)
+def finish(staging: Path, out: Path, manifest: dict, force: bool = False) -> str:
+    """Hash the staged files into the manifest, write it, move the bundle into place (checked
+    again: a user may have added files to `out` while the model trained). Returns the SHA-256
+    of the manifest file."""
+    check_target(out, force)
     files = sorted(p.name for p in staging.iterdir())
     missing = [name for name in REQUIRED_FILES if name not in files]
     if missing:

@@ -68,13 +68,13 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def write_bundle(out: Path, result, dataset, manifest: dict, checked_vs_training: bool, echo) -> str:
+def write_bundle(out: Path, result, dataset, manifest: dict, checked_vs_training: bool, echo, force: bool = False) -> str:
     """Weights, ONNX export (checked against PyTorch on validation images) and manifest,
     staged beside `out` and moved into place. Returns the manifest's SHA-256."""
     model = cpu_copy(result.model)
     scorer = FlipAverage(model) if bundle_averages(manifest, out) else model   # TTA inside model.onnx
     serving = ServingModel(scorer, Augment(image_size=manifest["image_size"], mean=result.mean, std=result.std))
-    staging = bundle.staging_dir(out)
+    staging = bundle.staging_dir(out, force)
     try:
         save_weights(model, staging / bundle.WEIGHTS, {"arch": manifest["arch"], "classes": "NO,YES"})
         export_onnx(serving.eval(), manifest["cache_px"], staging / bundle.ONNX)
@@ -95,7 +95,7 @@ def write_bundle(out: Path, result, dataset, manifest: dict, checked_vs_training
              f"own validation{'' if checked_vs_training else ' (validated on the GPU: reported, not checked)'}")
         manifest = {**manifest, "export_check": {"images": int(len(sample)), "max_abs_difference": onnx_diff,
                                                  "tolerance": ONNX_TOLERANCE, "vs_replay_validation": train_diff}}
-        return bundle.finish(staging, out, manifest)
+        return bundle.finish(staging, out, manifest, force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

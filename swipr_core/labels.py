@@ -208,6 +208,44 @@ def describe_odd_ages(odd_ages: dict) -> str:
             f"{odd_ages['rows']} rows of pics: {named}{more}")
 
 
+def database_record(database: Path) -> dict | None:
+    """What a labels file records of the pics database it is made from: the path, size,
+    modification time and SHA-256 of its bytes; None for a file that can't be read (reading
+    the table then says why)."""
+    try:
+        info = os.stat(database)
+        with open_regular(database) as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    except (OSError, NotRegularFile):
+        return None
+    return {"path": str(database.resolve()), "bytes": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": digest}
+
+
+def database_change(meta: dict, database: Path) -> str | None:
+    """How `database` differs from the one a labels file's `meta` says it was made from; None
+    when it is the same data (the same bytes, even moved or copied elsewhere) or when that
+    can't be told (no record, or no database file to compare)."""
+    current = os.stat(database) if database.is_file() else None
+    if current is None or not os.access(database, os.R_OK):
+        return None
+    recorded = meta.get("database")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
+        source = meta.get("source")   # labels files written before the record: its path only
+        if isinstance(source, str) and source and Path(source).resolve() != database.resolve():
+            return f"was made from {source}, but [data] database is {database}"
+        return None
+    same_path = recorded.get("path") == str(database.resolve())
+    if same_path and (recorded.get("bytes"), recorded.get("mtime_ns")) == (current.st_size, current.st_mtime_ns):
+        return None   # untouched: no need to read it
+    now = database_record(database)
+    if now is None or now["sha256"] == recorded["sha256"]:
+        return None
+    if not same_path:
+        return f"was made from {recorded.get('path')}, but [data] database is {database}, which holds other data"
+    return (f"was made from {database} as it was before it changed ({recorded.get('bytes')} bytes then, "
+            f"{current.st_size} now)")
+
+
 def _unique_paths(kept: list[tuple[str, str]], excluded: dict[str, int]) -> list[tuple[str, str]]:
     """One row per path (first one's place); a path labelled both YES and NO is dropped."""
     by_path: dict[str, list[tuple[str, str]]] = defaultdict(list)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from swipr_core.errors import FieldError, SwiprError
 from swipr_core.images import open_regular
-from swipr_core.labels import DEFAULT_PX, LabelRules, LabelTable, build_labels
+from swipr_core.labels import DEFAULT_PX, LabelRules, LabelTable, build_labels, database_change, database_record
 
 CLASSES = ("NO", "YES")
 LABELS_HEADER = b"path,label,is_valid"
@@ -232,6 +232,11 @@ def prepare_labels(database: Path, image_root: Path, rules: LabelRules, valid_pc
     """
     if labels_file.is_file() and not rebuild:
         split = read_split(labels_file)
+        changed_database = database_change(split.meta, database)
+        if changed_database:
+            raise SwiprError(f"{labels_file}: {changed_database}; run `swipr labels STUDY.toml` to remake it from "
+                             f"the database the study file names (a study started on the old split will refuse "
+                             f"the new one), or point [data] database back")
         wanted = {"rules": asdict(rules), "valid_pct": valid_pct, "split_seed": seed}
         made = {key: split.meta.get(key) for key in wanted}
         if split.meta and _jsonable(made) != _jsonable(wanted):
@@ -243,8 +248,10 @@ def prepare_labels(database: Path, image_root: Path, rules: LabelRules, valid_pc
         return split
     if not force:
         check_labels_target(labels_file)  # before the slow part: every image is read
+    source = database_record(database)   # before build_labels reads it
     table = build_labels(database, image_root, rules, px=cache_px)
     split = make_split(table, rules, valid_pct, seed, source=str(database))
+    split.meta["database"] = source
     write_split(split, labels_file, force=force)
     return split
 

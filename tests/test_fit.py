@@ -268,3 +268,19 @@ def test_a_read_only_storage_is_refused_before_the_replay(fitted, tmp_path, monk
         assert error.startswith(f"swipr: error: the study's storage, where the fit links the trial to its "
                                 f"bundle: can't write {ro / 'demo.db'} (")
         assert result.stdout == "" and not (tmp_path / "model").exists()
+
+
+def test_a_bundle_folder_with_the_users_files_is_replaced_only_with_force(fitted, tmp_path):
+    import shutil
+
+    from search.fit.replay import fit
+
+    study_path, outcome, _ = fitted
+    out = tmp_path / "model"
+    shutil.copytree(outcome.bundle, out)   # a real folder, copied from the bundle
+    (out / "thesis.txt").write_text("chapter 1")
+    line = one_line_error(run_cli("fit", study_path, "--out", out, "--threads", "1"))
+    assert "holds thesis.txt, which the bundle's manifest doesn't list" in line and "--force" in line
+    assert (out / "thesis.txt").read_text() == "chapter 1"
+    forced = fit(study_path, out, threads=1, echo=lambda line: None, force=True)
+    assert not (out / "thesis.txt").exists() and bundle.verify(out).manifest_sha256 == forced.manifest_sha256

@@ -15,7 +15,8 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
                     "validation split, and write a model bundle (safetensors weights, an ONNX model for "
                     "CPU servers, manifest.json with every file's SHA-256). The study records the bundle "
                     "and its manifest's SHA-256 for the trial (a study user attr and a study artifact: "
-                    "Optuna lets nothing write to a finished trial). DIR may be absent, empty, or a previous bundle (replaced).",
+                    "Optuna lets nothing write to a finished trial). DIR may be absent, empty, or a previous bundle "
+                    "(replaced); a bundle folder holding files its manifest doesn't list is refused unless --force.",
     )
     p.add_argument("study_file", type=Path, metavar="STUDY.toml", help="the study file")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the bundle to")
@@ -32,11 +33,14 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
                         "mirror (the fit prints val_loss with and without it either way)")
     p.add_argument("--strict", action="store_true",
                    help="write no bundle when the replay's loss is outside the tolerance")
+    p.add_argument("--force", action="store_true",
+                   help="replace DIR even when it holds files the old bundle's manifest doesn't list "
+                        "(they are deleted with it)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     fit(args.study_file, args.out, trial_number=args.trial, target_precision=args.target_precision,
         device=args.device, strict=args.strict, threads=args.threads, echo=lambda line: print(line, flush=True),
-        tta=args.tta)
+        tta=args.tta, force=args.force)
     return 0

@@ -17,7 +17,9 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
         name, help=help_text,
         description="Apply the study file's [data.rules] to the pics database, drop rows whose "
                     "image is missing or broken, split off a fixed validation set and write the "
-                    "labels file (CSV) with its .meta.json. An existing labels file is remade; any "
+                    "labels file (CSV) with its .meta.json, which records the database it was made from "
+                    "(path, size, SHA-256): a study whose [data] database then names other data is refused "
+                    "until the labels file is remade here. An existing labels file is remade; any "
                     "other existing file is refused unless --force.",
     )
     p.add_argument("study_file", type=Path, metavar="STUDY.toml", help="the study file")
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"labels_file": str(labels_file), "fingerprint": split.fingerprint,
                           "counts": counts, "excluded": excluded, "same_content": same,
-                          "odd_ages": odd_ages}, indent=2))
+                          "odd_ages": odd_ages, "database": split.meta.get("database")}, indent=2))
         return 0
     reasons = ", ".join(f"{reason} {count}" for reason, count in excluded.items())
     print(f"wrote {labels_file} (fingerprint {split.fingerprint})")

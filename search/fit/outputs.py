@@ -10,11 +10,12 @@ from swipr_core import bundle
 from swipr_core.writable import check_file_writable, check_folder_writable
 
 
-def check_outputs(study_file: StudyFile, out: Path) -> None:
-    """The bundle's folder (bundle, link and swap live there) and the study's storage, where
-    the fit links the trial to its bundle. A file-backed storage is checked before anything
+def check_outputs(study_file: StudyFile, out: Path, force: bool = False) -> None:
+    """The bundle's folder (bundle, link and swap live there; files of the user's own in an
+    old bundle are refused unless `force`) and the study's storage, where the fit links the
+    trial to its bundle. A file-backed storage is checked before anything
     opens it: closing any other descriptor of a SQLite file drops that process's locks on it."""
-    bundle.check_target(out)
+    bundle.check_target(out, force)
     database = sqlite_path(study_file.study.storage) or journal_path(study_file.study.storage)
     if database is None:   # a database server: its own permissions, seen when the study opens
         return

@@ -83,13 +83,13 @@ def trial_record(trial: optuna.trial.FrozenTrial, study_file) -> TrialRecord:
 
 def fit(study_path: Path, out: Path, trial_number: int | None = None, target_precision: float | None = None,
         device: str | None = None, strict: bool = False, threads: int | None = None,
-        echo: Callable[[str], None] = print, tta: bool = False) -> FitOutcome:
+        echo: Callable[[str], None] = print, tta: bool = False, force: bool = False) -> FitOutcome:
     """Replay the trial (the best one unless `trial_number`), write its bundle to `out`, link it.
     With `tta`, the bundle's model averages each image with its mirror (search.fit.interpret)."""
     out = bundle.target_path(out)
     check_target_precision(target_precision)   # before an hour of training, not after
     study_file = load_study_file(study_path)
-    check_outputs(study_file, out)
+    check_outputs(study_file, out, force)
     quiet_optuna()
     study = open_study(study_file, create=False)
     trial = pick_trial(study, trial_number)
@@ -123,7 +123,7 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
         "libraries": library_versions(),
     }
     manifest_sha256 = write_bundle(out, result, dataset, manifest, checked_vs_training=replay["device"] == "cpu",
-                                   echo=echo)
+                                   echo=echo, force=force)
     linked = link_trial(study, study_file, trial, out, manifest_sha256)
     echo(f"wrote bundle {out} (manifest sha256 {manifest_sha256}); linked to trial {trial.number} by {linked}")
     write_top_losses(out, result, dataset, threshold.value, echo)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from search.study.storage import JOURNAL_SCHEME, JOURNAL_SUFFIXES
+from search.study.storage import JOURNAL_SCHEME, JOURNAL_SUFFIXES, refuse_ambiguous_password
 from search.studyfile.fields import resolve
 
 
@@ -19,11 +19,16 @@ def _journal_url(base: Path, value: str) -> str | None:
 
 
 def storage_url(path: Path, configured: str) -> str:
+    """The storage URL every process opens; one whose userinfo has no single reading (an
+    unencoded '@', '/', '?' or '#' in a password) is refused here, before anything imports a
+    driver, resolves a host name or connects."""
     from_env = os.environ.get("SWIPR_STORAGE", "")
     if from_env:
+        refuse_ambiguous_password(from_env, "SWIPR_STORAGE")
         # Passed on to worker processes resolved, so a later change of folder can't move it.
         return _journal_url(Path(), from_env) or from_env
     if configured:
+        refuse_ambiguous_password(configured, f"{path}: [study] storage")
         if configured.startswith("sqlite:///") and not configured.startswith("sqlite:////"):
             # A relative SQLite path is relative to the study file, like every other path.
             return "sqlite:///" + str(resolve(path.parent, configured[len("sqlite:///"):]))
