@@ -124,3 +124,11 @@ def test_study_run_in_a_pipe_prints_lines_and_the_summary(tmp_path_factory):
     rows = [" ".join(line.split()) for line in out.splitlines()]
     assert any(re.fullmatch(r"trials 4 \(\d complete, \d pruned, 0 failed\)", row) for row in rows), out
     assert any(re.fullmatch(r"trial hours \(CPU, wall clock\) [0-9.]+ in the study, [0-9.]+ in this run \(4 trials\)", row) for row in rows), out
+
+
+def test_the_summarys_rule_line_fits_the_terminal(monkeypatch):
+    study = optuna.create_study()
+    study.add_trial(_timed(TrialState.COMPLETE, 60, 0.45))
+    monkeypatch.setenv("COLUMNS", "72")
+    lines = summary_table(study, "cpu").splitlines()
+    assert lines[1] == "-" * 72 == lines[-1]

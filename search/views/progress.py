@@ -8,6 +8,7 @@ the running trial's epochs, each labelled with the trial number and its params. 
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -201,6 +202,7 @@ def summary_table(study, device: str, this_run=(), budget: Budget | None = None)
     ]
     rows += budget_rows(budget, len(this_run))
     width = max(len(key) for key, _ in rows)
-    rule = "-" * (width + 2 + max(len(value) for _, value in rows))
+    # as wide as the rows, but never wider than the terminal (80 columns in a pipe): long values wrap there
+    rule = "-" * min(width + 2 + max(len(value) for _, value in rows), shutil.get_terminal_size().columns)
     lines = [f"study '{study.study_name}'", rule] + [f"{key:<{width}}  {value}" for key, value in rows] + [rule]
     return "\n".join(lines)
