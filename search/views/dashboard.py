@@ -34,6 +34,9 @@ LOOPBACK = "127.0.0.1"
 # The study system attrs optuna-dashboard reads for one trial (a note's `dashboard:<id>:note_...`,
 # an old artifact record's `dashboard:artifacts:<id>:...`), with the trial's id.
 _TRIAL_KEY = re.compile(r"dashboard:(?:artifacts:)?(\d+):")
+# The optuna-dashboard releases whose study page reads no other study system attr for a trial:
+# checked in their source (_serializer.serialize_frozen_trial) and by tests/test_dashboard.py.
+LINEAR_PAGE_RELEASES = ("0.21",)
 
 
 def attrs_by_trial(study_system_attrs: dict) -> dict[int, dict]:
@@ -66,11 +69,13 @@ def linear_study_page(serialize_study_detail):
 def dashboard_app(storage, artifact_store):
     """optuna-dashboard's WSGI app, its study page made linear in trials (linear_study_page).
 
-    The page's function is replaced in optuna-dashboard's module, for the whole process; where a
-    release no longer has it, the app is the plain one (slower at thousands of trials, not wrong)."""
+    The page's function is replaced in optuna-dashboard's module, for the whole process, in the
+    releases of LINEAR_PAGE_RELEASES only; any other serves the plain page (slower at thousands
+    of trials, not wrong) until tests/test_dashboard.py's same-page test passes on it there."""
     original = getattr(_dashboard_app, "serialize_study_detail", None)
+    release = ".".join(optuna_dashboard.__version__.split(".")[:2])
     if (original is not None and not getattr(original, "swipr_linear", False)
-            and hasattr(_dashboard_serializer, "serialize_frozen_trial")):
+            and release in LINEAR_PAGE_RELEASES and hasattr(_dashboard_serializer, "serialize_frozen_trial")):
         _dashboard_app.serialize_study_detail = linear_study_page(original)
     return optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
 
