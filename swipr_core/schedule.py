@@ -8,9 +8,11 @@ with `finish_at`, those cycle ends count as finished k-cycle runs too (nested sc
 issue 21). Training, judging, checkpoints and `swipr fit`'s replay all read it from here.
 
 A STAGE is one freeze strategy's phases at one image size, batch size and learning rate.
-A run has one stage, or two: `TrainConfig.stage2` continues from stage 1's weights and
-optimizer with new loaders at its own size (fastai's progressive resizing, the notebook's
-`learn.set_data(...)` then `learn.fit(...)`), on the same epoch counter. With two stages,
+A run has one stage, or two: `TrainConfig.stage2` continues from stage 1's weights with new
+loaders at its own size (fastai's progressive resizing, the notebook's `learn.set_data(...)`
+then `learn.fit(...)`), on the same epoch counter. The optimizer's state (Adam's moments)
+starts fresh there, as at every phase: fastai's freeze() and unfreeze() clear it, as the
+notebook's learn.freeze() between its stages did. With two stages,
 `finish_at` counts the LAST stage's cycles, and 0 there marks stage 1's end as a finished
 schedule: the run with stage 2 skipped.
 
@@ -114,8 +116,9 @@ def plan(phases: list[Phase], finish_at: tuple[int, ...]) -> Schedule:
 
 @dataclass(frozen=True)
 class StageConfig:
-    """A run's second stage: continues from the first stage's weights and optimizer (fastai's
-    progressive resizing: new loaders at its size, its own freeze, lr and SGDR cycles).
+    """A run's second stage: continues from the first stage's weights (fastai's progressive
+    resizing: new loaders at its size, its own freeze, lr and SGDR cycles), the optimizer's state
+    starting fresh as at every phase (fastai's freeze()/unfreeze() clear it).
     frozen_then_unfrozen warms its head up for the run's head_epochs, as in stage 1."""
 
     lr: float

@@ -2,8 +2,10 @@
 
 The run reports every epoch on ONE counter (0, 1, 2, ...) that keeps counting across the
 frozen and unfrozen phases of `frozen_then_unfrozen` and across stages; fastai's own epoch
-counter restarts at 0 on every fit. A second stage keeps the model and the optimizer and
-trains on new loaders at its own image and batch size (fastai's set_data). Whoever wants
+counter restarts at 0 on every fit. A second stage keeps the model (stage 1's weights) and
+trains on new loaders at its own image and batch size (fastai's set_data). The optimizer's
+state starts fresh at every phase, the stage boundary included: fastai's freeze() and
+unfreeze() clear it, as the notebook's learn.freeze() between its stages did. Whoever wants
 to stop a run early (a pruner) raises from `on_epoch`; the exception is carried out of
 fastai cleanly and re-raised to the caller. A run resumed from its checkpoint trains on
 exactly as the uninterrupted run would have (weights, optimizer state, smoothed loss, shuffles).

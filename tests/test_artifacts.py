@@ -5,7 +5,8 @@ import numpy as np
 import optuna
 import pytest
 from optuna.artifacts import get_all_artifact_meta
-from optuna_dashboard import get_note
+from optuna_dashboard import get_note, save_note
+from optuna_dashboard._note import get_note_from_system_attrs
 
 from objectives.finetune import FinetuneObjective
 from objectives.optuna_compat import storage_of, study_id
@@ -17,7 +18,6 @@ from search.views.artifacts import (
     CURVES_PNG,
     LR_PNG,
     NOTE_ATTR,
-    NOTE_MD,
     ROC_PNG,
     TrialArtifacts,
     confusion,
@@ -27,6 +27,7 @@ from search.views.artifacts import (
     plot_curves,
     plot_lr,
     plot_roc,
+    store_trial_note,
     study_note,
     TOP_LOSSES_PNG,
     trial_note,
@@ -108,21 +109,43 @@ def test_finished_and_pruned_trials_both_get_their_pictures_and_notes(prepared, 
     assert (done.state, pruned.state) == (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
     names = {m.filename for m in get_all_artifact_meta(done, storage=storage_of(study))}
-    assert names == {CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG, TOP_LOSSES_PNG, NOTE_MD}
+    assert names == {CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG, TOP_LOSSES_PNG}
     pictures = trial_pictures(done, storage_of(study), store)
-    assert set(pictures) == names - {NOTE_MD} and all(p.startswith(PNG) for p in pictures.values())
+    assert set(pictures) == names and all(p.startswith(PNG) for p in pictures.values())
     # pruned as its one epoch ended, it had finished that schedule: its model's pictures too
     assert {m.filename for m in get_all_artifact_meta(pruned, storage=storage_of(study))} == names
-    notes = {}
-    for trial in (done, pruned):
-        meta = next(m for m in get_all_artifact_meta(trial, storage=storage_of(study)) if m.filename == NOTE_MD)
-        with store.open_reader(meta.artifact_id) as reader:
-            notes[trial.number] = reader.read().decode()
-    assert "Trial 0: COMPLETE" in notes[0] and "val_roc_auc" in notes[0] and "Trial 1: PRUNED" in notes[1]
+    # each note where optuna-dashboard's Note panel reads it, the trial's one line in its user attrs
+    notes = _dashboard_notes(study)
+    assert notes[done.number].startswith("## Trial 0: COMPLETE") and "val_roc_auc" in notes[done.number]
+    assert notes[pruned.number].startswith("## Trial 1: PRUNED")
     assert done.user_attrs[NOTE_ATTR].startswith("COMPLETE, val_loss ")
     assert "majority baseline" in done.user_attrs[NOTE_ATTR]
-    # the notes are the trials' own: the study's system attrs (which the dashboard scans per trial) stay empty
-    assert not [k for k in storage_of(study).get_study_system_attrs(study_id(study)) if k.startswith("dashboard:")]
+
+
+def _dashboard_notes(study) -> dict[int, str]:
+    """{trial number: its note, as optuna-dashboard reads it for the trial's page}."""
+    attrs = storage_of(study).get_study_system_attrs(study_id(study))
+    return {t.number: get_note_from_system_attrs(attrs, t._trial_id)["body"] for t in study.get_trials()}
+
+
+def test_a_note_stored_again_replaces_the_last_and_the_dashboard_can_still_edit_it():
+    study = optuna.create_study()
+    trial = study.ask()
+    long_note = "## long\n" + "x" * 5000   # three of the dashboard's 2,045-character attrs
+    store_trial_note(trial, None, long_note, "first")
+    assert _dashboard_notes(study)[0] == long_note
+    store_trial_note(trial, None, "## Trial 0: COMPLETE\n", "second")
+    # the shorter note whole, nothing left of the longer one; the line replaced too
+    assert _dashboard_notes(study)[0] == "## Trial 0: COMPLETE\n"
+    assert study.trials[0].user_attrs[NOTE_ATTR] == "second"
+    attrs = storage_of(study).get_study_system_attrs(study_id(study))
+    assert get_note_from_system_attrs(attrs, trial._trial_id)["version"] == 2
+    # the dashboard's own editor stores version + 1 of what it read: it finds the version it expects
+    save_note(trial, "edited in the dashboard")
+    assert _dashboard_notes(study)[0] == "edited in the dashboard"
+    # the trial's next note replaces the edit
+    store_trial_note(trial, None, "## Trial 0: later\n", "third")
+    assert _dashboard_notes(study)[0] == "## Trial 0: later\n"
 
 
 def test_a_picture_that_fails_warns_and_keeps_the_trial(prepared, tmp_path, capsys):

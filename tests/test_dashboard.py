@@ -2,6 +2,7 @@
 against the dashboard of a finished demo study on loopback."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -69,6 +70,69 @@ def test_dashboard_binds_to_loopback_and_says_where_to_look(dashboard):
                      r"optuna-dashboard \S+ --artifact-dir \S+\.artifacts\)$", hint.strip()), hint
 
 
+def _page(dashboard) -> dict:
+    """The study page's data, as the dashboard's page fetches it."""
+    with urllib.request.urlopen(f"{dashboard.base}/api/studies/{dashboard.url.rsplit('/', 1)[1]}?after=0",
+                                timeout=10) as answer:
+        return json.load(answer)
+
+
+def test_every_trial_carries_its_note_for_the_note_panel(dashboard):
+    trials = _page(dashboard)["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2, 3]
+    for trial in trials:
+        body, line = trial["note"]["body"], {a["key"]: a["value"] for a in trial["user_attrs"]}["note"]
+        # the markdown note, and beside it its one line among the user attrs
+        assert body.startswith(f"## Trial {trial['number']}: ") and "|---|---|" in body, body
+        assert trial["note"]["version"] >= 1 and line.split(",")[0] in body.splitlines()[0], (line, body)
+
+
+def _wsgi_page(app, study_id: int) -> bytes:
+    answered: list[str] = []
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/api/studies/{study_id}", "QUERY_STRING": "after=0",
+               "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "0", "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http",
+               "SERVER_PROTOCOL": "HTTP/1.1"}
+    body = b"".join(app(environ, lambda status, headers, *rest: answered.append(status)))
+    assert answered[0].startswith("200"), answered
+    return body
+
+
+def test_swipr_serves_plain_optuna_dashboards_study_page(tmp_path, monkeypatch):
+    """The study page `swipr dashboard` serves (its trials each read against their own study
+    system attrs, linear in trials) is byte for byte the one plain optuna-dashboard serves."""
+    import optuna
+    import optuna_dashboard
+    import optuna_dashboard._app as dashboard_module
+    import optuna_dashboard._serializer as serializer
+    from optuna_dashboard import save_note
+
+    from search.views.artifacts import open_artifact_store, store_trial_note
+    from search.views.dashboard import dashboard_app
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'notes.db'}")
+    study = optuna.create_study(storage=storage)
+    for number in range(12):   # trial ids 1 and 10-12: one's keys must not be taken for the others'
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        if number != 5:   # one trial without a note
+            store_trial_note(trial, None, f"## Trial {number}\n" + "n" * (5000 if number == 3 else 20), "line")
+        study.tell(trial, float(number))
+    save_note(study, "the study's own note")
+    old = study.trials[2]._trial_id   # an artifact as optuna-dashboard before 0.14 recorded it: a study attr
+    storage.set_study_system_attr(study._study_id, f"dashboard:artifacts:{old}:old-id", json.dumps(
+        {"artifact_id": "old-id", "filename": "old.png", "mimetype": "image/png", "encoding": None}))
+    store = open_artifact_store(tmp_path / "artifacts")
+
+    monkeypatch.setattr(dashboard_module, "serialize_study_detail", serializer.serialize_study_detail)
+    plain = _wsgi_page(optuna_dashboard.wsgi(storage, artifact_store=store), study._study_id)
+    served = _wsgi_page(dashboard_app(storage, store), study._study_id)
+    assert getattr(dashboard_module.serialize_study_detail, "swipr_linear", False)   # this release: linear
+    assert served == plain
+    trials = json.loads(served)["trials"]
+    assert trials[3]["note"]["body"] == "## Trial 3\n" + "n" * 5000 and trials[5]["note"]["body"] == ""
+    assert [a["filename"] for a in trials[2]["artifacts"]] == ["old.png"]
+
+
 def test_dashboard_of_a_study_that_never_ran_is_one_line_error(tmp_path):
     study = write_study(tmp_path, tmp_path / "data")
     result = run_cli("dashboard", study, "--port", "0")
@@ -98,6 +162,10 @@ def test_the_browser_shows_the_study_its_trials_and_a_trial_picture(dashboard, b
     for number in range(4):
         assert f"Trial {number}" in text
     assert "Artifacts" in text and "curves.png" in text
+    # the selected trial's Note panel: its note, rendered (the heading's text without the "## ")
+    heading = _page(dashboard)["trials"][0]["note"]["body"].splitlines()[0].lstrip("# ")
+    browser.wait_for(f"document.body.innerText.includes({json.dumps(heading)})")
+    browser.screenshot(SCREENSHOTS / "dashboard-note.png")
     loaded = browser.wait_for(
         "Array.from(document.images).filter(i => i.src.includes('/artifacts/') && i.complete && i.naturalWidth > 100)"
         ".map(i => i.src)")

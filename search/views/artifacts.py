@@ -6,10 +6,11 @@ ends, the epochs where the pruner judged the trial and the value it judged, and 
 trial what it was compared with; both mark where a two-stage trial's stage 2 starts (a dashed
 line, labelled with its image size, batch size and freeze); a finished trial also gets a
 confusion matrix, a ROC curve and its top losses (search.views.top_losses) of its value's model
-(the best finished schedule, objectives.record), for every trial that finished one. Each
-trial gets a markdown note of its params and metrics (an artifact, note.md, and a one-line user
-attr: see store_trial_note), the study an optuna-dashboard note of its data. A picture that can't be drawn or stored is
-reported on stderr and skipped: it must never turn a finished trial into a failed one.
+(the best finished schedule, objectives.record), for every trial that finished one. Each trial
+gets a markdown note of its params and metrics (in optuna-dashboard's Note panel, and in one
+line as a user attr: see store_trial_note), the study an optuna-dashboard note of its data. A
+picture that can't be drawn or stored is reported on stderr and skipped: it must never turn a
+finished trial into a failed one.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact  # noqa: E402
 from optuna_dashboard import get_note, save_note  # noqa: E402
+from optuna_dashboard._note import note_str_key_prefix, note_ver_key, split_body  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from objectives.judging import AGAINST_ATTR, JUDGED_ATTR, ScheduleCut, judge  # noqa: E402
@@ -48,8 +50,8 @@ LR_PNG = "lr_schedule.png"
 CONFUSION_PNG = "confusion_matrix.png"
 ROC_PNG = "roc_curve.png"
 PICTURES = (CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG, TOP_LOSSES_PNG)
-NOTE_MD = "note.md"   # a trial's note (params, metrics), beside its pictures
-NOTE_ATTR = "note"    # ... and the note in one line, a user attr
+NOTE_ATTR = "note"    # a trial's note in one line, a user attr (the whole note: the dashboard's Note panel)
+NOTE_STATE_ATTR = "swipr:note"   # a trial system attr: the version and chunk count of its stored note
 
 
 def artifact_dir(study_file) -> Path:
@@ -288,17 +290,37 @@ def note_line(state: str, metrics: dict, baseline: float | None = None) -> str:
     return ", ".join(parts)
 
 
-def store_trial_note(trial, store, note: str, line: str) -> None:
-    """A trial's note as its own artifact (NOTE_MD) and its one line as a user attr (NOTE_ATTR).
+def dashboard_note_attrs(trial_id: int, note: str, version: int) -> dict[str, object]:
+    """The study system attrs that hold a trial's note where optuna-dashboard's Note panel reads
+    it: its version and its text in chunks of SYSTEM_ATTR_MAX_LENGTH (optuna_dashboard._note's
+    own keys and splitting, as its save_note writes them)."""
+    return {**split_body(note, trial_id), note_ver_key(trial_id): version}
 
-    Not optuna-dashboard's save_note: that keeps every trial's note in the study's system
-    attrs, which the dashboard scans once per trial for each page (N^1.7 in trials) and which
-    save_note itself reads whole on every call. Both of these are the trial's own rows."""
+
+def store_trial_note(trial, store, note: str, line: str) -> None:
+    """A trial's note in optuna-dashboard's Note panel, and its one line as a user attr (NOTE_ATTR).
+
+    The note goes where the dashboard's save_note puts it (dashboard_note_attrs), written key by
+    key without save_note's two reads of every study system attr: each key is one row, so storing
+    a note costs the same at any number of trials. The trial's own system attr NOTE_STATE_ATTR
+    keeps the note's version and chunk count, so storing it again (a trial's note is rewritten
+    when its result changes) raises the version the dashboard's editor checks and blanks the
+    chunks a shorter note no longer uses. `store` is the study's artifact store; the note needs
+    none of it. The study page reads the notes linearly in swipr's dashboard only
+    (search.views.dashboard); plain optuna-dashboard scans every study system attr per trial."""
+    storage, trial_id = trial.storage, trial._trial_id
+    state = storage.get_trial_system_attrs(trial_id).get(NOTE_STATE_ATTR, {})
+    attrs = dashboard_note_attrs(trial_id, note, state.get("version", 0) + 1)
+    chunks = len(attrs) - 1
+    for i in range(chunks, state.get("chunks", 0)):   # left by a longer note stored before: blank them
+        attrs[f"{note_str_key_prefix(trial_id)}{i}"] = ""
     trial.set_user_attr(NOTE_ATTR, line)
-    with tempfile.TemporaryDirectory(prefix="swipr-note-") as tmp:
-        path = Path(tmp) / NOTE_MD
-        path.write_text(note, encoding="utf-8")
-        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="text/markdown")
+    # the version last: a page read in between shows the new text under the old version, never
+    # a new version over half a note
+    for key in sorted(attrs, key=lambda key: key == note_ver_key(trial_id)):
+        storage.set_study_system_attr(trial.study._study_id, key, attrs[key])
+    storage.set_trial_system_attr(trial_id, NOTE_STATE_ATTR,
+                                  {"version": attrs[note_ver_key(trial_id)], "chunks": chunks})
 
 
 def study_note(name: str, data: dict) -> str:

@@ -3,17 +3,26 @@
 The storage is opened exactly as `swipr study run` opens it (search.study.storage), so whatever
 storage a study runs on, its dashboard reads. The server binds to loopback unless told
 otherwise: the dashboard has no login, and it can edit notes and delete studies.
+
+optuna-dashboard keeps every trial's note in the study's system attrs and, for each trial of
+the study page, scans all of them for its own keys (its note, and the artifacts old dashboards
+recorded there): a page of N noted trials costs N x 2N key tests. `dashboard_app` serves the
+same page after one pass that sorts those attrs by trial (linear_study_page).
 """
 from __future__ import annotations
 
 import errno
+import re
 import shlex
 import socket
 import sys
+from collections import defaultdict
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna_dashboard
+import optuna_dashboard._app as _dashboard_app
+import optuna_dashboard._serializer as _dashboard_serializer
 
 from objectives.optuna_compat import storage_of, study_id
 from search.study.open import open_study
@@ -22,6 +31,53 @@ from search.views.artifacts import artifact_dir as default_artifact_dir, open_ar
 from swipr_core.errors import SwiprError
 
 LOOPBACK = "127.0.0.1"
+# The study system attrs optuna-dashboard reads for one trial (a note's `dashboard:<id>:note_...`,
+# an old artifact record's `dashboard:artifacts:<id>:...`), with the trial's id.
+_TRIAL_KEY = re.compile(r"dashboard:(?:artifacts:)?(\d+):")
+# The optuna-dashboard releases whose study page reads no other study system attr for a trial:
+# checked in their source (_serializer.serialize_frozen_trial) and by tests/test_dashboard.py.
+LINEAR_PAGE_RELEASES = ("0.21",)
+
+
+def attrs_by_trial(study_system_attrs: dict) -> dict[int, dict]:
+    """{trial id: the study system attrs optuna-dashboard reads for that trial}, in one pass."""
+    by_trial: dict[int, dict] = defaultdict(dict)
+    for key, value in study_system_attrs.items():
+        found = _TRIAL_KEY.match(key)
+        if found:
+            by_trial[int(found.group(1))][key] = value
+    return by_trial
+
+
+def linear_study_page(serialize_study_detail):
+    """optuna-dashboard's serialize_study_detail, each trial serialized against its own study
+    system attrs (attrs_by_trial) instead of all of them: the same page, linear in trials."""
+
+    def serialize(study, best_trials, trials, *args, **kwargs):
+        detail = serialize_study_detail(study, [], [], *args, **kwargs)
+        by_trial = attrs_by_trial(study.system_attrs)
+        for name, listed in (("trials", trials), ("best_trials", best_trials)):
+            detail[name] = [_dashboard_serializer.serialize_frozen_trial(study._study_id, trial,
+                                                                          by_trial.get(trial._trial_id, {}))
+                            for trial in listed]
+        return detail
+
+    serialize.swipr_linear = True   # type: ignore[attr-defined]
+    return serialize
+
+
+def dashboard_app(storage, artifact_store):
+    """optuna-dashboard's WSGI app, its study page made linear in trials (linear_study_page).
+
+    The page's function is replaced in optuna-dashboard's module, for the whole process, in the
+    releases of LINEAR_PAGE_RELEASES only; any other serves the plain page (slower at thousands
+    of trials, not wrong) until tests/test_dashboard.py's same-page test passes on it there."""
+    original = getattr(_dashboard_app, "serialize_study_detail", None)
+    release = ".".join(optuna_dashboard.__version__.split(".")[:2])
+    if (original is not None and not getattr(original, "swipr_linear", False)
+            and release in LINEAR_PAGE_RELEASES and hasattr(_dashboard_serializer, "serialize_frozen_trial")):
+        _dashboard_app.serialize_study_detail = linear_study_page(original)
+    return optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
 
 
 class _ThreadedServer(ThreadingMixIn, WSGIServer):
@@ -55,7 +111,7 @@ def make_dashboard_server(study_file, host: str = LOOPBACK, port: int = 8080, ar
     server_class = _ThreadedServer6 if ":" in host else _ThreadedServer
     study = open_study(study_file, create=False)
     store = open_artifact_store(artifact_dir or default_artifact_dir(study_file), create=False)
-    app = optuna_dashboard.wsgi(storage_of(study), artifact_store=store)
+    app = dashboard_app(storage_of(study), store)
     try:
         server = make_server(host.strip("[]"), port, app, server_class=server_class, handler_class=_QuietHandler)
     except (socket.gaierror, UnicodeError):
