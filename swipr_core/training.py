@@ -289,7 +289,8 @@ def make_loaders(dataset: Dataset, image_size: int, batch_size: int, mean, std, 
 @dataclass
 class _StageLoaders:
     """Each stage's loaders on the run's learner, as fastai's set_data: at a stage boundary,
-    new loaders at the stage's image and batch size; the model and the optimizer stay."""
+    new loaders at the stage's image and batch size; the model's weights stay (the optimizer's state
+    starts afresh at the phase: fastai clears it at every freeze and unfreeze)."""
 
     dataset: Dataset
     mean: tuple
