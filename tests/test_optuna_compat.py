@@ -88,3 +88,10 @@ def test_a_trial_finished_under_the_loop_is_skipped_and_the_loop_goes_on(study):
     study.optimize(objective, n_trials=2)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert study.trials[0].value is None
+
+
+def test_study_system_attrs_are_kept_apart_from_the_user_attrs(study):
+    # A record stored as a system attr reads back whole and stays out of the user attrs.
+    optuna_compat.set_study_system_attr(study, "swipr:x", {"lrs": [1e-7, 1.0], "n": 2})
+    assert optuna_compat.study_system_attrs(study)["swipr:x"] == {"lrs": [1e-7, 1.0], "n": 2}
+    assert study.user_attrs == {}
