@@ -140,3 +140,20 @@ def test_lr_find_shades_the_lrs_the_finder_form_will_search():
     assert lr_range(spec, {"valley": 0.01, "steep": 0.5}) == pytest.approx((0.003, 0.03))
     assert lr_range(FinderLR("slide", Choices((0.5, 2.0))), {"slide": 0.1}) == pytest.approx((0.05, 0.2))
     assert lr_range(spec, {"steep": 0.5}) is None   # no valley on this curve: nothing to shade
+
+
+def test_a_finder_lr_of_1_or_more_fails_the_trial_not_the_run(tmp_path, data_dir):
+    # issue 29, 6: minimum 0.6 x factor 2 = lr 1.2 stopped the whole run with exit 2, fail_reason None.
+    study_file = load_study_file(write_study(tmp_path, data_dir, space=finder_space("2.0")))
+    dataset = prepare_study_data(study_file)
+    study = open_study(study_file, create=True)
+    check_fingerprint(study, dataset, study_file)
+    made_up = LRFinding("unfrozen", 16, 32, lrs=(1e-7, 1e-3, 1.0), losses=(1.0, 0.5, 2.0), suggestions={"valley": 0.6})
+    add_finding(study, new_record(made_up, 3, dataset.fingerprint, None, "lr-find"))
+    ran = run_cli("study", "run", study_file.path, "--n-trials", 2)
+    assert ran.returncode != 2, ran.stderr
+    assert "trial 0: failed: FindingUnusable: range test unfrozen:bs16:px32 v1: valley 0.6 x lr_factor 2 is lr 1.2" \
+        in ran.stdout, ran.stdout
+    trials = open_study(study_file, create=False).trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]   # the run went on to trial 1
+    assert all("an lr must be between 0 and 1" in t.user_attrs["fail_reason"] for t in trials)
