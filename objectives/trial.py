@@ -41,6 +41,10 @@ def guarded_finetune(dataset: Dataset, space: dict, model: ModelSpec, settings: 
         precision=settings.precision, compile=settings.compile, checkpoint_dir_for=checkpoints.dir_for,
         seed_number_for=checkpoints.seed_number_for, hooks=hooks, prune_at=settings.prune_at,
         n_cycles_mode=settings.n_cycles_mode)
+    if finetune.finder is not None:   # a hook that keeps the search's range tests (search.views.range_tests)
+        for hook in hooks:
+            if hasattr(hook, "on_range_test"):
+                finetune.finder.on_range_test = hook.on_range_test
     return OutOfMemoryGuard(finetune, space, settings.n_cycles_mode)
 
 

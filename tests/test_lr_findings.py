@@ -237,3 +237,26 @@ def test_frozen_then_unfrozen_is_tested_after_its_head_epochs(tiny, monkeypatch)
     cold = tiny_test(tiny, "frozen_then_unfrozen")
     assert cold.head_epochs == 0 and cold.losses != warmed.losses   # the warm-up changed where the test starts
     assert tiny_test(tiny, "unfrozen").head_epochs == 0   # only frozen_then_unfrozen warms up
+
+
+def test_the_searchs_range_tests_are_drawn_as_study_artifacts(tmp_path):
+    # The dashboard shows study artifacts: a test a trial ran gets its picture, as lr-find's does.
+    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
+
+    from objectives.optuna_compat import storage_of
+    from objectives.trial import TrainSettings, guarded_finetune
+    from search.views.range_tests import RangeTestPictures
+
+    study = optuna.create_study()
+    hook = RangeTestPictures(FileSystemArtifactStore(str(tmp_path)))
+    stored = add_finding(study, record(0.004, by="search", trial=0))
+    hook.on_range_test(study, finding(0.004), recorded_findings(study)[0][stored - 1])
+    assert [m.filename for m in get_all_artifact_meta(study, storage=storage_of(study))] == \
+        ["lr_find_unfrozen_bs16_px32_v1.png"]
+    space = {"lr": VALLEY, "batch_size": Choices((16,)), "image_size": Choices((32,)),
+             "freeze": Choices(("unfrozen",)), "n_cycles": Choices((1,)), "cycle_len": Choices((1,)),
+             "cycle_mult": Choices((1,))}
+    checkpoints = SimpleNamespace(dir_for=lambda trial: None, seed_number_for=lambda trial: trial.number)
+    guard = guarded_finetune(SimpleNamespace(fingerprint=FINGERPRINT), space, None, TrainSettings(),  # type: ignore[arg-type]
+                             checkpoints, hooks=[hook])   # type: ignore[arg-type]
+    assert guard.objective.finder.on_range_test == hook.on_range_test

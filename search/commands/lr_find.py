@@ -8,8 +8,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from optuna.artifacts import upload_artifact
-
 from objectives.lr_finder import PLACEHOLDER_LR, versions_used
 from objectives.lr_record import add_finding, current_version, new_record, picture_name, use_version
 from objectives.space import Choices, FinderLR, Range, stage_space
@@ -19,6 +17,7 @@ from search.studyfile import StudyFile, load_study_file
 from search.studyfile.fields import keyed
 from search.views.artifacts import artifact_dir, open_artifact_store
 from search.views.lr_plot import plot_lr_find
+from search.views.range_tests import upload_picture
 from swipr_core.errors import SwiprError
 from swipr_core.lr_find import END_LR, START_LR, SUGGESTIONS, check_iterations, find_lr
 from swipr_core.schedule import FREEZE_STRATEGIES, TrainConfig, check_param
@@ -178,12 +177,8 @@ def store_picture(study, study_file: StudyFile, picture: Path, name: str) -> str
     the plot is written and the curve is on the study already."""
     try:
         store = open_artifact_store(artifact_dir(study_file))
-        with tempfile.TemporaryDirectory(prefix="swipr-lr-find-") as tmp:
-            copy = Path(tmp) / name
-            copy.write_bytes(picture.read_bytes())
-            upload_artifact(artifact_store=store, file_path=str(copy), study_or_trial=study, mimetype="image/png")
     except Exception as error:  # noqa: BLE001 - see the docstring
         print(f"warning: could not store the plot as a study artifact: {type(error).__name__}: {error}",
               file=sys.stderr, flush=True)
         return ""
-    return f" and study artifact {name}"
+    return upload_picture(study, store, picture, name)
