@@ -41,8 +41,10 @@ def guarded_finetune(dataset: Dataset, space: dict, model: ModelSpec, settings: 
         precision=settings.precision, compile=settings.compile, checkpoint_dir_for=checkpoints.dir_for,
         seed_number_for=checkpoints.seed_number_for, hooks=hooks, prune_at=settings.prune_at,
         n_cycles_mode=settings.n_cycles_mode)
-    if finetune.finder is not None:   # a hook that keeps the search's range tests (search.views.range_tests)
-        for hook in hooks:
+    if finetune.finder is not None:
+        # frozen_then_unfrozen's test warms the head up for the epochs its trials do (objectives.lr_finder)
+        finetune.finder.head_epochs = settings.head_epochs
+        for hook in hooks:   # a hook that keeps the search's range tests (search.views.range_tests)
             if hasattr(hook, "on_range_test"):
                 finetune.finder.on_range_test = hook.on_range_test
     return OutOfMemoryGuard(finetune, space, settings.n_cycles_mode)

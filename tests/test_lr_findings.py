@@ -257,6 +257,7 @@ def test_the_searchs_range_tests_are_drawn_as_study_artifacts(tmp_path):
              "freeze": Choices(("unfrozen",)), "n_cycles": Choices((1,)), "cycle_len": Choices((1,)),
              "cycle_mult": Choices((1,))}
     checkpoints = SimpleNamespace(dir_for=lambda trial: None, seed_number_for=lambda trial: trial.number)
-    guard = guarded_finetune(SimpleNamespace(fingerprint=FINGERPRINT), space, None, TrainSettings(),  # type: ignore[arg-type]
-                             checkpoints, hooks=[hook])   # type: ignore[arg-type]
+    guard = guarded_finetune(SimpleNamespace(fingerprint=FINGERPRINT), space, None,  # type: ignore[arg-type]
+                             TrainSettings(head_epochs=3), checkpoints, hooks=[hook])   # type: ignore[arg-type]
     assert guard.objective.finder.on_range_test == hook.on_range_test
+    assert guard.objective.finder.head_epochs == 3   # its frozen_then_unfrozen tests warm up as its trials do

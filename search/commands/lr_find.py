@@ -19,7 +19,7 @@ from search.views.artifacts import artifact_dir, open_artifact_store
 from search.views.lr_plot import plot_lr_find
 from search.views.range_tests import upload_picture
 from swipr_core.errors import SwiprError
-from swipr_core.lr_find import END_LR, START_LR, SUGGESTIONS, check_iterations, find_lr
+from swipr_core.lr_find import END_LR, HEAD_LR, START_LR, SUGGESTIONS, check_iterations, find_lr
 from swipr_core.schedule import FREEZE_STRATEGIES, TrainConfig, check_param
 from swipr_core.threads import cpu_threads
 from swipr_core.training import resolve_device
@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = prepare_study_data(study_file)
     study = open_study(study_file, create=True)
     check_fingerprint(study, dataset, study_file)
-    print(f"range test: {config.freeze}, batch size {config.batch_size}, {config.image_size} px, "
+    head = f" after {config.head_epochs} head epoch(s) at {HEAD_LR:g}" if config.freeze == "frozen_then_unfrozen" else ""
+    print(f"range test: {config.freeze}{head}, batch size {config.batch_size}, {config.image_size} px, "
           f"{args.num_it} batches, lr {START_LR:g} to {END_LR:g}, on {device}", flush=True)
     with keyed(study_file.where("model")):   # the only fields left unchecked: arch, weights
         # the threads a trial of `swipr study run` gets: the same threads, seed and batches, the same curve
