@@ -107,8 +107,10 @@ def test_the_report_draws_the_curve_and_lists_the_suggestions(found, tmp_path):
 def test_a_second_combination_is_kept_beside_the_first_and_flags_choose_it(found):
     study_path, _ = found
     result = run_cli("lr-find", study_path, "--num-it", 20, "--freeze", "frozen_then_unfrozen",
-                     "--batch-size", 32)
+                     "--batch-size", 32, "--use")
     assert result.returncode == 0, result.stderr
+    assert "range test: frozen_then_unfrozen after 1 head epoch(s) at 0.002, batch size 32" in result.stdout
+    assert "the search uses v1 for frozen_then_unfrozen:head1:bs32:px32" in result.stdout
     study = open_study(load_study_file(study_path), create=False)
     assert [(r["key"], r["num_it"]) for r in recorded_findings(study)[0]] == \
         [("frozen_then_unfrozen:head1:bs32:px32", 20), ("unfrozen:bs16:px32", NUM_IT)]

@@ -112,6 +112,7 @@ def test_an_older_studys_record_reads_as_version_1_and_keeps_serving_its_trials(
     assert skipped == [] and (read["key"], read["version"], read["legacy"], read["current"]) == \
         ("unfrozen:bs16:px32", 1, True, True)
     assert versions_used(study, "unfrozen:bs16:px32") == {1: [0]}
+    assert range_test_rows(study) == [("range tests", "1 (an older study's: their cost was not recorded)")]
     assert finder().lr(study.ask(), VALLEY, values()) == pytest.approx(0.01)
     assert store_finding(study, record(0.009), use=False)[0] == 2   # after the old one, which stays
     assert current_version(study, "unfrozen:bs16:px32") == 1 and finding_attr("unfrozen", 16, 32) in study.user_attrs

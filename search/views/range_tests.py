@@ -21,6 +21,8 @@ def range_test_rows(study: optuna.Study) -> list[tuple[str, str]]:
     cost = range_test_cost(study)
     if not cost["count"]:
         return []
+    if cost["uncosted"] == cost["count"]:
+        return [("range tests", f"{cost['count']} (an older study's: their cost was not recorded)")]
     text = f"{cost['count']}, {cost['seconds']:.0f} s ≈ {cost['epochs_equivalent']:.1f} epochs"
     notes = []
     if cost["by_lr_find"]:
