@@ -16,7 +16,7 @@ from search.study.open import open_study
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
 from swipr_core.lr_find import SUGGESTIONS, LRFinding
-from tests.studykit import run_cli, space_toml, write_study
+from tests.studykit import one_line_error, run_cli, space_toml, write_study
 
 
 def finder_space(factor: str = "{ low = 0.3, high = 3, log = true }") -> str:
@@ -107,6 +107,14 @@ def test_lr_find_after_a_run_adds_a_version_and_leaves_the_trials_finding(search
     assert second["losses"] == first["losses"] and second["suggestions"] == first["suggestions"]
     assert second["cpu_threads"] == first["cpu_threads"] and second["cost"]["by"] == "lr-find"
     assert all(trial.user_attrs[FINDING_ATTR]["version"] == 1 for trial in study.trials)
+    # the user picks the new test after all, with no test run; a version the study lacks is one line
+    assert "--use-version 2 (with the same flags)" in ran.stdout
+    chose = run_cli("lr-find", study_path, "--use-version", 2)
+    assert chose.returncode == 0 and "the search uses v2 for unfrozen:bs16:px32 from now on" in chose.stdout
+    assert [r["current"] for r in recorded_findings(open_study(load_study_file(study_path), create=False))[0]] == \
+        [False, True]
+    assert "--use-version 9: the study has no range test unfrozen:bs16:px32 version 9 (it has v1, v2)" in \
+        one_line_error(run_cli("lr-find", study_path, "--use-version", 9))
 
 
 def test_fit_replays_a_finder_trial_at_its_lr(searched):

@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 
 from objectives.lr_finder import PLACEHOLDER_LR, versions_used
-from objectives.lr_record import add_finding, current_version, new_record, picture_name, use_version
+from objectives.lr_record import (add_finding, current_version, finding_key, new_record, picture_name,
+                                  recorded_findings, stored_finding, use_version)
 from objectives.space import Choices, FinderLR, Range, stage_space
 from search.study.data_record import check_fingerprint, prepare_study_data
 from search.study.open import open_study, quiet_optuna
@@ -52,6 +53,9 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--use", action="store_true",
                    help="make this test the version later trials of its combination train with, even where "
                         "earlier trials used another (without it, only when no trial used the current one)")
+    p.add_argument("--use-version", type=int, metavar="V",
+                   help="run no test: make the stored version V of the combination (the flags above choose it) "
+                        "the one later trials train with")
     p.set_defaults(func=run)
 
 
@@ -105,6 +109,8 @@ def output_folder(study_file: StudyFile, out: Path | None) -> Path:
 def run(args: argparse.Namespace) -> int:
     study_file = load_study_file(args.study_file)
     config = finder_config(study_file, args)
+    if args.use_version is not None:
+        return choose_version(study_file, config, args.use_version)
     with keyed("--num-it:"):
         check_iterations(args.num_it)
     device_name, device_where = study_file.device_from(args.device)
@@ -150,11 +156,25 @@ def store_finding(study, record: dict, use: bool) -> tuple[int, str]:
     return version, _use_line(key, version, in_use, used, use)
 
 
+def choose_version(study_file: StudyFile, config: TrainConfig, version: int) -> int:
+    """`--use-version V`: the search trains later trials of the combination with its stored version V."""
+    quiet_optuna()
+    study = open_study(study_file, create=False)
+    key = finding_key(config.freeze, config.batch_size, config.image_size, config.head_epochs)
+    record, why = stored_finding(study, key, version)
+    if record is None:
+        known = sorted(r["version"] for r in recorded_findings(study)[0] if r["key"] == key)
+        raise SwiprError(f"--use-version {version}: {why} (it has {', '.join(f'v{v}' for v in known) or 'none'})")
+    use_version(study, key, version)
+    print(f"the search uses v{version} for {key} from now on")
+    return 0
+
+
 def _use_line(key: str, version: int, in_use: int | None, used: list[int], use: bool) -> str:
     trials = f"trial{'s' if len(used) > 1 else ''} {', '.join(map(str, used[:10]))}{', ...' if len(used) > 10 else ''}"
     if used and not use:
-        return (f"the search keeps using v{in_use} for {key} ({trials} trained with it); `swipr lr-find ... --use` "
-                f"makes a new test the one later trials get")
+        return (f"the search keeps using v{in_use} for {key} ({trials} trained with it); --use-version {version} "
+                f"(with the same flags) makes this test the one later trials get")
     if used:
         return f"the search uses v{version} for {key} from now on (v{in_use}, which {trials} trained with, is kept)"
     return f"the search uses v{version} for {key}"
