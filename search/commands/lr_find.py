@@ -50,10 +50,11 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
                         f"head alone, frozen_then_unfrozen the unfrozen phase (body at lr/100)")
     p.add_argument("--num-it", type=int, default=100, metavar="N", help="batches in the test (default 100)")
     p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: [train] device)")
-    p.add_argument("--use", action="store_true",
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--use", action="store_true",
                    help="make this test the version later trials of its combination train with, even where "
                         "earlier trials used another (without it, only when no trial used the current one)")
-    p.add_argument("--use-version", type=int, metavar="V",
+    which.add_argument("--use-version", type=int, metavar="V",
                    help="run no test: make the stored version V of the combination (the flags above choose it) "
                         "the one later trials train with")
     p.set_defaults(func=run)
