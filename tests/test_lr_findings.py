@@ -45,8 +45,7 @@ def record(valley: float = 0.004, by: str = "lr-find", trial: int | None = None,
 
 def finder() -> StudyFinder:
     """A finder whose study has its tests already: running one here would be a bug."""
-    found = StudyFinder(SimpleNamespace(fingerprint=FINGERPRINT), None)   # type: ignore[arg-type]
-    return found
+    return StudyFinder(SimpleNamespace(fingerprint=FINGERPRINT), None)   # type: ignore[arg-type]
 
 
 def trained_with(study: optuna.Study, version: int, key: str = "unfrozen:bs16:px32") -> None:
@@ -182,7 +181,7 @@ def test_the_studys_user_attrs_stay_small():
     assert study.user_attrs == {} and len(recorded_findings(study)[0]) == 2
 
 
-def test_frozen_then_unfroze_s_key_names_its_head_epochs():
+def test_frozen_then_unfrozen_keys_name_their_head_epochs():
     assert finding_key("frozen_then_unfrozen", 32, 32, 2) == "frozen_then_unfrozen:head2:bs32:px32"
     assert finding_key("unfrozen", 32, 32, 2) == "unfrozen:bs32:px32"
     two = StudyFinder(SimpleNamespace(fingerprint=FINGERPRINT), None, head_epochs=2)   # type: ignore[arg-type]
