@@ -59,8 +59,9 @@ def test_the_curve_and_suggestions_are_kept_on_the_study(found):
     study_path, result = found
     study_file = load_study_file(study_path)
     study = open_study(study_file, create=False)
-    [record], skipped = recorded_findings(study)
-    assert skipped == [] and (record["key"], record["version"], record["current"]) == ("unfrozen:bs16:px32", 1, True)
+    records, skipped = recorded_findings(study)
+    [record] = [r for r in records if r["key"] == "unfrozen:bs16:px32"]   # the second combination's test may be there
+    assert skipped == [] and (record["version"], record["current"]) == (1, True)
     assert len(record["lrs"]) == len(record["losses"]) == NUM_IT
     assert record["lrs"] == sorted(record["lrs"]) and record["lrs"][0] == pytest.approx(1e-7)
     printed = dict(SUGGESTION_LINE.findall(result.stdout))
