@@ -59,7 +59,6 @@ sys.path.insert(0, str(ROOT))
 from bench import provenance  # noqa: E402
 
 LR_LINE = re.compile(r"^lr = .*$", re.MULTILINE)
-RANGE_TEST_PREFIX = "lr_find:"   # objectives.lr_record.ATTR_PREFIX
 # The demo's plainly searched range (its lr line before issue 17's measurement), whatever
 # studies/demo.toml's lr line is now.
 PLAIN_LR = "lr = { low = 1e-4, high = 0.05, log = true }"
@@ -209,28 +208,41 @@ def train_batches(n_train: int, batch_size: int) -> int:
 
 
 def read_outcome(storage: Path, name: str) -> Outcome:
+    """The study's trials in the order they finished, each charged with the range tests it ran:
+    each test's record says its trial and its epochs-equivalent (objectives.lr_record); one of an
+    older study, which doesn't, is charged to the first finished trial of its combination."""
     import optuna
+
+    from objectives.lr_record import range_test_cost, recorded_findings
 
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{storage}")
     counts = study.user_attrs["data_counts"]
     n_train = counts["YES"] + counts["NO"] - counts["valid"]
-    tests = {key.removeprefix(RANGE_TEST_PREFIX): record for key, record in study.user_attrs.items()
-             if key.startswith(RANGE_TEST_PREFIX)}
+    records, skipped = recorded_findings(study)
+    charged: dict[int, float] = {}
+    legacy = {}
+    for record in records:
+        cost = record.get("cost")
+        if isinstance(cost, dict) and cost.get("trial") is not None:
+            charged[cost["trial"]] = charged.get(cost["trial"], 0.0) + float(cost["epochs_equivalent"])
+        else:
+            legacy[record["key"]] = len(record["lrs"]) / train_batches(n_train, record["batch_size"])
     done = sorted((t for t in study.trials if t.state.is_finished() and t.datetime_complete is not None),
                   key=lambda t: t.datetime_complete)
-    outcome = Outcome(trials=[], train_epochs=0, range_tests=len(tests))
+    outcome = Outcome(trials=[], train_epochs=0, range_tests=range_test_cost(study)["count"])
     for trial in done:
-        epochs, range_epochs = int(trial.user_attrs.get("epochs", 0)), 0.0
+        epochs = int(trial.user_attrs.get("epochs", 0))
         combo = f"{trial.params.get('freeze')}:bs{trial.params.get('batch_size')}:px{trial.params.get('image_size')}"
-        record = tests.pop(combo, None)   # the first trial of a combination ran its range test
-        if record is not None and "finder_lr" in trial.user_attrs:
-            range_epochs = len(record["lrs"]) / train_batches(n_train, record["batch_size"])
-            outcome.range_epochs += range_epochs
+        range_epochs = charged.pop(trial.number, 0.0)
+        if "finder_lr" in trial.user_attrs:
+            range_epochs += legacy.pop(combo, 0.0)
+        outcome.range_epochs += range_epochs
         outcome.train_epochs += epochs
         loss = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None
         outcome.trials.append(Trial(epochs, range_epochs, loss))
-    if tests:
-        outcome.notes.append(f"range tests no trial accounts for: {', '.join(sorted(tests))}")
+    unaccounted = [*legacy, *(f"trial {number}'s" for number in charged), *skipped]
+    if unaccounted:
+        outcome.notes.append(f"range tests no finished trial accounts for: {', '.join(sorted(unaccounted))}")
     return outcome
 
 

@@ -17,7 +17,7 @@ import optuna
 import torch
 
 from objectives.judging import STAGE2_FIRST_EPOCH_ATTR, ScheduleCut, best_finished, report_epoch
-from objectives.lr_finder import FINDER_LR_ATTR, LR_ATTR, StudyFinder
+from objectives.lr_finder import FINDER_LR_ATTR, FINDING_ATTR, LR_ATTR, StudyFinder
 from objectives.record import (BUDGET_ATTR, FINISH_AT_ATTR, Plan, best_finished_record, record_of, result_of,
                                write_plan, write_result)
 from objectives.space import (DEFAULT_N_CYCLES_MODE, MODE_ATTR, SPACE_KEYS, STAGE2, FinderLR, conditional,
@@ -28,7 +28,6 @@ from swipr_core.model import ModelSpec
 from swipr_core.schedule import StageConfig
 from swipr_core.training import EpochRecord, TrainConfig, TrainResult, train, valid_targets
 
-FINDING_ATTR = "lr_finding"   # the finder's finding a trial used (objectives.lr_finder), folded into its plan
 STUDY_FILE_ATTR = "study_file_sha256"   # written by search's RecordTrainedWith hook as the trial starts
 
 
@@ -113,7 +112,7 @@ class FinetuneObjective:
         self.on_result = on_result
         # Objects with any of on_start(trial, config), on_stage2(trial, config) (as the run reaches
         # stage 2, its params drawn), on_epoch(trial, record), on_result(trial, result),
-        # on_stop(trial, history, error): progress bars, pictures.
+        # on_stop(trial, history, error), on_range_test(study, finding, record): progress, pictures.
         self.hooks = list(hooks)
         # (trial, StageConfig, epochs so far) -> None, raising to refuse stage 2's shape: the OOM guard's
         self.stage2_guard = None
@@ -121,7 +120,9 @@ class FinetuneObjective:
         # [space] lr = { finder = ... }: the range tests, kept on the study (objectives.lr_finder)
         self._targets: np.ndarray | None = None   # the validation targets each kept prediction is scored against
         self.finder = StudyFinder(dataset, model_spec, device=device, precision=precision, compile=compile,
-                                  seed=seed) if isinstance(space.get("lr"), FinderLR) else None
+                                  seed=seed, head_epochs=head_epochs) if isinstance(space.get("lr"), FinderLR) else None
+        if self.finder is not None:   # each range test the search runs, to the hooks that keep them
+            self.finder.on_range_test = lambda *args: self._call("on_range_test", *args)
 
     def _call(self, event: str, *args) -> None:
         for hook in self.hooks:

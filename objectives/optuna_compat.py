@@ -119,3 +119,14 @@ def skip_telling_finished_trials() -> None:
 
     tell_unless_finished.skips_finished = True   # type: ignore[attr-defined]  # the idempotence mark
     _optimize._tell_with_warning = tell_unless_finished
+
+
+def study_system_attrs(study: optuna.Study) -> dict:
+    """The study's system attrs: bulky records kept out of the user attrs that `optuna studies`
+    and the dashboard list (Optuna 4 dropped the public `Study.system_attrs`)."""
+    return study._storage.get_study_system_attrs(study._study_id)
+
+
+def set_study_system_attr(study: optuna.Study, key: str, value) -> None:
+    """Store one study system attr (any JSON value), as `Study.set_system_attr` did."""
+    study._storage.set_study_system_attr(study._study_id, key, value)

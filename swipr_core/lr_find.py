@@ -9,13 +9,16 @@ parameter groups the run's freeze strategy trains:
 - frozen: the head only;
 - unfrozen: the whole network at one learning rate;
 - frozen_then_unfrozen: the whole network, the body at lr / BODY_LR_DIVISOR, as in the run's
-  unfrozen phase, where it spends most of its epochs.
+  unfrozen phase, where it spends most of its epochs, and after its head warm-up: the head is
+  trained first for the run's head_epochs (one SGDR cycle, frozen body) at HEAD_LR, so the test
+  starts where the trial's unfrozen phase starts, not from a random head.
 
 The learning rate recorded and suggested is always the head's: the trial's `lr`.
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +36,9 @@ SUGGESTIONS = {"valley": valley, "slide": slide, "minimum": minimum, "steep": st
 MIN_ITERATIONS = 20   # fastai reads suggestions off batches num_it // 10 to the 5th from last
 MAX_ITERATIONS = 10_000
 START_LR, END_LR = 1e-7, 10.0   # fastai's defaults
+# frozen_then_unfrozen's head warm-up before its test: fastai's fine_tune trains the head at its
+# base_lr default (2e-3) before it unfreezes; the trial's own lr is what the test is to find.
+HEAD_LR = 2e-3
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,12 @@ class LRFinding:
     losses: tuple[float, ...]
     suggestions: dict[str, float] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)   # suggestion -> why the curve didn't give it
+    head_epochs: int = 0          # frozen_then_unfrozen: the head warm-up's epochs before the test
+    head_lr: float | None = None  # and its lr
+    seconds: float = 0.0          # what the test (warm-up included) took
+    epochs_equivalent: float = 0.0   # its batches x batch size / training images, plus the warm-up's epochs
+    cpu_threads: int = 0          # torch's CPU threads during the test (CPU results depend on them)
+    seed: int = 0
 
 
 def check_iterations(num_it) -> None:
@@ -55,26 +67,57 @@ def check_iterations(num_it) -> None:
 
 
 def find_lr(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: str = "auto",
-            precision: str = "auto", compile: str = "auto", num_it: int = 100) -> LRFinding:
+            precision: str = "auto", compile: str = "auto", num_it: int = 100, threads: int | None = None,
+            head_lr: float = HEAD_LR) -> LRFinding:
     """The range test for `config`'s batch size, image size and freeze strategy (its lr and
-    schedule are not used), over `num_it` batches from START_LR to END_LR."""
+    schedule are not used), over `num_it` batches from START_LR to END_LR; frozen_then_unfrozen's
+    after config.head_epochs of head warm-up at `head_lr`. `threads`: torch's CPU threads for the
+    test (None: as they are); the same threads, seed and batches give the same curve."""
     check_iterations(num_it)
-    learn, _, _ = build_learner(dataset, config, model_spec, device=device, precision=precision, compile=compile)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        started = time.perf_counter()
+        learn, _, _ = build_learner(dataset, config, model_spec, device=device, precision=precision,
+                                    compile=compile)
+        head_epochs = _warm_up_head(learn, config, head_lr)
+        lrs, losses = _range_test(learn, config.freeze, num_it)
+        seconds, used_threads = time.perf_counter() - started, torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+    suggestions, unreadable = suggest(lrs, losses, num_it)
+    n_train = max(1, len(dataset.split) - sum(dataset.split.is_valid))
+    return LRFinding(config.freeze, config.batch_size, config.image_size, tuple(lrs), tuple(losses),
+                     suggestions, unreadable, head_epochs=head_epochs, head_lr=head_lr if head_epochs else None,
+                     seconds=seconds, epochs_equivalent=num_it * config.batch_size / n_train + head_epochs,
+                     cpu_threads=used_threads, seed=config.seed)
+
+
+def _warm_up_head(learn, config: TrainConfig, head_lr: float) -> int:
+    """frozen_then_unfrozen: train the head as the run's warm-up does (frozen body, one SGDR
+    cycle of head_epochs, fastai's fit_sgdr) before the test; the epochs trained (0: none)."""
+    if config.freeze != "frozen_then_unfrozen" or config.head_epochs < 1:
+        return 0
+    learn.freeze()
+    with learn.no_logging(), learn.no_bar():
+        learn.fit_sgdr(1, config.head_epochs, lr_max=head_lr)
+    return config.head_epochs
+
+
+def _range_test(learn, freeze: str, num_it: int) -> tuple[list[float], list[float]]:
+    """fastai's lr_find on the parameter groups `freeze` trains: (head lrs, smoothed losses)."""
     scale: float | np.ndarray = 1.0
-    if config.freeze == "frozen":
+    if freeze == "frozen":
         learn.freeze()
     else:
         learn.unfreeze()
-        if config.freeze == "frozen_then_unfrozen":
+        if freeze == "frozen_then_unfrozen":
             scale = np.array([1 / BODY_LR_DIVISOR, 1.0])   # one lr per group: body, head
     with learn.no_bar():
         learn.lr_find(start_lr=START_LR * scale, end_lr=END_LR * scale, num_it=num_it, show_plot=False,
                       suggest_funcs=None)
-    lrs = [float(lr) for lr in learn.recorder.lrs]
-    losses = [float(loss) for loss in learn.recorder.losses]
-    suggestions, unreadable = suggest(lrs, losses, num_it)
-    return LRFinding(config.freeze, config.batch_size, config.image_size, tuple(lrs), tuple(losses),
-                     suggestions, unreadable)
+    return [float(lr) for lr in learn.recorder.lrs], [float(loss) for loss in learn.recorder.losses]
 
 
 def suggest(lrs: list[float], losses: list[float], num_it: int) -> tuple[dict[str, float], dict[str, str]]:

@@ -96,3 +96,10 @@ def test_a_system_attr_set_on_a_live_trial_is_stored_and_kept_out_of_user_attrs(
     stored = study.trials[-1]
     assert stored.system_attrs["swipr:x"] == {"a": [1, 2]}
     assert "swipr:x" not in stored.user_attrs
+
+
+def test_study_system_attrs_are_kept_apart_from_the_user_attrs(study):
+    # A record stored as a system attr reads back whole and stays out of the user attrs.
+    optuna_compat.set_study_system_attr(study, "swipr:x", {"lrs": [1e-7, 1.0], "n": 2})
+    assert optuna_compat.study_system_attrs(study)["swipr:x"] == {"lrs": [1e-7, 1.0], "n": 2}
+    assert study.user_attrs == {}

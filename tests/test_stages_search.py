@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from objectives.finetune import FinetuneObjective, config_from_trial, replay_config
 from objectives.oom import OutOfMemoryGuard, shape_key
 from objectives.space import drawn
-from search.study.space_record import check_space
+from search.study.space_record import check_space, recorded_space
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
 from swipr_core.model import ModelSpec
@@ -103,7 +103,7 @@ def test_the_recorded_space_holds_stage_2_and_a_change_optuna_cant_mix_is_refuse
     study_file = load_study_file(write_study(tmp_path, data_dir, space=STAGED))
     study = optuna.create_study()
     assert check_space(study, study_file) == []
-    assert study.user_attrs["search_space"]["stage2_freeze"]["attributes"]["choices"] == ["frozen"]
+    assert (recorded_space(study) or {})["stage2_freeze"]["attributes"]["choices"] == ["frozen"]
     study.add_trial(optuna.trial.create_trial(value=0.5))
     other = load_study_file(write_study(tmp_path, data_dir, space=STAGED.replace('["frozen"]', '["unfrozen"]')))
     with pytest.raises(SwiprError, match=r"\[space.stage2\] freeze is \[\"unfrozen\"\], but study .* ran on "

@@ -8,10 +8,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from optuna.artifacts import upload_artifact
-
-from objectives.lr_record import picture_name, record_finding
-from objectives.lr_finder import PLACEHOLDER_LR
+from objectives.lr_finder import PLACEHOLDER_LR, versions_used
+from objectives.lr_record import (add_finding, current_version, finding_key, new_record, picture_name,
+                                  recorded_findings, stored_finding, use_version)
 from objectives.space import Choices, FinderLR, Range, stage_space
 from search.study.data_record import check_fingerprint, prepare_study_data
 from search.study.open import open_study, quiet_optuna
@@ -19,9 +18,11 @@ from search.studyfile import StudyFile, load_study_file
 from search.studyfile.fields import keyed
 from search.views.artifacts import artifact_dir, open_artifact_store
 from search.views.lr_plot import plot_lr_find
+from search.views.range_tests import upload_picture
 from swipr_core.errors import SwiprError
-from swipr_core.lr_find import END_LR, START_LR, SUGGESTIONS, check_iterations, find_lr
+from swipr_core.lr_find import END_LR, HEAD_LR, START_LR, SUGGESTIONS, check_iterations, find_lr
 from swipr_core.schedule import FREEZE_STRATEGIES, TrainConfig, check_param
+from swipr_core.threads import cpu_threads
 from swipr_core.training import resolve_device
 
 PICTURE = "lr_find.png"
@@ -34,9 +35,11 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
                     f"{START_LR:g} to {END_LR:g} over --num-it batches) on the study's data, image cache and "
                     f"model, and print fastai's suggestions ({', '.join(SUGGESTIONS)}). Writes the loss-vs-lr "
                     f"plot, with the [space] lr range shaded, as {PICTURE} in --out, and keeps the curve and "
-                    f"suggestions on the study (a study user attr and a study artifact), where `swipr "
-                    f"dashboard` and `swipr study report` show them. Batch size, image size and freeze "
-                    f"default to the first value of each in [space].")
+                    f"suggestions on the study as a new version of the combination's finding (and the plot "
+                    f"as a study artifact), where `swipr dashboard` and `swipr study report` show them. A "
+                    f"[space] lr finder search keeps using the version its trials trained with unless --use "
+                    f"is given. Batch size, image size and freeze default to the first value of each in "
+                    f"[space]. Runs with the CPU threads `swipr study run` gives a trial.")
     p.add_argument("study_file", type=Path, metavar="STUDY.toml", help="the study file")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="folder to write the plot to (default: <study>.lr_find beside the study file)")
@@ -47,6 +50,13 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
                         f"head alone, frozen_then_unfrozen the unfrozen phase (body at lr/100)")
     p.add_argument("--num-it", type=int, default=100, metavar="N", help="batches in the test (default 100)")
     p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: [train] device)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--use", action="store_true",
+                   help="make this test the version later trials of its combination train with, even where "
+                        "earlier trials used another (without it, only when no trial used the current one)")
+    which.add_argument("--use-version", type=int, metavar="V",
+                   help="run no test: make the stored version V of the combination (the flags above choose it) "
+                        "the one later trials train with")
     p.set_defaults(func=run)
 
 
@@ -100,6 +110,8 @@ def output_folder(study_file: StudyFile, out: Path | None) -> Path:
 def run(args: argparse.Namespace) -> int:
     study_file = load_study_file(args.study_file)
     config = finder_config(study_file, args)
+    if args.use_version is not None:
+        return choose_version(study_file, config, args.use_version)
     with keyed("--num-it:"):
         check_iterations(args.num_it)
     device_name, device_where = study_file.device_from(args.device)
@@ -110,12 +122,14 @@ def run(args: argparse.Namespace) -> int:
     dataset = prepare_study_data(study_file)
     study = open_study(study_file, create=True)
     check_fingerprint(study, dataset, study_file)
-    print(f"range test: {config.freeze}, batch size {config.batch_size}, {config.image_size} px, "
+    head = f" after {config.head_epochs} head epoch(s) at {HEAD_LR:g}" if config.freeze == "frozen_then_unfrozen" else ""
+    print(f"range test: {config.freeze}{head}, batch size {config.batch_size}, {config.image_size} px, "
           f"{args.num_it} batches, lr {START_LR:g} to {END_LR:g}, on {device}", flush=True)
     with keyed(study_file.where("model")):   # the only fields left unchecked: arch, weights
+        # the threads a trial of `swipr study run` gets: the same threads, seed and batches, the same curve
         finding = find_lr(dataset, config, study_file.model, device=str(device),
                           precision=study_file.train.precision, compile=study_file.train.compile,
-                          num_it=args.num_it)
+                          num_it=args.num_it, threads=cpu_threads())
     for name in SUGGESTIONS:
         if name in finding.suggestions:
             print(f"{name}: {finding.suggestions[name]:.1e}")
@@ -123,10 +137,48 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}: none ({finding.unreadable.get(name, 'not read')})")
     space_range = lr_range(study_file.space["lr"], finding.suggestions)
     picture = write_picture(finding, out / PICTURE, space_range)
-    attr = record_finding(study, finding, args.num_it, dataset.fingerprint, space_range)
-    stored = store_picture(study, study_file, picture, picture_name(finding))
-    print(f"wrote {picture}; kept on study '{study.study_name}' as user attr {attr}{stored}")
+    record = new_record(finding, args.num_it, dataset.fingerprint, space_range, "lr-find")
+    version, use_text = store_finding(study, record, args.use)
+    stored = store_picture(study, study_file, picture, picture_name(record["key"], version))
+    print(f"wrote {picture}; kept on study '{study.study_name}' as range test {record['key']} v{version}{stored}")
+    print(use_text)
     return 0
+
+
+def store_finding(study, record: dict, use: bool) -> tuple[int, str]:
+    """Add `record` as a new version of its combination; it becomes the one the search uses
+    with `use`, or where no trial trained with the current one. (version, a line saying which
+    version the search uses from now on, and why)."""
+    key, in_use = record["key"], current_version(study, record["key"])
+    used = versions_used(study, key).get(in_use, []) if in_use is not None else []
+    if used and not use and in_use is not None:
+        use_version(study, key, in_use)   # first: a search running now must not see the new one as the latest
+    version = add_finding(study, record, use=use or not used)
+    return version, _use_line(key, version, in_use, used, use)
+
+
+def choose_version(study_file: StudyFile, config: TrainConfig, version: int) -> int:
+    """`--use-version V`: the search trains later trials of the combination with its stored version V."""
+    quiet_optuna()
+    study = open_study(study_file, create=False)
+    key = finding_key(config.freeze, config.batch_size, config.image_size, config.head_epochs)
+    record, why = stored_finding(study, key, version)
+    if record is None:
+        known = sorted(r["version"] for r in recorded_findings(study)[0] if r["key"] == key)
+        raise SwiprError(f"--use-version {version}: {why} (it has {', '.join(f'v{v}' for v in known) or 'none'})")
+    use_version(study, key, version)
+    print(f"the search uses v{version} for {key} from now on")
+    return 0
+
+
+def _use_line(key: str, version: int, in_use: int | None, used: list[int], use: bool) -> str:
+    trials = f"trial{'s' if len(used) > 1 else ''} {', '.join(map(str, used[:10]))}{', ...' if len(used) > 10 else ''}"
+    if used and not use:
+        return (f"the search keeps using v{in_use} for {key} ({trials} trained with it); --use-version {version} "
+                f"(with the same flags) makes this test the one later trials get")
+    if used:
+        return f"the search uses v{version} for {key} from now on (v{in_use}, which {trials} trained with, is kept)"
+    return f"the search uses v{version} for {key}"
 
 
 def write_picture(finding, target: Path, space_range: tuple[float, float] | None) -> Path:
@@ -147,12 +199,8 @@ def store_picture(study, study_file: StudyFile, picture: Path, name: str) -> str
     the plot is written and the curve is on the study already."""
     try:
         store = open_artifact_store(artifact_dir(study_file))
-        with tempfile.TemporaryDirectory(prefix="swipr-lr-find-") as tmp:
-            copy = Path(tmp) / name
-            copy.write_bytes(picture.read_bytes())
-            upload_artifact(artifact_store=store, file_path=str(copy), study_or_trial=study, mimetype="image/png")
     except Exception as error:  # noqa: BLE001 - see the docstring
         print(f"warning: could not store the plot as a study artifact: {type(error).__name__}: {error}",
               file=sys.stderr, flush=True)
         return ""
-    return f" and study artifact {name}"
+    return upload_picture(study, store, picture, name)

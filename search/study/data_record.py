@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import optuna
 
+from objectives.optuna_compat import set_study_system_attr, study_system_attrs
 from search.studyfile import StudyFile
 from search.studyfile.fields import keyed
 from swipr_core.data import Dataset, prepare_data
@@ -14,6 +15,10 @@ FINGERPRINT_ATTR = "data_fingerprint"
 # The accuracy of always answering the validation set's commoner class: what an accuracy is
 # worth only above. One split per study (the fingerprint), so one baseline per study.
 MAJORITY_ATTR = "majority_accuracy"
+# Why rows were left out, by reason: a study system attr (as a user attr it made each row of
+# `optuna studies` wider than 400 characters); older studies kept it as the user attr.
+EXCLUDED_ATTR = "data_excluded"
+EXCLUDED_SYSTEM_ATTR = "swipr:data_excluded"
 
 
 def prepare_study_data(study_file: StudyFile) -> Dataset:
@@ -29,7 +34,7 @@ def check_fingerprint(study: optuna.Study, dataset: Dataset, study_file: StudyFi
     if recorded is None:
         study.set_user_attr(FINGERPRINT_ATTR, dataset.fingerprint)
         study.set_user_attr("data_counts", dataset.split.counts())
-        study.set_user_attr("data_excluded", dataset.split.meta.get("excluded", {}))
+        set_study_system_attr(study, EXCLUDED_SYSTEM_ATTR, dataset.split.meta.get("excluded", {}))
         record_majority(study, dataset)
         return
     if MAJORITY_ATTR not in study.user_attrs:   # a study started before the baseline was recorded
@@ -71,4 +76,5 @@ def data_summary(study: optuna.Study) -> dict:
     attrs = study.user_attrs
     counts = attrs.get("data_counts", {})
     return {"yes": counts.get("YES", 0), "no": counts.get("NO", 0), "valid": counts.get("valid", 0),
-            "excluded": attrs.get("data_excluded", {}), "fingerprint": attrs.get(FINGERPRINT_ATTR)}
+            "excluded": study_system_attrs(study).get(EXCLUDED_SYSTEM_ATTR, attrs.get(EXCLUDED_ATTR, {})),
+            "fingerprint": attrs.get(FINGERPRINT_ATTR)}

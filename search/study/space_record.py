@@ -5,6 +5,10 @@ Optuna keeps each param's distribution with every trial and refuses a trial whos
 distribution it can't compare with the earlier ones (a categorical with other choices, a
 float turned int, log turned on): every new trial would FAIL. Such a change is refused here
 in one line; one Optuna can take (a wider or narrower range) goes on, and says so.
+
+The record is a study system attr (SPACE_SYSTEM_ATTR, ~1 kB of JSON: as a user attr it made
+`optuna studies` print unreadable rows); studies written before kept it as the user attr
+SPACE_ATTR, which is still read.
 """
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ import optuna
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution,
                                   check_distribution_compatibility, distribution_to_json, json_to_distribution)
 
+from objectives.optuna_compat import set_study_system_attr, study_system_attrs
 from objectives.space import STAGE2, Choices, FinderLR, Range, param_name
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
 
-SPACE_ATTR = "search_space"
+SPACE_ATTR = "search_space"                 # older studies: the record as a study user attr
+SPACE_SYSTEM_ATTR = "swipr:search_space"   # the record, as a study system attr
 
 
 def distribution(spec: Range | Choices | FinderLR) -> BaseDistribution:
@@ -44,7 +50,7 @@ def describe(dist: BaseDistribution) -> str:
 
 def _recorded(study: optuna.Study) -> dict[str, BaseDistribution]:
     """The space the study ran on: as recorded, or (for older studies) from its trials."""
-    stored = study.user_attrs.get(SPACE_ATTR)
+    stored = recorded_space(study)
     if stored:   # each one a dict; older studies stored escaped JSON text
         return {name: json_to_distribution(value if isinstance(value, str) else json.dumps(value))
                 for name, value in stored.items()}
@@ -52,6 +58,15 @@ def _recorded(study: optuna.Study) -> dict[str, BaseDistribution]:
     for trial in study.get_trials(deepcopy=False):
         found.update(trial.distributions)
     return found
+
+
+def recorded_space(study: optuna.Study) -> dict | None:
+    """The recorded space as stored ({param: distribution as a dict, or older studies' JSON
+    text}), from the system attr, else an older study's user attr; None: none recorded."""
+    stored = study_system_attrs(study).get(SPACE_SYSTEM_ATTR)
+    if stored is None:
+        stored = study.user_attrs.get(SPACE_ATTR)
+    return stored if isinstance(stored, dict) else None
 
 
 def _where(study_file: StudyFile, name: str) -> tuple[str, str]:
@@ -95,5 +110,6 @@ def check_space(study: optuna.Study, study_file: StudyFile) -> list[str]:
         notes.append(f"note: [{table}] {key} changed from {describe(old[name])} to {describe(dist)}; "
                      f"study '{study.study_name}' goes on with it")
     # as dicts, not distribution_to_json's text: readable in the dashboard and in SQL
-    study.set_user_attr(SPACE_ATTR, {name: json.loads(distribution_to_json(dist)) for name, dist in new.items()})
+    set_study_system_attr(study, SPACE_SYSTEM_ATTR,
+                          {name: json.loads(distribution_to_json(dist)) for name, dist in new.items()})
     return notes

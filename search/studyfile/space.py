@@ -35,6 +35,9 @@ def _check_value(where: str | Path, key: str, value: Any, section: str = "space"
 
 
 STAGE2_SECTION = "space.stage2"
+# The lowest lr a range test tries (swipr_core.lr_find.START_LR, not imported: it brings torch), so
+# the lowest it can suggest: a factor this many times larger or more can never give an lr below 1.
+LOWEST_SUGGESTION = 1e-7
 
 
 def parse_space(where: Path, raw: dict) -> dict[str, Range | Choices | FinderLR]:
@@ -138,13 +141,26 @@ def _parse_finder(where: Path, spec: dict) -> FinderLR:
         raise SwiprError(f"{where}: [space] lr finder must be one of {', '.join(FINDER_SUGGESTIONS)}, got {finder!r}")
     factor = spec.get("factor", 1.0)
     if isinstance(factor, dict):
-        return FinderLR(finder, _parse_range(where, "lr_factor", factor))
-    values = factor if isinstance(factor, list) else [factor]
-    if not values:
-        raise SwiprError(f"{where}: [space] lr factor has no choices")
-    for value in values:
-        _check_value(where, "lr_factor", value)
-    return FinderLR(finder, Choices(tuple(float(v) for v in values)))
+        parsed = FinderLR(finder, _parse_range(where, "lr_factor", factor))
+    else:
+        values = factor if isinstance(factor, list) else [factor]
+        if not values:
+            raise SwiprError(f"{where}: [space] lr factor has no choices")
+        for value in values:
+            _check_value(where, "lr_factor", value)
+        parsed = FinderLR(finder, Choices(tuple(float(v) for v in values)))
+    _check_possible(where, parsed)
+    return parsed
+
+
+def _check_possible(where: Path, spec: FinderLR) -> None:
+    """Refuse a factor that no suggestion could turn into an lr below 1 (a trial's lr must be);
+    a factor that only some suggestions overshoot fails those trials alone, when they run."""
+    high = largest(spec.factor)
+    if high * LOWEST_SUGGESTION >= 1:
+        raise SwiprError(f"{where}: [space] lr factor goes up to {high:g}, but a range test suggests "
+                         f"{LOWEST_SUGGESTION:g} at the lowest, so that factor would make an lr of 1 or more; give "
+                         f"a factor below {1 / LOWEST_SUGGESTION:g} (a decade or two around 1 is usual)")
 
 
 def _on_grid(low, high, step) -> bool:

@@ -39,6 +39,7 @@ from objectives.record import best_finished_record, record_of  # noqa: E402
 from search.study.data_record import data_summary, majority_baseline  # noqa: E402
 from search.views.format import accuracy_text, fmt  # noqa: E402
 from search.views.stages import RecordStages, StageSpan, boundary_label, spans_of, stages_text  # noqa: E402
+from search.views.range_tests import RangeTestPictures  # noqa: E402
 from search.views.results import last_epoch_loss, result_metrics, schedule_text  # noqa: E402
 from search.views.top_losses import TOP_LOSSES_PNG, draw_top_losses  # noqa: E402
 from swipr_core.metrics import confusion_counts, roc_auc  # noqa: E402
@@ -445,4 +446,5 @@ def make_objective_hooks(study_file, study: optuna.Study, dataset=None) -> list:
     `dataset`, a finished trial also gets its top-loss grid."""
     if not get_note(study).strip():
         save_study_note(study)
-    return [RecordStages(), TrialArtifacts(open_artifact_store(artifact_dir(study_file)), dataset)]
+    store = open_artifact_store(artifact_dir(study_file))
+    return [RecordStages(), TrialArtifacts(store, dataset), RangeTestPictures(store)]

@@ -10,6 +10,7 @@ from objectives.judging import BEST_STAGE_ATTR, CUT_ATTR, STAGE2_FIRST_EPOCH_ATT
 from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
 from search.study.warm_start import CHANGED_ATTR, KEPT_ATTR, NOTEBOOK, OLD_RUNS, STAGES_RUN_ATTR, WARM_START_ATTR
+from search.views.range_tests import range_test_rows
 from search.views.results import accuracy_of
 from search.views.stages import spans_of, stages_text
 
@@ -129,6 +130,7 @@ def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
         rows.append(("planned stages", f"{stages_text(spans)}; its best schedule ends with stage 1"))
     elif spans:   # a two-stage best trial: where each stage ran, on what
         rows.append(("best stages", stages_text(spans)))
+    rows += range_test_rows(study)
     return rows
 
 

@@ -19,7 +19,9 @@ MARKERS = {"valley": ("C1", "o"), "slide": ("C2", "s"), "minimum": ("C3", "v"), 
 
 
 def finding_title(finding: LRFinding) -> str:
-    return f"LR finder: {finding.freeze}, batch size {finding.batch_size}, {finding.image_size} px"
+    head = f" after {finding.head_epochs} head epoch{'s' if finding.head_epochs != 1 else ''}" \
+        if finding.head_epochs else ""
+    return f"LR finder: {finding.freeze}{head}, batch size {finding.batch_size}, {finding.image_size} px"
 
 
 def plot_lr_find(finding: LRFinding, path: Path, lr_range: tuple[float, float] | None = None,

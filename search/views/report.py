@@ -210,12 +210,14 @@ def _best_section(study, trials, store) -> str:
 
 
 def _lr_find_section(study) -> str:
-    """The study's learning-rate range tests (`swipr lr-find`), each drawn again from the curve
-    stored on the study, so the page needs no artifact folder for them."""
-    records = recorded_findings(study)
+    """The study's learning-rate range tests (`swipr lr-find`, the search's own), every version,
+    each drawn again from the curve stored on the study, so the page needs no artifact folder for
+    them; a malformed record is left out with one line saying why."""
+    records, skipped = recorded_findings(study)
+    notes = "".join(f'<p class="missing">Skipped: {html.escape(why)}.</p>' for why in skipped)
     if not records:
         return ('<section id="lr-find"><h2>Learning-rate finder</h2><p class="missing">No range test yet: '
-                '<code>swipr lr-find STUDY.toml</code> runs one and keeps it on the study.</p></section>')
+                f'<code>swipr lr-find STUDY.toml</code> runs one and keeps it on the study.</p>{notes}</section>')
     parts = []
     with tempfile.TemporaryDirectory(prefix="swipr-report-") as tmp:
         for number, record in enumerate(records):
@@ -224,10 +226,15 @@ def _lr_find_section(study) -> str:
             rows = [(name, f"{lr:.1e}") for name, lr in finding.suggestions.items()]
             rows += [(name, f"none: {why}") for name, why in finding.unreadable.items()]
             rows.append(("run", f"{record.get('num_it')} batches, {record.get('when', '?')}"))
+            cost = record.get("cost") if isinstance(record.get("cost"), dict) else {}
+            if cost:
+                by = f"trial {cost['trial']}" if cost.get("trial") is not None else cost.get("by", "?")
+                rows.append(("cost", f"{cost.get('seconds')} s ≈ {cost.get('epochs_equivalent')} epochs, by {by}"))
+            version = f"v{record['version']}" + (" (the search uses it)" if record.get("current") else "")
             data = base64.b64encode(picture.read_bytes()).decode()
-            parts.append(f"<h3>{html.escape(finding_title(finding))}</h3>{_table(rows)}"
+            parts.append(f"<h3>{html.escape(finding_title(finding))}, {html.escape(version)}</h3>{_table(rows)}"
                          f'<div class="pictures"><img alt="lr_find.png" src="data:image/png;base64,{data}"></div>')
-    return f'<section id="lr-find"><h2>Learning-rate finder</h2>{"".join(parts)}</section>'
+    return f'<section id="lr-find"><h2>Learning-rate finder</h2>{"".join(parts)}{notes}</section>'
 
 
 def render_report(study, store=None, storage_text: str = "") -> str:
