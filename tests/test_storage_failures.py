@@ -144,7 +144,7 @@ def test_a_database_replaced_under_the_storage_is_noticed(tmp_path):
         study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
 
 
-def test_a_study_on_read_only_media_can_be_read(small_disk, data_dir):
+def test_a_study_on_read_only_media_can_be_read(small_disk, data_dir, tmp_path):
     study = write_study(small_disk, data_dir)
     url = f"sqlite:///{small_disk / 'study.db'}"
     storage = open_storage(url)
@@ -158,6 +158,11 @@ def test_a_study_on_read_only_media_can_be_read(small_disk, data_dir):
     assert "2 trials (2 complete)" in status.stdout
     best = run_cli("study", "best", study, "--json")
     assert best.returncode == 0 and '"number"' in best.stdout, best.stderr
+    # The report only reads the study too (it used to open it for writing: "unable to open
+    # database file"); its page goes to a writable folder elsewhere.
+    report = run_cli("study", "report", study, "--out", tmp_path / "report")
+    assert report.returncode == 0, report.stderr
+    assert "2 complete" in (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
 
 
 def test_an_error_log_that_cant_be_written_costs_no_trial(tmp_path, capsys):
