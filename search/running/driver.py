@@ -154,10 +154,14 @@ def _device(device: str, where: str, slots: list[Slot]) -> str:
 
 
 def _print_summary(study_file: StudyFile, device: str, run_token: str, budget: Budget | None) -> None:
+    """The end-of-run table and best trial, read afresh from the storage, read-only: a full disk
+    (or any storage that can't be written any more) can still be read for it."""
     try:
         # Read afresh: the run's own view caches trials as it last saw them, without the marks
-        # of the run that started them (search.study.guarded).
-        study = open_study(study_file, create=False)
+        # of the run that started them (search.study.guarded). Read-only: a SQLite file opened
+        # for writing begins even a read with the write lock (BEGIN IMMEDIATE, see
+        # search.study.storage), which a full disk refuses.
+        study = open_study(study_file, create=False, read_only=True)
         # Trials this run started, queued ones (retries, the warm start) included; not those
         # another run on the same study started meanwhile.
         this_run = [t.number for t in study.get_trials(deepcopy=False) if t.system_attrs.get(RUN_ATTR) == run_token]
