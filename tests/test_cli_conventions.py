@@ -46,3 +46,13 @@ def test_a_missing_artifact_dir_is_bad_input(tmp_path, data_dir):
         error = one_line_error(run_cli(*command, "--artifact-dir", missing))
         assert error == f"swipr: error: --artifact-dir {missing}: no such folder"
     assert not (tmp_path / "out").exists()
+
+
+def test_what_the_readme_writes_in_the_checkout_is_ignored_by_git():
+    # README: `fit --out model/` (a link and its version folder), `--out model-tta/ --tta`,
+    # model-top-losses.png, `study report --out report/`, studies/demo.db's WAL files.
+    outputs = ["model", "model-tta", ".model.0123456789ab.bundle/model.onnx", "model-top-losses.png",
+               "report/report.html", "studies/demo.db-wal", "studies/demo.db-shm"]
+    checked = subprocess.run(["git", "check-ignore", "--no-index", *outputs], cwd=ROOT, capture_output=True,
+                             text=True, timeout=30)
+    assert checked.stdout.split() == outputs, checked.stdout + checked.stderr
