@@ -166,7 +166,11 @@ def test_bad_input_unknown_and_mistyped_keys_and_broken_toml(tmp_path):
 def test_bad_input_unknown_arch(tmp_path):
     study = edit(bad_study(tmp_path), 'arch = "test_resnet"', 'arch = "resnext51_32x4d"')
     error = one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
-    assert f"{study}: [model] arch 'resnext51_32x4d' is not a timm model" in error
+    assert f"{study}: [model] arch 'resnext51_32x4d' is not a timm model (similar: resnext50_32x4d, " in error
+    # Ranked by edit distance on the name without case or separators: resnet50 first, not cspresnet50.
+    edit(study, 'arch = "resnext51_32x4d"', 'arch = "resnet_50"')
+    error = one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
+    assert f"{study}: [model] arch 'resnet_50' is not a timm model (similar: resnet50, " in error
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where no CUDA GPU is visible")
