@@ -56,3 +56,21 @@ def test_what_the_readme_writes_in_the_checkout_is_ignored_by_git():
     checked = subprocess.run(["git", "check-ignore", "--no-index", *outputs], cwd=ROOT, capture_output=True,
                              text=True, timeout=30)
     assert checked.stdout.split() == outputs, checked.stdout + checked.stderr
+
+
+def test_one_failed_trial_is_one_trial_not_one_trials(tmp_path):
+    # [study] max_failures_in_a_row = 1: the run stops after one failure, in the singular.
+    import optuna
+
+    from search.running.failures import FailureStreak
+
+    def fails(trial):
+        trial.set_user_attr("fail_reason", "ZeroDivisionError: always")
+        raise ZeroDivisionError("always")
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    streak = FailureStreak(1)
+    optuna.create_study().optimize(fails, n_trials=3, catch=(ZeroDivisionError,), callbacks=[streak])
+    assert streak.tripped
+    assert streak.message(tmp_path / "t.errors.log").startswith(
+        "1 trial failed (the last: ZeroDivisionError: always); stopping the run.")

@@ -95,7 +95,8 @@ def _run_study(args: argparse.Namespace) -> int:
     where = f" on the Dask cluster at {address}" if cluster else where
     until = f" (or until --timeout {timeout:g} s)" if timeout else ""
     print(f"study '{study.study_name}' in {redact(study_file.study.storage)}: "
-          f"{done_before} trials so far, running {n_trials} more{where}{until}", flush=True)
+          f"{done_before} trial{'s' if done_before != 1 else ''} so far, running {n_trials} more{where}{until}",
+          flush=True)
     if not supports_heartbeat(study_file.study.storage):
         print(NO_HEARTBEAT_NOTE, flush=True)
     budget = None   # set once the run ends as planned: then a --timeout is what cut it short
