@@ -74,3 +74,18 @@ def test_one_failed_trial_is_one_trial_not_one_trials(tmp_path):
     assert streak.tripped
     assert streak.message(tmp_path / "t.errors.log").startswith(
         "1 trial failed (the last: ZeroDivisionError: always); stopping the run.")
+
+
+def test_ctrl_c_is_exit_130_as_the_docs_say(tmp_path, monkeypatch):
+    import search.commands.demo_data
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search.commands.demo_data, "write_demo_data", interrupted)
+    result = run_cli("demo-data", tmp_path / "demo")
+    assert result.returncode == 130 and result.stderr == "swipr: interrupted\n"
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert "130 on Ctrl-C" in readme and "a run that stops ends with exit 1" not in readme
+    promises = (ROOT / "docs" / "promises.md").read_text(encoding="utf-8")
+    assert "| 130 | Ctrl-C" in promises and "| 2 | bad input" in promises
