@@ -5,7 +5,7 @@ the functions it runs; those modules import what they need at their top (torch, 
 fastai). This module imports a command's module only when that command is on the command
 line, so `swipr --help` answers in a blink without importing torch or Optuna; and a command
 whose functions are heavy to import reads its study file first, so a typo in the file is
-refused in a second, not after torch and fastai have loaded.
+refused before torch and fastai load (seconds sooner).
 
 `swipr` alone prints the help and exits 2: no command is a usage error, as argparse treats a
 missing required argument.
