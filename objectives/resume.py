@@ -37,6 +37,14 @@ def original_number(trial: optuna.trial.FrozenTrial) -> int:
 
 
 OWNER_FILE = "owner.json"   # whose checkpoints a folder holds: study, trial, params, data
+# user attr: True on a trial stopped by Ctrl-C (or SIGTERM, or a Dask driver's stop). Optuna
+# records it FAIL, as its retry semantics need, though nothing in it failed; views read this.
+INTERRUPTED_ATTR = "interrupted"
+
+
+def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a (FAIL) trial was stopped by an interrupt rather than by an error of its own."""
+    return trial.user_attrs.get(INTERRUPTED_ATTR) is True
 
 
 class Checkpoints:
@@ -112,12 +120,15 @@ class Checkpoints:
               flush=True)
 
     def retry_later(self, trial: optuna.Trial) -> bool:
-        """An interrupted trial: enqueue its retry now and keep its checkpoints."""
+        """An interrupted trial: enqueue its retry now and keep its checkpoints; mark it
+        interrupted (INTERRUPTED_ATTR), retries left or not. Returns whether a retry was queued."""
         state = stored_trial(trial)
-        if len(_quietly(_Retry.retry_history, state)) >= self.max_retry:
-            return False
-        _quietly(self._retry, trial.study, state)
-        return True
+        queued = len(_quietly(_Retry.retry_history, state)) < self.max_retry
+        if queued:
+            _quietly(self._retry, trial.study, state)
+        # After the retry is made from `state`: the retry copies user attrs, and is no interrupt.
+        trial.set_user_attr(INTERRUPTED_ATTR, True)
+        return queued
 
     def on_stale(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         """The storage's heartbeat_stale_trial_callback: retry, or give up and clean up.

@@ -14,6 +14,7 @@ stage2_ param is drawn only when the trial reaches stage 2 (`conditional`).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import optuna
@@ -64,14 +65,48 @@ def param_name(name: str, spec: Range | Choices | FinderLR) -> str:
 
 
 def suggest(trial: optuna.Trial, name: str, spec: Range | Choices | FinderLR):
-    """The trial's value for `name`; asking again returns the same value (a FinderLR: its factor)."""
+    """The trial's value for `name`; asking again returns the same value (a FinderLR: its factor).
+
+    A retry holds its original's value and range. When [space] has been edited since, Optuna
+    keeps that value and warns in a paragraph ("Inconsistent parameter values..."); this says it
+    in one line instead, once per trial and param, and only where the value is outside the range
+    now."""
     if isinstance(spec, FinderLR):
         return suggest(trial, spec.param, spec.factor)
+    held = name in trial.params
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Inconsistent parameter values", category=RuntimeWarning)
+        value = _suggest(trial, name, spec)
+    said = (trial.study.study_name, trial.number, name)
+    if held and not _within(value, spec) and said not in _said_outside:
+        _said_outside.add(said)
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"trial {trial.number}: {name}={shown} is outside [space] now ({_describe(spec)}); "
+              f"it keeps the value it started with", flush=True)
+    return value
+
+
+_said_outside: set[tuple[str, int, str]] = set()   # (study, trial, param): said once, however often asked
+
+
+def _suggest(trial: optuna.Trial, name: str, spec: Range | Choices):
     if isinstance(spec, Range):
         if spec.is_int:
             return trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
         return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
     return trial.suggest_categorical(name, list(spec.values))
+
+
+def _within(value, spec: Range | Choices) -> bool:
+    if isinstance(spec, Choices):
+        return value in spec.values
+    return spec.low <= value <= spec.high
+
+
+def _describe(spec: Range | Choices) -> str:
+    if isinstance(spec, Choices):
+        return "one of " + ", ".join(map(str, spec.values))
+    return f"{spec.low:g}..{spec.high:g}"
 
 
 def values(spec: Range | Choices) -> tuple:

@@ -93,6 +93,14 @@ def write_demo_data(out_dir: Path, n_images: int = DEFAULT_IMAGES, image_px: int
     return database
 
 
+def row_count(database: Path) -> int:
+    """The rows `database`'s pics table holds: the pictures' rows and the table's mistakes."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+        count = connection.execute("SELECT count(*) FROM pics").fetchone()[0]
+    connection.close()
+    return int(count)
+
+
 def _table_mistakes(a_yes_row: tuple) -> list[tuple]:
     """Rows a real pics table holds too: a path listed twice (kept once), one that leads out of
     the image root, and one listed as both YES and NO. Appended last, with no random draws,

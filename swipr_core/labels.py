@@ -13,6 +13,7 @@ so that the split can keep them on one side.
 """
 from __future__ import annotations
 
+import difflib
 import errno
 import hashlib
 import math
@@ -190,13 +191,38 @@ def build_labels(database: Path, image_root: Path, rules: LabelRules, px: int = 
     paths, labels, groups = (tuple(column) for column in zip(*rows_ok, strict=True)) if rows_ok else ((), (), ())
     for wanted in (YES, NO):
         if wanted not in labels:
-            raise SwiprError(f"{database}: no {wanted} rows left after the rules "
-                             f"({_summary(list(labels), excluded)})")
+            _refuse_no_rows_left(wanted, database, rows, rules, _summary(list(labels), excluded))
     sizes = [n for n in Counter(groups).values() if n > 1]
     odd_ages = tuple((row.rowid, row.odd_ages) for row in rows if row.odd_ages) \
         if rules.min_age or rules.max_age else ()
     return LabelTable(paths=paths, labels=labels, excluded=excluded, groups=groups,
                       same_content={"groups": len(sizes), "rows": sum(sizes)}, odd_ages=odd_ages)
+
+
+def _refuse_no_rows_left(wanted: str, database: Path, rows: list[PicRow], rules: LabelRules, summary: str):
+    """No `wanted` row is left. Where entries of the class's folder rule (`yes_dirs` or
+    `no_dirs`) match no path at all (a case slip, `insta/okay` for `insta/ok`), the error names
+    the rule and those entries, each with the nearest folders the table does hold."""
+    key = "yes_dirs" if wanted == YES else "no_dirs"
+    folders: set[str] = set()
+    for row in rows:
+        parts = PurePosixPath(row.path).parts[:-1]
+        if parts and parts[0] != "/" and ".." not in parts:   # outside_root's are no folders to offer
+            folders.update("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))
+    unmatched = [entry for entry in getattr(rules, key)
+                 if not any(_is_under(PurePosixPath(row.path).parts, entry) for row in rows)]
+    left = f"no {wanted} rows left after the rules ({summary})"
+    if not unmatched:
+        raise SwiprError(f"{database}: {left}")
+    by_case = {folder.lower(): folder for folder in sorted(folders)}
+
+    def nearest(entry: str) -> str:
+        near = difflib.get_close_matches(entry.lower(), by_case, n=3, cutoff=0.6)
+        return f"nearest folders there: {', '.join(by_case[n] for n in near)}" if near else "no folder near it"
+
+    entries = "; ".join(f"{entry!r} ({nearest(entry)})" for entry in unmatched)
+    raise FieldError(f"rules.{key}", f"{entries}: no path in {database} lies under "
+                                     f"{'it' if len(unmatched) == 1 else 'them'}, so {left}")
 
 
 def describe_odd_ages(odd_ages: dict) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from contextlib import contextmanager
 
@@ -42,9 +43,33 @@ def _offline_help(spec: ModelSpec, reason: str) -> str:
     )
 
 
+def similar_archs(name: str, n: int = 5) -> list[str]:
+    """timm's model names nearest `name`, by edit distance on names lower-cased and stripped of
+    `_`, `-` and `.` (so `resnet_50` finds `resnet50` first); only those within half its length."""
+    wanted = _normalised(name)
+    limit = max(2, len(wanted) // 2)
+    ranked = sorted((_edit_distance(wanted, _normalised(arch)), arch) for arch in timm.list_models())
+    return [arch for distance, arch in ranked[:n] if distance <= limit]
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: the fewest insertions, deletions and substitutions from a to b."""
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, start=1):
+        current = [i]
+        for j, char_b in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]
+
+
 def create_model(spec: ModelSpec, num_classes: int = 2):
     if not timm.is_model(spec.arch):
-        close = timm.list_models(f"*{spec.arch.split('_')[0]}*")[:5]
+        close = similar_archs(spec.arch)
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise FieldError("arch", f"'{spec.arch}' is not a timm model{hint}")
     if spec.weights is not None:

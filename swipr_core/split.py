@@ -128,7 +128,8 @@ def check_both_sides(labels, is_valid, valid_pct: float) -> None:
         if held_out in (0, len(sides)) and sides:
             side, fix = ("validation", "raise") if held_out == 0 else ("training", "lower")
             raise FieldError("valid_pct", f"{valid_pct} leaves no {cls} image for {side} "
-                                          f"(of {len(sides)} {cls} images); {fix} it")
+                                          f"(of {len(sides)} {cls} image{'s' if len(sides) != 1 else ''}); "
+                                          f"{fix} it")
 
 
 def meta_path(labels_file: Path) -> Path:

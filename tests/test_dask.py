@@ -15,6 +15,7 @@ import time
 import optuna
 import pytest
 
+from objectives.resume import interrupted as is_interrupted
 from tests.daskkit import Cluster
 from tests.studykit import ROOT, SPACE, one_line_error, run_cli, write_study
 
@@ -163,6 +164,7 @@ def test_ctrl_c_then_driver_death_then_a_rerun_finishes_every_trial_once(tmp_pat
         waiting = [t for t in trials if t.state == TrialState.WAITING]
         assert interrupted and sorted(t.system_attrs["failed_trial"] for t in waiting) == [
             t.number for t in interrupted]
+        assert all(is_interrupted(t) for t in interrupted) and not any(is_interrupted(t) for t in waiting)
 
         # The head node goes mid-trial: the driver and the trial's worker SIGKILLed together (a
         # worker that lives on records its trial itself). The trial stays RUNNING until the

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -115,8 +116,14 @@ def _swipr(*args: str) -> subprocess.CompletedProcess:
 def test_cli_writes_demo_data(tmp_path):
     result = _swipr("demo-data", str(tmp_path / "demo"), "--images", "60", "--seed", "2")
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "demo" / "pics.db").is_file()
-    assert "YES" in result.stdout and "NO" in result.stdout
+    database = tmp_path / "demo" / "pics.db"
+    assert database.is_file()
+    # "N rows: YES a, NO b, excluded c (...)": N is the table's rows, and a + b + c adds up to it.
+    counts = result.stdout.splitlines()[1]
+    rows, yes, no, excluded = map(int, re.match(r"(\d+) rows: YES (\d+), NO (\d+), excluded (\d+) \(", counts).groups())
+    with sqlite3.connect(database) as connection:
+        assert rows == connection.execute("SELECT count(*) FROM pics").fetchone()[0]
+    assert yes + no + excluded == rows, counts
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path):

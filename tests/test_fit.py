@@ -205,6 +205,11 @@ def test_a_precise_threshold_that_finds_few_yes_photos_warns():
     judge(SimpleNamespace(valid_probs=probs, valid_targets=targets), 0.9, said.append)
     warning = [line for line in said if line.startswith("warning:")]
     assert warning and "recall 0.0500 < 0.2" in warning[0]
+    # The figures come with the counts behind them, and are said to be optimistic: the same
+    # validation photos chose the threshold.
+    assert "precision 1.0000 (1 of 1 called YES), recall 0.0500 (1 of 20 YES)" in said[1], said
+    assert said[2] == ("note: the threshold was chosen on these same 20 validation YES photos, so its "
+                       "precision and recall are optimistic: expect lower on new photos")
     said.clear()
     judge(SimpleNamespace(valid_probs=probs, valid_targets=targets), None, said.append)   # best F1: no warning
     assert not [line for line in said if line.startswith("warning:")]

@@ -220,6 +220,26 @@ def test_no_yes_rows_left(tmp_path):
         build_labels(database, tmp_path, RULES)
 
 
+def test_no_yes_rows_because_a_yes_dirs_entry_matches_no_path_names_the_entry(tmp_path):
+    # A case slip and a typo: the error names the rule and the entries, each with the
+    # nearest folders the table holds, not only the database.
+    database = make_db(tmp_path, [{"path": "insta/ok/a.jpg"}, {"path": "Tinder/yes/b.jpg"},
+                                  {"path": "insta/no/c.jpg"}], anchors=False)
+    rules = LabelRules(yes_dirs=("insta/okay", "tinder/YES"), no_dirs=("insta/no",))
+    with pytest.raises(FieldError) as raised:
+        build_labels(database, tmp_path, rules)
+    assert raised.value.field == "rules.yes_dirs"
+    assert raised.value.problem == (
+        "'insta/okay' (nearest folders there: insta/ok, insta/no, insta); 'tinder/YES' (nearest folders there: "
+        f"Tinder/yes, Tinder): no path in {database} lies under them, so no YES rows left after the rules "
+        "(YES 0, NO 1; excluded: outside_dirs 2)")
+    # Entries that match, but whose photos the rules turn NO: the rules, not the folders, are named.
+    young = make_db(tmp_path / "young", [{"path": "insta/ok/a.jpg", "ages": "12"},
+                                         {"path": "insta/no/c.jpg"}], anchors=False)
+    with pytest.raises(SwiprError, match=rf"^{young}: no YES rows left after the rules \(YES 0, NO 2; excluded: none\)$"):
+        build_labels(young, tmp_path / "young", LabelRules(yes_dirs=("insta/ok",), no_dirs=("insta/no",), min_age=18))
+
+
 def test_no_no_rows_left(tmp_path):
     database = make_db(tmp_path, [{"path": "insta/ok/a.jpg"}], anchors=False)
     with pytest.raises(SwiprError, match="no NO rows left"):

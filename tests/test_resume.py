@@ -1,13 +1,18 @@
 """A trial resumes only from its own checkpoint: folders keyed by storage and study, and each
-trial folder's owner checked before anything in it is loaded."""
+trial folder's owner checked before anything in it is loaded. An interrupted trial is marked
+so; a retry outside an edited range says so in one line."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import optuna
 import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
 
-from objectives.resume import OWNER_FILE, Checkpoints
+from objectives.resume import INTERRUPTED_ATTR, OWNER_FILE, Checkpoints, interrupted
+from objectives.space import Range, suggest
 from search.running.worker import checkpoint_root
 from search.studyfile import load_study_file
 from tests.studykit import write_study
@@ -62,3 +67,41 @@ def test_other_data_makes_a_checkpoint_someone_elses(tmp_path, study):
     study.set_user_attr("data_fingerprint", "def")
     checkpoints.dir_for(trial)
     assert not (folder / "checkpoint.pt").exists()
+
+
+def test_an_interrupted_trial_is_marked_so_though_optuna_records_it_fail(tmp_path, study):
+    # Ctrl-C: FAIL for Optuna (its retry semantics), the interrupted mark for the views; the
+    # retry queued from it is no interrupt, and the mark is set with no retries left too.
+    checkpoints = Checkpoints(tmp_path, max_retry=1)
+    trial = study.ask({"lr": FloatDistribution(1e-3, 1e-1, log=True)})
+    assert checkpoints.retry_later(trial) is True
+    study.tell(trial, state=TrialState.FAIL)
+    retry = study.ask()
+    assert checkpoints.retry_later(retry) is False   # its one retry is used
+    study.tell(retry, state=TrialState.FAIL)
+    failed_plain = study.ask()
+    study.tell(failed_plain, state=TrialState.FAIL)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3
+    assert [interrupted(t) for t in trials] == [True, True, False]
+    assert trials[1].user_attrs.get(INTERRUPTED_ATTR) is True and retry.number == 1
+
+
+def test_a_retry_outside_an_edited_range_says_so_in_one_line(tmp_path, study, capsys):
+    # A retry holds its original's lr; [space] lr has moved since: the retry keeps its value
+    # and says so once, not in Optuna's paragraph-long RuntimeWarning.
+    trial = study.ask({"lr": FloatDistribution(1e-3, 1e-1, log=True)})
+    Checkpoints(tmp_path, max_retry=1).retry_later(trial)
+    study.tell(trial, state=TrialState.FAIL)
+    edited = Range(0.5, 1.0, log=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # any warning fails the test
+        retry = study.ask()
+        values = {suggest(retry, "lr", edited) for _ in range(3)}
+    assert values == {study.trials[0].params["lr"]}
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"trial 1: lr={study.trials[0].params['lr']:.4g} is outside [space] now (0.5..1); "
+                     "it keeps the value it started with"]
+    # A fresh trial draws from the edited range, quietly.
+    fresh = study.ask()
+    assert 0.5 <= suggest(fresh, "lr", edited) <= 1.0 and capsys.readouterr().out == ""

@@ -152,7 +152,7 @@ def test_the_fingerprint_scheme_is_unchanged():
 
 @pytest.mark.parametrize("n_yes, valid_pct, message", [
     (3, 0.99, "0.99 leaves no NO image for training (of 30 NO images); lower it"),
-    (1, 0.2, "0.2 leaves no YES image for validation (of 1 YES images); raise it"),
+    (1, 0.2, "0.2 leaves no YES image for validation (of 1 YES image); raise it"),
 ])
 def test_a_split_with_a_class_missing_on_one_side_is_refused(n_yes, valid_pct, message):
     # With no training image at all every trial "trained" on nothing and still got a loss.

@@ -77,6 +77,9 @@ def test_a_disk_that_fills_mid_run_stops_in_one_line_and_its_trial_is_retried(sm
     errors = [line for line in full.stderr.splitlines() if line.startswith("swipr:")]
     assert len(errors) == 1 and "the disk is full" in errors[0] and str(small_disk) in errors[0], full.stdout + full.stderr
     no_traceback(full.stdout, full.stderr, seen.out, seen.err)
+    # The summary is still printed (docs/promises.md): the storage can be read though not written.
+    assert "no summary" not in full.stdout and "\nstudy 't'\n" in full.stdout, full.stdout
+    assert re.search(r"trials +\d+ \(\d+ complete", full.stdout), full.stdout
     filler.unlink()
     left = [t.number for t in trials_of(url) if t.state == TrialState.RUNNING]
     time.sleep(2.5)   # the grace period, after which no live worker can own a silent trial
@@ -90,6 +93,37 @@ def test_a_disk_that_fills_mid_run_stops_in_one_line_and_its_trial_is_retried(sm
     # The second trial, which the full disk stopped, has run after all, as its retry.
     assert any(t.state == TrialState.COMPLETE for t in trials if t.system_attrs.get("failed_trial") in left), \
         [(t.number, t.state.name, t.system_attrs.get("failed_trial"), t.user_attrs.get("fail_reason")) for t in trials]
+
+
+def test_a_disk_that_fills_mid_trial_still_prints_the_summary(small_disk, tmp_path, data_dir):
+    # Full to the last byte once trial 0 has reported an epoch: the run stops in one line
+    # (exit 1), and the summary, which only reads the study, is printed before it.
+    study = write_study(small_disk, data_dir, space=SLOW_SPACE,
+                        extra={"study": QUICK_HEARTBEAT, "data": f'cache_dir = "{tmp_path / "cache"}"\n'})
+    database = small_disk / "study.db"
+
+    def fill_once_an_epoch_is_reported() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1) as connection:
+                    if connection.execute("SELECT count(*) FROM trial_intermediate_values").fetchone()[0]:
+                        fill(small_disk, leave_kb=0)
+                        return
+            except sqlite3.Error:   # no tables yet
+                pass
+            time.sleep(0.05)
+
+    filler = threading.Thread(target=fill_once_an_epoch_is_reported)
+    filler.start()
+    result = run_cli("study", "run", study, "--n-trials", "2")
+    filler.join()
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("swipr:")]
+    assert len(errors) == 1 and "the disk is full" in errors[0], result.stderr
+    assert "no summary" not in result.stdout, result.stdout
+    assert re.search(r"^trials +1 \(0 complete", result.stdout, re.M), result.stdout
+    no_traceback(result.stdout, result.stderr)
 
 
 def test_a_full_disk_at_the_storage_is_one_line_for_a_plain_study(small_disk):
@@ -144,7 +178,7 @@ def test_a_database_replaced_under_the_storage_is_noticed(tmp_path):
         study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
 
 
-def test_a_study_on_read_only_media_can_be_read(small_disk, data_dir):
+def test_a_study_on_read_only_media_can_be_read(small_disk, data_dir, tmp_path):
     study = write_study(small_disk, data_dir)
     url = f"sqlite:///{small_disk / 'study.db'}"
     storage = open_storage(url)
@@ -158,6 +192,11 @@ def test_a_study_on_read_only_media_can_be_read(small_disk, data_dir):
     assert "2 trials (2 complete)" in status.stdout
     best = run_cli("study", "best", study, "--json")
     assert best.returncode == 0 and '"number"' in best.stdout, best.stderr
+    # The report only reads the study too (it used to open it for writing: "unable to open
+    # database file"); its page goes to a writable folder elsewhere.
+    report = run_cli("study", "report", study, "--out", tmp_path / "report")
+    assert report.returncode == 0, report.stderr
+    assert "2 complete" in (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
 
 
 def test_an_error_log_that_cant_be_written_costs_no_trial(tmp_path, capsys):

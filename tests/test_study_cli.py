@@ -147,6 +147,11 @@ def test_bad_input_missing_column(tmp_path):
 def test_bad_input_no_yes_rows_left(tmp_path):
     study = edit(bad_study(tmp_path), 'yes_dirs = ["insta/ok", "Tinder/yes"]', 'yes_dirs = ["nowhere"]')
     assert "no YES rows" in one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
+    # A case slip: the study file's key and entry are named, with the folder meant.
+    edit(study, 'yes_dirs = ["nowhere"]', 'yes_dirs = ["insta/OK"]')
+    error = one_line_error(run_cli("labels", study))
+    assert error.startswith(f"swipr: error: {study.resolve()}: [data] rules.yes_dirs 'insta/OK' "
+                            "(nearest folders there: insta/ok"), error
 
 
 def test_bad_input_unknown_and_mistyped_keys_and_broken_toml(tmp_path):
@@ -161,7 +166,11 @@ def test_bad_input_unknown_and_mistyped_keys_and_broken_toml(tmp_path):
 def test_bad_input_unknown_arch(tmp_path):
     study = edit(bad_study(tmp_path), 'arch = "test_resnet"', 'arch = "resnext51_32x4d"')
     error = one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
-    assert f"{study}: [model] arch 'resnext51_32x4d' is not a timm model" in error
+    assert f"{study}: [model] arch 'resnext51_32x4d' is not a timm model (similar: resnext50_32x4d, " in error
+    # Ranked by edit distance on the name without case or separators: resnet50 first, not cspresnet50.
+    edit(study, 'arch = "resnext51_32x4d"', 'arch = "resnet_50"')
+    error = one_line_error(run_cli("study", "run", study, "--n-trials", "1"))
+    assert f"{study}: [model] arch 'resnet_50' is not a timm model (similar: resnet50, " in error
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where no CUDA GPU is visible")

@@ -14,6 +14,7 @@ import optuna
 import pytest
 import torch
 
+from objectives.resume import interrupted as is_interrupted
 from search.running.stop import StopFlag
 from search.running.supervisor import Slot, make_slots, parse_gpus, visible_device
 from swipr_core.errors import SwiprError
@@ -333,10 +334,13 @@ def test_an_interrupted_trials_retry_runs_before_fresh_queued_trials(tmp_path, d
     with pytest.raises(KeyboardInterrupt):
         run(stop)   # takes trial 0 (lr 0.01) and is interrupted: its retry, trial 2, is queued
     assert _states(study) == ["FAIL", "WAITING", "WAITING"]
+    # FAIL for Optuna, but marked as what it was: interrupted; its retry is not.
+    assert [is_interrupted(t) for t in study.get_trials(deepcopy=False)] == [True, False, False]
     monkeypatch.setattr(finetune, "train", fake)
     run(StopFlag())   # one trial: the retry, though trial 1 was queued before it
     assert _states(study) == ["FAIL", "WAITING", "COMPLETE"]
     assert study.get_trials(deepcopy=False)[2].user_attrs["retry_of"] == 0
+    assert not is_interrupted(study.get_trials(deepcopy=False)[2])
 
 
 def _beat_then_hang(url: str) -> None:

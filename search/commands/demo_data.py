@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from swipr_core.demo_data import DEMO_RULES, write_demo_data
+from swipr_core.demo_data import DEMO_RULES, row_count, write_demo_data
 from swipr_core.labels import build_labels
 from swipr_core.writable import check_folder_writable
 
@@ -18,7 +18,8 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     )
     p.add_argument("directory", type=Path, metavar="DIR", help="where to write the dataset")
     p.add_argument("--images", type=int, default=600, metavar="N",
-                   help="rows in the pics table (default: 600)")
+                   help="pictures, one row each in the pics table, which gets 4 rows more: the mistakes "
+                        "a real table holds (default: 600)")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="random seed; the same seed writes the same dataset (default: 0)")
     p.set_defaults(func=run)
@@ -30,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     table = build_labels(database, database.parent, DEMO_RULES)
     excluded = ", ".join(f"{reason} {count}" for reason, count in table.excluded.items())
     print(f"wrote {database} and its images under {database.parent}")
-    print(f"{args.images} rows: YES {table.labels.count('YES')}, "
+    # The table's own count, mistakes included: the numbers after it add up to it.
+    print(f"{row_count(database)} rows: YES {table.labels.count('YES')}, "
           f"NO {table.labels.count('NO')}, excluded {sum(table.excluded.values())} ({excluded})")
     return 0

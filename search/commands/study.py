@@ -19,8 +19,14 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     parser = subparsers.add_parser(name, help=help_text, description="Run, inspect or report on a study.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    run_p = actions.add_parser("run", help="run trials (running it again continues the same study)")
-    run_p.add_argument("study_file", type=Path, metavar="STUDY.toml")
+    run_p = actions.add_parser(
+        "run", help="run trials (running it again continues the same study)",
+        description="Run trials of the study that STUDY.toml describes: prepare its data once, then train "
+                    "one configuration from its [space] per trial, keeping every result in the study's "
+                    "storage. Running it again continues the same study; Ctrl-C stops it (exit 130), and "
+                    "the trial it interrupted resumes from its last epoch on the next run.")
+    run_p.add_argument("study_file", type=Path, metavar="STUDY.toml",
+                       help="the study file: [study], [data], [model], [train] and [space] (see studies/demo.toml)")
     run_p.add_argument("--n-trials", type=int, metavar="N", help="trials to run now (default: [study] n_trials)")
     run_p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
     run_p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: [train] device)")
@@ -34,18 +40,18 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     run_p.set_defaults(func="search.running.driver:run_study")   # torch, fastai: see search.cli
 
     status_p = actions.add_parser("status", help="list the study's trials")
-    status_p.add_argument("study_file", type=Path, metavar="STUDY.toml")
+    status_p.add_argument("study_file", type=Path, metavar="STUDY.toml", help="the study file")
     status_p.add_argument("--json", action="store_true", help="print JSON")
     status_p.set_defaults(func=status)
 
     best_p = actions.add_parser("best", help="the best trial's number, value and params; how it compares with "
                                              "the notebook's pipeline, and the epochs pruning saved")
-    best_p.add_argument("study_file", type=Path, metavar="STUDY.toml")
+    best_p.add_argument("study_file", type=Path, metavar="STUDY.toml", help="the study file")
     best_p.add_argument("--json", action="store_true", help="print JSON")
     best_p.set_defaults(func=best)
 
     report_p = actions.add_parser("report", help="write a self-contained HTML report of the study")
-    report_p.add_argument("study_file", type=Path, metavar="STUDY.toml")
+    report_p.add_argument("study_file", type=Path, metavar="STUDY.toml", help="the study file")
     report_p.add_argument("--out", type=Path, metavar="DIR", required=True, help="folder to write report.html in")
     report_p.add_argument("--artifact-dir", type=Path, metavar="DIR",
                           help="the study's pictures (default: <study>.artifacts beside the study file)")

@@ -161,15 +161,24 @@ RECALL_FLOOR = 0.2   # a precise threshold that finds fewer YES photos than this
 
 
 def judge(result, target_precision: float | None, echo) -> tuple:
-    """(threshold, scores) on the validation split, said in two lines."""
+    """(threshold, scores) on the validation split, said in three lines: the threshold's
+    precision and recall come from the photos that chose it, so they are said with their counts
+    and as the optimistic figures they are."""
     threshold = choose_threshold(result.valid_probs, result.valid_targets, target_precision)
     scores = classification_report(result.valid_probs, result.valid_targets, threshold.value)
+    pairs = [(float(prob) >= threshold.value, int(target) == 1)
+             for prob, target in zip(result.valid_probs, result.valid_targets, strict=True)]
+    n_yes, n_called = sum(yes for _, yes in pairs), sum(called for called, _ in pairs)
+    hits = sum(called and yes for called, yes in pairs)
     echo(f"validation ({scores['n_valid']} images, {scores['valid_yes_fraction']:.0%} YES): "
          f"ROC AUC {scores['roc_auc']:.4f}, PR AUC {scores['pr_auc']:.4f}, "
          f"balanced accuracy {scores['balanced_accuracy']:.4f}, accuracy {scores['accuracy']:.4f} "
          f"(majority baseline {scores['majority_accuracy']:.4f}, always {scores['majority_class']})")
-    echo(f"threshold {threshold.value:.4f} ({threshold.rule}): precision {scores['precision']:.4f}, "
-         f"recall {scores['recall']:.4f}, F1 {scores['f1']:.4f}")
+    echo(f"threshold {threshold.value:.4f} ({threshold.rule}): precision {scores['precision']:.4f} "
+         f"({hits} of {n_called} called YES), recall {scores['recall']:.4f} ({hits} of {n_yes} YES), "
+         f"F1 {scores['f1']:.4f}")
+    echo(f"note: the threshold was chosen on these same {n_yes} validation YES photo{'s' if n_yes != 1 else ''}, "
+         f"so its precision and recall are optimistic: expect lower on new photos")
     if target_precision is not None and scores["recall"] < RECALL_FLOOR:
         echo(f"warning: the threshold for --target-precision {target_precision:g} finds only "
               f"{scores['recall']:.0%} of the YES photos (recall {scores['recall']:.4f} < {RECALL_FLOOR}): a lower "

@@ -161,7 +161,8 @@ class Driver:
         """[study] max_failures_in_a_row ordinary failures stop the run, as they do local workers."""
         self.failed_in_a_row = self.failed_in_a_row + 1 if outcome == "FAIL" else 0
         if self.failed_in_a_row >= self.study_file.study.max_failures_in_a_row and self.status == 0:
-            print(f"swipr: {self.failed_in_a_row} trials in a row failed (the last: {reason}); stopping the run. "
+            trials = "1 trial" if self.failed_in_a_row == 1 else f"{self.failed_in_a_row} trials in a row"
+            print(f"swipr: {trials} failed (the last: {reason}); stopping the run. "
                   f"Their errors are in {error_log(self.study_file)} on the workers", file=sys.stderr, flush=True)
             self.status = 1
 

@@ -8,9 +8,10 @@ the image cache on its machine) and every task checks the data fingerprint befor
 
 Outcomes the task records itself, as Optuna's optimize loop would: COMPLETE, PRUNED, FAIL (its
 checkpoints removed). The driver's stop (Ctrl-C) is seen after the next epoch: the trial is
-recorded FAIL with one retry queued and its checkpoints kept. A trial the driver has already
-given up on (no longer RUNNING) stops there too, recording nothing. A task that Dask re-runs
-after its worker died ("lost") touches nothing: the driver fails and retries that trial.
+recorded FAIL, marked interrupted (objectives.resume), with one retry queued and its checkpoints
+kept. A trial the driver has already given up on (no longer RUNNING) stops there too, recording
+nothing. A task that Dask re-runs after its worker died ("lost") touches nothing: the driver
+fails and retries that trial.
 """
 from __future__ import annotations
 
@@ -151,7 +152,7 @@ def _record(trial: optuna.Trial, outcome: dict, checkpoints: Checkpoints) -> Non
     kind, study = outcome["outcome"], trial.study
     if kind == "abandoned":
         return   # the driver has recorded the trial and queued its retry: keep the checkpoints
-    if kind == "stopped":
+    if kind == "stopped":   # the driver's stop: marked interrupted (objectives.resume), its retry queued
         checkpoints.retry_later(trial)
         study.tell(trial, state=TrialState.FAIL)
         return

@@ -95,7 +95,8 @@ def _run_study(args: argparse.Namespace) -> int:
     where = f" on the Dask cluster at {address}" if cluster else where
     until = f" (or until --timeout {timeout:g} s)" if timeout else ""
     print(f"study '{study.study_name}' in {redact(study_file.study.storage)}: "
-          f"{done_before} trials so far, running {n_trials} more{where}{until}", flush=True)
+          f"{done_before} trial{'s' if done_before != 1 else ''} so far, running {n_trials} more{where}{until}",
+          flush=True)
     if not supports_heartbeat(study_file.study.storage):
         print(NO_HEARTBEAT_NOTE, flush=True)
     budget = None   # set once the run ends as planned: then a --timeout is what cut it short
@@ -154,10 +155,14 @@ def _device(device: str, where: str, slots: list[Slot]) -> str:
 
 
 def _print_summary(study_file: StudyFile, device: str, run_token: str, budget: Budget | None) -> None:
+    """The end-of-run table and best trial, read afresh from the storage, read-only: a full disk
+    (or any storage that can't be written any more) can still be read for it."""
     try:
         # Read afresh: the run's own view caches trials as it last saw them, without the marks
-        # of the run that started them (search.study.guarded).
-        study = open_study(study_file, create=False)
+        # of the run that started them (search.study.guarded). Read-only: a SQLite file opened
+        # for writing begins even a read with the write lock (BEGIN IMMEDIATE, see
+        # search.study.storage), which a full disk refuses.
+        study = open_study(study_file, create=False, read_only=True)
         # Trials this run started, queued ones (retries, the warm start) included; not those
         # another run on the same study started meanwhile.
         this_run = [t.number for t in study.get_trials(deepcopy=False) if t.system_attrs.get(RUN_ATTR) == run_token]

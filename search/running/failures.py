@@ -134,5 +134,6 @@ class FailureStreak:
         return self.in_a_row >= self.limit
 
     def message(self, log: Path) -> str:
-        return (f"{self.in_a_row} trials in a row failed (the last: {self.last}); stopping the run. "
+        trials = "1 trial" if self.in_a_row == 1 else f"{self.in_a_row} trials in a row"   # max_failures_in_a_row = 1
+        return (f"{trials} failed (the last: {self.last}); stopping the run. "
                 f"Their errors are in {log}; [study] max_failures_in_a_row sets how many are tolerated")

@@ -184,7 +184,8 @@ class _Supervisor:
             self.crashes = 0
             self.failures = self.failures + 1 if code == FAILED else 0
             if self.failures >= self.limit and self.status == 0:
-                print(f"swipr: {self.failures} trials in a row failed; stopping the run (see the lines above; "
+                trials = "1 trial" if self.failures == 1 else f"{self.failures} trials in a row"
+                print(f"swipr: {trials} failed; stopping the run (see the lines above; "
                       f"[study] max_failures_in_a_row sets how many are tolerated)", file=sys.stderr, flush=True)
                 self.status = 1
         elif code == BAD_INPUT:   # the process printed a SwiprError: the same would happen again

@@ -256,8 +256,9 @@ def render_report(study, store=None, storage_text: str = "") -> str:
 
 
 def write_report(study_file, out_dir: Path, artifact_dir: Path | None = None) -> Path:
-    """Write `out_dir/report.html` (temp file, then rename); return its path."""
-    study = open_study(study_file, create=False)
+    """Write `out_dir/report.html` (temp file, then rename); return its path. The study is only
+    read (SQLite opened read-only), so a study on read-only media can be reported on."""
+    study = open_study(study_file, create=False, read_only=True)
     directory = artifact_dir or default_artifact_dir(study_file)
     store = open_artifact_store(directory, create=False) if directory.is_dir() else None
     page = render_report(study, store, f"storage {redact(study_file.study.storage)}")
@@ -278,7 +279,12 @@ def write_report(study_file, out_dir: Path, artifact_dir: Path | None = None) ->
 
 
 def report_command(args) -> int:
-    """`swipr study report STUDY.toml --out DIR`."""
+    """`swipr study report STUDY.toml --out DIR [--artifact-dir DIR]`."""
     quiet_optuna()
-    print(f"wrote {write_report(load_study_file(args.study_file), args.out, args.artifact_dir)}")
+    study_file = load_study_file(args.study_file)
+    if args.artifact_dir is not None and not args.artifact_dir.is_dir():
+        # Named, so not a folder to skip quietly: a typo would drop every picture from the page.
+        what = "not a folder" if args.artifact_dir.exists() else "no such folder"
+        raise SwiprError(f"--artifact-dir {args.artifact_dir}: {what}")
+    print(f"wrote {write_report(study_file, args.out, args.artifact_dir)}")
     return 0
