@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from objectives.trial_attrs import attrs_of
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -58,7 +59,7 @@ def _run(variant: str, seed: int, trials: int, data: Path, folder: Path) -> list
     loaded = optuna.load_study(study_name=f"demo-{variant}-{seed}", storage=f"sqlite:///{folder / (study.stem + '.db')}")
     rows = []
     for t in sorted(loaded.trials, key=lambda t: t.datetime_complete or t.datetime_start):
-        rows.append({"epochs": t.user_attrs.get("epochs", 0) - t.user_attrs.get("resumed_from_epoch", 0),
+        rows.append({"epochs": attrs_of(t).get("epochs", 0) - attrs_of(t).get("resumed_from_epoch", 0),
                      "value": t.value if t.state.name == "COMPLETE" else None,
                      "stage2": any(name.startswith("stage2_") and name != "stage2_n_cycles" for name in t.params)})
     return rows

@@ -21,6 +21,7 @@ from objectives.space import Choices, suggest
 from search.study.pruners import make_pruner
 from search.study.samplers import make_sampler
 from search.studyfile import load_study_file
+from objectives.trial_attrs import attrs_of
 
 
 def demo_study(curves: dict, grid: dict, n_trials: int, mode: str, seed: int) -> tuple[optuna.Study, dict]:
@@ -56,11 +57,11 @@ def main() -> None:
         trials = study.trials
         names = list(trials[0].params)
         planned = sum(len(used[bench.key(t.params, names)]["val_loss"]) for t in trials)
-        run = sum(t.user_attrs["epochs"] for t in trials)
+        run = sum(attrs_of(t)["epochs"] for t in trials)
         print(f"seed {seed}: {sum(t.state.name == 'PRUNED' for t in trials)} pruned, "
-              f"{sum(CUT_ATTR in t.user_attrs and t.state.name == 'COMPLETE' for t in trials)} stopped after a "
+              f"{sum(CUT_ATTR in attrs_of(t) and t.state.name == 'COMPLETE' for t in trials)} stopped after a "
               f"finished shorter schedule; {run} of {planned} planned epochs run ({1 - run / planned:.0%} saved), "
-              f"nesting saved {sum(nesting_saved(t.user_attrs) for t in trials)}; best {study.best_value:.4f}")
+              f"nesting saved {sum(nesting_saved(attrs_of(t)) for t in trials)}; best {study.best_value:.4f}")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import provenance  # noqa: E402
+from objectives.trial_attrs import attrs_of  # noqa: E402
 
 LR_LINE = re.compile(r"^lr = .*$", re.MULTILINE)
 # The demo's plainly searched range (its lr line before issue 17's measurement), whatever
@@ -231,10 +232,10 @@ def read_outcome(storage: Path, name: str) -> Outcome:
                   key=lambda t: t.datetime_complete)
     outcome = Outcome(trials=[], train_epochs=0, range_tests=range_test_cost(study)["count"])
     for trial in done:
-        epochs = int(trial.user_attrs.get("epochs", 0))
+        epochs = int(attrs_of(trial).get("epochs", 0))
         combo = f"{trial.params.get('freeze')}:bs{trial.params.get('batch_size')}:px{trial.params.get('image_size')}"
         range_epochs = charged.pop(trial.number, 0.0)
-        if "finder_lr" in trial.user_attrs:
+        if "finder_lr" in attrs_of(trial):
             range_epochs += legacy.pop(combo, 0.0)
         outcome.range_epochs += range_epochs
         outcome.train_epochs += epochs

@@ -70,6 +70,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import provenance  # noqa: E402
+from objectives.trial_attrs import attrs_of  # noqa: E402
 
 BUDGET_SHARES = (0.25, 0.5, 1.0)
 DEFAULT_VARIANT = "default"   # the study file's [study] lines as shipped
@@ -153,7 +154,7 @@ def run_swipr(file: Path, trials: int) -> list[Finished]:
 
 
 def _swipr_finished(trial) -> Finished:
-    attrs = trial.user_attrs
+    attrs = attrs_of(trial)
     epochs = int(attrs.get("epochs", 0))
     losses = attrs.get("val_loss_by_epoch", [])
     # The schedules it finished on the way (nested: each cycle end whose count is in the space)

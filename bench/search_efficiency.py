@@ -46,6 +46,7 @@ from search.study.pruners import make_pruner  # noqa: E402
 from search.study.samplers import make_sampler  # noqa: E402
 from search.studyfile import StudySection  # noqa: E402
 from swipr_core.schedule import TrainConfig  # noqa: E402
+from objectives.trial_attrs import attrs_of  # noqa: E402
 
 TABLE = ROOT / "bench" / "results" / "search_efficiency_curves.json"
 PRETRAINED_TABLE = ROOT / "bench" / "results" / "search_efficiency_curves_pretrained.json"
@@ -254,7 +255,7 @@ def replay_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: floa
         return replay_curve(trial, curve["val_loss"], curve["cycle_end"], prune_at, curve.get("finishes"))
 
     def stop_at_cap(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        spent[0] += trial.user_attrs["epochs"]
+        spent[0] += attrs_of(trial)["epochs"]
         if spent[0] >= cap:
             study.stop()
 
@@ -263,7 +264,7 @@ def replay_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: floa
 
 
 def _row(trial: optuna.trial.FrozenTrial, curve: dict) -> dict:
-    k, epochs = key(trial.params, list(trial.params)), trial.user_attrs["epochs"]
+    k, epochs = key(trial.params, list(trial.params)), attrs_of(trial)["epochs"]
     done = trial.state.name == "COMPLETE"
     if "covers" in curve:
         covers = {grid_key for e, grid_key in curve["covers"].items() if e < epochs} if done else set()
@@ -271,7 +272,7 @@ def _row(trial: optuna.trial.FrozenTrial, curve: dict) -> dict:
     else:
         covers, sampled = ({k} if done else set()), {k}
     return {"key": k, "state": trial.state.name, "value": trial.value, "epochs": epochs, "covers": covers,
-            "sampled": sampled, "best_n_cycles": trial.user_attrs.get(BEST_N_CYCLES_ATTR)}
+            "sampled": sampled, "best_n_cycles": attrs_of(trial).get(BEST_N_CYCLES_ATTR)}
 
 
 def one_epoch_baseline(curves: dict, grid: dict, strategy: tuple, seed: int, cap: float, head_epochs: int) -> list[dict]:

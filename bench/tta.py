@@ -15,6 +15,7 @@ import json
 import numpy as np
 import optuna
 import torch
+from objectives.trial_attrs import attrs_of
 
 
 def crops(images: np.ndarray, zoom: float, corners: bool) -> list[np.ndarray]:
@@ -65,7 +66,7 @@ def main() -> None:
     done = sorted(study.get_trials(states=[optuna.trial.TrialState.COMPLETE]), key=lambda t: t.value)
     changes: dict[str, list[float]] = {}
     for trial in done[:args.trials]:
-        torch.set_num_threads(trial.user_attrs.get("cpu_threads", torch.get_num_threads()))
+        torch.set_num_threads(attrs_of(trial).get("cpu_threads", torch.get_num_threads()))
         config = train_config(trial, SPACE_KEYS, study_file)
         result = train(dataset, config, study_file.model, "cpu", "fp32")
         serving = ServingModel(cpu_copy(result.model), Augment(config.image_size, result.mean, result.std)).eval()

@@ -27,6 +27,7 @@ from swipr_core.data import Dataset
 from swipr_core.model import ModelSpec
 from swipr_core.schedule import StageConfig
 from swipr_core.training import EpochRecord, TrainConfig, TrainResult, train, valid_targets
+from objectives.trial_attrs import attrs_of, set_attr
 
 STUDY_FILE_ATTR = "study_file_sha256"   # written by search's RecordTrainedWith hook as the trial starts
 
@@ -133,19 +134,19 @@ class FinetuneObjective:
     def _start(self, trial: optuna.Trial) -> TrainConfig:
         config = planned_config(trial, self.space, self.head_epochs,
                                 trial_seed(self.seed, self.seed_number_for(trial)), self.finder, self.n_cycles_mode)
-        trial.set_user_attr("seed", config.seed)
-        trial.set_user_attr("planned_epochs", config.epochs)
-        trial.set_user_attr("prune_at", self.prune_at)
-        trial.set_user_attr(MODE_ATTR, self.n_cycles_mode)
+        set_attr(trial, "seed", config.seed)
+        set_attr(trial, "planned_epochs", config.epochs)
+        set_attr(trial, "prune_at", self.prune_at)
+        set_attr(trial, MODE_ATTR, self.n_cycles_mode)
         if config.finish_at:   # the budget is the last stage's n_cycles
-            trial.set_user_attr(BUDGET_ATTR, (config.stage2 or config).n_cycles)
-            trial.set_user_attr(FINISH_AT_ATTR, list(config.finish_at))
+            set_attr(trial, BUDGET_ATTR, (config.stage2 or config).n_cycles)
+            set_attr(trial, FINISH_AT_ATTR, list(config.finish_at))
         stage2_at = next((phase.first_epoch for phase in config.schedule().phases if phase.stage == 2), None)
         if stage2_at is not None:
-            trial.set_user_attr(STAGE2_FIRST_EPOCH_ATTR, stage2_at)
-        trial.set_user_attr("data_fingerprint", self.dataset.fingerprint)
+            set_attr(trial, STAGE2_FIRST_EPOCH_ATTR, stage2_at)
+        set_attr(trial, "data_fingerprint", self.dataset.fingerprint)
         # CPU results depend on the thread count (reduction order): `swipr fit` replays with it.
-        trial.set_user_attr("cpu_threads", torch.get_num_threads())
+        set_attr(trial, "cpu_threads", torch.get_num_threads())
         self._call("on_start", trial, config)
         write_plan(trial, self._plan(trial, config, stage2_drawn=config.stage2 is None))
         return config
@@ -159,7 +160,7 @@ class FinetuneObjective:
                 self.stage2_guard(trial, stage2, seen)
             config = replace(planned, stage2=stage2)
             self.config = config
-            trial.set_user_attr("planned_epochs", config.epochs)
+            set_attr(trial, "planned_epochs", config.epochs)
             write_plan(trial, self._plan(trial, config, stage2_drawn=True))
             self._call("on_stage2", trial, config)
             return stage2
@@ -167,7 +168,7 @@ class FinetuneObjective:
 
     def _plan(self, trial: optuna.Trial, config: TrainConfig, stage2_drawn: bool) -> Plan:
         """The trial's plan record (objectives.record), from its config and what it trains with."""
-        attrs = trial.user_attrs
+        attrs = attrs_of(trial)
         finding = attrs.get(FINDING_ATTR)
         if finding is None and LR_ATTR in attrs:   # a finder that names no version
             finding = {"lr": attrs[LR_ATTR], "suggestion": attrs.get(FINDER_LR_ATTR)}
@@ -207,7 +208,7 @@ class FinetuneObjective:
             seen.append(record)
             self._record_result(trial, seen, record)   # before the pruner may stop it: a cut keeps it
             self._call("on_epoch", trial, record)
-            trial.set_user_attr("epochs", record.epoch + 1)
+            set_attr(trial, "epochs", record.epoch + 1)
             report_epoch(trial, record.epoch, record.valid_loss, record.cycle_end, self.prune_at,
                          planned=(self.config or config).epochs, finishes=record.finishes)
 
@@ -219,14 +220,14 @@ class FinetuneObjective:
         except Exception as error:
             # Still RUNNING here, so hooks may write to the trial; then Optuna records
             # PRUNED or FAIL from the same exception. What the cut run cost is kept too.
-            trial.set_user_attr("train_seconds", sum(record.seconds for record in seen[resumed:]))
+            set_attr(trial, "train_seconds", sum(record.seconds for record in seen[resumed:]))
             self._call("on_stop", trial, seen, error)
             if isinstance(error, ScheduleCut):   # it earned the cycles it finished: COMPLETE
                 return error.value
             raise
         # the run's own figures; its accuracy and AUC are the result's (objectives.record), not the last epoch's
         for key in ("majority_accuracy", "epochs", "train_seconds", "train_images_per_s"):
-            trial.set_user_attr(key, result.metrics[key])
+            set_attr(trial, key, result.metrics[key])
         if self.on_result is not None:
             self.on_result(trial, result)
         self._call("on_result", trial, result)

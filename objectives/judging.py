@@ -38,6 +38,7 @@ from typing import Sequence
 
 import optuna
 from optuna.trial import TrialState
+from objectives.trial_attrs import attrs_of, set_attr
 
 PRUNE_AT = ("cycle_end", "epoch")
 # user attrs written every epoch (lists indexed like the trial's epochs)
@@ -106,48 +107,48 @@ def report_epoch(trial: optuna.Trial, epoch: int, loss: float, cycle_end: bool, 
     ends, whether it is the best finished one), report what `judge` says and, where it says to
     ask (and `ask`), stop the trial if the pruner says so: TrialPruned, or ScheduleCut after a
     finished schedule."""
-    attrs = trial.user_attrs
+    attrs = attrs_of(trial)
     losses = list(attrs.get(LOSSES_ATTR, []))[:epoch] + [loss]
     if len(losses) != epoch + 1:
         raise ValueError(f"trial {trial.number}: epoch {epoch} reported after only {len(losses) - 1} epochs")
     ends = [e for e in attrs.get(CYCLE_ENDS_ATTR, []) if e < epoch] + ([epoch] if cycle_end else [])
-    trial.set_user_attr(LOSSES_ATTR, losses)
-    trial.set_user_attr(CYCLE_ENDS_ATTR, ends)
+    set_attr(trial, LOSSES_ATTR, losses)
+    set_attr(trial, CYCLE_ENDS_ATTR, ends)
     best = _record_finished(trial, epoch, loss, finishes)
     if planned is not None and epoch + 1 >= planned:
         best = None   # judged at its very end (prune_at = "epoch"): pruned as before issue 21
     if loss != loss:   # nan
         trial.report(loss, step=epoch)
-        trial.set_user_attr(DIVERGED_ATTR, epoch)
+        set_attr(trial, DIVERGED_ATTR, epoch)
         _stop(trial, best, epoch, f"diverged: val_loss is nan after epoch {epoch}")
     step = judge(losses, [e in ends for e in range(len(losses))], prune_at, planned)
     if step.value is not None:
         trial.report(step.value, step=epoch)
     if not (ask and step.ask) or step.value is None:   # judge asks only once there is a value
         return
-    trial.set_user_attr(JUDGED_ATTR, [e for e in attrs.get(JUDGED_ATTR, []) if e < epoch] + [epoch])
+    set_attr(trial, JUDGED_ATTR, [e for e in attrs.get(JUDGED_ATTR, []) if e < epoch] + [epoch])
     if trial.should_prune():
-        trial.set_user_attr(AGAINST_ATTR, against(trial.study, epoch, step.value))
+        set_attr(trial, AGAINST_ATTR, against(trial.study, epoch, step.value))
         _stop(trial, best, epoch, f"pruned after epoch {epoch} (judged on {step.value:.4f}, raw val_loss {loss:.4f})")
 
 
 def _record_finished(trial: optuna.Trial, epoch: int, loss: float, finishes: int) -> tuple[int, int, float] | None:
     """Keep the finished schedules reached (this epoch's too) and the best of them on the trial."""
-    attrs = trial.user_attrs
+    attrs = attrs_of(trial)
     reached = [row for row in attrs.get(FINISHED_ATTR, []) if row[0] < epoch] + ([[epoch, finishes]] if finishes else [])
     if finishes or FINISHED_ATTR in attrs:
-        trial.set_user_attr(FINISHED_ATTR, reached)
+        set_attr(trial, FINISHED_ATTR, reached)
     losses = attrs.get(LOSSES_ATTR, [])[:epoch] + [loss]
     flags = [0] * len(losses)
     for e, k in reached:
         flags[e] = k
     best = best_finished(losses, flags)
     if best is not None and finishes:
-        trial.set_user_attr(BEST_EPOCH_ATTR, best[0])
-        trial.set_user_attr(BEST_N_CYCLES_ATTR, best[1])
-        trial.set_user_attr(BEST_LOSS_ATTR, best[2])
+        set_attr(trial, BEST_EPOCH_ATTR, best[0])
+        set_attr(trial, BEST_N_CYCLES_ATTR, best[1])
+        set_attr(trial, BEST_LOSS_ATTR, best[2])
         if STAGE2_FIRST_EPOCH_ATTR in attrs:
-            trial.set_user_attr(BEST_STAGE_ATTR, stage_of(attrs, best[0]))
+            set_attr(trial, BEST_STAGE_ATTR, stage_of(attrs, best[0]))
     return best
 
 
@@ -160,8 +161,8 @@ def stage_of(user_attrs: dict, epoch: int) -> int:
 def _stop(trial: optuna.Trial, best: tuple[int, int, float] | None, epoch: int, why: str) -> None:
     if best is None or best[2] != best[2]:
         raise optuna.TrialPruned(why)
-    trial.set_user_attr(CUT_ATTR, epoch)
-    stage = f"stage {stage_of(trial.user_attrs, best[0])}'s " if STAGE2_FIRST_EPOCH_ATTR in trial.user_attrs else ""
+    set_attr(trial, CUT_ATTR, epoch)
+    stage = f"stage {stage_of(attrs_of(trial), best[0])}'s " if STAGE2_FIRST_EPOCH_ATTR in attrs_of(trial) else ""
     raise ScheduleCut(f"{why}; keeps its {stage}{best[1]}-cycle schedule (val_loss {best[2]:.4f} after epoch "
                       f"{best[0]})", best[2], best[1])
 
@@ -198,7 +199,7 @@ def replay_curve(trial: optuna.Trial, losses: Sequence[float], cycle_ends: Seque
     finishes = list(finishes) if finishes is not None else [0] * (len(losses) - 1) + [1]
     try:
         for epoch, (loss, cycle_end, k) in enumerate(zip(losses, cycle_ends, finishes, strict=True)):
-            trial.set_user_attr("epochs", epoch + 1)
+            set_attr(trial, "epochs", epoch + 1)
             report_epoch(trial, epoch, loss, cycle_end, prune_at, planned=len(losses), finishes=k)
     except ScheduleCut as cut:
         return cut.value

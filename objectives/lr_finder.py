@@ -26,6 +26,7 @@ from swipr_core.data import Dataset
 from swipr_core.lr_find import LRFinding, find_lr
 from swipr_core.model import ModelSpec
 from swipr_core.training import TrainConfig
+from objectives.trial_attrs import attrs_of, set_attr
 
 LR_ATTR = "lr"               # trial user attr: the lr it trained with, the finder's times its factor
 FINDER_LR_ATTR = "finder_lr"   # trial user attr: the finder's suggestion that was
@@ -71,11 +72,11 @@ class StudyFinder:
                 raise FindingUnusable(f"{where}: {spec.finder} {base:.3g} x lr_factor {factor:.3g} is lr {lr:.3g}, "
                                       f"and an lr must be between 0 and 1; lower [space] lr factor's high")
         except FindingUnusable as error:
-            trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}")
+            set_attr(trial, "fail_reason", f"{type(error).__name__}: {error}")
             raise
-        trial.set_user_attr(FINDER_LR_ATTR, base)
-        trial.set_user_attr(LR_ATTR, lr)
-        trial.set_user_attr(FINDING_ATTR, {"key": record["key"], "version": record["version"], "finder": spec.finder,
+        set_attr(trial, FINDER_LR_ATTR, base)
+        set_attr(trial, LR_ATTR, lr)
+        set_attr(trial, FINDING_ATTR, {"key": record["key"], "version": record["version"], "finder": spec.finder,
                                            "suggestion": base, "factor": factor, "lr": lr})
         return lr
 
@@ -85,11 +86,11 @@ class StudyFinder:
     def _retried_finding(self, trial: optuna.Trial, values: dict) -> dict | None:
         """A retry's original's finding, where it had one of this combination: the retry resumes
         its run, so it must train at the same lr whatever the study's current version is now."""
-        retried = trial.user_attrs.get(RETRY_OF_ATTR)
+        retried = attrs_of(trial).get(RETRY_OF_ATTR)
         if retried is None:
             return None
         original = next((t for t in trial.study.get_trials(deepcopy=False) if t.number == retried), None)
-        used = original.user_attrs.get(FINDING_ATTR) if original is not None else None
+        used = attrs_of(original).get(FINDING_ATTR) if original is not None else None
         if not isinstance(used, dict) or used.get("key") != self.key(values) or not isinstance(used.get("version"), int):
             return None
         record, why = stored_finding(trial.study, used["key"], used["version"])
@@ -139,11 +140,11 @@ def versions_used(study: optuna.Study, key: str) -> dict[int, list[int]]:
     older study (a finder_lr, no FINDING_ATTR) used the only version its combination had: 1."""
     used: dict[int, list[int]] = {}
     for trial in study.get_trials(deepcopy=False):
-        finding = trial.user_attrs.get(FINDING_ATTR)
+        finding = attrs_of(trial).get(FINDING_ATTR)
         if isinstance(finding, dict):
             if finding.get("key") == key and isinstance(finding.get("version"), int):
                 used.setdefault(finding["version"], []).append(trial.number)
-        elif FINDER_LR_ATTR in trial.user_attrs:
+        elif FINDER_LR_ATTR in attrs_of(trial):
             params = trial.params
             if key == f"{params.get('freeze')}:bs{params.get('batch_size')}:px{params.get('image_size')}":
                 used.setdefault(1, []).append(trial.number)

@@ -16,6 +16,7 @@ import torch
 
 from objectives.judging import ScheduleCut, best_finished, stage_of
 from objectives.space import suggest
+from objectives.trial_attrs import attrs_of, set_attr
 
 ATTR_PREFIX = "oom:"
 # Peak memory by freeze strategy: frozen_then_unfrozen peaks in its unfrozen phase.
@@ -76,7 +77,7 @@ class OutOfMemoryGuard:
             return None
         reason = (f"refused: freeze={shape[0]} batch_size={shape[1]} image_size={shape[2]} is at least "
                   f"as large as {known[0]} {known[1]}x{known[2]}, which ran out of GPU memory")
-        trial.set_user_attr("refused", reason)
+        set_attr(trial, "refused", reason)
         return reason
 
     def refuse_stage2(self, trial: optuna.Trial, stage2, seen) -> None:
@@ -105,9 +106,9 @@ class OutOfMemoryGuard:
         # Out of the except block, the error and its traceback (which holds the run's
         # tensors) are gone, so the memory can really be freed.
         free_memory()
-        attrs = trial.user_attrs   # the stage of the epoch that ran out: the one after those reported
+        attrs = attrs_of(trial)   # the stage of the epoch that ran out: the one after those reported
         shape = self.shapes[min(stage_of(attrs, attrs.get("epochs", 0)), len(self.shapes)) - 1]
         reason = f"out of GPU memory at freeze={shape[0]} batch_size={shape[1]} image_size={shape[2]}: {message}"
-        trial.set_user_attr("fail_reason", reason)
+        set_attr(trial, "fail_reason", reason)
         trial.study.set_user_attr(shape_key(*shape), trial.number)
         raise TrialOutOfMemory(reason)

@@ -31,6 +31,7 @@ from objectives.space import SPACE_KEYS, stage2_name
 from swipr_core.errors import FieldError, SwiprError
 from swipr_core.metrics import confusion_counts, majority_accuracy, roc_auc
 from swipr_core.schedule import StageConfig, TrainConfig, sgdr_epochs
+from objectives.trial_attrs import attrs_of, set_attr
 
 PLAN_ATTR = "swipr:plan"       # trial system attr: Plan.to_json(), once, as the trial starts
 RESULT_ATTR = "swipr:result"   # trial system attr: Result.to_json(), whenever the best finished schedule moves
@@ -137,11 +138,13 @@ def write_plan(trial: optuna.Trial, plan: Plan) -> None:
 
 
 def write_result(trial: optuna.Trial, result: Result) -> None:
-    """The result, and its accuracy and AUC as user attrs people see in the dashboard's table."""
+    """The result, with its accuracy (4 decimals: a table's worth) as the user attr people see in
+    Optuna's tables and the dashboard's, and its AUC beside the other attributes (trial_attrs)."""
     set_system_attr(trial, RESULT_ATTR, result.to_json())
-    for key, value in (("val_accuracy", result.accuracy), ("val_roc_auc", result.roc_auc)):
-        if value is not None:
-            trial.set_user_attr(key, value)
+    if result.accuracy is not None:
+        set_attr(trial, "val_accuracy", round(result.accuracy, 4))
+    if result.roc_auc is not None:
+        set_attr(trial, "val_roc_auc", result.roc_auc)
 
 
 def result_of(record, targets: Sequence[int] | np.ndarray) -> Result:
@@ -172,7 +175,7 @@ def best_finished_record(history: Sequence[Any]) -> Any:
 def record_of(trial: optuna.trial.FrozenTrial, head_epochs: int = 1) -> TrialRecord:
     """The trial's record: as written, or rebuilt from an older trial's user attrs (`head_epochs`:
     the study file's, for an old trial that recorded none)."""
-    attrs, system = trial.user_attrs, trial.system_attrs
+    attrs, system = attrs_of(trial), trial.system_attrs
     epochs = attrs.get("epochs")
     epochs_run = int(epochs) if isinstance(epochs, int) else None
     if PLAN_ATTR in system:
@@ -188,7 +191,7 @@ def record_of(trial: optuna.trial.FrozenTrial, head_epochs: int = 1) -> TrialRec
 def _legacy_plan(trial: optuna.trial.FrozenTrial, head_epochs: int) -> Plan | None:
     """The plan of a trial written before the record, from its params and user attrs; None where
     they make no run (the views then show what they have)."""
-    attrs = trial.user_attrs
+    attrs = attrs_of(trial)
     try:
         first, second, _ = _legacy_params(trial)
         head = _legacy_head_epochs(first, second, attrs.get("planned_epochs"), head_epochs)
@@ -205,7 +208,7 @@ def _legacy_plan(trial: optuna.trial.FrozenTrial, head_epochs: int) -> Plan | No
 
 def _legacy_params(trial: optuna.trial.FrozenTrial) -> tuple[dict, dict | None, bool]:
     """(stage 1's params, stage 2's or None, nested) as an older trial ran them."""
-    attrs = trial.user_attrs
+    attrs = attrs_of(trial)
     nested = BUDGET_ATTR in attrs and (STAGE2_FIRST_EPOCH_ATTR in attrs or "n_cycles" not in trial.params)
     two_stage = STAGE2_FIRST_EPOCH_ATTR in attrs
     missing = [key for key in SPACE_KEYS if key not in trial.params
@@ -240,7 +243,7 @@ def _legacy_head_epochs(first: dict, second: dict | None, planned, head_epochs: 
 def _legacy_result(trial: optuna.trial.FrozenTrial) -> Result | None:
     """An older trial's best finished schedule, from the attrs it kept. Its accuracy was the
     best schedule's already; its AUC was the last epoch's, so it is kept only where they agree."""
-    attrs = trial.user_attrs
+    attrs = attrs_of(trial)
     losses, epochs = attrs.get("val_loss_by_epoch"), attrs.get("epochs", attrs.get("planned_epochs"))
     if trial.value is None or not isinstance(epochs, int) or epochs < 1:
         return None

@@ -22,6 +22,7 @@ from objectives.judging import report_epoch
 from objectives.optuna_compat import guard_ask, put_back, stored_trial, take_queued_first
 from objectives.space import STAGE2, stage2_name
 from swipr_core.checkpoints import load_checkpoint
+from objectives.trial_attrs import attrs_of, set_attr
 
 
 def _quietly(function, *args):
@@ -44,7 +45,7 @@ INTERRUPTED_ATTR = "interrupted"
 
 def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a (FAIL) trial was stopped by an interrupt rather than by an error of its own."""
-    return trial.user_attrs.get(INTERRUPTED_ATTR) is True
+    return attrs_of(trial).get(INTERRUPTED_ATTR) is True
 
 
 class Checkpoints:
@@ -110,8 +111,8 @@ class Checkpoints:
         owner = self.owner(trial.study, retried, state.system_attrs.get("fixed_params") or state.params)
         saved = load_checkpoint(self.folder(retried)) if self.owned_by(self.folder(retried), owner) else None
         history = saved["history"] if saved else []
-        trial.set_user_attr("retry_of", retried)
-        trial.set_user_attr("resumed_from_epoch", len(history))
+        set_attr(trial, "retry_of", retried)
+        set_attr(trial, "resumed_from_epoch", len(history))
         for record in history:
             report_epoch(trial, record["epoch"], record["valid_loss"], record.get("cycle_end", False), prune_at,
                          ask=False, finishes=record.get("finishes", 0))
@@ -127,7 +128,7 @@ class Checkpoints:
         if queued:
             _quietly(self._retry, trial.study, state)
         # After the retry is made from `state`: the retry copies user attrs, and is no interrupt.
-        trial.set_user_attr(INTERRUPTED_ATTR, True)
+        set_attr(trial, INTERRUPTED_ATTR, True)
         return queued
 
     def on_stale(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:

@@ -37,6 +37,7 @@ from swipr_core.data import prepare_data
 from swipr_core.model import ModelSpec
 from swipr_core.training import EpochRecord
 from tests.studykit import write_study
+from objectives.trial_attrs import attrs_of
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -118,8 +119,8 @@ def test_finished_and_pruned_trials_both_get_their_pictures_and_notes(prepared, 
     notes = _dashboard_notes(study)
     assert notes[done.number].startswith("## Trial 0: COMPLETE") and "val_roc_auc" in notes[done.number]
     assert notes[pruned.number].startswith("## Trial 1: PRUNED")
-    assert done.user_attrs[NOTE_ATTR].startswith("COMPLETE, val_loss ")
-    assert "majority baseline" in done.user_attrs[NOTE_ATTR]
+    assert attrs_of(done)[NOTE_ATTR].startswith("COMPLETE, val_loss ")
+    assert "majority baseline" in attrs_of(done)[NOTE_ATTR]
 
 
 def _dashboard_notes(study) -> dict[int, str]:
@@ -137,7 +138,7 @@ def test_a_note_stored_again_replaces_the_last_and_the_dashboard_can_still_edit_
     store_trial_note(trial, None, "## Trial 0: COMPLETE\n", "second")
     # the shorter note whole, nothing left of the longer one; the line replaced too
     assert _dashboard_notes(study)[0] == "## Trial 0: COMPLETE\n"
-    assert study.trials[0].user_attrs[NOTE_ATTR] == "second"
+    assert attrs_of(study.trials[0])[NOTE_ATTR] == "second"
     attrs = storage_of(study).get_study_system_attrs(study_id(study))
     assert get_note_from_system_attrs(attrs, trial._trial_id)["version"] == 2
     # the dashboard's own editor stores version + 1 of what it read: it finds the version it expects

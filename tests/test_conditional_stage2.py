@@ -12,6 +12,7 @@ from search.studyfile import load_study_file
 from search.views.stages import STAGES_ATTR, RecordStages
 from swipr_core.model import ModelSpec
 from tests.studykit import space_toml, write_study
+from objectives.trial_attrs import attrs_of
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
 # stage 1: 2 one-epoch cycles (epochs 0, 1); stage 2 at 40 px, its lr and freeze drawn, a budget of
@@ -44,9 +45,9 @@ def _run(tmp_path, data_dir, pruner) -> optuna.trial.FrozenTrial:
 
 def test_a_trial_stopped_at_stage_1s_end_draws_no_stage_2_param(tmp_path, data_dir):
     trial = _run(tmp_path, data_dir, PruneAt(1))   # judged at stage 1's end, a finished schedule
-    assert trial.state == TrialState.COMPLETE and trial.user_attrs["epochs"] == 2
+    assert trial.state == TrialState.COMPLETE and attrs_of(trial)["epochs"] == 2
     assert not [name for name in trial.params if name.startswith("stage2_")]
-    assert STAGES_ATTR not in trial.user_attrs   # no stage 2 to show: its params were never drawn
+    assert STAGES_ATTR not in attrs_of(trial)   # no stage 2 to show: its params were never drawn
     record = record_of(trial)
     assert not record.plan.stage2_drawn and record.result.stage == 1
     assert record.replay_config().stage2 is None
@@ -54,13 +55,13 @@ def test_a_trial_stopped_at_stage_1s_end_draws_no_stage_2_param(tmp_path, data_d
 
 def test_a_trial_that_reaches_stage_2_draws_its_params_there_and_its_plan_says_them(tmp_path, data_dir):
     trial = _run(tmp_path, data_dir, optuna.pruners.NopPruner())
-    assert trial.user_attrs["epochs"] == 4
+    assert attrs_of(trial)["epochs"] == 4
     assert {"stage2_lr", "stage2_freeze"} <= set(trial.params)
     plan = record_of(trial).plan
     assert plan.stage2_drawn and plan.config.stage2.lr == trial.params["stage2_lr"]
     assert plan.config.stage2.freeze == trial.params["stage2_freeze"]
-    assert trial.user_attrs[STAGES_ATTR][1]["lr"] == trial.params["stage2_lr"]
-    assert trial.user_attrs["planned_epochs"] == plan.epochs == 4
+    assert attrs_of(trial)[STAGES_ATTR][1]["lr"] == trial.params["stage2_lr"]
+    assert attrs_of(trial)["planned_epochs"] == plan.epochs == 4
 
 
 def test_the_reports_importances_rank_only_params_every_finished_trial_drew():

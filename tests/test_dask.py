@@ -18,6 +18,7 @@ import pytest
 from objectives.resume import interrupted as is_interrupted
 from tests.daskkit import Cluster
 from tests.studykit import ROOT, SPACE, one_line_error, run_cli, write_study
+from objectives.trial_attrs import attrs_of
 
 pytest.importorskip("distributed", reason="the dask extra is not installed: pip install '.[dask]'")
 
@@ -79,7 +80,7 @@ def test_a_killed_worker_costs_one_fail_and_its_retry_resumes_on_the_other(tmp_p
         run = _run_in_background(path, cluster.address, "--n-trials", 3)
         # after epoch 1 of some trial (checkpoint saved and reported), its worker's machine goes
         victim = _wait_for(lambda t: t.state == TrialState.RUNNING and 1 in t.intermediate_values, path)
-        victim_worker = victim.user_attrs["worker"]
+        victim_worker = attrs_of(victim)["worker"]
         cluster.kill(cluster.workers[int(victim_worker[1:])])
         out, err = run.communicate(timeout=300)
         assert run.returncode == 0, out + err + cluster.logs()
@@ -88,21 +89,21 @@ def test_a_killed_worker_costs_one_fail_and_its_retry_resumes_on_the_other(tmp_p
     assert all(t.state.is_finished() for t in trials), [t.state.name for t in trials]
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert [t.number for t in failed] == [victim.number]   # failed once
-    retries = [t for t in trials if "retry_of" in t.user_attrs]
-    assert len(retries) == 1 and retries[0].user_attrs["retry_of"] == victim.number   # retried once
+    retries = [t for t in trials if "retry_of" in attrs_of(t)]
+    assert len(retries) == 1 and attrs_of(retries[0])["retry_of"] == victim.number   # retried once
     retry = retries[0]
     assert retry.state == TrialState.COMPLETE
     # epochs 0 and 1 (or, if the kill landed late on a loaded machine, 0 to 2) came from the checkpoint
-    assert retry.user_attrs["resumed_from_epoch"] in (2, 3)
+    assert attrs_of(retry)["resumed_from_epoch"] in (2, 3)
     assert sorted(retry.intermediate_values) == [0, 1, 2]
     assert retry.params == victim.params
-    assert retry.user_attrs["worker"] != victim_worker
+    assert attrs_of(retry)["worker"] != victim_worker
     # every trial asked for finished exactly once: 3 complete, the lost one through its retry
     assert list(_each_finished_once(trials)) == [victim.number]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 3 and len(trials) == 4
-    assert {t.user_attrs["worker"] for t in trials} == {"w0", "w1"}   # both workers ran trials
-    assert all(t.user_attrs["host"] == socket.gethostname() for t in trials)
+    assert {attrs_of(t)["worker"] for t in trials} == {"w0", "w1"}   # both workers ran trials
+    assert all(attrs_of(t)["host"] == socket.gethostname() for t in trials)
     assert not list((tmp_path / ".swipr-cache" / "checkpoints").glob(f"t-*/trial-{victim.number}"))   # removed once done
     assert f"trial {victim.number}: {LOST_WORKER[allowed_failures]}" in err
 
@@ -172,7 +173,7 @@ def test_ctrl_c_then_driver_death_then_a_rerun_finishes_every_trial_once(tmp_pat
         run = _run_in_background(path, cluster.address, "--n-trials", 1)
         orphan = _wait_for(lambda t: t.state == TrialState.RUNNING and 1 in t.intermediate_values, path)
         os.killpg(run.pid, signal.SIGKILL)
-        cluster.kill(cluster.workers[int(orphan.user_attrs["worker"][1:])])
+        cluster.kill(cluster.workers[int(attrs_of(orphan)["worker"][1:])])
         run.wait(timeout=30)
         result = run_cli("study", "run", path, "--dask", cluster.address, "--n-trials", 3)
         assert result.returncode == 0, result.stdout + result.stderr + cluster.logs()
@@ -181,9 +182,9 @@ def test_ctrl_c_then_driver_death_then_a_rerun_finishes_every_trial_once(tmp_pat
     trials = _trials(path)
     retry_of = _each_finished_once(trials)
     assert sorted(retry_of) == sorted([*(t.number for t in interrupted), orphan.number])
-    assert all(retry.user_attrs["resumed_from_epoch"] >= 1 for retry in retry_of.values())
+    assert all(attrs_of(retry)["resumed_from_epoch"] >= 1 for retry in retry_of.values())
     # seen after epoch 1, killed before or, on a loaded machine, after epoch 2's checkpoint
-    assert retry_of[orphan.number].user_attrs["resumed_from_epoch"] in (2, 3)
+    assert attrs_of(retry_of[orphan.number])["resumed_from_epoch"] in (2, 3)
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 3
 
 

@@ -11,6 +11,7 @@ from swipr_core import bundle
 from swipr_core.errors import SwiprError
 from tests.readonly import read_only_folder
 from tests.studykit import one_line_error, run_cli
+from objectives.trial_attrs import attrs_of
 
 # One pytest-xdist worker runs this module, so its module-scoped study is built once.
 pytestmark = pytest.mark.xdist_group("fit")
@@ -70,10 +71,10 @@ def test_replay_reproduces_the_best_trial(fitted):
     assert manifest["replay"]["difference"] == 0.0 and manifest["replay"]["tolerance"] > 0
     assert manifest["replay"]["cpu_threads"] == 1
     assert manifest["trial"] == best.number and manifest["study"] == "demo"
-    assert manifest["params"] == best.params and manifest["seed"] == best.user_attrs["seed"]
-    assert manifest["data_fingerprint"] == best.user_attrs["data_fingerprint"]
+    assert manifest["params"] == best.params and manifest["seed"] == attrs_of(best)["seed"]
+    assert manifest["data_fingerprint"] == attrs_of(best)["data_fingerprint"]
     # the size the model ends at: stage 2's where its best schedule ran stage 2 (the demo has one)
-    final_size = best.params["stage2_image_size"] if best.user_attrs.get("best_stage") == 2 else best.params["image_size"]
+    final_size = best.params["stage2_image_size"] if attrs_of(best).get("best_stage") == 2 else best.params["image_size"]
     assert manifest["image_size"] == final_size and manifest["cache_px"] == 48
 
 

@@ -15,6 +15,7 @@ from search.studyfile import load_study_file
 from search.studyfile.trained_with import as_trained, trained_with
 from swipr_core.errors import SwiprError
 from tests.studykit import run_cli, write_study
+from objectives.trial_attrs import attrs_of
 
 LR_LINE = "lr = { low = 1e-3, high = 3e-2, log = true }"
 ARCH_LINE = 'arch = "test_resnet"'
@@ -50,9 +51,9 @@ def test_an_edit_during_a_workers_run_changes_no_trial_and_fit_replays_the_trial
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     for trial in trials:   # the study as the run started: its lr range, its network
         assert 1e-3 <= trial.params["lr"] <= 3e-2
-        assert trial.user_attrs["model"] == {"arch": "test_resnet", "pretrained": False, "weights": None}
-        assert trial.user_attrs["cache_px"] == 40
-        assert trial.user_attrs["study_file_sha256"] == hashlib.sha256(original.encode()).hexdigest()
+        assert attrs_of(trial)["model"] == {"arch": "test_resnet", "pretrained": False, "weights": None}
+        assert attrs_of(trial)["cache_px"] == 40
+        assert attrs_of(trial)["study_file_sha256"] == hashlib.sha256(original.encode()).hexdigest()
     # The file now names another network; the fit replays the one trial 1 trained.
     lines: list[str] = []
     outcome = fit(path, tmp_path / "model", trial_number=1, echo=lines.append)
@@ -120,6 +121,6 @@ def test_a_dask_run_refuses_a_study_file_edited_under_it(tmp_path, data_dir, mon
     assert second.returncode == 2, second.stdout + second.stderr
     assert f"{path}: changed since the run started" in second.stderr and "Traceback" not in second.stderr
     trials = _study(path).trials
-    assert trials[0].user_attrs["model"]["arch"] == "test_resnet" and trials[0].user_attrs["cache_px"] == 40
+    assert attrs_of(trials[0])["model"]["arch"] == "test_resnet" and attrs_of(trials[0])["cache_px"] == 40
     # The refused trial trained nothing: back in the queue, untouched.
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING]

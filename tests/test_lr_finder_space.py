@@ -17,6 +17,7 @@ from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
 from swipr_core.lr_find import SUGGESTIONS, LRFinding
 from tests.studykit import one_line_error, run_cli, space_toml, write_study
+from objectives.trial_attrs import attrs_of
 
 
 def finder_space(factor: str = "{ low = 0.3, high = 3, log = true }") -> str:
@@ -68,12 +69,12 @@ def test_one_range_test_serves_every_trial_of_its_combination(searched):
     valley = records[0]["suggestions"]["valley"]
     for trial in study.trials:
         assert "lr" not in trial.params and 0.3 <= trial.params["lr_factor"] <= 3
-        assert trial.user_attrs[FINDER_LR_ATTR] == valley
-        assert trial.user_attrs[LR_ATTR] == pytest.approx(valley * trial.params["lr_factor"])
+        assert attrs_of(trial)[FINDER_LR_ATTR] == valley
+        assert attrs_of(trial)[LR_ATTR] == pytest.approx(valley * trial.params["lr_factor"])
         # the finding it trained with, by version
-        assert trial.user_attrs[FINDING_ATTR] == {"key": "unfrozen:bs16:px32", "version": 1, "finder": "valley",
+        assert attrs_of(trial)[FINDING_ATTR] == {"key": "unfrozen:bs16:px32", "version": 1, "finder": "valley",
                                                   "suggestion": valley, "factor": trial.params["lr_factor"],
-                                                  "lr": trial.user_attrs[LR_ATTR]}
+                                                  "lr": attrs_of(trial)[LR_ATTR]}
 
 
 def test_the_searchs_range_test_says_what_it_cost(searched):
@@ -106,7 +107,7 @@ def test_lr_find_after_a_run_adds_a_version_and_leaves_the_trials_finding(search
     assert (first["version"], first["current"], second["version"], second["current"]) == (1, True, 2, False)
     assert second["losses"] == first["losses"] and second["suggestions"] == first["suggestions"]
     assert second["cpu_threads"] == first["cpu_threads"] and second["cost"]["by"] == "lr-find"
-    assert all(trial.user_attrs[FINDING_ATTR]["version"] == 1 for trial in study.trials)
+    assert all(attrs_of(trial)[FINDING_ATTR]["version"] == 1 for trial in study.trials)
     # the user picks the new test after all, with no test run; a version the study lacks is one line
     assert "--use-version 2 (with the same flags)" in ran.stdout
     chose = run_cli("lr-find", study_path, "--use-version", 2)
@@ -137,7 +138,7 @@ def test_a_range_test_on_the_study_is_reused_not_run_again(tmp_path, data_dir):
     ran = run_cli("study", "run", study_file.path, "--n-trials", 1)
     assert ran.returncode == 0, ran.stderr
     study = open_study(study_file, create=False)
-    assert study.trials[0].user_attrs[LR_ATTR] == pytest.approx(0.0084)
+    assert attrs_of(study.trials[0])[LR_ATTR] == pytest.approx(0.0084)
     assert recorded_findings(study) == before and "range test unfrozen" not in ran.stdout   # none ran
 
 
@@ -164,4 +165,4 @@ def test_a_finder_lr_of_1_or_more_fails_the_trial_not_the_run(tmp_path, data_dir
         in ran.stdout, ran.stdout
     trials = open_study(study_file, create=False).trials
     assert [t.state.name for t in trials] == ["FAIL", "FAIL"]   # the run went on to trial 1
-    assert all("an lr must be between 0 and 1" in t.user_attrs["fail_reason"] for t in trials)
+    assert all("an lr must be between 0 and 1" in attrs_of(t)["fail_reason"] for t in trials)

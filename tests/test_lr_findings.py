@@ -23,6 +23,7 @@ from search.views.gains import gains_rows, search_gains
 from search.views.range_tests import range_test_rows
 from search.views.report import render_report
 from swipr_core.lr_find import START_LR, LRFinding
+from objectives.trial_attrs import attrs_of
 
 FINGERPRINT = "f00d"
 VALLEY = FinderLR("valley", Choices((2.0,)))
@@ -66,7 +67,7 @@ def test_lr_find_adds_a_version_and_the_search_keeps_the_one_trials_used():
     assert "the search keeps using v1 for unfrozen:bs16:px32 (trial 0 trained with it)" in line and "--use" in line
     trial = study.ask()
     assert finder().lr(trial, VALLEY, values()) == pytest.approx(0.008)
-    assert trial.user_attrs[FINDING_ATTR] == {"key": "unfrozen:bs16:px32", "version": 1, "finder": "valley",
+    assert attrs_of(trial)[FINDING_ATTR] == {"key": "unfrozen:bs16:px32", "version": 1, "finder": "valley",
                                               "suggestion": 0.004, "factor": 2.0, "lr": 0.008}
     # --use: the new test is the one from now on; v1 and v2 stay as they were
     version, line = store_finding(study, record(0.001), use=True)
@@ -127,7 +128,7 @@ def test_a_finder_lr_of_1_or_more_fails_that_trial_with_its_reason(valley, facto
     trial = study.ask()
     with pytest.raises(FindingUnusable, match=expected):
         finder().lr(trial, VALLEY, values(factor))
-    assert expected in trial.user_attrs["fail_reason"] and FINDING_ATTR not in trial.user_attrs
+    assert expected in attrs_of(trial)["fail_reason"] and FINDING_ATTR not in attrs_of(trial)
     assert not isinstance(FindingUnusable("x"), optuna.exceptions.OptunaError)
 
 
@@ -145,7 +146,7 @@ def test_a_malformed_record_fails_the_trial_and_is_skipped_in_the_report(valley,
     trial = study.ask()
     with pytest.raises(FindingUnusable, match="range test unfrozen:bs16:px32 v1 is malformed"):
         finder().lr(trial, VALLEY, values())
-    assert "malformed" in trial.user_attrs["fail_reason"]
+    assert "malformed" in attrs_of(trial)["fail_reason"]
     section = render_report(study).split('<section id="lr-find">')[1].split("</section>")[0]
     assert section.count("<img") == 1 and "LR finder: frozen, batch size 16, 32 px, v1" in section
     assert "Skipped: range test unfrozen:bs16:px32 v1 is malformed (" in section

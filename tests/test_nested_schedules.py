@@ -16,6 +16,7 @@ from swipr_core.errors import FieldError, SwiprError
 from swipr_core.model import ModelSpec
 from swipr_core.training import TrainConfig, train
 from tests.studykit import SPACE, kill_then_retry, prepared_demo, write_study
+from objectives.trial_attrs import attrs_of
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
 NESTED = SPACE.replace("n_cycles = [1]", "n_cycles = [1, 2, 3]")   # 1-epoch cycles: ends at epochs 0, 1, 2
@@ -85,13 +86,13 @@ def test_the_value_is_the_best_finished_schedule_and_a_cut_after_one_is_complete
     unpruned = optuna.create_study()
     unpruned.optimize(lambda t: replay_curve(t, losses, ends, "cycle_end", finishes), n_trials=1)
     [whole] = unpruned.trials
-    assert whole.value == 0.4 and whole.user_attrs["best_n_cycles"] == 3
+    assert whole.value == 0.4 and attrs_of(whole)["best_n_cycles"] == 3
     # Cut at its 2nd cycle end (epoch 3): it keeps its 1-cycle schedule, 0.5 after epoch 1.
     study.optimize(lambda t: replay_curve(t, losses, ends, "cycle_end", finishes), n_trials=1)
     [cut] = study.trials
     assert cut.state == optuna.trial.TrialState.COMPLETE and cut.value == 0.5
-    assert (cut.user_attrs["best_n_cycles"], cut.user_attrs["best_cycle_end_loss"],
-            cut.user_attrs["best_cycle_end_epoch"], cut.user_attrs["cut_after_epoch"]) == (1, 0.5, 1, 3)
+    assert (attrs_of(cut)["best_n_cycles"], attrs_of(cut)["best_cycle_end_loss"],
+            attrs_of(cut)["best_cycle_end_epoch"], attrs_of(cut)["cut_after_epoch"]) == (1, 0.5, 1, 3)
     # Cut before any finished schedule: PRUNED, as always.
     early = optuna.create_study(pruner=PruneFrom(1))
     early.optimize(lambda t: replay_curve(t, losses, ends, "cycle_end", [0, 0, 0, 2, 0, 3]), n_trials=1)
@@ -131,10 +132,10 @@ def test_fit_replays_exactly_the_best_finished_schedule(tmp_path, data_dir):
     [trial] = study.trials
     # Planned 3 cycles, cut at its 2nd cycle end (epoch 1), after its 2-cycle schedule finished.
     assert trial.state == optuna.trial.TrialState.COMPLETE and "n_cycles" not in trial.params
-    assert trial.user_attrs["planned_epochs"] == 3 and trial.user_attrs["epochs"] == 2
-    losses = trial.user_attrs["val_loss_by_epoch"]
-    assert trial.value == min(losses[:2]) == trial.user_attrs["best_cycle_end_loss"]
-    k = trial.user_attrs["best_n_cycles"]
+    assert attrs_of(trial)["planned_epochs"] == 3 and attrs_of(trial)["epochs"] == 2
+    losses = attrs_of(trial)["val_loss_by_epoch"]
+    assert trial.value == min(losses[:2]) == attrs_of(trial)["best_cycle_end_loss"]
+    k = attrs_of(trial)["best_n_cycles"]
     assert replay_config(trial, 1).n_cycles == k
     lines = []
     outcome = fit(path, tmp_path / "bundle", echo=lines.append)
@@ -182,13 +183,13 @@ def test_a_retried_nested_trial_resumes_mid_budget(tmp_path, data_dir, monkeypat
     assert first.state == optuna.trial.TrialState.FAIL and retry.state == optuna.trial.TrialState.COMPLETE
     # Two of the 3 planned cycles were saved: the retry trains only the third, and its value is
     # still the best of all three finished schedules, the saved two included.
-    assert retry.user_attrs["resumed_from_epoch"] == 2 and retry.user_attrs["epochs"] == 3
-    assert "n_cycles" not in retry.params and retry.user_attrs["n_cycles_budget"] == 3
-    losses = retry.user_attrs["val_loss_by_epoch"]
-    assert losses[:2] == first.user_attrs["val_loss_by_epoch"]
+    assert attrs_of(retry)["resumed_from_epoch"] == 2 and attrs_of(retry)["epochs"] == 3
+    assert "n_cycles" not in retry.params and attrs_of(retry)["n_cycles_budget"] == 3
+    losses = attrs_of(retry)["val_loss_by_epoch"]
+    assert losses[:2] == attrs_of(first)["val_loss_by_epoch"]
     assert retry.value == min(losses) and not math.isnan(retry.value)
-    assert retry.user_attrs["finished_schedules"] == [[0, 1], [1, 2], [2, 3]]
-    assert losses[retry.user_attrs["best_cycle_end_epoch"]] == retry.value
+    assert attrs_of(retry)["finished_schedules"] == [[0, 1], [1, 2], [2, 3]]
+    assert losses[attrs_of(retry)["best_cycle_end_epoch"]] == retry.value
 
 
 def test_the_summary_says_what_pruning_and_nesting_saved_and_which_schedule_is_best():

@@ -9,6 +9,7 @@ from search.studyfile import load_study_file
 from swipr_core.data import prepare_data
 from swipr_core.model import ModelSpec
 from tests.studykit import write_study
+from objectives.trial_attrs import attrs_of
 
 SPACE = """
 [space]
@@ -54,9 +55,9 @@ def test_second_phase_reaches_the_pruner(setup, prune_at, judged_at, state):
     study.optimize(objective, n_trials=1)
     trial = study.trials[0]
     assert trial.state.name == state
-    assert trial.user_attrs["judged_epochs"] == judged_at
-    assert trial.user_attrs["train_seconds"] > 0   # a pruned run's cost is recorded too
-    assert sorted(trial.intermediate_values) == list(range(trial.user_attrs["epochs"]))
+    assert attrs_of(trial)["judged_epochs"] == judged_at
+    assert attrs_of(trial)["train_seconds"] > 0   # a pruned run's cost is recorded too
+    assert sorted(trial.intermediate_values) == list(range(attrs_of(trial)["epochs"]))
 
 
 def test_complete_trial_records_its_metrics(setup):
@@ -65,13 +66,13 @@ def test_complete_trial_records_its_metrics(setup):
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert sorted(trial.intermediate_values) == [0, 1, 2, 3]
-    assert trial.value == trial.user_attrs["val_loss_by_epoch"][3]
+    assert trial.value == attrs_of(trial)["val_loss_by_epoch"][3]
     assert trial.params == {"lr": 0.01, "batch_size": 32, "image_size": 32, "freeze": "frozen_then_unfrozen",
                             "n_cycles": 2, "cycle_len": 1, "cycle_mult": 2}
     for key in ("val_accuracy", "val_roc_auc", "majority_accuracy", "epochs", "train_seconds",
                 "train_images_per_s", "seed", "data_fingerprint"):
-        assert key in trial.user_attrs, key
-    assert 0.5 <= trial.user_attrs["majority_accuracy"] <= 1
+        assert key in attrs_of(trial), key
+    assert 0.5 <= attrs_of(trial)["majority_accuracy"] <= 1
 
 
 def test_the_study_files_compile_key_reaches_training(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import pytest
 from optuna.trial import TrialState
 
 from objectives import optuna_compat
+from objectives.trial_attrs import attrs_of
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def test_a_running_trials_stored_record(study):
     trial.set_user_attr("k", 1)
     record = optuna_compat.stored_trial(trial)
     assert isinstance(record, optuna.trial.FrozenTrial)
-    assert (record.number, record.state, record.user_attrs) == (trial.number, TrialState.RUNNING, {"k": 1})
+    assert (record.number, record.state, attrs_of(record)) == (trial.number, TrialState.RUNNING, {"k": 1})
 
 
 def test_a_trial_attached_by_id_is_the_asked_one(study):
@@ -68,7 +69,7 @@ def test_a_guard_that_raises_stops_the_loop_before_a_trial_is_taken(study):
 def test_queued_trials_chosen_first_are_taken_first(study):
     for x in (1.0, 2.0, 3.0):
         study.enqueue_trial({"x": x}, user_attrs={"retry": x == 3.0})
-    optuna_compat.take_queued_first(study, lambda trial: trial.user_attrs.get("retry", False))
+    optuna_compat.take_queued_first(study, lambda trial: attrs_of(trial).get("retry", False))
     dist = {"x": optuna.distributions.FloatDistribution(0, 4)}
     assert [study.ask(dist).params["x"] for _ in range(3)] == [3.0, 1.0, 2.0]
     assert study.ask(dist).number == 3   # an empty queue: a new trial, as Optuna makes it
@@ -95,7 +96,7 @@ def test_a_system_attr_set_on_a_live_trial_is_stored_and_kept_out_of_user_attrs(
     optuna_compat.set_system_attr(trial, "swipr:x", {"a": [1, 2]})
     stored = study.trials[-1]
     assert stored.system_attrs["swipr:x"] == {"a": [1, 2]}
-    assert "swipr:x" not in stored.user_attrs
+    assert "swipr:x" not in attrs_of(stored)
 
 
 def test_study_system_attrs_are_kept_apart_from_the_user_attrs(study):

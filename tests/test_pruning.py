@@ -16,6 +16,7 @@ from search.study.pruners import make_pruner, pruner_for
 from search.studyfile.sections import PRUNERS, StudySection
 from search.views.format import describe_trial
 from tests.studykit import one_line_error, run_cli, write_study
+from objectives.trial_attrs import attrs_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -104,9 +105,9 @@ def test_no_decision_mid_cycle_for_any_pruner(name):
         losses, flags = curves[trial.number]
         # every decision, and every epoch a trial stopped at, is one of its cycle ends
         assert all(flags[step] for step in spy.asked.get(trial.number, [])), (name, trial.number)
-        assert flags[trial.user_attrs["epochs"] - 1]
-        assert trial.user_attrs[JUDGED_ATTR] == spy.asked.get(trial.number, [])
-        assert trial.user_attrs[LOSSES_ATTR] == losses[:trial.user_attrs["epochs"]]
+        assert flags[attrs_of(trial)["epochs"] - 1]
+        assert attrs_of(trial)[JUDGED_ATTR] == spy.asked.get(trial.number, [])
+        assert attrs_of(trial)[LOSSES_ATTR] == losses[:attrs_of(trial)["epochs"]]
 
 
 @pytest.mark.parametrize("name", ["median", "percentile", "successive_halving"])
@@ -125,8 +126,8 @@ def test_short_cycles_are_compared_with_what_long_cycles_reached_within_the_same
     # carried forward: its 0.48 loses, though the long trials' raw loss at epoch 5 is 0.80.
     study = run([LONG] * 3 + [SHORT], pruner("median"), "cycle_end")
     short = study.trials[3]
-    assert short.state == TrialState.PRUNED and short.user_attrs["epochs"] == 4
-    assert short.user_attrs[AGAINST_ATTR] == {"epoch": 3, "value": 0.50, "n_completed": 3, "median": 0.45,
+    assert short.state == TrialState.PRUNED and attrs_of(short)["epochs"] == 4
+    assert attrs_of(short)[AGAINST_ATTR] == {"epoch": 3, "value": 0.50, "n_completed": 3, "median": 0.45,
                                               "best": 0.45, "worst": 0.45}
 
 
@@ -170,8 +171,8 @@ def test_a_retry_re_reports_its_saved_epochs_as_the_objective_did():
     study.optimize(resumed, n_trials=1)
     retry = study.trials[0]
     assert retry.intermediate_values == whole.intermediate_values == {3: 0.45, 4: 0.45, 5: 0.45, 6: 0.45, 7: 0.30}
-    assert retry.user_attrs[LOSSES_ATTR] == losses
-    assert JUDGED_ATTR not in retry.user_attrs and whole.user_attrs[JUDGED_ATTR] == [3]
+    assert attrs_of(retry)[LOSSES_ATTR] == losses
+    assert JUDGED_ATTR not in attrs_of(retry) and attrs_of(whole)[JUDGED_ATTR] == [3]
 
 
 def test_prune_at_defaults_to_cycle_end_and_a_bad_value_is_one_line(tmp_path):
@@ -233,7 +234,7 @@ def test_the_warm_start_tags_the_notebook_trials(tmp_path):
     lines = enqueue_warm_start(study, study_file)
     # one trial, the notebook's pipeline: here stage 1 only, the space has no [space.stage2]
     assert len(lines) == 1 and lines[0].startswith("warm start: notebook keeps the notebook's freeze=unfrozen cycle_len=1;")
-    assert [t.user_attrs["warm_start"] for t in study.trials] == ["notebook"]
+    assert [attrs_of(t)["warm_start"] for t in study.trials] == ["notebook"]
 
 
 def test_a_warm_start_trial_says_what_it_kept_and_none_is_tagged_when_nothing_fits(tmp_path):
@@ -249,8 +250,8 @@ def test_a_warm_start_trial_says_what_it_kept_and_none_is_tagged_when_nothing_fi
     lines = enqueue_warm_start(study, study_file)
     assert "the space changed batch_size, image_size, freeze (the sampler picks them)" in lines[0]
     waiting = study.trials[0]
-    assert waiting.user_attrs["warm_start_kept"] == ["cycle_len", "cycle_mult", "lr", "n_cycles"]
-    assert waiting.user_attrs["warm_start_changed"] == ["batch_size", "freeze", "image_size"]
+    assert attrs_of(waiting)["warm_start_kept"] == ["cycle_len", "cycle_mult", "lr", "n_cycles"]
+    assert attrs_of(waiting)["warm_start_changed"] == ["batch_size", "freeze", "image_size"]
     rows = dict(gains_rows(study, search_gains(study))[:1])
     assert "notebook (trial 0; stage 1 only: the space has no [space.stage2]; the space's batch_size, freeze, " \
            "image_size): WAITING" in rows["vs notebook"]
@@ -325,8 +326,8 @@ def test_a_diverged_run_is_pruned_at_its_first_nan_whatever_the_pruner(prune_at,
     study = run([SHORT, curve], optuna.pruners.NopPruner(), prune_at)
     diverged = study.trials[1]
     first_nan = losses.index(next(v for v in losses if v != v))
-    assert diverged.state == TrialState.PRUNED and diverged.user_attrs[DIVERGED_ATTR] == first_nan
+    assert diverged.state == TrialState.PRUNED and attrs_of(diverged)[DIVERGED_ATTR] == first_nan
     assert max(diverged.intermediate_values) == first_nan and math.isnan(diverged.intermediate_values[first_nan])
-    assert len(diverged.user_attrs[LOSSES_ATTR]) == first_nan + 1   # stopped there
+    assert len(attrs_of(diverged)[LOSSES_ATTR]) == first_nan + 1   # stopped there
     assert "(diverged: val_loss nan)" in describe_trial(diverged)
     assert "diverged" not in describe_trial(study.trials[0])

@@ -22,6 +22,7 @@ from search.studyfile.trained_with import RecordTrainedWith
 from search.views.artifacts import CONFUSION_PNG, ROC_PNG, TOP_LOSSES_PNG, make_objective_hooks
 from swipr_core.model import ModelSpec
 from tests.studykit import run_cli, space_toml, write_study
+from objectives.trial_attrs import attrs_of
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
 # Stage 1: 2 one-epoch cycles (epochs 0, 1); stage 2 at an lr no model survives well, a budget of
@@ -53,14 +54,14 @@ def test_the_result_is_the_value_s_schedule_not_the_last_epoch(losing_stage2):
     record = record_of(trial)
     assert trial.state == TrialState.COMPLETE and not record.legacy
     assert PLAN_ATTR in trial.system_attrs and RESULT_ATTR in trial.system_attrs
-    assert PLAN_ATTR not in trial.user_attrs   # Optuna's own tables stay readable
-    losses = trial.user_attrs["val_loss_by_epoch"]
+    assert PLAN_ATTR not in attrs_of(trial)   # Optuna's own tables stay readable
+    losses = attrs_of(trial)["val_loss_by_epoch"]
     assert record.epochs_run == 4 and record.result.epoch == 1 and record.result.stage == 1
     assert record.result.val_loss == trial.value == losses[1] != losses[-1]
     assert record.plan.config.stage2 is not None and record.plan.config.finish_at == (0, 1, 2)
     # the user attrs people see say the result's figures, not the last epoch's
-    assert trial.user_attrs["val_accuracy"] == record.result.accuracy
-    assert trial.user_attrs["val_roc_auc"] == record.result.roc_auc
+    assert attrs_of(trial)["val_accuracy"] == record.result.accuracy
+    assert attrs_of(trial)["val_roc_auc"] == record.result.roc_auc
     assert sum(record.result.confusion.values()) == record.result.n_valid
     replay = record.replay_config()
     assert replay.stage2 is None and replay.epochs == 2
@@ -78,9 +79,25 @@ def test_the_note_and_the_pictures_are_of_the_value_s_model(losing_stage2):
     assert f"| val_loss | {trial.value:.4g} |" in note
     assert f"| val_roc_auc | {result.roc_auc:.4g} |" in note
     assert "after epoch 1 of 4 run" in note
-    last = trial.user_attrs["val_loss_by_epoch"][-1]
+    last = attrs_of(trial)["val_loss_by_epoch"][-1]
     assert f"| last epoch (3) val_loss | {last:.4g} |" in note   # the last epoch only labelled as such
-    assert trial.user_attrs["note"].startswith(f"COMPLETE, val_loss {trial.value:.4g}")
+    assert attrs_of(trial)["note"].startswith(f"COMPLETE, val_loss {trial.value:.4g}")
+
+
+def test_optunas_own_tables_stay_readable(losing_stage2):
+    # `optuna trials` and `optuna studies` print every user attr: a trial's bookkeeping (its
+    # losses per epoch, its plan, its judging marks) lives in system attrs, so rows stay short
+    import subprocess
+    import sys
+
+    path, trial = losing_stage2
+    storage = load_study_file(path).study.storage
+    optuna_cli = [sys.executable, "-c", "from optuna.cli import main; raise SystemExit(main())"]
+    for command in (["trials", "--study-name", "t"], ["studies"]):
+        table = subprocess.run([*optuna_cli, *command, "--storage", storage], capture_output=True, text=True,
+                               check=True).stdout
+        assert max(len(line) for line in table.splitlines()) <= 400, table
+    assert set(trial.user_attrs) == {"val_accuracy"}
 
 
 def test_status_best_and_the_report_show_the_same_result(losing_stage2, tmp_path):
@@ -135,7 +152,7 @@ def test_a_study_written_before_the_record_reads_as_one(old_study):
         assert record.replay_config().epochs == record.result.epoch + 1
     best = record_of(study.best_trial)
     assert (best.number, best.result.epoch, best.epochs_run, best.result.stage) == (10, 6, 10, 1)
-    assert best.result.accuracy == study.best_trial.user_attrs["val_accuracy"]
+    assert best.result.accuracy == attrs_of(study.best_trial)["val_accuracy"]
     assert best.result.roc_auc is None   # the old val_roc_auc was epoch 9's: not the value's model
     status = json.loads(run_cli("study", "status", old_study, "--json").stdout)
     row = next(r for r in status["trials"] if r["number"] == 10)

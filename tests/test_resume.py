@@ -16,6 +16,7 @@ from objectives.space import Range, suggest
 from search.running.worker import checkpoint_root
 from search.studyfile import load_study_file
 from tests.studykit import write_study
+from objectives.trial_attrs import attrs_of
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ def test_an_interrupted_trial_is_marked_so_though_optuna_records_it_fail(tmp_pat
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.FAIL] * 3
     assert [interrupted(t) for t in trials] == [True, True, False]
-    assert trials[1].user_attrs.get(INTERRUPTED_ATTR) is True and retry.number == 1
+    assert attrs_of(trials[1]).get(INTERRUPTED_ATTR) is True and retry.number == 1
 
 
 def test_a_retry_outside_an_edited_range_says_so_in_one_line(tmp_path, study, capsys):

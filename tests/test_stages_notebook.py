@@ -22,6 +22,7 @@ from search.views.stages import STAGES_ATTR, RecordStages, StageSpan, spans_of, 
 from swipr_core.schedule import StageConfig, TrainConfig
 from swipr_core.training import EpochRecord
 from tests.studykit import ROOT, run_cli, space_toml, write_study
+from objectives.trial_attrs import attrs_of
 
 # The notebook's stage 1 (lr 1e-4, unfrozen, 3 cycles of 1, 2, 4 epochs) fits this space but
 # for its batch size and image size.
@@ -57,9 +58,9 @@ def test_without_a_second_stage_the_notebook_is_one_trial_of_stage_1_and_says_so
     # values: the trial's budget) is planned, not a param
     assert len(study.trials) == 1 and len(lines) == 1
     trial = study.trials[0]
-    assert trial.user_attrs["warm_start"] == NOTEBOOK and trial.user_attrs["warm_start_stages"] == 1
+    assert attrs_of(trial)["warm_start"] == NOTEBOOK and attrs_of(trial)["warm_start_stages"] == 1
     assert trial.system_attrs["fixed_params"] == {"lr": 1e-4, "freeze": "unfrozen", "cycle_len": 1, "cycle_mult": 2}
-    assert trial.user_attrs["warm_start_changed"] == ["batch_size", "image_size"]
+    assert attrs_of(trial)["warm_start_changed"] == ["batch_size", "image_size"]
     assert "the space changed batch_size, image_size (the sampler picks them)" in lines[0]
     assert "stage 1 only: the space has no [space.stage2]" in lines[0]
     # a second run of the study enqueues nothing more
@@ -83,17 +84,17 @@ def test_the_notebook_trial_runs_both_stages_with_the_notebooks_values_where_the
     # stage 2's lr and freeze are the notebook's; its n_cycles (0 or 3) is the budget: planned, not a param
     assert queued.system_attrs["fixed_params"] == {"lr": 1e-4, "freeze": "unfrozen", "cycle_len": 1, "cycle_mult": 2,
                                                    "stage2_lr": 1e-3, "stage2_freeze": "frozen"}
-    assert queued.user_attrs["warm_start_stages"] == 2
+    assert attrs_of(queued)["warm_start_stages"] == 2
     assert "the space changed batch_size, image_size, n_cycles, stage2_image_size (the sampler picks them)" in lines[0]
     assert "stage 2 runs stage 1's batch_size ([space.stage2] leaves it out)" in lines[0]
 
     result = run_cli("study", "run", study_path, "--n-trials", "1")
     assert result.returncode == 0, result.stderr
     trial = open_study(load_study_file(study_path), create=False).trials[0]
-    assert trial.user_attrs["warm_start"] == NOTEBOOK and trial.params["stage2_lr"] == pytest.approx(1e-3)
+    assert attrs_of(trial)["warm_start"] == NOTEBOOK and trial.params["stage2_lr"] == pytest.approx(1e-3)
     # stage 1: one epoch at 32 px; stage 2 from its weights: 1 + 2 + 4 epochs at 40 px, frozen
-    assert trial.user_attrs["epochs"] == 8
-    assert spans_of(trial.user_attrs) == [StageSpan(1, 0, 1, 32, 16, "unfrozen", pytest.approx(1e-4)),
+    assert attrs_of(trial)["epochs"] == 8
+    assert spans_of(attrs_of(trial)) == [StageSpan(1, 0, 1, 32, 16, "unfrozen", pytest.approx(1e-4)),
                                           StageSpan(2, 1, 7, 40, 16, "frozen", pytest.approx(1e-3))]
     assert "-- stage 2 from stage 1's weights, epochs 1-7: 40 px, batch 16, frozen, lr 0.001 --" in result.stdout
     summary = " ".join(result.stdout.split())
@@ -110,7 +111,7 @@ def test_the_real_studys_notebook_trial_is_the_notebook_exactly():
     line = enqueue_warm_start(study, load_study_file(ROOT / "studies" / "swipr_resnext50.toml"))[0]
     assert "changed" not in line and "stage 1 only" not in line
     queued = study.trials[0]
-    assert queued.user_attrs["warm_start_changed"] == [] and queued.user_attrs["warm_start_stages"] == 2
+    assert attrs_of(queued)["warm_start_changed"] == [] and attrs_of(queued)["warm_start_stages"] == 2
     # stage 2's n_cycles (0-3) is the budget: it plans the notebook's 3, so it is no param
     assert queued.system_attrs["fixed_params"] == {
         "lr": 1e-4, "batch_size": 24, "image_size": 224, "freeze": "unfrozen", "n_cycles": 3, "cycle_len": 1,
@@ -230,9 +231,9 @@ def test_a_two_stage_trial_records_its_spans_and_the_table_announces_stage_2():
     study = optuna.create_study()
     trial = study.ask()
     RecordStages().on_start(trial, config)   # stage 2's params are not drawn yet: nothing to record
-    assert spans_of(study.trials[0].user_attrs) == []
+    assert spans_of(attrs_of(study.trials[0])) == []
     RecordStages().on_stage2(trial, config)   # as the run reaches stage 2
-    assert spans_of(study.trials[0].user_attrs) == stage_spans(config)
+    assert spans_of(attrs_of(study.trials[0])) == stage_spans(config)
 
     out = io.StringIO()
     progress = StudyProgress(1, stream=out, bars=False)

@@ -19,6 +19,7 @@ from swipr_core.errors import SwiprError
 from swipr_core.model import ModelSpec
 from swipr_core.training import train
 from tests.studykit import kill_then_retry, one_line_error, run_cli, space_toml, write_study
+from objectives.trial_attrs import attrs_of
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
 # Stage 1: 2 one-epoch cycles at 32 px (epochs 0, 1); stage 2 from its weights at 40 px, its own
@@ -208,9 +209,9 @@ def test_a_stage_2_shape_that_ran_out_of_memory_refuses_stage_2(tmp_path, data_d
     objective = FinetuneObjective(dataset, study_file.space, TINY, device="cpu")
     study.optimize(OutOfMemoryGuard(objective, study_file.space, "budget"), n_trials=1)
     [trial] = study.trials
-    assert trial.state == TrialState.COMPLETE and trial.user_attrs["epochs"] == 2
-    assert "image_size=40" in trial.user_attrs["refused"]
-    assert trial.value == trial.user_attrs["val_loss_by_epoch"][1]
+    assert trial.state == TrialState.COMPLETE and attrs_of(trial)["epochs"] == 2
+    assert "image_size=40" in attrs_of(trial)["refused"]
+    assert trial.value == attrs_of(trial)["val_loss_by_epoch"][1]
 
 
 # --- a study that runs both stages ------------------------------------------------------------
@@ -236,7 +237,7 @@ def test_a_two_stage_study_runs_both_stages_on_one_epoch_counter(staged_study):
     trials = _trials(path)
     assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
     for trial in trials:
-        attrs = trial.user_attrs
+        attrs = attrs_of(trial)
         assert {"stage2_lr", "stage2_image_size", "stage2_freeze"} <= set(trial.params)
         assert "stage2_n_cycles" not in trial.params and trial.params["n_cycles"] == 2   # budget: stage 2's
         assert attrs["planned_epochs"] == attrs["epochs"] == 4 and attrs["stage2_first_epoch"] == 2
@@ -259,14 +260,14 @@ def test_fit_replays_a_two_stage_trial_exactly_at_stage_2s_size(staged_study, tm
     outcome = fit(path, tmp_path / "bundle", echo=lines.append)
     assert outcome.trial_number == best.number
     assert outcome.replay_value == best.value and outcome.matched
-    assert outcome.manifest["epochs"] == best.user_attrs["best_cycle_end_epoch"] + 1 == expected.epochs
+    assert outcome.manifest["epochs"] == attrs_of(best)["best_cycle_end_epoch"] + 1 == expected.epochs
     assert outcome.manifest["image_size"] == (40 if expected.stage2 is not None else 32)
     assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["image_size"] == \
         expected.final_image_size
     # A trial whose record doesn't match its plan is not replayed as some other run.
-    for changed in ({"best_cycle_end_epoch": 0}, {"best_stage": 3 - best.user_attrs["best_stage"]}):
+    for changed in ({"best_cycle_end_epoch": 0}, {"best_stage": 3 - attrs_of(best)["best_stage"]}):
         odd = optuna.trial.create_trial(params=best.params, distributions=best.distributions, value=best.value,
-                                        user_attrs={**best.user_attrs, **changed})
+                                        user_attrs={**attrs_of(best), **changed})
         with pytest.raises(SwiprError, match="can't replay it"):
             replay_config(odd, 1)
 
@@ -279,8 +280,8 @@ def test_pruned_at_a_stage_2_cycle_end_and_a_cut_after_a_finished_schedule_stays
     study.pruner = PruneFrom(2)
     study.optimize(FinetuneObjective(dataset, study_file.space, TINY, device="cpu"), n_trials=1)
     [pruned] = study.trials
-    assert pruned.state == TrialState.PRUNED and pruned.user_attrs["judged_epochs"] == [0, 1, 2]
-    assert pruned.user_attrs["epochs"] == 3 and pruned.user_attrs["stage2_first_epoch"] == 2
+    assert pruned.state == TrialState.PRUNED and attrs_of(pruned)["judged_epochs"] == [0, 1, 2]
+    assert attrs_of(pruned)["epochs"] == 3 and attrs_of(pruned)["stage2_first_epoch"] == 2
     # budget 0, 1, 2: stage 1's end (epoch 1) and stage 2's 1st cycle end (epoch 2) are finished
     # schedules, so a cut at epoch 2 keeps the best of them: COMPLETE with its value
     (tmp_path / "b").mkdir()
@@ -288,10 +289,10 @@ def test_pruned_at_a_stage_2_cycle_end_and_a_cut_after_a_finished_schedule_stays
     study.pruner = PruneFrom(2)
     study.optimize(FinetuneObjective(dataset, study_file.space, TINY, device="cpu"), n_trials=1)
     [cut] = study.trials
-    losses = cut.user_attrs["val_loss_by_epoch"]
-    assert cut.state == TrialState.COMPLETE and cut.user_attrs["cut_after_epoch"] == 2 and len(losses) == 3
-    assert cut.value == min(losses[1:3]) == cut.user_attrs["best_cycle_end_loss"]
-    assert cut.user_attrs["best_stage"] == (1 if cut.user_attrs["best_cycle_end_epoch"] == 1 else 2)
+    losses = attrs_of(cut)["val_loss_by_epoch"]
+    assert cut.state == TrialState.COMPLETE and attrs_of(cut)["cut_after_epoch"] == 2 and len(losses) == 3
+    assert cut.value == min(losses[1:3]) == attrs_of(cut)["best_cycle_end_loss"]
+    assert attrs_of(cut)["best_stage"] == (1 if attrs_of(cut)["best_cycle_end_epoch"] == 1 else 2)
 
 
 def test_a_killed_trial_resumes_in_stage_2_from_its_checkpoint(tmp_path, data_dir, monkeypatch):
@@ -301,14 +302,14 @@ def test_a_killed_trial_resumes_in_stage_2_from_its_checkpoint(tmp_path, data_di
                     on_retry_epoch=lambda record: resumed_at.append(record.epoch))
     first, retry = study.trials
     assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
-    assert retry.user_attrs["resumed_from_epoch"] == 3 and resumed_at == [3]   # only stage 2's last epoch trained
+    assert attrs_of(retry)["resumed_from_epoch"] == 3 and resumed_at == [3]   # only stage 2's last epoch trained
     assert retry.params == first.params and "stage2_lr" in retry.params
-    losses = retry.user_attrs["val_loss_by_epoch"]
-    assert losses[:3] == first.user_attrs["val_loss_by_epoch"] and len(losses) == 4
-    assert retry.value == min(losses[1:]) and retry.user_attrs["best_stage"] in (1, 2)
+    losses = attrs_of(retry)["val_loss_by_epoch"]
+    assert losses[:3] == attrs_of(first)["val_loss_by_epoch"] and len(losses) == 4
+    assert retry.value == min(losses[1:]) and attrs_of(retry)["best_stage"] in (1, 2)
     # the resumed run is the uninterrupted one: the trial's whole plan, run again, gives the same numbers
     planned = config_from_trial(optuna.trial.FixedTrial(retry.params), study_file.space, head_epochs=1,
-                                seed=retry.user_attrs["seed"])
+                                seed=attrs_of(retry)["seed"])
     assert planned.stage2 is not None and planned.epochs == 4
     assert [r.valid_loss for r in train(dataset, planned, TINY, device="cpu").history] == losses
 
@@ -322,8 +323,8 @@ def test_a_trial_whose_best_is_stage_1s_end_replays_without_stage_2(tmp_path, da
     path, study_file, study, dataset = _study(tmp_path, data_dir, space, pruner="none")
     study.optimize(FinetuneObjective(dataset, study_file.space, TINY, device="cpu"), n_trials=1)
     [trial] = study.trials
-    assert trial.state == TrialState.COMPLETE and trial.user_attrs["epochs"] == 4
-    assert trial.user_attrs["best_stage"] == 1 and trial.user_attrs["best_cycle_end_epoch"] == 1
+    assert trial.state == TrialState.COMPLETE and attrs_of(trial)["epochs"] == 4
+    assert attrs_of(trial)["best_stage"] == 1 and attrs_of(trial)["best_cycle_end_epoch"] == 1
     config = replay_config(trial, 1)
     assert config.stage2 is None and config.epochs == 2 and config.finish_at == ()
     outcome = fit(path, tmp_path / "bundle", echo=lambda line: None)
@@ -346,4 +347,4 @@ def test_dask_trials_run_both_stages_with_the_params_the_driver_fixed(tmp_path, 
     for trial in trials:
         k = trial.params["stage2_n_cycles"]
         assert ("stage2_lr" in trial.params) == (k > 0)
-        assert trial.user_attrs["epochs"] == 2 + k and ("stage2_first_epoch" in trial.user_attrs) == (k > 0)
+        assert attrs_of(trial)["epochs"] == 2 + k and ("stage2_first_epoch" in attrs_of(trial)) == (k > 0)

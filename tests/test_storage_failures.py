@@ -24,6 +24,7 @@ from search.study.guarded import StorageFailed
 from search.study.storage import open_storage
 from tests import pg
 from tests.studykit import run_cli, space_toml, write_study
+from objectives.trial_attrs import attrs_of
 
 QUICK_HEARTBEAT = "heartbeat_interval = 1\ngrace_period = 2\n"
 
@@ -92,7 +93,7 @@ def test_a_disk_that_fills_mid_run_stops_in_one_line_and_its_trial_is_retried(sm
         assert trials[number].state == TrialState.FAIL and number in retried
     # The second trial, which the full disk stopped, has run after all, as its retry.
     assert any(t.state == TrialState.COMPLETE for t in trials if t.system_attrs.get("failed_trial") in left), \
-        [(t.number, t.state.name, t.system_attrs.get("failed_trial"), t.user_attrs.get("fail_reason")) for t in trials]
+        [(t.number, t.state.name, t.system_attrs.get("failed_trial"), attrs_of(t).get("fail_reason")) for t in trials]
 
 
 def test_a_disk_that_fills_mid_trial_still_prints_the_summary(small_disk, tmp_path, data_dir):
@@ -209,7 +210,7 @@ def test_an_error_log_that_cant_be_written_costs_no_trial(tmp_path, capsys):
         raise ZeroDivisionError("division by zero")
 
     study.optimize(FailureGuard(broken, log), n_trials=2, catch=(TrialFailed,))
-    assert [t.user_attrs["fail_reason"] for t in study.trials] == ["ZeroDivisionError: division by zero"] * 2
+    assert [attrs_of(t)["fail_reason"] for t in study.trials] == ["ZeroDivisionError: division by zero"] * 2
     try:
         raise ValueError("from Optuna's loop")
     except ValueError:

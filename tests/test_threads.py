@@ -12,6 +12,7 @@ from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
 from swipr_core.threads import cpu_threads
 from tests.studykit import ROOT, write_study
+from objectives.trial_attrs import attrs_of
 
 NO_SETTING: dict[str, str] = {}
 
@@ -42,7 +43,7 @@ def _unset_threads() -> dict:
 
 def _trial_threads(path) -> list[int]:
     study = open_study(load_study_file(path), create=False)
-    return [trial.user_attrs["cpu_threads"] for trial in study.trials]
+    return [attrs_of(trial)["cpu_threads"] for trial in study.trials]
 
 
 def _run(path, *args, env) -> None:

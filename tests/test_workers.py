@@ -14,6 +14,7 @@ import optuna
 import pytest
 import torch
 
+from objectives.trial_attrs import attrs_of
 from objectives.resume import interrupted as is_interrupted
 from search.running.stop import StopFlag
 from search.running.supervisor import Slot, make_slots, parse_gpus, visible_device
@@ -88,11 +89,11 @@ def test_sigkilled_trial_is_failed_and_retried_from_its_checkpoint(tmp_path, dat
     first, retry = _study(path).trials
     assert first.state == optuna.trial.TrialState.FAIL
     assert retry.state == optuna.trial.TrialState.COMPLETE
-    assert retry.user_attrs["retry_of"] == 0
-    assert retry.user_attrs["resumed_from_epoch"] == 2
+    assert attrs_of(retry)["retry_of"] == 0
+    assert attrs_of(retry)["resumed_from_epoch"] == 2
     assert sorted(retry.intermediate_values) == [0, 1, 2]
     assert retry.params == first.params
-    assert retry.user_attrs["seed"] == first.user_attrs["seed"]   # shuffles as the original did
+    assert attrs_of(retry)["seed"] == attrs_of(first)["seed"]   # shuffles as the original did
     assert not checkpoint.parent.exists()   # removed once the trial finished
 
 
@@ -126,8 +127,8 @@ def test_out_of_memory_fails_the_trial_and_the_worker_goes_on(tmp_path, data_dir
 
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL", "COMPLETE", "PRUNED", "COMPLETE"]
-    assert "out of GPU memory at freeze=unfrozen batch_size=32 image_size=32" in study.trials[0].user_attrs["fail_reason"]
-    assert "ran out of GPU memory" in study.trials[2].user_attrs["refused"]   # refused before it ran
+    assert "out of GPU memory at freeze=unfrozen batch_size=32 image_size=32" in attrs_of(study.trials[0])["fail_reason"]
+    assert "ran out of GPU memory" in attrs_of(study.trials[2])["refused"]   # refused before it ran
     assert study.user_attrs["oom:unfrozen:32x32"] == 0
 
 
@@ -296,8 +297,8 @@ def test_workers_on_postgres_stop_on_ctrl_c_then_finish_every_trial_once(tmp_pat
     trials = _trials_or_none(path, pg_url)
     assert sorted(t.number for t in trials) == list(range(len(trials)))
     assert all(t.state.is_finished() for t in trials), [t.state for t in trials]
-    retries = [t for t in trials if "retry_of" in t.user_attrs]
-    assert sorted(t.user_attrs["retry_of"] for t in retries) == sorted(interrupted)
+    retries = [t for t in trials if "retry_of" in attrs_of(t)]
+    assert sorted(attrs_of(t)["retry_of"] for t in retries) == sorted(interrupted)
     fresh = [t.params["lr"] for t in trials if "failed_trial" not in t.system_attrs and "lr" in t.params]
     assert len(set(fresh)) == len(fresh)   # no configuration proposed twice
 

@@ -13,6 +13,7 @@ from search.studyfile import load_study_file
 from search.views.format import accuracy_text, params_text
 from search.views.gains import gains_rows, search_gains
 from search.views.results import accuracy_of, auc_of, schedule_text
+from objectives.trial_attrs import attrs_of
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -68,16 +69,16 @@ def _trial_row(trial, stale: bool = False) -> dict:
         "state": "STALE" if stale else trial.state.name,
         "value": trial.value,
         "params": trial.params,
-        "epochs": trial.user_attrs.get("epochs"),
+        "epochs": attrs_of(trial).get("epochs"),
         "value_epoch": result.epoch if result is not None else None,
         "value_is": schedule_text(record) if result is not None else None,
         "val_accuracy": accuracy_of(trial),
         "val_roc_auc": auc_of(trial),
         "duration_s": trial.duration.total_seconds() if trial.duration else None,
         # where it ran, on a Dask cluster: worker name, machine, GPU (CUDA_VISIBLE_DEVICES there)
-        "worker": trial.user_attrs.get("worker"),
-        "host": trial.user_attrs.get("host"),
-        "gpu": trial.user_attrs.get("gpu"),
+        "worker": attrs_of(trial).get("worker"),
+        "host": attrs_of(trial).get("host"),
+        "gpu": attrs_of(trial).get("gpu"),
     }
 
 

@@ -33,6 +33,7 @@ from swipr_core.bundle_writer import library_versions, model_manifest, write_bun
 from swipr_core.errors import SwiprError
 from swipr_core.metrics import check_target_precision, choose_threshold, classification_report
 from swipr_core.training import TrainConfig, resolve_device, train
+from objectives.trial_attrs import attrs_of
 
 # Replay tolerance on the final validation loss: |replay - trial| <= ATOL + RTOL * |trial|.
 # Measured with bench/replay_drift.py on the demo study (CPU, fp32, 2 cores): with the trial's
@@ -97,9 +98,9 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
     config = record.replay_config()
     echo(f"trial {trial.number}{' (best)' if trial_number is None else ''} of study '{study.study_name}': "
          f"val_loss {trial.value:.6g}, seed {config.seed}, {config.epochs} epochs, params {json.dumps(trial.params)}")
-    study_file = as_trained(study_file, trial.user_attrs, f"trial {trial.number}", echo)   # its [model], cache_px
+    study_file = as_trained(study_file, attrs_of(trial), f"trial {trial.number}", echo)   # its [model], cache_px
     dataset = prepare_study_data(study_file)
-    recorded = trial.user_attrs.get(FINGERPRINT_ATTR, study.user_attrs.get(FINGERPRINT_ATTR))
+    recorded = attrs_of(trial).get(FINGERPRINT_ATTR, study.user_attrs.get(FINGERPRINT_ATTR))
     refuse_other_data(recorded, dataset, study_file, f"the one trial {trial.number} was trained on; the replay "
                       f"would not be that trial. Restore the labels file the study used")
     echo(f"data: fingerprint {dataset.fingerprint} matches the trial's")
@@ -142,7 +143,7 @@ def replay_trial(study_file, trial, config: TrainConfig, dataset, device: str | 
     # CPU reductions are summed per thread: the trial's thread count gives its exact numbers.
     if threads is not None and threads < 1:   # 0 is not "the default"
         raise SwiprError(f"--threads must be 1 or more, got {threads}")
-    threads = threads or planned_threads or trial.user_attrs.get(THREADS_ATTR) or torch.get_num_threads()
+    threads = threads or planned_threads or attrs_of(trial).get(THREADS_ATTR) or torch.get_num_threads()
     echo(f"replaying on {resolved} ({precision} precision, {threads} CPU threads)...")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -37,6 +37,7 @@ from search.studyfile import StudyFile, load_study_file
 from search.studyfile.trained_with import RecordTrainedWith, check_same_version
 from search.views.artifacts import make_objective_hooks
 from swipr_core.errors import SwiprError
+from objectives.trial_attrs import attrs_of, set_attr
 
 STARTED_ATTR = "swipr_dask_started"   # system attr: the token of the task that started the trial
 STOP_EVENT = "swipr-stop-{run}"       # a Dask Event the driver sets on Ctrl-C
@@ -118,7 +119,7 @@ def run_dask_trial(task: DaskTask) -> dict:
     storage.set_trial_system_attr(task.trial_id, STARTED_ATTR, task.token)
     trial = attach(study, task.trial_id)
     for key, value in where.items():
-        trial.set_user_attr(key, value)
+        set_attr(trial, key, value)
     return {**_train(task, study_file, dataset, trial), **where}
 
 
@@ -161,8 +162,8 @@ def _record(trial: optuna.Trial, outcome: dict, checkpoints: Checkpoints) -> Non
     elif kind == "PRUNED":
         study.tell(trial, state=TrialState.PRUNED)
     else:
-        if "fail_reason" not in trial.user_attrs:   # the OOM guard and FailureGuard write theirs
-            trial.set_user_attr("fail_reason", outcome["reason"])
+        if "fail_reason" not in attrs_of(trial):   # the OOM guard and FailureGuard write theirs
+            set_attr(trial, "fail_reason", outcome["reason"])
         study.tell(trial, state=TrialState.FAIL)
     checkpoints.remove(original_number(stored_trial(trial)))
 

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from search.study.guarded import StorageFailed
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
+from objectives.trial_attrs import attrs_of, set_attr
 
 
 _VALUE_NONE = re.compile(r"Trial \d+ failed with value None\.")
@@ -97,7 +98,7 @@ class FailureGuard:
             return self.objective(trial)
         except StorageFailed as error:   # the run stops for it; the trial's record says why, if it can
             with contextlib.suppress(StorageFailed):
-                trial.set_user_attr("fail_reason", str(error))
+                set_attr(trial, "fail_reason", str(error))
             raise
         except (optuna.TrialPruned, SwiprError, KeyboardInterrupt):
             raise
@@ -107,8 +108,8 @@ class FailureGuard:
             raise TrialFailed("finished elsewhere") from None
         except Exception as error:  # noqa: BLE001 - any bug in a trial fails that trial only
             reason = describe_error(error)
-            if "fail_reason" not in trial.user_attrs:   # the OOM guard has written a better one
-                trial.set_user_attr("fail_reason", reason)
+            if "fail_reason" not in attrs_of(trial):   # the OOM guard has written a better one
+                set_attr(trial, "fail_reason", reason)
             _append(self.log, f"trial {trial.number} failed", traceback.format_exc())
             print(f"trial {trial.number}: failed: {reason} (the full error is in {self.log})", flush=True)
             raise TrialFailed(reason) from None
@@ -125,7 +126,7 @@ class FailureStreak:
             self.in_a_row = 0
             return
         self.in_a_row += 1
-        self.last = trial.user_attrs.get("fail_reason", "")
+        self.last = attrs_of(trial).get("fail_reason", "")
         if self.in_a_row >= self.limit:
             study.stop()
 

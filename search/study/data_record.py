@@ -10,6 +10,7 @@ from swipr_core.data import Dataset, prepare_data
 from swipr_core.errors import SwiprError
 from swipr_core.metrics import majority_accuracy
 from swipr_core.split import CLASSES
+from objectives.trial_attrs import attrs_of
 
 FINGERPRINT_ATTR = "data_fingerprint"
 # The accuracy of always answering the validation set's commoner class: what an accuracy is
@@ -66,8 +67,8 @@ def majority_baseline(study: optuna.Study) -> tuple[float | None, str]:
     if attrs.get(MAJORITY_ATTR) is not None:
         return attrs[MAJORITY_ATTR], attrs.get("majority_class", "")
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if trial.user_attrs.get(MAJORITY_ATTR) is not None:
-            return trial.user_attrs[MAJORITY_ATTR], ""
+        if attrs_of(trial).get(MAJORITY_ATTR) is not None:
+            return attrs_of(trial)[MAJORITY_ATTR], ""
     return None, ""
 
 

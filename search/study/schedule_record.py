@@ -13,6 +13,7 @@ import optuna
 from objectives.space import DEFAULT_N_CYCLES_MODE, MODE_ATTR
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
+from objectives.trial_attrs import attrs_of
 
 BEFORE_THE_KEY = "sampled"   # how every study ran before [study] n_cycles existed
 
@@ -24,7 +25,7 @@ def recorded_mode(study: optuna.Study) -> str | None:
     if recorded is not None:
         return recorded
     trials = study.get_trials(deepcopy=False)
-    said = [t.user_attrs[MODE_ATTR] for t in trials if MODE_ATTR in t.user_attrs]
+    said = [attrs_of(t)[MODE_ATTR] for t in trials if MODE_ATTR in attrs_of(t)]
     if said:
         return said[0]
     return BEFORE_THE_KEY if any("n_cycles" in t.params for t in trials) else None

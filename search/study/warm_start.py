@@ -17,6 +17,7 @@ import optuna
 
 from objectives.space import (STAGE2, budget_key, conditional, cycle_budget, drawn, has_stage2, in_space, stage2_name,
                               stage_space)
+from objectives.trial_attrs import user_attrs_for
 from search.study.schedule_record import n_cycles_mode
 from search.studyfile import StudyFile
 
@@ -109,9 +110,12 @@ def enqueue_warm_start(study: optuna.Study, study_file: StudyFile) -> list[str]:
         kept, changed = {**kept, **kept2}, {**changed, **changed2}
     if not kept:
         return [f"warm start: {NOTEBOOK} skipped: none of its values ({', '.join(changed)}) is in the space"]
-    study.enqueue_trial(_enqueued(kept, study, study_file), skip_if_exists=True,
-                        user_attrs={WARM_START_ATTR: NOTEBOOK, KEPT_ATTR: sorted(kept), CHANGED_ATTR: sorted(changed),
+    # as Study.enqueue_trial does, with what it kept beside the trial's other attributes (trial_attrs)
+    shown, hidden = user_attrs_for({WARM_START_ATTR: NOTEBOOK, KEPT_ATTR: sorted(kept), CHANGED_ATTR: sorted(changed),
                                     STAGES_RUN_ATTR: 1 if space2 is None else 2})
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, user_attrs=shown,
+                                              system_attrs={"fixed_params": _enqueued(kept, study, study_file),
+                                                            **hidden}))
     offered = cycle_budget(study_file.space, n_cycles_mode(study, study_file))
     budget = (budget_key(study_file.space), offered[-1]) if offered is not None else None
     return [f"warm start: {warm_start_text(kept, changed, space2, budget)}"]

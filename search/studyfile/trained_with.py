@@ -14,6 +14,7 @@ from typing import Callable
 from search.studyfile.sections import StudyFile
 from swipr_core.errors import SwiprError
 from swipr_core.model_spec import ModelSpec
+from objectives.trial_attrs import set_attr
 
 MODEL_ATTR = "model"                    # {"arch", "pretrained", "weights"}: [model] as trained
 CACHE_PX_ATTR = "cache_px"              # [data] cache_px: the pixels the trial's images had
@@ -45,7 +46,7 @@ class RecordTrainedWith:
 
     def on_start(self, trial, config) -> None:
         for key, value in self.attrs.items():
-            trial.set_user_attr(key, value)
+            set_attr(trial, key, value)
 
 
 def as_trained(study_file: StudyFile, attrs: dict, label: str, echo: Callable[[str], None]) -> StudyFile:

@@ -44,6 +44,7 @@ from search.views.results import last_epoch_loss, result_metrics, schedule_text 
 from search.views.top_losses import TOP_LOSSES_PNG, draw_top_losses  # noqa: E402
 from swipr_core.metrics import confusion_counts, roc_auc  # noqa: E402
 from swipr_core.split import valid_targets  # noqa: E402
+from objectives.trial_attrs import attrs_of, set_attr  # noqa: E402
 
 # Artifact file names: the report finds the best trial's pictures by these.
 CURVES_PNG = "curves.png"
@@ -101,7 +102,7 @@ def mark_stage(ax, boundary: StageSpan | None) -> None:
 
 def stage_boundary(trial, history) -> StageSpan | None:
     """Stage 2's span as the trial recorded it (search.views.stages), where the run reached it."""
-    spans = spans_of(trial.user_attrs)
+    spans = spans_of(attrs_of(trial))
     later = [span for span in spans if span.stage > 1]
     if not later or not any(r.epoch >= later[0].first_epoch for r in history):
         return None
@@ -110,7 +111,7 @@ def stage_boundary(trial, history) -> StageSpan | None:
 
 def judging_marks(trial, history) -> dict:
     """Where the pruner judged a trial and on what (objectives.judging), for plot_curves."""
-    attrs = trial.user_attrs
+    attrs = attrs_of(trial)
     prune_at = attrs.get("prune_at", "epoch")
     losses, flags = [r.valid_loss for r in history], [bool(getattr(r, "cycle_end", False)) for r in history]
     reported = [judge(losses[:n], flags[:n], prune_at).value for n in range(1, len(history) + 1)]
@@ -315,7 +316,7 @@ def store_trial_note(trial, store, note: str, line: str) -> None:
     chunks = len(attrs) - 1
     for i in range(chunks, state.get("chunks", 0)):   # left by a longer note stored before: blank them
         attrs[f"{note_str_key_prefix(trial_id)}{i}"] = ""
-    trial.set_user_attr(NOTE_ATTR, line)
+    set_attr(trial, NOTE_ATTR, line)
     # the version last: a page read in between shows the new text under the old version, never
     # a new version over half a note
     for key in sorted(attrs, key=lambda key: key == note_ver_key(trial_id)):
@@ -381,7 +382,7 @@ class TrialArtifacts:
         value_is = schedule_text(record) if record.result is not None else ""
         try:
             metrics = {**result_metrics(record), "epochs run": len(history)}
-            note = trial_note(trial.number, state, trial.params, metrics, baseline, spans_of(trial.user_attrs),
+            note = trial_note(trial.number, state, trial.params, metrics, baseline, spans_of(attrs_of(trial)),
                               value_is=value_is, last_epoch=last_epoch_loss(trial, record))
             line = note_line(state, result_metrics(record), baseline)
             if record.result is not None:

@@ -6,6 +6,7 @@ import math
 import optuna
 
 from objectives.judging import DIVERGED_ATTR
+from objectives.trial_attrs import attrs_of
 
 
 def short(value) -> str:
@@ -26,9 +27,9 @@ def params_text(params: dict) -> str:
 
 def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
     value = f" val_loss {trial.value:.4f}" if trial.value is not None else ""
-    epochs = trial.user_attrs.get("epochs")
+    epochs = attrs_of(trial).get("epochs")
     steps = f" after {epochs} epoch{'s' if epochs != 1 else ''}" if epochs else ""
-    diverged = " (diverged: val_loss nan)" if DIVERGED_ATTR in trial.user_attrs else ""
+    diverged = " (diverged: val_loss nan)" if DIVERGED_ATTR in attrs_of(trial) else ""
     return f"trial {trial.number} {trial.state.name}{value}{steps}{diverged}  {params_text(trial.params)}"
 
 

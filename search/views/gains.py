@@ -13,18 +13,19 @@ from search.study.warm_start import CHANGED_ATTR, KEPT_ATTR, NOTEBOOK, OLD_RUNS,
 from search.views.range_tests import range_test_rows
 from search.views.results import accuracy_of
 from search.views.stages import spans_of, stages_text
+from objectives.trial_attrs import attrs_of
 
 
 def epochs_saved(trials) -> dict:
     """Epochs run, epochs the stopped trials would still have run (planned − run): pruned ones and
     nested ones cut after a finished schedule (objectives.judging); and what nesting saved."""
-    ran = [t for t in trials if "planned_epochs" in t.user_attrs]
+    ran = [t for t in trials if "planned_epochs" in attrs_of(t)]
     # a retry's `epochs` counts the epochs it resumed after, which its original ran
-    run = sum(t.user_attrs.get("epochs", 0) - t.user_attrs.get("resumed_from_epoch", 0) for t in ran)
-    cut = [t for t in ran if t.state == TrialState.COMPLETE and CUT_ATTR in t.user_attrs]
-    saved = sum(t.user_attrs["planned_epochs"] - t.user_attrs.get("epochs", 0)
+    run = sum(attrs_of(t).get("epochs", 0) - attrs_of(t).get("resumed_from_epoch", 0) for t in ran)
+    cut = [t for t in ran if t.state == TrialState.COMPLETE and CUT_ATTR in attrs_of(t)]
+    saved = sum(attrs_of(t)["planned_epochs"] - attrs_of(t).get("epochs", 0)
                 for t in ran if t.state == TrialState.PRUNED or t in cut)
-    nested = sum(nesting_saved(t.user_attrs) for t in ran if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+    nested = sum(nesting_saved(attrs_of(t)) for t in ran if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
     return {"epochs_run": run, "epochs_saved": saved, "pruned": sum(t.state == TrialState.PRUNED for t in ran),
             "cut": len(cut), "nesting_saved": nested}
 
@@ -35,23 +36,25 @@ def _notebook_trials(trials) -> dict[str, optuna.trial.FrozenTrial]:
     found: dict[str, optuna.trial.FrozenTrial] = {}
     rank = {TrialState.COMPLETE: 2, TrialState.PRUNED: 1}
     for trial in trials:
-        name = trial.user_attrs.get(WARM_START_ATTR)
+        name = attrs_of(trial).get(WARM_START_ATTR)
         if name is not None and (name not in found or rank.get(trial.state, 0) >= rank.get(found[name].state, 0)):
             found[name] = trial
     return dict(sorted(found.items()))
 
 
-def _against(best, trial) -> dict:
-    row = {"name": trial.user_attrs[WARM_START_ATTR], "number": trial.number, "state": trial.state.name,
-           "epochs": trial.user_attrs.get("epochs"), "planned_epochs": trial.user_attrs.get("planned_epochs"),
+def _against(best, trial, first) -> dict:
+    """The notebook trial's row; `first`: the first trial of its name (a retry carries only the
+    attrs Optuna's tables show, so what the warm start kept is read from the trial it retries)."""
+    attrs, tagged = attrs_of(trial), attrs_of(first)
+    row = {"name": attrs[WARM_START_ATTR], "number": trial.number, "state": trial.state.name,
+           "epochs": attrs.get("epochs"), "planned_epochs": attrs.get("planned_epochs"),
            "val_loss": trial.value, "val_accuracy": accuracy_of(trial),
            # None on trials tagged before these were recorded: what they kept is unknown
-           "kept": trial.user_attrs.get(KEPT_ATTR), "changed": trial.user_attrs.get(CHANGED_ATTR),
+           "kept": tagged.get(KEPT_ATTR), "changed": tagged.get(CHANGED_ATTR),
            # the notebook's stages it ran (None: an older study's run of one stage, OLD_RUNS)
-           "stages": trial.user_attrs.get(STAGES_RUN_ATTR), "best_stage": trial.user_attrs.get(BEST_STAGE_ATTR),
+           "stages": tagged.get(STAGES_RUN_ATTR), "best_stage": attrs.get(BEST_STAGE_ATTR),
            # the stages it trained (None: not started): a sampled stage2_n_cycles of 0 skips stage 2
-           "ran_stages": (2 if STAGE2_FIRST_EPOCH_ATTR in trial.user_attrs else 1)
-           if "planned_epochs" in trial.user_attrs else None}
+           "ran_stages": (2 if STAGE2_FIRST_EPOCH_ATTR in attrs else 1) if "planned_epochs" in attrs else None}
     if best is not None and trial.state == TrialState.COMPLETE:
         row["loss_change_pct"] = 100 * (best.value - trial.value) / trial.value
         accuracy, best_accuracy = accuracy_of(trial), accuracy_of(best)
@@ -64,7 +67,10 @@ def search_gains(study: optuna.Study) -> dict:
     """{"vs_notebook": [...], "epochs_run", "epochs_saved", "pruned"} for summaries and `best --json`."""
     trials = study.get_trials(deepcopy=False)
     best = best_or_none(study)
-    notebook = [_against(best, trial) for trial in _notebook_trials(trials).values()]
+    first: dict[str | None, optuna.trial.FrozenTrial] = {}
+    for trial in trials:   # in number order: the first of each name is the one the warm start queued
+        first.setdefault(attrs_of(trial).get(WARM_START_ATTR), trial)
+    notebook = [_against(best, trial, first[name]) for name, trial in _notebook_trials(trials).items()]
     baseline, _ = majority_baseline(study)
     return {"vs_notebook": notebook, "majority_accuracy": baseline, **epochs_saved(trials)}
 
@@ -121,11 +127,11 @@ def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
     if gains.get("nesting_saved"):
         rows.append(("nesting saved", f"{gains['nesting_saved']} epochs: shorter schedules finished inside longer "
                                       f"runs, which n_cycles sampled would have trained as trials of their own"))
-    schedule = best_schedule(best.user_attrs) if best is not None else None
+    schedule = best_schedule(attrs_of(best)) if best is not None else None
     if best is not None and schedule is not None:
         rows.append(("best schedule", _schedule_text(best, schedule)))
-    spans = spans_of(best.user_attrs) if best is not None else []
-    if spans and best is not None and best.user_attrs.get("best_stage") == 1:
+    spans = spans_of(attrs_of(best)) if best is not None else []
+    if spans and best is not None and attrs_of(best).get("best_stage") == 1:
         # its value is stage 1's end: stage 2 ran (or was planned) but is not part of the result
         rows.append(("planned stages", f"{stages_text(spans)}; its best schedule ends with stage 1"))
     elif spans:   # a two-stage best trial: where each stage ran, on what
@@ -138,11 +144,11 @@ def _schedule_text(best, schedule: tuple[int, int, float]) -> str:
     """The best trial's best finished schedule; with two stages, which stage it ends in (the
     budget is stage 2's cycles, 0 = stage 1's end: objectives.space.cycle_budget)."""
     n_cycles, epoch, loss = schedule
-    planned = best.user_attrs["n_cycles_budget"]
+    planned = attrs_of(best)["n_cycles_budget"]
     figures = f"val_loss {loss:.4f} after epoch {epoch}"
-    stage = best.user_attrs.get(BEST_STAGE_ATTR)
+    stage = attrs_of(best).get(BEST_STAGE_ATTR)
     trial = f"trial {best.number}'s"
-    if stage == 1 and STAGE2_FIRST_EPOCH_ATTR in best.user_attrs:
+    if stage == 1 and STAGE2_FIRST_EPOCH_ATTR in attrs_of(best):
         return f"{trial} stage 1 alone, stage 2 skipped ({figures}; it planned stage 2's {planned} cycles)"
     if stage == 2:
         return f"{trial} stage 1, then stage 2's {n_cycles}-cycle schedule ({figures}; it planned {planned})"

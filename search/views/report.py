@@ -34,6 +34,7 @@ from search.views.gains import gains_rows, search_gains
 from search.views.lr_plot import finding_title, plot_lr_find
 from search.views.results import last_epoch_loss, result_metrics, schedule_text
 from swipr_core.errors import SwiprError
+from objectives.trial_attrs import attrs_of
 
 REPORT_FILE = "report.html"
 
@@ -43,14 +44,14 @@ def plot_raw_losses(study) -> go.Figure:
     """Every trial's validation loss at every epoch it ran; diamonds where the pruner judged it."""
     figure = go.Figure()
     for trial in study.get_trials(deepcopy=False):
-        losses = trial.user_attrs.get(LOSSES_ATTR)
+        losses = attrs_of(trial).get(LOSSES_ATTR)
         if not losses:
             continue
         pruned = trial.state == TrialState.PRUNED
         name = f"Trial{trial.number}" + (" (pruned)" if pruned else "")
         figure.add_trace(go.Scatter(x=list(range(len(losses))), y=losses, mode="lines", name=name,
                                     legendgroup=name, line={"dash": "dot" if pruned else "solid"}))
-        judged = [e for e in trial.user_attrs.get(JUDGED_ATTR, []) if e < len(losses)]
+        judged = [e for e in attrs_of(trial).get(JUDGED_ATTR, []) if e < len(losses)]
         figure.add_trace(go.Scatter(x=judged, y=[losses[e] for e in judged], mode="markers", name=f"{name} judged",
                                     legendgroup=name, showlegend=False, marker={"symbol": "diamond", "size": 8}))
     if not figure.data:
@@ -189,8 +190,8 @@ def _best_section(study, trials, store) -> str:
     rows += [(key, f"{value:.4f}" if isinstance(value, float) else value)
              for key, value in result_metrics(record).items() if key != "val_loss"]
     for key in ("majority_accuracy", "epochs"):
-        if key in best.user_attrs:
-            value = best.user_attrs[key]
+        if key in attrs_of(best):
+            value = attrs_of(best)[key]
             label = "epochs run" if key == "epochs" else key
             rows.append((label, f"{value:.4f}" if isinstance(value, float) else value))
     last = last_epoch_loss(best, record)

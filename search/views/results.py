@@ -8,6 +8,7 @@ from __future__ import annotations
 from objectives.judging import LOSSES_ATTR
 from objectives.record import TrialRecord, record_of
 from search.views.format import accuracy_text, fmt
+from objectives.trial_attrs import attrs_of
 
 
 def schedule_text(record: TrialRecord) -> str:
@@ -41,7 +42,7 @@ def result_metrics(record: TrialRecord) -> dict:
 
 def last_epoch_loss(trial, record: TrialRecord) -> tuple[int, float] | None:
     """(epoch, raw val_loss) of the trial's last epoch, where that is not its result's epoch."""
-    losses = trial.user_attrs.get(LOSSES_ATTR)
+    losses = attrs_of(trial).get(LOSSES_ATTR)
     if not losses or (record.result is not None and record.result.epoch == len(losses) - 1):
         return None
     return len(losses) - 1, losses[-1]
@@ -65,10 +66,10 @@ def accuracy_of(trial) -> float | None:
     """The value's accuracy: its result's; for a trial with neither record nor epochs (added by
     hand, not run by swipr), the `val_accuracy` it carries."""
     result = record_of(trial).result
-    return result.accuracy if result is not None else trial.user_attrs.get("val_accuracy")
+    return result.accuracy if result is not None else attrs_of(trial).get("val_accuracy")
 
 
 def auc_of(trial) -> float | None:
     """The value's ROC AUC, as accuracy_of."""
     result = record_of(trial).result
-    return result.roc_auc if result is not None else trial.user_attrs.get("val_roc_auc")
+    return result.roc_auc if result is not None else attrs_of(trial).get("val_roc_auc")

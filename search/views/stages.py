@@ -9,6 +9,7 @@ stored trial, without rebuilding its config. A one-stage trial records nothing.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from objectives.trial_attrs import set_attr
 
 STAGES_ATTR = "stages"   # user attr of a two-stage trial: [StageSpan as a dict, ...]
 
@@ -86,4 +87,4 @@ class RecordStages:
     def on_stage2(self, trial, config) -> None:
         spans = stage_spans(config)
         if spans:
-            trial.set_user_attr(STAGES_ATTR, [asdict(span) for span in spans])
+            set_attr(trial, STAGES_ATTR, [asdict(span) for span in spans])
