@@ -56,7 +56,9 @@ SPLIT_WRONG = [
 ]
 
 
-@pytest.mark.parametrize("url, pieces", SPLIT_WRONG)
+# ids without the port: pytest-xdist's workers pick their own closed port, and must collect the same tests
+@pytest.mark.parametrize("url, pieces", SPLIT_WRONG, ids=["at-then-hash", "at-slash-hash-percent", "question-mark",
+                                                          "at-in-the-query"])
 def test_a_url_without_one_split_is_refused_before_anything_connects(tmp_path, data_dir, monkeypatch,
                                                                      no_connections, url, pieces):
     path = write_study(tmp_path, data_dir)
