@@ -169,13 +169,13 @@ def curves_figure(history, title: str, marks: dict | None = None, baseline: floa
     loss_ax.plot(epochs, [r.valid_loss for r in history], "o-", label="valid loss")
     if marks is not None:
         _mark_judging(loss_ax, history, marks)
+    _mark_value(loss_ax, acc_ax, history, value_epoch)   # before the legends, which list it
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("cross-entropy")
     loss_ax.legend(fontsize="small")
     _shade_phases(acc_ax, history)
     mark_stage(acc_ax, boundary)
     acc_ax.plot(epochs, [r.accuracy for r in history], "o-", color="C2", label="valid accuracy")
-    _mark_value(loss_ax, acc_ax, history, value_epoch)
     if baseline is not None and math.isfinite(baseline):
         acc_ax.axhline(baseline, color="0.3", linestyle="--", linewidth=1.2,
                        label=f"majority baseline {baseline:.3f}")
@@ -365,7 +365,7 @@ class TrialArtifacts:
     def on_stop(self, trial, history, error: BaseException) -> None:
         state = "PRUNED" if isinstance(error, optuna.TrialPruned) else f"FAILED ({type(error).__name__})"
         if isinstance(error, ScheduleCut):   # stopped after a finished schedule: its value is that one's
-            state = f"COMPLETE (stopped by the pruner; keeps its {error.n_cycles}-cycle schedule)"
+            state = "COMPLETE (stopped by the pruner after a finished schedule, which it keeps)"
         self._store(trial, state, history)
 
     def _store(self, trial, state: str, history) -> None:
@@ -408,7 +408,7 @@ class TrialArtifacts:
         best = best_finished_record(history)
         if best is not None and best.valid_probs is not None and self.dataset is not None:
             probs, targets = np.asarray(best.valid_probs), valid_targets(self.dataset.split)
-            of = f"{title}, epoch {best.epoch}: the value's model"
+            of = f"trial {trial.number}, epoch {best.epoch} (its value)"
             drawings[CONFUSION_PNG] = partial(_retitled, plot_confusion, probs, targets, title=of)
             drawings[ROC_PNG] = partial(_retitled, plot_roc, probs, targets, title=of)
             drawings[TOP_LOSSES_PNG] = partial(_retitled, partial(draw_top_losses, self.dataset), probs, targets,
