@@ -13,7 +13,7 @@ Both run the same number of trials on the same demo data, one after the other, w
 torch thread count (swipr's trials get it through SWIPR_CPU_THREADS). For each contender the
 script prints its best-so-far validation loss at fixed budgets of epochs trained, counted the
 same way on both sides (every epoch trained, the head epoch and a pruned trial's partial run
-included): 25%, 50% and 100% of the plain script's total epochs. Per seed it prints that
+included; swipr's lr range tests as their epochs-equivalent, charged to the trial that ran them): 25%, 50% and 100% of the plain script's total epochs. Per seed it prints that
 seed's anytime, and the last line is
 
     anytime: X
@@ -150,15 +150,31 @@ def run_swipr(file: Path, trials: int) -> list[Finished]:
         raise SystemExit(f"swipr study run exited {code}")
     spec = load_study_file(file)
     study = optuna.load_study(study_name=spec.study.name, storage=f"sqlite:///{file.with_suffix('.db')}")
-    return [_swipr_finished(t) for t in _in_finish_order(study.trials)]
+    charged = _range_tests_charged(study)
+    return [_swipr_finished(t, charged.get(t.number, 0.0)) for t in _in_finish_order(study.trials)]
 
 
-def _swipr_finished(trial) -> Finished:
+def _range_tests_charged(study) -> dict[int, float]:
+    """{trial number: epochs-equivalent of the lr range tests it ran}: the finder's cost counts as
+    epochs spent, before the trial's own (objectives.lr_record records which trial ran each)."""
+    from objectives.lr_record import recorded_findings
+
+    charged: dict[int, float] = {}
+    for record in recorded_findings(study)[0]:
+        cost = record.get("cost")
+        if isinstance(cost, dict) and cost.get("trial") is not None:
+            charged[cost["trial"]] = charged.get(cost["trial"], 0.0) + float(cost["epochs_equivalent"])
+    return charged
+
+
+def _swipr_finished(trial, range_tests: float = 0.0) -> Finished:
+    """A swipr trial as the budgets see it; `range_tests`: the epochs-equivalent of the range
+    tests it ran first, spent before its own epochs."""
     attrs = attrs_of(trial)
-    epochs = int(attrs.get("epochs", 0))
+    epochs = int(attrs.get("epochs", 0)) + range_tests
     losses = attrs.get("val_loss_by_epoch", [])
     # The schedules it finished on the way (nested: each cycle end whose count is in the space)
-    on_the_way = [(epoch + 1, losses[epoch]) for epoch, _ in attrs.get("finished_schedules", [])
+    on_the_way = [(range_tests + epoch + 1, losses[epoch]) for epoch, _ in attrs.get("finished_schedules", [])
                   if epoch < len(losses) and losses[epoch] == losses[epoch]]
     loss = trial.value if trial.state.name == "COMPLETE" else attrs.get("best_cycle_end_loss")
     if loss is not None and not on_the_way:   # n_cycles sampled: its one schedule ends with it
