@@ -185,7 +185,9 @@ class FinetuneObjective:
         its best finished schedule may be among them."""
         saved = load_checkpoint(folder)
         history = [EpochRecord(**record) for record in saved["history"]] if saved else []
-        self._record_result(trial, history, history[-1] if history else None)
+        best = best_finished_record(history)
+        if best is not None:
+            self._record_result(trial, history, best)
         return history
 
     def _record_result(self, trial: optuna.Trial, history: list[EpochRecord], latest: EpochRecord | None) -> None:

@@ -307,6 +307,11 @@ def test_a_killed_trial_resumes_in_stage_2_from_its_checkpoint(tmp_path, data_di
     losses = attrs_of(retry)["val_loss_by_epoch"]
     assert losses[:3] == attrs_of(first)["val_loss_by_epoch"] and len(losses) == 4
     assert retry.value == min(losses[1:]) and attrs_of(retry)["best_stage"] in (1, 2)
+    # its record's result is its best finished schedule, whether that was before the kill or after
+    from objectives.record import record_of
+
+    result = record_of(retry).result
+    assert result.val_loss == retry.value and losses[result.epoch] == retry.value and result.roc_auc is not None
     # the resumed run is the uninterrupted one: the trial's whole plan, run again, gives the same numbers
     planned = config_from_trial(optuna.trial.FixedTrial(retry.params), study_file.space, head_epochs=1,
                                 seed=attrs_of(retry)["seed"])
