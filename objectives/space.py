@@ -77,8 +77,11 @@ def suggest(trial: optuna.Trial, name: str, spec: Range | Choices | FinderLR):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Inconsistent parameter values", category=RuntimeWarning)
         value = _suggest(trial, name, spec)
-    said = (trial.study.study_name, trial.number, name)
-    if held and not _within(value, spec) and said not in _said_outside:
+    if not held or _within(value, spec):
+        return value
+    study = getattr(trial, "study", None)   # a FixedTrial (the Dask driver's check, tests) has none
+    said = (study.study_name if study is not None else "", trial.number, name)
+    if said not in _said_outside:
         _said_outside.add(said)
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         print(f"trial {trial.number}: {name}={shown} is outside [space] now ({_describe(spec)}); "
