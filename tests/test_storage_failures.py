@@ -62,6 +62,22 @@ def no_traceback(*texts: str) -> None:
         assert "Traceback" not in text and "Should not reach" not in text, text
 
 
+def when_it_counts(database, query: str, action, timeout: float = 240) -> None:
+    """Poll the study's SQLite file (read-only) until `query` counts a row, then `action()`: how a
+    test strikes at one moment inside a running `swipr study run`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1) as connection:
+                counted = connection.execute(query).fetchone()[0]
+        except sqlite3.Error:   # no tables yet
+            counted = 0
+        if counted:
+            action()
+            return
+        time.sleep(0.05)
+
+
 def test_a_disk_that_fills_mid_run_stops_in_one_line_and_its_trial_is_retried(small_disk, tmp_path, data_dir,
                                                                               capfd):
     # The study (database, error log) on a small disk that fills after one trial (the warm start's):
@@ -103,19 +119,8 @@ def test_a_disk_that_fills_mid_trial_still_prints_the_summary(small_disk, tmp_pa
                         extra={"study": QUICK_HEARTBEAT, "data": f'cache_dir = "{tmp_path / "cache"}"\n'})
     database = small_disk / "study.db"
 
-    def fill_once_an_epoch_is_reported() -> None:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1) as connection:
-                    if connection.execute("SELECT count(*) FROM trial_intermediate_values").fetchone()[0]:
-                        fill(small_disk, leave_kb=0)
-                        return
-            except sqlite3.Error:   # no tables yet
-                pass
-            time.sleep(0.05)
-
-    filler = threading.Thread(target=fill_once_an_epoch_is_reported)
+    filler = threading.Thread(target=when_it_counts, args=(database, "SELECT count(*) FROM trial_intermediate_values",
+                                                           lambda: fill(small_disk, leave_kb=0)))
     filler.start()
     result = run_cli("study", "run", study, "--n-trials", "2")
     filler.join()
@@ -146,20 +151,8 @@ def test_a_database_deleted_mid_run_stops_the_run(tmp_path, data_dir):
     study = write_study(tmp_path, data_dir, extra={"study": QUICK_HEARTBEAT})
     database = tmp_path / "study.db"
 
-    def delete_once_a_trial_runs() -> None:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1) as connection:
-                    running = connection.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()
-                if running[0]:
-                    database.unlink()
-                    return
-            except sqlite3.Error:   # not created yet
-                pass
-            time.sleep(0.05)
-
-    deleter = threading.Thread(target=delete_once_a_trial_runs)
+    deleter = threading.Thread(target=when_it_counts, args=(database, "SELECT count(*) FROM trials WHERE state = "
+                                                            "'RUNNING'", database.unlink))
     deleter.start()
     result = run_cli("study", "run", study, "--n-trials", "3")
     deleter.join()
