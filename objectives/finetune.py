@@ -229,7 +229,8 @@ class FinetuneObjective:
             raise
         # the run's own figures; its accuracy and AUC are the result's (objectives.record), not the last epoch's
         for key in ("majority_accuracy", "epochs", "train_seconds", "train_images_per_s"):
-            set_attr(trial, key, result.metrics[key])
+            if key in result.metrics:
+                set_attr(trial, key, result.metrics[key])
         if self.on_result is not None:
             self.on_result(trial, result)
         self._call("on_result", trial, result)

@@ -23,7 +23,8 @@ import optuna
 from objectives.lr_record import add_finding, current_version, finding_key, new_record, stored_finding
 from objectives.space import FinderLR
 from swipr_core.data import Dataset
-from swipr_core.lr_find import LRFinding, find_lr
+from swipr_core.lr_find import find_lr
+from swipr_core.lr_finding import LRFinding
 from swipr_core.model import ModelSpec
 from swipr_core.training import TrainConfig
 from objectives.trial_attrs import attrs_of, set_attr

@@ -21,7 +21,7 @@ import numbers
 import optuna
 
 from objectives.optuna_compat import set_study_system_attr, study_system_attrs
-from swipr_core.lr_find import END_LR, START_LR, SUGGESTIONS, LRFinding
+from swipr_core.lr_finding import END_LR, START_LR, SUGGESTION_NAMES, LRFinding
 from swipr_core.schedule import FREEZE_STRATEGIES
 
 SYSTEM_PREFIX = "swipr:lr_find:"   # study system attrs: <key>:v<N> a version, <key>:use the one chosen
@@ -166,7 +166,7 @@ def check_record(record) -> str:
     if not isinstance(suggestions, dict) or not isinstance(record.get("unreadable", {}), dict):
         return "its suggestions are not a table"
     for name, lr in suggestions.items():
-        if name not in SUGGESTIONS:
+        if name not in SUGGESTION_NAMES:
             return f"unknown suggestion {name!r}"
         if not (_number(lr) and math.isfinite(lr) and START_LR / 10 <= lr <= END_LR):
             return f"suggestion {name} is {lr!r}, not a learning rate between {START_LR:g} and {END_LR:g}"

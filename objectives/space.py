@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import optuna
 
+from swipr_core.lr_finding import SUGGESTION_NAMES
+
 SPACE_KEYS = ("lr", "batch_size", "image_size", "freeze", "n_cycles", "cycle_len", "cycle_mult")
 # [study] n_cycles: how a trial gets its cycles. "budget": nested schedules (issue 21);
 # "sampled": one more param, each trial one length (the way before issue 21).
@@ -42,8 +44,7 @@ class Choices:
     values: tuple
 
 
-# swipr_core.lr_find.SUGGESTIONS' names, here without torch: reading a study file imports none.
-FINDER_SUGGESTIONS = ("valley", "slide", "minimum", "steep")
+FINDER_SUGGESTIONS = SUGGESTION_NAMES   # a [space] lr finder's names: fastai's, read without torch
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from fastai.torch_core import tensor
 
 from swipr_core.data import Dataset
 from swipr_core.errors import FieldError
+from swipr_core.lr_finding import END_LR, START_LR, LRFinding
 from swipr_core.model import ModelSpec
 from swipr_core.training import BODY_LR_DIVISOR, TrainConfig, build_learner
 
@@ -35,29 +35,9 @@ from swipr_core.training import BODY_LR_DIVISOR, TrainConfig, build_learner
 SUGGESTIONS = {"valley": valley, "slide": slide, "minimum": minimum, "steep": steep}
 MIN_ITERATIONS = 20   # fastai reads suggestions off batches num_it // 10 to the 5th from last
 MAX_ITERATIONS = 10_000
-START_LR, END_LR = 1e-7, 10.0   # fastai's defaults
 # frozen_then_unfrozen's head warm-up before its test: fastai's fine_tune trains the head at its
 # base_lr default (2e-3) before it unfreezes; the trial's own lr is what the test is to find.
 HEAD_LR = 2e-3
-
-
-@dataclass(frozen=True)
-class LRFinding:
-    """One range test: the curve (head lr and smoothed loss per batch) and what was read off it."""
-
-    freeze: str
-    batch_size: int
-    image_size: int
-    lrs: tuple[float, ...]
-    losses: tuple[float, ...]
-    suggestions: dict[str, float] = field(default_factory=dict)
-    unreadable: dict[str, str] = field(default_factory=dict)   # suggestion -> why the curve didn't give it
-    head_epochs: int = 0          # frozen_then_unfrozen: the head warm-up's epochs before the test
-    head_lr: float | None = None  # and its lr
-    seconds: float = 0.0          # what the test (warm-up included) took
-    epochs_equivalent: float = 0.0   # its batches x batch size / training images, plus the warm-up's epochs
-    cpu_threads: int = 0          # torch's CPU threads during the test (CPU results depend on them)
-    seed: int = 0
 
 
 def check_iterations(num_it) -> None:

@@ -67,12 +67,12 @@ def test_a_trial_that_reaches_stage_2_draws_its_params_there_and_its_plan_says_t
 def test_the_reports_importances_rank_only_params_every_finished_trial_drew():
     from optuna.distributions import FloatDistribution
 
-    from search.views.report import _left_out, _varied_params
+    from search.views.report import importance_params, left_out_of_importances
 
     study = optuna.create_study()
     lr, lr2 = FloatDistribution(1e-4, 1e-1, log=True), FloatDistribution(1e-4, 1e-1, log=True)
     for value, params in ((0.3, {"lr": 1e-3}), (0.4, {"lr": 1e-2, "stage2_lr": 1e-3}), (0.5, {"lr": 3e-2})):
         dists = {"lr": lr, **({"stage2_lr": lr2} if "stage2_lr" in params else {})}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
-    assert _varied_params(study) == ["lr"]
-    assert "stage2_lr (1 of 3)" in _left_out(study)
+    assert importance_params(study) == ["lr"]
+    assert "stage2_lr (1 of 3)" in left_out_of_importances(study)

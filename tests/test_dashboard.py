@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from objectives import optuna_compat
 from tests.studykit import ROOT, SCREENSHOTS, Chromium, finished_demo_study, needs_chromium, run_cli, write_study
 
 @pytest.fixture
@@ -119,14 +120,14 @@ def test_swipr_serves_plain_optuna_dashboards_study_page(tmp_path, monkeypatch):
             store_trial_note(trial, None, f"## Trial {number}\n" + "n" * (5000 if number == 3 else 20), "line")
         study.tell(trial, float(number))
     save_note(study, "the study's own note")
-    old = study.trials[2]._trial_id   # an artifact as optuna-dashboard before 0.14 recorded it: a study attr
-    storage.set_study_system_attr(study._study_id, f"dashboard:artifacts:{old}:old-id", json.dumps(
+    old = optuna_compat.trial_id(study.trials[2])   # an artifact as optuna-dashboard before 0.14 recorded it: a study attr
+    storage.set_study_system_attr(optuna_compat.study_id(study), f"dashboard:artifacts:{old}:old-id", json.dumps(
         {"artifact_id": "old-id", "filename": "old.png", "mimetype": "image/png", "encoding": None}))
     store = open_artifact_store(tmp_path / "artifacts")
 
     monkeypatch.setattr(dashboard_module, "serialize_study_detail", serializer.serialize_study_detail)
-    plain = _wsgi_page(optuna_dashboard.wsgi(storage, artifact_store=store), study._study_id)
-    served = _wsgi_page(dashboard_app(storage, store), study._study_id)
+    plain = _wsgi_page(optuna_dashboard.wsgi(storage, artifact_store=store), optuna_compat.study_id(study))
+    served = _wsgi_page(dashboard_app(storage, store), optuna_compat.study_id(study))
     assert getattr(dashboard_module.serialize_study_detail, "swipr_linear", False)   # this release: linear
     assert served == plain
     trials = json.loads(served)["trials"]

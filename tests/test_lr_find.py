@@ -20,7 +20,8 @@ from search.study.open import open_study
 from search.studyfile import load_study_file
 from search.views.dashboard import make_dashboard_server
 from search.views.report import render_report
-from swipr_core.lr_find import SUGGESTIONS, LRFinding, suggest
+from swipr_core.lr_find import SUGGESTIONS, suggest
+from swipr_core.lr_finding import LRFinding
 from swipr_core.training import TrainConfig, build_learner
 from tests.studykit import one_line_error, run_cli, write_study
 

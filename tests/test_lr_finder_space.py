@@ -15,7 +15,8 @@ from search.study.data_record import check_fingerprint, prepare_study_data
 from search.study.open import open_study
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
-from swipr_core.lr_find import SUGGESTIONS, LRFinding
+from swipr_core.lr_find import SUGGESTIONS
+from swipr_core.lr_finding import LRFinding
 from tests.studykit import one_line_error, run_cli, space_toml, write_study
 from objectives.trial_attrs import attrs_of
 

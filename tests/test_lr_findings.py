@@ -22,7 +22,7 @@ from search.studyfile.space import LOWEST_SUGGESTION
 from search.views.gains import gains_rows, search_gains
 from search.views.range_tests import range_test_rows
 from search.views.report import render_report
-from swipr_core.lr_find import START_LR, LRFinding
+from swipr_core.lr_finding import START_LR, LRFinding
 from objectives.trial_attrs import attrs_of
 
 FINGERPRINT = "f00d"
@@ -260,5 +260,8 @@ def test_the_searchs_range_tests_are_drawn_as_study_artifacts(tmp_path):
     checkpoints = SimpleNamespace(dir_for=lambda trial: None, seed_number_for=lambda trial: trial.number)
     guard = guarded_finetune(SimpleNamespace(fingerprint=FINGERPRINT), space, None,  # type: ignore[arg-type]
                              TrainSettings(head_epochs=3), checkpoints, hooks=[hook])   # type: ignore[arg-type]
-    assert guard.objective.finder.on_range_test == hook.on_range_test
+    seen = []
+    hook.on_range_test = lambda *args: seen.append(args)   # the objective hands each test to its hooks
+    guard.objective.finder.on_range_test(study, finding(0.004), {"key": "k"})
+    assert seen == [(study, finding(0.004), {"key": "k"})]
     assert guard.objective.finder.head_epochs == 3   # its frozen_then_unfrozen tests warm up as its trials do

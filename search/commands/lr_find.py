@@ -20,7 +20,8 @@ from search.views.artifacts import artifact_dir, open_artifact_store
 from search.views.lr_plot import plot_lr_find
 from search.views.range_tests import upload_picture
 from swipr_core.errors import SwiprError
-from swipr_core.lr_find import END_LR, HEAD_LR, START_LR, SUGGESTIONS, check_iterations, find_lr
+from swipr_core.lr_find import HEAD_LR, SUGGESTIONS, check_iterations, find_lr
+from swipr_core.lr_finding import END_LR, START_LR
 from swipr_core.schedule import FREEZE_STRATEGIES, TrainConfig, check_param
 from swipr_core.threads import cpu_threads
 from swipr_core.training import resolve_device

@@ -117,6 +117,11 @@ def run_dask_trial(task: DaskTask) -> dict:
             storage_of(study).set_trial_state_values(task.trial_id, TrialState.WAITING)
         return {"outcome": "error", "reason": str(error), **where}
     storage.set_trial_system_attr(task.trial_id, STARTED_ATTR, task.token)
+    # The trial reaches stage 2 here, and its stage-2 params become params then (objectives.space
+    # .conditional): the scheduler's cached storage sets a param only on a trial it has read, and
+    # the driver created this one straight in the study's storage. Reading the study's trials once
+    # makes it known there.
+    study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     trial = attach(study, task.trial_id)
     for key, value in where.items():
         set_attr(trial, key, value)

@@ -53,7 +53,7 @@ CONFUSION_PNG = "confusion_matrix.png"
 ROC_PNG = "roc_curve.png"
 PICTURES = (CURVES_PNG, LR_PNG, CONFUSION_PNG, ROC_PNG, TOP_LOSSES_PNG)
 NOTE_ATTR = "note"    # a trial's note in one line, a user attr (the whole note: the dashboard's Note panel)
-NOTE_STATE_ATTR = "swipr:note"   # a trial system attr: the version and chunk count of its stored note
+NOTE_STATE_ATTR = "swipr:note_state"   # a trial system attr: the version and chunk count of its stored note
 
 
 def artifact_dir(study_file) -> Path:

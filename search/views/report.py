@@ -93,7 +93,7 @@ def _plot_sections(study) -> list[str]:
         kwargs = {}
         try:
             if anchor == "importances":
-                kwargs["params"] = _varied_params(study)
+                kwargs["params"] = importance_params(study)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")   # "experimental" notices: not for the reader
                 figure = draw(study, **kwargs)
@@ -101,8 +101,8 @@ def _plot_sections(study) -> list[str]:
                 _mark_pruned(figure, study)
             body = figure.to_html(full_html=False, include_plotlyjs="inline" if not plotly_included else False,
                                   div_id=f"plot-{anchor}")
-            if anchor == "importances" and _left_out(study):
-                body += f'<p class="meta">{html.escape(_left_out(study))}</p>'
+            if anchor == "importances" and left_out_of_importances(study):
+                body += f'<p class="meta">{html.escape(left_out_of_importances(study))}</p>'
             plotly_included = True
         except Exception as error:  # noqa: BLE001 - one plot that can't be drawn yet must not sink the page
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -111,13 +111,13 @@ def _plot_sections(study) -> list[str]:
     return sections
 
 
-def _varied_params(study) -> list[str]:
+def importance_params(study) -> list[str]:
     """The params worth an importance: ones every finished trial drew that took two values or more.
 
     Optuna draws something even from one trial (an even split) or from a param held fixed;
     a made-up bar chart is worse than a sentence saying why there is none. Stage 2's params are
     drawn only by trials that reach stage 2 (objectives.space.conditional): ranked with the rest,
-    they would restrict every importance to those trials, so they are left out (`_left_out` says so).
+    they would restrict every importance to those trials, so they are left out (`left_out_of_importances` says so).
     """
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(done) < 2:
@@ -132,7 +132,7 @@ def _varied_params(study) -> list[str]:
     return varied
 
 
-def _left_out(study) -> str:
+def left_out_of_importances(study) -> str:
     """The sentence under the importances about params only some finished trials drew."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not done:
