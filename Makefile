@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 $(BIN)/swipr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,dask]'
+	$(BIN)/pip install -q -e '.[test,dask,postgres]'
 	touch $@
 
 setup: $(BIN)/swipr

@@ -40,23 +40,22 @@ sys.path.insert(0, str(ROOT))
 
 import optuna  # noqa: E402
 import optuna_dashboard  # noqa: E402
-import optuna_dashboard._app as dashboard_app_module  # noqa: E402
-import optuna_dashboard._serializer as dashboard_serializer  # noqa: E402
 from optuna.artifacts import upload_artifact  # noqa: E402
 from optuna.distributions import CategoricalDistribution, FloatDistribution  # noqa: E402
 from optuna.trial import TrialState, create_trial  # noqa: E402
 from optuna_dashboard import save_note  # noqa: E402
 
+from objectives.optuna_compat import storage_of, study_id, trial_id  # noqa: E402
 from search.views.artifacts import (  # noqa: E402
     NOTE_ATTR,
     NOTE_STATE_ATTR,
-    dashboard_note_attrs,
     note_line,
     open_artifact_store,
     store_trial_note,
     trial_note,
 )
 from search.views.dashboard import dashboard_app  # noqa: E402
+from search.views.dashboard_compat import dashboard_note_attrs, plain_study_page, replace_study_page  # noqa: E402
 
 # (way, page): the note stored that way, the page of that dashboard
 ROWS = (("dashboard_note", "plain"), ("trial_artifact", "plain"), ("note_panel", "swipr"), ("note_panel", "plain"))
@@ -109,8 +108,8 @@ def build_study(folder: Path, n_trials: int, way: str) -> tuple[optuna.Study, ob
     if way != "trial_artifact":
         # What save_note (or store_trial_note, the same keys) leaves per trial, in one transaction:
         # N save_notes would take O(N^2) here, and that cost is what time_note measures on the new trials.
-        rows = [(study._study_id, key, json.dumps(value)) for trial in study.get_trials(deepcopy=False)
-                for key, value in dashboard_note_attrs(trial._trial_id, _note(trial.number), 1).items()]
+        rows = [(study_id(study), key, json.dumps(value)) for trial in study.get_trials(deepcopy=False)
+                for key, value in dashboard_note_attrs(trial_id(trial), _note(trial.number), 1).items()]
         with sqlite3.connect(folder / f"{way}-{n_trials}.db") as db:
             db.executemany("INSERT INTO study_system_attributes (study_id, key, value_json) VALUES (?, ?, ?)", rows)
     return study, open_artifact_store(folder / f"{way}-{n_trials}.artifacts")
@@ -145,7 +144,7 @@ def time_note(study: optuna.Study, store, way: str, repeat: int) -> float:
 
 def _app(storage, store, page: str):
     """A fresh app: plain optuna-dashboard's, or `swipr dashboard`'s (its study page made linear)."""
-    dashboard_app_module.serialize_study_detail = dashboard_serializer.serialize_study_detail
+    replace_study_page(plain_study_page())
     if page == "swipr":
         return dashboard_app(storage, store)
     return optuna_dashboard.wsgi(storage, artifact_store=store)
@@ -159,8 +158,8 @@ def time_page(study: optuna.Study, store, repeat: int, page: str) -> tuple[float
         status.append(code)
 
     for _ in range(repeat):
-        app = _app(study._storage, store, page)
-        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/api/studies/{study._study_id}",
+        app = _app(storage_of(study), store, page)
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/api/studies/{study_id(study)}",
                    "QUERY_STRING": "after=0", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "0",
                    "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1"}
         status.clear()

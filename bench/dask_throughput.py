@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from objectives.optuna_compat import attach, trial_id  # noqa: E402 - after the path is set
 from objectives.space import distribution  # noqa: E402 - after the path is set
 
 REPORTS = 200
@@ -181,13 +182,13 @@ def inline_run(folder: Path, trials: int) -> float:
     started = time.perf_counter()
     for _ in range(trials):
         asked = driver.ask(distributions)
-        storage.set_trial_system_attr(asked._trial_id, TOKEN_ATTR, "bench")
+        storage.set_trial_system_attr(trial_id(asked), TOKEN_ATTR, "bench")
         study = optuna.load_study(study_name="bench", storage=storage, sampler=optuna.samplers.RandomSampler())
-        trial = optuna.Trial(study, asked._trial_id)
+        trial = attach(study, trial_id(asked))
         value = (math.log10(trial.suggest_float("lr", 1e-3, 3e-2, log=True)) + 2) ** 2
         trial.report(value, 0)
         study.tell(trial, value)
-        storage.get_trial(asked._trial_id)
+        storage.get_trial(trial_id(asked))
     per_trial = 1000 * (time.perf_counter() - started) / trials
     print(f"inline (storage work only, one process): {per_trial:.1f} ms a trial", flush=True)
     return per_trial

@@ -258,7 +258,9 @@ def step_dashboard(storage: str) -> dict:
 
     from io import BytesIO
 
-    study_id = optuna.load_study(study_name="scale", storage=storage)._study_id
+    from objectives.optuna_compat import study_id as id_of
+
+    study_id = id_of(optuna.load_study(study_name="scale", storage=storage))
     app = optuna_dashboard.wsgi(storage)
     body, status = BytesIO(), []
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/api/studies/{study_id}", "QUERY_STRING": "",

@@ -4,3 +4,7 @@ trial.py composes it, read top to bottom: resume.py (checkpoints, retries) -> oo
 GPU-memory policy) -> finetune.py (the run); space.py draws the params. optuna_compat.py holds
 every use of Optuna's private API. Imports only swipr_core/ below it.
 """
+
+# The public surface: the modules other packages use; the rest are this package's own.
+__all__ = ["judging", "lr_finder", "lr_record", "oom", "optuna_compat", "record", "resume", "space", "trial",
+           "trial_attrs"]

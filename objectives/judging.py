@@ -10,7 +10,7 @@ end). Every schedule can be read on that curve at every epoch, so when a trial i
 after e epochs, Optuna's pruners compare it with what the other trials had reached within
 the same e epochs of compute. Nor is a trial judged at its last epoch: pruning it there would
 save nothing and lose its result. `prune_at = "epoch"` reports the raw loss and asks every
-epoch (the behaviour before issue 10). Either way the raw losses are kept in the user attr
+epoch, whatever the schedule. Either way the raw losses are kept in the user attr
 `val_loss_by_epoch`, the epochs where the pruner was asked in `judged_epochs`.
 
 A run whose loss turns nan has diverged: its weights are nan and stay so. It is pruned at
@@ -19,7 +19,7 @@ worst value (a FAIL would teach TPE nothing about the learning rate that caused 
 
 A trial's VALUE is its best finished schedule (swipr_core.schedule): the lowest loss at a
 cycle end where a run of that many cycles would have ended. With n_cycles sampled, the only
-one is the run's last epoch (as before); with n_cycles a budget (nested schedules, issue 21),
+one is the run's last epoch; with n_cycles a budget (nested schedules),
 each cycle end whose count of cycles is in the space is one. Which one is best is kept in the
 user attrs `best_n_cycles`, `best_cycle_end_loss` and `best_cycle_end_epoch` (and, for a trial
 with a second stage, `best_stage`: its n_cycles counts that stage's cycles). When the pruner
@@ -116,7 +116,7 @@ def report_epoch(trial: optuna.Trial, epoch: int, loss: float, cycle_end: bool, 
     set_attr(trial, CYCLE_ENDS_ATTR, ends)
     best = _record_finished(trial, epoch, loss, finishes)
     if planned is not None and epoch + 1 >= planned:
-        best = None   # judged at its very end (prune_at = "epoch"): pruned as before issue 21
+        best = None   # judged at its very end (prune_at = "epoch"): pruned there, not cut to its best schedule
     if loss != loss:   # nan
         trial.report(loss, step=epoch)
         set_attr(trial, DIVERGED_ATTR, epoch)

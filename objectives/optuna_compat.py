@@ -1,14 +1,18 @@
 """Every use of Optuna's private API, in one place.
 
-Optuna has no public call for these; each is one line over an underscore attribute or over
-how `Study.optimize` asks for trials. tests/test_optuna_compat.py runs every function here
-against the installed Optuna, so an upgrade that changes them fails that test, not a study.
+Optuna has no public call for these; each is one line over an underscore attribute, over how
+`Study.optimize` asks for trials, over RDBStorage's private methods or over its tables.
+tests/test_optuna_compat.py runs every function and name here against the installed Optuna,
+so an upgrade that changes them fails that test, not a study. pyproject.toml pins Optuna to
+the tested major range; docs/development.md says how to check a new release.
 """
 from __future__ import annotations
 
+import datetime
 from typing import Callable
 
 import optuna
+import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.study import _optimize
@@ -20,8 +24,8 @@ def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     return study._storage
 
 
-def study_id(study: optuna.Study) -> int:
-    """The study's id in its storage (the dashboard's URLs use it)."""
+def study_id(study: optuna.Study | optuna.study.StudySummary) -> int:
+    """The study's id in its storage (the dashboard's URLs and pages use it)."""
     return study._study_id
 
 
@@ -30,8 +34,9 @@ def stored_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
     return trial.study._storage.get_trial(trial._trial_id)
 
 
-def trial_id(trial: optuna.Trial) -> int:
-    """A trial's id in its storage: what a Dask task needs to pick the trial up elsewhere."""
+def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """A trial's (live or frozen) id in its storage: what a Dask task needs to pick the trial up
+    elsewhere, and what the storage's per-trial calls take."""
     return trial._trial_id
 
 
@@ -130,3 +135,40 @@ def study_system_attrs(study: optuna.Study) -> dict:
 def set_study_system_attr(study: optuna.Study, key: str, value) -> None:
     """Store one study system attr (any JSON value), as `Study.set_system_attr` did."""
     study._storage.set_study_system_attr(study._study_id, key, value)
+
+
+# Optuna's optimize loop logs each failed trial (its traceback included) on this module's logger.
+OPTIMIZE_LOGGER = "optuna.study._optimize"
+
+# RDBStorage's private methods that Optuna calls instead of the public ones: its _CachedStorage
+# (which every Study wraps an RDBStorage in) and its heartbeat check. A storage subclass that
+# guards every call must guard these too; RDB_CREATE_TRIAL is the one every new trial goes through.
+RDB_CREATE_TRIAL = "_create_new_trial"
+RDB_PRIVATE_CALLS = ("_set_trial_param", "_get_best_trial_id", "_get_trials", "_get_stale_trial_ids")
+
+
+def rdb_engine(storage: optuna.storages.BaseStorage) -> sqlalchemy.engine.Engine | None:
+    """The SQLAlchemy engine under an RDB storage (bare, or wrapped in the _CachedStorage a
+    Study opens it in); None for any other storage (a journal file, in memory)."""
+    return getattr(getattr(storage, "_backend", storage), "engine", None)
+
+
+# Optuna's RDB schema (optuna/storages/_rdb/models.py): trial_heartbeats holds one row per trial
+# that has beaten at least once; trials.datetime_start is naive UTC.
+_UNBEATEN = sqlalchemy.text(
+    "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+    "WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.trial_id IS NULL "
+    "AND t.datetime_start IS NOT NULL AND t.datetime_start < :before")
+
+
+def unbeaten_running_trial_ids(study: optuna.Study, started_before: datetime.datetime) -> list[int]:
+    """Ids of the study's RUNNING trials that have no heartbeat row and started before
+    `started_before` (aware or naive UTC). Empty for a storage without tables (a journal file)."""
+    engine = rdb_engine(storage_of(study))
+    if engine is None:
+        return []
+    if started_before.tzinfo is not None:
+        started_before = started_before.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    with engine.connect() as connection:
+        rows = connection.execute(_UNBEATEN, {"study": study_id(study), "before": started_before}).fetchall()
+    return [row[0] for row in rows]

@@ -22,8 +22,8 @@ import optuna
 from swipr_core.lr_finding import SUGGESTION_NAMES
 
 SPACE_KEYS = ("lr", "batch_size", "image_size", "freeze", "n_cycles", "cycle_len", "cycle_mult")
-# [study] n_cycles: how a trial gets its cycles. "budget": nested schedules (issue 21);
-# "sampled": one more param, each trial one length (the way before issue 21).
+# [study] n_cycles: how a trial gets its cycles. "budget": nested schedules (each cycle end that
+# finishes a run of n_cycles in the space is a result); "sampled": one more param, each trial one length.
 N_CYCLES_MODES = ("budget", "sampled")
 DEFAULT_N_CYCLES_MODE = "budget"   # the winner of bench/search_efficiency.py
 MODE_ATTR = "n_cycles_mode"        # user attr (a trial's, and the study's): how it got its cycles

@@ -9,3 +9,6 @@ cli.py      the command line; commands/ holds one module per command
 
 search/ imports objectives/ and swipr_core/, never the other way (tests/test_layout.py).
 """
+
+# The public surface: the modules other packages use; the rest are this package's own.
+__all__ = ["cli"]

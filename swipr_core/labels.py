@@ -328,7 +328,7 @@ def _parse_ages(value) -> tuple[tuple[float, ...], str | None]:
     """(the ages, None), or (the ages that could be read, the text) when a part is not an age.
 
     The face model writes "25,31" and, at times, junk such as "25,x,": a part that is not a
-    number >= 0 is skipped, as before, and the row is reported. Age regressors write "25.4"
+    number >= 0 is skipped and the row is reported. Age regressors write "25.4"
     or REAL 17.0; "25 31" is read too. Empty parts (a trailing comma) are nothing."""
     if value is None:
         return (), None

@@ -172,7 +172,7 @@ def will_need(array: np.ndarray, rows: np.ndarray) -> None:
     Without it, a fault on a page not in the page cache reads the disk's readahead window
     around it (read_ahead_kb: 8 MB on a virtio disk), most of it rows this batch does not
     use; on a cache larger than RAM they are dropped before a later batch needs them, and
-    an epoch read 11-14x the rows it used (issue 22). Only advice: an array in RAM, or a
+    an epoch read 11-14x the rows it used. Only advice: an array in RAM, or a
     platform without madvise, is left as it is."""
     if _MADVISE is None or _WILL_NEED is None or not isinstance(array, np.memmap) or len(rows) == 0 \
             or not array.flags.c_contiguous:

@@ -4,8 +4,8 @@
 SGDR fit each, on the run's one epoch counter), each cycle end, and which cycle ends are
 FINISHED SCHEDULES. SGDR restarts the same way every cycle, so a run of n cycles passes
 through the finished run of k < n cycles at its k-th cycle end (same seed, same numbers):
-with `finish_at`, those cycle ends count as finished k-cycle runs too (nested schedules,
-issue 21). Training, judging, checkpoints and `swipr fit`'s replay all read it from here.
+with `finish_at`, those cycle ends count as finished k-cycle runs too (nested
+schedules). Training, judging, checkpoints and `swipr fit`'s replay all read it from here.
 
 A STAGE is one freeze strategy's phases at one image size, batch size and learning rate.
 A run has one stage, or two: `TrainConfig.stage2` continues from stage 1's weights with new

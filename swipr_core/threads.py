@@ -4,7 +4,7 @@ torch's default is a thread per core. Beside the loader's prefetch thread, other
 other work on the machine, those threads outnumber the free cores, and torch's threads, which
 wait for one another at every operator, end up waiting on one that is descheduled: on a
 loaded 2-core machine two threads made the CPU loader about 10x slower than one (56 vs 607
-images/s, issue 22). So a trial gets the cores this process may run on (its CPU affinity,
+images/s). So a trial gets the cores this process may run on (its CPU affinity,
 which taskset and a container's cpuset narrow) shared among the trials that run at once,
 less one core for the loader's prefetch thread where a trial has more than one.
 

@@ -6,7 +6,6 @@ import optuna
 import pytest
 from optuna.artifacts import get_all_artifact_meta
 from optuna_dashboard import get_note, save_note
-from optuna_dashboard._note import get_note_from_system_attrs
 
 from objectives.finetune import FinetuneObjective
 from objectives.optuna_compat import storage_of, study_id, trial_id
@@ -33,6 +32,7 @@ from search.views.artifacts import (
     trial_note,
     trial_pictures,
 )
+from search.views.dashboard_compat import read_note
 from swipr_core.data import prepare_data
 from swipr_core.model import ModelSpec
 from swipr_core.training import EpochRecord
@@ -126,7 +126,7 @@ def test_finished_and_pruned_trials_both_get_their_pictures_and_notes(prepared, 
 def _dashboard_notes(study) -> dict[int, str]:
     """{trial number: its note, as optuna-dashboard reads it for the trial's page}."""
     attrs = storage_of(study).get_study_system_attrs(study_id(study))
-    return {t.number: get_note_from_system_attrs(attrs, trial_id(t))["body"] for t in study.get_trials()}
+    return {t.number: read_note(attrs, trial_id(t))["body"] for t in study.get_trials()}
 
 
 def test_a_note_stored_again_replaces_the_last_and_the_dashboard_can_still_edit_it():
@@ -140,7 +140,7 @@ def test_a_note_stored_again_replaces_the_last_and_the_dashboard_can_still_edit_
     assert _dashboard_notes(study)[0] == "## Trial 0: COMPLETE\n"
     assert attrs_of(study.trials[0])[NOTE_ATTR] == "second"
     attrs = storage_of(study).get_study_system_attrs(study_id(study))
-    assert get_note_from_system_attrs(attrs, trial_id(trial))["version"] == 2
+    assert read_note(attrs, trial_id(trial))["version"] == 2
     # the dashboard's own editor stores version + 1 of what it read: it finds the version it expects
     save_note(trial, "edited in the dashboard")
     assert _dashboard_notes(study)[0] == "edited in the dashboard"

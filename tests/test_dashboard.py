@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from objectives import optuna_compat
 from tests.studykit import ROOT, SCREENSHOTS, Chromium, finished_demo_study, needs_chromium, run_cli, write_study
 
 @pytest.fixture
@@ -99,15 +98,15 @@ def _wsgi_page(app, study_id: int) -> bytes:
     return body
 
 
-def test_swipr_serves_plain_optuna_dashboards_study_page(tmp_path, monkeypatch):
+def test_swipr_serves_plain_optuna_dashboards_study_page(tmp_path):
     """The study page `swipr dashboard` serves (its trials each read against their own study
     system attrs, linear in trials) is byte for byte the one plain optuna-dashboard serves."""
     import optuna
     import optuna_dashboard
-    import optuna_dashboard._app as dashboard_module
-    import optuna_dashboard._serializer as serializer
     from optuna_dashboard import save_note
 
+    from objectives.optuna_compat import study_id, trial_id
+    from search.views import dashboard_compat
     from search.views.artifacts import open_artifact_store, store_trial_note
     from search.views.dashboard import dashboard_app
 
@@ -120,15 +119,19 @@ def test_swipr_serves_plain_optuna_dashboards_study_page(tmp_path, monkeypatch):
             store_trial_note(trial, None, f"## Trial {number}\n" + "n" * (5000 if number == 3 else 20), "line")
         study.tell(trial, float(number))
     save_note(study, "the study's own note")
-    old = optuna_compat.trial_id(study.trials[2])   # an artifact as optuna-dashboard before 0.14 recorded it: a study attr
-    storage.set_study_system_attr(optuna_compat.study_id(study), f"dashboard:artifacts:{old}:old-id", json.dumps(
+    old = trial_id(study.trials[2])   # an artifact as optuna-dashboard before 0.14 recorded it: a study attr
+    storage.set_study_system_attr(study_id(study), f"dashboard:artifacts:{old}:old-id", json.dumps(
         {"artifact_id": "old-id", "filename": "old.png", "mimetype": "image/png", "encoding": None}))
     store = open_artifact_store(tmp_path / "artifacts")
 
-    monkeypatch.setattr(dashboard_module, "serialize_study_detail", serializer.serialize_study_detail)
-    plain = _wsgi_page(optuna_dashboard.wsgi(storage, artifact_store=store), optuna_compat.study_id(study))
-    served = _wsgi_page(dashboard_app(storage, store), optuna_compat.study_id(study))
-    assert getattr(dashboard_module.serialize_study_detail, "swipr_linear", False)   # this release: linear
+    before = dashboard_compat.study_page()
+    dashboard_compat.replace_study_page(dashboard_compat.plain_study_page())
+    try:
+        plain = _wsgi_page(optuna_dashboard.wsgi(storage, artifact_store=store), study_id(study))
+        served = _wsgi_page(dashboard_app(storage, store), study_id(study))
+        assert getattr(dashboard_compat.study_page(), "swipr_linear", False)   # this release: linear
+    finally:
+        dashboard_compat.replace_study_page(before)
     assert served == plain
     trials = json.loads(served)["trials"]
     assert trials[3]["note"]["body"] == "## Trial 3\n" + "n" * 5000 and trials[5]["note"]["body"] == ""

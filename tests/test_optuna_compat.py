@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from objectives import optuna_compat
@@ -104,3 +105,161 @@ def test_study_system_attrs_are_kept_apart_from_the_user_attrs(study):
     optuna_compat.set_study_system_attr(study, "swipr:x", {"lrs": [1e-7, 1.0], "n": 2})
     assert optuna_compat.study_system_attrs(study)["swipr:x"] == {"lrs": [1e-7, 1.0], "n": 2}
     assert study.user_attrs == {}
+
+
+def test_a_frozen_trial_has_the_id_of_its_live_trial(study):
+    trial = study.ask()
+    assert optuna_compat.trial_id(study.trials[-1]) == optuna_compat.trial_id(trial)
+
+
+def test_fixed_params_are_what_later_suggests_return(study):
+    trial = study.ask()
+    optuna_compat.fix_params(trial, {"x": 0.25})
+    again = optuna_compat.attach(study, optuna_compat.trial_id(trial))
+    assert again.suggest_float("x", 0, 1) == 0.25
+
+
+def _rdb(tmp_path, **kwargs) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'rdb.db'}", **kwargs)
+
+
+def test_the_engine_under_an_rdb_storage_bare_or_as_a_study_holds_it(tmp_path, study):
+    storage = _rdb(tmp_path)
+    on_rdb = optuna.create_study(storage=storage)
+    assert optuna_compat.rdb_engine(storage) is storage.engine
+    assert optuna_compat.rdb_engine(optuna_compat.storage_of(on_rdb)) is storage.engine
+    assert optuna_compat.rdb_engine(optuna_compat.storage_of(study)) is None   # in memory: no tables
+
+
+def test_unbeaten_running_trials_are_read_from_optunas_tables(tmp_path):
+    import datetime
+
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        storage = _rdb(tmp_path, heartbeat_interval=60, grace_period=120)
+    study = optuna.create_study(storage=storage)
+    unbeaten, beaten, done = study.ask(), study.ask(), study.ask()
+    storage.record_heartbeat(optuna_compat.trial_id(beaten))
+    study.tell(done, 1.0)
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=5)
+    assert optuna_compat.unbeaten_running_trial_ids(study, later) == [optuna_compat.trial_id(unbeaten)]
+    assert optuna_compat.unbeaten_running_trial_ids(study, later - datetime.timedelta(hours=1)) == []
+    journal = optuna.create_study(storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.log"))))
+    journal.ask()
+    assert optuna_compat.unbeaten_running_trial_ids(journal, later) == []
+
+
+def test_stale_trials_are_found_without_being_failed(tmp_path, study):
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        storage = _rdb(tmp_path, heartbeat_interval=1, grace_period=1)
+    on_rdb = optuna.create_study(storage=storage)
+    trial = on_rdb.ask()
+    storage.record_heartbeat(optuna_compat.trial_id(trial))
+    with storage.engine.begin() as connection:   # its last beat an hour ago: a dead worker's
+        connection.execute(sqlalchemy.text(
+            "UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour')"))
+    assert optuna_compat.stale_trial_numbers(on_rdb) == {trial.number}
+    assert on_rdb.trials[0].state == TrialState.RUNNING
+    assert optuna_compat.stale_trial_numbers(study) == set()   # no heartbeats in memory
+
+
+def test_optunas_cached_storage_calls_the_rdb_private_methods_a_guard_wraps(tmp_path):
+    # search.study.guarded.GuardedStorage guards these by name; if Optuna stops calling one of
+    # them (or renames it) a storage error there would go unguarded.
+    called = set()
+
+    class Recording(optuna.storages.RDBStorage):
+        pass
+
+    for name in (optuna_compat.RDB_CREATE_TRIAL, *optuna_compat.RDB_PRIVATE_CALLS):
+        method = getattr(optuna.storages.RDBStorage, name)   # AttributeError: renamed
+
+        def recording(self, *args, _name=name, _method=method, **kwargs):
+            called.add(_name)
+            return _method(self, *args, **kwargs)
+
+        setattr(Recording, name, recording)
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        storage = Recording(f"sqlite:///{tmp_path / 'rdb.db'}", heartbeat_interval=60, grace_period=120)
+    study = optuna.create_study(storage=storage)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert study.best_trial.number in (0, 1)
+    assert optuna_compat.stale_trial_numbers(study) == set()
+    assert called == {optuna_compat.RDB_CREATE_TRIAL, *optuna_compat.RDB_PRIVATE_CALLS}
+
+
+def test_failed_trials_are_logged_on_the_optimize_loggers_name(study):
+    import logging
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logger, keep = logging.getLogger(optuna_compat.OPTIMIZE_LOGGER), Keep()
+    logger.addHandler(keep)
+    try:
+        study.optimize(lambda trial: 1 / 0, n_trials=1, catch=(ZeroDivisionError,))
+    finally:
+        logger.removeHandler(keep)
+    assert any(record.exc_info and record.exc_info[0] is ZeroDivisionError for record in records)
+
+
+def test_a_note_written_with_the_dashboards_keys_is_the_one_its_note_panel_reads(study):
+    from optuna_dashboard import get_note
+
+    from search.views import dashboard_compat
+
+    trial = study.ask()
+    tid, note = optuna_compat.trial_id(trial), "## Trial 0\n" + "n" * 5000   # several chunks
+    attrs = dashboard_compat.dashboard_note_attrs(tid, note, 3)
+    assert dashboard_compat.note_version_key(tid) in attrs and dashboard_compat.note_chunk_key(tid, 1) in attrs
+    for key, value in attrs.items():
+        optuna_compat.set_study_system_attr(study, key, value)
+    assert get_note(trial) == note   # optuna-dashboard's public reader
+    assert attrs[dashboard_compat.note_version_key(tid)] == 3
+
+
+def test_the_dashboards_study_page_function_can_be_replaced_and_put_back(study):
+    import io
+
+    import optuna_dashboard
+
+    from search.views import dashboard_compat
+
+    trial = study.ask()
+    study.tell(trial, 0.5)
+    plain, before = dashboard_compat.plain_study_page(), dashboard_compat.study_page()
+    assert before is not None   # (another test's dashboard may have left its linear page there)
+    served = []
+
+    def page(*args, **kwargs):
+        served.append(True)
+        return plain(*args, **kwargs)
+
+    dashboard_compat.replace_study_page(page)
+    try:
+        app = optuna_dashboard.wsgi(optuna_compat.storage_of(study))
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/api/studies/{optuna_compat.study_id(study)}",
+                   "QUERY_STRING": "after=0", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "0",
+                   "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1"}
+        assert dashboard_compat.study_page() is page
+        assert b"".join(app(environ, lambda status, headers, *rest: None))
+    finally:
+        dashboard_compat.replace_study_page(before)
+    assert served == [True] and dashboard_compat.study_page() is before
+    listed = dashboard_compat.serialize_frozen_trial(optuna_compat.study_id(study), study.trials[0], {})
+    assert (listed["number"], listed["values"]) == (0, [0.5])
+
+
+def test_a_notes_version_and_body_read_from_the_study_system_attrs(study):
+    from optuna_dashboard import save_note
+
+    from search.views import dashboard_compat
+
+    trial = study.ask()
+    save_note(trial, "first")
+    save_note(trial, "second")   # the dashboard's own writer: version 2
+    read = dashboard_compat.read_note(optuna_compat.study_system_attrs(study), optuna_compat.trial_id(trial))
+    assert (read["version"], read["body"]) == (2, "second")

@@ -12,7 +12,6 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optuna_dashboard._note import get_note_from_system_attrs
 
 from objectives.finetune import FinetuneObjective
 from objectives.optuna_compat import storage_of, study_id, trial_id
@@ -20,6 +19,7 @@ from objectives.record import PLAN_ATTR, RESULT_ATTR, record_of
 from search.studyfile import load_study_file
 from search.studyfile.trained_with import RecordTrainedWith
 from search.views.artifacts import CONFUSION_PNG, ROC_PNG, TOP_LOSSES_PNG, make_objective_hooks
+from search.views.dashboard_compat import read_note
 from swipr_core.model import ModelSpec
 from tests.studykit import run_cli, space_toml, write_study
 from objectives.trial_attrs import attrs_of
@@ -74,7 +74,7 @@ def test_the_note_and_the_pictures_are_of_the_value_s_model(losing_stage2):
     names = {meta.filename for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=storage_of(study))}
     assert {CONFUSION_PNG, ROC_PNG, TOP_LOSSES_PNG} <= names
     # the note as optuna-dashboard's Note panel reads it
-    note = get_note_from_system_attrs(storage_of(study).get_study_system_attrs(study_id(study)), trial_id(trial))["body"]
+    note = read_note(storage_of(study).get_study_system_attrs(study_id(study)), trial_id(trial))["body"]
     result = record_of(trial).result
     assert f"| val_loss | {trial.value:.4g} |" in note
     assert f"| val_roc_auc | {result.roc_auc:.4g} |" in note

@@ -20,6 +20,7 @@ from search.study.guarded import StorageFailed
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
 from objectives.trial_attrs import attrs_of, set_attr
+from objectives.optuna_compat import OPTIMIZE_LOGGER
 
 
 _VALUE_NONE = re.compile(r"Trial \d+ failed with value None\.")
@@ -71,7 +72,7 @@ class TracebacksToLog(logging.Filter):
 
 def route_tracebacks(log: Path) -> None:
     """From here on, Optuna's failed-trial tracebacks in this process go to `log`."""
-    logger = logging.getLogger("optuna.study._optimize")
+    logger = logging.getLogger(OPTIMIZE_LOGGER)
     for old in [f for f in logger.filters if isinstance(f, TracebacksToLog)]:
         logger.removeFilter(old)
     logger.addFilter(TracebacksToLog(log))

@@ -88,7 +88,7 @@ def trial_process_data(study_file: StudyFile, verified: Dataset | None) -> Datas
     """The data a trial process trains on: the driver's, `verified` once for the run (labels
     read, every image statted for the cache key, the fingerprint checked against the study's),
     handed over in the task; prepared here only without it. At 255k images preparing it again
-    cost every trial ~3 s (issue 22). run_worker still checks its fingerprint against the
+    cost every trial ~3 s. run_worker still checks its fingerprint against the
     study's record, which reads one study attribute."""
     return verified if verified is not None else prepare_study_data(study_file)
 

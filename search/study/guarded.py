@@ -23,6 +23,7 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy import exc as sa_exc
 
+from objectives.optuna_compat import RDB_CREATE_TRIAL, RDB_PRIVATE_CALLS, trial_id as id_of
 from swipr_core.errors import RunStopped
 
 RETRY_FOR_S = 120        # how long a lost connection is retried before the run stops
@@ -188,11 +189,12 @@ class GuardedStorage(optuna.storages.RDBStorage):
             else:   # the trial's next write stops the run, with this reason
                 self._unwritable = self._stop(*found)
 
-    def _create_new_trial(self, study_id, template_trial=None):
-        # Optuna's _CachedStorage (which every Study wraps an RDBStorage in) calls this one.
-        trial = self._call(optuna.storages.RDBStorage._create_new_trial, (study_id, template_trial), {})
+    def _create_trial_marked(self, study_id, template_trial=None):
+        """RDBStorage's private RDB_CREATE_TRIAL, guarded, the trial marked with this run: every
+        new trial goes through it (Optuna's _CachedStorage calls it in place of create_new_trial)."""
+        trial = self._call(getattr(optuna.storages.RDBStorage, RDB_CREATE_TRIAL), (study_id, template_trial), {})
         if template_trial is None or template_trial.state == TrialState.RUNNING:
-            self._mark_run(trial._trial_id)
+            self._mark_run(id_of(trial))
         return trial
 
     def set_trial_state_values(self, trial_id, state, values=None):
@@ -219,8 +221,7 @@ _GUARDED = ("create_new_study", "delete_study", "set_study_user_attr", "set_stud
             "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
             "set_trial_param", "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
             "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials",
-            "get_best_trial", "_get_stale_trial_ids",
-            # what Optuna's _CachedStorage calls instead of the public methods
-            "_set_trial_param", "_get_best_trial_id", "_get_trials")
+            "get_best_trial", *RDB_PRIVATE_CALLS)   # the private ones: what Optuna calls instead
 for _name in _GUARDED:
     setattr(GuardedStorage, _name, _guard(getattr(optuna.storages.RDBStorage, _name)))
+setattr(GuardedStorage, RDB_CREATE_TRIAL, GuardedStorage._create_trial_marked)

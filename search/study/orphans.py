@@ -16,41 +16,21 @@ from __future__ import annotations
 import datetime
 
 import optuna
-import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from objectives.optuna_compat import storage_of, study_id
+from objectives.optuna_compat import storage_of, unbeaten_running_trial_ids
 
 DASK_TOKEN_ATTR = "swipr_dask_token"   # search.running.dask_driver.TOKEN_ATTR: a Dask driver's trial
 NEVER_BEAT = "its worker never wrote a heartbeat (it stopped before its first, or the storage refused it)"
-
-# Optuna's RDB schema: trial_heartbeats holds one row per trial that has beaten at least once.
-_UNBEATEN = sqlalchemy.text(
-    "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-    "WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.trial_id IS NULL "
-    "AND t.datetime_start IS NOT NULL AND t.datetime_start < :before")
-
-
-def unbeaten_trial_ids(study: optuna.Study, grace_period: int) -> list[int]:
-    """RUNNING trials of `study` with no heartbeat row, started over `grace_period` s ago."""
-    storage = storage_of(study)
-    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
-    if engine is None:   # not an RDB storage: a journal file has no heartbeats at all
-        return []
-    # Optuna stores datetime_start as naive UTC.
-    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-    before = now - datetime.timedelta(seconds=grace_period)
-    with engine.connect() as connection:
-        rows = connection.execute(_UNBEATEN, {"study": study_id(study), "before": before}).fetchall()
-    return [row[0] for row in rows]
 
 
 def fail_unbeaten_trials(study: optuna.Study, grace_period: int, on_stale) -> list[int]:
     """Fail each unbeaten trial (see the module's doc) and pass it to `on_stale(study, trial)`,
     as Optuna does with a stale one. Returns the numbers failed."""
     storage, failed = storage_of(study), []
-    for trial_id in unbeaten_trial_ids(study, grace_period):
+    started_before = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=grace_period)
+    for trial_id in unbeaten_running_trial_ids(study, started_before):
         trial = storage.get_trial(trial_id)
         if DASK_TOKEN_ATTR in trial.system_attrs:
             continue

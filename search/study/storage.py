@@ -64,8 +64,8 @@ def supports_heartbeat(url: str) -> bool:
 
 def normalize_url(url: str) -> str:
     """Accept the URL a database admin hands out. postgres:// and postgresql:// without a
-    driver go through psycopg2 (a dependency): SQLAlchemy 2.1 would pick psycopg 3, which
-    isn't installed. An explicit driver (postgresql+psycopg://...) is left alone."""
+    driver go through psycopg2 (the `postgres` extra): SQLAlchemy 2.1 would pick psycopg 3,
+    which isn't installed. An explicit driver (postgresql+psycopg://...) is left alone."""
     for scheme in ("postgres://", "postgresql://"):
         if url.startswith(scheme):
             return "postgresql+psycopg2://" + url[len(scheme):]
@@ -337,7 +337,29 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
                 time.sleep(0.2 * (attempt + 1))
     except Exception as error:  # driver, DNS, auth and schema errors all land here
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise SwiprError(f"storage {redact(url)}: can't open it: {redact_text(reason, url)}") from None
+        raise SwiprError(f"storage {redact(url)}: can't open it: {_missing_driver(error) or redact_text(reason, url)}"
+                         ) from None
+
+
+# The extra that installs each database driver SQLAlchemy may import for a storage URL.
+DRIVER_EXTRAS = {"psycopg2": "postgres"}
+
+
+def _missing_driver(error: BaseException) -> str | None:
+    """What to install when opening the storage failed because its database driver isn't
+    there (SQLAlchemy imports it only when such a URL is opened; Optuna re-raises the
+    ImportError with the missing module as its cause); None for any other error."""
+    seen: set[int] = set()
+    found: BaseException | None = error
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        if isinstance(found, ModuleNotFoundError) and found.name:
+            module = found.name.split(".")[0]
+            extra = DRIVER_EXTRAS.get(module)
+            install = f"pip install 'swipr-search[{extra}]'" if extra else f"install the {module} package"
+            return f"its database driver {module} is not installed ({install})"
+        found = found.__cause__ or found.__context__
+    return None
 
 
 def _open_journal(url: str, path: Path, create: bool):

@@ -2,4 +2,5 @@
 from search.studyfile.load import load_study_file
 from search.studyfile.sections import StudyFile, StudySection, TrainSection
 
-__all__ = ["StudyFile", "StudySection", "TrainSection", "load_study_file"]
+# The public surface: these names, and the modules other packages use.
+__all__ = ["StudyFile", "StudySection", "TrainSection", "load_study_file", "fields", "space", "trained_with"]

@@ -30,13 +30,13 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact  # noqa: E402
 from optuna_dashboard import get_note, save_note  # noqa: E402
-from optuna_dashboard._note import note_str_key_prefix, note_ver_key, split_body  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from objectives.judging import AGAINST_ATTR, JUDGED_ATTR, ScheduleCut, judge  # noqa: E402
-from objectives.optuna_compat import stored_trial  # noqa: E402
+from objectives.optuna_compat import stored_trial, study_id, trial_id as id_of  # noqa: E402
 from objectives.record import best_finished_record, record_of  # noqa: E402
 from search.study.data_record import data_summary, majority_baseline  # noqa: E402
+from search.views.dashboard_compat import dashboard_note_attrs, note_chunk_key, note_version_key  # noqa: E402
 from search.views.format import accuracy_text, fmt  # noqa: E402
 from search.views.stages import RecordStages, StageSpan, boundary_label, spans_of, stages_text  # noqa: E402
 from search.views.range_tests import RangeTestPictures  # noqa: E402
@@ -292,13 +292,6 @@ def note_line(state: str, metrics: dict, baseline: float | None = None) -> str:
     return ", ".join(parts)
 
 
-def dashboard_note_attrs(trial_id: int, note: str, version: int) -> dict[str, object]:
-    """The study system attrs that hold a trial's note where optuna-dashboard's Note panel reads
-    it: its version and its text in chunks of SYSTEM_ATTR_MAX_LENGTH (optuna_dashboard._note's
-    own keys and splitting, as its save_note writes them)."""
-    return {**split_body(note, trial_id), note_ver_key(trial_id): version}
-
-
 def store_trial_note(trial, store, note: str, line: str) -> None:
     """A trial's note in optuna-dashboard's Note panel, and its one line as a user attr (NOTE_ATTR).
 
@@ -310,19 +303,19 @@ def store_trial_note(trial, store, note: str, line: str) -> None:
     chunks a shorter note no longer uses. `store` is the study's artifact store; the note needs
     none of it. The study page reads the notes linearly in swipr's dashboard only
     (search.views.dashboard); plain optuna-dashboard scans every study system attr per trial."""
-    storage, trial_id = trial.storage, trial._trial_id
+    storage, trial_id = trial.storage, id_of(trial)
     state = storage.get_trial_system_attrs(trial_id).get(NOTE_STATE_ATTR, {})
     attrs = dashboard_note_attrs(trial_id, note, state.get("version", 0) + 1)
     chunks = len(attrs) - 1
     for i in range(chunks, state.get("chunks", 0)):   # left by a longer note stored before: blank them
-        attrs[f"{note_str_key_prefix(trial_id)}{i}"] = ""
+        attrs[note_chunk_key(trial_id, i)] = ""
     set_attr(trial, NOTE_ATTR, line)
     # the version last: a page read in between shows the new text under the old version, never
     # a new version over half a note
-    for key in sorted(attrs, key=lambda key: key == note_ver_key(trial_id)):
-        storage.set_study_system_attr(trial.study._study_id, key, attrs[key])
+    for key in sorted(attrs, key=lambda key: key == note_version_key(trial_id)):
+        storage.set_study_system_attr(study_id(trial.study), key, attrs[key])
     storage.set_trial_system_attr(trial_id, NOTE_STATE_ATTR,
-                                  {"version": attrs[note_ver_key(trial_id)], "chunks": chunks})
+                                  {"version": attrs[note_version_key(trial_id)], "chunks": chunks})
 
 
 def study_note(name: str, data: dict) -> str:

@@ -21,13 +21,12 @@ from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna_dashboard
-import optuna_dashboard._app as _dashboard_app
-import optuna_dashboard._serializer as _dashboard_serializer
 
-from objectives.optuna_compat import storage_of, study_id
+from objectives.optuna_compat import storage_of, study_id, trial_id
 from search.study.open import open_study
 from search.study.storage import redact
 from search.views.artifacts import artifact_dir as default_artifact_dir, open_artifact_store
+from search.views.dashboard_compat import replace_study_page, serialize_frozen_trial, study_page
 from swipr_core.errors import SwiprError
 
 LOOPBACK = "127.0.0.1"
@@ -57,8 +56,7 @@ def linear_study_page(serialize_study_detail):
         detail = serialize_study_detail(study, [], [], *args, **kwargs)
         by_trial = attrs_by_trial(study.system_attrs)
         for name, listed in (("trials", trials), ("best_trials", best_trials)):
-            detail[name] = [_dashboard_serializer.serialize_frozen_trial(study._study_id, trial,
-                                                                          by_trial.get(trial._trial_id, {}))
+            detail[name] = [serialize_frozen_trial(study_id(study), trial, by_trial.get(trial_id(trial), {}))
                             for trial in listed]
         return detail
 
@@ -72,11 +70,10 @@ def dashboard_app(storage, artifact_store):
     The page's function is replaced in optuna-dashboard's module, for the whole process, in the
     releases of LINEAR_PAGE_RELEASES only; any other serves the plain page (slower at thousands
     of trials, not wrong) until tests/test_dashboard.py's same-page test passes on it there."""
-    original = getattr(_dashboard_app, "serialize_study_detail", None)
+    original = study_page()
     release = ".".join(optuna_dashboard.__version__.split(".")[:2])
-    if (original is not None and not getattr(original, "swipr_linear", False)
-            and release in LINEAR_PAGE_RELEASES and hasattr(_dashboard_serializer, "serialize_frozen_trial")):
-        _dashboard_app.serialize_study_detail = linear_study_page(original)
+    if original is not None and not getattr(original, "swipr_linear", False) and release in LINEAR_PAGE_RELEASES:
+        replace_study_page(linear_study_page(original))
     return optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
 
 
