@@ -17,11 +17,12 @@ import torch
 from optuna.trial import TrialState
 from tqdm import tqdm   # not tqdm.auto: this is a terminal, never a notebook widget
 
+from objectives.judging import interrupted
 from objectives.record import record_of
 from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
 from search.views import epoch_table
-from search.views.format import accuracy_text, describe_trial, params_text, short
+from search.views.format import accuracy_text, count, describe_trial, params_text, short
 from search.views.gains import gains_rows, search_gains
 from search.views.results import accuracy_of, auc_of, schedule_text
 from search.views.stages import stage_spans, stage_start_line
@@ -160,8 +161,8 @@ class Budget:
 def budget_rows(budget: Budget | None, ran: int) -> list[tuple[str, str]]:
     if budget is None or budget.timeout is None or ran >= budget.n_trials:
         return []
-    return [("stopped early", f"--timeout {budget.timeout:g} s reached: {ran} of the {budget.n_trials} trials "
-                              f"asked for ran")]
+    return [("stopped early", f"--timeout {budget.timeout:g} s reached: {ran} of the "
+                              f"{count(budget.n_trials, 'trial')} asked for ran")]
 
 
 def _best_rows(study) -> list[tuple[str, str]]:
@@ -193,12 +194,14 @@ def summary_table(study, device: str, this_run=(), budget: Budget | None = None)
 
     this_run = [t for t in trials if t.number in set(this_run)]
     waiting = f", {counts[TrialState.WAITING]} waiting" if counts[TrialState.WAITING] else ""
+    stopped = sum(1 for t in trials if t.state == TrialState.FAIL and interrupted(t))   # FAIL in Optuna, not failed
+    stopped_text = f", {stopped} interrupted" if stopped else ""
     rows = _best_rows(study) + gains_rows(study, search_gains(study))
     rows += [
         ("trials", f"{len(trials)} ({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
-                   f"{counts[TrialState.FAIL]} failed{waiting})"),
+                   f"{counts[TrialState.FAIL] - stopped} failed{stopped_text}{waiting})"),
         (hours_label(device), f"{hours(trials):.4f} in the study, {hours(this_run):.4f} in this run "
-                              f"({len(this_run)} trials)"),
+                              f"({count(len(this_run), 'trial')})"),
     ]
     rows += budget_rows(budget, len(this_run))
     width = max(len(key) for key, _ in rows)
