@@ -10,7 +10,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.views.progress import Budget, StudyProgress, hours_label, summary_table
+from search.views.progress import Budget, StudyProgress, budget_rows, hours_label, summary_table
 from swipr_core.training import EpochRecord
 from tests.studykit import finished_demo_study
 
@@ -132,3 +132,19 @@ def test_the_summarys_rule_line_fits_the_terminal(monkeypatch):
     monkeypatch.setenv("COLUMNS", "72")
     lines = summary_table(study, "cpu").splitlines()
     assert lines[1] == "-" * 72 == lines[-1]
+
+
+def test_one_of_a_thing_is_said_in_the_singular():
+    from search.views.format import count
+    from search.views.gains import gains_rows
+
+    assert (count(1, "trial"), count(0, "trial"), count(2, "epoch"), count(1, "box", "boxes")) == (
+        "1 trial", "0 trials", "2 epochs", "1 box")
+    study = optuna.create_study()
+    study.add_trial(_timed(TrialState.COMPLETE, 60, 0.45))
+    rows = [" ".join(line.split()) for line in
+            summary_table(study, "cpu", this_run=[0], budget=Budget(1, 60.0)).splitlines()]
+    assert any(row.endswith("in this run (1 trial)") for row in rows), rows
+    assert budget_rows(Budget(3, 60.0), 1) == [("stopped early", "--timeout 60 s reached: 1 of the 3 trials asked for ran")]
+    gains = {"vs_notebook": [], "epochs_run": 1, "epochs_saved": 1, "pruned": 1}
+    assert ("pruning saved", "1 epoch (50% of 2): 1 trial pruned, 1 epoch run") in gains_rows(study, gains)

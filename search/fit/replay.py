@@ -28,6 +28,7 @@ from search.studyfile import load_study_file
 from search.studyfile.fields import keyed
 from search.studyfile.trained_with import as_trained
 from search.views import epoch_table
+from search.views.format import count
 from swipr_core import bundle
 from swipr_core.bundle_writer import library_versions, model_manifest, write_bundle
 from swipr_core.errors import SwiprError
@@ -97,7 +98,7 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
     record = trial_record(trial, study_file)
     config = record.replay_config()
     echo(f"trial {trial.number}{' (best)' if trial_number is None else ''} of study '{study.study_name}': "
-         f"val_loss {trial.value:.6g}, seed {config.seed}, {config.epochs} epochs, params {json.dumps(trial.params)}")
+         f"val_loss {trial.value:.6g}, seed {config.seed}, {count(config.epochs, 'epoch')}, params {json.dumps(trial.params)}")
     study_file = as_trained(study_file, attrs_of(trial), f"trial {trial.number}", echo)   # its [model], cache_px
     dataset = prepare_study_data(study_file)
     recorded = attrs_of(trial).get(FINGERPRINT_ATTR, study.user_attrs.get(FINGERPRINT_ATTR))
