@@ -9,11 +9,12 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from objectives.resume import INTERRUPTED_ATTR, interrupted
+from objectives.optuna_compat import storage_of, trial_id
 from objectives.trial_attrs import PREFIX
 from search.running.dask_driver import Driver
 from search.running.dask_trial import STARTED_ATTR
 from search.views.progress import summary_table
-from search.views.report import _summary
+from search.views.report import render_report
 from tests.studykit import run_cli, write_study
 
 
@@ -33,7 +34,7 @@ def test_the_summaries_count_interrupted_trials_apart_from_failed_ones():
     study = _study()
     rows = [" ".join(line.split()) for line in summary_table(study, "cpu").splitlines()]
     assert "trials 3 (1 complete, 0 pruned, 1 failed, 1 interrupted)" in rows
-    assert "3 (1 complete, 1 fail, 1 interrupted)" in _summary(study, study.trials)
+    assert "3 (1 complete, 1 fail, 1 interrupted)" in render_report(study)
     # nothing interrupted: the summary says nothing of it
     assert "interrupted" not in summary_table(optuna.create_study(), "cpu")
 
@@ -56,7 +57,7 @@ def test_a_dask_driver_stopping_marks_the_trials_it_gives_up_on():
     study = optuna.create_study()
     trial = study.ask({"lr": FloatDistribution(1e-4, 1e-1)})
     driver = Driver.__new__(Driver)   # no cluster: give_up only needs the study and its checkpoints
-    driver.study, driver.storage = study, study._storage
+    driver.study, driver.storage = study, storage_of(study)
 
     class Checkpoints:
         def on_stale(self, study, frozen):
@@ -64,13 +65,13 @@ def test_a_dask_driver_stopping_marks_the_trials_it_gives_up_on():
             return True
 
     driver.checkpoints = Checkpoints()
-    study._storage.set_trial_system_attr(trial._trial_id, STARTED_ATTR, "token")
-    assert driver.give_up(trial._trial_id, "stopped (Ctrl-C) before its next epoch", interrupt=True) == 1
+    storage_of(study).set_trial_system_attr(trial_id(trial), STARTED_ATTR, "token")
+    assert driver.give_up(trial_id(trial), "stopped (Ctrl-C) before its next epoch", interrupt=True) == 1
     stopped, retry = study.trials
     assert stopped.state == TrialState.FAIL and interrupted(stopped)
     assert retry.state == TrialState.WAITING and not interrupted(retry)
     # a lost worker's trial is a failure, not an interrupt
     lost = study.ask({"lr": FloatDistribution(1e-4, 1e-1)})
-    study._storage.set_trial_system_attr(lost._trial_id, STARTED_ATTR, "token")
-    driver.give_up(lost._trial_id, "its worker was lost")
+    storage_of(study).set_trial_system_attr(trial_id(lost), STARTED_ATTR, "token")
+    driver.give_up(trial_id(lost), "its worker was lost")
     assert not interrupted(study.trials[lost.number])

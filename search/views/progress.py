@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from optuna.trial import TrialState
@@ -43,9 +43,10 @@ TRIAL_BAR = "{desc} {n_fmt}/{total_fmt} epochs |{bar:20}| {elapsed}<{remaining}{
 class StudyProgress:
     """Objective hooks (on_start, on_epoch, on_result, on_stop) plus an Optuna study callback."""
 
-    def __init__(self, n_trials: int, stream=None, bars: bool | None = None):
+    def __init__(self, n_trials: int, stream=None, bars: bool | None = None, echo: Callable[[str], None] | None = None):
         self.stream = stream or sys.stdout
-        self.bars = self.stream.isatty() if bars is None else bars
+        self.echo = echo   # where lines go without bars (default: printed to the stream)
+        self.bars = False if echo is not None else self.stream.isatty() if bars is None else bars
         self.n_trials = n_trials
         # tqdm bars on a terminal, else None (tqdm ships no types: Any)
         self.trial_bar: Any = None
@@ -63,6 +64,8 @@ class StudyProgress:
         """A line that stays above the bars (or just a line, without bars)."""
         if self.bars:
             tqdm.write(line, file=self.stream)
+        elif self.echo is not None:
+            self.echo(line)
         else:
             print(line, file=self.stream, flush=True)
 
@@ -132,6 +135,55 @@ class StudyProgress:
         if self.trial_bar is not None:
             self.trial_bar.close()
             self.trial_bar = None
+
+
+class Steps:
+    """Progress through `total` steps of one long task (`swipr fit`'s epochs, `swipr lr-find`'s
+    batches): a tqdm bar on a terminal; elsewhere a plain line at each of `lines` even shares of
+    the steps (none with 0), so a pipe or CI log gets a few lines, not a redrawn bar."""
+
+    def __init__(self, total: int, label: str, unit: str, lines: int = 4, stream=None, bars: bool | None = None):
+        self.stream = stream or sys.stdout
+        self.bars = self.stream.isatty() if bars is None else bars
+        self.total, self.label, self.unit, self.done = total, label, unit, 0
+        self.marks = {max(1, round(total * k / lines)) for k in range(1, lines + 1)} if lines and total else set()
+        # redrawn every step (mininterval 0): a step is a batch or an epoch, never a hot loop
+        self.bar: Any = (tqdm(total=total, file=self.stream, dynamic_ncols=True, leave=False, mininterval=0,
+                              bar_format=f"{label} {{n_fmt}}/{{total_fmt}} {unit} |{{bar:20}}| "
+                                         f"{{elapsed}}<{{remaining}}{{postfix}}") if self.bars else None)
+
+    def update(self, postfix: str = "") -> None:
+        self.done += 1
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix_str(postfix, refresh=False)
+            self.bar.update(1)
+        elif self.done in self.marks:
+            print(f"{self.label}: {count(self.done, self.unit.rstrip('s'))} of {self.total}"
+                  f"{', ' + postfix if postfix else ''}", file=self.stream, flush=True)
+
+    def above(self, echo):
+        """`echo` that prints its line above the bar (the bar cleared and redrawn round it)."""
+        def write(line: str) -> None:
+            if self.bar is None:
+                echo(line)
+                return
+            with tqdm.external_write_mode(file=self.stream):
+                echo(line)
+        return write
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def trial_lines(echo: Callable[[str], None] | None = None) -> StudyProgress:
+    """An objective hook for a trial run beside others (`--workers`, Dask): its start, stages and
+    the per-epoch table's rows as plain lines, no bars (several processes share the terminal).
+    Each row starts with the trial's number, so interleaved trials stay apart. `echo`: where
+    the lines go (default: printed)."""
+    return StudyProgress(1, bars=False, echo=echo)
 
 
 def _baseline_text(trial) -> str:
