@@ -53,6 +53,7 @@ def test_in_a_pipe_it_says_how_far_the_test_is_in_a_few_lines(found):
     _, result = found
     done = re.findall(r"^range test: (\d+) batches of 24, lr \d\.\de-\d\d, loss \d+\.\d{4}$", result.stdout, re.M)
     assert done[:1] == ["6"] and len(done) <= 4 and "\r" not in result.stdout, result.stdout
+    assert result.stdout.startswith("data: reading the labels and checking the image cache...\n")
 
 
 def test_the_plot_is_written_beside_the_study_file_by_default(found):

@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(device_name)
     out = output_folder(study_file, args.out)
     quiet_optuna()
+    print("data: reading the labels and checking the image cache...", flush=True)
     dataset = prepare_study_data(study_file)
     study = open_study(study_file, create=True)
     check_fingerprint(study, dataset, study_file)
