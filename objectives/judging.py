@@ -47,6 +47,9 @@ CYCLE_ENDS_ATTR = "cycle_end_epochs"
 JUDGED_ATTR = "judged_epochs"
 AGAINST_ATTR = "pruned_against"
 DIVERGED_ATTR = "diverged_at_epoch"
+# True on a trial stopped by Ctrl-C (or SIGTERM, or a Dask driver's stop). Optuna records it
+# FAIL, as its retry semantics need, though nothing in it failed; the views read this mark.
+INTERRUPTED_ATTR = "interrupted"
 FINISHED_ATTR = "finished_schedules"      # [[epoch, n_cycles], ...]: the finished schedules reached
 BEST_N_CYCLES_ATTR = "best_n_cycles"
 BEST_LOSS_ATTR = "best_cycle_end_loss"
@@ -56,6 +59,11 @@ CUT_ATTR = "cut_after_epoch"              # the pruner stopped it here, after a 
 # which stage its best finished schedule ends in (1: stage 1's end, the run with stage 2 skipped).
 STAGE2_FIRST_EPOCH_ATTR = "stage2_first_epoch"
 BEST_STAGE_ATTR = "best_stage"
+
+
+def interrupted(trial) -> bool:
+    """Whether a (FAIL) trial was stopped by an interrupt rather than by an error of its own."""
+    return attrs_of(trial).get(INTERRUPTED_ATTR) is True
 
 
 class ScheduleCut(optuna.TrialPruned):

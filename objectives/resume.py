@@ -18,11 +18,11 @@ from pathlib import Path
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback as _Retry
 
-from objectives.judging import report_epoch
+from objectives.judging import INTERRUPTED_ATTR, interrupted, report_epoch  # noqa: F401 - interrupted: read here too
 from objectives.optuna_compat import guard_ask, put_back, stored_trial, take_queued_first
 from objectives.space import STAGE2, stage2_name
 from swipr_core.checkpoints import load_checkpoint
-from objectives.trial_attrs import attrs_of, set_attr
+from objectives.trial_attrs import set_attr
 
 
 def _quietly(function, *args):
@@ -38,14 +38,6 @@ def original_number(trial: optuna.trial.FrozenTrial) -> int:
 
 
 OWNER_FILE = "owner.json"   # whose checkpoints a folder holds: study, trial, params, data
-# user attr: True on a trial stopped by Ctrl-C (or SIGTERM, or a Dask driver's stop). Optuna
-# records it FAIL, as its retry semantics need, though nothing in it failed; views read this.
-INTERRUPTED_ATTR = "interrupted"
-
-
-def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a (FAIL) trial was stopped by an interrupt rather than by an error of its own."""
-    return attrs_of(trial).get(INTERRUPTED_ATTR) is True
 
 
 class Checkpoints:

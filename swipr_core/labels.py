@@ -231,7 +231,7 @@ def describe_odd_ages(odd_ages: dict) -> str:
     named = ", ".join(f"row {rowid} {cell}" for rowid, cell in odd_ages["first"])
     more = f" and {odd_ages['rows'] - len(odd_ages['first'])} more" if odd_ages["rows"] > len(odd_ages["first"]) else ""
     return (f"ages that are not numbers >= 0 were skipped by the age rules in "
-            f"{odd_ages['rows']} rows of pics: {named}{more}")
+            f"{odd_ages['rows']} row{'s' if odd_ages['rows'] != 1 else ''} of pics: {named}{more}")
 
 
 def database_record(database: Path) -> dict | None:

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import numpy as np
 import torch
+from fastai.callback.core import Callback
 from fastai.callback.schedule import minimum, slide, steep, valley
 from fastai.torch_core import tensor
 
@@ -46,13 +48,27 @@ def check_iterations(num_it) -> None:
                                    f"got {num_it!r}")
 
 
+class BatchProgress(Callback):
+    """Calls `on_batch(head lr, smoothed loss)` after each training batch of the range test."""
+
+    order = 60   # after fastai's Recorder (50), whose smoothed loss it reads
+
+    def __init__(self, on_batch: Callable[[float, float], None]):
+        self.on_batch = on_batch
+
+    def after_batch(self):
+        if self.training:
+            self.on_batch(float(self.opt.hypers[-1]["lr"]), float(self.smooth_loss))
+
+
 def find_lr(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: str = "auto",
             precision: str = "auto", compile: str = "auto", num_it: int = 100, threads: int | None = None,
-            head_lr: float = HEAD_LR) -> LRFinding:
+            head_lr: float = HEAD_LR, on_batch: Callable[[float, float], None] | None = None) -> LRFinding:
     """The range test for `config`'s batch size, image size and freeze strategy (its lr and
     schedule are not used), over `num_it` batches from START_LR to END_LR; frozen_then_unfrozen's
     after config.head_epochs of head warm-up at `head_lr`. `threads`: torch's CPU threads for the
-    test (None: as they are); the same threads, seed and batches give the same curve."""
+    test (None: as they are); the same threads, seed and batches give the same curve. `on_batch`
+    (head lr, smoothed loss) after each of the test's batches: what a progress bar needs."""
     check_iterations(num_it)
     previous = torch.get_num_threads()
     if threads is not None:
@@ -62,7 +78,7 @@ def find_lr(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device
         learn, _, _ = build_learner(dataset, config, model_spec, device=device, precision=precision,
                                     compile=compile)
         head_epochs = _warm_up_head(learn, config, head_lr)
-        lrs, losses = _range_test(learn, config.freeze, num_it)
+        lrs, losses = _range_test(learn, config.freeze, num_it, on_batch)
         seconds, used_threads = time.perf_counter() - started, torch.get_num_threads()
     finally:
         torch.set_num_threads(previous)
@@ -85,7 +101,8 @@ def _warm_up_head(learn, config: TrainConfig, head_lr: float) -> int:
     return config.head_epochs
 
 
-def _range_test(learn, freeze: str, num_it: int) -> tuple[list[float], list[float]]:
+def _range_test(learn, freeze: str, num_it: int,
+                on_batch: Callable[[float, float], None] | None = None) -> tuple[list[float], list[float]]:
     """fastai's lr_find on the parameter groups `freeze` trains: (head lrs, smoothed losses)."""
     scale: float | np.ndarray = 1.0
     if freeze == "frozen":
@@ -94,7 +111,8 @@ def _range_test(learn, freeze: str, num_it: int) -> tuple[list[float], list[floa
         learn.unfreeze()
         if freeze == "frozen_then_unfrozen":
             scale = np.array([1 / BODY_LR_DIVISOR, 1.0])   # one lr per group: body, head
-    with learn.no_bar():
+    # fastai's own bar off: it draws for notebooks and ttys alike; the caller's on_batch draws instead
+    with learn.no_bar(), learn.added_cbs([BatchProgress(on_batch)] if on_batch is not None else []):
         learn.lr_find(start_lr=START_LR * scale, end_lr=END_LR * scale, num_it=num_it, show_plot=False,
                       suggest_funcs=None)
     return [float(lr) for lr in learn.recorder.lrs], [float(loss) for loss in learn.recorder.losses]

@@ -125,6 +125,18 @@ def test_a_gpu_study_on_a_cluster_without_gpu_slots_is_one_line(tmp_path, data_d
     assert not _trials(path)   # refused before the study was touched
 
 
+def test_the_per_epoch_rows_reach_the_drivers_terminal(tmp_path, data_dir, cpu_cluster):
+    # issue 29: under Dask the trials' per-epoch table stayed in the workers' logs
+    import re
+
+    path = write_study(tmp_path, data_dir, space=THREE_EPOCHS, pruner="none")
+    result = run_cli("study", "run", path, "--dask", cpu_cluster.address, "--n-trials", "1")
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(r"^\s+0\s+(\d)\s+unfrozen\s+\d+\.\d{4}\s+\d+\.\d{4}\s", result.stdout, re.M)
+    assert rows == ["0", "1", "2"], result.stdout   # trial 0's three epochs, each a row starting with the trial
+    assert re.search(r"^trial 0  .*lr=.*: started, epochs 0-2", result.stdout, re.M), result.stdout
+
+
 def test_a_wrong_scheduler_address_fails_fast_in_one_line(tmp_path, data_dir):
     with socket.socket() as s:   # a port on loopback where nothing listens
         s.bind(("127.0.0.1", 0))

@@ -78,6 +78,19 @@ def test_replay_reproduces_the_best_trial(fitted):
     assert manifest["image_size"] == final_size and manifest["cache_px"] == 48
 
 
+def test_every_slow_step_is_announced_before_it_runs(fitted):
+    # issue 29: the fit was silent while it prepared the data, measured TTA and exported
+    _, _, lines = fitted
+
+    def at(prefix: str) -> int:
+        return next(i for i, line in enumerate(lines) if line.startswith(prefix))
+
+    assert at("data: reading the labels and checking the image cache...") < at("data: fingerprint")
+    assert at("TTA: scoring the ") < at("TTA (each image and its mirror")
+    assert at("export: writing the weights and model.onnx") < at("export: model.onnx gives")
+    assert "1 epochs" not in lines[0]
+
+
 def test_metrics_for_skewed_data_and_the_threshold(fitted):
     _, outcome, lines = fitted
     metrics = outcome.manifest["metrics"]

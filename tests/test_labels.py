@@ -147,7 +147,7 @@ def test_parts_that_are_not_ages_are_skipped_and_their_rows_named(tmp_path, ages
     table = build_labels(database, tmp_path, rules)
     assert dict(zip(table.paths, table.labels, strict=True))["insta/ok/a.jpg"] == expected
     assert table.odd_ages == ((3, repr(ages)),)
-    assert "rows of pics: row 3 " in describe_odd_ages({"rows": 1, "first": [list(table.odd_ages[0])]})
+    assert "in 1 row of pics: row 3 " in describe_odd_ages({"rows": 1, "first": [list(table.odd_ages[0])]})
     assert build_labels(database, tmp_path, RULES).odd_ages == ()   # no age rule: nothing was skipped
 
 

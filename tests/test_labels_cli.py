@@ -95,4 +95,4 @@ def test_rows_whose_ages_were_read_in_part_are_named(study, tmp_path):
     assert odd["rows"] > 0 and all("x" in cell for _, cell in odd["first"])
     lines = [line for line in swipr("labels", study, "-o", tmp_path / "l.csv").stdout.splitlines()
              if line.startswith("ages that are not numbers")]
-    assert len(lines) == 1 and f"in {odd['rows']} rows of pics: row {odd['first'][0][0]} " in lines[0]
+    assert len(lines) == 1 and f"in {odd['rows']} row{'s' if odd['rows'] != 1 else ''} of pics: row {odd['first'][0][0]} " in lines[0]

@@ -49,6 +49,14 @@ def test_it_prints_each_suggestion_on_its_own_line(found):
     assert "range test: unfrozen, batch size 16, 32 px, 24 batches" in result.stdout
 
 
+def test_in_a_pipe_it_says_how_far_the_test_is_in_a_few_lines(found):
+    # issue 29: the test was silent for its ~40 s; a terminal gets a bar, a pipe a line a quarter
+    _, result = found
+    done = re.findall(r"^range test: (\d+) batches of 24, lr \d\.\de-\d\d, loss \d+\.\d{4}$", result.stdout, re.M)
+    assert done[:1] == ["6"] and len(done) <= 4 and "\r" not in result.stdout, result.stdout
+    assert result.stdout.startswith("data: reading the labels and checking the image cache...\n")
+
+
 def test_the_plot_is_written_beside_the_study_file_by_default(found):
     study, result = found
     picture = study.parent / "study.lr_find" / "lr_find.png"

@@ -226,6 +226,20 @@ def test_the_same_threads_seed_and_batches_give_the_same_record(tiny):
     assert first.epochs_equivalent == pytest.approx(20 * 16 / n_train) and first.seconds > 0
 
 
+def test_each_batch_of_the_test_is_reported_as_it_ends(tiny):
+    # what lr-find's progress bar counts: every batch the curve records, with its lr and loss
+    from swipr_core.lr_find import find_lr
+    from swipr_core.training import TrainConfig
+
+    config = TrainConfig(lr=1e-3, batch_size=16, image_size=32, freeze="unfrozen", n_cycles=1, cycle_len=1,
+                         cycle_mult=1, head_epochs=1, seed=0)
+    seen: list[tuple[float, float]] = []
+    finding = find_lr(tiny[0], config, tiny[1], device="cpu", num_it=20, threads=1,
+                      on_batch=lambda lr, loss: seen.append((lr, loss)))
+    assert seen and [lr for lr, _ in seen] == list(finding.lrs) and [loss for _, loss in seen] == list(finding.losses)
+    assert finding.losses == tiny_test(tiny).losses   # watching changes nothing
+
+
 def test_frozen_then_unfrozen_is_tested_after_its_head_epochs(tiny, monkeypatch):
     # issue 26: the test started from a random head while its trials train the head first.
     from swipr_core import lr_find

@@ -218,7 +218,7 @@ def test_the_summary_says_what_pruning_and_nesting_saved_and_which_schedule_is_b
     assert (gains["epochs_run"], gains["epochs_saved"], gains["pruned"], gains["cut"], gains["nesting_saved"]) == \
         (11, 10, 1, 1, 3)
     rows = dict(gains_rows(study, gains))
-    assert rows["pruning saved"] == ("10 epochs (48% of 21): 1 trials pruned, 1 stopped after a finished shorter "
+    assert rows["pruning saved"] == ("10 epochs (48% of 21): 1 trial pruned, 1 stopped after a finished shorter "
                                      "schedule, 11 epochs run")
     assert rows["nesting saved"].startswith("3 epochs")
     assert rows["best schedule"].startswith("trial 1's 2-cycle schedule (val_loss 0.4000 after epoch 2")

@@ -10,7 +10,8 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.views.progress import Budget, StudyProgress, hours_label, summary_table
+from search.views import epoch_table
+from search.views.progress import Budget, StudyProgress, budget_rows, hours_label, summary_table
 from swipr_core.training import EpochRecord
 from tests.studykit import finished_demo_study
 
@@ -132,3 +133,58 @@ def test_the_summarys_rule_line_fits_the_terminal(monkeypatch):
     monkeypatch.setenv("COLUMNS", "72")
     lines = summary_table(study, "cpu").splitlines()
     assert lines[1] == "-" * 72 == lines[-1]
+
+
+def test_one_of_a_thing_is_said_in_the_singular():
+    from search.views.format import count
+    from search.views.gains import gains_rows
+
+    assert (count(1, "trial"), count(0, "trial"), count(2, "epoch"), count(1, "box", "boxes")) == (
+        "1 trial", "0 trials", "2 epochs", "1 box")
+    study = optuna.create_study()
+    study.add_trial(_timed(TrialState.COMPLETE, 60, 0.45))
+    rows = [" ".join(line.split()) for line in
+            summary_table(study, "cpu", this_run=[0], budget=Budget(1, 60.0)).splitlines()]
+    assert any(row.endswith("in this run (1 trial)") for row in rows), rows
+    assert budget_rows(Budget(3, 60.0), 1) == [("stopped early", "--timeout 60 s reached: 1 of the 3 trials asked for ran")]
+    gains = {"vs_notebook": [], "epochs_run": 1, "epochs_saved": 1, "pruned": 1}
+    assert ("pruning saved", "1 epoch (50% of 2): 1 trial pruned, 1 epoch run") in gains_rows(study, gains)
+
+
+def test_a_long_task_gets_a_bar_on_a_terminal_and_a_few_lines_in_a_pipe():
+    from search.views.progress import Steps
+
+    out = io.StringIO()
+    steps = Steps(8, "range test", "batches", stream=out)   # a StringIO is no terminal
+    for i in range(8):
+        steps.update(f"loss {i}")
+    steps.close()
+    assert out.getvalue().splitlines() == [f"range test: {n} batches of 8, loss {n - 1}" for n in (2, 4, 6, 8)]
+    out = io.StringIO()
+    steps = Steps(3, "replay", "epochs", lines=0, stream=out, bars=True)
+    above = steps.above(lambda line: print(line, file=out))
+    steps.update()
+    above("a row of the table")
+    steps.update()
+    steps.close()
+    text = out.getvalue()
+    assert "\r" in text and "replay 1/3 epochs |" in text and "replay 2/3 epochs |" in text
+    assert text.count("a row of the table") == 1
+    lines = io.StringIO()
+    quiet = Steps(3, "replay", "epochs", lines=0, stream=lines)
+    quiet.update()
+    assert lines.getvalue() == ""   # lines=0: the caller prints its own line a step
+
+
+def test_a_trial_beside_others_prints_its_rows_as_lines_through_echo():
+    from search.views.progress import trial_lines
+
+    seen: list[str] = []
+    hook = trial_lines(seen.append)
+    trial = _Trial(number=4, params={"lr": 0.01})
+    hook.on_start(trial, SimpleNamespace(epochs=1))
+    hook.on_epoch(trial, EpochRecord(0, "frozen", 0.5, 0.4, 0.75, 2.0, [], images=240))
+    hook.on_result(trial, None)
+    assert seen == ["trial 4  lr=0.01: started, epoch 0", epoch_table.header(),
+                    "    4      0  frozen        0.5000      0.4000    0.7500       00:02     120.0"]
+    assert not hook.bars

@@ -240,7 +240,7 @@ def test_a_run_counts_only_the_trials_it_ran(tmp_path, data_dir):
     thread.join()
     assert result.returncode == 0, result.stderr
     assert len(trials_of(url)) == 2
-    assert "in this run (1 trials)" in result.stdout, result.stdout
+    assert "in this run (1 trial)" in result.stdout, result.stdout
 
 
 def test_a_zero_trial_report_prints_no_optuna_warnings(tmp_path, data_dir, capfd):

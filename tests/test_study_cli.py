@@ -239,7 +239,7 @@ def test_a_run_counts_the_queued_trials_it_worked_through(finished):
     stored.enqueue_trial({"lr": 0.01, "batch_size": 16})   # queued before the run starts
     result = run_cli("study", "run", study, "--n-trials", "1")
     assert result.returncode == 0, result.stderr
-    assert "in this run (1 trials)" in result.stdout and "0.0000 in this run" not in result.stdout
+    assert "in this run (1 trial)" in result.stdout and "0.0000 in this run" not in result.stdout
 
 
 def test_reading_a_study_imports_no_torch():

@@ -97,6 +97,19 @@ def test_sigkilled_trial_is_failed_and_retried_from_its_checkpoint(tmp_path, dat
     assert not checkpoint.parent.exists()   # removed once the trial finished
 
 
+def test_each_trial_process_prints_its_per_epoch_rows(tmp_path, data_dir):
+    # issue 29: under --workers the per-epoch table never reached the terminal
+    import re
+
+    path = write_study(tmp_path, data_dir, space=THREE_EPOCHS, pruner="none")
+    result = swipr("study", "run", path, "--workers", "2", "--n-trials", "2")
+    assert result.returncode == 0, result.stderr
+    for number in (0, 1):   # every epoch of each trial, a row that starts with the trial's number
+        rows = re.findall(rf"^\s+{number}\s+(\d)\s+unfrozen\s+\d+\.\d{{4}}\s+\d+\.\d{{4}}\s", result.stdout, re.M)
+        assert sorted(rows) == ["0", "1", "2"], result.stdout
+        assert re.search(rf"^trial {number}  .*lr=.*: started, epochs 0-2", result.stdout, re.M), result.stdout
+
+
 def _fake_result(val_loss: float):
     import numpy as np
 

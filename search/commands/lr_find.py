@@ -120,17 +120,26 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(device_name)
     out = output_folder(study_file, args.out)
     quiet_optuna()
+    print("data: reading the labels and checking the image cache...", flush=True)
     dataset = prepare_study_data(study_file)
     study = open_study(study_file, create=True)
     check_fingerprint(study, dataset, study_file)
     head = f" after {config.head_epochs} head epoch(s) at {HEAD_LR:g}" if config.freeze == "frozen_then_unfrozen" else ""
     print(f"range test: {config.freeze}{head}, batch size {config.batch_size}, {config.image_size} px, "
           f"{args.num_it} batches, lr {START_LR:g} to {END_LR:g}, on {device}", flush=True)
-    with keyed(study_file.where("model")):   # the only fields left unchecked: arch, weights
-        # the threads a trial of `swipr study run` gets: the same threads, seed and batches, the same curve
-        finding = find_lr(dataset, config, study_file.model, device=str(device),
-                          precision=study_file.train.precision, compile=study_file.train.compile,
-                          num_it=args.num_it, threads=cpu_threads())
+    from search.views.progress import Steps   # imports torch: not before the flags and file are checked
+
+    # a bar over the batches on a terminal; in a pipe a line at each quarter of them
+    steps = Steps(args.num_it, "range test", "batches")
+    try:
+        with keyed(study_file.where("model")):   # the only fields left unchecked: arch, weights
+            # the threads a trial of `swipr study run` gets: the same threads, seed and batches, the same curve
+            finding = find_lr(dataset, config, study_file.model, device=str(device),
+                              precision=study_file.train.precision, compile=study_file.train.compile,
+                              num_it=args.num_it, threads=cpu_threads(),
+                              on_batch=lambda lr, loss: steps.update(f"lr {lr:.1e}, loss {loss:.4f}"))
+    finally:
+        steps.close()
     for name in SUGGESTIONS:
         if name in finding.suggestions:
             print(f"{name}: {finding.suggestions[name]:.1e}")

@@ -5,12 +5,13 @@ import argparse
 import json
 from pathlib import Path
 
+from objectives.judging import interrupted
 from objectives.optuna_compat import stale_trial_numbers
 from objectives.record import record_of
 from search.study.data_record import majority_baseline
 from search.study.open import best_trial, open_study, quiet_optuna
 from search.studyfile import load_study_file
-from search.views.format import accuracy_text, params_text
+from search.views.format import accuracy_text, count, params_text
 from search.views.gains import gains_rows, search_gains
 from search.views.results import accuracy_of, auc_of, schedule_text
 from objectives.trial_attrs import attrs_of
@@ -40,7 +41,11 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
                             "(default: [cluster] dask or $SWIPR_DASK)")
     run_p.set_defaults(func="search.running.driver:run_study")   # torch, fastai: see search.cli
 
-    status_p = actions.add_parser("status", help="list the study's trials")
+    status_p = actions.add_parser(
+        "status", help="list the study's trials",
+        description="List the study's trials: state, value, accuracy, epochs, params. A trial stopped by Ctrl-C "
+                    "or SIGTERM reads INTERRUPTED; Optuna records it FAIL (its retry needs that), and --json "
+                    "keeps \"state\": \"FAIL\" with \"interrupted\": true.")
     status_p.add_argument("study_file", type=Path, metavar="STUDY.toml", help="the study file")
     status_p.add_argument("--json", action="store_true", help="print JSON")
     status_p.set_defaults(func=status)
@@ -67,6 +72,8 @@ def _trial_row(trial, stale: bool = False) -> dict:
     return {
         "number": trial.number,
         "state": "STALE" if stale else trial.state.name,
+        # FAIL in Optuna (its retries need that) though nothing failed: stopped by Ctrl-C or SIGTERM
+        "interrupted": interrupted(trial),
         "value": trial.value,
         "params": trial.params,
         "epochs": attrs_of(trial).get("epochs"),
@@ -101,17 +108,22 @@ def status(args: argparse.Namespace) -> int:
         return 0
     states: dict[str, int] = {}
     for row in rows:
-        states[row["state"]] = states.get(row["state"], 0) + 1
-    print(f"study '{study.study_name}': {len(rows)} trials "
+        states[_shown_state(row)] = states.get(_shown_state(row), 0) + 1
+    print(f"study '{study.study_name}': {count(len(rows), 'trial')} "
           f"({', '.join(f'{n} {s.lower()}' for s, n in sorted(states.items())) or 'none'})")
     if baseline is not None:   # what val_acc is worth: always answering the commoner class scores this
         always = f" (always {majority_class})" if majority_class else ""
         print(f"majority baseline accuracy {baseline:.3f}{always}; vs_base = val_acc minus it")
     print("val_loss, val_acc: the trial's value, its best finished schedule, whose epoch is 'at'")
-    print(f"{'#':>4}  {'state':<9} {'val_loss':>8}  {'val_acc':>7}  {'vs_base':>7}  {'at':>3}  {'epochs':>6}  params")
+    print(f"{'#':>4}  {'state':<11} {'val_loss':>8}  {'val_acc':>7}  {'vs_base':>7}  {'at':>3}  {'epochs':>6}  params")
     for row in rows:
         print(_status_line(row, baseline))
     return 0
+
+
+def _shown_state(row: dict) -> str:
+    """The state a person reads: an interrupted trial's FAIL as INTERRUPTED."""
+    return "INTERRUPTED" if row["interrupted"] and row["state"] == "FAIL" else row["state"]
 
 
 def _status_line(row: dict, baseline: float | None) -> str:
@@ -122,7 +134,7 @@ def _status_line(row: dict, baseline: float | None) -> str:
     margin = f"{round(accuracy - baseline, 3) + 0.0:+.3f}" if accuracy is not None and baseline is not None else "-"
     params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
     at = row["value_epoch"] if row["value_epoch"] is not None else "-"
-    return (f"{row['number']:>4}  {row['state']:<9} {value:>8}  {acc:>7}  {margin:>7}  {at:>3}  "
+    return (f"{row['number']:>4}  {_shown_state(row):<11} {value:>8}  {acc:>7}  {margin:>7}  {at:>3}  "
             f"{row['epochs'] or '-':>6}  {params}{_where(row)}")
 
 

@@ -28,6 +28,8 @@ from search.studyfile import load_study_file
 from search.studyfile.fields import keyed
 from search.studyfile.trained_with import as_trained
 from search.views import epoch_table
+from search.views.format import count
+from search.views.progress import Steps
 from swipr_core import bundle
 from swipr_core.bundle_writer import library_versions, model_manifest, write_bundle
 from swipr_core.errors import SwiprError
@@ -97,8 +99,9 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
     record = trial_record(trial, study_file)
     config = record.replay_config()
     echo(f"trial {trial.number}{' (best)' if trial_number is None else ''} of study '{study.study_name}': "
-         f"val_loss {trial.value:.6g}, seed {config.seed}, {config.epochs} epochs, params {json.dumps(trial.params)}")
+         f"val_loss {trial.value:.6g}, seed {config.seed}, {count(config.epochs, 'epoch')}, params {json.dumps(trial.params)}")
     study_file = as_trained(study_file, attrs_of(trial), f"trial {trial.number}", echo)   # its [model], cache_px
+    echo("data: reading the labels and checking the image cache...")
     dataset = prepare_study_data(study_file)
     recorded = attrs_of(trial).get(FINGERPRINT_ATTR, study.user_attrs.get(FINGERPRINT_ATTR))
     refuse_other_data(recorded, dataset, study_file, f"the one trial {trial.number} was trained on; the replay "
@@ -109,6 +112,7 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
     if strict and not replay["matched"]:
         raise SwiprError(f"trial {trial.number}: replay is outside the tolerance and --strict is set; "
                          f"no bundle written")
+    echo(f"TTA: scoring the {int(sum(dataset.split.is_valid))} validation images as they are and mirrored...")
     result, tta_record = measure_tta(result, dataset, config, replay["device"], tta, echo)
     threshold, scores = judge(result, target_precision, echo)
     replay["roc_auc"] = compare_auc(record, scores["roc_auc"], echo)
@@ -123,6 +127,7 @@ def fit(study_path: Path, out: Path, trial_number: int | None = None, target_pre
         "metrics": {key: None if isinstance(value, float) and value != value else value for key, value in scores.items()},
         "libraries": library_versions(),
     }
+    echo("export: writing the weights and model.onnx, and checking the ONNX model against PyTorch...")
     manifest_sha256 = write_bundle(out, result, dataset, manifest, checked_vs_training=replay["device"] == "cpu",
                                    echo=echo, force=force)
     linked = link_trial(study, study_file, trial, out, manifest_sha256)
@@ -148,10 +153,19 @@ def replay_trial(study_file, trial, config: TrainConfig, dataset, device: str | 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     echo(epoch_table.header())
+    # a bar over the epochs on a terminal, the table's rows above it; in a pipe the rows alone
+    steps = Steps(config.epochs, f"trial {trial.number} replay", "epochs", lines=0)
+    above = steps.above(echo)
+
+    def on_epoch(record) -> None:
+        above(epoch_table.row(trial.number, record))
+        steps.update(f"val_loss {record.valid_loss:.4f}")
+
     try:
         result = train(dataset, config, study_file.model, device=str(resolved), precision=precision,
-                       compile=study_file.train.compile, on_epoch=lambda r: echo(epoch_table.row(trial.number, r)))
+                       compile=study_file.train.compile, on_epoch=on_epoch)
     finally:
+        steps.close()
         torch.set_num_threads(previous_threads)
     replay = compare_replay(trial, float(result.metrics["val_loss"]), echo)
     replay.update(device=str(resolved), precision=precision, cpu_threads=threads)

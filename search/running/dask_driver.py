@@ -20,9 +20,11 @@ import uuid
 import optuna
 from optuna.trial import TrialState
 
-from objectives.optuna_compat import fix_params, storage_of, study_id, trial_id
+from objectives.judging import INTERRUPTED_ATTR
+from objectives.optuna_compat import attach, fix_params, storage_of, study_id, trial_id
 from objectives.resume import Checkpoints
 from objectives.space import conditional, distribution, drawn, param_name, skippable_stage2, stage2_name
+from objectives.trial_attrs import set_attr
 from search.running.dask_trial import STARTED_ATTR, STOP_EVENT, DaskTask, run_dask_trial
 from search.running.failures import error_log
 from search.running.worker import checkpoint_root
@@ -178,14 +180,17 @@ class Driver:
         print(f"trial {trial.number}: {why}", file=sys.stderr, flush=True)
         return self.give_up(stored, why)
 
-    def give_up(self, stored: int, why: str) -> int:
+    def give_up(self, stored: int, why: str, interrupt: bool = False) -> int:
         """A RUNNING trial no task will finish: FAIL once with one retry queued (if any are left),
-        or back to the queue untouched if it never began. Returns 1 if the budget gets it back."""
+        or back to the queue untouched if it never began; with `interrupt` (Ctrl-C), marked
+        interrupted (objectives.judging.INTERRUPTED_ATTR). Returns 1 if the budget gets it back."""
         trial = self.storage.get_trial(stored)
         if STARTED_ATTR not in trial.system_attrs:
             self.storage.set_trial_state_values(stored, TrialState.WAITING)
             return 1
         self.storage.set_trial_user_attr(stored, "fail_reason", why)
+        if interrupt:   # a system attr: the retry Optuna makes copies user attrs only, and is no interrupt
+            set_attr(attach(self.study, stored), INTERRUPTED_ATTR, True)
         self.study.tell(trial.number, state=TrialState.FAIL)   # first: a crash here loses a retry, never doubles one
         return int(self.checkpoints.on_stale(self.study, self.storage.get_trial(stored)))
 
@@ -216,6 +221,6 @@ class Driver:
                 self.collect(future)
         for future, stored in list(self.running.items()):
             if self.storage.get_trial(stored).state == TrialState.RUNNING:
-                self.give_up(stored, "stopped (Ctrl-C) before its next epoch")
+                self.give_up(stored, "stopped (Ctrl-C) before its next epoch", interrupt=True)
             future.cancel()
         self.running.clear()

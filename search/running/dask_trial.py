@@ -36,6 +36,7 @@ from search.study.pruners import pruner_for
 from search.studyfile import StudyFile, load_study_file
 from search.studyfile.trained_with import RecordTrainedWith, check_same_version
 from search.views.artifacts import make_objective_hooks
+from search.views.progress import trial_lines
 from swipr_core.errors import SwiprError
 from objectives.trial_attrs import attrs_of, set_attr
 
@@ -133,7 +134,9 @@ def _train(task: DaskTask, study_file: StudyFile, dataset, trial: optuna.Trial) 
     stop arrives between epochs (StopCheck), and checkpoints go only once the end is recorded."""
     checkpoints = Checkpoints(checkpoint_root(study_file), study_file.study.max_retry)
     settings = train_settings(study_file, task.device, trial.study)
-    hooks = [StopCheck(task), RecordTrainedWith(study_file), *make_objective_hooks(study_file, trial.study, dataset)]
+    # the per-epoch rows reach the driver's terminal (distributed's print forwards them to the client)
+    hooks = [StopCheck(task), RecordTrainedWith(study_file), trial_lines(_to_driver),
+             *make_objective_hooks(study_file, trial.study, dataset)]
     finetune = guarded_finetune(dataset, study_file.space, study_file.model, settings, checkpoints, hooks)
     objective = FailureGuard(finetune, error_log(study_file))
     try:
@@ -171,6 +174,13 @@ def _record(trial: optuna.Trial, outcome: dict, checkpoints: Checkpoints) -> Non
             set_attr(trial, "fail_reason", outcome["reason"])
         study.tell(trial, state=TrialState.FAIL)
     checkpoints.remove(original_number(stored_trial(trial)))
+
+
+def _to_driver(line: str) -> None:
+    """A line on the driver's terminal: distributed's print writes it here and on every client."""
+    from distributed import print as forward
+
+    forward(line, flush=True)
 
 
 def _stop_requested(task: DaskTask) -> bool:

@@ -25,6 +25,7 @@ from search.studyfile import StudyFile
 from search.studyfile.trained_with import RecordTrainedWith
 from search.views.artifacts import make_objective_hooks
 from search.views.format import describe_trial
+from search.views.progress import trial_lines
 from swipr_core.data import Dataset
 from swipr_core.errors import RunStopped, SwiprError
 
@@ -108,7 +109,8 @@ def run_trial_process(study_file: StudyFile, label: str, slot_index: int, device
         def announce(study, trial) -> None:
             print(f"{label}: {describe_trial(trial)}", flush=True)
 
-        hooks = make_objective_hooks(study_file, open_study(study_file, create=False), dataset)
+        # the per-epoch table's rows, as the single-process run prints them, each starting with the trial
+        hooks = [trial_lines(), *make_objective_hooks(study_file, open_study(study_file, create=False), dataset)]
         streak = FailureStreak(limit=2)   # one trial here: the supervisor counts failures in a row
         run_worker(study_file, dataset, n_trials=1, device=device, slot=str(slot_index), hooks=hooks,
                    callbacks=[announce], stop=stop, streak=streak)

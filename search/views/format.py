@@ -9,6 +9,11 @@ from objectives.judging import DIVERGED_ATTR
 from objectives.trial_attrs import attrs_of
 
 
+def count(n: int, thing: str, plural: str | None = None) -> str:
+    """'1 trial', '2 trials': a number and its noun in the right number (`plural` where it isn't thing + s)."""
+    return f"{n} {thing if n == 1 else plural or thing + 's'}"
+
+
 def short(value) -> str:
     """A param or metric in a line: floats to 3 significant digits."""
     return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -10,6 +10,7 @@ from objectives.judging import BEST_STAGE_ATTR, CUT_ATTR, STAGE2_FIRST_EPOCH_ATT
 from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
 from search.study.warm_start import CHANGED_ATTR, KEPT_ATTR, NOTEBOOK, OLD_RUNS, STAGES_RUN_ATTR, WARM_START_ATTR
+from search.views.format import count
 from search.views.range_tests import range_test_rows
 from search.views.results import accuracy_of
 from search.views.stages import spans_of, stages_text
@@ -99,7 +100,7 @@ def _notebook_line(row: dict, best, baseline: float | None) -> str:
     if row["state"] == "WAITING":   # queued by the warm start; this run ended before reaching it
         return f"{where}: WAITING, not run yet; the next `swipr study run` runs it first"
     if row["state"] == "PRUNED":
-        return f"{where}: pruned after {row['epochs']} of {row['planned_epochs']} epochs"
+        return f"{where}: pruned after {row['epochs']} of {count(row['planned_epochs'], 'epoch')}"
     if "loss_change_pct" not in row:
         return f"{where}: {row['state'].lower()}, nothing to compare"
     change = row["loss_change_pct"]
@@ -122,10 +123,10 @@ def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
     planned = gains["epochs_run"] + gains["epochs_saved"]
     share = f" ({100 * gains['epochs_saved'] / planned:.0f}% of {planned})" if planned else ""
     cut = f", {gains['cut']} stopped after a finished shorter schedule" if gains.get("cut") else ""
-    rows.append(("pruning saved", f"{gains['epochs_saved']} epochs{share}: {gains['pruned']} trials pruned{cut}, "
-                                  f"{gains['epochs_run']} epochs run"))
+    rows.append(("pruning saved", f"{count(gains['epochs_saved'], 'epoch')}{share}: "
+                                  f"{count(gains['pruned'], 'trial')} pruned{cut}, {count(gains['epochs_run'], 'epoch')} run"))
     if gains.get("nesting_saved"):
-        rows.append(("nesting saved", f"{gains['nesting_saved']} epochs: shorter schedules finished inside longer "
+        rows.append(("nesting saved", f"{count(gains['nesting_saved'], 'epoch')}: shorter schedules finished inside longer "
                                       f"runs, which n_cycles sampled would have trained as trials of their own"))
     schedule = best_schedule(attrs_of(best)) if best is not None else None
     if best is not None and schedule is not None:

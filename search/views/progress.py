@@ -11,17 +11,18 @@ from __future__ import annotations
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from optuna.trial import TrialState
 from tqdm import tqdm   # not tqdm.auto: this is a terminal, never a notebook widget
 
+from objectives.judging import interrupted
 from objectives.record import record_of
 from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
 from search.views import epoch_table
-from search.views.format import accuracy_text, describe_trial, params_text, short
+from search.views.format import accuracy_text, count, describe_trial, params_text, short
 from search.views.gains import gains_rows, search_gains
 from search.views.results import accuracy_of, auc_of, schedule_text
 from search.views.stages import stage_spans, stage_start_line
@@ -42,9 +43,10 @@ TRIAL_BAR = "{desc} {n_fmt}/{total_fmt} epochs |{bar:20}| {elapsed}<{remaining}{
 class StudyProgress:
     """Objective hooks (on_start, on_epoch, on_result, on_stop) plus an Optuna study callback."""
 
-    def __init__(self, n_trials: int, stream=None, bars: bool | None = None):
+    def __init__(self, n_trials: int, stream=None, bars: bool | None = None, echo: Callable[[str], None] | None = None):
         self.stream = stream or sys.stdout
-        self.bars = self.stream.isatty() if bars is None else bars
+        self.echo = echo   # where lines go without bars (default: printed to the stream)
+        self.bars = False if echo is not None else self.stream.isatty() if bars is None else bars
         self.n_trials = n_trials
         # tqdm bars on a terminal, else None (tqdm ships no types: Any)
         self.trial_bar: Any = None
@@ -62,6 +64,8 @@ class StudyProgress:
         """A line that stays above the bars (or just a line, without bars)."""
         if self.bars:
             tqdm.write(line, file=self.stream)
+        elif self.echo is not None:
+            self.echo(line)
         else:
             print(line, file=self.stream, flush=True)
 
@@ -133,6 +137,55 @@ class StudyProgress:
             self.trial_bar = None
 
 
+class Steps:
+    """Progress through `total` steps of one long task (`swipr fit`'s epochs, `swipr lr-find`'s
+    batches): a tqdm bar on a terminal; elsewhere a plain line at each of `lines` even shares of
+    the steps (none with 0), so a pipe or CI log gets a few lines, not a redrawn bar."""
+
+    def __init__(self, total: int, label: str, unit: str, lines: int = 4, stream=None, bars: bool | None = None):
+        self.stream = stream or sys.stdout
+        self.bars = self.stream.isatty() if bars is None else bars
+        self.total, self.label, self.unit, self.done = total, label, unit, 0
+        self.marks = {max(1, round(total * k / lines)) for k in range(1, lines + 1)} if lines and total else set()
+        # redrawn every step (mininterval 0): a step is a batch or an epoch, never a hot loop
+        self.bar: Any = (tqdm(total=total, file=self.stream, dynamic_ncols=True, leave=False, mininterval=0,
+                              bar_format=f"{label} {{n_fmt}}/{{total_fmt}} {unit} |{{bar:20}}| "
+                                         f"{{elapsed}}<{{remaining}}{{postfix}}") if self.bars else None)
+
+    def update(self, postfix: str = "") -> None:
+        self.done += 1
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix_str(postfix, refresh=False)
+            self.bar.update(1)
+        elif self.done in self.marks:
+            print(f"{self.label}: {count(self.done, self.unit.rstrip('s'))} of {self.total}"
+                  f"{', ' + postfix if postfix else ''}", file=self.stream, flush=True)
+
+    def above(self, echo):
+        """`echo` that prints its line above the bar (the bar cleared and redrawn round it)."""
+        def write(line: str) -> None:
+            if self.bar is None:
+                echo(line)
+                return
+            with tqdm.external_write_mode(file=self.stream):
+                echo(line)
+        return write
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def trial_lines(echo: Callable[[str], None] | None = None) -> StudyProgress:
+    """An objective hook for a trial run beside others (`--workers`, Dask): its start, stages and
+    the per-epoch table's rows as plain lines, no bars (several processes share the terminal).
+    Each row starts with the trial's number, so interleaved trials stay apart. `echo`: where
+    the lines go (default: printed)."""
+    return StudyProgress(1, bars=False, echo=echo)
+
+
 def _baseline_text(trial) -> str:
     """'; majority baseline accuracy 0.806': what the accuracy column must beat."""
     study = getattr(trial, "study", None)
@@ -160,8 +213,8 @@ class Budget:
 def budget_rows(budget: Budget | None, ran: int) -> list[tuple[str, str]]:
     if budget is None or budget.timeout is None or ran >= budget.n_trials:
         return []
-    return [("stopped early", f"--timeout {budget.timeout:g} s reached: {ran} of the {budget.n_trials} trials "
-                              f"asked for ran")]
+    return [("stopped early", f"--timeout {budget.timeout:g} s reached: {ran} of the "
+                              f"{count(budget.n_trials, 'trial')} asked for ran")]
 
 
 def _best_rows(study) -> list[tuple[str, str]]:
@@ -193,12 +246,14 @@ def summary_table(study, device: str, this_run=(), budget: Budget | None = None)
 
     this_run = [t for t in trials if t.number in set(this_run)]
     waiting = f", {counts[TrialState.WAITING]} waiting" if counts[TrialState.WAITING] else ""
+    stopped = sum(1 for t in trials if t.state == TrialState.FAIL and interrupted(t))   # FAIL in Optuna, not failed
+    stopped_text = f", {stopped} interrupted" if stopped else ""
     rows = _best_rows(study) + gains_rows(study, search_gains(study))
     rows += [
         ("trials", f"{len(trials)} ({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
-                   f"{counts[TrialState.FAIL]} failed{waiting})"),
+                   f"{counts[TrialState.FAIL] - stopped} failed{stopped_text}{waiting})"),
         (hours_label(device), f"{hours(trials):.4f} in the study, {hours(this_run):.4f} in this run "
-                              f"({len(this_run)} trials)"),
+                              f"({count(len(this_run), 'trial')})"),
     ]
     rows += budget_rows(budget, len(this_run))
     width = max(len(key) for key, _ in rows)

@@ -21,7 +21,7 @@ import optuna.visualization as vis
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
-from objectives.judging import JUDGED_ATTR, LOSSES_ATTR
+from objectives.judging import JUDGED_ATTR, LOSSES_ATTR, interrupted
 from objectives.optuna_compat import storage_of
 from objectives.lr_record import finding_of, recorded_findings
 from objectives.record import record_of
@@ -165,6 +165,9 @@ def _table(rows) -> str:
 def _summary(study, trials) -> str:
     states = {s.name.lower(): sum(1 for t in trials if t.state == s)
               for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
+    # an interrupted trial is FAIL in Optuna, though nothing in it failed: counted apart
+    states["interrupted"] = sum(1 for t in trials if t.state == TrialState.FAIL and interrupted(t))
+    states["fail"] -= states["interrupted"]
     data = data_summary(study)
     yes, no = data["yes"], data["no"]
     rows = [("trials", f"{len(trials)} (" + ", ".join(f"{n} {s}" for s, n in states.items() if n) + ")")]
