@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback as _Retry
 
-from objectives.judging import INTERRUPTED_ATTR, interrupted, report_epoch  # noqa: F401 - interrupted: read here too
+from objectives.judging import INTERRUPTED_ATTR, report_epoch
 from objectives.optuna_compat import guard_ask, put_back, stored_trial, take_queued_first
 from objectives.space import STAGE2, stage2_name
 from swipr_core.checkpoints import load_checkpoint

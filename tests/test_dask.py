@@ -15,7 +15,7 @@ import time
 import optuna
 import pytest
 
-from objectives.resume import interrupted as is_interrupted
+from objectives.judging import interrupted as is_interrupted
 from tests.daskkit import Cluster
 from tests.studykit import ROOT, SPACE, one_line_error, run_cli, write_study
 from objectives.trial_attrs import attrs_of

@@ -8,7 +8,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from objectives.resume import INTERRUPTED_ATTR, interrupted
+from objectives.judging import INTERRUPTED_ATTR, interrupted
 from objectives.optuna_compat import storage_of, trial_id
 from objectives.trial_attrs import PREFIX
 from search.running.dask_driver import Driver

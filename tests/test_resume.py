@@ -11,7 +11,8 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from objectives.resume import INTERRUPTED_ATTR, OWNER_FILE, Checkpoints, interrupted
+from objectives.judging import INTERRUPTED_ATTR, interrupted
+from objectives.resume import OWNER_FILE, Checkpoints
 from objectives.space import Range, suggest
 from search.running.worker import checkpoint_root
 from search.studyfile import load_study_file

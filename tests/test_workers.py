@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from objectives.trial_attrs import attrs_of
-from objectives.resume import interrupted as is_interrupted
+from objectives.judging import interrupted as is_interrupted
 from search.running.stop import StopFlag
 from search.running.supervisor import Slot, make_slots, parse_gpus, visible_device
 from swipr_core.errors import SwiprError
