@@ -149,7 +149,7 @@ def replay_trial(study_file, trial, config: TrainConfig, dataset, device: str | 
     if threads is not None and threads < 1:   # 0 is not "the default"
         raise SwiprError(f"--threads must be 1 or more, got {threads}")
     threads = threads or planned_threads or attrs_of(trial).get(THREADS_ATTR) or torch.get_num_threads()
-    echo(f"replaying on {resolved} ({precision} precision, {threads} CPU threads)...")
+    echo(f"replaying on {resolved} ({precision} precision, {count(threads, 'CPU thread')})...")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     echo(epoch_table.header())
