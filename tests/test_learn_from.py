@@ -12,9 +12,11 @@ from tests.studykit import study_toml
 
 
 def _file(folder: Path, name: str, learn_from: str | None = None, **kwargs) -> Path:
-    extra = {"study": f"learn_from = {learn_from}\n"} if learn_from is not None else {}
+    extra = dict(kwargs.pop("extra", {}))
+    if learn_from is not None:
+        extra["study"] = f"learn_from = {learn_from}\n" + extra.get("study", "")
     path = folder / f"{name}.toml"
-    path.write_text(study_toml(folder / "data", name=name, extra={**extra, **kwargs.pop("extra", {})}, **kwargs))
+    path.write_text(study_toml(folder / "data", name=name, extra=extra, **kwargs))
     return path
 
 
@@ -54,3 +56,110 @@ def test_a_cycle_of_studies_learning_from_each_other_is_refused(tmp_path):
 def test_learn_from_top_below_zero_is_refused(tmp_path):
     with pytest.raises(SwiprError, match=r"\[study\] learn_from_top must be 0 or more, got -1"):
         load_study_file(_file(tmp_path, "new", extra={"study": "learn_from_top = -1\n"}))
+
+
+SPACE_OLD = """
+[space]
+lr = { low = 1e-3, high = 3e-2, log = true }
+batch_size = [16, 32]
+image_size = [32]
+freeze = ["unfrozen", "frozen"]
+n_cycles = [1]
+cycle_len = [1]
+cycle_mult = [1]
+"""
+# the new space: a narrower lr, batch 32 gone (24 nearest), "frozen" gone (no nearest choice)
+SPACE_NEW = SPACE_OLD.replace("low = 1e-3", "low = 2e-3").replace("[16, 32]", "[16, 24]").replace(
+    '["unfrozen", "frozen"]', '["unfrozen"]')
+
+
+def _earlier_study(folder: Path, trials: list[tuple[dict, float]], arch: str = "test_resnet") -> Path:
+    """An earlier study file whose storage holds these finished trials (params, value)."""
+    import optuna
+
+    from objectives.space import distribution
+    from search.study.open import open_study
+
+    path = _file(folder, "old", space=SPACE_OLD, extra={"model": ""} if arch == "test_resnet" else {})
+    if arch != "test_resnet":
+        path.write_text(path.read_text().replace('arch = "test_resnet"', f'arch = "{arch}"'))
+    old = load_study_file(path)
+    study = open_study(old, create=True)
+    specs = {name: distribution(spec) for name, spec in old.space.items()}
+    for params, value in trials:
+        full = {"image_size": 32, "n_cycles": 1, "cycle_len": 1, "cycle_mult": 1, **params}
+        study.add_trial(optuna.trial.create_trial(params=full, distributions={k: specs[k] for k in full}, value=value))
+    return path
+
+
+def _new_study(folder: Path, top: int = 3, sampler: str = "tpe"):
+    from search.study.open import open_study
+
+    new = load_study_file(_file(folder, "new", '"old.toml"', space=SPACE_NEW, sampler=sampler,
+                                extra={"study": f"learn_from_top = {top}\n"}))
+    return new, open_study(new, create=True)
+
+
+def test_best_earlier_configs_are_enqueued_fitted_adapted_or_skipped(tmp_path, capsys):
+    from objectives.trial_attrs import attrs_of
+    from search.study.learn_from import LEARNED_ATTR, OLD_VALUES_ATTR, RANK_ATTR, learn_from_earlier, read_earlier
+
+    _earlier_study(tmp_path, [
+        ({"lr": 5e-3, "batch_size": 16, "freeze": "unfrozen"}, 0.30),   # rank 1: fits
+        ({"lr": 5e-3, "batch_size": 16, "freeze": "frozen"}, 0.31),     # rank 2: frozen has no place: skipped
+        ({"lr": 1e-3, "batch_size": 32, "freeze": "unfrozen"}, 0.32),   # rank 3: lr -> 2e-3, batch 32 -> 24
+        ({"lr": 5e-3, "batch_size": 16, "freeze": "unfrozen"}, 0.33),   # rank 4: the same as rank 1: skipped
+        ({"lr": 8e-3, "batch_size": 16, "freeze": "unfrozen"}, 0.34),   # rank 5: fits
+        ({"lr": 9e-3, "batch_size": 16, "freeze": "unfrozen"}, 0.35),   # rank 6: beyond the top 3
+    ])
+    new, study = _new_study(tmp_path)
+    earlier, notes = read_earlier(new)
+    assert notes == []
+    lines = learn_from_earlier(study, new, earlier)
+    assert "enqueued 3 of their best configurations (2 fit the space, 1 moved to its nearest values, " \
+           "2 skipped: 1 with a value it has no place for, 1 the same as one before)" in lines[0]
+    queued = study.get_trials(deepcopy=False)
+    assert [t.system_attrs["fixed_params"] for t in queued] == [
+        {"lr": 5e-3, "batch_size": 16, "freeze": "unfrozen", "image_size": 32, "n_cycles": 1, "cycle_len": 1,
+         "cycle_mult": 1},
+        {"lr": 2e-3, "batch_size": 24, "freeze": "unfrozen", "image_size": 32, "n_cycles": 1, "cycle_len": 1,
+         "cycle_mult": 1},
+        {"lr": 8e-3, "batch_size": 16, "freeze": "unfrozen", "image_size": 32, "n_cycles": 1, "cycle_len": 1,
+         "cycle_mult": 1}]
+    assert [attrs_of(t)[LEARNED_ATTR] for t in queued] == ["old trial 0", "old trial 2", "old trial 4"]
+    assert [attrs_of(t)[RANK_ATTR] for t in queued] == [1, 3, 5]
+    assert attrs_of(queued[1])[OLD_VALUES_ATTR] == {"lr": 1e-3, "batch_size": 32}
+    # no value of the earlier study is one of the new study's: nothing finished, nothing best
+    assert all(t.state.name == "WAITING" and t.value is None for t in queued)
+    # once only: a second start queues nothing more
+    assert learn_from_earlier(study, new, earlier) == [] and len(study.get_trials()) == 3
+
+
+def test_a_study_with_no_finished_trials_or_another_arch(tmp_path):
+    from search.study.learn_from import read_earlier
+
+    _earlier_study(tmp_path, [])
+    new, _ = _new_study(tmp_path)
+    with pytest.raises(SwiprError, match=r"new\.toml: \[study\] learn_from: old\.toml: study 'old' has no finished "
+                                         r"trials to learn from"):
+        read_earlier(new)
+    other = tmp_path / "other"
+    other.mkdir()
+    _earlier_study(other, [({"lr": 5e-3, "batch_size": 16, "freeze": "unfrozen"}, 0.3)], arch="resnet18")
+    new, study = _new_study(other)
+    earlier, notes = read_earlier(new)
+    assert len(notes) == 1 and "[model] arch resnet18 is not this study's test_resnet" in notes[0]
+    assert earlier[0].params(earlier[0].trials[0]).keys() == {"batch_size", "freeze", "image_size", "n_cycles",
+                                                              "cycle_len", "cycle_mult"}
+
+
+def test_the_run_refuses_a_bad_reference_writing_nothing(tmp_path):
+    from tests.studykit import demo_data, run_cli
+
+    demo_data(tmp_path / "data")
+    _earlier_study(tmp_path, [])
+    new = _file(tmp_path, "new", '"old.toml"', space=SPACE_NEW)
+    result = run_cli("study", "run", new, "--n-trials", "1")
+    assert result.returncode == 2 and "learn_from: old.toml: study 'old' has no finished trials" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "new.db").exists() and not (tmp_path / "new.labels.csv").exists()
