@@ -163,3 +163,69 @@ def test_the_run_refuses_a_bad_reference_writing_nothing(tmp_path):
     assert result.returncode == 2 and "learn_from: old.toml: study 'old' has no finished trials" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "new.db").exists() and not (tmp_path / "new.labels.csv").exists()
+
+
+def _tpe_study(observations: list[dict], own: list[float] = ()):
+    import optuna
+
+    from objectives.optuna_compat import set_study_system_attr
+    from search.study.samplers import LEARNED_SYSTEM_ATTR, make_sampler
+
+    study = optuna.create_study(sampler=make_sampler("tpe", 7))
+    if observations:
+        set_study_system_attr(study, LEARNED_SYSTEM_ATTR, {"observations": observations})
+    lr = optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True)
+    for i, value in enumerate(own):
+        study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3 + i * 1e-3}, distributions={"lr": lr}, value=value))
+    return study, lr
+
+
+def test_tpe_draws_near_the_earlier_studies_best_before_its_own_trials(tmp_path):
+    # ten earlier trials: the best two near lr 0.02, the rest near 0.0015
+    observations = [{"study": "old", "trial": i, "params": {"lr": 0.02 if i < 2 else 0.0015 + i * 1e-5},
+                     "q": i / 9} for i in range(10)]
+    draws = []
+    for _ in range(5):
+        study, lr = _tpe_study(observations)
+        trial = study.ask({"lr": lr})
+        draws.append(trial.params["lr"])
+        study.tell(trial, 0.5)
+    assert all(0.01 <= lr <= 0.03 for lr in draws), draws
+    # the earlier trials are never the study's: it holds its own one trial each time
+    assert len(study.get_trials()) == 1
+
+
+def test_earlier_trials_fade_as_the_studys_own_finish():
+    from functools import partial
+
+    import optuna
+
+    from search.study.samplers import SeededByTrial
+
+    observations = [{"study": "old", "trial": i, "params": {"lr": 0.02}, "q": i / 2} for i in range(3)]
+    learning, lr = _tpe_study(observations, own=[0.5, 0.4, 0.6, 0.3, 0.45, 0.55])   # 6 own >= 3 earlier: all gone
+    # make_sampler("tpe")'s TPE, without the earlier trials
+    plain = optuna.create_study(sampler=SeededByTrial(partial(optuna.samplers.TPESampler, constant_liar=True,
+                                                              n_startup_trials=5), 7))
+    for trial in learning.get_trials():
+        plain.add_trial(trial)
+    assert learning.ask({"lr": lr}).params == plain.ask({"lr": lr}).params
+
+
+def test_a_run_learns_from_an_earlier_run_and_counts_only_its_own(tmp_path):
+    from search.study.open import open_study
+    from tests.studykit import demo_data, run_cli
+
+    demo_data(tmp_path / "data")
+    old = _file(tmp_path, "old", space=SPACE_OLD)
+    assert run_cli("study", "run", old, "--n-trials", "3").returncode == 0
+    new = _file(tmp_path, "new", '"old.toml"', space=SPACE_NEW)
+    result = run_cli("study", "run", new, "--n-trials", "4")
+    assert result.returncode == 0, result.stderr
+    assert "learn_from: 'old' (3 finished): enqueued" in result.stdout
+    study = open_study(load_study_file(new), create=False, read_only=True)
+    earlier = open_study(load_study_file(old), create=False, read_only=True)
+    assert [t.number for t in study.get_trials()] == [0, 1, 2, 3]   # its own four, no earlier one
+    assert {t.value for t in study.get_trials()}.isdisjoint({t.value for t in earlier.get_trials()})
+    best = run_cli("study", "best", new)
+    assert best.returncode == 0 and "learned from" in best.stdout and "'old' (3 finished)" in best.stdout
