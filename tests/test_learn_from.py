@@ -117,7 +117,7 @@ def test_best_earlier_configs_are_enqueued_fitted_adapted_or_skipped(tmp_path, c
     assert notes == []
     lines = learn_from_earlier(study, new, earlier)
     assert "enqueued 3 of their best configurations (2 fit the space, 1 moved to its nearest values, " \
-           "2 skipped: 1 with a value it has no place for, 1 the same as one before)" in lines[0]
+           "2 skipped: 1 with a value it has no place for, 1 the same as one before or the notebook's)" in lines[0]
     queued = study.get_trials(deepcopy=False)
     assert [t.system_attrs["fixed_params"] for t in queued] == [
         {"lr": 5e-3, "batch_size": 16, "freeze": "unfrozen", "image_size": 32, "n_cycles": 1, "cycle_len": 1,

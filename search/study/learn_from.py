@@ -28,6 +28,7 @@ from search.study.open import open_study
 from search.study.samplers import LEARNED_SYSTEM_ATTR
 from search.study.schedule_record import n_cycles_mode
 from search.study.storage import redact
+from search.study.warm_start import WARM_START_ATTR
 from search.studyfile import StudyFile, load_study_file
 from swipr_core.errors import SwiprError
 
@@ -129,7 +130,8 @@ def learn_from_earlier(study: optuna.Study, study_file: StudyFile, earlier: list
     if any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)):
         return []   # a study that ran before learn_from was added: its own trials lead it already
     specs = space_params(study, study_file)
-    counts, enqueued = _enqueue_best(study, earlier, specs, study_file.study.learn_from_top)
+    counts, enqueued = _enqueue_best(study, earlier, specs, study_file.study.learn_from_top,
+                                     notebook=study_file.study.warm_start)
     sampler = study_file.study.learn_from_sampler and study_file.study.sampler == "tpe"
     observations = _observations(earlier, specs) if sampler else []
     set_study_system_attr(study, LEARNED_SYSTEM_ATTR, {
@@ -140,15 +142,17 @@ def learn_from_earlier(study: optuna.Study, study_file: StudyFile, earlier: list
     lines = [f"learn_from: {names}: enqueued {len(enqueued)} of their best configurations "
              f"({counts['fit']} fit the space, {counts['adapted']} moved to its nearest values, "
              f"{counts['skipped']} skipped: {counts['skipped_unfit']} with a value it has no place for, "
-             f"{counts['skipped'] - counts['skipped_unfit']} the same as one before)"]
+             f"{counts['skipped'] - counts['skipped_unfit']} the same as one before or the notebook's)"]
     if sampler:
         lines.append(f"learn_from: TPE also sees their {len(observations)} finished trials by rank, one fewer "
                      f"for each trial of this study that finishes")
     return lines
 
 
-def _enqueue_best(study: optuna.Study, earlier: list[Earlier], specs: dict, top: int) -> tuple[dict, list[dict]]:
-    """Enqueue up to `top` distinct configurations, best rank first across the studies."""
+def _enqueue_best(study: optuna.Study, earlier: list[Earlier], specs: dict, top: int,
+                  notebook: bool) -> tuple[dict, list[dict]]:
+    """Enqueue up to `top` distinct configurations, best rank first across the studies; with
+    `notebook` (this study's warm start) an earlier notebook trial is the same as its own."""
     ranked = sorted(((rank, i, trial) for i, e in enumerate(earlier) for rank, trial in enumerate(e.trials)),
                     key=lambda item: (item[0], item[1]))
     counts = {"fit": 0, "adapted": 0, "skipped": 0, "skipped_unfit": 0}
@@ -159,7 +163,7 @@ def _enqueue_best(study: optuna.Study, earlier: list[Earlier], specs: dict, top:
             break
         source = earlier[i]
         fixed, moved, unfit = fit(source.params(trial), specs)
-        if unfit or not fixed or fixed in seen:
+        if unfit or not fixed or fixed in seen or (notebook and WARM_START_ATTR in attrs_of(trial)):
             counts["skipped"] += 1
             counts["skipped_unfit"] += bool(unfit or not fixed)
             continue
