@@ -73,29 +73,31 @@ SPACE_NEW = SPACE_OLD.replace("low = 1e-3", "low = 2e-3").replace("[16, 32]", "[
     '["unfrozen", "frozen"]', '["unfrozen"]')
 
 
-def _earlier_study(folder: Path, trials: list[tuple[dict, float]], arch: str = "test_resnet") -> Path:
+def _earlier_study(folder: Path, trials: list[tuple[dict, float]], arch: str = "test_resnet",
+                   storage: str = "", notebook: int | None = None) -> Path:
     """An earlier study file whose storage holds these finished trials (params, value)."""
     import optuna
 
     from objectives.space import distribution
     from search.study.open import open_study
 
-    path = _file(folder, "old", space=SPACE_OLD, extra={"model": ""} if arch == "test_resnet" else {})
+    path = _file(folder, "old", space=SPACE_OLD, extra={"study": f'storage = "{storage}"\n'} if storage else {})
     if arch != "test_resnet":
         path.write_text(path.read_text().replace('arch = "test_resnet"', f'arch = "{arch}"'))
     old = load_study_file(path)
     study = open_study(old, create=True)
     specs = {name: distribution(spec) for name, spec in old.space.items()}
-    for params, value in trials:
+    for i, (params, value) in enumerate(trials):
         full = {"image_size": 32, "n_cycles": 1, "cycle_len": 1, "cycle_mult": 1, **params}
-        study.add_trial(optuna.trial.create_trial(params=full, distributions={k: specs[k] for k in full}, value=value))
+        study.add_trial(optuna.trial.create_trial(params=full, distributions={k: specs[k] for k in full}, value=value,
+                                                  user_attrs={"warm_start": "notebook"} if i == notebook else {}))
     return path
 
 
-def _new_study(folder: Path, top: int = 3, sampler: str = "tpe"):
+def _new_study(folder: Path, top: int = 3, sampler: str = "tpe", warm_start: bool = False):
     from search.study.open import open_study
 
-    new = load_study_file(_file(folder, "new", '"old.toml"', space=SPACE_NEW, sampler=sampler,
+    new = load_study_file(_file(folder, "new", '"old.toml"', space=SPACE_NEW, sampler=sampler, warm_start=warm_start,
                                 extra={"study": f"learn_from_top = {top}\n"}))
     return new, open_study(new, create=True)
 
@@ -229,3 +231,29 @@ def test_a_run_learns_from_an_earlier_run_and_counts_only_its_own(tmp_path):
     assert {t.value for t in study.get_trials()}.isdisjoint({t.value for t in earlier.get_trials()})
     best = run_cli("study", "best", new)
     assert best.returncode == 0 and "learned from" in best.stdout and "'old' (3 finished)" in best.stdout
+
+
+def test_an_earlier_study_in_postgresql_teaches_one_in_sqlite(tmp_path, pg_url):
+    from search.study.learn_from import learn_from_earlier, read_earlier
+
+    _earlier_study(tmp_path, [({"lr": 5e-3, "batch_size": 16, "freeze": "unfrozen"}, 0.3),
+                              ({"lr": 9e-3, "batch_size": 32, "freeze": "unfrozen"}, 0.4)], storage=pg_url)
+    new, study = _new_study(tmp_path, top=1)
+    assert new.study.storage.startswith("sqlite:///")
+    earlier, _ = read_earlier(new)
+    lines = learn_from_earlier(study, new, earlier)
+    assert "'old' (2 finished): enqueued 1 of their best" in lines[0] and "2 finished trials by rank" in lines[1]
+    assert [t.system_attrs["fixed_params"]["lr"] for t in study.get_trials()] == [5e-3]
+
+
+def test_an_earlier_notebook_trial_is_not_queued_again_beside_the_studys_own(tmp_path):
+    from search.study.learn_from import LEARNED_ATTR, learn_from_earlier, read_earlier
+    from objectives.trial_attrs import attrs_of
+
+    _earlier_study(tmp_path, [({"lr": 5e-3, "batch_size": 16, "freeze": "unfrozen"}, 0.3),
+                              ({"lr": 9e-3, "batch_size": 16, "freeze": "unfrozen"}, 0.4)], notebook=0)
+    new, study = _new_study(tmp_path, top=2, warm_start=True)
+    earlier, _ = read_earlier(new)
+    lines = learn_from_earlier(study, new, earlier)
+    assert "enqueued 1 of their best" in lines[0] and "1 the same as one before or the notebook's" in lines[0]
+    assert [attrs_of(t).get(LEARNED_ATTR) for t in study.get_trials()] == ["old trial 1"]
