@@ -257,3 +257,31 @@ def test_an_earlier_notebook_trial_is_not_queued_again_beside_the_studys_own(tmp
     lines = learn_from_earlier(study, new, earlier)
     assert "enqueued 1 of their best" in lines[0] and "1 the same as one before or the notebook's" in lines[0]
     assert [attrs_of(t).get(LEARNED_ATTR) for t in study.get_trials()] == ["old trial 1"]
+
+
+@pytest.mark.slow
+def test_a_dask_run_and_a_workers_run_learn_alike(tmp_path):
+    from search.study.open import open_study
+    from tests.daskkit import Cluster
+    from tests.studykit import demo_data, run_cli
+
+    from objectives.trial_attrs import attrs_of
+    from search.study.learn_from import LEARNED_ATTR
+
+    demo_data(tmp_path / "data")
+    _earlier_study(tmp_path, [({"lr": 5e-3, "batch_size": 16, "freeze": "unfrozen"}, 0.3),
+                              ({"lr": 9e-3, "batch_size": 32, "freeze": "unfrozen"}, 0.4)])
+    sources = {}
+    with Cluster(workers=1) as cluster:
+        for engine, flags in (("dask", ["--dask", cluster.address]), ("workers", ["--workers", "2"])):
+            folder = tmp_path / engine
+            folder.mkdir()
+            (folder / "old.toml").symlink_to(tmp_path / "old.toml")
+            new = _file(folder, "new", '"old.toml"', space=SPACE_NEW, extra={"study": "learn_from_top = 2\n"})
+            new.write_text(new.read_text().replace(str(folder / "data"), str(tmp_path / "data")))
+            result = run_cli("study", "run", new, "--n-trials", "3", *flags)
+            assert result.returncode == 0, result.stdout + result.stderr
+            study = open_study(load_study_file(new), create=False, read_only=True)
+            assert len(study.get_trials()) == 3 and all(t.state.name == "COMPLETE" for t in study.get_trials())
+            sources[engine] = [attrs_of(t).get(LEARNED_ATTR) for t in study.get_trials()]
+    assert sources["dask"] == sources["workers"] == ["old trial 0", "old trial 1", None]
