@@ -285,3 +285,32 @@ def test_a_dask_run_and_a_workers_run_learn_alike(tmp_path):
             assert len(study.get_trials()) == 3 and all(t.state.name == "COMPLETE" for t in study.get_trials())
             sources[engine] = [attrs_of(t).get(LEARNED_ATTR) for t in study.get_trials()]
     assert sources["dask"] == sources["workers"] == ["old trial 0", "old trial 1", None]
+
+
+def test_the_learned_from_row_tells_how_each_enqueued_config_did_a_retry_for_its_trial():
+    import optuna
+
+    from objectives.optuna_compat import set_study_system_attr
+    from objectives.trial_attrs import user_attrs_for
+    from search.study.learn_from import learned_from_rows
+    from search.study.samplers import LEARNED_SYSTEM_ATTR
+
+    study = optuna.create_study()
+    lr = optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True)
+    study.add_trial(optuna.trial.create_trial(params={"lr": 5e-3}, distributions={"lr": lr}, value=0.31))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params={"lr": 8e-3},
+                                              distributions={"lr": lr}))
+    shown, hidden = user_attrs_for({"retry_of": 1})
+    study.add_trial(optuna.trial.create_trial(params={"lr": 8e-3}, distributions={"lr": lr}, value=0.29,
+                                              user_attrs=shown, system_attrs=hidden))
+    set_study_system_attr(study, LEARNED_SYSTEM_ATTR, {
+        "studies": [{"name": "old", "file": "old.toml", "storage": "x", "finished": 7, "shared_only": False}],
+        "enqueued": [{"study": "old", "trial": 4, "rank": 1, "number": 0}, {"study": "old", "trial": 2, "rank": 2,
+                                                                           "number": 1}],
+        "observations": [{"study": "old", "trial": 4, "params": {"lr": 5e-3}, "q": 0.0}]})
+    [(label, text)] = learned_from_rows(study)
+    assert label == "learned from"
+    assert text == ("'old' (7 finished): 2 best configurations enqueued (trial 0 from old trial 4 (rank 1): val_loss "
+                    "0.3100; trial 1 from old trial 2 (rank 2): val_loss 0.2900); TPE saw 1 earlier trials by rank "
+                    "(never counted as results)")
+    assert learned_from_rows(optuna.create_study()) == []

@@ -201,12 +201,22 @@ def learned_from_rows(study: optuna.Study) -> list[tuple[str, str]]:
     studies = ", ".join(f"'{s['name']}' ({s['finished']} finished{', shared params only' if s['shared_only'] else ''})"
                         for s in record["studies"])
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    done = [_how_it_did(trials.get(e["number"]), e) for e in record["enqueued"]]
+    done = [_how_it_did(_last(trials, e["number"]), e) for e in record["enqueued"]]
     text = f"{studies}: {len(record['enqueued'])} best configurations enqueued"
     text += f" ({'; '.join(done)})" if done else ""
     if record.get("observations"):
         text += f"; TPE saw {len(record['observations'])} earlier trials by rank (never counted as results)"
     return [("learned from", text)]
+
+
+def _last(trials: dict[int, FrozenTrial], number: int) -> FrozenTrial | None:
+    """The trial `number`, or the retry that ran it last: a retried trial's result is its retry's
+    (objectives.resume gives a retry the attr retry_of)."""
+    retry = {attrs_of(t).get("retry_of"): t for t in trials.values() if attrs_of(t).get("retry_of") is not None}
+    trial = trials.get(number)
+    while trial is not None and trial.number in retry and retry[trial.number].number > trial.number:
+        trial = retry[trial.number]
+    return trial
 
 
 def _how_it_did(trial: FrozenTrial | None, entry: dict) -> str:
