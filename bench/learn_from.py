@@ -163,15 +163,20 @@ def main() -> None:
     parser.add_argument("--after", type=int, default=900)
     parser.add_argument("--relabel", type=float, default=0.05, help="share of the earlier photos relabelled")
     parser.add_argument("--work", type=Path, default=None, help="keep the data and studies here")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--reuse", action="store_true", help="--work's data and earlier studies, from a run before")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="learn-from-"))
     work.mkdir(parents=True, exist_ok=True)
-    small, grown, other = grown_data(work, args.before, args.after, args.relabel)
-    for name, database in (("before", small), ("other", other)):
-        seconds = run(study_file(work, name, database, 0), args.trials)
-        print(f"{name}: {args.trials} trials in {seconds:.0f} s")
+    if args.reuse:
+        small, grown, other = (work / folder / "pics.db" for folder in ("before", "grown", "other"))
+    else:
+        small, grown, other = grown_data(work, args.before, args.after, args.relabel)
+        for name, database in (("before", small), ("other", other)):
+            seconds = run(study_file(work, name, database, 0), args.trials)
+            print(f"{name}: {args.trials} trials in {seconds:.0f} s")
     worst: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         paths = {"cold": study_file(work, f"cold{seed}", grown, seed),
                  "learned": study_file(work, f"learned{seed}", grown, seed, "before.toml"),
                  "enqueued": study_file(work, f"enqueued{seed}", grown, seed, "before.toml", sampler=False),
