@@ -20,6 +20,7 @@ from search.running.supervisor import Slot, make_slots, supervise
 from search.running.worker import run_worker
 from search.study.data_record import check_fingerprint, prepare_study_data
 from search.study.guarded import RUN_ATTR, RUN_ENV, failure_in
+from search.study.learn_from import learn_from_earlier, read_earlier
 from search.study.open import best_or_none, open_study, quiet_optuna, refuse_long_name
 from search.study.schedule_record import settle_n_cycles_mode
 from search.study.space_record import check_space
@@ -61,6 +62,10 @@ def _run_study(args: argparse.Namespace) -> int:
     _refuse_empty_flags(args)
     study_file = load_study_file(args.study_file)
     refuse_long_name(study_file)   # before the data is prepared, not after
+    # read-only, before anything is written: a study it can't learn from stops the run here
+    earlier, learn_notes = read_earlier(study_file)
+    for note in learn_notes:
+        print(note)
     device_name, device_where = study_file.device_from(args.device)
     with keyed(device_where):
         check_device(device_name)   # --device is read here; [train] device was checked at load
@@ -89,7 +94,7 @@ def _run_study(args: argparse.Namespace) -> int:
     done_before = len(study.trials)   # before the warm start's enqueued trials, which this run runs
     # Each trial this run starts, here or in its trial processes, is marked with this token.
     os.environ[RUN_ENV] = run_token = uuid.uuid4().hex
-    for line in enqueue_warm_start(study, study_file):
+    for line in [*enqueue_warm_start(study, study_file), *learn_from_earlier(study, study_file, earlier)]:
         print(line)
     where = f" on {len(slots)} worker{'s' if len(slots) != 1 else ''}" if parallel else ""
     where = f" on the Dask cluster at {address}" if cluster else where

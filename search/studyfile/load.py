@@ -11,6 +11,7 @@ from pathlib import Path
 
 from objectives.space import N_CYCLES_MODES
 from search.studyfile.fields import keyed, one_of, parse_table, resolve, table_at
+from search.studyfile.learn_from import check_learn_from, parse_learn_from
 from search.studyfile.sections import (PRECISIONS, PRUNE_AT_CHOICES, PRUNERS, SAMPLERS, ClusterSection, StudyFile,
                                        StudySection, TrainSection)
 from search.studyfile.space import check_epochs, largest, largest_image_size, parse_space
@@ -59,14 +60,19 @@ def _read_toml(path: Path) -> tuple[dict, str]:
 
 
 def _study(path: Path, raw: dict) -> StudySection:
-    study = StudySection(**parse_table(path, "study", table_at(path, raw, "study"), StudySection, path.parent))
+    table = table_at(path, raw, "study")
     where = f"{path}: [study]"
+    study = StudySection(**parse_table(path, "study", table, StudySection, path.parent, skip=("learn_from",)))
+    if "learn_from" in table:
+        learn_from = parse_learn_from(where, table["learn_from"], path.parent)
+        check_learn_from(where, path, learn_from)
+        study = dataclasses.replace(study, learn_from=learn_from)
     one_of(f"{where} sampler", study.sampler, SAMPLERS)
     one_of(f"{where} pruner", study.pruner, PRUNERS)
     one_of(f"{where} prune_at", study.prune_at, PRUNE_AT_CHOICES)
     if study.n_cycles:
         one_of(f"{where} n_cycles", study.n_cycles, N_CYCLES_MODES)
-    for key in ("pruner_startup_trials", "pruner_warmup_epochs", "max_retry"):
+    for key in ("pruner_startup_trials", "pruner_warmup_epochs", "max_retry", "learn_from_top"):
         if getattr(study, key) < 0:
             raise SwiprError(f"{where} {key} must be 0 or more, got {getattr(study, key)}")
     for key in ("n_trials", "max_failures_in_a_row"):

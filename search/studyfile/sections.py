@@ -31,6 +31,9 @@ class StudySection:
                                       # study, the way it started for one already run
     seed: int = 0
     warm_start: bool = True           # the notebook's pipeline (one two-stage trial) first
+    learn_from: tuple[Path, ...] = ()    # earlier study files (of older data) a new study starts from
+    learn_from_top: int = 3           # their best configurations enqueued after the notebook trial
+    learn_from_sampler: bool = True   # TPE also sees their finished trials, by rank (false: enqueue only)
     n_trials: int = 20
     timeout: float = 0.0              # seconds; 0 = none
     heartbeat_interval: int = 60      # seconds between a running trial's heartbeats

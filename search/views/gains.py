@@ -8,6 +8,7 @@ from optuna.trial import TrialState
 
 from objectives.judging import BEST_STAGE_ATTR, CUT_ATTR, STAGE2_FIRST_EPOCH_ATTR, best_schedule, nesting_saved
 from search.study.data_record import majority_baseline
+from search.study.learn_from import learned_from_rows
 from search.study.open import best_or_none
 from search.study.warm_start import CHANGED_ATTR, KEPT_ATTR, NOTEBOOK, OLD_RUNS, STAGES_RUN_ATTR, WARM_START_ATTR
 from search.views.format import count
@@ -137,6 +138,7 @@ def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
         rows.append(("planned stages", f"{stages_text(spans)}; its best schedule ends with stage 1"))
     elif spans:   # a two-stage best trial: where each stage ran, on what
         rows.append(("best stages", stages_text(spans)))
+    rows += learned_from_rows(study)
     rows += range_test_rows(study)
     return rows
 
