@@ -127,7 +127,7 @@ def test_a_disk_that_fills_mid_trial_still_prints_the_summary(small_disk, tmp_pa
     assert result.returncode == 1, result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("swipr:")]
     assert len(errors) == 1 and "the disk is full" in errors[0], result.stderr
-    assert "no summary" not in result.stdout, result.stdout
+    assert "no summary" not in result.stdout, result.stdout + result.stderr
     assert re.search(r"^trials +1 \(0 complete", result.stdout, re.M), result.stdout
     no_traceback(result.stdout, result.stderr)
 

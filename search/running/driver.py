@@ -160,21 +160,25 @@ def _device(device: str, where: str, slots: list[Slot]) -> str:
 
 
 def _print_summary(study_file: StudyFile, device: str, run_token: str, budget: Budget | None) -> None:
-    """The end-of-run table and best trial, read afresh from the storage, read-only: a full disk
-    (or any storage that can't be written any more) can still be read for it."""
+    """The end-of-run table and best trial, read afresh from the storage without writing: a full
+    disk (or any storage that can't be written any more) can still be read for it."""
     try:
         # Read afresh: the run's own view caches trials as it last saw them, without the marks
-        # of the run that started them (search.study.guarded). Read-only: a SQLite file opened
-        # for writing begins even a read with the write lock (BEGIN IMMEDIATE, see
+        # of the run that started them (search.study.guarded). As a reader: the run's own
+        # connections begin even a read with the write lock (BEGIN IMMEDIATE, see
         # search.study.storage), which a full disk refuses.
-        study = open_study(study_file, create=False, read_only=True)
-        # Trials this run started, queued ones (retries, the warm start) included; not those
-        # another run on the same study started meanwhile.
-        this_run = [t.number for t in study.get_trials(deepcopy=False) if t.system_attrs.get(RUN_ATTR) == run_token]
-        print(summary_table(study, device, this_run=this_run, budget=budget))
-        _print_best(study)
-    except SwiprError:   # the storage the run stops for (StorageFailed), or it can't be opened again
-        print("no summary: the study's storage can't be read (the error is below)")
+        _summary_of(open_study(study_file, create=False, reader=True), device, run_token, budget)
+    except SwiprError as error:   # the storage the run stops for (StorageFailed), or it can't be opened again
+        print(f"no summary: the study's storage can't be read ({error})")
+
+
+def _summary_of(study: optuna.Study, device: str, run_token: str, budget: Budget | None) -> None:
+    # Trials this run started, queued ones (retries, the warm start) included; not those
+    # another run on the same study started meanwhile.
+    this_run = [t.number for t in study.get_trials(deepcopy=False) if t.system_attrs.get(RUN_ATTR) == run_token]
+    text = summary_table(study, device, this_run=this_run, budget=budget)   # whole, before anything prints
+    print(text)
+    _print_best(study)
 
 
 def _print_best(study: optuna.Study) -> None:

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from sqlalchemy import exc as sa_exc
 
 from objectives.optuna_compat import RDB_CREATE_TRIAL, RDB_PRIVATE_CALLS, trial_id as id_of
-from swipr_core.errors import RunStopped
+from swipr_core.errors import RunStopped, SwiprError
 
 RETRY_FOR_S = 120        # how long a lost connection is retried before the run stops
 FIRST_WAIT_S, MAX_WAIT_S = 1.0, 15.0   # backoff between tries: doubles from the first, up to the most
@@ -57,7 +57,10 @@ def _kind(first: BaseException) -> tuple[str, str] | None:
     """("full" | "unwritable" | "lost", reason) for a storage error, None for anything else."""
     seen: set[int] = set()
     error: BaseException | None = first
-    while error is not None and id(error) not in seen:
+    while error is not None and id(error) not in seen and not isinstance(error, SwiprError):
+        # a SwiprError down the chain is a failure already reported: an error raised while it is
+        # handled (the run's summary, read in a `finally` as the run stops) carries it as its
+        # context, and is not that failure again
         seen.add(id(error))
         text = (str(getattr(error, "orig", None) or error).splitlines() or [""])[0].strip()
         lowered = text.lower()

@@ -34,11 +34,12 @@ def refuse_long_name(study_file: StudyFile) -> None:
 
 
 def open_study(study_file: StudyFile, create: bool = True, heartbeat_aware: bool = False,
-               read_only: bool = False) -> optuna.Study:
+               read_only: bool = False, reader: bool = False) -> optuna.Study:
     """The study; `heartbeat_aware` lets a reader tell a dead worker's trial from a live one;
-    `read_only` (status, best) opens a SQLite file read-only, so read-only media can be read."""
+    `read_only` (status, best) opens a SQLite file read-only, so read-only media can be read;
+    `reader`: one that only reads a file it could write (search.study.storage.open_storage)."""
     refuse_long_name(study_file)
-    storage = open_storage(study_file.study.storage, create=create, read_only=read_only,
+    storage = open_storage(study_file.study.storage, create=create, read_only=read_only, reader=reader,
                            heartbeat=heartbeat(study_file) if heartbeat_aware else None)
     sampler = make_sampler(study_file.study.sampler, study_file.study.seed)
     pruner = pruner_for(study_file)

@@ -287,10 +287,12 @@ def _on_read_only_mount(path: Path) -> bool:
 
 
 def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = None, on_stale=None,
-                 read_only: bool = False):
+                 read_only: bool = False, reader: bool = False):
     """An Optuna storage for `url`. With create=False a missing SQLite file is an error
     instead of a new empty database (status and best must not create files); read_only opens a
-    SQLite file read-only (for commands that only read). With
+    SQLite file read-only (for commands that only read); `reader` opens it as usual but takes no
+    write lock to read (a SQLite reader in WAL mode reads the log through its index, which a
+    read-only connection on a full disk can't; the run's summary reads that way). With
     `heartbeat`, running trials beat and stale ones are handed to `on_stale(study, trial)`;
     a journal file has no heartbeats, so there `heartbeat` is ignored (see supports_heartbeat)."""
     journal = journal_path(url)
@@ -325,8 +327,8 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)   # heartbeats
                     storage = GuardedStorage(connect_url, engine_kwargs=engine_kwargs, shown=shown, sqlite_file=path,
-                                             skip_table_creation=connect_url != url, **heartbeat_kwargs)
-                if path is not None and not read_only:
+                                             skip_table_creation=connect_url != url or reader, **heartbeat_kwargs)
+                if path is not None and not read_only and not reader:
                     _serialize_transactions(storage.engine)
                 return storage
             except Exception as error:
