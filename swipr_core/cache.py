@@ -33,6 +33,7 @@ import numpy as np
 
 from swipr_core.errors import RunStopped, SwiprError
 from swipr_core.images import (  # load_square: re-exported, as it lived here
+    decode_problem,
     load_square,
     open_regular,
 )
@@ -112,7 +113,8 @@ def _fill_chunk(args) -> None:
         try:
             array[start + offset] = load_square(Path(image_root) / rel, px)
         except Exception as error:  # PIL raises many types for one cause: a bad file
-            raise SwiprError(f"{Path(image_root) / rel}: can't decode image for the cache: {error}") from None
+            raise SwiprError(f"{Path(image_root) / rel}: can't decode image for the cache: "
+                             f"{decode_problem(error)}") from None
     array.flush()
 
 

@@ -12,12 +12,13 @@ import errno
 import hashlib
 import io
 import os
+import re
 import stat
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 import numpy as np
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 # At most this many pixels of one image are ever decoded (64 MiB at 4 bytes a pixel);
 # JPEGs are decoded at 1/2..1/8 scale first, so only JPEGs above ~1 gigapixel hit it.
@@ -177,3 +178,12 @@ def _to_8_bits(values: np.ndarray, mode: str) -> np.ndarray:
         pixels *= 255.0 / (high - low)
     np.clip(pixels, 0, 255, out=pixels)
     return np.rint(pixels, out=pixels).astype(np.uint8)
+
+
+def decode_problem(error: BaseException) -> str:
+    """Why an image can't be decoded, in words for a person: Pillow's messages name Python
+    objects (`cannot identify image file <_io.BufferedReader name=6>`) or nothing at all."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image in a format Pillow reads"
+    text = re.sub(r"\s*<[^<>]*>", "", (str(error).splitlines() or [""])[0]).strip()
+    return text or "the image data is damaged"

@@ -19,7 +19,7 @@ import onnxruntime
 
 from swipr_core import bundle, tta
 from swipr_core.errors import SwiprError
-from swipr_core.images import NotRegularFile, load_square
+from swipr_core.images import NotRegularFile, decode_problem, load_square
 
 CLASSES = ["NO", "YES"]
 BATCH_SIZE = 32
@@ -113,7 +113,7 @@ class Predictor:
             except NotRegularFile:
                 row.error = "not a regular file"  # a FIFO or device: never read, it could block
             except Exception as error:  # Pillow raises many types for one cause: not a readable image
-                row.error = f"can't decode image: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                row.error = f"can't decode image: {decode_problem(error)}"
             if row.error is not None:
                 # Rows come out in input order: first the batch before this image.
                 yield from self._flush(pending)

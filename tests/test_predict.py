@@ -337,3 +337,17 @@ def test_a_thin_png_is_an_error_row_in_bounded_memory(served, tmp_path):
     assert line.startswith("ERROR") and "1x200000 pixels: aspect ratio" in line, line
     _, baseline = peak_rss_of(["predict", out, images[0]])
     assert peak < baseline + 32 * (1 << 20), (peak, baseline)
+
+
+def test_an_image_pillow_cant_identify_is_said_in_words_not_python_objects(tmp_path):
+    from PIL import UnidentifiedImageError
+
+    from swipr_core.images import decode_problem
+
+    # Pillow's own message names a Python object: "cannot identify image file <_io.BufferedReader name=6>"
+    assert decode_problem(UnidentifiedImageError("cannot identify image file <_io.BufferedReader name=6>")) == \
+        "not an image in a format Pillow reads"
+    assert decode_problem(OSError("broken data stream when reading image file")) == \
+        "broken data stream when reading image file"
+    assert decode_problem(ValueError("")) == "the image data is damaged"
+    assert "<" not in decode_problem(SyntaxError("not a PNG file <PIL.PngImagePlugin.ChunkStream object>"))
