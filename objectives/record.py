@@ -138,11 +138,11 @@ def write_plan(trial: optuna.Trial, plan: Plan) -> None:
 
 
 def write_result(trial: optuna.Trial, result: Result) -> None:
-    """The result, with its accuracy (4 decimals: a table's worth) as the user attr people see in
+    """The result, with its accuracy (3 decimals, as every view prints it) as the user attr people see in
     Optuna's tables and the dashboard's, and its AUC beside the other attributes (trial_attrs)."""
     set_system_attr(trial, RESULT_ATTR, result.to_json())
     if result.accuracy is not None:
-        set_attr(trial, "val_accuracy", round(result.accuracy, 4))
+        set_attr(trial, "val_accuracy", round(result.accuracy, 3))
     if result.roc_auc is not None:
         set_attr(trial, "val_roc_auc", result.roc_auc)
 
