@@ -18,6 +18,7 @@ from search.studyfile import StudyFile, load_study_file
 from search.studyfile.fields import keyed
 from search.views.artifacts import artifact_dir, open_artifact_store
 from search.views.lr_plot import plot_lr_find
+from search.views.progress import Steps
 from search.views.range_tests import upload_picture
 from swipr_core.errors import SwiprError
 from swipr_core.lr_find import HEAD_LR, SUGGESTIONS, check_iterations, find_lr
@@ -127,8 +128,6 @@ def run(args: argparse.Namespace) -> int:
     head = f" after {config.head_epochs} head epoch(s) at {HEAD_LR:g}" if config.freeze == "frozen_then_unfrozen" else ""
     print(f"range test: {config.freeze}{head}, batch size {config.batch_size}, {config.image_size} px, "
           f"{args.num_it} batches, lr {START_LR:g} to {END_LR:g}, on {device}", flush=True)
-    from search.views.progress import Steps   # imports torch: not before the flags and file are checked
-
     # a bar over the batches on a terminal; in a pipe a line at each quarter of them
     steps = Steps(args.num_it, "range test", "batches")
     try:
