@@ -8,7 +8,7 @@ import pytest
 
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
-from tests.studykit import study_toml
+from tests.studykit import space_toml, study_toml
 
 
 def _file(folder: Path, name: str, learn_from: str | None = None, **kwargs) -> Path:
@@ -58,16 +58,7 @@ def test_learn_from_top_below_zero_is_refused(tmp_path):
         load_study_file(_file(tmp_path, "new", extra={"study": "learn_from_top = -1\n"}))
 
 
-SPACE_OLD = """
-[space]
-lr = { low = 1e-3, high = 3e-2, log = true }
-batch_size = [16, 32]
-image_size = [32]
-freeze = ["unfrozen", "frozen"]
-n_cycles = [1]
-cycle_len = [1]
-cycle_mult = [1]
-"""
+SPACE_OLD = space_toml(freeze='["unfrozen", "frozen"]')
 # the new space: a narrower lr, batch 32 gone (24 nearest), "frozen" gone (no nearest choice)
 SPACE_NEW = SPACE_OLD.replace("low = 1e-3", "low = 2e-3").replace("[16, 32]", "[16, 24]").replace(
     '["unfrozen", "frozen"]', '["unfrozen"]')
