@@ -170,7 +170,8 @@ def _stop(trial: optuna.Trial, best: tuple[int, int, float] | None, epoch: int, 
     if best is None or best[2] != best[2]:
         raise optuna.TrialPruned(why)
     set_attr(trial, CUT_ATTR, epoch)
-    stage = f"stage {stage_of(attrs_of(trial), best[0])}'s " if STAGE2_FIRST_EPOCH_ATTR in attrs_of(trial) else ""
+    attrs = attrs_of(trial)   # one read of a running trial's storage
+    stage = f"stage {stage_of(attrs, best[0])}'s " if STAGE2_FIRST_EPOCH_ATTR in attrs else ""
     raise ScheduleCut(f"{why}; keeps its {stage}{best[1]}-cycle schedule (val_loss {best[2]:.4f} after epoch "
                       f"{best[0]})", best[2], best[1])
 

@@ -277,10 +277,5 @@ def _finite_or_none(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def study_records(study: optuna.Study, head_epochs: int = 1) -> dict[int, TrialRecord]:
-    """Every trial's record by number."""
-    return {t.number: record_of(t, head_epochs) for t in study.get_trials(deepcopy=False)}
-
-
 __all__ = ["PLAN_ATTR", "RESULT_ATTR", "Plan", "Result", "TrialRecord", "best_finished_record", "config_from_json",
-           "config_json", "record_of", "result_of", "study_records", "write_plan", "write_result"]
+           "config_json", "record_of", "result_of", "write_plan", "write_result"]

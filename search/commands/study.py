@@ -67,7 +67,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 def _trial_row(trial, stale: bool = False) -> dict:
     """A trial as `status` shows it; STALE: RUNNING, but its worker's heartbeat stopped. Its
     figures are its record's result: the finished schedule its value names (objectives.record)."""
-    record = record_of(trial)
+    record, attrs = record_of(trial), attrs_of(trial)
     result = record.result
     return {
         "number": trial.number,
@@ -76,16 +76,16 @@ def _trial_row(trial, stale: bool = False) -> dict:
         "interrupted": interrupted(trial),
         "value": trial.value,
         "params": trial.params,
-        "epochs": attrs_of(trial).get("epochs"),
+        "epochs": attrs.get("epochs"),
         "value_epoch": result.epoch if result is not None else None,
         "value_is": schedule_text(record) if result is not None else None,
         "val_accuracy": accuracy_of(trial),
         "val_roc_auc": auc_of(trial),
         "duration_s": trial.duration.total_seconds() if trial.duration else None,
         # where it ran, on a Dask cluster: worker name, machine, GPU (CUDA_VISIBLE_DEVICES there)
-        "worker": attrs_of(trial).get("worker"),
-        "host": attrs_of(trial).get("host"),
-        "gpu": attrs_of(trial).get("gpu"),
+        "worker": attrs.get("worker"),
+        "host": attrs.get("host"),
+        "gpu": attrs.get("gpu"),
     }
 
 

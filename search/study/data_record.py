@@ -67,8 +67,9 @@ def majority_baseline(study: optuna.Study) -> tuple[float | None, str]:
     if attrs.get(MAJORITY_ATTR) is not None:
         return attrs[MAJORITY_ATTR], attrs.get("majority_class", "")
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if attrs_of(trial).get(MAJORITY_ATTR) is not None:
-            return attrs_of(trial)[MAJORITY_ATTR], ""
+        majority = attrs_of(trial).get(MAJORITY_ATTR)
+        if majority is not None:
+            return majority, ""
     return None, ""
 
 

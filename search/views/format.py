@@ -32,9 +32,10 @@ def params_text(params: dict) -> str:
 
 def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
     value = f" val_loss {trial.value:.4f}" if trial.value is not None else ""
-    epochs = attrs_of(trial).get("epochs")
+    attrs = attrs_of(trial)
+    epochs = attrs.get("epochs")
     steps = f" after {epochs} epoch{'s' if epochs != 1 else ''}" if epochs else ""
-    diverged = " (diverged: val_loss nan)" if DIVERGED_ATTR in attrs_of(trial) else ""
+    diverged = " (diverged: val_loss nan)" if DIVERGED_ATTR in attrs else ""
     return f"trial {trial.number} {trial.state.name}{value}{steps}{diverged}  {params_text(trial.params)}"
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from objectives.judging import LOSSES_ATTR
 from objectives.record import TrialRecord, record_of
-from search.views.format import accuracy_text, fmt
 from objectives.trial_attrs import attrs_of
 
 
@@ -46,20 +45,6 @@ def last_epoch_loss(trial, record: TrialRecord) -> tuple[int, float] | None:
     if not losses or (record.result is not None and record.result.epoch == len(losses) - 1):
         return None
     return len(losses) - 1, losses[-1]
-
-
-def result_line(record: TrialRecord, baseline: float | None) -> str:
-    """'val_loss 0.2386, accuracy 0.874 (majority baseline 0.806), AUC 0.942 (after epoch 6)'."""
-    metrics = result_metrics(record)
-    if not metrics:
-        return ""
-    parts = [f"val_loss {fmt(metrics['val_loss'])}"]
-    if "val_accuracy" in metrics:
-        parts.append(f"accuracy {accuracy_text(metrics['val_accuracy'], baseline)}")
-    if "val_roc_auc" in metrics:
-        parts.append(f"AUC {metrics['val_roc_auc']:.3f}")
-    epoch = record.result.epoch if record.result is not None else "?"
-    return ", ".join(parts) + f" (after epoch {epoch})"
 
 
 def accuracy_of(trial) -> float | None:
