@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
 from objectives.trial_attrs import attrs_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=600)
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    from swipr_core.demo_data import write_demo_data
+    from swipr_core.data.demo import write_demo_data
 
     worst = []
     with tempfile.TemporaryDirectory(prefix="swipr-bench-ctpe-") as tmp:

@@ -31,8 +31,8 @@ CONFIGS = [
 
 
 def prepare(folder: Path, n_images: int, seed: int):
-    from swipr_core.data import DataSpec, prepare_data
-    from swipr_core.demo_data import DEMO_RULES, write_demo_data
+    from swipr_core.data.dataset import DataSpec, prepare_data
+    from swipr_core.data.demo import DEMO_RULES, write_demo_data
 
     database = write_demo_data(folder, n_images=n_images, seed=seed)
     # studies/demo.toml's [data]: cache_px 48, valid_pct 0.2, split_seed 42
@@ -42,7 +42,7 @@ def prepare(folder: Path, n_images: int, seed: int):
 
 
 def main() -> None:
-    from swipr_core.demo_data import DEFAULT_IMAGES
+    from swipr_core.data.demo import DEFAULT_IMAGES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES)
@@ -52,8 +52,9 @@ def main() -> None:
 
     import torch
 
-    from swipr_core.model import ModelSpec
-    from swipr_core.training import TrainConfig, train
+    from swipr_core.train.model import ModelSpec
+    from swipr_core.train.run import train
+    from swipr_core.train.schedule import TrainConfig
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:

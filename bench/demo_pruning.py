@@ -14,14 +14,14 @@ import argparse
 import json
 
 import optuna
+import search_efficiency as bench  # bench/ is the script's folder, first on sys.path
 
-import search_efficiency as bench   # bench/ is the script's folder, first on sys.path
 from objectives.judging import CUT_ATTR, nesting_saved
 from objectives.space import Choices, suggest
+from objectives.trial_attrs import attrs_of
 from search.study.pruners import make_pruner
 from search.study.samplers import make_sampler
 from search.studyfile import load_study_file
-from objectives.trial_attrs import attrs_of
 
 
 def demo_study(curves: dict, grid: dict, n_trials: int, mode: str, seed: int) -> tuple[optuna.Study, dict]:

@@ -10,7 +10,7 @@ format the project builds) for the project's trials. Parts, in order:
 
 - raw: a plain loop (bf16 autocast, channels_last, fused AdamW) on random tensors already
   on the GPU: the most one training step can do. Batch 24 and 128, 224 and 229 px.
-- project: a real trial, swipr_core.training.train (fastai Learner, CachedBatches from the
+- project: a real trial, swipr_core.train.run.train (fastai Learner, CachedBatches from the
   shared memmap cache, augmentation on the GPU), same batch, size and precision; its
   images/s after a warm-up epoch, and the ratio to raw.
 - packed: K such trials as K processes on the one GPU over the same cache, started
@@ -176,8 +176,8 @@ def make_cache(folder: Path, n: int, px: int) -> Path:
 
 
 def _dataset(cache_file: Path, n_train: int, n_valid: int, px: int):
-    from swipr_core.data import Dataset
-    from swipr_core.split import LabeledSplit
+    from swipr_core.data.dataset import Dataset
+    from swipr_core.data.split import LabeledSplit
 
     n = n_train + n_valid
     paths = tuple(f"bench/{i}.jpg" for i in range(n))
@@ -199,14 +199,15 @@ class _RowsCache:
 
 
 def project_trial(spec: dict) -> dict:
-    """One real trial (swipr_core.training.train) for `epochs` epochs; images/s after epoch 0.
+    """One real trial (swipr_core.train.run.train) for `epochs` epochs; images/s after epoch 0.
 
     With spec["barrier"], waits after epoch 0 until spec["k"] trials are ready, so packed
     trials are timed while all of them run."""
     import torch
 
-    from swipr_core.model import ModelSpec
-    from swipr_core.training import TrainConfig, train
+    from swipr_core.train.model import ModelSpec
+    from swipr_core.train.run import train
+    from swipr_core.train.schedule import TrainConfig
 
     device = torch.device(spec["device"])
     batch, epochs = spec["batch"], spec["epochs"]

@@ -20,8 +20,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from swipr_core.cache import build_cache  # noqa: E402
-from swipr_core.labels import LabelRules, build_labels  # noqa: E402
+from swipr_core.data.cache import build_cache  # noqa: E402
+from swipr_core.data.labels import LabelRules, build_labels  # noqa: E402
 
 
 def write_photos(root: Path, n: int) -> Path:

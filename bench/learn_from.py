@@ -40,7 +40,7 @@ VARIANTS = ("learned", "enqueued", "control")
 
 def grown_data(work: Path, before: int, after: int, relabel: float) -> tuple[Path, Path, Path]:
     """(the `before` folder, the grown folder, the other-task folder), each with its pics.db."""
-    from swipr_core.demo_data import write_demo_data
+    from swipr_core.data.demo import write_demo_data
 
     small, big, grown, other = work / "before", work / "big", work / "grown", work / "other"
     for folder in (small, big, grown, other):
@@ -82,7 +82,7 @@ def _write_rows(folder: Path, rows: list[tuple]) -> None:
 
 def _move_folders(folder: Path, rows: list[tuple], share: float, rng: random.Random) -> int:
     """Move `share` of the YES/NO photos to the other class's folder (file and row): a changed label."""
-    from swipr_core.demo_data import NO_DIRS, YES_DIRS
+    from swipr_core.data.demo import NO_DIRS, YES_DIRS
 
     other = {**dict(zip(YES_DIRS, NO_DIRS, strict=True)), **dict(zip(NO_DIRS, YES_DIRS, strict=True))}
     current = _rows(folder)

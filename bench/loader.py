@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from swipr_core.cache import build_cache  # noqa: E402
-from swipr_core.loaders import Augment, CachedBatches  # noqa: E402
+from swipr_core.data.cache import build_cache  # noqa: E402
+from swipr_core.data.loaders import Augment, CachedBatches  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -204,7 +204,7 @@ def what_makes(folder: Path, database: Path, trials: int) -> Callable[[str, int,
 
 
 def train_batches(n_train: int, batch_size: int) -> int:
-    """Batches in one training epoch, as swipr_core.loaders counts them (a lone last image is dropped)."""
+    """Batches in one training epoch, as swipr_core.data.loaders counts them (a lone last image is dropped)."""
     return n_train // batch_size if n_train % batch_size == 1 else math.ceil(n_train / batch_size)
 
 

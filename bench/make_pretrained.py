@@ -32,9 +32,8 @@ from torch.utils.data import TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))   # run as a script from anywhere: the project's packages
 
-from swipr_core.demo_data import CUE_ALPHA, NOISE_SD, ellipse, scene  # noqa: E402
-from swipr_core.model import normalisation  # noqa: E402
-
+from swipr_core.data.demo import CUE_ALPHA, NOISE_SD, ellipse, scene  # noqa: E402
+from swipr_core.train.model import normalisation  # noqa: E402
 
 WEIGHTS = ROOT / "bench" / "results" / "demo_pretrained_test_resnet.safetensors"
 ARCH = "test_resnet"          # studies/demo.toml's [model] arch

@@ -191,8 +191,16 @@ def run_plain(file: Path, seed: int, trials: int) -> list[Finished]:
     """The plain script: what a user writes with optuna-integration's fastai callback."""
     import optuna
     import pandas as pd
-    from fastai.vision.all import (Callback, CrossEntropyLossFlat, ImageDataLoaders, Resize, accuracy,
-                                   aug_transforms, set_seed, vision_learner)
+    from fastai.vision.all import (
+        Callback,
+        CrossEntropyLossFlat,
+        ImageDataLoaders,
+        Resize,
+        accuracy,
+        aug_transforms,
+        set_seed,
+        vision_learner,
+    )
     from optuna_integration import FastAIPruningCallback
 
     from search.study.data_record import prepare_study_data
@@ -403,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from swipr_core.demo_data import write_demo_data
-    from swipr_core.threads import THREADS_VARIABLE
+    from swipr_core.data.demo import write_demo_data
+    from swipr_core.train.threads import THREADS_VARIABLE
 
     torch.set_num_threads(args.threads)
     os.environ[THREADS_VARIABLE] = str(args.threads)   # swipr's trials pick their own count otherwise

@@ -14,8 +14,7 @@ import argparse
 import json
 
 import optuna
-
-import search_efficiency as bench   # bench/ is the script's folder, first on sys.path
+import search_efficiency as bench  # bench/ is the script's folder, first on sys.path
 
 
 def shared_epochs(rows: list[dict], names: list[str], window: float) -> tuple[int, int, int]:

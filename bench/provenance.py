@@ -56,7 +56,7 @@ def provenance(made_by: str, *, code: dict[str, str], space: str, data: str, spl
 
 def commit() -> str:
     """The checkout's commit, with "+changes" when tracked files differ from it; "unknown" outside
-    git. (swipr_core.bundle_writer.code_version says the same, but importing it imports torch.)"""
+    git. (swipr_core.serve.bundle_writer.code_version says the same, but importing it imports torch.)"""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10,
                               check=True).stdout.strip()

@@ -22,13 +22,14 @@ def main() -> None:
     parser.add_argument("--other-seeds", type=int, default=2, help="other seeds to try per trial")
     args = parser.parse_args()
 
+    from objectives.space import SPACE_KEYS
     from search.fit.replay import train_config
     from search.study.open import open_study
-    from objectives.space import SPACE_KEYS
     from search.studyfile import load_study_file
-    from swipr_core.data import prepare_data
-    from swipr_core.model import ModelSpec
-    from swipr_core.training import TrainConfig, train
+    from swipr_core.data.dataset import prepare_data
+    from swipr_core.train.model import ModelSpec
+    from swipr_core.train.run import train
+    from swipr_core.train.schedule import TrainConfig
 
     study_file = load_study_file(args.study_file)
     study = open_study(study_file, create=False)

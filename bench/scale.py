@@ -169,8 +169,8 @@ def show(name: str, figures: dict) -> None:
 # --- the steps ------------------------------------------------------------------------------
 
 def step_labels(root: Path, database: Path, labels_file: Path) -> dict:
-    from swipr_core.labels import LabelRules
-    from swipr_core.split import prepare_labels
+    from swipr_core.data.labels import LabelRules
+    from swipr_core.data.split import prepare_labels
 
     rules = LabelRules(yes_dirs=(YES_DIR,), no_dirs=(NO_DIR,))
     split = prepare_labels(database, root, rules, 0.2, 42, labels_file, rebuild=True, force=True)
@@ -178,14 +178,14 @@ def step_labels(root: Path, database: Path, labels_file: Path) -> dict:
 
 
 def step_cache(root: Path, labels_file: Path, cache_dir: Path, px: int) -> dict:
-    from swipr_core.cache import build_cache
-    from swipr_core.split import read_split
+    from swipr_core.data.cache import build_cache
+    from swipr_core.data.split import read_split
 
     cache = build_cache(root, read_split(labels_file).paths, cache_dir, px)
     return {"images": len(cache.paths), "cache_mb": cache.file.stat().st_size / 1e6, "file": str(cache.file)}
 
 
-LOADER = ("torch", "swipr_core.loaders", "swipr_core.cache")
+LOADER = ("torch", "swipr_core.data.loaders", "swipr_core.data.cache")
 
 
 def evict_photos(root: Path) -> None:
@@ -206,7 +206,7 @@ def evict(file: Path) -> None:
 
 
 def _cached_array(cache_file: str, n: int, px: int):
-    from swipr_core.cache import ImageCache
+    from swipr_core.data.cache import ImageCache
 
     return ImageCache(Path(cache_file), tuple(f"x{i}" for i in range(n)), px).open()
 
@@ -215,7 +215,7 @@ def step_epoch(cache_file: str, n: int, px: int, rows: list[int], size: int, bs:
     """One training epoch over `rows`, cold: the cache evicted first."""
     import torch
 
-    from swipr_core.loaders import Augment, CachedBatches
+    from swipr_core.data.loaders import Augment, CachedBatches
 
     torch.set_num_threads(1)
     evict(Path(cache_file))
@@ -229,7 +229,7 @@ def step_epoch(cache_file: str, n: int, px: int, rows: list[int], size: int, bs:
 
 def step_thrash(cache_file: str, n: int, px: int, rows: list[int], bs: int, advised: bool) -> dict:
     """The epoch's batches gathered, the cache evicted before each: a cache far larger than RAM."""
-    from swipr_core.loaders import gather_rows
+    from swipr_core.data.loaders import gather_rows
 
     array = _cached_array(cache_file, n, px)
     order = np.random.default_rng(0).permutation(np.asarray(rows))
@@ -253,10 +253,10 @@ def step_cli(*argv: str) -> dict:
 
 def step_dashboard(storage: str) -> dict:
     """The study's page data from optuna-dashboard's WSGI app, as a browser fetches it."""
+    from io import BytesIO
+
     import optuna
     import optuna_dashboard
-
-    from io import BytesIO
 
     from objectives.optuna_compat import study_id as id_of
 
@@ -337,8 +337,8 @@ def _quiet(step, *args) -> dict:
 
 
 def loader_steps(cache: dict, labels_file: Path, args) -> None:
-    from swipr_core.loaders import outgrows_ram
-    from swipr_core.split import read_split
+    from swipr_core.data.loaders import outgrows_ram
+    from swipr_core.data.split import read_split
 
     split = read_split(labels_file)
     rows = split.indices(valid=False)
@@ -384,11 +384,11 @@ def main() -> int:
         if "labels" not in skip or not labels_file.exists():
             evict_photos(folder / "photos")
             show("labels", measure(step_labels, folder / "photos", database, labels_file,
-                                   preload=("swipr_core.split",)))
+                                   preload=("swipr_core.data.split",)))
         if "cache" not in skip or "loader" not in skip:
             evict_photos(folder / "photos")
             cache = measure(step_cache, folder / "photos", labels_file, folder / "cache", args.cache_px,
-                            preload=("swipr_core.cache", "swipr_core.split"))
+                            preload=("swipr_core.data.cache", "swipr_core.data.split"))
             show("cache build", cache)
         if "loader" not in skip:
             loader_steps(cache, labels_file, args)

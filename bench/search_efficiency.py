@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT))   # run as a script from anywhere: the project's p
 from bench import provenance  # noqa: E402
 from objectives.judging import BEST_N_CYCLES_ATTR, replay_curve  # noqa: E402
 from objectives.space import DEFAULT_N_CYCLES_MODE, Choices, suggest  # noqa: E402
+from objectives.trial_attrs import attrs_of  # noqa: E402
 from search.study.pruners import make_pruner  # noqa: E402
 from search.study.samplers import make_sampler  # noqa: E402
 from search.studyfile import StudySection  # noqa: E402
-from swipr_core.schedule import TrainConfig  # noqa: E402
-from objectives.trial_attrs import attrs_of  # noqa: E402
+from swipr_core.train.schedule import TrainConfig  # noqa: E402
 
 TABLE = ROOT / "bench" / "results" / "search_efficiency_curves.json"
 PRETRAINED_TABLE = ROOT / "bench" / "results" / "search_efficiency_curves_pretrained.json"
@@ -119,9 +119,10 @@ def record(table: Path, study_path: Path, threads: int, grid: dict = GRID, weigh
 
     torch.set_num_threads(threads)   # one thread: a shared machine, and no oversubscription
     from search.studyfile import load_study_file
-    from swipr_core.data import prepare_data
-    from swipr_core.demo_data import write_demo_data
-    from swipr_core.training import TrainConfig, train
+    from swipr_core.data.dataset import prepare_data
+    from swipr_core.data.demo import write_demo_data
+    from swipr_core.train.run import train
+    from swipr_core.train.schedule import TrainConfig
 
     study_file = load_study_file(study_path)
     if not study_file.data.database.exists():
@@ -177,8 +178,8 @@ def check_table(table: Path, study_path: Path, threads: int, accept_unversioned:
     import tempfile
 
     from search.studyfile import load_study_file
-    from swipr_core.data import prepare_data
-    from swipr_core.demo_data import write_demo_data
+    from swipr_core.data.dataset import prepare_data
+    from swipr_core.data.demo import write_demo_data
 
     data = json.loads(table.read_text())
     name = table_name(table)
@@ -216,7 +217,7 @@ def key(params: dict, names) -> tuple:
 
 def nested_curves(curves: dict, grid: dict, head_epochs: int) -> tuple[dict, dict]:
     """(space less n_cycles, {key less n_cycles: curve}) of nested trials: each the longest
-    n_cycles curve, with `finishes` (swipr_core.schedule's finished schedules) and `covers`, the
+    n_cycles curve, with `finishes` (swipr_core.train.schedule's finished schedules) and `covers`, the
     grid key finished at each epoch."""
     names = [name for name in grid if name != "n_cycles"]
     budget = tuple(sorted(grid["n_cycles"]))

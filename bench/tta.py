@@ -15,6 +15,7 @@ import json
 import numpy as np
 import optuna
 import torch
+
 from objectives.trial_attrs import attrs_of
 
 
@@ -29,15 +30,15 @@ def crops(images: np.ndarray, zoom: float, corners: bool) -> list[np.ndarray]:
 
 
 def with_mirrors(views: list[np.ndarray]) -> list[np.ndarray]:
-    from swipr_core.tta import mirrored
+    from swipr_core.serve.tta import mirrored
 
     return [v for view in views for v in (view, mirrored(view))]
 
 
 def mean_loss(serving, views: list[np.ndarray], targets) -> float:
     """Validation loss of P(YES) averaged over the views."""
-    from swipr_core.export import torch_probs
-    from swipr_core.metrics import image_log_losses
+    from swipr_core.serve.export import torch_probs
+    from swipr_core.train.metrics import image_log_losses
 
     probs = np.mean([torch_probs(serving, view) for view in views], axis=0)
     return float(image_log_losses(probs, targets).mean())
@@ -55,9 +56,9 @@ def main() -> None:
     from search.study.open import open_study
     from search.studyfile import load_study_file
     from search.views.top_losses import valid_images
-    from swipr_core.export import ServingModel, cpu_copy
-    from swipr_core.loaders import MAX_ZOOM, Augment
-    from swipr_core.training import train
+    from swipr_core.data.loaders import MAX_ZOOM, Augment
+    from swipr_core.serve.export import ServingModel, cpu_copy
+    from swipr_core.train.run import train
 
     study_file = load_study_file(args.study_file)
     study = open_study(study_file, create=False)

@@ -18,16 +18,36 @@ import torch
 
 from objectives.judging import STAGE2_FIRST_EPOCH_ATTR, ScheduleCut, best_finished, report_epoch
 from objectives.lr_finder import FINDER_LR_ATTR, FINDING_ATTR, LR_ATTR, StudyFinder
-from objectives.record import (BUDGET_ATTR, FINISH_AT_ATTR, Plan, best_finished_record, record_of, result_of,
-                               write_plan, write_result)
-from objectives.space import (DEFAULT_N_CYCLES_MODE, MODE_ATTR, SPACE_KEYS, STAGE2, FinderLR, conditional,
-                               cycle_budget, drawn, has_stage2, placeholder, stage2_name, suggest)
-from swipr_core.checkpoints import load_checkpoint
-from swipr_core.data import Dataset
-from swipr_core.model import ModelSpec
-from swipr_core.schedule import StageConfig
-from swipr_core.training import EpochRecord, TrainConfig, TrainResult, train, valid_targets
+from objectives.record import (
+    BUDGET_ATTR,
+    FINISH_AT_ATTR,
+    Plan,
+    best_finished_record,
+    record_of,
+    result_of,
+    write_plan,
+    write_result,
+)
+from objectives.space import (
+    DEFAULT_N_CYCLES_MODE,
+    MODE_ATTR,
+    SPACE_KEYS,
+    STAGE2,
+    FinderLR,
+    conditional,
+    cycle_budget,
+    drawn,
+    has_stage2,
+    placeholder,
+    stage2_name,
+    suggest,
+)
 from objectives.trial_attrs import attrs_of, set_attr
+from swipr_core.data.dataset import Dataset
+from swipr_core.train.checkpoints import load_checkpoint
+from swipr_core.train.model import ModelSpec
+from swipr_core.train.run import EpochRecord, TrainResult, train, valid_targets
+from swipr_core.train.schedule import StageConfig, TrainConfig
 
 STUDY_FILE_ATTR = "study_file_sha256"   # written by search's RecordTrainedWith hook as the trial starts
 

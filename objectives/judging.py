@@ -17,7 +17,7 @@ A run whose loss turns nan has diverged: its weights are nan and stay so. It is 
 that epoch whatever the pruner, with the nan reported, which Optuna's samplers read as the
 worst value (a FAIL would teach TPE nothing about the learning rate that caused it).
 
-A trial's VALUE is its best finished schedule (swipr_core.schedule): the lowest loss at a
+A trial's VALUE is its best finished schedule (swipr_core.train.schedule): the lowest loss at a
 cycle end where a run of that many cycles would have ended. With n_cycles sampled, the only
 one is the run's last epoch; with n_cycles a budget (nested schedules),
 each cycle end whose count of cycles is in the space is one. Which one is best is kept in the
@@ -38,6 +38,7 @@ from typing import Sequence
 
 import optuna
 from optuna.trial import TrialState
+
 from objectives.trial_attrs import attrs_of, set_attr
 
 PRUNE_AT = ("cycle_end", "epoch")

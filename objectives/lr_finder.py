@@ -1,7 +1,7 @@
 """The [space] lr finder: `lr = { finder = "valley", factor = ... }` trains a trial at the range
 test's suggestion for its freeze, batch size and image size, times its `lr_factor`.
 
-The range test (swipr_core.lr_find, as `swipr lr-find` runs it) is run once per combination, by
+The range test (swipr_core.train.lr_find, as `swipr lr-find` runs it) is run once per combination, by
 the first trial that needs it, and kept on the study as a version of that combination
 (objectives.lr_record); every later trial reads the combination's current version, which only
 `swipr lr-find --use` changes once trials have used it. A version made on other data (another
@@ -22,12 +22,12 @@ import optuna
 
 from objectives.lr_record import add_finding, current_version, finding_key, new_record, stored_finding
 from objectives.space import FinderLR
-from swipr_core.data import Dataset
-from swipr_core.lr_find import find_lr
-from swipr_core.lr_finding import LRFinding
-from swipr_core.model import ModelSpec
-from swipr_core.training import TrainConfig
 from objectives.trial_attrs import attrs_of, set_attr
+from swipr_core.data.dataset import Dataset
+from swipr_core.train.lr_find import find_lr
+from swipr_core.train.lr_finding import LRFinding
+from swipr_core.train.model import ModelSpec
+from swipr_core.train.schedule import TrainConfig
 
 LR_ATTR = "lr"               # trial user attr: the lr it trained with, the finder's times its factor
 FINDER_LR_ATTR = "finder_lr"   # trial user attr: the finder's suggestion that was

@@ -21,8 +21,8 @@ import numbers
 import optuna
 
 from objectives.optuna_compat import set_study_system_attr, study_system_attrs
-from swipr_core.lr_finding import END_LR, START_LR, SUGGESTION_NAMES, LRFinding
-from swipr_core.schedule import FREEZE_STRATEGIES
+from swipr_core.train.lr_finding import END_LR, START_LR, SUGGESTION_NAMES, LRFinding
+from swipr_core.train.schedule import FREEZE_STRATEGIES
 
 SYSTEM_PREFIX = "swipr:lr_find:"   # study system attrs: <key>:v<N> a version, <key>:use the one chosen
 ATTR_PREFIX = "lr_find:"           # older studies: the study user attr of a combination's only version

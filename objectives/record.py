@@ -24,14 +24,19 @@ from typing import Any, Sequence
 import numpy as np
 import optuna
 
-from objectives.judging import (BEST_EPOCH_ATTR, BEST_N_CYCLES_ATTR, BEST_STAGE_ATTR, STAGE2_FIRST_EPOCH_ATTR,
-                                best_finished)
+from objectives.judging import (
+    BEST_EPOCH_ATTR,
+    BEST_N_CYCLES_ATTR,
+    BEST_STAGE_ATTR,
+    STAGE2_FIRST_EPOCH_ATTR,
+    best_finished,
+)
 from objectives.optuna_compat import set_system_attr
 from objectives.space import SPACE_KEYS, stage2_name
-from swipr_core.errors import FieldError, SwiprError
-from swipr_core.metrics import confusion_counts, majority_accuracy, roc_auc
-from swipr_core.schedule import StageConfig, TrainConfig, sgdr_epochs
 from objectives.trial_attrs import attrs_of, set_attr
+from swipr_core.errors import FieldError, SwiprError
+from swipr_core.train.metrics import confusion_counts, majority_accuracy, roc_auc
+from swipr_core.train.schedule import StageConfig, TrainConfig, sgdr_epochs
 
 PLAN_ATTR = "swipr:plan"       # trial system attr: Plan.to_json(), once, as the trial starts
 RESULT_ATTR = "swipr:result"   # trial system attr: Result.to_json(), whenever the best finished schedule moves
@@ -148,7 +153,7 @@ def write_result(trial: optuna.Trial, result: Result) -> None:
 
 
 def result_of(record, targets: Sequence[int] | np.ndarray) -> Result:
-    """The Result of an epoch record (swipr_core.training.EpochRecord, or its dict) that ends a
+    """The Result of an epoch record (swipr_core.train.run.EpochRecord, or its dict) that ends a
     finished schedule, scored from the validation predictions it kept."""
     fields: dict = record if isinstance(record, dict) else vars(record)
     get = fields.get

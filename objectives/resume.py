@@ -21,8 +21,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback as _Retry
 from objectives.judging import INTERRUPTED_ATTR, report_epoch
 from objectives.optuna_compat import guard_ask, put_back, stored_trial, take_queued_first
 from objectives.space import STAGE2, stage2_name
-from swipr_core.checkpoints import load_checkpoint
 from objectives.trial_attrs import set_attr
+from swipr_core.train.checkpoints import load_checkpoint
 
 
 def _quietly(function, *args):

@@ -3,7 +3,7 @@
 Parameter names are the space's keys, so a trial's params are exactly a training config,
 except where n_cycles is a budget ([study] n_cycles = "budget", the default, with several
 [space] n_cycles values): then a trial plans the largest value and each value on the way is a
-finished schedule of that many cycles (swipr_core.schedule), so n_cycles is not drawn.
+finished schedule of that many cycles (swipr_core.train.schedule), so n_cycles is not drawn.
 
 A second stage ([space.stage2], docs/stages.md) is held in the same dict, each of its keys as
 the param it is drawn as, `stage2_<key>`; a key it leaves out keeps the trial's stage-1 value.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from swipr_core.lr_finding import SUGGESTION_NAMES
+from swipr_core.train.lr_finding import SUGGESTION_NAMES
 
 SPACE_KEYS = ("lr", "batch_size", "image_size", "freeze", "n_cycles", "cycle_len", "cycle_mult")
 # [study] n_cycles: how a trial gets its cycles. "budget": nested schedules (each cycle end that

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from objectives.finetune import FinetuneObjective
 from objectives.oom import OutOfMemoryGuard
 from objectives.resume import Checkpoints, ResumableObjective
-from swipr_core.data import Dataset
-from swipr_core.model import ModelSpec
+from swipr_core.data.dataset import Dataset
+from swipr_core.train.model import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""From a pics database to a trained, exported model: labels, split, image cache, loaders, model,
-training, metrics, bundle and predict. No Optuna here: the search is built on top of it."""
+"""From a pics database to a trained, exported model, in three layers that import downward only:
+data (labels, split, image cache, loaders), train (model, schedule, runs, range tests, metrics)
+and serve (bundle, export, predict). No Optuna here: the search is built on top of it."""
 
-# The public surface: the modules other packages use; the rest are this package's own.
-__all__ = ["bundle", "bundle_writer", "checkpoints", "data", "demo_data", "errors", "labels", "lr_find", "lr_finding", "metrics",
-           "model", "model_spec", "predict", "schedule", "split", "threads", "training", "tta", "tta_model", "writable"]
+# The public surface: the sub-packages, and the one error type every layer raises.
+__all__ = ["data", "errors", "serve", "train"]

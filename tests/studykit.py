@@ -45,7 +45,7 @@ def space_toml(**values: str) -> str:
 
 def demo_data(folder: Path, n_images: int = 120) -> Path:
     """Write (once per folder) the demo dataset; return its pics database."""
-    from swipr_core.demo_data import write_demo_data
+    from swipr_core.data.demo import write_demo_data
 
     database = folder / "pics.db"
     if not database.exists():
@@ -55,8 +55,8 @@ def demo_data(folder: Path, n_images: int = 120) -> Path:
 
 def prepared_demo(folder: Path):
     """The demo dataset in `folder`, labelled, split and cached at 40 px: what training tests train on."""
-    from swipr_core.data import DataSpec, prepare_data
-    from swipr_core.demo_data import DEMO_RULES
+    from swipr_core.data.dataset import DataSpec, prepare_data
+    from swipr_core.data.demo import DEMO_RULES
 
     database = demo_data(folder)
     spec = DataSpec(database=database, image_root=folder, labels_file=folder / "labels.csv",

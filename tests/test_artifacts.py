@@ -9,6 +9,7 @@ from optuna_dashboard import get_note, save_note
 
 from objectives.finetune import FinetuneObjective
 from objectives.optuna_compat import storage_of, study_id, trial_id
+from objectives.trial_attrs import attrs_of
 from search.study.data_record import check_fingerprint
 from search.study.open import open_study
 from search.studyfile import load_study_file
@@ -18,6 +19,7 @@ from search.views.artifacts import (
     LR_PNG,
     NOTE_ATTR,
     ROC_PNG,
+    TOP_LOSSES_PNG,
     TrialArtifacts,
     confusion,
     make_objective_hooks,
@@ -28,16 +30,14 @@ from search.views.artifacts import (
     plot_roc,
     store_trial_note,
     study_note,
-    TOP_LOSSES_PNG,
     trial_note,
     trial_pictures,
 )
 from search.views.dashboard_compat import read_note
-from swipr_core.data import prepare_data
-from swipr_core.model import ModelSpec
-from swipr_core.training import EpochRecord
+from swipr_core.data.dataset import prepare_data
+from swipr_core.train.model import ModelSpec
+from swipr_core.train.run import EpochRecord
 from tests.studykit import write_study
-from objectives.trial_attrs import attrs_of
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

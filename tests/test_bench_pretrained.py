@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from swipr_core.model import ModelSpec, create_model
+from swipr_core.train.model import ModelSpec, create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from swipr_core import bundle
 from swipr_core.errors import SwiprError
+from swipr_core.serve import bundle
 
 MANIFEST = {"arch": "test_resnet", "cache_px": 48, "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
             "classes": ["NO", "YES"], "threshold": 0.42, "study": "demo", "trial": 3}

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import swipr_core.bundle_swap
-from swipr_core import bundle
+import swipr_core.serve.bundle_swap
+from swipr_core.serve import bundle
 from tests.studykit import ROOT
 
 MANIFEST = {"arch": "test_resnet", "cache_px": 48, "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
@@ -59,7 +59,7 @@ class InterruptAtCall:
 
     def __init__(self, monkeypatch, n: int, after: bool):
         self.n, self.after, self.calls = n, after, 0
-        for owner, name in ((os, "replace"), (os, "symlink"), (swipr_core.bundle_swap, "exchange")):
+        for owner, name in ((os, "replace"), (os, "symlink"), (swipr_core.serve.bundle_swap, "exchange")):
             monkeypatch.setattr(owner, name, self.wrap(getattr(owner, name)))
 
     def wrap(self, real):
@@ -82,7 +82,7 @@ def test_interrupted_at_every_step_out_is_old_or_new(tmp_path, monkeypatch, kind
     # Without renameat2's exchange, an old folder takes two renames with the old put back on
     # any error.
     if not can_exchange:
-        monkeypatch.setattr(swipr_core.bundle_swap, "exchange", lambda a, b: False)
+        monkeypatch.setattr(swipr_core.serve.bundle_swap, "exchange", lambda a, b: False)
     outcomes = []
     for n in range(1, 20):
         out = tmp_path / str(n) / "model"
@@ -142,7 +142,7 @@ SLOW_RENAME_S = 3
 SWAP_SCRIPT = """
 import os, sys
 from pathlib import Path
-from swipr_core import bundle
+from swipr_core.serve import bundle
 out = Path(sys.argv[1])
 staging = bundle.staging_dir(out)
 (staging / bundle.ONNX).write_bytes(b"new")
@@ -196,7 +196,7 @@ def test_ctrl_c_waits_for_the_two_renames_of_the_fallback(tmp_path):
     # acted on only once both are done.
     steps = []
     with pytest.raises(KeyboardInterrupt):
-        with swipr_core.bundle_swap.signals_held():
+        with swipr_core.serve.bundle_swap.signals_held():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
             steps.append("second rename")
@@ -215,7 +215,7 @@ def test_an_old_interrupted_swap_s_leftovers_go_and_nothing_else(tmp_path):
     kept[0].mkdir()
     kept[1].write_text("a file of the user's")
     kept[2].mkdir()
-    long_ago = time.time() - 2 * swipr_core.bundle_swap.LEFTOVER_AGE_S
+    long_ago = time.time() - 2 * swipr_core.serve.bundle_swap.LEFTOVER_AGE_S
     for path in [*stale, tmp_path / ".model.3.link", *kept]:
         os.utime(path, (long_ago, long_ago), follow_symlinks=False)
     write(out, b"new")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from swipr_core import bundle
 from swipr_core.errors import SwiprError
+from swipr_core.serve import bundle
 from tests.studykit import one_line_error, run_cli, write_study
 
 MANIFEST = {"arch": "test_resnet", "cache_px": 48, "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,

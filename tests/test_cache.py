@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from swipr_core import cache as cache_module
-from swipr_core.cache import build_cache, load_square
+from swipr_core.data import cache as cache_module
+from swipr_core.data.cache import build_cache
+from swipr_core.data.images import load_square
 from swipr_core.errors import SwiprError
 from tests.prockit import children_of, is_alive
 from tests.studykit import ROOT
@@ -160,7 +161,7 @@ def test_processes_share_the_cache_pages_instead_of_copying(big_cache):
     script = """
     import json
     from pathlib import Path
-    from swipr_core.cache import ImageCache
+    from swipr_core.data.cache import ImageCache
     cache = ImageCache(Path(sys.argv[1]), tuple(f"x{i}" for i in range(int(sys.argv[2]))), int(sys.argv[3]))
     before = rss()
     array = cache.open()
@@ -192,8 +193,8 @@ def test_a_full_epoch_of_batches_copies_no_more_than_a_few_batches(big_cache):
     script = """
     import json
     from pathlib import Path
-    from swipr_core.cache import ImageCache
-    from swipr_core.loaders import Augment, CachedBatches
+    from swipr_core.data.cache import ImageCache
+    from swipr_core.data.loaders import Augment, CachedBatches
     cache = ImageCache(Path(sys.argv[1]), tuple(f"x{i}" for i in range(int(sys.argv[2]))), int(sys.argv[3]))
     array = cache.open()
     aug = Augment(32, (0.5,) * 3, (0.5,) * 3)
@@ -217,7 +218,7 @@ def test_building_holds_one_chunk_not_the_whole_array(tmp_path):
     script = """
     import json
     from pathlib import Path
-    from swipr_core import cache as cache_module
+    from swipr_core.data import cache as cache_module
     cache_module.CHUNK = 10
     peak = []
     base = rss()["RssAnon"]
@@ -235,7 +236,7 @@ def test_workers_starting_together_build_the_cache_once(tmp_path):
     script = """
     import json, time
     from pathlib import Path
-    from swipr_core import cache as cache_module
+    from swipr_core.data import cache as cache_module
     real = cache_module.load_square
     def slow(file, px):
         time.sleep(0.1)   # long enough that both processes ask before either finishes
@@ -261,7 +262,7 @@ def test_workers_starting_together_build_the_cache_once(tmp_path):
 _SLOW_BUILD = """
 import sys, time
 from pathlib import Path
-from swipr_core import cache as cache_module
+from swipr_core.data import cache as cache_module
 real = cache_module.load_square
 def slow(file, px):
     time.sleep(0.05)   # slow enough to be stopped mid-build; forked workers inherit it

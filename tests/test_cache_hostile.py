@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from swipr_core.cache import build_cache
+from swipr_core.data.cache import build_cache
 from swipr_core.errors import SwiprError
-from tests.studykit import ROOT
 from tests.prockit import children_of, is_alive
+from tests.studykit import ROOT
 from tests.test_cache import write_images
 
 # What `swipr` does with a SwiprError (search/cli.py): one line on stderr, its exit code.
 _BUILD = """
 import sys, time
 from pathlib import Path
-from swipr_core import cache as cache_module
+from swipr_core.data import cache as cache_module
 from swipr_core.errors import SwiprError
 real = cache_module.load_square
 def slow(file, px):

@@ -8,11 +8,11 @@ from optuna.trial import TrialState
 
 from objectives.finetune import FinetuneObjective
 from objectives.record import record_of
+from objectives.trial_attrs import attrs_of
 from search.studyfile import load_study_file
 from search.views.stages import STAGES_ATTR, RecordStages
-from swipr_core.model import ModelSpec
+from swipr_core.train.model import ModelSpec
 from tests.studykit import space_toml, write_study
-from objectives.trial_attrs import attrs_of
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
 # stage 1: 2 one-epoch cycles (epochs 0, 1); stage 2 at 40 px, its lr and freeze drawn, a budget of

@@ -15,6 +15,7 @@ import pytest
 
 from tests.studykit import ROOT, SCREENSHOTS, Chromium, finished_demo_study, needs_chromium, run_cli, write_study
 
+
 @pytest.fixture
 def browser():
     chromium = Chromium()

@@ -16,9 +16,9 @@ import optuna
 import pytest
 
 from objectives.judging import interrupted as is_interrupted
+from objectives.trial_attrs import attrs_of
 from tests.daskkit import Cluster
 from tests.studykit import ROOT, SPACE, one_line_error, run_cli, write_study
-from objectives.trial_attrs import attrs_of
 
 pytest.importorskip("distributed", reason="the dask extra is not installed: pip install '.[dask]'")
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from swipr_core.demo_data import DEMO_RULES, LABEL_NOISE, LOOKS_FILE, MIN_IMAGES, write_demo_data
+from swipr_core.data.demo import DEMO_RULES, LABEL_NOISE, LOOKS_FILE, MIN_IMAGES, write_demo_data
+from swipr_core.data.labels import build_labels
 from swipr_core.errors import SwiprError
-from swipr_core.labels import build_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,11 +7,11 @@ import numpy as np
 import optuna
 import pytest
 
-from swipr_core import bundle
+from objectives.trial_attrs import attrs_of
 from swipr_core.errors import SwiprError
+from swipr_core.serve import bundle
 from tests.readonly import read_only_folder
 from tests.studykit import one_line_error, run_cli
-from objectives.trial_attrs import attrs_of
 
 # One pytest-xdist worker runs this module, so its module-scoped study is built once.
 pytestmark = pytest.mark.xdist_group("fit")
@@ -25,9 +25,9 @@ def fitted(tmp_path_factory):
     thread: with the trial's thread count a CPU replay is bit-identical."""
     import torch
 
-    from search.fit.replay import fit
     from search.cli import main
-    from swipr_core.demo_data import write_demo_data
+    from search.fit.replay import fit
+    from swipr_core.data.demo import write_demo_data
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -109,9 +109,9 @@ def test_bundle_is_verified_linked_and_export_equals_pytorch(fitted):
     from safetensors.torch import load_file
 
     from search.fit.link import link_attr
-    from swipr_core.export import ServingModel, torch_probs
-    from swipr_core.loaders import Augment
-    from swipr_core.predict import Predictor
+    from swipr_core.data.loaders import Augment
+    from swipr_core.serve.export import ServingModel, torch_probs
+    from swipr_core.serve.predict import Predictor
 
     study_path, outcome, _ = fitted
     verified = bundle.verify(outcome.bundle, load=(bundle.ONNX, bundle.WEIGHTS))
@@ -125,8 +125,8 @@ def test_bundle_is_verified_linked_and_export_equals_pytorch(fitted):
     # Beside the study's pictures, a study artifact holds the manifest with that hash.
     from optuna.artifacts import get_all_artifact_meta
 
-    from search.views.artifacts import artifact_dir, open_artifact_store
     from search.studyfile import load_study_file
+    from search.views.artifacts import artifact_dir, open_artifact_store
 
     metas = [m for m in get_all_artifact_meta(study) if m.filename == f"{link_attr(outcome.trial_number)}_manifest.json"]
     assert len(metas) == 1
@@ -187,7 +187,7 @@ def test_cli_refuses_a_folder_that_is_not_a_bundle(fitted, tmp_path):
 
 
 def test_target_precision_threshold():
-    from swipr_core.metrics import choose_threshold, classification_report
+    from swipr_core.train.metrics import choose_threshold, classification_report
 
     probs = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9])
     targets = np.array([0, 0, 1, 0, 0, 1, 1, 1])

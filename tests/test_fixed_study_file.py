@@ -10,12 +10,12 @@ import optuna
 import pytest
 
 import search.running.driver
+from objectives.trial_attrs import attrs_of
 from search.running.supervisor import Slot, Task
 from search.studyfile import load_study_file
 from search.studyfile.trained_with import as_trained, trained_with
 from swipr_core.errors import SwiprError
 from tests.studykit import run_cli, write_study
-from objectives.trial_attrs import attrs_of
 
 LR_LINE = "lr = { low = 1e-3, high = 3e-2, log = true }"
 ARCH_LINE = 'arch = "test_resnet"'

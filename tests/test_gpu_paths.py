@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from search.studyfile import load_study_file
+from swipr_core.data.loaders import Augment, CachedBatches
 from swipr_core.errors import SwiprError
-from swipr_core.loaders import Augment, CachedBatches
-from swipr_core.training import DeviceSmoothLoss, compile_enabled
+from swipr_core.train.run import DeviceSmoothLoss, compile_enabled
 from tests.studykit import study_toml
 
 CUDA = torch.cuda.is_available()
@@ -70,7 +70,7 @@ def test_cuda_batches_come_channels_last_with_the_cpus_targets():
 
 @needs_cuda
 def test_the_gpu_grid_path_equals_the_same_path_on_the_cpu():
-    from swipr_core.loaders import augment_batch, random_affine
+    from swipr_core.data.loaders import augment_batch, random_affine
 
     images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (6, 24, 24, 3), dtype=np.uint8))
     aug = Augment(16, MEAN, STD)
@@ -89,10 +89,11 @@ def test_cuda_host_batches_are_pinned():
 
 @needs_cuda
 def test_a_bf16_run_on_cuda_trains_and_keeps_its_loss_on_the_gpu(tmp_path):
-    from swipr_core.data import DataSpec, prepare_data
-    from swipr_core.demo_data import DEMO_RULES
-    from swipr_core.model import ModelSpec
-    from swipr_core.training import TrainConfig, train
+    from swipr_core.data.dataset import DataSpec, prepare_data
+    from swipr_core.data.demo import DEMO_RULES
+    from swipr_core.train.model import ModelSpec
+    from swipr_core.train.run import train
+    from swipr_core.train.schedule import TrainConfig
     from tests.studykit import demo_data
 
     database = demo_data(tmp_path)

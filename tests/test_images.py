@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, TiffImagePlugin
 
-from swipr_core.images import MAX_PIXELS, BadDimensions, NotRegularFile, load_square, open_regular, read_regular
+from swipr_core.data.images import MAX_PIXELS, BadDimensions, NotRegularFile, load_square, open_regular, read_regular
 from tests.studykit import ROOT
 
 MiB = 1 << 20
@@ -19,7 +19,7 @@ MiB = 1 << 20
 # Peak RSS in a fresh process, above what importing the decoder already took.
 _PEAK = """
 import json, resource, sys
-from swipr_core.images import load_square
+from swipr_core.data.images import load_square
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
 base = peak()

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, TiffImagePlugin
 
-from swipr_core.cache import build_cache
-from swipr_core.errors import FieldError, SwiprError
-from swipr_core.labels import (
+from swipr_core.data.cache import build_cache
+from swipr_core.data.labels import (
     EXCLUSION_REASONS,
     LabelRules,
     PicRow,
@@ -20,6 +19,7 @@ from swipr_core.labels import (
     describe_odd_ages,
     read_pics,
 )
+from swipr_core.errors import FieldError, SwiprError
 
 RULES = LabelRules(yes_dirs=("insta/ok",), no_dirs=("insta/no",))
 # Every database gets one plain YES and one plain NO row, so that both classes exist.

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from swipr_core.data.labels import LabelRules, build_labels
+from swipr_core.data.split import make_split, read_split, write_split
 from swipr_core.errors import SwiprError
-from swipr_core.labels import LabelRules, build_labels
-from swipr_core.split import make_split, read_split, write_split
 
 RULES = LabelRules(yes_dirs=("insta/ok", "Tinder/yes"), no_dirs=("insta/no",), fail_on_male=True,
                    invalid_labels=(9,), max_people=2)

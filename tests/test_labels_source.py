@@ -13,9 +13,9 @@ import pytest
 
 from search.study.data_record import prepare_study_data
 from search.studyfile import load_study_file
-from swipr_core.demo_data import write_demo_data
+from swipr_core.data.demo import write_demo_data
+from swipr_core.data.split import meta_path
 from swipr_core.errors import SwiprError
-from swipr_core.split import meta_path
 from tests.studykit import one_line_error, run_cli, write_study
 
 

@@ -1,5 +1,5 @@
-"""The code's shape: dependencies run search/ -> objectives/ -> swipr_core/, no import cycle
-between files, imports at the top of modules (search/cli.py is the one lazy boundary), and
+"""The code's shape: dependencies run search/ -> objectives/ -> swipr_core/, and inside the core
+serve/ -> train/ -> data/ (errors.py beside them, for all), no import cycle between files, imports at the top of modules (search/cli.py is the one lazy boundary), and
 no Optuna in the core. Read from the source with `ast`; nothing is imported."""
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"swipr_core": 0, "objectives": 1, "search": 2}   # a package may import its own layer or lower
+# Inside swipr_core: a sub-package may import its own layer or lower. errors is everyone's.
+CORE_LAYERS = {"swipr_core.errors": -1, "swipr_core.data": 0, "swipr_core.train": 1, "swipr_core.serve": 2}
+# What serve may use of train: a bundle's TTA graph wraps the trained network in the fit's flip
+# average. Anything else of train (a run, its loaders, its checkpoints) is not serve's business.
+SERVE_USES_OF_TRAIN = {"swipr_core.train.flip_average"}
 LAZY_BOUNDARY = "search.cli"   # imports a command's module only when that command runs
 # Optional extras (pip install '.[dask]'), imported inside the functions of the --dask path only
 OPTIONAL_EXTRAS = ("distributed", "optuna_integration")
@@ -126,5 +131,44 @@ def test_tests_use_only_public_names():
     found = [f"{path.relative_to(ROOT)}:{line} {name}" for path in sorted((ROOT / "tests").glob("*.py"))
              for line, name in private_names_used(path.read_text(encoding="utf-8"))]
     assert not found, found
-    assert private_names_used("from swipr_core.loaders import _prefetched\nt = optuna.Trial(s, a._trial_id)\n") \
+    assert private_names_used("from swipr_core.data.loaders import _prefetched\nt = optuna.Trial(s, a._trial_id)\n") \
         == [(1, "_prefetched"), (2, "_trial_id")]
+
+
+def core_layer(module: str) -> str | None:
+    return next((layer for layer in CORE_LAYERS if module == layer or module.startswith(layer + ".")), None)
+
+
+def core_problems(edges: dict[str, set[str]]) -> list[str]:
+    """Imports inside swipr_core that go up a layer, or from serve into train's internals."""
+    problems = []
+    for source, targets in sorted(edges.items()):
+        for target in sorted(targets):
+            here, there = core_layer(source), core_layer(target)
+            if here is None or there is None or here == there:
+                continue
+            if CORE_LAYERS[there] > CORE_LAYERS[here]:
+                problems.append(f"{source} imports {target}, a layer up")
+            elif here == "swipr_core.serve" and there == "swipr_core.train" and target not in SERVE_USES_OF_TRAIN:
+                problems.append(f"{source} imports {target}, one of train's internals")
+    return problems
+
+
+def test_the_core_layers_point_down():
+    problems = core_problems(graph(project_modules()))
+    assert not problems, "\n".join(problems)
+
+
+def test_the_core_layer_check_finds_a_tangle():
+    assert core_problems({"swipr_core.data.cache": {"swipr_core.train.model"}}) == \
+        ["swipr_core.data.cache imports swipr_core.train.model, a layer up"]
+    assert core_problems({"swipr_core.serve.export": {"swipr_core.train.run"}}) == \
+        ["swipr_core.serve.export imports swipr_core.train.run, one of train's internals"]
+    assert core_problems({"swipr_core.serve.bundle_writer": {"swipr_core.train.flip_average", "swipr_core.errors"},
+                          "swipr_core.train.run": {"swipr_core.data.loaders"}}) == []
+
+
+def test_the_core_top_holds_only_its_sub_packages():
+    top = sorted(path.name for path in (ROOT / "swipr_core").iterdir()
+                 if path.suffix == ".py" or (path.is_dir() and path.name != "__pycache__"))
+    assert top == ["__init__.py", "data", "errors.py", "serve", "train"], top

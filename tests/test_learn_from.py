@@ -238,8 +238,8 @@ def test_an_earlier_study_in_postgresql_teaches_one_in_sqlite(tmp_path, pg_url):
 
 
 def test_an_earlier_notebook_trial_is_not_queued_again_beside_the_studys_own(tmp_path):
-    from search.study.learn_from import LEARNED_ATTR, learn_from_earlier, read_earlier
     from objectives.trial_attrs import attrs_of
+    from search.study.learn_from import LEARNED_ATTR, learn_from_earlier, read_earlier
 
     _earlier_study(tmp_path, [({"lr": 5e-3, "batch_size": 16, "freeze": "unfrozen"}, 0.3),
                               ({"lr": 9e-3, "batch_size": 16, "freeze": "unfrozen"}, 0.4)], notebook=0)
@@ -252,12 +252,11 @@ def test_an_earlier_notebook_trial_is_not_queued_again_beside_the_studys_own(tmp
 
 @pytest.mark.slow
 def test_a_dask_run_and_a_workers_run_learn_alike(tmp_path):
+    from objectives.trial_attrs import attrs_of
+    from search.study.learn_from import LEARNED_ATTR
     from search.study.open import open_study
     from tests.daskkit import Cluster
     from tests.studykit import demo_data, run_cli
-
-    from objectives.trial_attrs import attrs_of
-    from search.study.learn_from import LEARNED_ATTR
 
     demo_data(tmp_path / "data")
     _earlier_study(tmp_path, [({"lr": 5e-3, "batch_size": 16, "freeze": "unfrozen"}, 0.3),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from swipr_core.loaders import (
+from swipr_core.data.loaders import (
     Augment,
     CachedBatches,
     augment_batch,
@@ -184,7 +184,7 @@ def test_stopping_early_releases_the_prefetch_thread():
 def test_the_axis_aligned_grid_equals_torchs_affine_grid():
     import torch.nn.functional as F
 
-    from swipr_core.loaders import axis_aligned_grid
+    from swipr_core.data.loaders import axis_aligned_grid
 
     theta = random_affine(6, aug(), torch.Generator().manual_seed(2))
     expected = F.affine_grid(theta, [6, 3, 16, 16], align_corners=False)

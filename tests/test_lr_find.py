@@ -20,9 +20,10 @@ from search.study.open import open_study
 from search.studyfile import load_study_file
 from search.views.dashboard import make_dashboard_server
 from search.views.report import render_report
-from swipr_core.lr_find import SUGGESTIONS, suggest
-from swipr_core.lr_finding import LRFinding
-from swipr_core.training import TrainConfig, build_learner
+from swipr_core.train.lr_find import SUGGESTIONS, suggest
+from swipr_core.train.lr_finding import LRFinding
+from swipr_core.train.run import build_learner
+from swipr_core.train.schedule import TrainConfig
 from tests.studykit import one_line_error, run_cli, write_study
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -11,14 +11,14 @@ import pytest
 from objectives.lr_finder import FINDER_LR_ATTR, FINDING_ATTR, LR_ATTR
 from objectives.lr_record import add_finding, new_record, range_test_cost, recorded_findings
 from objectives.space import FINDER_SUGGESTIONS, Choices, FinderLR, Range
+from objectives.trial_attrs import attrs_of
 from search.study.data_record import check_fingerprint, prepare_study_data
 from search.study.open import open_study
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
-from swipr_core.lr_find import SUGGESTIONS
-from swipr_core.lr_finding import LRFinding
+from swipr_core.train.lr_find import SUGGESTIONS
+from swipr_core.train.lr_finding import LRFinding
 from tests.studykit import one_line_error, run_cli, space_toml, write_study
-from objectives.trial_attrs import attrs_of
 
 
 def finder_space(factor: str = "{ low = 0.3, high = 3, log = true }") -> str:

@@ -13,17 +13,27 @@ from optuna.trial import TrialState, create_trial
 
 from objectives import lr_finder
 from objectives.lr_finder import FINDING_ATTR, FindingUnusable, StudyFinder, versions_used
-from objectives.lr_record import (ATTR_PREFIX, SYSTEM_PREFIX, add_finding, check_record, current_version,
-                                  finding_attr, finding_key, new_record, range_test_cost, recorded_findings)
+from objectives.lr_record import (
+    ATTR_PREFIX,
+    SYSTEM_PREFIX,
+    add_finding,
+    check_record,
+    current_version,
+    finding_attr,
+    finding_key,
+    new_record,
+    range_test_cost,
+    recorded_findings,
+)
 from objectives.optuna_compat import set_study_system_attr
 from objectives.space import Choices, FinderLR
+from objectives.trial_attrs import attrs_of
 from search.commands.lr_find import store_finding
 from search.studyfile.space import LOWEST_SUGGESTION
 from search.views.gains import gains_rows, search_gains
 from search.views.range_tests import range_test_rows
 from search.views.report import render_report
-from swipr_core.lr_finding import START_LR, LRFinding
-from objectives.trial_attrs import attrs_of
+from swipr_core.train.lr_finding import START_LR, LRFinding
 
 FINGERPRINT = "f00d"
 VALLEY = FinderLR("valley", Choices((2.0,)))
@@ -205,8 +215,8 @@ def tiny(tmp_path_factory, data_dir):
 
 
 def tiny_test(tiny, freeze: str = "unfrozen", threads: int | None = 1, head_epochs: int = 1, seed: int = 0):
-    from swipr_core.lr_find import find_lr
-    from swipr_core.training import TrainConfig
+    from swipr_core.train.lr_find import find_lr
+    from swipr_core.train.schedule import TrainConfig
 
     config = TrainConfig(lr=1e-3, batch_size=16, image_size=32, freeze=freeze, n_cycles=1, cycle_len=1,
                          cycle_mult=1, head_epochs=head_epochs, seed=seed)
@@ -228,8 +238,8 @@ def test_the_same_threads_seed_and_batches_give_the_same_record(tiny):
 
 def test_each_batch_of_the_test_is_reported_as_it_ends(tiny):
     # what lr-find's progress bar counts: every batch the curve records, with its lr and loss
-    from swipr_core.lr_find import find_lr
-    from swipr_core.training import TrainConfig
+    from swipr_core.train.lr_find import find_lr
+    from swipr_core.train.schedule import TrainConfig
 
     config = TrainConfig(lr=1e-3, batch_size=16, image_size=32, freeze="unfrozen", n_cycles=1, cycle_len=1,
                          cycle_mult=1, head_epochs=1, seed=0)
@@ -242,7 +252,7 @@ def test_each_batch_of_the_test_is_reported_as_it_ends(tiny):
 
 def test_frozen_then_unfrozen_is_tested_after_its_head_epochs(tiny, monkeypatch):
     # issue 26: the test started from a random head while its trials train the head first.
-    from swipr_core import lr_find
+    from swipr_core.train import lr_find
 
     warmed = tiny_test(tiny, "frozen_then_unfrozen")
     assert (warmed.head_epochs, warmed.head_lr) == (1, lr_find.HEAD_LR)

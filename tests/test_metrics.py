@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from swipr_core.metrics import classification_report, confusion_counts, majority_accuracy, roc_auc
+from swipr_core.train.metrics import classification_report, confusion_counts, majority_accuracy, roc_auc
 
 
 def test_confusion_counts_answer_yes_at_or_above_the_threshold():

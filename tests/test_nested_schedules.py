@@ -12,11 +12,12 @@ import pytest
 from objectives.finetune import FinetuneObjective, config_from_trial, replay_config
 from objectives.judging import ScheduleCut, replay_curve
 from objectives.space import Choices, cycle_budget, drawn
-from swipr_core.errors import FieldError, SwiprError
-from swipr_core.model import ModelSpec
-from swipr_core.training import TrainConfig, train
-from tests.studykit import SPACE, kill_then_retry, prepared_demo, write_study
 from objectives.trial_attrs import attrs_of
+from swipr_core.errors import FieldError, SwiprError
+from swipr_core.train.model import ModelSpec
+from swipr_core.train.run import train
+from swipr_core.train.schedule import TrainConfig
+from tests.studykit import SPACE, kill_then_retry, prepared_demo, write_study
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
 NESTED = SPACE.replace("n_cycles = [1]", "n_cycles = [1, 2, 3]")   # 1-epoch cycles: ends at epochs 0, 1, 2

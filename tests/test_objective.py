@@ -5,11 +5,11 @@ import optuna
 import pytest
 
 from objectives.finetune import FinetuneObjective
-from search.studyfile import load_study_file
-from swipr_core.data import prepare_data
-from swipr_core.model import ModelSpec
-from tests.studykit import write_study
 from objectives.trial_attrs import attrs_of
+from search.studyfile import load_study_file
+from swipr_core.data.dataset import prepare_data
+from swipr_core.train.model import ModelSpec
+from tests.studykit import write_study
 
 SPACE = """
 [space]

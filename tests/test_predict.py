@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from swipr_core import bundle
-from swipr_core.cache import load_square
+from swipr_core.data.images import load_square
 from swipr_core.errors import SwiprError
-from swipr_core.predict import Predictor, expand_inputs
+from swipr_core.serve import bundle
+from swipr_core.serve.predict import Predictor, expand_inputs
 
 # One pytest-xdist worker runs this module, so its module-scoped study is built once.
 pytestmark = pytest.mark.xdist_group("predict")
@@ -45,8 +45,8 @@ def served(tmp_path_factory):
     import timm
     import torch
 
-    from swipr_core.export import ServingModel, export_onnx, save_weights, torch_probs
-    from swipr_core.loaders import Augment
+    from swipr_core.data.loaders import Augment
+    from swipr_core.serve.export import ServingModel, export_onnx, save_weights, torch_probs
 
     root = tmp_path_factory.mktemp("predict")
     images = make_images(root / "photos")
@@ -160,7 +160,7 @@ def test_predict_needs_neither_torch_nor_training_stack(served):
     # A CPU server has only Pillow, numpy and onnxruntime: predicting must not import more.
     out, images, _ = served
     script = (
-        "import sys; from swipr_core.predict import Predictor\n"
+        "import sys; from swipr_core.serve.predict import Predictor\n"
         f"rows = list(Predictor({str(out)!r}).predict([{str(images[0])!r}]))\n"
         "assert rows[0].error is None, rows\n"
         "loaded = [m for m in ('torch', 'fastai', 'optuna', 'timm') if m in sys.modules]\n"
@@ -217,8 +217,8 @@ def test_export_first_leaves_the_model_usable_and_equal(tmp_path):
     import timm
     import torch
 
-    from swipr_core.export import ServingModel, export_onnx, onnx_probs, torch_probs
-    from swipr_core.loaders import Augment
+    from swipr_core.data.loaders import Augment
+    from swipr_core.serve.export import ServingModel, export_onnx, onnx_probs, torch_probs
 
     torch.manual_seed(1)
     model = timm.create_model("test_resnet", pretrained=False, num_classes=2).eval()
@@ -342,7 +342,7 @@ def test_a_thin_png_is_an_error_row_in_bounded_memory(served, tmp_path):
 def test_an_image_pillow_cant_identify_is_said_in_words_not_python_objects(tmp_path):
     from PIL import UnidentifiedImageError
 
-    from swipr_core.images import decode_problem
+    from swipr_core.data.images import decode_problem
 
     # Pillow's own message names a Python object: "cannot identify image file <_io.BufferedReader name=6>"
     assert decode_problem(UnidentifiedImageError("cannot identify image file <_io.BufferedReader name=6>")) == \

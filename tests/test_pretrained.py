@@ -14,12 +14,13 @@ from safetensors.torch import load_file
 
 from search.study.data_record import prepare_study_data
 from search.studyfile import load_study_file
-from swipr_core import bundle
-from swipr_core.export import ServingModel, torch_probs
-from swipr_core.loaders import Augment
-from swipr_core.model import ModelSpec, create_model
-from swipr_core.predict import Predictor
-from swipr_core.training import BODY_LR_DIVISOR, TrainConfig, train
+from swipr_core.data.loaders import Augment
+from swipr_core.serve import bundle
+from swipr_core.serve.export import ServingModel, torch_probs
+from swipr_core.serve.predict import Predictor
+from swipr_core.train.model import ModelSpec, create_model
+from swipr_core.train.run import BODY_LR_DIVISOR, train
+from swipr_core.train.schedule import TrainConfig
 from tests.studykit import one_line_error, run_cli, space_toml, study_toml, write_study
 from tests.weights import ARCH, load_weights, make_weights
 

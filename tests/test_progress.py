@@ -12,7 +12,7 @@ from optuna.trial import TrialState, create_trial
 
 from search.views import epoch_table
 from search.views.progress import Budget, StudyProgress, budget_rows, hours_label, summary_table
-from swipr_core.training import EpochRecord
+from swipr_core.train.run import EpochRecord
 from tests.studykit import finished_demo_study
 
 

@@ -10,13 +10,22 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from objectives.judging import (AGAINST_ATTR, DIVERGED_ATTR, JUDGED_ATTR, LOSSES_ATTR, PRUNE_AT, Step, judge,
-                                replay_curve, report_epoch)
+from objectives.judging import (
+    AGAINST_ATTR,
+    DIVERGED_ATTR,
+    JUDGED_ATTR,
+    LOSSES_ATTR,
+    PRUNE_AT,
+    Step,
+    judge,
+    replay_curve,
+    report_epoch,
+)
+from objectives.trial_attrs import attrs_of
 from search.study.pruners import make_pruner, pruner_for
 from search.studyfile.sections import PRUNERS, StudySection
 from search.views.format import describe_trial
 from tests.studykit import one_line_error, run_cli, write_study
-from objectives.trial_attrs import attrs_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

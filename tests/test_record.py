@@ -12,17 +12,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-
 from objectives.finetune import FinetuneObjective
 from objectives.optuna_compat import storage_of, study_id, trial_id
 from objectives.record import PLAN_ATTR, RESULT_ATTR, record_of
+from objectives.trial_attrs import attrs_of
 from search.studyfile import load_study_file
 from search.studyfile.trained_with import RecordTrainedWith
 from search.views.artifacts import CONFUSION_PNG, ROC_PNG, TOP_LOSSES_PNG, make_objective_hooks
 from search.views.dashboard_compat import read_note
-from swipr_core.model import ModelSpec
+from swipr_core.train.model import ModelSpec
 from tests.studykit import run_cli, space_toml, write_study
-from objectives.trial_attrs import attrs_of
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
 # Stage 1: 2 one-epoch cycles (epochs 0, 1); stage 2 at an lr no model survives well, a budget of

@@ -14,10 +14,10 @@ from optuna.trial import TrialState
 from objectives.judging import INTERRUPTED_ATTR, interrupted
 from objectives.resume import OWNER_FILE, Checkpoints
 from objectives.space import Range, suggest
+from objectives.trial_attrs import attrs_of
 from search.running.worker import checkpoint_root
 from search.studyfile import load_study_file
 from tests.studykit import write_study
-from objectives.trial_attrs import attrs_of
 
 
 @pytest.fixture

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from swipr_core.data import DataSpec, prepare_data
-from swipr_core.demo_data import DEMO_RULES, MIN_IMAGES, write_demo_data
-from swipr_core.model import ModelSpec
-from swipr_core.training import (FREEZE_STRATEGIES, MAX_EPOCHS, TrainConfig, cycle_lengths, sgdr_epochs,
-                                 sgdr_schedule, train)
+from swipr_core.data.dataset import DataSpec, prepare_data
+from swipr_core.data.demo import DEMO_RULES, MIN_IMAGES, write_demo_data
+from swipr_core.train.model import ModelSpec
+from swipr_core.train.run import sgdr_schedule, train
+from swipr_core.train.schedule import FREEZE_STRATEGIES, MAX_EPOCHS, TrainConfig, cycle_lengths, sgdr_epochs
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
 LR = 1e-2

@@ -15,7 +15,7 @@ from objectives.lr_record import add_finding, new_record, recorded_findings
 from search.study.data_record import EXCLUDED_ATTR, check_fingerprint, data_summary
 from search.study.space_record import check_space
 from search.studyfile import load_study_file
-from swipr_core.lr_finding import LRFinding
+from swipr_core.train.lr_finding import LRFinding
 from tests.studykit import write_study
 
 EXCLUDED = {"invalid_flag": 18, "invalid_label": 18, "outside_dirs": 24, "missing_file": 12, "undecodable": 12,

@@ -4,10 +4,18 @@ import re
 
 import pytest
 
-from swipr_core.demo_data import DEMO_RULES
+from swipr_core.data.demo import DEMO_RULES
+from swipr_core.data.labels import LabelTable
+from swipr_core.data.split import (
+    check_both_sides,
+    make_split,
+    meta_path,
+    prepare_labels,
+    read_split,
+    split_rows,
+    write_split,
+)
 from swipr_core.errors import FieldError, SwiprError
-from swipr_core.labels import LabelTable
-from swipr_core.split import check_both_sides, make_split, meta_path, prepare_labels, read_split, split_rows, write_split
 from tests.studykit import demo_data
 
 
@@ -143,7 +151,7 @@ def test_the_fingerprint_scheme_is_unchanged():
     # Studies store fingerprints: the scheme (path TAB label TAB 0|1 per line, sha256, 16 hex) must hold.
     import hashlib
 
-    from swipr_core.split import fingerprint
+    from swipr_core.data.split import fingerprint
 
     text = "a.jpg\tYES\t1\nb/c.jpg\tNO\t0\n"
     assert fingerprint(["a.jpg", "b/c.jpg"], ["YES", "NO"], [True, False]) == \

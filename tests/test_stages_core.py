@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-import swipr_core.training as training
+import swipr_core.train.run as training
 from swipr_core.errors import FieldError, SwiprError
-from swipr_core.model import ModelSpec, body_and_head
-from swipr_core.schedule import MAX_EPOCHS, StageConfig, TrainConfig, check_epochs
+from swipr_core.train.model import ModelSpec, body_and_head
+from swipr_core.train.schedule import MAX_EPOCHS, StageConfig, TrainConfig, check_epochs
 from tests.studykit import prepared_demo
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)

@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from objectives.judging import BEST_EPOCH_ATTR, BEST_LOSS_ATTR, BEST_N_CYCLES_ATTR, STAGE2_FIRST_EPOCH_ATTR
+from objectives.trial_attrs import attrs_of
 from search.study.open import open_study
 from search.study.warm_start import NOTEBOOK, enqueue_warm_start
 from search.studyfile import load_study_file
@@ -19,10 +20,9 @@ from search.views.gains import gains_rows, search_gains
 from search.views.progress import StudyProgress, summary_table
 from search.views.report import render_report
 from search.views.stages import STAGES_ATTR, RecordStages, StageSpan, spans_of, stage_spans, stages_text
-from swipr_core.schedule import StageConfig, TrainConfig
-from swipr_core.training import EpochRecord
+from swipr_core.train.run import EpochRecord
+from swipr_core.train.schedule import StageConfig, TrainConfig
 from tests.studykit import ROOT, run_cli, space_toml, write_study
-from objectives.trial_attrs import attrs_of
 
 # The notebook's stage 1 (lr 1e-4, unfrozen, 3 cycles of 1, 2, 4 epochs) fits this space but
 # for its batch size and image size.

@@ -13,13 +13,13 @@ from optuna.trial import TrialState
 from objectives.finetune import FinetuneObjective, config_from_trial, replay_config
 from objectives.oom import OutOfMemoryGuard, shape_key
 from objectives.space import drawn
+from objectives.trial_attrs import attrs_of
 from search.study.space_record import check_space, recorded_space
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
-from swipr_core.model import ModelSpec
-from swipr_core.training import train
+from swipr_core.train.model import ModelSpec
+from swipr_core.train.run import train
 from tests.studykit import kill_then_retry, one_line_error, run_cli, space_toml, write_study
-from objectives.trial_attrs import attrs_of
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)
 # Stage 1: 2 one-epoch cycles at 32 px (epochs 0, 1); stage 2 from its weights at 40 px, its own

@@ -18,13 +18,13 @@ import psycopg2
 import pytest
 from optuna.trial import TrialState
 
-from search.running.failures import FailureGuard, TrialFailed, TracebacksToLog
+from objectives.trial_attrs import attrs_of
+from search.running.failures import FailureGuard, TracebacksToLog, TrialFailed
 from search.study import guarded
 from search.study.guarded import StorageFailed
 from search.study.storage import open_storage
 from tests import pg
 from tests.studykit import run_cli, space_toml, write_study
-from objectives.trial_attrs import attrs_of
 
 QUICK_HEARTBEAT = "heartbeat_interval = 1\ngrace_period = 2\n"
 

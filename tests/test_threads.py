@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
+from objectives.trial_attrs import attrs_of
 from search.study.open import open_study
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
-from swipr_core.threads import cpu_threads
+from swipr_core.train.threads import cpu_threads
 from tests.studykit import ROOT, write_study
-from objectives.trial_attrs import attrs_of
 
 NO_SETTING: dict[str, str] = {}
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from search.views.top_losses import plot_top_losses, top_loss_rows
-from swipr_core.metrics import image_log_losses
+from swipr_core.train.metrics import image_log_losses
 
 
 def test_the_most_confidently_wrong_come_first():

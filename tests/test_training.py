@@ -4,10 +4,11 @@ import re
 
 import pytest
 
-from swipr_core.model import ModelSpec
-from swipr_core.checkpoints import load_checkpoint
 from swipr_core.errors import SwiprError
-from swipr_core.training import MAX_EPOCHS, TrainConfig, check_epochs, sgdr_epochs, train
+from swipr_core.train.checkpoints import load_checkpoint
+from swipr_core.train.model import ModelSpec
+from swipr_core.train.run import train
+from swipr_core.train.schedule import MAX_EPOCHS, TrainConfig, check_epochs, sgdr_epochs
 from tests.studykit import prepared_demo
 
 TINY = ModelSpec(arch="test_resnet", pretrained=False)

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from swipr_core import bundle
+from swipr_core.data.loaders import Augment
 from swipr_core.errors import SwiprError
-from swipr_core.export import ServingModel, export_onnx, save_weights, torch_probs
-from swipr_core.loaders import Augment
-from swipr_core.predict import Predictor
-from swipr_core.tta import bundle_averages, flip_average, manifest_record, mirrored
-from swipr_core.tta_model import FlipAverage
+from swipr_core.serve import bundle
+from swipr_core.serve.export import ServingModel, export_onnx, save_weights, torch_probs
+from swipr_core.serve.predict import Predictor
+from swipr_core.serve.tta import bundle_averages, flip_average, manifest_record, mirrored
+from swipr_core.train.flip_average import FlipAverage
 from tests.studykit import finished_demo_study, run_cli
 
 CACHE_PX, IMAGE_SIZE = 24, 16

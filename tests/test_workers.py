@@ -14,8 +14,8 @@ import optuna
 import pytest
 import torch
 
-from objectives.trial_attrs import attrs_of
 from objectives.judging import interrupted as is_interrupted
+from objectives.trial_attrs import attrs_of
 from search.running.stop import StopFlag
 from search.running.supervisor import Slot, make_slots, parse_gpus, visible_device
 from swipr_core.errors import SwiprError
@@ -66,7 +66,7 @@ finetune.train = train
 from search.running.worker import run_worker
 from search.study.open import open_study
 from search.studyfile import load_study_file
-from swipr_core.data import prepare_data
+from swipr_core.data.dataset import prepare_data
 study_file = load_study_file(sys.argv[1])
 open_study(study_file, create=True)
 run_worker(study_file, prepare_data(study_file.data), n_trials=1)
@@ -113,7 +113,7 @@ def test_each_trial_process_prints_its_per_epoch_rows(tmp_path, data_dir):
 def _fake_result(val_loss: float):
     import numpy as np
 
-    from swipr_core.training import TrainResult
+    from swipr_core.train.run import TrainResult
 
     return TrainResult(history=[], metrics={"val_loss": val_loss, "epochs": 1}, valid_probs=np.zeros(1),
                        valid_targets=np.zeros(1), model=None)
@@ -124,7 +124,7 @@ def test_out_of_memory_fails_the_trial_and_the_worker_goes_on(tmp_path, data_dir
     from search.running.worker import run_worker
     from search.study.open import open_study
     from search.studyfile import load_study_file
-    from swipr_core.data import prepare_data
+    from swipr_core.data.dataset import prepare_data
 
     def train(dataset, config, *args, **kwargs):
         if config.batch_size >= 32:
@@ -151,7 +151,7 @@ def test_memory_stays_flat_from_trial_to_trial(tmp_path, data_dir):
     from search.running.worker import run_worker
     from search.study.open import open_study
     from search.studyfile import load_study_file
-    from swipr_core.data import prepare_data
+    from swipr_core.data.dataset import prepare_data
 
     study_file = load_study_file(write_study(tmp_path, data_dir, pruner="none"))
     open_study(study_file, create=True)
@@ -196,7 +196,7 @@ def _worker(tmp_path, data_dir, monkeypatch):
     from search.running.worker import run_worker
     from search.study.open import open_study
     from search.studyfile import load_study_file
-    from swipr_core.data import prepare_data
+    from swipr_core.data.dataset import prepare_data
 
     monkeypatch.setattr(finetune, "train", lambda *args, **kwargs: _fake_result(0.5))
     study_file = load_study_file(write_study(tmp_path, data_dir, pruner="none", extra=FAST_HEARTBEAT))

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from swipr_core.demo_data import DEMO_RULES, row_count, write_demo_data
-from swipr_core.labels import build_labels
-from swipr_core.writable import check_folder_writable
+from swipr_core.data.demo import DEMO_RULES, row_count, write_demo_data
+from swipr_core.data.labels import build_labels
+from swipr_core.data.writable import check_folder_writable
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:

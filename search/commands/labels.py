@@ -7,9 +7,9 @@ from pathlib import Path
 
 from search.studyfile import load_study_file
 from search.studyfile.fields import keyed
-from swipr_core.labels import describe_odd_ages
-from swipr_core.split import prepare_labels
-from swipr_core.writable import check_folder_writable
+from swipr_core.data.labels import describe_odd_ages
+from swipr_core.data.split import prepare_labels
+from swipr_core.data.writable import check_folder_writable
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:

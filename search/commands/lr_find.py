@@ -9,8 +9,16 @@ import tempfile
 from pathlib import Path
 
 from objectives.lr_finder import PLACEHOLDER_LR, versions_used
-from objectives.lr_record import (add_finding, current_version, finding_key, new_record, picture_name,
-                                  recorded_findings, stored_finding, use_version)
+from objectives.lr_record import (
+    add_finding,
+    current_version,
+    finding_key,
+    new_record,
+    picture_name,
+    recorded_findings,
+    stored_finding,
+    use_version,
+)
 from objectives.space import Choices, FinderLR, Range, stage_space
 from search.study.data_record import check_fingerprint, prepare_study_data
 from search.study.open import open_study, quiet_optuna
@@ -21,11 +29,11 @@ from search.views.lr_plot import plot_lr_find
 from search.views.progress import Steps
 from search.views.range_tests import upload_picture
 from swipr_core.errors import SwiprError
-from swipr_core.lr_find import HEAD_LR, SUGGESTIONS, check_iterations, find_lr
-from swipr_core.lr_finding import END_LR, START_LR
-from swipr_core.schedule import FREEZE_STRATEGIES, TrainConfig, check_param
-from swipr_core.threads import cpu_threads
-from swipr_core.training import resolve_device
+from swipr_core.train.lr_find import HEAD_LR, SUGGESTIONS, check_iterations, find_lr
+from swipr_core.train.lr_finding import END_LR, START_LR
+from swipr_core.train.run import resolve_device
+from swipr_core.train.schedule import FREEZE_STRATEGIES, TrainConfig, check_param
+from swipr_core.train.threads import cpu_threads
 
 PICTURE = "lr_find.png"
 

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from swipr_core.predict import Predictor, as_dict, expand_inputs
+from swipr_core.serve.predict import Predictor, as_dict, expand_inputs
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:

@@ -8,13 +8,13 @@ from pathlib import Path
 from objectives.judging import interrupted
 from objectives.optuna_compat import stale_trial_numbers
 from objectives.record import record_of
+from objectives.trial_attrs import attrs_of
 from search.study.data_record import majority_baseline
 from search.study.open import best_trial, open_study, quiet_optuna
 from search.studyfile import load_study_file
 from search.views.format import accuracy_text, count, params_text
 from search.views.gains import gains_rows, search_gains
 from search.views.results import accuracy_of, auc_of, schedule_text
-from objectives.trial_attrs import attrs_of
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:

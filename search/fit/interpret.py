@@ -1,6 +1,6 @@
 """What the fit tells about its model beyond the scores: TTA's effect and the top losses.
 
-TTA (swipr_core.tta) is measured on every fit, used or not: the flip-averaged validation
+TTA (swipr_core.serve.tta) is measured on every fit, used or not: the flip-averaged validation
 loss beside the plain one is what decides whether `--tta` is worth its doubled inference
 cost. Both are computed here the same way (one fp32 pass each over the validation split),
 so the comparison is fair on any device. The top-loss grid (search.views.top_losses) is
@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from search.views.top_losses import draw_top_losses
-from swipr_core.metrics import image_log_losses
-from swipr_core.training import TrainConfig, TrainResult
-from swipr_core.tta import manifest_record
-from swipr_core.tta_model import tta_valid_probs
+from swipr_core.serve.tta import manifest_record
+from swipr_core.train.flip_average import tta_valid_probs
+from swipr_core.train.metrics import image_log_losses
+from swipr_core.train.run import TrainResult
+from swipr_core.train.schedule import TrainConfig
 
 
 def measure_tta(result: TrainResult, dataset, config: TrainConfig, device: str, use: bool,

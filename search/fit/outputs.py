@@ -6,8 +6,8 @@ from pathlib import Path
 
 from search.study.storage import journal_path, sqlite_path
 from search.studyfile import StudyFile
-from swipr_core import bundle
-from swipr_core.writable import check_file_writable, check_folder_writable
+from swipr_core.data.writable import check_file_writable, check_folder_writable
+from swipr_core.serve import bundle
 
 
 def check_outputs(study_file: StudyFile, out: Path, force: bool = False) -> None:

@@ -18,6 +18,7 @@ import optuna
 import torch
 
 from objectives.record import TrialRecord, record_of
+from objectives.trial_attrs import attrs_of
 from search.fit.interpret import measure_tta, write_top_losses
 from search.fit.link import link_trial
 from search.fit.outputs import check_outputs
@@ -30,12 +31,12 @@ from search.studyfile.trained_with import as_trained
 from search.views import epoch_table
 from search.views.format import count
 from search.views.progress import Steps
-from swipr_core import bundle
-from swipr_core.bundle_writer import library_versions, model_manifest, write_bundle
 from swipr_core.errors import SwiprError
-from swipr_core.metrics import check_target_precision, choose_threshold, classification_report
-from swipr_core.training import TrainConfig, resolve_device, train
-from objectives.trial_attrs import attrs_of
+from swipr_core.serve import bundle
+from swipr_core.serve.bundle_writer import library_versions, model_manifest, write_bundle
+from swipr_core.train.metrics import check_target_precision, choose_threshold, classification_report
+from swipr_core.train.run import resolve_device, train
+from swipr_core.train.schedule import TrainConfig
 
 # Replay tolerance on the final validation loss: |replay - trial| <= ATOL + RTOL * |trial|.
 # Measured with bench/replay_drift.py on the demo study (CPU, fp32, 2 cores): with the trial's

@@ -28,6 +28,7 @@ from objectives.oom import free_memory
 from objectives.optuna_compat import attach, storage_of, stored_trial
 from objectives.resume import Checkpoints, original_number
 from objectives.trial import guarded_finetune
+from objectives.trial_attrs import attrs_of, set_attr
 from search.running.failures import FailureGuard, TrialFailed, error_log
 from search.running.worker import checkpoint_root, train_settings
 from search.study.data_record import check_fingerprint, prepare_study_data
@@ -38,7 +39,6 @@ from search.studyfile.trained_with import RecordTrainedWith, check_same_version
 from search.views.artifacts import make_objective_hooks
 from search.views.progress import trial_lines
 from swipr_core.errors import SwiprError
-from objectives.trial_attrs import attrs_of, set_attr
 
 STARTED_ATTR = "swipr_dask_started"   # system attr: the token of the task that started the trial
 STOP_EVENT = "swipr-stop-{run}"       # a Dask Event the driver sets on Ctrl-C

@@ -30,12 +30,12 @@ from search.studyfile import StudyFile, load_study_file
 from search.studyfile.fields import keyed
 from search.views.artifacts import make_objective_hooks
 from search.views.progress import Budget, StudyProgress, summary_table
-from swipr_core.data import Dataset
+from swipr_core.data.dataset import Dataset
 from swipr_core.errors import SwiprError
-from swipr_core.model import check_model
-from swipr_core.schedule import check_device
-from swipr_core.threads import cpu_threads
-from swipr_core.training import resolve_device
+from swipr_core.train.model import check_model
+from swipr_core.train.run import resolve_device
+from swipr_core.train.schedule import check_device
+from swipr_core.train.threads import cpu_threads
 
 
 def run_study(args: argparse.Namespace) -> int:
@@ -132,7 +132,7 @@ def _budget(args: argparse.Namespace, study_file: StudyFile) -> tuple[int, float
 
 def _run_here(study_file: StudyFile, study: optuna.Study, dataset: Dataset, n_trials: int,
               timeout: float | None, device: str) -> int:
-    torch.set_num_threads(cpu_threads())   # not torch's default of a thread a core: see swipr_core.threads
+    torch.set_num_threads(cpu_threads())   # not torch's default of a thread a core: see swipr_core.train.threads
     progress = StudyProgress(n_trials)
     try:
         run_worker(study_file, dataset, n_trials=n_trials, timeout=timeout, device=device,

@@ -16,12 +16,11 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from objectives.optuna_compat import OPTIMIZE_LOGGER
+from objectives.trial_attrs import attrs_of, set_attr
 from search.study.guarded import StorageFailed
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
-from objectives.trial_attrs import attrs_of, set_attr
-from objectives.optuna_compat import OPTIMIZE_LOGGER
-
 
 _VALUE_NONE = re.compile(r"Trial \d+ failed with value None\.")
 

@@ -23,14 +23,15 @@ from multiprocessing.connection import wait
 import torch
 
 from search.running.stop import StopFlag
+
 # A trial process's exit status: its trial finished (complete or pruned), it failed, the
 # process met bad input (a SwiprError: the next would too), or it was stopped by a signal.
 from search.running.worker import BAD_INPUT, DONE, FAILED, STOPPED, STORAGE_FAILED, run_trial_process
 from search.study.guarded import RUN_ENV, failure_in
 from search.studyfile import StudyFile
-from swipr_core.data import Dataset
+from swipr_core.data.dataset import Dataset
 from swipr_core.errors import SwiprError
-from swipr_core.threads import cpu_threads
+from swipr_core.train.threads import cpu_threads
 
 STOP_WAIT_S = 60         # how long a stopping trial may take to record itself before SIGKILL
 MAX_CRASHES_IN_A_ROW = 3  # trial processes that die one after another before the run gives up

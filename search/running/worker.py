@@ -26,7 +26,7 @@ from search.studyfile.trained_with import RecordTrainedWith
 from search.views.artifacts import make_objective_hooks
 from search.views.format import describe_trial
 from search.views.progress import trial_lines
-from swipr_core.data import Dataset
+from swipr_core.data.dataset import Dataset
 from swipr_core.errors import RunStopped, SwiprError
 
 # run_trial_process's exit statuses, read by search.running.supervisor

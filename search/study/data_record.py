@@ -4,13 +4,13 @@ from __future__ import annotations
 import optuna
 
 from objectives.optuna_compat import set_study_system_attr, study_system_attrs
+from objectives.trial_attrs import attrs_of
 from search.studyfile import StudyFile
 from search.studyfile.fields import keyed
-from swipr_core.data import Dataset, prepare_data
+from swipr_core.data.dataset import Dataset, prepare_data
+from swipr_core.data.split import CLASSES
 from swipr_core.errors import SwiprError
-from swipr_core.metrics import majority_accuracy
-from swipr_core.split import CLASSES
-from objectives.trial_attrs import attrs_of
+from swipr_core.train.metrics import majority_accuracy
 
 FINGERPRINT_ATTR = "data_fingerprint"
 # The accuracy of always answering the validation set's commoner class: what an accuracy is

@@ -23,7 +23,8 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy import exc as sa_exc
 
-from objectives.optuna_compat import RDB_CREATE_TRIAL, RDB_PRIVATE_CALLS, trial_id as id_of
+from objectives.optuna_compat import RDB_CREATE_TRIAL, RDB_PRIVATE_CALLS
+from objectives.optuna_compat import trial_id as id_of
 from swipr_core.errors import RunStopped, SwiprError
 
 RETRY_FOR_S = 120        # how long a lost connection is retried before the run stops

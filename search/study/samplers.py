@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from functools import partial
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np

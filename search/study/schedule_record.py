@@ -11,9 +11,9 @@ from __future__ import annotations
 import optuna
 
 from objectives.space import DEFAULT_N_CYCLES_MODE, MODE_ATTR
+from objectives.trial_attrs import attrs_of
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
-from objectives.trial_attrs import attrs_of
 
 BEFORE_THE_KEY = "sampled"   # how every study ran before [study] n_cycles existed
 

@@ -15,8 +15,15 @@ from __future__ import annotations
 import json
 
 import optuna
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution,
-                                  check_distribution_compatibility, distribution_to_json, json_to_distribution)
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+    distribution_to_json,
+    json_to_distribution,
+)
 
 from objectives.optuna_compat import set_study_system_attr, study_system_attrs
 from objectives.space import STAGE2, Choices, FinderLR, Range, param_name

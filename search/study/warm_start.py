@@ -15,8 +15,17 @@ from __future__ import annotations
 
 import optuna
 
-from objectives.space import (STAGE2, budget_key, conditional, cycle_budget, drawn, has_stage2, in_space, stage2_name,
-                              stage_space)
+from objectives.space import (
+    STAGE2,
+    budget_key,
+    conditional,
+    cycle_budget,
+    drawn,
+    has_stage2,
+    in_space,
+    stage2_name,
+    stage_space,
+)
 from objectives.trial_attrs import user_attrs_for
 from search.study.schedule_record import n_cycles_mode
 from search.studyfile import StudyFile

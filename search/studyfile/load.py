@@ -12,15 +12,23 @@ from pathlib import Path
 from objectives.space import N_CYCLES_MODES
 from search.studyfile.fields import keyed, one_of, parse_table, resolve, table_at
 from search.studyfile.learn_from import check_learn_from, parse_learn_from
-from search.studyfile.sections import (PRECISIONS, PRUNE_AT_CHOICES, PRUNERS, SAMPLERS, ClusterSection, StudyFile,
-                                       StudySection, TrainSection)
+from search.studyfile.sections import (
+    PRECISIONS,
+    PRUNE_AT_CHOICES,
+    PRUNERS,
+    SAMPLERS,
+    ClusterSection,
+    StudyFile,
+    StudySection,
+    TrainSection,
+)
 from search.studyfile.space import check_epochs, largest, largest_image_size, parse_space
 from search.studyfile.storage_url import storage_url
-from swipr_core.data import MAX_SEED, DataSpec
+from swipr_core.data.dataset import MAX_SEED, DataSpec
+from swipr_core.data.labels import LabelRules
 from swipr_core.errors import SwiprError
-from swipr_core.labels import LabelRules
-from swipr_core.model_spec import ModelSpec
-from swipr_core.schedule import check_compile_mode, check_device
+from swipr_core.train.model_spec import ModelSpec
+from swipr_core.train.schedule import check_compile_mode, check_device
 
 SECTIONS = ("study", "data", "model", "train", "cluster", "space")
 MAX_HEARTBEAT_S = 86_400   # a day: far beyond any real interval, far below what overflows a timer

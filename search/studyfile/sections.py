@@ -9,8 +9,8 @@ from pathlib import Path
 
 from objectives.judging import PRUNE_AT
 from objectives.space import Choices, FinderLR, Range
-from swipr_core.data import DataSpec
-from swipr_core.model_spec import ModelSpec
+from swipr_core.data.dataset import DataSpec
+from swipr_core.train.model_spec import ModelSpec
 
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "none")
@@ -47,7 +47,7 @@ class TrainSection:
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     head_epochs: int = 1              # frozen epochs before unfreezing (frozen_then_unfrozen)
     precision: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
-    compile: str = "auto"             # torch.compile, one of swipr_core.training.COMPILE_MODES
+    compile: str = "auto"             # torch.compile, one of swipr_core.train.schedule.COMPILE_MODES
 
 
 @dataclass(frozen=True)

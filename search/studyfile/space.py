@@ -11,8 +11,8 @@ from typing import Any
 from objectives.space import FINDER_SUGGESTIONS, SPACE_KEYS, Choices, FinderLR, Range, stage2_name, stage_space, values
 from search.studyfile.fields import check_type, keyed
 from swipr_core.errors import SwiprError
-from swipr_core.schedule import check_epochs as core_check_epochs
-from swipr_core.schedule import MAX_EPOCHS, check_param
+from swipr_core.train.schedule import MAX_EPOCHS, check_param
+from swipr_core.train.schedule import check_epochs as core_check_epochs
 
 # The TOML type each key's values have.
 _VALUE_TYPES = {"lr": float, "batch_size": int, "image_size": int, "freeze": str,
@@ -20,7 +20,7 @@ _VALUE_TYPES = {"lr": float, "batch_size": int, "image_size": int, "freeze": str
 
 
 def _check_value(where: str | Path, key: str, value: Any, section: str = "space") -> None:
-    """The TOML type here; the value itself by the core (swipr_core.schedule.check_param)."""
+    """The TOML type here; the value itself by the core (swipr_core.train.schedule.check_param)."""
     check_type(f"{where}: [{section}] {key} value", value, _VALUE_TYPES[key])
     if key == "lr_factor":   # lr = { finder = ..., factor = ... }: any positive multiple
         if not (math.isfinite(value) and value > 0):
@@ -35,7 +35,7 @@ def _check_value(where: str | Path, key: str, value: Any, section: str = "space"
 
 
 STAGE2_SECTION = "space.stage2"
-# The lowest lr a range test tries (swipr_core.lr_find.START_LR, not imported: it brings torch), so
+# The lowest lr a range test tries (swipr_core.train.lr_find.START_LR, not imported: it brings torch), so
 # the lowest it can suggest: a factor this many times larger or more can never give an lr below 1.
 LOWEST_SUGGESTION = 1e-7
 
@@ -177,7 +177,7 @@ def largest(spec: Range | Choices | FinderLR):
 def longest_run(space: dict, head_epochs: int) -> int:
     """Epochs of the longest run the space allows, over both stages where it has two: each of
     n_cycles, cycle_len and cycle_mult lengthens a schedule, and frozen_then_unfrozen adds
-    head_epochs. SwiprError past the cap a run may have (swipr_core.schedule.MAX_EPOCHS)."""
+    head_epochs. SwiprError past the cap a run may have (swipr_core.train.schedule.MAX_EPOCHS)."""
     first = stage_space(space, 1)
     total = _longest_stage(first, head_epochs)
     second = stage_space(space, 2)

@@ -11,10 +11,10 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+from objectives.trial_attrs import set_attr
 from search.studyfile.sections import StudyFile
 from swipr_core.errors import SwiprError
-from swipr_core.model_spec import ModelSpec
-from objectives.trial_attrs import set_attr
+from swipr_core.train.model_spec import ModelSpec
 
 MODEL_ATTR = "model"                    # {"arch", "pretrained", "weights"}: [model] as trained
 CACHE_PX_ATTR = "cache_px"              # [data] cache_px: the pixels the trial's images had

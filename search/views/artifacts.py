@@ -33,18 +33,19 @@ from optuna_dashboard import get_note, save_note  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from objectives.judging import AGAINST_ATTR, JUDGED_ATTR, ScheduleCut, judge  # noqa: E402
-from objectives.optuna_compat import stored_trial, study_id, trial_id as id_of  # noqa: E402
+from objectives.optuna_compat import stored_trial, study_id  # noqa: E402
+from objectives.optuna_compat import trial_id as id_of
 from objectives.record import best_finished_record, record_of  # noqa: E402
+from objectives.trial_attrs import attrs_of, set_attr  # noqa: E402
 from search.study.data_record import data_summary, majority_baseline  # noqa: E402
 from search.views.dashboard_compat import dashboard_note_attrs, note_chunk_key, note_version_key  # noqa: E402
 from search.views.format import accuracy_text, fmt  # noqa: E402
-from search.views.stages import RecordStages, StageSpan, boundary_label, spans_of, stages_text  # noqa: E402
 from search.views.range_tests import RangeTestPictures  # noqa: E402
 from search.views.results import last_epoch_loss, result_metrics, schedule_text  # noqa: E402
+from search.views.stages import RecordStages, StageSpan, boundary_label, spans_of, stages_text  # noqa: E402
 from search.views.top_losses import TOP_LOSSES_PNG, draw_top_losses  # noqa: E402
-from swipr_core.metrics import confusion_counts, roc_auc  # noqa: E402
-from swipr_core.split import valid_targets  # noqa: E402
-from objectives.trial_attrs import attrs_of, set_attr  # noqa: E402
+from swipr_core.data.split import valid_targets  # noqa: E402
+from swipr_core.train.metrics import confusion_counts, roc_auc  # noqa: E402
 
 # Artifact file names: the report finds the best trial's pictures by these.
 CURVES_PNG = "curves.png"

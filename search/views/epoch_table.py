@@ -23,7 +23,7 @@ def clock(seconds: float) -> str:
 
 
 def row(trial_number: int | str, record) -> str:
-    """One epoch (swipr_core.training.EpochRecord); ' cycle end' after an epoch that ended one."""
+    """One epoch (swipr_core.train.run.EpochRecord); ' cycle end' after an epoch that ended one."""
     images = getattr(record, "images", 0)
     speed = f"{images / record.seconds:.1f}" if images and record.seconds > 0 else "-"
     values = (str(trial_number), str(record.epoch), record.phase, f"{record.train_loss:.4f}",

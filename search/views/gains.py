@@ -7,6 +7,7 @@ import optuna
 from optuna.trial import TrialState
 
 from objectives.judging import BEST_STAGE_ATTR, CUT_ATTR, STAGE2_FIRST_EPOCH_ATTR, best_schedule, nesting_saved
+from objectives.trial_attrs import attrs_of
 from search.study.data_record import majority_baseline
 from search.study.learn_from import learned_from_rows
 from search.study.open import best_or_none
@@ -15,7 +16,6 @@ from search.views.format import count
 from search.views.range_tests import range_test_rows
 from search.views.results import accuracy_of
 from search.views.stages import spans_of, stages_text
-from objectives.trial_attrs import attrs_of
 
 
 def epochs_saved(trials) -> dict:

@@ -12,7 +12,7 @@ matplotlib.use("Agg")   # files only, never a window; before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from swipr_core.lr_finding import LRFinding  # noqa: E402
+from swipr_core.train.lr_finding import LRFinding  # noqa: E402
 
 SKIP_END = 5   # the last batches, where the loss shoots up, as fastai's own plot leaves them out
 MARKERS = {"valley": ("C1", "o"), "slide": ("C2", "s"), "minimum": ("C3", "v"), "steep": ("C4", "^")}

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 from optuna.trial import TrialState
-from tqdm import tqdm   # not tqdm.auto: this is a terminal, never a notebook widget
+from tqdm import tqdm  # not tqdm.auto: this is a terminal, never a notebook widget
 
 from objectives.judging import interrupted
 from objectives.record import record_of

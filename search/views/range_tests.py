@@ -12,7 +12,7 @@ from optuna.artifacts import upload_artifact
 
 from objectives.lr_record import picture_name, range_test_cost
 from search.views.lr_plot import finding_title, plot_lr_find
-from swipr_core.lr_finding import LRFinding
+from swipr_core.train.lr_finding import LRFinding
 
 
 def range_test_rows(study: optuna.Study) -> list[tuple[str, str]]:

@@ -22,19 +22,20 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from objectives.judging import JUDGED_ATTR, LOSSES_ATTR, interrupted
-from objectives.optuna_compat import storage_of
 from objectives.lr_record import finding_of, recorded_findings
+from objectives.optuna_compat import storage_of
 from objectives.record import record_of
+from objectives.trial_attrs import attrs_of
 from search.study.data_record import data_summary
 from search.study.open import best_or_none, open_study, quiet_optuna
 from search.study.storage import redact
 from search.studyfile import load_study_file
-from search.views.artifacts import PICTURES, artifact_dir as default_artifact_dir, open_artifact_store, trial_pictures
+from search.views.artifacts import PICTURES, open_artifact_store, trial_pictures
+from search.views.artifacts import artifact_dir as default_artifact_dir
 from search.views.gains import gains_rows, search_gains
 from search.views.lr_plot import finding_title, plot_lr_find
 from search.views.results import last_epoch_loss, result_metrics, schedule_text
 from swipr_core.errors import SwiprError
-from objectives.trial_attrs import attrs_of
 
 REPORT_FILE = "report.html"
 

@@ -1,6 +1,6 @@
 """A two-stage trial's stages as people read them: where stage 2 starts and what it trains.
 
-The trial's config says it (swipr_core.schedule: stage 2 continues from stage 1's weights, at
+The trial's config says it (swipr_core.train.schedule: stage 2 continues from stage 1's weights, at
 its own size, batch size, freeze and learning rate, on the run's one epoch counter). A hook
 records it on the trial when the run reaches stage 2 and its params are drawn (user attr STAGES_ATTR), so the pictures, the
 per-epoch table, the summary and the report read the same spans, and so do later readers of a
@@ -9,6 +9,7 @@ stored trial, without rebuilding its config. A one-stage trial records nothing.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
 from objectives.trial_attrs import set_attr
 
 STAGES_ATTR = "stages"   # user attr of a two-stage trial: [StageSpan as a dict, ...]

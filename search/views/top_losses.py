@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from swipr_core.metrics import image_log_losses
-from swipr_core.split import CLASSES
+from swipr_core.data.split import CLASSES
+from swipr_core.train.metrics import image_log_losses
 
 TOP_LOSSES_PNG = "top_losses.png"
 DEFAULT_K = 9

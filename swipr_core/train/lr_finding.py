@@ -1,5 +1,5 @@
 """A learning-rate range test's record: its curve and its suggestions, without torch, so that
-reading a study's findings (views, records) imports no training code (swipr_core.lr_find runs one)."""
+reading a study's findings (views, records) imports no training code (swipr_core.train.lr_find runs one)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

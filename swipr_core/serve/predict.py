@@ -17,9 +17,9 @@ from typing import Iterable, Iterator
 import numpy as np
 import onnxruntime
 
-from swipr_core import bundle, tta
+from swipr_core.data.images import NotRegularFile, decode_problem, load_square
 from swipr_core.errors import SwiprError
-from swipr_core.images import NotRegularFile, decode_problem, load_square
+from swipr_core.serve import bundle, tta
 
 CLASSES = ["NO", "YES"]
 BATCH_SIZE = 32

@@ -8,7 +8,7 @@ checksum catches corruption and careless edits, not an attacker (who could recom
 for that, compare the manifest file's SHA-256 with the one recorded on the study's trial.
 
 Writes go to a temporary folder beside the target; the target is a symlink to the finished
-folder, swapped for a new one in one rename (swipr_core.bundle_swap), so a crash or a Ctrl-C
+folder, swapped for a new one in one rename (swipr_core.serve.bundle_swap), so a crash or a Ctrl-C
 leaves either the old bundle or the new one, never half of one and never none.
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from swipr_core.bundle_swap import STAGING_SUFFIX, publish
+from swipr_core.data.images import NotRegularFile, read_regular, sha256_regular
+from swipr_core.data.writable import check_folder_writable
 from swipr_core.errors import SwiprError
-from swipr_core.images import NotRegularFile, read_regular, sha256_regular
-from swipr_core.writable import check_folder_writable
+from swipr_core.serve.bundle_swap import STAGING_SUFFIX, publish
 
 FORMAT = "swipr-bundle"
 FORMAT_VERSION = 1
@@ -139,7 +139,7 @@ def finish(staging: Path, out: Path, manifest: dict, force: bool = False) -> str
     os.chmod(staging, 0o777 & ~umask)
     for name in (*files, MANIFEST):
         os.chmod(staging / name, 0o666 & ~umask)
-    publish(staging, out)   # one atomic step (swipr_core.bundle_swap)
+    publish(staging, out)   # one atomic step (swipr_core.serve.bundle_swap)
     return sha256_bytes(text.encode())
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from swipr_core.loaders import Augment, augment_batch
-from swipr_core.predict import INPUT_NAME, OUTPUT_NAME, OnnxModel
+from swipr_core.data.loaders import Augment, augment_batch
+from swipr_core.serve.predict import INPUT_NAME, OUTPUT_NAME, OnnxModel
 
 ONNX_OPSET = 18
 # fp32 on the same CPU: measured differences are ~1e-7; a real export bug is far larger.

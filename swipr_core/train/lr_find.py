@@ -3,7 +3,7 @@
 The learning rate grows exponentially, batch by batch, from start_lr to end_lr while fastai
 records the smoothed training loss; its suggestion functions (valley, slide, minimum, steep)
 read a learning rate off that curve. The learner is the one a training run builds
-(swipr_core.training.build_learner: same data, cache, model, device and precision), with the
+(swipr_core.train.run.build_learner: same data, cache, model, device and precision), with the
 parameter groups the run's freeze strategy trains:
 
 - frozen: the head only;
@@ -27,11 +27,12 @@ from fastai.callback.core import Callback
 from fastai.callback.schedule import minimum, slide, steep, valley
 from fastai.torch_core import tensor
 
-from swipr_core.data import Dataset
+from swipr_core.data.dataset import Dataset
 from swipr_core.errors import FieldError
-from swipr_core.lr_finding import END_LR, START_LR, LRFinding
-from swipr_core.model import ModelSpec
-from swipr_core.training import BODY_LR_DIVISOR, TrainConfig, build_learner
+from swipr_core.train.lr_finding import END_LR, START_LR, LRFinding
+from swipr_core.train.model import ModelSpec
+from swipr_core.train.run import BODY_LR_DIVISOR, build_learner
+from swipr_core.train.schedule import TrainConfig
 
 # fastai's suggestion functions, by the name a user sees (and a [space] lr finder names).
 SUGGESTIONS = {"valley": valley, "slide": slide, "minimum": minimum, "steep": steep}

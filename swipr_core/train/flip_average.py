@@ -13,9 +13,9 @@ import math
 import numpy as np
 import torch
 
-from swipr_core.data import Dataset
-from swipr_core.schedule import TrainConfig
-from swipr_core.training import make_loaders, predict_valid
+from swipr_core.data.dataset import Dataset
+from swipr_core.train.run import make_loaders, predict_valid
+from swipr_core.train.schedule import TrainConfig
 
 
 class FlipAverage(torch.nn.Module):

@@ -17,7 +17,7 @@ notebook's learn.freeze() between its stages did. With two stages,
 schedule: the run with stage 2 skipped.
 
 Pure arithmetic and checks, no torch: the study file checks a whole search space with it
-before anything heavy is imported. swipr_core.training runs the plan.
+before anything heavy is imported. swipr_core.train.run runs the plan.
 """
 from __future__ import annotations
 

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from swipr_core.errors import RunStopped, SwiprError
-from swipr_core.images import (  # load_square: re-exported, as it lived here
+from swipr_core.data.images import (
     decode_problem,
     load_square,
     open_regular,
 )
+from swipr_core.errors import RunStopped, SwiprError
 
 CHUNK = 256
 

@@ -30,7 +30,7 @@ from typing import Iterator
 VERSION_SUFFIX = ".bundle"
 LINK_SUFFIX = ".link"
 ASIDE_SUFFIX = ".aside"
-STAGING_SUFFIX = ".tmp"   # a bundle being written (swipr_core.bundle.staging_dir)
+STAGING_SUFFIX = ".tmp"   # a bundle being written (swipr_core.serve.bundle.staging_dir)
 LEFTOVER_AGE_S = 3600   # an interrupted swap's pieces older than this are removed by the next one
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2

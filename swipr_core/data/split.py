@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 from io import StringIO
 from pathlib import Path
 
+from swipr_core.data.images import open_regular
+from swipr_core.data.labels import DEFAULT_PX, LabelRules, LabelTable, build_labels, database_change, database_record
 from swipr_core.errors import FieldError, SwiprError
-from swipr_core.images import open_regular
-from swipr_core.labels import DEFAULT_PX, LabelRules, LabelTable, build_labels, database_change, database_record
 
 CLASSES = ("NO", "YES")
 LABELS_HEADER = b"path,label,is_valid"

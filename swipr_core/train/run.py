@@ -34,29 +34,21 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 
-from swipr_core.checkpoints import fastai_opt_state, load_checkpoint, save_checkpoint
-from swipr_core.data import Dataset
+from swipr_core.data.dataset import Dataset
+from swipr_core.data.loaders import Augment, CachedBatches
+from swipr_core.data.split import valid_targets as split_valid_targets
 from swipr_core.errors import FieldError
-from swipr_core.loaders import Augment, CachedBatches
-from swipr_core.metrics import majority_accuracy, roc_auc
-from swipr_core.split import valid_targets as split_valid_targets
-from swipr_core.model import ModelSpec, body_and_head, create_model, normalisation
-
-# The plan lives in swipr_core.schedule (no torch); these names are used from here too.
-from swipr_core.schedule import (  # noqa: F401
-    COMPILE_MODES,
-    FREEZE_STRATEGIES,
-    MAX_EPOCHS,
+from swipr_core.train.checkpoints import fastai_opt_state, load_checkpoint, save_checkpoint
+from swipr_core.train.metrics import majority_accuracy, roc_auc
+from swipr_core.train.model import ModelSpec, body_and_head, create_model, normalisation
+from swipr_core.train.schedule import (
     Phase,
     Schedule,
     StageConfig,
     TrainConfig,
     check_compile_mode,
     check_device,
-    check_epochs,
-    check_param,
     cycle_lengths,
-    sgdr_epochs,
 )
 
 # frozen_then_unfrozen: the body learns at lr / BODY_LR_DIVISOR, the head at lr (fastai's
@@ -75,7 +67,7 @@ class EpochRecord:
     lrs: list[float] = field(default_factory=list)   # the head's learning rate at every batch
     cycle_end: bool = False   # the learning rate reached its minimum: a cycle ended (pruners compare these)
     images: int = 0           # images trained on in the epoch (images/s = images / seconds)
-    finishes: int = 0   # a finished schedule of this many cycles ends here (0: none); see swipr_core.schedule
+    finishes: int = 0   # a finished schedule of this many cycles ends here (0: none); see swipr_core.train.schedule
     stage: int = 1      # the stage the epoch trained in (finishes counts that stage's cycles)
     # P(YES) for each validation row (split order), kept where a finished schedule ends: the
     # predictions of the model a trial's value names, taken from fastai's own validation pass
@@ -246,7 +238,7 @@ class ExactSGDR(ParamScheduler):
     """sgdr_schedule's learning rates, computed from the batch's whole position (epoch, batch)
     instead of fastai's accumulated float pct: every run whose first cycles are the same gets
     bit-identical learning rates in them, whatever its total length, so the k-cycle prefix of an
-    n-cycle run IS the k-cycle run (nested schedules; swipr_core.schedule)."""
+    n-cycle run IS the k-cycle run (nested schedules; swipr_core.train.schedule)."""
 
     def __init__(self, phase: Phase, lr_max):
         self.lengths = phase.cycle_lengths()
@@ -369,7 +361,7 @@ def train(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: 
 def build_learner(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: str = "auto",
                   precision: str = "auto", compile: str = "auto") -> tuple[Learner, tuple, tuple]:
     """(learner, mean, std): the Learner `train` fine-tunes (on stage 1's loaders), its device and
-    precision resolved as there, for other uses of the same run (swipr_core.lr_find's range test)."""
+    precision resolved as there, for other uses of the same run (swipr_core.train.lr_find's range test)."""
     torch_device = resolve_device(device)
     set_seed(config.seed)
     return _build_learner(dataset, config, model_spec, torch_device, _precision(precision, torch_device), compile)

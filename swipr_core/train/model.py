@@ -17,7 +17,7 @@ from timm.data import resolve_model_data_config
 from timm.models import load_state_dict
 
 from swipr_core.errors import FieldError
-from swipr_core.model_spec import ModelSpec  # noqa: F401  (the spec lives apart: no timm to read it)
+from swipr_core.train.model_spec import ModelSpec  # noqa: F401  (the spec lives apart: no timm to read it)
 
 HUB_HOST = "huggingface.co"
 

@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from swipr_core.data.images import NotRegularFile, decode_square, open_regular
 from swipr_core.errors import FieldError, SwiprError
-from swipr_core.images import NotRegularFile, decode_square, open_regular
 
 YES, NO = "YES", "NO"
 # New reasons go at the end: labels files written before list only the first five.

@@ -1,6 +1,6 @@
 """Which network a study trains: a name for timm's factory and where its weights come from.
 
-Apart from swipr_core.model so that reading a study file never imports timm or torch."""
+Apart from swipr_core.train.model so that reading a study file never imports timm or torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass

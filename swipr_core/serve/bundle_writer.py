@@ -1,6 +1,6 @@
 """Write a model bundle: weights, an ONNX model checked against PyTorch, and its manifest.
 
-The bundle is staged beside its final folder and moved into place by swipr_core.bundle.finish,
+The bundle is staged beside its final folder and moved into place by swipr_core.serve.bundle.finish,
 so a reader sees the old bundle or the new one, never half of one.
 """
 from __future__ import annotations
@@ -13,14 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
-from swipr_core import bundle
+from swipr_core.data.loaders import Augment
+from swipr_core.data.split import CLASSES
 from swipr_core.errors import SwiprError
-from swipr_core.export import (ONNX_TOLERANCE, ServingModel, cpu_copy, export_onnx, onnx_probs, save_weights,
-                               torch_probs)
-from swipr_core.loaders import Augment
-from swipr_core.split import CLASSES
-from swipr_core.tta import bundle_averages
-from swipr_core.tta_model import FlipAverage
+from swipr_core.serve import bundle
+from swipr_core.serve.export import (
+    ONNX_TOLERANCE,
+    ServingModel,
+    cpu_copy,
+    export_onnx,
+    onnx_probs,
+    save_weights,
+    torch_probs,
+)
+from swipr_core.serve.tta import bundle_averages
+from swipr_core.train.flip_average import FlipAverage
 
 SAMPLE_IMAGES = 256   # validation images the ONNX export is checked on
 
@@ -36,7 +43,7 @@ def model_manifest(arch: str, cache_px: int, image_size: int, mean, std, thresho
         "classes": list(CLASSES),
         "input": {"name": "images", "dtype": "uint8", "shape": ["batch", cache_px, cache_px, 3],
                   "layout": "RGB, shorter side resized to cache_px (bilinear) and centre-cropped "
-                            "(swipr_core.cache.load_square); resizing to image_size and normalising "
+                            "(swipr_core.data.images.load_square); resizing to image_size and normalising "
                             "happen inside model.onnx"},
         "output": {"name": "p_yes", "meaning": "P(YES); answer YES when p_yes >= threshold"},
         "threshold": threshold.value,

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from swipr_core.data import MAX_SEED
+from swipr_core.data.dataset import MAX_SEED
+from swipr_core.data.labels import LabelRules
 from swipr_core.errors import SwiprError
-from swipr_core.labels import LabelRules
 
 # Label codes as the face-detection step of the original notebook wrote them.
 LABEL_OK = 0  # a face was found

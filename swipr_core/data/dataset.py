@@ -4,11 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from swipr_core.cache import ImageCache, build_cache
+from swipr_core.data.cache import ImageCache, build_cache
+from swipr_core.data.labels import LabelRules
+from swipr_core.data.split import LabeledSplit, prepare_labels
 from swipr_core.errors import FieldError
-from swipr_core.labels import LabelRules
-from swipr_core.split import LabeledSplit, prepare_labels
-
 
 MAX_CACHE_PX = 4096   # one cached image is cache_px² × 3 bytes: 48 MB at this size already
 MAX_SEED = 2**32 - 1   # numpy's seeds
