@@ -17,11 +17,16 @@ order), each variant's worst ratio to cold over those points, and last
 `learn_from_anytime: X`, the median over seeds of the learned study's worst ratio (lower is
 better; < 1: ahead of cold at every point).
 
+Its first line says what makes the figures (commit, library versions, threads). With --work, the
+data and the earlier studies are kept with a provenance.json (bench/provenance.py); --reuse reads
+them back only if this run would make them the same way, and refuses them in one line otherwise.
+
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/learn_from.py --seeds 5 [--work DIR]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -34,6 +39,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench import provenance  # noqa: E402
+
 POINTS = (0.25, 0.5, 1.0)
 VARIANTS = ("learned", "enqueued", "control")
 
@@ -155,6 +163,36 @@ def worst_ratio(cold: list, other: list, total: int) -> float | None:
     return max(ratios) if ratios else None
 
 
+def made(args: argparse.Namespace) -> dict:
+    """What makes this run's data and earlier studies: the code, studies/demo.toml (its space and,
+    through its [data] keys, the split), the threads and the data's settings."""
+    demo = provenance.digest((ROOT / "studies" / "demo.toml").read_text())
+    settings = {"trials": args.trials, "before": args.before, "after": args.after, "relabel": args.relabel}
+    return provenance.provenance("bench/learn_from.py",
+                                 code=provenance.project_code(Path(__file__), "swipr_core", "objectives", "search"),
+                                 space=demo, data=provenance.digest(settings), split=demo,
+                                 threads=int(os.environ.get("OMP_NUM_THREADS", "1")), settings=settings)
+
+
+def made_by_line(block: dict) -> str:
+    libraries = ", ".join(f"{name} {version}" for name, version in block["versions"].items())
+    return f"made by: commit {block['commit']}; {libraries}; threads {block['threads']}"
+
+
+def reused(work: Path, now: dict) -> None:
+    """Refuse --work's earlier studies unless they were made as this run would make them."""
+    path = work / "provenance.json"
+    if not path.exists():
+        provenance.refuse(provenance.Refused(f"--reuse: {work} holds no provenance.json (no whole earlier run was "
+                                             f"kept there); run without --reuse to make the data and studies"),
+                          "bench/learn_from.py")
+    recorded = json.loads(path.read_text())
+    try:
+        print(provenance.check(path, recorded, now))
+    except provenance.Refused as error:
+        provenance.refuse(error, "bench/learn_from.py")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="study seeds 0..N-1 (>= 5 for the figure)")
@@ -168,13 +206,20 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="learn-from-"))
     work.mkdir(parents=True, exist_ok=True)
+    now = made(args)
+    print(made_by_line(now), flush=True)
     if args.reuse:
+        reused(work, now)
         small, grown, other = (work / folder / "pics.db" for folder in ("before", "grown", "other"))
     else:
+        (work / "provenance.json").unlink(missing_ok=True)   # gone until what it describes is whole
         small, grown, other = grown_data(work, args.before, args.after, args.relabel)
         for name, database in (("before", small), ("other", other)):
             seconds = run(study_file(work, name, database, 0), args.trials)
             print(f"{name}: {args.trials} trials in {seconds:.0f} s")
+        staged = work / "provenance.json.tmp"
+        staged.write_text(json.dumps(now, indent=1))
+        staged.replace(work / "provenance.json")
     worst: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         paths = {"cold": study_file(work, f"cold{seed}", grown, seed),
