@@ -31,7 +31,6 @@ from objectives.record import (
 from objectives.space import (
     DEFAULT_N_CYCLES_MODE,
     MODE_ATTR,
-    SPACE_KEYS,
     STAGE2,
     FinderLR,
     conditional,
@@ -47,7 +46,7 @@ from swipr_core.data.dataset import Dataset
 from swipr_core.train.checkpoints import load_checkpoint
 from swipr_core.train.model import ModelSpec
 from swipr_core.train.run import EpochRecord, TrainResult, train, valid_targets
-from swipr_core.train.schedule import StageConfig, TrainConfig
+from swipr_core.train.schedule import STAGE_KEYS, StageConfig, TrainConfig
 
 STUDY_FILE_ATTR = "study_file_sha256"   # written by search's RecordTrainedWith hook as the trial starts
 
@@ -68,7 +67,7 @@ def planned_config(trial: optuna.Trial, space: dict, head_epochs: int, seed: int
             first.update(n_cycles=budget[-1], finish_at=budget)
         return TrainConfig(**first, head_epochs=head_epochs, seed=seed)
     held = {name: placeholder(spec) for name, spec in conditional(space, n_cycles_mode).items()}
-    second = {key: values.get(stage2_name(key), held.get(stage2_name(key), first[key])) for key in SPACE_KEYS}
+    second = {key: values.get(stage2_name(key), held.get(stage2_name(key), first[key])) for key in STAGE_KEYS}
     if budget is not None:   # stage 2's n_cycles is the budget; 0 = stage 1's end is finished too
         second["n_cycles"] = budget[-1]
     elif second["n_cycles"] == 0:   # n_cycles sampled, and this trial skips stage 2

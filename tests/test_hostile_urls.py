@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
-from search.study.storage import passwords_of, redact, redact_text, refuse_ambiguous_password
+from search.studyfile.url_text import passwords_of, redact, redact_text, refuse_ambiguous_password
 from swipr_core.errors import SwiprError
 from tests import pg
 from tests.studykit import ROOT, run_cli, write_study

@@ -27,7 +27,7 @@ from objectives.trial_attrs import attrs_of, user_attrs_for
 from search.study.open import open_study
 from search.study.samplers import LEARNED_SYSTEM_ATTR
 from search.study.schedule_record import n_cycles_mode
-from search.study.storage import redact
+from search.studyfile.url_text import redact
 from search.study.warm_start import WARM_START_ATTR
 from search.studyfile import StudyFile, load_study_file
 from swipr_core.errors import SwiprError

@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from search.study.storage import JOURNAL_SCHEME, JOURNAL_SUFFIXES, refuse_ambiguous_password
 from search.studyfile.fields import resolve
+from search.studyfile.url_text import JOURNAL_SCHEME, JOURNAL_SUFFIXES, refuse_ambiguous_password
 
 
 def _journal_url(base: Path, value: str) -> str | None:

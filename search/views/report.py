@@ -28,7 +28,7 @@ from objectives.record import record_of
 from objectives.trial_attrs import attrs_of
 from search.study.data_record import data_summary
 from search.study.open import best_or_none, open_study, quiet_optuna
-from search.study.storage import redact
+from search.studyfile.url_text import redact
 from search.studyfile import load_study_file
 from search.views.artifacts import PICTURES, open_artifact_store, trial_pictures
 from search.views.artifacts import artifact_dir as default_artifact_dir
