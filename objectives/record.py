@@ -31,6 +31,7 @@ from objectives.judging import (
     STAGE2_FIRST_EPOCH_ATTR,
     best_finished,
 )
+from objectives.lr_record import FINDER_LR_ATTR, LR_ATTR
 from objectives.optuna_compat import set_system_attr
 from objectives.space import stage2_name
 from objectives.trial_attrs import attrs_of, set_attr
@@ -43,7 +44,6 @@ RESULT_ATTR = "swipr:result"   # trial system attr: Result.to_json(), whenever t
 # user attrs of a trial whose n_cycles is its budget (read by the legacy reader; still written)
 BUDGET_ATTR = "n_cycles_budget"
 FINISH_AT_ATTR = "finish_at"
-LR_ATTR = "lr"                 # the lr a finder-drawn trial trained with (objectives.lr_finder)
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ def _legacy_plan(trial: optuna.trial.FrozenTrial, head_epochs: int) -> Plan | No
     except (SwiprError, FieldError, TypeError, ValueError, KeyError):
         return None
     return Plan(config=config, model=attrs.get("model"), cache_px=attrs.get("cache_px"),
-                finding={"lr": attrs[LR_ATTR], "suggestion": attrs.get("finder_lr")} if LR_ATTR in attrs else None,
+                finding={"lr": attrs[LR_ATTR], "suggestion": attrs.get(FINDER_LR_ATTR)} if LR_ATTR in attrs else None,
                 n_cycles_mode=attrs.get("n_cycles_mode"), prune_at=attrs.get("prune_at"),
                 data_fingerprint=attrs.get("data_fingerprint"), cpu_threads=attrs.get("cpu_threads"),
                 study_file_sha256=attrs.get("study_file_sha256"))

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from objectives.lr_finder import FINDER_LR_ATTR, FINDING_ATTR, LR_ATTR
+from objectives.lr_record import FINDER_LR_ATTR, FINDING_ATTR, LR_ATTR
 from objectives.lr_record import add_finding, new_record, range_test_cost, recorded_findings
 from objectives.space import FINDER_SUGGESTIONS, Choices, FinderLR, Range
 from objectives.trial_attrs import attrs_of

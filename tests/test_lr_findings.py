@@ -12,8 +12,10 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from objectives import lr_finder
-from objectives.lr_finder import FINDING_ATTR, FindingUnusable, StudyFinder, versions_used
+from objectives.lr_finder import FindingUnusable, StudyFinder, versions_used
 from objectives.lr_record import (
+    FINDER_LR_ATTR,
+    FINDING_ATTR,
     ATTR_PREFIX,
     SYSTEM_PREFIX,
     add_finding,
@@ -117,7 +119,7 @@ def test_an_older_studys_record_reads_as_version_1_and_keeps_serving_its_trials(
                                  distributions={"freeze": optuna.distributions.CategoricalDistribution(["unfrozen"]),
                                                 "batch_size": optuna.distributions.CategoricalDistribution([16]),
                                                 "image_size": optuna.distributions.CategoricalDistribution([32])},
-                                 user_attrs={lr_finder.FINDER_LR_ATTR: 0.005}))
+                                 user_attrs={FINDER_LR_ATTR: 0.005}))
     [read], skipped = recorded_findings(study)
     assert skipped == [] and (read["key"], read["version"], read["legacy"], read["current"]) == \
         ("unfrozen:bs16:px32", 1, True, True)
