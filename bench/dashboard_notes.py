@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution  # n
 from optuna.trial import TrialState, create_trial  # noqa: E402
 from optuna_dashboard import save_note  # noqa: E402
 
-from objectives.optuna_compat import storage_of, study_id, trial_id  # noqa: E402
+from objectives.optuna_compat import add_study_system_attrs, storage_of, study_id, trial_id  # noqa: E402
 from search.views.artifacts import (  # noqa: E402
     NOTE_ATTR,
     NOTE_STATE_ATTR,
@@ -108,10 +107,8 @@ def build_study(folder: Path, n_trials: int, way: str) -> tuple[optuna.Study, ob
     if way != "trial_artifact":
         # What save_note (or store_trial_note, the same keys) leaves per trial, in one transaction:
         # N save_notes would take O(N^2) here, and that cost is what time_note measures on the new trials.
-        rows = [(study_id(study), key, json.dumps(value)) for trial in study.get_trials(deepcopy=False)
-                for key, value in dashboard_note_attrs(trial_id(trial), _note(trial.number), 1).items()]
-        with sqlite3.connect(folder / f"{way}-{n_trials}.db") as db:
-            db.executemany("INSERT INTO study_system_attributes (study_id, key, value_json) VALUES (?, ?, ?)", rows)
+        add_study_system_attrs(study, {key: value for trial in study.get_trials(deepcopy=False)
+                                       for key, value in dashboard_note_attrs(trial_id(trial), _note(trial.number), 1).items()})
     return study, open_artifact_store(folder / f"{way}-{n_trials}.artifacts")
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 
+from objectives.optuna_compat import rdb_engine
 from search.study.guarded import GuardedStorage
 from search.studyfile.url_text import (
     journal_path,
@@ -190,7 +191,7 @@ def open_storage(url: str, create: bool = True, heartbeat: Heartbeat | None = No
                     storage = GuardedStorage(connect_url, engine_kwargs=engine_kwargs, shown=shown, sqlite_file=path,
                                              skip_table_creation=connect_url != url or reader, **heartbeat_kwargs)
                 if path is not None and not read_only and not reader:
-                    _serialize_transactions(storage.engine)
+                    _serialize_transactions(rdb_engine(storage))
                 return storage
             except Exception as error:
                 # Workers that start together on an empty database race to create its tables;
