@@ -6,11 +6,11 @@
 For each size N, a SQLite study (a temp folder) gets N synthetic finished trials shaped like
 swipr's (7 params, its user attrs, 3 reported epochs), each with a note stored one of three ways:
 
-- `dashboard_note`: optuna-dashboard's `save_note`, as swipr stored notes until issue 22: two
-  study system attrs per trial, and save_note reads all of them on every call;
-- `trial_artifact`: a `note.md` artifact and a one-line user attr, the trial's own rows, as swipr
-  stored them from issue 22 on (the dashboard's Note panel empty);
-- `note_panel`: search.views.artifacts.store_trial_note, as swipr stores them now: the note in
+- `dashboard_note`: optuna-dashboard's `save_note`: two study system attrs per trial, and
+  save_note reads all of them on every call;
+- `trial_artifact`: a `note.md` artifact and a one-line user attr, the trial's own rows (the
+  dashboard's Note panel empty);
+- `note_panel`: search.views.artifacts.store_trial_note, the way swipr stores notes: the note in
   the dashboard's own study system attrs, written key by key, and the one-line user attr.
 
 Then, on a study of N trials, it times storing the note of a new trial (median of --repeat

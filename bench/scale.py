@@ -1,4 +1,4 @@
-"""What each step costs at the real job's size, and how it grows (issue 22).
+"""What each step costs at the real job's size, and how it grows.
 
 Generates N Swipr-shaped photos (JPEGs of 320-640 px a side, 20-60 KB) and a pics database,
 then runs each step in a fresh process and prints its wall and CPU seconds (its children's
@@ -13,7 +13,7 @@ and bytes read from disk (/proc/self/io, plus its children's):
   every batch, as when the cache is far larger than RAM (nothing read ahead survives to a
   later batch). Each is run side by side "advised" (each batch's rows asked for with
   MADV_WILLNEED, as a trial does when the cache outgrows the memory available) and "plain"
-  (no advice: as before issue 22, and as a cache that fits in RAM is still read).
+  (no advice: as a cache that fits in RAM is read).
   `read_amplification` = bytes read ÷ bytes of the rows used; the line
   `read_amplification: X` is the advised one with the cache far larger than RAM;
 - status / best / report / dashboard page at --trials synthetic trials (7 params and 10

@@ -47,7 +47,7 @@ def no_connections(monkeypatch):
     return made
 
 
-# The two URLs: '@' then '#' in the password, and '@', '/', '#' and '%' together.
+# Two URLs a split by the first '@' reads wrong: '@' then '#' in the password, and '@', '/', '#' and '%' together.
 SPLIT_WRONG = [
     (f"postgresql://u:pa@ss#SECRET@127.0.0.1:{CLOSED}/db", ("SECRET", "ss#", "pa@")),
     (f"postgresql://u:p@ss/w#rd%x@127.0.0.1:{CLOSED}/db", ("w#rd", "rd%x", "ss/w")),

@@ -103,8 +103,8 @@ def test_the_core_imports_no_optuna():
 
 
 def test_the_checks_see_todays_kind_of_tangle():
-    # The checks themselves: the cycle search.run -> search.retry -> search.workers -> search.run
-    # that this layout removed is found, and so is an objective importing the study-file layer.
+    # The checks themselves: a cycle such as search.run -> search.retry -> search.workers ->
+    # search.run is found, and so is an objective importing the study-file layer.
     cycle = find_cycle({"search.run": {"search.retry"}, "search.retry": {"search.workers"},
                         "search.workers": {"search.run"}})
     assert cycle[0] == cycle[-1] and set(cycle) == {"search.run", "search.retry", "search.workers"}

@@ -131,7 +131,7 @@ def test_an_older_studys_record_reads_as_version_1_and_keeps_serving_its_trials(
 
 
 @pytest.mark.parametrize("valley, factor, expected", [
-    (0.19, 6.0, "valley 0.19 x lr_factor 6 is lr 1.14, and an lr must be between 0 and 1"),   # issue 29, 6
+    (0.19, 6.0, "valley 0.19 x lr_factor 6 is lr 1.14, and an lr must be between 0 and 1"),
     (0.5, 2.0, "is lr 1, and an lr must be between 0 and 1"),
 ])
 def test_a_finder_lr_of_1_or_more_fails_that_trial_with_its_reason(valley, factor, expected):
@@ -226,7 +226,7 @@ def tiny_test(tiny, freeze: str = "unfrozen", threads: int | None = 1, head_epoc
 
 
 def test_the_same_threads_seed_and_batches_give_the_same_record(tiny):
-    # issue 29, 5: lr-find and a trial's own test ran with other thread counts and disagreed.
+    # lr-find and a trial's own test run with the same thread count, so they agree.
     import torch
 
     before = torch.get_num_threads()
@@ -253,7 +253,7 @@ def test_each_batch_of_the_test_is_reported_as_it_ends(tiny):
 
 
 def test_frozen_then_unfrozen_is_tested_after_its_head_epochs(tiny, monkeypatch):
-    # issue 26: the test started from a random head while its trials train the head first.
+    # its trials train the head first, so the test starts from a trained head, not a random one.
     from swipr_core.train import lr_find
 
     warmed = tiny_test(tiny, "frozen_then_unfrozen")

@@ -128,7 +128,7 @@ def learn_from_earlier(study: optuna.Study, study_file: StudyFile, earlier: list
     if not earlier or LEARNED_SYSTEM_ATTR in study_system_attrs(study):
         return []
     if any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)):
-        return []   # a study that ran before learn_from was added: its own trials lead it already
+        return []   # the study has trials beyond its queue: its own trials lead it already
     specs = space_params(study, study_file)
     counts, enqueued = _enqueue_best(study, earlier, specs, study_file.study.learn_from_top,
                                      notebook=study_file.study.warm_start)
