@@ -30,7 +30,6 @@ import argparse
 import os
 import resource
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -105,19 +104,15 @@ def _photo(args) -> int:
 
 def write_photos(root: Path, n: int) -> tuple[Path, list[int]]:
     """n photos under root (a fifth YES, as the real data), and pics.db listing them."""
+    from swipr_core.data.demo import write_pics_table
+
     rows = [(f"{YES_DIR if i % 5 == 0 else NO_DIR}/img_{i:07d}.jpg", 0, 0, "25", 1, 0) for i in range(n)]
     for folder in (YES_DIR, NO_DIR):
         (root / folder).mkdir(parents=True, exist_ok=True)
     missing = [(root / row[0], i) for i, row in enumerate(rows) if not (root / row[0]).exists()]
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(_photo, missing, chunksize=32))
-    database = root / "pics.db"
-    database.unlink(missing_ok=True)
-    with sqlite3.connect(database) as connection:
-        connection.execute("CREATE TABLE pics (path TEXT, label INTEGER, invalid INTEGER, "
-                           "ages TEXT, num_people INTEGER, male_present INTEGER)")
-        connection.executemany("INSERT INTO pics VALUES (?, ?, ?, ?, ?, ?)", rows)
-    connection.close()
+    database = write_pics_table(root / "pics.db", rows)
     return database, [(root / row[0]).stat().st_size for row in rows]
 
 

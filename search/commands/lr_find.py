@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from search.studyfile.fields import keyed
 from search.views.artifacts import artifact_dir, open_artifact_store
 from search.views.lr_plot import plot_lr_find
 from search.views.progress import Steps
-from search.views.range_tests import upload_picture
+from search.views.range_tests import not_stored, upload_picture
 from swipr_core.errors import SwiprError
 from swipr_core.train.lr_find import HEAD_LR, SUGGESTIONS, check_iterations, find_lr
 from swipr_core.train.lr_finding import END_LR, START_LR
@@ -217,7 +216,5 @@ def store_picture(study, study_file: StudyFile, picture: Path, name: str) -> str
     try:
         store = open_artifact_store(artifact_dir(study_file))
     except Exception as error:  # noqa: BLE001 - see the docstring
-        print(f"warning: could not store the plot as a study artifact: {type(error).__name__}: {error}",
-              file=sys.stderr, flush=True)
-        return ""
+        return not_stored(error)
     return upload_picture(study, store, picture, name)
