@@ -22,6 +22,7 @@ SHOWN = frozenset({"val_accuracy", "warm_start", "fail_reason", "retry_of", "wor
 # The SHA-256 of the study file's version a trial's run started with: written as the trial starts
 # (search.studyfile.trained_with), copied into the trial's plan (objectives.finetune).
 STUDY_FILE_ATTR = "study_file_sha256"
+RETRY_OF_ATTR = "retry_of"   # a retry's (objectives.resume): the number of the trial it retries
 
 
 def attrs_of(trial) -> dict:

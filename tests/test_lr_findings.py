@@ -11,7 +11,6 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from objectives import lr_finder
 from objectives.lr_finder import FindingUnusable, StudyFinder, versions_used
 from objectives.lr_record import (
     FINDER_LR_ATTR,
@@ -29,7 +28,7 @@ from objectives.lr_record import (
 )
 from objectives.optuna_compat import set_study_system_attr
 from objectives.space import Choices, FinderLR
-from objectives.trial_attrs import attrs_of
+from objectives.trial_attrs import RETRY_OF_ATTR, attrs_of
 from search.commands.lr_find import store_finding
 from search.studyfile.space import LOWEST_SUGGESTION
 from search.views.gains import gains_rows, search_gains
@@ -105,7 +104,7 @@ def test_a_retry_trains_with_its_originals_finding():
     study.tell(original, state=TrialState.FAIL)
     store_finding(study, record(0.009), use=True)
     retry = study.ask()
-    retry.set_user_attr(lr_finder.RETRY_OF_ATTR, original.number)
+    retry.set_user_attr(RETRY_OF_ATTR, original.number)
     assert finder().lr(retry, VALLEY, values()) == pytest.approx(0.008)
     assert finder().lr(study.ask(), VALLEY, values()) == pytest.approx(0.018)   # a new trial: v2
 

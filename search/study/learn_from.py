@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objectives.optuna_compat import set_study_system_attr, study_system_attrs
 from objectives.space import Choices, FinderLR, Range, conditional, drawn, in_space, param_name
-from objectives.trial_attrs import attrs_of, user_attrs_for
+from objectives.trial_attrs import RETRY_OF_ATTR, attrs_of, user_attrs_for
 from search.study.open import open_study
 from search.study.samplers import LEARNED_SYSTEM_ATTR
 from search.study.schedule_record import n_cycles_mode
@@ -211,8 +211,8 @@ def learned_from_rows(study: optuna.Study) -> list[tuple[str, str]]:
 
 def _last(trials: dict[int, FrozenTrial], number: int) -> FrozenTrial | None:
     """The trial `number`, or the retry that ran it last: a retried trial's result is its retry's
-    (objectives.resume gives a retry the attr retry_of)."""
-    retry = {attrs_of(t).get("retry_of"): t for t in trials.values() if attrs_of(t).get("retry_of") is not None}
+    (objectives.resume gives a retry the attr RETRY_OF_ATTR)."""
+    retry = {attrs_of(t).get(RETRY_OF_ATTR): t for t in trials.values() if attrs_of(t).get(RETRY_OF_ATTR) is not None}
     trial = trials.get(number)
     while trial is not None and trial.number in retry and retry[trial.number].number > trial.number:
         trial = retry[trial.number]
