@@ -24,12 +24,11 @@ from objectives.lr_record import FINDER_LR_ATTR, FINDING_ATTR, LR_ATTR, add_find
 from objectives.space import FinderLR
 from objectives.trial_attrs import RETRY_OF_ATTR, attrs_of, set_attr
 from swipr_core.data.dataset import Dataset
-from swipr_core.train.lr_find import find_lr
+from swipr_core.train.lr_find import NUM_IT, find_lr
 from swipr_core.train.lr_finding import LRFinding
 from swipr_core.train.model import ModelSpec
 from swipr_core.train.schedule import TrainConfig
 
-NUM_IT = 100                 # batches per range test, as `swipr lr-find` runs it by default
 PLACEHOLDER_LR = 1e-3        # a TrainConfig needs one; the range test sets its own
 
 

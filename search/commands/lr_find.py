@@ -28,7 +28,7 @@ from search.views.lr_plot import plot_lr_find
 from search.views.progress import Steps
 from search.views.range_tests import not_stored, upload_picture
 from swipr_core.errors import SwiprError
-from swipr_core.train.lr_find import HEAD_LR, SUGGESTIONS, check_iterations, find_lr
+from swipr_core.train.lr_find import HEAD_LR, NUM_IT, SUGGESTIONS, check_iterations, find_lr
 from swipr_core.train.lr_finding import END_LR, START_LR
 from swipr_core.train.run import resolve_device
 from swipr_core.train.schedule import FREEZE_STRATEGIES, TrainConfig, check_param
@@ -57,7 +57,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--freeze", metavar="F",
                    help=f"{', '.join(FREEZE_STRATEGIES)} (default: [space] freeze's first); frozen tests the "
                         f"head alone, frozen_then_unfrozen the unfrozen phase (body at lr/100)")
-    p.add_argument("--num-it", type=int, default=100, metavar="N", help="batches in the test (default 100)")
+    p.add_argument("--num-it", type=int, default=NUM_IT, metavar="N", help=f"batches in the test (default {NUM_IT})")
     p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: [train] device)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--use", action="store_true",
