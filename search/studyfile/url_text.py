@@ -16,6 +16,7 @@ from swipr_core.errors import SwiprError
 
 JOURNAL_SCHEME = "journal:///"           # journal:///rel/study.log or journal:////abs/study.log
 JOURNAL_SUFFIXES = (".log", ".journal")  # a bare path with these endings is a journal file too
+SQLITE_SCHEME = "sqlite:///"             # sqlite:///rel/study.db or sqlite:////abs/study.db
 
 
 def journal_path(url: str) -> Path | None:
@@ -25,8 +26,8 @@ def journal_path(url: str) -> Path | None:
 
 
 def sqlite_path(url: str) -> Path | None:
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):])
+    if url.startswith(SQLITE_SCHEME):
+        return Path(url[len(SQLITE_SCHEME):])
     return None
 
 
