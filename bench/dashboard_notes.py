@@ -6,11 +6,11 @@
 For each size N, a SQLite study (a temp folder) gets N synthetic finished trials shaped like
 swipr's (7 params, its user attrs, 3 reported epochs), each with a note stored one of three ways:
 
-- `dashboard_note`: optuna-dashboard's `save_note`, as swipr stored notes until issue 22: two
-  study system attrs per trial, and save_note reads all of them on every call;
-- `trial_artifact`: a `note.md` artifact and a one-line user attr, the trial's own rows, as swipr
-  stored them from issue 22 on (the dashboard's Note panel empty);
-- `note_panel`: search.views.artifacts.store_trial_note, as swipr stores them now: the note in
+- `dashboard_note`: optuna-dashboard's `save_note`: two study system attrs per trial, and
+  save_note reads all of them on every call;
+- `trial_artifact`: a `note.md` artifact and a one-line user attr, the trial's own rows (the
+  dashboard's Note panel empty);
+- `note_panel`: search.views.artifacts.store_trial_note, the way swipr stores notes: the note in
   the dashboard's own study system attrs, written key by key, and the one-line user attr.
 
 Then, on a study of N trials, it times storing the note of a new trial (median of --repeat
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution  # n
 from optuna.trial import TrialState, create_trial  # noqa: E402
 from optuna_dashboard import save_note  # noqa: E402
 
-from objectives.optuna_compat import storage_of, study_id, trial_id  # noqa: E402
+from objectives.optuna_compat import add_study_system_attrs, storage_of, study_id, trial_id  # noqa: E402
 from search.views.artifacts import (  # noqa: E402
     NOTE_ATTR,
     NOTE_STATE_ATTR,
@@ -108,10 +107,8 @@ def build_study(folder: Path, n_trials: int, way: str) -> tuple[optuna.Study, ob
     if way != "trial_artifact":
         # What save_note (or store_trial_note, the same keys) leaves per trial, in one transaction:
         # N save_notes would take O(N^2) here, and that cost is what time_note measures on the new trials.
-        rows = [(study_id(study), key, json.dumps(value)) for trial in study.get_trials(deepcopy=False)
-                for key, value in dashboard_note_attrs(trial_id(trial), _note(trial.number), 1).items()]
-        with sqlite3.connect(folder / f"{way}-{n_trials}.db") as db:
-            db.executemany("INSERT INTO study_system_attributes (study_id, key, value_json) VALUES (?, ?, ?)", rows)
+        add_study_system_attrs(study, {key: value for trial in study.get_trials(deepcopy=False)
+                                       for key, value in dashboard_note_attrs(trial_id(trial), _note(trial.number), 1).items()})
     return study, open_artifact_store(folder / f"{way}-{n_trials}.artifacts")
 
 

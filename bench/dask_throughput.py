@@ -171,7 +171,7 @@ def inline_run(folder: Path, trials: int) -> float:
     report and tell, one after another in this process on SQLite (no engine, no parallelism)."""
     import optuna
 
-    from search.running.dask_driver import TOKEN_ATTR
+    from search.study.orphans import DASK_TOKEN_ATTR
     from search.study.storage import open_storage
 
     study_file = _study_file(folder)
@@ -182,7 +182,7 @@ def inline_run(folder: Path, trials: int) -> float:
     started = time.perf_counter()
     for _ in range(trials):
         asked = driver.ask(distributions)
-        storage.set_trial_system_attr(trial_id(asked), TOKEN_ATTR, "bench")
+        storage.set_trial_system_attr(trial_id(asked), DASK_TOKEN_ATTR, "bench")
         study = optuna.load_study(study_name="bench", storage=storage, sampler=optuna.samplers.RandomSampler())
         trial = attach(study, trial_id(asked))
         value = (math.log10(trial.suggest_float("lr", 1e-3, 3e-2, log=True)) + 2) ** 2

@@ -458,7 +458,8 @@ def _find(rows, **match):
 
 
 def targets(out: dict, s: Settings) -> dict:
-    """The issue's targets, from what was measured (None where a figure is missing)."""
+    """Each target a GPU run is held to, met or not, from what was measured (None where a figure
+    is missing)."""
     small, big = s.batches
     size = s.sizes[0]
     found = {}

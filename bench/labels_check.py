@@ -1,4 +1,4 @@
-"""Seconds `swipr labels` spends checking photos, now that it decodes each one as the image
+"""Seconds `swipr labels` spends checking photos, decoding each one as the image
 cache does (at cache_px), next to the cache build over the same photos.
 
 Generated 640×480 JPEGs (like the Swipr pictures) in a temp folder; best of 3 runs each.

@@ -4,7 +4,7 @@ Both read the same generated JPEG photos (640×480 by default, ~60-100 KB each, 
 Swipr pictures), produce normalised float batches of the same size and batch size, with
 the same augmentations (flip, zoom up to 1.1, no rotation, lighting or warp), on the same
 number of CPU workers. The project's loader runs three ways, epochs alternating: without
-MADV_WILLNEED advice (as before issue 22), by default (advice only for a cache larger than
+MADV_WILLNEED advice ("plain"), by default (advice only for a cache larger than
 the memory available) and always advised (as such a cache is). It reads the decode-once cache, built first
 (timed separately: a one-off cost per dataset, shared by every trial); fastai decodes
 every JPEG every epoch.
@@ -81,7 +81,7 @@ def project_rate(folder: Path, names, is_valid, args) -> tuple[dict, float]:
     """({"plain" | "default" | "advised" [+ " gather"]: images/s}, cache build seconds) on a
     cache in RAM, epochs alternating between the three so load on the machine hits all alike.
 
-    "plain": no MADV_WILLNEED advice, as before issue 22; "default": as a trial runs it (advice
+    "plain": no MADV_WILLNEED advice; "default": as a trial runs it (advice
     only when the cache outgrows the memory available); "advised": always advised, as a cache
     larger than RAM is."""
     started = time.perf_counter()
@@ -161,7 +161,7 @@ def main() -> int:
               f"({len(names) / build_seconds:.0f} images/s decoded)")
         for part, key in (("project loader", ""), ("gathering rows alone", " gather")):
             plain = ours[f"plain{key}"]
-            print(f"{part}: plain (before issue 22) {plain:.0f}, default {ours[f'default{key}']:.0f} "
+            print(f"{part}: plain (no advice) {plain:.0f}, default {ours[f'default{key}']:.0f} "
                   f"({ours[f'default{key}'] / plain:.2f}x), always advised {ours[f'advised{key}']:.0f} "
                   f"({ours[f'advised{key}'] / plain:.2f}x) images/s")
         if args.skip_fastai:

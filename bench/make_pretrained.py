@@ -1,4 +1,4 @@
-"""Pretrained weights for the demo's network, made offline (issue 21 §2).
+"""Pretrained weights for the demo's network, made offline.
 
     python bench/make_pretrained.py          # writes WEIGHTS (about a minute on one CPU thread)
 

@@ -1,4 +1,4 @@
-"""Would prefix sharing beyond n_cycles pay? (issue 21) Measured on bench/search_efficiency.py's replays.
+"""Would prefix sharing beyond n_cycles pay? Measured on bench/search_efficiency.py's replays.
 
     python bench/prefix_sharing.py [--seeds 10]
 

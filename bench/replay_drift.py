@@ -22,21 +22,20 @@ def main() -> None:
     parser.add_argument("--other-seeds", type=int, default=2, help="other seeds to try per trial")
     args = parser.parse_args()
 
-    from objectives.space import SPACE_KEYS
     from search.fit.replay import train_config
     from search.study.open import open_study
     from search.studyfile import load_study_file
     from swipr_core.data.dataset import prepare_data
     from swipr_core.train.model import ModelSpec
     from swipr_core.train.run import train
-    from swipr_core.train.schedule import TrainConfig
+    from swipr_core.train.schedule import STAGE_KEYS, TrainConfig
 
     study_file = load_study_file(args.study_file)
     study = open_study(study_file, create=False)
     dataset = prepare_data(study_file.data)
     spec = ModelSpec(study_file.model.arch, study_file.model.pretrained, study_file.model.weights)
     for trial in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
-        config = train_config(trial, SPACE_KEYS, study_file)
+        config = train_config(trial, STAGE_KEYS, study_file)
         runs = [(threads, config.seed) for threads in args.threads]
         runs += [(args.threads[0], config.seed + k) for k in range(1, args.other_seeds + 1)]
         for threads, seed in runs:

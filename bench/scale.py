@@ -1,4 +1,4 @@
-"""What each step costs at the real job's size, and how it grows (issue 22).
+"""What each step costs at the real job's size, and how it grows.
 
 Generates N Swipr-shaped photos (JPEGs of 320-640 px a side, 20-60 KB) and a pics database,
 then runs each step in a fresh process and prints its wall and CPU seconds (its children's
@@ -13,7 +13,7 @@ and bytes read from disk (/proc/self/io, plus its children's):
   every batch, as when the cache is far larger than RAM (nothing read ahead survives to a
   later batch). Each is run side by side "advised" (each batch's rows asked for with
   MADV_WILLNEED, as a trial does when the cache outgrows the memory available) and "plain"
-  (no advice: as before issue 22, and as a cache that fits in RAM is still read).
+  (no advice: as a cache that fits in RAM is read).
   `read_amplification` = bytes read ÷ bytes of the rows used; the line
   `read_amplification: X` is the advised one with the cache far larger than RAM;
 - status / best / report / dashboard page at --trials synthetic trials (7 params and 10
@@ -30,7 +30,6 @@ import argparse
 import os
 import resource
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -105,19 +104,15 @@ def _photo(args) -> int:
 
 def write_photos(root: Path, n: int) -> tuple[Path, list[int]]:
     """n photos under root (a fifth YES, as the real data), and pics.db listing them."""
+    from swipr_core.data.demo import write_pics_table
+
     rows = [(f"{YES_DIR if i % 5 == 0 else NO_DIR}/img_{i:07d}.jpg", 0, 0, "25", 1, 0) for i in range(n)]
     for folder in (YES_DIR, NO_DIR):
         (root / folder).mkdir(parents=True, exist_ok=True)
     missing = [(root / row[0], i) for i, row in enumerate(rows) if not (root / row[0]).exists()]
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(_photo, missing, chunksize=32))
-    database = root / "pics.db"
-    database.unlink(missing_ok=True)
-    with sqlite3.connect(database) as connection:
-        connection.execute("CREATE TABLE pics (path TEXT, label INTEGER, invalid INTEGER, "
-                           "ages TEXT, num_people INTEGER, male_present INTEGER)")
-        connection.executemany("INSERT INTO pics VALUES (?, ?, ?, ?, ?, ?)", rows)
-    connection.close()
+    database = write_pics_table(root / "pics.db", rows)
     return database, [(root / row[0]).stat().st_size for row in rows]
 
 

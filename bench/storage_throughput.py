@@ -45,7 +45,8 @@ def _worker(url: str, slot: int, n_trials: int, sampler: str, ready, go) -> None
 def run(url: str, workers: int, trials: int, sampler: str) -> float:
     import optuna
 
-    from search.study.storage import open_storage, redact
+    from search.study.storage import open_storage
+    from search.studyfile.url_text import redact
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     optuna.create_study(study_name="bench", storage=open_storage(url))

@@ -50,7 +50,6 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5, help="the best N finished trials")
     args = parser.parse_args()
 
-    from objectives.space import SPACE_KEYS
     from search.fit.replay import train_config
     from search.study.data_record import prepare_study_data
     from search.study.open import open_study
@@ -59,6 +58,7 @@ def main() -> None:
     from swipr_core.data.loaders import MAX_ZOOM, Augment
     from swipr_core.serve.export import ServingModel, cpu_copy
     from swipr_core.train.run import train
+    from swipr_core.train.schedule import STAGE_KEYS
 
     study_file = load_study_file(args.study_file)
     study = open_study(study_file, create=False)
@@ -68,7 +68,7 @@ def main() -> None:
     changes: dict[str, list[float]] = {}
     for trial in done[:args.trials]:
         torch.set_num_threads(attrs_of(trial).get("cpu_threads", torch.get_num_threads()))
-        config = train_config(trial, SPACE_KEYS, study_file)
+        config = train_config(trial, STAGE_KEYS, study_file)
         result = train(dataset, config, study_file.model, "cpu", "fp32")
         serving = ServingModel(cpu_copy(result.model), Augment(config.image_size, result.mean, result.std)).eval()
         targets = result.valid_targets

@@ -17,7 +17,8 @@ import optuna
 import torch
 
 from objectives.judging import STAGE2_FIRST_EPOCH_ATTR, ScheduleCut, best_finished, report_epoch
-from objectives.lr_finder import FINDER_LR_ATTR, FINDING_ATTR, LR_ATTR, StudyFinder
+from objectives.lr_finder import StudyFinder
+from objectives.lr_record import FINDER_LR_ATTR, FINDING_ATTR, LR_ATTR
 from objectives.record import (
     BUDGET_ATTR,
     FINISH_AT_ATTR,
@@ -31,7 +32,6 @@ from objectives.record import (
 from objectives.space import (
     DEFAULT_N_CYCLES_MODE,
     MODE_ATTR,
-    SPACE_KEYS,
     STAGE2,
     FinderLR,
     conditional,
@@ -42,14 +42,13 @@ from objectives.space import (
     stage2_name,
     suggest,
 )
-from objectives.trial_attrs import attrs_of, set_attr
+from objectives.trial_attrs import STUDY_FILE_ATTR, attrs_of, set_attr
 from swipr_core.data.dataset import Dataset
 from swipr_core.train.checkpoints import load_checkpoint
 from swipr_core.train.model import ModelSpec
 from swipr_core.train.run import EpochRecord, TrainResult, train, valid_targets
-from swipr_core.train.schedule import StageConfig, TrainConfig
+from swipr_core.train.schedule import STAGE_KEYS, StageConfig, TrainConfig
 
-STUDY_FILE_ATTR = "study_file_sha256"   # written by search's RecordTrainedWith hook as the trial starts
 
 
 def planned_config(trial: optuna.Trial, space: dict, head_epochs: int, seed: int,
@@ -68,7 +67,7 @@ def planned_config(trial: optuna.Trial, space: dict, head_epochs: int, seed: int
             first.update(n_cycles=budget[-1], finish_at=budget)
         return TrainConfig(**first, head_epochs=head_epochs, seed=seed)
     held = {name: placeholder(spec) for name, spec in conditional(space, n_cycles_mode).items()}
-    second = {key: values.get(stage2_name(key), held.get(stage2_name(key), first[key])) for key in SPACE_KEYS}
+    second = {key: values.get(stage2_name(key), held.get(stage2_name(key), first[key])) for key in STAGE_KEYS}
     if budget is not None:   # stage 2's n_cycles is the budget; 0 = stage 1's end is finished too
         second["n_cycles"] = budget[-1]
     elif second["n_cycles"] == 0:   # n_cycles sampled, and this trial skips stage 2

@@ -20,20 +20,15 @@ from collections.abc import Callable
 
 import optuna
 
-from objectives.lr_record import add_finding, current_version, finding_key, new_record, stored_finding
+from objectives.lr_record import FINDER_LR_ATTR, FINDING_ATTR, LR_ATTR, add_finding, current_version, finding_key, new_record, stored_finding
 from objectives.space import FinderLR
-from objectives.trial_attrs import attrs_of, set_attr
+from objectives.trial_attrs import RETRY_OF_ATTR, attrs_of, set_attr
 from swipr_core.data.dataset import Dataset
-from swipr_core.train.lr_find import find_lr
+from swipr_core.train.lr_find import NUM_IT, find_lr
 from swipr_core.train.lr_finding import LRFinding
 from swipr_core.train.model import ModelSpec
 from swipr_core.train.schedule import TrainConfig
 
-LR_ATTR = "lr"               # trial user attr: the lr it trained with, the finder's times its factor
-FINDER_LR_ATTR = "finder_lr"   # trial user attr: the finder's suggestion that was
-FINDING_ATTR = "lr_finding"  # trial user attr: {key, version, finder, suggestion, factor, lr}
-RETRY_OF_ATTR = "retry_of"   # trial user attr a retry gets (objectives.resume): the trial it retries
-NUM_IT = 100                 # batches per range test, as `swipr lr-find` runs it by default
 PLACEHOLDER_LR = 1e-3        # a TrainConfig needs one; the range test sets its own
 
 

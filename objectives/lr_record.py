@@ -2,7 +2,7 @@
 
 A combination (freeze strategy, batch size, image size, and frozen_then_unfrozen's head epochs)
 has versions 1, 2, ...: each range test adds one and none is ever replaced, so the finding a
-trial trained with (its user attr objectives.lr_finder.FINDING_ATTR names the version) stays
+trial trained with (its user attr FINDING_ATTR names the version) stays
 readable. The search uses one version a combination, the *current* one: the version chosen
 with `swipr lr-find --use`, else the latest.
 
@@ -26,6 +26,10 @@ from swipr_core.train.schedule import FREEZE_STRATEGIES
 
 SYSTEM_PREFIX = "swipr:lr_find:"   # study system attrs: <key>:v<N> a version, <key>:use the one chosen
 ATTR_PREFIX = "lr_find:"           # older studies: the study user attr of a combination's only version
+# What a trial drawn with the [space] lr finder records (objectives.lr_finder writes them):
+LR_ATTR = "lr"                     # trial user attr: the lr it trained with, the finder's times its factor
+FINDER_LR_ATTR = "finder_lr"       # trial user attr: the finder's suggestion that was
+FINDING_ATTR = "lr_finding"        # trial user attr: {key, version, finder, suggestion, factor, lr}
 
 
 def finding_key(freeze: str, batch_size: int, image_size: int, head_epochs: int = 1) -> str:

@@ -9,6 +9,7 @@ the tested major range; docs/development.md says how to check a new release.
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Callable
 
 import optuna
@@ -172,3 +173,20 @@ def unbeaten_running_trial_ids(study: optuna.Study, started_before: datetime.dat
     with engine.connect() as connection:
         rows = connection.execute(_UNBEATEN, {"study": study_id(study), "before": started_before}).fetchall()
     return [row[0] for row in rows]
+
+
+# Optuna's RDB schema: study_system_attributes holds one (study_id, key, value_json) row per key.
+_ADD_STUDY_SYSTEM_ATTR = sqlalchemy.text(
+    "INSERT INTO study_system_attributes (study_id, key, value_json) VALUES (:study, :key, :value)")
+
+
+def add_study_system_attrs(study: optuna.Study, attrs: dict) -> None:
+    """Store new study system attrs (keys the study doesn't have yet, JSON values) on an RDB
+    storage in one transaction: what one `set_study_system_attr` per key stores, without a
+    commit per key (bench/dashboard_notes.py builds studies with thousands of notes)."""
+    engine = rdb_engine(storage_of(study))
+    if engine is None:
+        raise TypeError(f"{type(storage_of(study)).__name__} has no tables: add_study_system_attrs needs an RDB storage")
+    rows = [{"study": study_id(study), "key": key, "value": json.dumps(value)} for key, value in attrs.items()]
+    with engine.begin() as connection:
+        connection.execute(_ADD_STUDY_SYSTEM_ATTR, rows)

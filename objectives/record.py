@@ -31,19 +31,19 @@ from objectives.judging import (
     STAGE2_FIRST_EPOCH_ATTR,
     best_finished,
 )
+from objectives.lr_record import FINDER_LR_ATTR, LR_ATTR
 from objectives.optuna_compat import set_system_attr
-from objectives.space import SPACE_KEYS, stage2_name
+from objectives.space import stage2_name
 from objectives.trial_attrs import attrs_of, set_attr
 from swipr_core.errors import FieldError, SwiprError
 from swipr_core.train.metrics import confusion_counts, majority_accuracy, roc_auc
-from swipr_core.train.schedule import StageConfig, TrainConfig, sgdr_epochs
+from swipr_core.train.schedule import STAGE_KEYS, StageConfig, TrainConfig, sgdr_epochs
 
 PLAN_ATTR = "swipr:plan"       # trial system attr: Plan.to_json(), once, as the trial starts
 RESULT_ATTR = "swipr:result"   # trial system attr: Result.to_json(), whenever the best finished schedule moves
 # user attrs of a trial whose n_cycles is its budget (read by the legacy reader; still written)
 BUDGET_ATTR = "n_cycles_budget"
 FINISH_AT_ATTR = "finish_at"
-LR_ATTR = "lr"                 # the lr a finder-drawn trial trained with (objectives.lr_finder)
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ def _legacy_plan(trial: optuna.trial.FrozenTrial, head_epochs: int) -> Plan | No
     except (SwiprError, FieldError, TypeError, ValueError, KeyError):
         return None
     return Plan(config=config, model=attrs.get("model"), cache_px=attrs.get("cache_px"),
-                finding={"lr": attrs[LR_ATTR], "suggestion": attrs.get("finder_lr")} if LR_ATTR in attrs else None,
+                finding={"lr": attrs[LR_ATTR], "suggestion": attrs.get(FINDER_LR_ATTR)} if LR_ATTR in attrs else None,
                 n_cycles_mode=attrs.get("n_cycles_mode"), prune_at=attrs.get("prune_at"),
                 data_fingerprint=attrs.get("data_fingerprint"), cpu_threads=attrs.get("cpu_threads"),
                 study_file_sha256=attrs.get("study_file_sha256"))
@@ -216,14 +216,14 @@ def _legacy_params(trial: optuna.trial.FrozenTrial) -> tuple[dict, dict | None, 
     attrs = attrs_of(trial)
     nested = BUDGET_ATTR in attrs and (STAGE2_FIRST_EPOCH_ATTR in attrs or "n_cycles" not in trial.params)
     two_stage = STAGE2_FIRST_EPOCH_ATTR in attrs
-    missing = [key for key in SPACE_KEYS if key not in trial.params
+    missing = [key for key in STAGE_KEYS if key not in trial.params
                and not (key == "n_cycles" and nested and not two_stage) and not (key == "lr" and LR_ATTR in attrs)]
     if missing:
         raise SwiprError(f"trial {trial.number}: has no params {', '.join(missing)}")
-    first = {key: trial.params[key] for key in SPACE_KEYS if key in trial.params}
+    first = {key: trial.params[key] for key in STAGE_KEYS if key in trial.params}
     if LR_ATTR in attrs:   # the lr came from the [space] lr finder
         first["lr"] = attrs[LR_ATTR]
-    second = {key: trial.params.get(stage2_name(key), first[key]) for key in SPACE_KEYS} if two_stage else None
+    second = {key: trial.params.get(stage2_name(key), first[key]) for key in STAGE_KEYS} if two_stage else None
     if nested:
         cycles = {"n_cycles": int(attrs[BUDGET_ATTR]), "finish_at": tuple(attrs.get(FINISH_AT_ATTR, ()))}
         if second is None:

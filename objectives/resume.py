@@ -21,7 +21,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback as _Retry
 from objectives.judging import INTERRUPTED_ATTR, report_epoch
 from objectives.optuna_compat import guard_ask, put_back, stored_trial, take_queued_first
 from objectives.space import STAGE2, stage2_name
-from objectives.trial_attrs import set_attr
+from objectives.trial_attrs import RETRY_OF_ATTR, set_attr
 from swipr_core.train.checkpoints import load_checkpoint
 
 
@@ -103,7 +103,7 @@ class Checkpoints:
         owner = self.owner(trial.study, retried, state.system_attrs.get("fixed_params") or state.params)
         saved = load_checkpoint(self.folder(retried)) if self.owned_by(self.folder(retried), owner) else None
         history = saved["history"] if saved else []
-        set_attr(trial, "retry_of", retried)
+        set_attr(trial, RETRY_OF_ATTR, retried)
         set_attr(trial, "resumed_from_epoch", len(history))
         for record in history:
             report_epoch(trial, record["epoch"], record["valid_loss"], record.get("cycle_end", False), prune_at,

@@ -21,7 +21,6 @@ import optuna
 
 from swipr_core.train.lr_finding import SUGGESTION_NAMES
 
-SPACE_KEYS = ("lr", "batch_size", "image_size", "freeze", "n_cycles", "cycle_len", "cycle_mult")
 # [study] n_cycles: how a trial gets its cycles. "budget": nested schedules (each cycle end that
 # finishes a run of n_cycles in the space is a result); "sampled": one more param, each trial one length.
 N_CYCLES_MODES = ("budget", "sampled")

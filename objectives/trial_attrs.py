@@ -19,6 +19,10 @@ PREFIX = "swipr:"
 # in the dashboard's Note panel), which trial is the notebook's, why one failed, what a retry
 # retries, where a Dask trial ran.
 SHOWN = frozenset({"val_accuracy", "warm_start", "fail_reason", "retry_of", "worker", "host", "gpu"})
+# The SHA-256 of the study file's version a trial's run started with: written as the trial starts
+# (search.studyfile.trained_with), copied into the trial's plan (objectives.finetune).
+STUDY_FILE_ATTR = "study_file_sha256"
+RETRY_OF_ATTR = "retry_of"   # a retry's (objectives.resume): the number of the trial it retries
 
 
 def attrs_of(trial) -> dict:

@@ -107,8 +107,8 @@ def test_a_truncated_cache_is_rebuilt_by_the_next_build(tmp_path, capsys, keep):
 
 
 def test_a_cache_damaged_after_the_build_is_rebuilt_on_open(tmp_path, capsys):
-    # The trial's open() finds the damage (what used to fail every later trial with
-    # "mmap length is greater than file size") and rebuilds before mapping.
+    # The trial's open() finds the damage (which would fail every later trial with "mmap
+    # length is greater than file size") and rebuilds before mapping.
     paths = write_images(tmp_path, 4)
     cache = build_cache(tmp_path, paths, tmp_path / "cache", px=16, workers=1)
     good = cache.open().copy()

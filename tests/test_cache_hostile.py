@@ -115,9 +115,9 @@ def _why_no_tmpfs() -> str | None:
 @pytest.mark.skipif(_why_no_tmpfs() is not None, reason=str(_why_no_tmpfs()))
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_full_tmpfs_is_one_line_not_a_sigbus_or_a_hang(tmp_path, workers):
-    # The scenario on a real small disk, in a mount namespace of its own (gone with
-    # the process): the sparse cache took SIGBUS as pages were written, killing swipr with
-    # no message (in-process, exit 135) or hanging the pool.
+    # A real small disk, in a mount namespace of its own (gone with the process): a sparse
+    # cache takes SIGBUS as pages are written, which kills swipr with no message (in-process,
+    # exit 135) or hangs the pool.
     paths = write_images(tmp_path, 20, size=(20, 16))
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -129,7 +129,7 @@ def test_a_full_tmpfs_is_one_line_not_a_sigbus_or_a_hang(tmp_path, workers):
 
 
 def test_a_photo_replaced_with_its_size_and_mtime_restored_is_decoded_again(tmp_path):
-    # Keyed by size and mtime alone, the old pixels stayed cached while predict saw the new photo.
+    # Keyed by size and mtime alone, the old pixels would stay cached while predict sees the new photo.
     photo = tmp_path / "a.bmp"   # a BMP: same size in bytes for any colour
     Image.new("RGB", (16, 16), (255, 0, 0)).save(photo)
     stat = photo.stat()

@@ -126,7 +126,7 @@ def test_a_gpu_study_on_a_cluster_without_gpu_slots_is_one_line(tmp_path, data_d
 
 
 def test_the_per_epoch_rows_reach_the_drivers_terminal(tmp_path, data_dir, cpu_cluster):
-    # issue 29: under Dask the trials' per-epoch table stayed in the workers' logs
+    # under Dask the trials' per-epoch table reaches the driver's terminal, not only the workers' logs
     import re
 
     path = write_study(tmp_path, data_dir, space=THREE_EPOCHS, pruner="none")

@@ -14,7 +14,7 @@ def test_a_failing_trial_is_recorded_and_the_run_goes_on(tmp_path, data_dir, mon
 
     def train(dataset, config, *args, **kwargs):
         calls.append(config)
-        if len(calls) == 2:   # fastai's combine_scheds assert, as `n_cycles = 6` used to raise
+        if len(calls) == 2:   # fastai's combine_scheds assert: an error inside the run itself
             raise AssertionError("sum of pcts is not 1")
         return real(dataset, config, *args, **kwargs)
 
@@ -34,8 +34,8 @@ def test_a_failing_trial_is_recorded_and_the_run_goes_on(tmp_path, data_dir, mon
 
 def test_a_trial_failed_as_stale_while_it_ran_costs_that_trial_not_the_worker(tmp_path, data_dir, monkeypatch):
     # A worker paused past [study] grace_period (Ctrl-Z, a suspended laptop, a swap storm) finds
-    # on waking that another worker has failed its trial as stale and queued the retry. It used
-    # to stop with Optuna's traceback "Cannot tell a FAIL trial"; it now drops that trial.
+    # on waking that another worker has failed its trial as stale and queued the retry: it drops
+    # that trial and goes on, instead of stopping with Optuna's "Cannot tell a FAIL trial".
     from objectives.optuna_compat import storage_of, trial_id
 
     real = finetune.train

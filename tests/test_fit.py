@@ -79,7 +79,7 @@ def test_replay_reproduces_the_best_trial(fitted):
 
 
 def test_every_slow_step_is_announced_before_it_runs(fitted):
-    # issue 29: the fit was silent while it prepared the data, measured TTA and exported
+    # preparing the data, measuring TTA and exporting each say so before they start
     _, _, lines = fitted
 
     def at(prefix: str) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
-from search.study.storage import passwords_of, redact, redact_text, refuse_ambiguous_password
+from search.studyfile.url_text import passwords_of, redact, redact_text, refuse_ambiguous_password
 from swipr_core.errors import SwiprError
 from tests import pg
 from tests.studykit import ROOT, run_cli, write_study
@@ -47,7 +47,7 @@ def no_connections(monkeypatch):
     return made
 
 
-# The two URLs: '@' then '#' in the password, and '@', '/', '#' and '%' together.
+# Two URLs a split by the first '@' reads wrong: '@' then '#' in the password, and '@', '/', '#' and '%' together.
 SPLIT_WRONG = [
     (f"postgresql://u:pa@ss#SECRET@127.0.0.1:{CLOSED}/db", ("SECRET", "ss#", "pa@")),
     (f"postgresql://u:p@ss/w#rd%x@127.0.0.1:{CLOSED}/db", ("w#rd", "rd%x", "ss/w")),

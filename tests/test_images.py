@@ -40,7 +40,7 @@ def decode_in_subprocess(file, px) -> dict:
 
 @pytest.mark.parametrize("px", [96, 256])
 def test_a_tiny_thin_png_is_refused_from_its_header(tmp_path, px):
-    # The 862-byte 1x200000 PNG took 2.3 GB in predict and 8 GB at cache_px 96.
+    # An 862-byte 1x200000 PNG, decoded whole, takes 2.3 GB in predict and 8 GB at cache_px 96.
     strip = tmp_path / "strip.png"
     Image.new("RGB", (1, 200_000)).save(strip)
     assert strip.stat().st_size < 2000
@@ -114,7 +114,7 @@ def _grey_file(tmp_path, values: np.ndarray, suffix: str):
     (np.full((12, 20), 0.5, np.float32), ".tif", "F", 128),            # floats in 0..1
 ])
 def test_high_bit_depth_greyscale_is_scaled_to_8_bits_not_clipped(tmp_path, values, suffix, mode, expected):
-    # convert("RGB") used to clip: a mid-grey 16-bit PNG became white, a 0..1 float TIFF black.
+    # convert("RGB") alone clips: a mid-grey 16-bit PNG becomes white, a 0..1 float TIFF black.
     values[:, :10] = 0   # a black half: the scale must keep black black
     file = _grey_file(tmp_path, values, suffix)
     with Image.open(file) as opened:
@@ -167,7 +167,7 @@ def test_unreadable_exif_leaves_the_pixels_as_stored(tmp_path):
 
 
 def test_a_panorama_too_large_at_the_natural_draft_scale_is_decoded_smaller(tmp_path):
-    # The 23000x3000 at 1024 px: 1/2 scale would be 34 M pixels, over MAX_PIXELS, so the
+    # A 23000x3000 photo at 1024 px: 1/2 scale would be 34 M pixels, over MAX_PIXELS, so the
     # decode asks JPEG draft for 1/4 (5750x750) and scales up to 1024, in bounded memory.
     photo = tmp_path / "pano.jpg"
     Image.new("L", (23000, 3000), 200).save(photo)

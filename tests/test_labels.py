@@ -131,8 +131,8 @@ def test_every_age_must_be_in_range(tmp_path, ages):
     ("25,", "YES"), ("25 31", "YES"), (25.5, "YES"), (b"25,30", "YES"), (None, "YES"), ("", "YES"),
 ])
 def test_ages_are_numbers_however_they_are_written(tmp_path, ages, expected):
-    # Age regressors write decimals: only int() was tried, so "17.5" and REAL 17.0 were
-    # dropped and the photo stayed YES under min_age = 18; a BLOB was read as "b'17'".
+    # Age regressors write decimals: "17.5" and REAL 17.0 are ages (read with int() alone they
+    # were dropped and the photo stayed YES under min_age = 18), and a BLOB is not "b'17'".
     rules = LabelRules(yes_dirs=("insta/ok",), no_dirs=("insta/no",), min_age=18, max_age=35)
     assert label_of(tmp_path, rules, {"path": "insta/ok/a.jpg", "ages": ages}) == expected
 
@@ -140,8 +140,8 @@ def test_ages_are_numbers_however_they_are_written(tmp_path, ages, expected):
 @pytest.mark.parametrize("ages, expected", [("25,x,", "YES"), ("x,40", "NO"), ("?", "YES"), ("nan,17", "NO"),
                                             ("-3", "YES"), (b"\xff17", "YES")])
 def test_parts_that_are_not_ages_are_skipped_and_their_rows_named(tmp_path, ages, expected):
-    # The face model writes junk such as "25,x,": the junk is skipped, as before, and each
-    # such row is now named (rowid and cell) so that the user can look at it.
+    # The face model writes junk such as "25,x,": the junk is skipped, and each such row is
+    # named (rowid and cell) so that the user can look at it.
     rules = LabelRules(yes_dirs=("insta/ok",), no_dirs=("insta/no",), min_age=18, max_age=35)
     database = make_db(tmp_path, [{"path": "insta/ok/a.jpg", "ages": ages}, {"path": "insta/ok/b.jpg"}])
     table = build_labels(database, tmp_path, rules)
@@ -262,10 +262,10 @@ def test_bad_rule_values_name_the_key(kwargs, key):
     assert raised.value.field == key.split()[0] and "[data" not in str(raised.value)
 
 
-# --- The table is not trusted as it is (issue 13) -------------------------------------------
+# --- The table is not trusted as it is -------------------------------------------------------
 
 def test_a_path_listed_many_times_is_kept_once(tmp_path):
-    # The same row 31 times used to become 27 training and 4 validation rows.
+    # The same row 31 times is one photo, not 27 training and 4 validation rows.
     table = build_labels(make_db(tmp_path, [{"path": "insta/ok/a.jpg"}] * 31), tmp_path, RULES)
     assert table.paths.count("insta/ok/a.jpg") == 1
     assert table.excluded["duplicate_path"] == 30
@@ -354,7 +354,7 @@ def test_absurd_image_dimensions_are_undecodable(tmp_path):
 
 
 def test_a_pics_view_is_read_like_a_table(tmp_path):
-    # A view over the real table (a common way to pick columns) was refused as "no table".
+    # A view over the real table (a common way to pick columns) is read, not refused as "no table".
     database = make_db(tmp_path, [{"path": "insta/ok/a.jpg"}, {"path": "insta/ok/b.jpg", "num_people": "two"}])
     with sqlite3.connect(database) as connection:
         connection.execute("ALTER TABLE pics RENAME TO raw")
@@ -401,9 +401,9 @@ def test_a_photo_labels_keeps_is_one_the_cache_can_decode(tmp_path):
 
 
 def test_a_panorama_is_checked_at_the_cache_size_and_cached(tmp_path):
-    # 16000x1100 passed labels' old 64 px draft check (1/8 scale), then the cache at 1024 px
-    # refused it (1/1 scale: over the pixel limit). Labels now checks with the cache's own
-    # decode at its size, and that decode reduces such a JPEG further (1/2) and scales it up.
+    # 16000x1100 passes a 64 px draft check (1/8 scale) but not a 1024 px cache's decode (1/1
+    # scale: over the pixel limit). Labels checks with the cache's own decode at its size, and
+    # that decode reduces such a JPEG further (1/2) and scales it up.
     database = make_db(tmp_path, [{"path": "insta/ok/pano.jpg"}], files=False)
     write_anchors(tmp_path)
     Image.new("L", (16000, 1100), 90).save(tmp_path / "insta/ok/pano.jpg")

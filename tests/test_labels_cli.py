@@ -47,7 +47,7 @@ def test_a_copied_photo_is_reported_and_kept_on_one_side(study, tmp_path):
 
 
 def test_refuses_to_overwrite_a_file_it_did_not_write(study, tmp_path):
-    # `-o s.db` used to turn the study's database into a CSV.
+    # `-o s.db` must not turn the study's database into a CSV.
     database = tmp_path / "s.db"
     with sqlite3.connect(database) as connection:
         connection.execute("CREATE TABLE t (x)")
@@ -88,8 +88,8 @@ def test_labels_files_follow_the_umask(study, tmp_path, umask):
 
 
 def test_rows_whose_ages_were_read_in_part_are_named(study, tmp_path):
-    # The demo data has the face model's junk ("25,x,"): skipped by the age rules, as before,
-    # and now each such row is named (a few, and how many) instead of passing unseen.
+    # The demo data has the face model's junk ("25,x,"): skipped by the age rules, and each such
+    # row is named (a few, and how many) instead of passing unseen.
     result = swipr("labels", study, "-o", tmp_path / "l.csv", "--json")
     odd = json.loads(result.stdout)["odd_ages"]
     assert odd["rows"] > 0 and all("x" in cell for _, cell in odd["first"])

@@ -48,8 +48,8 @@ def test_the_labels_file_records_its_database(study):
 
 
 def test_another_database_is_refused_while_the_old_labels_file_exists(study, tmp_path):
-    # The case: [data] database edited to point at other data; today the run trained on
-    # the old labels and read images from the new database's folder.
+    # [data] database edited to point at other data: unrefused, the run would train on the old
+    # labels and read images from the new database's folder.
     labels = _labels(study)
     before = labels.read_bytes()
     other = write_demo_data(tmp_path / "other", n_images=130, image_px=40, seed=1)

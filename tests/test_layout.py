@@ -103,8 +103,8 @@ def test_the_core_imports_no_optuna():
 
 
 def test_the_checks_see_todays_kind_of_tangle():
-    # The checks themselves: the cycle search.run -> search.retry -> search.workers -> search.run
-    # that this layout removed is found, and so is an objective importing the study-file layer.
+    # The checks themselves: a cycle such as search.run -> search.retry -> search.workers ->
+    # search.run is found, and so is an objective importing the study-file layer.
     cycle = find_cycle({"search.run": {"search.retry"}, "search.retry": {"search.workers"},
                         "search.workers": {"search.run"}})
     assert cycle[0] == cycle[-1] and set(cycle) == {"search.run", "search.retry", "search.workers"}
@@ -172,3 +172,30 @@ def test_the_core_top_holds_only_its_sub_packages():
     top = sorted(path.name for path in (ROOT / "swipr_core").iterdir()
                  if path.suffix == ".py" or (path.is_dir() and path.name != "__pycache__"))
     assert top == ["__init__.py", "data", "errors.py", "serve", "train"], top
+
+
+# Inside search: the study file at the bottom, the CLI at the top; fit and running side by side.
+SEARCH_LAYERS = {"search.studyfile": 0, "search.study": 1, "search.views": 2, "search.fit": 3, "search.running": 3,
+                 "search.commands": 4, "search.cli": 4}
+
+
+def search_problems(edges: dict[str, set[str]]) -> list[str]:
+    """Imports between search's sub-packages that go up a layer or sideways between two of one layer."""
+    def layer(module: str) -> str | None:
+        return next((name for name in SEARCH_LAYERS if module == name or module.startswith(name + ".")), None)
+    return [f"{source} imports {target}, not a layer down" for source, targets in sorted(edges.items())
+            for target in sorted(targets) if (here := layer(source)) and (there := layer(target)) and here != there
+            and SEARCH_LAYERS[there] >= SEARCH_LAYERS[here]]
+
+
+def test_the_search_layers_point_down():
+    problems = search_problems(graph(project_modules()))
+    assert not problems, "\n".join(problems)
+
+
+def test_the_search_layer_check_finds_a_tangle():
+    assert search_problems({"search.studyfile.storage_url": {"search.study.storage"},
+                            "search.fit.replay": {"search.running.worker"},
+                            "search.running.driver": {"search.study.open", "search.running.stop"}}) == \
+        ["search.fit.replay imports search.running.worker, not a layer down",
+         "search.studyfile.storage_url imports search.study.storage, not a layer down"]

@@ -51,7 +51,7 @@ def test_it_prints_each_suggestion_on_its_own_line(found):
 
 
 def test_in_a_pipe_it_says_how_far_the_test_is_in_a_few_lines(found):
-    # issue 29: the test was silent for its ~40 s; a terminal gets a bar, a pipe a line a quarter
+    # the ~40 s test says how far it is: a terminal gets a bar, a pipe a line a quarter
     _, result = found
     done = re.findall(r"^range test: (\d+) batches of 24, lr \d\.\de-\d\d, loss \d+\.\d{4}$", result.stdout, re.M)
     assert done[:1] == ["6"] and len(done) <= 4 and "\r" not in result.stdout, result.stdout

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from objectives.lr_finder import FINDER_LR_ATTR, FINDING_ATTR, LR_ATTR
+from objectives.lr_record import FINDER_LR_ATTR, FINDING_ATTR, LR_ATTR
 from objectives.lr_record import add_finding, new_record, range_test_cost, recorded_findings
 from objectives.space import FINDER_SUGGESTIONS, Choices, FinderLR, Range
 from objectives.trial_attrs import attrs_of
@@ -97,7 +97,7 @@ def test_the_searchs_range_test_says_what_it_cost(searched):
 
 
 def test_lr_find_after_a_run_adds_a_version_and_leaves_the_trials_finding(searched):
-    # Same data, seed, threads and batches as trial 0's own test: the same curve (issue 29, 5);
+    # Same data, seed, threads and batches as trial 0's own test: the same curve;
     # the trials trained with v1, so the search keeps it: v2 is kept beside it, not used.
     study_path, _, _ = searched
     ran = run_cli("lr-find", study_path)
@@ -153,7 +153,7 @@ def test_lr_find_shades_the_lrs_the_finder_form_will_search():
 
 
 def test_a_finder_lr_of_1_or_more_fails_the_trial_not_the_run(tmp_path, data_dir):
-    # issue 29, 6: minimum 0.6 x factor 2 = lr 1.2 stopped the whole run with exit 2, fail_reason None.
+    # minimum 0.6 x factor 2 = lr 1.2: that trial fails with its reason; the run goes on (no exit 2).
     study_file = load_study_file(write_study(tmp_path, data_dir, space=finder_space("2.0")))
     dataset = prepare_study_data(study_file)
     study = open_study(study_file, create=True)

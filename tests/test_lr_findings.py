@@ -11,9 +11,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from objectives import lr_finder
-from objectives.lr_finder import FINDING_ATTR, FindingUnusable, StudyFinder, versions_used
+from objectives.lr_finder import FindingUnusable, StudyFinder, versions_used
 from objectives.lr_record import (
+    FINDER_LR_ATTR,
+    FINDING_ATTR,
     ATTR_PREFIX,
     SYSTEM_PREFIX,
     add_finding,
@@ -27,7 +28,7 @@ from objectives.lr_record import (
 )
 from objectives.optuna_compat import set_study_system_attr
 from objectives.space import Choices, FinderLR
-from objectives.trial_attrs import attrs_of
+from objectives.trial_attrs import RETRY_OF_ATTR, attrs_of
 from search.commands.lr_find import store_finding
 from search.studyfile.space import LOWEST_SUGGESTION
 from search.views.gains import gains_rows, search_gains
@@ -103,7 +104,7 @@ def test_a_retry_trains_with_its_originals_finding():
     study.tell(original, state=TrialState.FAIL)
     store_finding(study, record(0.009), use=True)
     retry = study.ask()
-    retry.set_user_attr(lr_finder.RETRY_OF_ATTR, original.number)
+    retry.set_user_attr(RETRY_OF_ATTR, original.number)
     assert finder().lr(retry, VALLEY, values()) == pytest.approx(0.008)
     assert finder().lr(study.ask(), VALLEY, values()) == pytest.approx(0.018)   # a new trial: v2
 
@@ -117,7 +118,7 @@ def test_an_older_studys_record_reads_as_version_1_and_keeps_serving_its_trials(
                                  distributions={"freeze": optuna.distributions.CategoricalDistribution(["unfrozen"]),
                                                 "batch_size": optuna.distributions.CategoricalDistribution([16]),
                                                 "image_size": optuna.distributions.CategoricalDistribution([32])},
-                                 user_attrs={lr_finder.FINDER_LR_ATTR: 0.005}))
+                                 user_attrs={FINDER_LR_ATTR: 0.005}))
     [read], skipped = recorded_findings(study)
     assert skipped == [] and (read["key"], read["version"], read["legacy"], read["current"]) == \
         ("unfrozen:bs16:px32", 1, True, True)
@@ -129,7 +130,7 @@ def test_an_older_studys_record_reads_as_version_1_and_keeps_serving_its_trials(
 
 
 @pytest.mark.parametrize("valley, factor, expected", [
-    (0.19, 6.0, "valley 0.19 x lr_factor 6 is lr 1.14, and an lr must be between 0 and 1"),   # issue 29, 6
+    (0.19, 6.0, "valley 0.19 x lr_factor 6 is lr 1.14, and an lr must be between 0 and 1"),
     (0.5, 2.0, "is lr 1, and an lr must be between 0 and 1"),
 ])
 def test_a_finder_lr_of_1_or_more_fails_that_trial_with_its_reason(valley, factor, expected):
@@ -224,7 +225,7 @@ def tiny_test(tiny, freeze: str = "unfrozen", threads: int | None = 1, head_epoc
 
 
 def test_the_same_threads_seed_and_batches_give_the_same_record(tiny):
-    # issue 29, 5: lr-find and a trial's own test ran with other thread counts and disagreed.
+    # lr-find and a trial's own test run with the same thread count, so they agree.
     import torch
 
     before = torch.get_num_threads()
@@ -251,7 +252,7 @@ def test_each_batch_of_the_test_is_reported_as_it_ends(tiny):
 
 
 def test_frozen_then_unfrozen_is_tested_after_its_head_epochs(tiny, monkeypatch):
-    # issue 26: the test started from a random head while its trials train the head first.
+    # its trials train the head first, so the test starts from a trained head, not a random one.
     from swipr_core.train import lr_find
 
     warmed = tiny_test(tiny, "frozen_then_unfrozen")

@@ -1,6 +1,6 @@
-"""Nested schedules (issue 21): n_cycles as a trial's budget. The k-cycle prefix of an n-cycle run
+"""Nested schedules: n_cycles as a trial's budget. The k-cycle prefix of an n-cycle run
 is the k-cycle run, a trial's value is its best finished schedule and `swipr fit` replays exactly
-that many cycles, a study started the old way goes on that way, and a retry resumes mid-budget."""
+that many cycles, a study whose trials sampled n_cycles (no mode recorded) goes on that way, and a retry resumes mid-budget."""
 from __future__ import annotations
 
 import math
@@ -42,7 +42,7 @@ def test_the_schedule_marks_each_finished_k_cycle_run_and_the_warm_up_is_no_cycl
         (0, "frozen", 0, False), (1, "unfrozen", 1, False), (3, "unfrozen", 2, True), (7, "unfrozen", 3, True)]
     assert [p.first_epoch for p in schedule.phases] == [0, 1] and schedule.epochs == 8
     assert [e.epoch for e in schedule.finished()] == [3, 7]
-    # Without finish_at only the run's own end is finished: the schedule as before issue 21.
+    # Without finish_at only the run's own end is finished: one schedule, not nested ones.
     assert [e.epoch for e in config(n_cycles=3).schedule().finished()] == [6]
 
 
@@ -153,7 +153,7 @@ def test_a_study_started_the_old_way_goes_on_the_old_way(tmp_path, data_dir):
     from search.studyfile import load_study_file
 
     path, study_file, study, dataset = _nested_study(tmp_path, data_dir, optuna.pruners.NopPruner())
-    # A trial as the old code left it: n_cycles a param, no mode recorded on the study.
+    # A trial of a study that recorded no mode: n_cycles a param.
     study.add_trial(optuna.trial.create_trial(
         params={"n_cycles": 2}, distributions={"n_cycles": optuna.distributions.CategoricalDistribution([1, 2, 3])},
         value=0.5))

@@ -101,7 +101,7 @@ def test_the_study_files_compile_key_reaches_training(tmp_path, monkeypatch):
 
 def test_the_dask_tasks_objective_keeps_the_study_files_prune_at(tmp_path):
     # A Dask task builds its objective through guarded_finetune, as a worker does through
-    # trial_objective; its own copy of that assembly used to drop prune_at.
+    # trial_objective, so [study] prune_at reaches it too (a copy of that assembly dropped it).
     from objectives.resume import Checkpoints
     from objectives.trial import TrainSettings, guarded_finetune
 

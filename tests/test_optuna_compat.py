@@ -131,6 +131,16 @@ def test_the_engine_under_an_rdb_storage_bare_or_as_a_study_holds_it(tmp_path, s
     assert optuna_compat.rdb_engine(optuna_compat.storage_of(study)) is None   # in memory: no tables
 
 
+def test_study_system_attrs_added_in_one_transaction_read_back_as_set_ones(tmp_path, study):
+    on_rdb = optuna.create_study(storage=_rdb(tmp_path))
+    optuna_compat.set_study_system_attr(on_rdb, "one", {"by": "set"})
+    optuna_compat.add_study_system_attrs(on_rdb, {"two": [1, "x"], "three": None})
+    reopened = optuna.load_study(study_name=on_rdb.study_name, storage=f"sqlite:///{tmp_path / 'rdb.db'}")
+    assert optuna_compat.study_system_attrs(reopened) == {"one": {"by": "set"}, "two": [1, "x"], "three": None}
+    with pytest.raises(TypeError, match="RDB storage"):
+        optuna_compat.add_study_system_attrs(study, {"four": 4})   # in memory: no tables
+
+
 def test_unbeaten_running_trials_are_read_from_optunas_tables(tmp_path):
     import datetime
 

@@ -96,8 +96,8 @@ def test_batch_size_does_not_change_probabilities(served):
 
 
 def test_folders_are_walked_for_every_file_through_symlinked_folders(served, tmp_path):
-    # Serving used to pick files by suffix, training by decoding: a .jfif was skipped, and so
-    # was a symlinked folder, without a row. Now every file not hidden is tried, once.
+    # Serving picks files as training does, by decoding, not by suffix: a .jfif and a symlinked
+    # folder's files are tried too, every file not hidden once, none skipped without a row.
     _, images, _ = served
     photos = tmp_path / "photos"
     (photos / "more").mkdir(parents=True)
@@ -229,7 +229,7 @@ def test_export_first_leaves_the_model_usable_and_equal(tmp_path):
                                atol=1e-5)
 
 
-# --- Hard to break (issue 13): special files, pinned manifests, absurd images ------------------
+# --- Hard to break: special files, pinned manifests, absurd images ------------------
 
 def copy_bundle(out: Path, to: Path) -> Path:
     to.mkdir()
@@ -239,7 +239,7 @@ def copy_bundle(out: Path, to: Path) -> Path:
 
 
 def run_cli(*args, timeout: float = 120) -> subprocess.CompletedProcess:
-    # A timeout here is the bug: predict used to block forever on a FIFO.
+    # A timeout here is the bug: predict blocking forever on a FIFO instead of refusing it.
     return subprocess.run([*SWIPR, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -327,7 +327,7 @@ def peak_rss_of(args) -> tuple[subprocess.Popen, int]:
 
 
 def test_a_thin_png_is_an_error_row_in_bounded_memory(served, tmp_path):
-    # The issue's 1x200000 PNG took 2.3 GB in predict: now refused from its header.
+    # A 1x200000 PNG decoded whole takes 2.3 GB: it is refused from its header.
     out, images, _ = served
     strip = tmp_path / "strip.png"
     Image.new("RGB", (1, 200_000)).save(strip)

@@ -1,4 +1,4 @@
-"""Schedule-aware pruning (issue 10): recorded learning curves fed to real Optuna studies, in memory.
+"""Schedule-aware pruning: recorded learning curves fed to real Optuna studies, in memory.
 
 No training here: a curve is (raw val loss per epoch, which epochs end an SGDR cycle), and
 objectives.judging.replay_curve reports it exactly as the live objective reports a run.
@@ -75,7 +75,7 @@ def test_judge_reports_the_best_cycle_end_loss_and_asks_only_at_cycle_ends():
 def test_no_decision_at_the_last_epoch_where_pruning_saves_nothing():
     assert judge([0.9, 0.5], [True, True], "cycle_end", planned=3).ask
     assert not judge([0.9, 0.5, 0.4], [True, True, True], "cycle_end", planned=3).ask
-    assert judge([0.9, 0.5, 0.4], [True, True, True], "epoch", planned=3).ask   # as before issue 10
+    assert judge([0.9, 0.5, 0.4], [True, True, True], "epoch", planned=3).ask   # judged every epoch
 
 
 def test_judge_per_epoch_is_the_raw_loss_every_epoch():
@@ -141,7 +141,7 @@ def test_short_cycles_are_compared_with_what_long_cycles_reached_within_the_same
 
 
 def old_objective(curve):
-    """The objective before issue 10: raw loss reported and judged every epoch."""
+    """The schedule-blind objective: raw loss reported and judged every epoch."""
     def objective(trial):
         losses, _ = curve[trial.number]
         for epoch, loss in enumerate(losses):
@@ -329,8 +329,8 @@ def test_hyperband_spans_the_longest_run_the_space_allows(tmp_path, monkeypatch)
 @pytest.mark.parametrize("prune_at", PRUNE_AT)
 @pytest.mark.parametrize("losses", [[0.6, 0.5, float("nan"), float("nan")], [0.6, float("nan")]])
 def test_a_diverged_run_is_pruned_at_its_first_nan_whatever_the_pruner(prune_at, losses):
-    # nan weights stay nan: the rest of the run is wasted, and a nan final loss used to be a
-    # FAIL with no reason, which tells TPE nothing about the learning rate that caused it.
+    # nan weights stay nan: the rest of the run is wasted, and a nan final loss as a FAIL with
+    # no reason would tell TPE nothing about the learning rate that caused it.
     curve = (losses, [True] * len(losses))
     study = run([SHORT, curve], optuna.pruners.NopPruner(), prune_at)
     diverged = study.trials[1]

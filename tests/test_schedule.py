@@ -51,7 +51,7 @@ def expected_lrs(config: TrainConfig) -> list[float]:
 
 @settings(max_examples=12, deadline=None)
 @given(schedules(MAX_DRAWN_EPOCHS))
-@example((6, 1, 1, "unfrozen", 1))   # issue 13: [1/6] * 6 does not sum to 1.0 in floats
+@example((6, 1, 1, "unfrozen", 1))   # [1/6] * 6 does not sum to 1.0 in floats
 @example((7, 1, 1, "frozen_then_unfrozen", 2))
 @example((3, 1, 2, "frozen", 1))     # fastai's float32 cycle starts gave cycle 3's first batch lr 0
 def test_every_schedule_trains_and_restarts_on_time(tiny_dataset, schedule):

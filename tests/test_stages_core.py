@@ -1,4 +1,4 @@
-"""Two-stage runs (issue 17): stage 2 continues from stage 1's weights on the run's one epoch
+"""Two-stage runs: stage 2 continues from stage 1's weights on the run's one epoch
 counter, at its own image size, batch size, freeze, lr and SGDR cycles. The plan's arithmetic,
 and runs that train stage 2 at its size, keep a frozen body, resume bit for bit in stage 2, and
 nest exactly (a k-cycle stage 2, or none, is a prefix of the longer run)."""
@@ -63,7 +63,7 @@ def test_a_frozen_then_unfrozen_stage_2_has_its_own_warm_up():
 def test_finish_at_counts_the_last_stages_cycles_and_0_is_stage_1s_end():
     finished = notebook(finish_at=(0, 2)).schedule().finished()
     assert [(e.epoch, e.stage, e.cycle) for e in finished] == [(6, 1, 3), (9, 2, 2), (13, 2, 3)]
-    # Without a stage 2, finish_at counts stage 1's cycles, as before.
+    # Without a stage 2, finish_at counts stage 1's cycles.
     one = replace(notebook(), stage2=None, finish_at=(1, 2)).schedule().finished()
     assert [(e.epoch, e.cycle) for e in one] == [(0, 1), (2, 2), (6, 3)]
 

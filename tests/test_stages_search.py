@@ -1,4 +1,4 @@
-"""Two-stage trials on the search side (issue 17 "Stages", docs/stages.md): [space.stage2] read
+"""Two-stage trials on the search side (docs/stages.md): [space.stage2] read
 and refused in one line, stage-2 params named stage2_<key> in both n_cycles modes, a study that
 runs both stages, prunes at a stage-2 cycle end, resumes a killed trial in stage 2, and `swipr
 fit` replaying a two-stage trial (or stage 1 alone, where that was its best schedule) exactly."""
@@ -58,7 +58,7 @@ def test_a_stage2_table_holds_the_keys_it_gives_as_stage2_params(tmp_path, data_
         {"stage2_image_size", "stage2_freeze", "stage2_lr", "stage2_n_cycles"}
     assert space["stage2_n_cycles"].values == (0, 1, 2) and space["stage2_image_size"].values == (40,)
     assert space["image_size"].values == (32,)   # stage 1's as it was
-    # No table: one stage, as before.
+    # No table: one stage.
     assert not any(name.startswith("stage2_") for name in load_study_file(write_study(tmp_path, data_dir)).space)
 
 

@@ -13,7 +13,8 @@ from psycopg2 import sql
 
 from search.study.open import open_study
 from search.study.samplers import make_sampler
-from search.study.storage import Heartbeat, open_storage, redact, redact_output
+from search.study.storage import Heartbeat, open_storage, redact_output
+from search.studyfile.url_text import redact
 from search.studyfile import load_study_file
 from swipr_core.errors import SwiprError
 from tests import pg

@@ -146,8 +146,8 @@ def test_a_full_disk_at_the_storage_is_one_line_for_a_plain_study(small_disk):
 
 
 def test_a_database_deleted_mid_run_stops_the_run(tmp_path, data_dir):
-    # Deleted while trial 0 runs: the run used to write on into the unlinked file and exit 0
-    # with a summary of trials that exist nowhere.
+    # Deleted while trial 0 runs: the run stops, instead of writing on into the unlinked file and
+    # exiting 0 with a summary of trials that exist nowhere.
     study = write_study(tmp_path, data_dir, extra={"study": QUICK_HEARTBEAT})
     database = tmp_path / "study.db"
 
@@ -186,7 +186,7 @@ def test_a_study_on_read_only_media_can_be_read(small_disk, data_dir, tmp_path):
     assert "2 trials (2 complete)" in status.stdout
     best = run_cli("study", "best", study, "--json")
     assert best.returncode == 0 and '"number"' in best.stdout, best.stderr
-    # The report only reads the study too (it used to open it for writing: "unable to open
+    # The report only reads the study too (opened for writing it fails: "unable to open
     # database file"); its page goes to a writable folder elsewhere.
     report = run_cli("study", "report", study, "--out", tmp_path / "report")
     assert report.returncode == 0, report.stderr

@@ -18,7 +18,7 @@ NO_SETTING: dict[str, str] = {}
 
 
 def test_a_trial_leaves_a_core_to_the_loader_and_shares_the_rest():
-    assert cpu_threads(1, NO_SETTING, cores=2) == 1    # the loaded 2-core machine of issue 22
+    assert cpu_threads(1, NO_SETTING, cores=2) == 1    # a loaded 2-core machine
     assert cpu_threads(1, NO_SETTING, cores=16) == 15
     assert cpu_threads(4, NO_SETTING, cores=16) == 3
     assert cpu_threads(3, NO_SETTING, cores=2) == 1    # never none

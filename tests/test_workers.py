@@ -98,7 +98,7 @@ def test_sigkilled_trial_is_failed_and_retried_from_its_checkpoint(tmp_path, dat
 
 
 def test_each_trial_process_prints_its_per_epoch_rows(tmp_path, data_dir):
-    # issue 29: under --workers the per-epoch table never reached the terminal
+    # under --workers each trial process's per-epoch table reaches the terminal
     import re
 
     path = write_study(tmp_path, data_dir, space=THREE_EPOCHS, pruner="none")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from search.study.open import quiet_optuna
 from search.studyfile import load_study_file
+from search.views.artifacts import check_artifact_dir
 from search.views.dashboard import serve
-from swipr_core.errors import SwiprError
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -29,8 +29,5 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     quiet_optuna()
     study_file = load_study_file(args.study_file)
-    if args.artifact_dir is not None and not args.artifact_dir.is_dir():
-        # A typo would serve a dashboard with no pictures and no word why.
-        what = "not a folder" if args.artifact_dir.exists() else "no such folder"
-        raise SwiprError(f"--artifact-dir {args.artifact_dir}: {what}")
+    check_artifact_dir(args.artifact_dir)
     return serve(study_file, args.host, args.port, args.artifact_dir)

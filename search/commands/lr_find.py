@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -27,9 +26,9 @@ from search.studyfile.fields import keyed
 from search.views.artifacts import artifact_dir, open_artifact_store
 from search.views.lr_plot import plot_lr_find
 from search.views.progress import Steps
-from search.views.range_tests import upload_picture
+from search.views.range_tests import not_stored, upload_picture
 from swipr_core.errors import SwiprError
-from swipr_core.train.lr_find import HEAD_LR, SUGGESTIONS, check_iterations, find_lr
+from swipr_core.train.lr_find import HEAD_LR, NUM_IT, SUGGESTIONS, check_iterations, find_lr
 from swipr_core.train.lr_finding import END_LR, START_LR
 from swipr_core.train.run import resolve_device
 from swipr_core.train.schedule import FREEZE_STRATEGIES, TrainConfig, check_param
@@ -58,7 +57,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--freeze", metavar="F",
                    help=f"{', '.join(FREEZE_STRATEGIES)} (default: [space] freeze's first); frozen tests the "
                         f"head alone, frozen_then_unfrozen the unfrozen phase (body at lr/100)")
-    p.add_argument("--num-it", type=int, default=100, metavar="N", help="batches in the test (default 100)")
+    p.add_argument("--num-it", type=int, default=NUM_IT, metavar="N", help=f"batches in the test (default {NUM_IT})")
     p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: [train] device)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--use", action="store_true",
@@ -217,7 +216,5 @@ def store_picture(study, study_file: StudyFile, picture: Path, name: str) -> str
     try:
         store = open_artifact_store(artifact_dir(study_file))
     except Exception as error:  # noqa: BLE001 - see the docstring
-        print(f"warning: could not store the plot as a study artifact: {type(error).__name__}: {error}",
-              file=sys.stderr, flush=True)
-        return ""
+        return not_stored(error)
     return upload_picture(study, store, picture, name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search.study.storage import journal_path, sqlite_path
+from search.studyfile.url_text import journal_path, sqlite_path
 from search.studyfile import StudyFile
 from swipr_core.data.writable import check_file_writable, check_folder_writable
 from swipr_core.serve import bundle

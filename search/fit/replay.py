@@ -24,7 +24,7 @@ from search.fit.link import link_trial
 from search.fit.outputs import check_outputs
 from search.study.data_record import FINGERPRINT_ATTR, prepare_study_data, refuse_other_data
 from search.study.open import best_trial, open_study, quiet_optuna
-from search.study.storage import redact
+from search.studyfile.url_text import redact
 from search.studyfile import load_study_file
 from search.studyfile.fields import keyed
 from search.studyfile.trained_with import as_trained

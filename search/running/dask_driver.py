@@ -28,6 +28,7 @@ from objectives.trial_attrs import set_attr
 from search.running.dask_trial import STARTED_ATTR, STOP_EVENT, DaskTask, run_dask_trial
 from search.running.failures import error_log
 from search.running.worker import checkpoint_root
+from search.study.orphans import DASK_TOKEN_ATTR
 from search.study.schedule_record import n_cycles_mode
 from search.studyfile import StudyFile
 from search.views.format import describe_trial
@@ -35,7 +36,6 @@ from search.views.format import describe_trial
 WAIT_FOR_SLOTS_S = 60      # every worker gone: how long the driver waits for one before it stops
 STOP_WAIT_S = 60           # after Ctrl-C: how long trials get to reach their next epoch and record themselves
 MAX_LOST_IN_A_ROW = 3      # tasks lost one after another before the run gives up
-TOKEN_ATTR = "swipr_dask_token"   # system attr: marks a trial as a Dask driver's
 
 
 def slots(client, kind: str) -> int:
@@ -112,7 +112,7 @@ class Driver:
     def submit(self) -> None:
         trial = self.study.ask(self.distributions)   # the sampler sees every running trial: constant liar
         self.fix_stage2(trial)
-        self.storage.set_trial_system_attr(trial_id(trial), TOKEN_ATTR, self.run_id)
+        self.storage.set_trial_system_attr(trial_id(trial), DASK_TOKEN_ATTR, self.run_id)
         token = uuid.uuid4().hex
         task = DaskTask(str(self.study_file.path), self.storage_name, trial_id(trial), token, self.run_id,
                         self.device, self.study_file.sha256)
@@ -197,7 +197,7 @@ class Driver:
     def fail_orphans(self) -> None:
         """RUNNING trials of a Dask driver that died: failed and retried, as a lost worker's are."""
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if TOKEN_ATTR in trial.system_attrs:
+            if DASK_TOKEN_ATTR in trial.system_attrs:
                 print(f"trial {trial.number}: left running by a driver that stopped", flush=True)
                 stored = self.storage.get_trial_id_from_study_id_trial_number(study_id(self.study), trial.number)
                 self.give_up(stored, "its driver stopped")

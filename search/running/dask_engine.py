@@ -20,7 +20,8 @@ import optuna
 
 from search.running.dask_driver import Driver, slots
 from search.study.open import open_study
-from search.study.storage import open_storage, redact, redact_text
+from search.study.storage import open_storage
+from search.studyfile.url_text import redact, redact_text
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
 

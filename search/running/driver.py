@@ -24,7 +24,8 @@ from search.study.learn_from import learn_from_earlier, read_earlier
 from search.study.open import best_or_none, open_study, quiet_optuna, refuse_long_name
 from search.study.schedule_record import settle_n_cycles_mode
 from search.study.space_record import check_space
-from search.study.storage import NO_HEARTBEAT_NOTE, redact, redact_output, supports_heartbeat
+from search.study.storage import NO_HEARTBEAT_NOTE, redact_output, supports_heartbeat
+from search.studyfile.url_text import redact
 from search.study.warm_start import enqueue_warm_start
 from search.studyfile import StudyFile, load_study_file
 from search.studyfile.fields import keyed

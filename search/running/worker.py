@@ -20,7 +20,8 @@ from search.running.stop import StopFlag
 from search.study.data_record import check_fingerprint, prepare_study_data
 from search.study.open import open_study, open_worker_study, quiet_optuna
 from search.study.schedule_record import n_cycles_mode
-from search.study.storage import redact, redact_output
+from search.study.storage import redact_output
+from search.studyfile.url_text import redact
 from search.studyfile import StudyFile
 from search.studyfile.trained_with import RecordTrainedWith
 from search.views.artifacts import make_objective_hooks

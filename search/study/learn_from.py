@@ -23,11 +23,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objectives.optuna_compat import set_study_system_attr, study_system_attrs
 from objectives.space import Choices, FinderLR, Range, conditional, drawn, in_space, param_name
-from objectives.trial_attrs import attrs_of, user_attrs_for
+from objectives.trial_attrs import RETRY_OF_ATTR, attrs_of, user_attrs_for
 from search.study.open import open_study
 from search.study.samplers import LEARNED_SYSTEM_ATTR
 from search.study.schedule_record import n_cycles_mode
-from search.study.storage import redact
+from search.studyfile.url_text import redact
 from search.study.warm_start import WARM_START_ATTR
 from search.studyfile import StudyFile, load_study_file
 from swipr_core.errors import SwiprError
@@ -128,7 +128,7 @@ def learn_from_earlier(study: optuna.Study, study_file: StudyFile, earlier: list
     if not earlier or LEARNED_SYSTEM_ATTR in study_system_attrs(study):
         return []
     if any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)):
-        return []   # a study that ran before learn_from was added: its own trials lead it already
+        return []   # the study has trials beyond its queue: its own trials lead it already
     specs = space_params(study, study_file)
     counts, enqueued = _enqueue_best(study, earlier, specs, study_file.study.learn_from_top,
                                      notebook=study_file.study.warm_start)
@@ -211,8 +211,8 @@ def learned_from_rows(study: optuna.Study) -> list[tuple[str, str]]:
 
 def _last(trials: dict[int, FrozenTrial], number: int) -> FrozenTrial | None:
     """The trial `number`, or the retry that ran it last: a retried trial's result is its retry's
-    (objectives.resume gives a retry the attr retry_of)."""
-    retry = {attrs_of(t).get("retry_of"): t for t in trials.values() if attrs_of(t).get("retry_of") is not None}
+    (objectives.resume gives a retry the attr RETRY_OF_ATTR)."""
+    retry = {attrs_of(t).get(RETRY_OF_ATTR): t for t in trials.values() if attrs_of(t).get(RETRY_OF_ATTR) is not None}
     trial = trials.get(number)
     while trial is not None and trial.number in retry and retry[trial.number].number > trial.number:
         trial = retry[trial.number]

@@ -9,7 +9,8 @@ import optuna
 from search.study.orphans import fail_unbeaten_trials
 from search.study.pruners import pruner_for
 from search.study.samplers import make_sampler
-from search.study.storage import Heartbeat, open_storage, redact, study_name_limit
+from search.study.storage import Heartbeat, open_storage, study_name_limit
+from search.studyfile.url_text import redact
 from search.studyfile import StudyFile
 from swipr_core.errors import SwiprError
 

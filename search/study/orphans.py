@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from objectives.optuna_compat import storage_of, unbeaten_running_trial_ids
 
-DASK_TOKEN_ATTR = "swipr_dask_token"   # search.running.dask_driver.TOKEN_ATTR: a Dask driver's trial
+DASK_TOKEN_ATTR = "swipr_dask_token"   # system attr: marks a trial as a Dask driver's (search.running.dask_driver)
 NEVER_BEAT = "its worker never wrote a heartbeat (it stopped before its first, or the storage refused it)"
 
 

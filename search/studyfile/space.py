@@ -8,10 +8,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from objectives.space import FINDER_SUGGESTIONS, SPACE_KEYS, Choices, FinderLR, Range, stage2_name, stage_space, values
+from objectives.space import FINDER_SUGGESTIONS, Choices, FinderLR, Range, stage2_name, stage_space, values
 from search.studyfile.fields import check_type, keyed
 from swipr_core.errors import SwiprError
-from swipr_core.train.schedule import MAX_EPOCHS, check_param
+from swipr_core.train.schedule import MAX_EPOCHS, STAGE_KEYS, check_param
 from swipr_core.train.schedule import check_epochs as core_check_epochs
 
 # The TOML type each key's values have.
@@ -47,7 +47,7 @@ def parse_space(where: Path, raw: dict) -> dict[str, Range | Choices | FinderLR]
     table = dict(table)
     stage2 = table.pop("stage2", None)
     space = _parse_keys(where, table, "space")
-    missing = [key for key in SPACE_KEYS if key not in space]
+    missing = [key for key in STAGE_KEYS if key not in space]
     if missing:
         raise SwiprError(f"{where}: [space] is missing {', '.join(missing)} (give a value, a range or choices)")
     if stage2 is not None:
@@ -58,8 +58,8 @@ def parse_space(where: Path, raw: dict) -> dict[str, Range | Choices | FinderLR]
 def _parse_keys(where: Path, table: dict, section: str) -> dict[str, Range | Choices | FinderLR]:
     space: dict[str, Range | Choices | FinderLR] = {}
     for key, spec in table.items():
-        if key not in SPACE_KEYS:
-            raise SwiprError(f"{where}: unknown key '{key}' in [{section}] (known: {', '.join(SPACE_KEYS)})")
+        if key not in STAGE_KEYS:
+            raise SwiprError(f"{where}: unknown key '{key}' in [{section}] (known: {', '.join(STAGE_KEYS)})")
         if isinstance(spec, list):
             if not spec:
                 raise SwiprError(f"{where}: [{section}] {key} has no choices")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from search.study.storage import JOURNAL_SCHEME, JOURNAL_SUFFIXES, refuse_ambiguous_password
 from search.studyfile.fields import resolve
+from search.studyfile.url_text import JOURNAL_SCHEME, JOURNAL_SUFFIXES, SQLITE_SCHEME, refuse_ambiguous_password
 
 
 def _journal_url(base: Path, value: str) -> str | None:
@@ -29,9 +29,9 @@ def storage_url(path: Path, configured: str) -> str:
         return _journal_url(Path(), from_env) or from_env
     if configured:
         refuse_ambiguous_password(configured, f"{path}: [study] storage")
-        if configured.startswith("sqlite:///") and not configured.startswith("sqlite:////"):
+        if configured.startswith(SQLITE_SCHEME) and not configured.startswith(SQLITE_SCHEME + "/"):
             # A relative SQLite path is relative to the study file, like every other path.
-            return "sqlite:///" + str(resolve(path.parent, configured[len("sqlite:///"):]))
+            return SQLITE_SCHEME + str(resolve(path.parent, configured[len(SQLITE_SCHEME):]))
         # A journal file's too; journal:////abs is absolute, as with sqlite.
         return _journal_url(path.parent, configured) or configured
-    return f"sqlite:///{path.parent.resolve() / (path.stem + '.db')}"
+    return f"{SQLITE_SCHEME}{path.parent.resolve() / (path.stem + '.db')}"

@@ -11,14 +11,13 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
-from objectives.trial_attrs import set_attr
+from objectives.trial_attrs import STUDY_FILE_ATTR, set_attr
 from search.studyfile.sections import StudyFile
 from swipr_core.errors import SwiprError
 from swipr_core.train.model_spec import ModelSpec
 
 MODEL_ATTR = "model"                    # {"arch", "pretrained", "weights"}: [model] as trained
 CACHE_PX_ATTR = "cache_px"              # [data] cache_px: the pixels the trial's images had
-STUDY_FILE_ATTR = "study_file_sha256"   # the study file's version the run started with
 
 
 def trained_with(study_file: StudyFile) -> dict:

@@ -45,6 +45,7 @@ from search.views.results import last_epoch_loss, result_metrics, schedule_text 
 from search.views.stages import RecordStages, StageSpan, boundary_label, spans_of, stages_text  # noqa: E402
 from search.views.top_losses import TOP_LOSSES_PNG, draw_top_losses  # noqa: E402
 from swipr_core.data.split import valid_targets  # noqa: E402
+from swipr_core.errors import SwiprError  # noqa: E402
 from swipr_core.train.metrics import confusion_counts, roc_auc  # noqa: E402
 
 # Artifact file names: the report finds the best trial's pictures by these.
@@ -64,6 +65,14 @@ def artifact_dir(study_file) -> Path:
     if configured:
         return Path(configured).expanduser().resolve()
     return study_file.path.parent / f"{study_file.path.stem}.artifacts"
+
+
+def check_artifact_dir(directory: Path | None) -> None:
+    """Refuse an --artifact-dir that is not a folder. Named, so not a folder to skip quietly: a
+    typo would serve a dashboard, or write a report, with no pictures and no word why."""
+    if directory is not None and not directory.is_dir():
+        what = "not a folder" if directory.exists() else "no such folder"
+        raise SwiprError(f"--artifact-dir {directory}: {what}")
 
 
 def open_artifact_store(directory: Path, create: bool = True) -> FileSystemArtifactStore:

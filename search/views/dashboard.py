@@ -24,7 +24,7 @@ import optuna_dashboard
 
 from objectives.optuna_compat import storage_of, study_id, trial_id
 from search.study.open import open_study
-from search.study.storage import redact
+from search.studyfile.url_text import redact
 from search.views.artifacts import artifact_dir as default_artifact_dir
 from search.views.artifacts import open_artifact_store
 from search.views.dashboard_compat import replace_study_page, serialize_frozen_trial, study_page

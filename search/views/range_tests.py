@@ -41,10 +41,16 @@ def upload_picture(study: optuna.Study, store, picture: Path, name: str) -> str:
             copy.write_bytes(picture.read_bytes())
             upload_artifact(artifact_store=store, file_path=str(copy), study_or_trial=study, mimetype="image/png")
     except Exception as error:  # noqa: BLE001 - see the docstring
-        print(f"warning: could not store the plot as a study artifact: {type(error).__name__}: {error}",
-              file=sys.stderr, flush=True)
-        return ""
+        return not_stored(error)
     return f" and study artifact {name}"
+
+
+def not_stored(error: Exception) -> str:
+    """Say on stderr why the plot is not a study artifact (the plot and the curve are kept
+    elsewhere, so it is a warning); returns "", the note to add to the line that names the plot."""
+    print(f"warning: could not store the plot as a study artifact: {type(error).__name__}: {error}",
+          file=sys.stderr, flush=True)
+    return ""
 
 
 class RangeTestPictures:

@@ -28,9 +28,9 @@ from objectives.record import record_of
 from objectives.trial_attrs import attrs_of
 from search.study.data_record import data_summary
 from search.study.open import best_or_none, open_study, quiet_optuna
-from search.study.storage import redact
+from search.studyfile.url_text import redact
 from search.studyfile import load_study_file
-from search.views.artifacts import PICTURES, open_artifact_store, trial_pictures
+from search.views.artifacts import PICTURES, check_artifact_dir, open_artifact_store, trial_pictures
 from search.views.artifacts import artifact_dir as default_artifact_dir
 from search.views.gains import gains_rows, search_gains
 from search.views.lr_plot import finding_title, plot_lr_find
@@ -287,9 +287,6 @@ def report_command(args) -> int:
     """`swipr study report STUDY.toml --out DIR [--artifact-dir DIR]`."""
     quiet_optuna()
     study_file = load_study_file(args.study_file)
-    if args.artifact_dir is not None and not args.artifact_dir.is_dir():
-        # Named, so not a folder to skip quietly: a typo would drop every picture from the page.
-        what = "not a folder" if args.artifact_dir.exists() else "no such folder"
-        raise SwiprError(f"--artifact-dir {args.artifact_dir}: {what}")
+    check_artifact_dir(args.artifact_dir)
     print(f"wrote {write_report(study_file, args.out, args.artifact_dir)}")
     return 0

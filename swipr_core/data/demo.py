@@ -81,15 +81,21 @@ def write_demo_data(out_dir: Path, n_images: int = DEFAULT_IMAGES, image_px: int
             _write_image(out_dir / row[0], kind, appearance, image_px, rng)
     rows += _table_mistakes(rows[kinds.index("yes")])
     (out_dir / LOOKS_FILE).write_text("path,looks\n" + "".join(looks))
-    database = out_dir / "pics.db"
-    partial = out_dir / "pics.db.partial"
+    return write_pics_table(out_dir / "pics.db", rows)
+
+
+def write_pics_table(database: Path, rows: list[tuple]) -> Path:
+    """`database` holding one table, pics, of `rows` (path, label, invalid, ages, num_people,
+    male_present), in place of any file there: written beside it, then renamed, so a reader
+    never sees half a database."""
+    partial = database.with_name(database.name + ".partial")
     partial.unlink(missing_ok=True)
     with sqlite3.connect(partial) as connection:
         connection.execute("CREATE TABLE pics (path TEXT, label INTEGER, invalid INTEGER, "
                            "ages TEXT, num_people INTEGER, male_present INTEGER)")
         connection.executemany("INSERT INTO pics VALUES (?, ?, ?, ?, ?, ?)", rows)
     connection.close()
-    os.replace(partial, database)  # a reader never sees half a database
+    os.replace(partial, database)
     return database
 
 

@@ -17,13 +17,13 @@ from typing import Iterable, Iterator
 import numpy as np
 import onnxruntime
 
+from swipr_core.data.dataset import MAX_CACHE_PX
 from swipr_core.data.images import NotRegularFile, decode_problem, load_square
 from swipr_core.errors import SwiprError
 from swipr_core.serve import bundle, tta
 
 CLASSES = ["NO", "YES"]
 BATCH_SIZE = 32
-MAX_CACHE_PX = 4096  # one decoded square is then at most 48 MiB
 INPUT_NAME, OUTPUT_NAME = "images", "p_yes"
 
 

@@ -36,6 +36,7 @@ from swipr_core.train.schedule import TrainConfig
 
 # fastai's suggestion functions, by the name a user sees (and a [space] lr finder names).
 SUGGESTIONS = {"valley": valley, "slide": slide, "minimum": minimum, "steep": steep}
+NUM_IT = 100          # batches per range test, unless told otherwise (`swipr lr-find --num-it`)
 MIN_ITERATIONS = 20   # fastai reads suggestions off batches num_it // 10 to the 5th from last
 MAX_ITERATIONS = 10_000
 # frozen_then_unfrozen's head warm-up before its test: fastai's fine_tune trains the head at its
@@ -63,7 +64,7 @@ class BatchProgress(Callback):
 
 
 def find_lr(dataset: Dataset, config: TrainConfig, model_spec: ModelSpec, device: str = "auto",
-            precision: str = "auto", compile: str = "auto", num_it: int = 100, threads: int | None = None,
+            precision: str = "auto", compile: str = "auto", num_it: int = NUM_IT, threads: int | None = None,
             head_lr: float = HEAD_LR, on_batch: Callable[[float, float], None] | None = None) -> LRFinding:
     """The range test for `config`'s batch size, image size and freeze strategy (its lr and
     schedule are not used), over `num_it` batches from START_LR to END_LR; frozen_then_unfrozen's
