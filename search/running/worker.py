@@ -15,6 +15,7 @@ from objectives.oom import free_memory
 from objectives.optuna_compat import skip_telling_finished_trials
 from objectives.resume import Checkpoints, retries_first, take_no_trial_when_stopping
 from objectives.trial import TrainSettings, trial_objective
+from search.running.promotion import run_turns
 from search.running.failures import FailureGuard, FailureStreak, TrialFailed, error_log, route_tracebacks
 from search.running.stop import StopFlag
 from search.study.data_record import check_fingerprint, prepare_study_data
@@ -51,7 +52,8 @@ def train_settings(study_file: StudyFile, device: str | None, study: optuna.Stud
     mode = n_cycles_mode(study, study_file) if study is not None else study_file.study.n_cycles or None
     return TrainSettings(head_epochs=train.head_epochs, seed=study_file.study.seed, device=device or train.device,
                          precision=train.precision, compile=train.compile, prune_at=study_file.study.prune_at,
-                         **({"n_cycles_mode": mode} if mode else {}))
+                         n_cycles_mode=mode or TrainSettings.n_cycles_mode,
+                         pause_at_cycle_ends=study_file.study.scheduler == "promote")
 
 
 def run_worker(study_file: StudyFile, dataset: Dataset, *, n_trials: int, timeout: float | None = None,
@@ -78,8 +80,13 @@ def run_worker(study_file: StudyFile, dataset: Dataset, *, n_trials: int, timeou
     def tidy(study, trial) -> None:
         free_memory()   # what the trial left behind goes before the next one allocates
 
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, tidy, streak],
-                   catch=(TrialFailed,))
+    if study_file.study.scheduler == "promote":   # trials pause at cycle ends: search.running.promotion
+        run_turns(study, objective, n_trials=n_trials, eta=study_file.study.promotion_eta,
+                  rule=study_file.study.promotion, timeout=timeout, callbacks=[*callbacks, tidy, streak],
+                  catch=(TrialFailed,), stopped=lambda: streak.tripped or stop.requested)
+    else:
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, tidy, streak],
+                       catch=(TrialFailed,))
     if streak.tripped:
         raise RunStopped(streak.message(log))
     return study

@@ -1,0 +1,171 @@
+"""Pause and promote (`[study] scheduler = "promote"`, docs/promotion.md): a trial pauses at each
+cycle end, keeps its checkpoint and continues later from it exactly; one Optuna trial per
+configuration, finished once; the scheduler's rules; status shows the pause; fit replays it."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from objectives.judging import CYCLE_ENDS_ATTR, LOSSES_ATTR
+from objectives.pausing import PAUSED_ATTR, PROMOTED_ATTR, paused_after
+from objectives.record import record_of
+from objectives.trial_attrs import attrs_of
+from search.running.promotion import Turn, next_turn, promotable, score
+from search.running.worker import run_worker
+from search.study.data_record import prepare_study_data
+from search.study.open import open_study
+from search.studyfile import load_study_file
+from swipr_core.errors import SwiprError
+from tests.studykit import SPACE, write_study
+
+NESTED = SPACE.replace("n_cycles = [1]", "n_cycles = [1, 2, 3]")   # 1-epoch cycles: ends at epochs 0, 1, 2
+PROMOTE = {"study": 'scheduler = "promote"\n'}
+
+
+class Kept:
+    """An objective hook keeping each finished run's weights and validation predictions."""
+
+    def __init__(self):
+        self.runs: dict[int, dict] = {}
+
+    def on_result(self, trial, result) -> None:
+        self.runs[trial.number] = {"weights": {k: v.clone() for k, v in result.model.state_dict().items()},
+                                   "probs": result.valid_probs.copy(), "epochs": len(result.history)}
+
+
+def _study(tmp_path, data_dir, name: str, **kwargs):
+    folder = tmp_path / name
+    folder.mkdir()
+    path = write_study(folder, data_dir, space=NESTED, pruner="none", **kwargs)
+    study_file = load_study_file(path)
+    open_study(study_file, create=True)
+    return path, study_file, prepare_study_data(study_file)
+
+
+def _trials(study_file) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study_file.study.name, storage=study_file.study.storage).trials
+
+
+def test_a_trial_paused_after_cycle_1_and_promoted_twice_is_the_uninterrupted_run_bit_for_bit(tmp_path, data_dir):
+    _, whole_file, dataset = _study(tmp_path, data_dir, "whole")
+    whole_kept = Kept()
+    run_worker(whole_file, dataset, n_trials=1, device="cpu", hooks=[whole_kept])
+    _, paused_file, dataset = _study(tmp_path, data_dir, "paused", extra=PROMOTE)
+    paused_kept, pauses = Kept(), []
+    # One configuration: it pauses after cycle 1; with no new configurations left the best of
+    # each rung goes on, so it is promoted twice and finishes its 3 cycles.
+    run_worker(paused_file, dataset, n_trials=1, device="cpu", hooks=[paused_kept],
+               callbacks=[lambda study, trial: pauses.append(trial.state)])
+    [whole], [paused] = _trials(whole_file), _trials(paused_file)
+    assert paused.params == whole.params and paused.state == whole.state == TrialState.COMPLETE
+    assert pauses == [TrialState.COMPLETE]   # study callbacks see it finish once, not at its pauses
+    ours, theirs = attrs_of(paused), attrs_of(whole)
+    assert ours[PROMOTED_ATTR] == 2 and ours[PAUSED_ATTR] is None
+    assert ours[LOSSES_ATTR] == theirs[LOSSES_ATTR] and len(ours[LOSSES_ATTR]) == 3
+    assert paused.intermediate_values == whole.intermediate_values
+    assert sorted(paused.intermediate_values) == ours[CYCLE_ENDS_ATTR] == [0, 1, 2]
+    assert paused.value == whole.value == min(ours[LOSSES_ATTR])
+    assert record_of(paused).result == record_of(whole).result
+    assert ours["epochs"] == 3 and paused_kept.runs[0]["epochs"] == 3   # each epoch trained once
+    a, b = paused_kept.runs[0], whole_kept.runs[0]
+    assert (a["probs"] == b["probs"]).all()
+    assert all(torch.equal(a["weights"][key], b["weights"][key]) for key in b["weights"])
+
+
+def test_a_run_stopped_with_a_trial_paused_leaves_it_waiting_and_the_next_run_continues_it(
+        tmp_path, data_dir, capsys):
+    from search.commands.study import status
+
+    path, study_file, dataset = _study(tmp_path, data_dir, "stopped", extra=PROMOTE)
+    run_worker(study_file, dataset, n_trials=1, device="cpu", timeout=1e-3)   # one turn, then time is up
+    [trial] = _trials(study_file)
+    assert trial.state == TrialState.WAITING and paused_after(trial) == 1 and trial.value is None
+    assert sorted(trial.intermediate_values) == [0] and record_of(trial).result is not None
+    capsys.readouterr()
+    status(argparse.Namespace(study_file=path, json=False))
+    out = capsys.readouterr().out
+    assert "1 paused" in out and "PAUSED" in out and "paused after cycle 1" in out
+    run_worker(study_file, dataset, n_trials=0, device="cpu")   # no new configurations: only promotions
+    [trial] = _trials(study_file)
+    assert trial.state == TrialState.COMPLETE and attrs_of(trial)[PROMOTED_ATTR] == 2
+    assert attrs_of(trial)["epochs"] == 3 and not math.isnan(trial.value)
+
+
+def test_fit_replays_a_promoted_trials_best_schedule_exactly(tmp_path, data_dir):
+    from search.fit.replay import fit
+
+    path, study_file, dataset = _study(tmp_path, data_dir, "fit", extra=PROMOTE)
+    run_worker(study_file, dataset, n_trials=1, device="cpu")
+    [trial] = _trials(study_file)
+    assert attrs_of(trial)[PROMOTED_ATTR] == 2
+    outcome = fit(path, tmp_path / "bundle", echo=lambda line: None)
+    assert outcome.trial_number == 0 and outcome.manifest["epochs"] == attrs_of(trial)["best_n_cycles"]
+    assert outcome.replay_value == trial.value and outcome.matched
+
+
+# --- the scheduler's rules, on trials made by hand -------------------------------------------
+
+def _trial(number: int, losses: list[float], state=TrialState.WAITING, paused: bool = True):
+    attrs = {LOSSES_ATTR: losses, CYCLE_ENDS_ATTR: list(range(len(losses)))}
+    if paused and state == TrialState.WAITING:
+        attrs[PAUSED_ATTR] = len(losses)
+    trial = optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.0, system_attrs={
+        f"swipr:{key}": value for key, value in attrs.items()})
+    trial.number, trial.state = number, state
+    return trial
+
+
+def test_asha_promotes_the_top_third_of_a_rung_and_otherwise_starts_a_new_configuration():
+    rung = [_trial(n, [loss]) for n, loss in enumerate([0.5, 0.3, 0.9, 0.4, 0.7, 0.8])]
+    assert promotable(rung[:2], eta=3, rule="asha") == []   # 2 // 3: nobody yet
+    assert next_turn(rung[:2], 3, "asha", may_start_new=True) == Turn("new")
+    assert promotable(rung, eta=3, rule="asha") == [1, 3]   # the best two of six
+    assert next_turn(rung, 3, "asha", may_start_new=True) == Turn("promote", 1)
+    # A higher rung goes first; one already promoted from rung 1 counts there, and is not paused.
+    # Rung 1 of nine: its top three are 1 and 6 (gone on) and 3; rung 2's two promote nobody.
+    higher = [*rung[:1], _trial(1, [0.3, 0.2]), *rung[2:], _trial(6, [0.35, 0.1], TrialState.COMPLETE),
+              _trial(7, [0.95]), _trial(8, [0.99])]
+    assert promotable(higher, eta=3, rule="asha") == [3]
+    assert promotable([_trial(1, [0.3, 0.2]), _trial(6, [0.35, 0.1], TrialState.COMPLETE)], 2, "asha") == []
+
+
+def test_with_no_configurations_left_a_rungs_best_goes_on_and_then_the_run_ends():
+    two = [_trial(0, [0.5]), _trial(1, [0.3])]
+    assert next_turn(two, 3, "asha", may_start_new=False) == Turn("promote", 1)
+    done = [_trial(0, [0.5]), _trial(1, [0.3, 0.2, 0.1], TrialState.COMPLETE)]
+    assert next_turn(done, 3, "asha", may_start_new=False) is None
+
+
+def test_queued_trials_and_retries_go_before_promotions():
+    rung = [_trial(n, [loss]) for n, loss in enumerate([0.5, 0.3, 0.9])]
+    queued = _trial(3, [], paused=False)
+    assert next_turn([*rung, queued], 3, "asha", may_start_new=True) == Turn("queued")
+    assert next_turn([*rung, queued], 3, "asha", may_start_new=False) == Turn("promote", 1)
+    queued.system_attrs["failed_trial"] = 0   # a retry resumes paid-for epochs, budget or not
+    assert next_turn([*rung, queued], 3, "asha", may_start_new=False) == Turn("queued")
+
+
+def test_the_curve_rule_ranks_by_the_extrapolated_loss():
+    # At rung 2, trial 0 is ahead on its loss, trial 1 on its slope; rung 4 has been reached.
+    trials = [_trial(0, [0.5, 0.40]), _trial(1, [0.8, 0.45]), _trial(2, [0.6, 0.5, 0.45, 0.44], TrialState.COMPLETE)]
+    assert score([0.5, 0.40], 2, "curve", 4) == pytest.approx(0.2)
+    assert score([0.8, 0.45], 2, "curve", 4) == pytest.approx(-0.25)
+    assert score([0.5, 0.6], 2, "curve", 4) == 0.6   # a rising curve is not carried on
+    assert promotable(trials, eta=3, rule="asha") == [0]
+    assert promotable(trials, eta=3, rule="curve") == [1]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("scheduler", '"asha"', "scheduler must be one of pruner, promote, got 'asha'"),
+    ("promotion", '"best"', "promotion must be one of asha, curve, got 'best'"),
+    ("promotion_eta", "1", "promotion_eta must be 2 or more, got 1"),
+])
+def test_a_bad_scheduler_key_is_one_line(tmp_path, data_dir, key, value, message):
+    path = write_study(tmp_path, data_dir, extra={"study": f"{key} = {value}\n"})
+    with pytest.raises(SwiprError, match=message):
+        load_study_file(path)
