@@ -108,6 +108,23 @@ def test_fit_replays_a_promoted_trials_best_schedule_exactly(tmp_path, data_dir)
     assert outcome.replay_value == trial.value and outcome.matched
 
 
+def test_two_workers_pause_and_promote_and_finish_each_configuration_once(tmp_path, data_dir):
+    from tests.studykit import swipr
+
+    path = write_study(tmp_path, data_dir, space=NESTED, pruner="none", extra=PROMOTE)
+    result = swipr("study", "run", path, "--workers", "2", "--n-trials", "2")
+    assert result.returncode == 0, result.stderr
+    trials = _trials(load_study_file(path))
+    # Two configurations, one cycle each; then, with none left to start, the better one goes on
+    # to its 3rd cycle and the other stays paused: no third trial, none finished twice.
+    assert len(trials) == 2 and result.stdout.count("PAUSED after cycle") >= 3
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    waiting = [t for t in trials if paused_after(t) == 1]
+    assert len(done) == 1 and len(waiting) == 1 and attrs_of(done[0])[PROMOTED_ATTR] == 2
+    assert attrs_of(done[0])[LOSSES_ATTR][0] <= attrs_of(waiting[0])[LOSSES_ATTR][0]
+    assert attrs_of(done[0])["epochs"] == 3
+
+
 # --- the scheduler's rules, on trials made by hand -------------------------------------------
 
 def _trial(number: int, losses: list[float], state=TrialState.WAITING, paused: bool = True):
@@ -147,7 +164,11 @@ def test_queued_trials_and_retries_go_before_promotions():
     assert next_turn([*rung, queued], 3, "asha", may_start_new=True) == Turn("queued")
     assert next_turn([*rung, queued], 3, "asha", may_start_new=False) == Turn("promote", 1)
     queued.system_attrs["failed_trial"] = 0   # a retry resumes paid-for epochs, budget or not
-    assert next_turn([*rung, queued], 3, "asha", may_start_new=False) == Turn("queued")
+    assert next_turn([*rung, queued], 3, "asha", may_start_new=False) == Turn("retry")
+    # A trial handed to a worker that has not taken it yet is no one else's turn (nor is it
+    # anyone else's place in the rung's top third).
+    assert next_turn(rung, 3, "asha", may_start_new=False) == Turn("promote", 1)
+    assert next_turn(rung, 3, "asha", may_start_new=False, busy=frozenset({1})) is None
 
 
 def test_the_curve_rule_ranks_by_the_extrapolated_loss():

@@ -54,22 +54,29 @@ def score(losses: list[float], k: int, rule: str, horizon: int) -> float:
 
 @dataclass(frozen=True)
 class Turn:
-    """What a free worker does next: "queued" (a WAITING trial that is no pause), "promote"
-    `number`, or "new" (Optuna samples a configuration)."""
+    """What a free worker does next: "retry" (a retry waiting in the queue), "queued" (another
+    WAITING trial that is no pause: the warm start's), "promote" `number`, or "new" (Optuna
+    samples a configuration). "queued" and "new" start a configuration."""
 
     kind: str
     number: int | None = None
 
+    @property
+    def starts_one(self) -> bool:
+        return self.kind in ("queued", "new")
 
-def promotable(trials: list[FrozenTrial], eta: int, rule: str, draining: bool = False) -> list[int]:
+
+def promotable(trials: list[FrozenTrial], eta: int, rule: str, draining: bool = False,
+               busy: frozenset[int] = frozenset()) -> list[int]:
     """Numbers of the paused trials that may be promoted, highest rung first, best first within
-    it. `draining`: no new configurations are coming, so a rung's top ceil(n/eta) may go on."""
+    it. `draining`: no new configurations are coming, so a rung's top ceil(n/eta) may go on.
+    `busy`: trials already handed to a worker that has not taken them yet."""
     curves = {t.number: curve(t) for t in trials if t.state in RANKED}
     horizon = max((len(c) for c in curves.values()), default=0)
     chosen: list[tuple[int, float, int]] = []
     for trial in trials:
         k = paused_after(trial)
-        if k is None or len(curves.get(trial.number, [])) < k or k < 1:
+        if k is None or trial.number in busy or len(curves.get(trial.number, [])) < k or k < 1:
             continue
         rung = sorted((score(c, k, rule, horizon), n) for n, c in curves.items() if len(c) >= k)
         quota = math.ceil(len(rung) / eta) if draining else len(rung) // eta
@@ -79,18 +86,20 @@ def promotable(trials: list[FrozenTrial], eta: int, rule: str, draining: bool = 
     return [number for _, _, number in sorted(chosen)]
 
 
-def next_turn(trials: list[FrozenTrial], eta: int, rule: str, may_start_new: bool) -> Turn | None:
-    """The next turn of a free worker (see the module's docstring); None: the run is done."""
+def next_turn(trials: list[FrozenTrial], eta: int, rule: str, may_start_new: bool,
+              busy: frozenset[int] = frozenset()) -> Turn | None:
+    """The next turn of a free worker (see the module's docstring); None: nothing to do now."""
     queued = [t for t in trials if t.state == TrialState.WAITING and paused_after(t) is None]
-    retries = [t for t in queued if "failed_trial" in t.system_attrs]
-    if retries or (queued and may_start_new):
+    if any("failed_trial" in t.system_attrs for t in queued):
+        return Turn("retry")
+    if queued and may_start_new:
         return Turn("queued")
-    ready = promotable(trials, eta, rule)
+    ready = promotable(trials, eta, rule, busy=busy)
     if ready:
         return Turn("promote", ready[0])
     if may_start_new:
         return Turn("new")
-    ready = promotable(trials, eta, rule, draining=True)
+    ready = promotable(trials, eta, rule, draining=True, busy=busy)
     return Turn("promote", ready[0]) if ready else None
 
 
@@ -103,19 +112,20 @@ def queue_for(turn: Turn) -> Callable[[list[FrozenTrial]], list[FrozenTrial]]:
             return retries + [t for t in waiting if t.number == turn.number and paused_after(t) is not None]
         if turn.kind == "queued":
             return retries + [t for t in waiting if t not in retries and paused_after(t) is None]
-        return retries
+        return retries   # "retry", or "new": Optuna samples one
     return order
 
 
 def run_turns(study: optuna.Study, objective, *, n_trials: int, eta: int, rule: str, timeout: float | None = None,
               callbacks=(), catch: tuple[type[Exception], ...] = (), stopped: Callable[[], bool] = lambda: False,
-              echo: Callable[[str], None] = print) -> int:
+              only: Turn | None = None, echo: Callable[[str], None] = print) -> int:
     """A worker's loop under the promote scheduler: turns until `next_turn` has none left, the
-    timeout passes or `stopped()`; at most `n_trials` new configurations. `callbacks` see each
-    trial as it finishes (as Study.optimize's). Returns the new configurations started."""
+    timeout passes or `stopped()`; at most `n_trials` new configurations. `only`: just that turn
+    (a trial process under --workers/--gpus, whose supervisor decides). `callbacks` see each trial
+    as it finishes (as Study.optimize's). Returns the new configurations started."""
     started, since = 0, time.monotonic()
     while not stopped() and (timeout is None or time.monotonic() - since < timeout):
-        turn = next_turn(study.get_trials(deepcopy=False), eta, rule, started < n_trials)
+        turn = only or next_turn(study.get_trials(deepcopy=False), eta, rule, started < n_trials)
         if turn is None:
             break
         paused_before = {t.number for t in study.get_trials(deepcopy=False) if paused_after(t) is not None}
@@ -124,9 +134,11 @@ def run_turns(study: optuna.Study, objective, *, n_trials: int, eta: int, rule: 
         started += trial.number not in paused_before and "failed_trial" not in trial.system_attrs
         if paused is not None:
             echo(f"trial {trial.number} PAUSED after cycle {paused.cycles} (epoch {paused.epochs - 1})")
-            continue
-        for callback in callbacks:
-            callback(study, trial)
+        else:
+            for callback in callbacks:
+                callback(study, trial)
+        if only is not None:
+            break
     return started
 
 
