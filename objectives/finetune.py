@@ -230,7 +230,8 @@ class FinetuneObjective:
         folder = self.checkpoint_dir_for(trial)
         seen: list[EpochRecord] = self._resumed(trial, folder) if folder is not None else []
         # a retry's saved epochs: its original ran (and timed) them; a promoted trial's are its own
-        resumed = 0 if promoted else len(seen)
+        # (but for those its original ran, where it retries one)
+        resumed = attrs_of(trial).get("resumed_from_epoch", 0) if promoted else len(seen)
 
         def report(record: EpochRecord) -> None:
             seen.append(record)

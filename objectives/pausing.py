@@ -35,6 +35,11 @@ def pause(trial: optuna.Trial, paused: TrialPaused) -> None:
     put_back(trial)
 
 
+def paused_before(trial: optuna.Trial) -> bool:
+    """Whether a running trial was taken from the queue as a paused one (a promotion)."""
+    return attrs_of(trial).get(PAUSED_ATTR) is not None
+
+
 def continuing(trial: optuna.Trial) -> bool:
     """Whether this trial was paused and is now promoted (its next cycle starts): noted on it."""
     attrs = attrs_of(trial)

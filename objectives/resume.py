@@ -20,7 +20,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback as _Retry
 
 from objectives.judging import INTERRUPTED_ATTR, report_epoch
 from objectives.optuna_compat import guard_ask, put_back, stored_trial, take_queued_first
-from objectives.pausing import TrialPaused, pause
+from objectives.pausing import TrialPaused, pause, paused_before
 from objectives.space import STAGE2, stage2_name
 from objectives.trial_attrs import set_attr
 from swipr_core.train.checkpoints import load_checkpoint
@@ -158,7 +158,8 @@ class ResumableObjective:
             self.stop.in_trial(True)
             if self.stop.requested:   # asked to stop between the guarded ask and this call
                 raise KeyboardInterrupt
-            self.checkpoints.note_resume(trial, self.prune_at)
+            if not paused_before(trial):   # a promotion's epochs were reported on the trial as they ran
+                self.checkpoints.note_resume(trial, self.prune_at)
             value = self.objective(trial)
             self.stop.in_trial(False)
         except TrialPaused as paused:   # its checkpoint is where its next cycle starts

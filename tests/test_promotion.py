@@ -38,10 +38,10 @@ class Kept:
                                    "probs": result.valid_probs.copy(), "epochs": len(result.history)}
 
 
-def _study(tmp_path, data_dir, name: str, **kwargs):
+def _study(tmp_path, data_dir, name: str, space: str = NESTED, **kwargs):
     folder = tmp_path / name
     folder.mkdir()
-    path = write_study(folder, data_dir, space=NESTED, pruner="none", **kwargs)
+    path = write_study(folder, data_dir, space=space, pruner="none", **kwargs)
     study_file = load_study_file(path)
     open_study(study_file, create=True)
     return path, study_file, prepare_study_data(study_file)
@@ -96,6 +96,33 @@ def test_a_run_stopped_with_a_trial_paused_leaves_it_waiting_and_the_next_run_co
     assert attrs_of(trial)["epochs"] == 3 and not math.isnan(trial.value)
 
 
+def test_a_promoted_trial_killed_mid_cycle_is_retried_from_its_checkpoint_exactly(tmp_path, data_dir, monkeypatch):
+    import objectives.finetune as finetune
+
+    space = NESTED.replace("cycle_len = [1]", "cycle_len = [2]")   # cycle ends at epochs 1, 3, 5
+    _, whole_file, dataset = _study(tmp_path, data_dir, "whole", space=space)
+    run_worker(whole_file, dataset, n_trials=1, device="cpu")
+    _, study_file, dataset = _study(tmp_path, data_dir, "killed", space=space, extra=PROMOTE)
+    real = finetune.train
+
+    def killed_at_epoch_2(*args, on_epoch, **kwargs):   # inside its first promotion, mid-cycle
+        def report(record):
+            on_epoch(record)
+            if record.epoch == 2:
+                raise KeyboardInterrupt
+        return real(*args, on_epoch=report, **kwargs)
+
+    monkeypatch.setattr(finetune, "train", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study_file, dataset, n_trials=1, device="cpu")
+    monkeypatch.setattr(finetune, "train", real)
+    run_worker(study_file, dataset, n_trials=0, device="cpu")   # the retry first, then its promotions
+    [whole], (first, retry) = _trials(whole_file), _trials(study_file)
+    assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert attrs_of(retry)["resumed_from_epoch"] == 3 and attrs_of(retry)["epochs"] == 6
+    assert attrs_of(retry)[LOSSES_ATTR] == attrs_of(whole)[LOSSES_ATTR] and retry.value == whole.value
+
+
 def test_fit_replays_a_promoted_trials_best_schedule_exactly(tmp_path, data_dir):
     from search.fit.replay import fit
 
@@ -118,6 +145,7 @@ def test_two_workers_pause_and_promote_and_finish_each_configuration_once(tmp_pa
     # Two configurations, one cycle each; then, with none left to start, the better one goes on
     # to its 3rd cycle and the other stays paused: no third trial, none finished twice.
     assert len(trials) == 2 and result.stdout.count("PAUSED after cycle") >= 3
+    assert "1 complete, 0 pruned, 0 failed, 1 paused" in result.stdout
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     waiting = [t for t in trials if paused_after(t) == 1]
     assert len(done) == 1 and len(waiting) == 1 and attrs_of(done[0])[PROMOTED_ATTR] == 2
