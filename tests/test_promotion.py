@@ -218,3 +218,11 @@ def test_a_bad_scheduler_key_is_one_line(tmp_path, data_dir, key, value, message
     path = write_study(tmp_path, data_dir, extra={"study": f"{key} = {value}\n"})
     with pytest.raises(SwiprError, match=message):
         load_study_file(path)
+
+
+def test_promote_on_dask_is_refused_in_one_line_for_now(tmp_path, data_dir):
+    from tests.studykit import one_line_error, run_cli
+
+    path = write_study(tmp_path, data_dir, extra=PROMOTE)
+    line = one_line_error(run_cli("study", "run", path, "--dask", "tcp://127.0.0.1:1"))
+    assert 'scheduler = "promote" does not run on Dask yet' in line
