@@ -119,12 +119,12 @@ def queue_for(turn: Turn) -> Callable[[list[FrozenTrial]], list[FrozenTrial]]:
 def run_turns(study: optuna.Study, objective, *, n_trials: int, eta: int, rule: str, timeout: float | None = None,
               callbacks=(), catch: tuple[type[Exception], ...] = (), stopped: Callable[[], bool] = lambda: False,
               only: Turn | None = None, echo: Callable[[str], None] = print) -> int:
-    """A worker's loop under the promote scheduler: turns until `next_turn` has none left, the
-    timeout passes or `stopped()`; at most `n_trials` new configurations. `only`: just that turn
+    """A worker's loop under the promote scheduler: turns until `next_turn` has none left, a turn
+    ends past the timeout, or `stopped()`; at most `n_trials` new configurations. `only`: just that turn
     (a trial process under --workers/--gpus, whose supervisor decides). `callbacks` see each trial
     as it finishes (as Study.optimize's). Returns the new configurations started."""
     started, since = 0, time.monotonic()
-    while not stopped() and (timeout is None or time.monotonic() - since < timeout):
+    while not stopped():
         turn = only or next_turn(study.get_trials(deepcopy=False), eta, rule, started < n_trials)
         if turn is None:
             break
@@ -137,7 +137,8 @@ def run_turns(study: optuna.Study, objective, *, n_trials: int, eta: int, rule: 
         else:
             for callback in callbacks:
                 callback(study, trial)
-        if only is not None:
+        # as Study.optimize's timeout: checked after each turn, so a run takes one at least
+        if only is not None or (timeout is not None and time.monotonic() - since >= timeout):
             break
     return started
 
