@@ -77,6 +77,28 @@ def test_a_trial_paused_after_cycle_1_and_promoted_twice_is_the_uninterrupted_ru
     assert all(torch.equal(a["weights"][key], b["weights"][key]) for key in b["weights"])
 
 
+def test_a_two_stage_trial_pauses_in_both_stages_and_equals_the_uninterrupted_run(tmp_path, data_dir):
+    from tests.studykit import space_toml
+
+    # Stage 1: 2 one-epoch cycles at 32 px (epochs 0, 1); stage 2 at 40 px, 0 to 2 cycles (epochs 2, 3).
+    staged = space_toml(n_cycles="2", batch_size="[16]") + \
+        '[space.stage2]\nimage_size = 40\nfreeze = ["frozen"]\nlr = 5e-3\nn_cycles = [0, 1, 2]\n'
+    _, whole_file, dataset = _study(tmp_path, data_dir, "whole", space=staged)
+    whole_kept = Kept()
+    run_worker(whole_file, dataset, n_trials=1, device="cpu", hooks=[whole_kept])
+    _, paused_file, dataset = _study(tmp_path, data_dir, "paused", space=staged, extra=PROMOTE)
+    paused_kept = Kept()
+    run_worker(paused_file, dataset, n_trials=1, device="cpu", hooks=[paused_kept])
+    [whole], [paused] = _trials(whole_file), _trials(paused_file)
+    assert paused.state == whole.state == TrialState.COMPLETE and paused.params == whole.params
+    assert attrs_of(paused)[PROMOTED_ATTR] == 3   # after epochs 0, 1 (stage 1's end) and 2 (in stage 2)
+    assert attrs_of(paused)[LOSSES_ATTR] == attrs_of(whole)[LOSSES_ATTR] and len(attrs_of(paused)[LOSSES_ATTR]) == 4
+    assert paused.value == whole.value and record_of(paused).result == record_of(whole).result
+    a, b = paused_kept.runs[0], whole_kept.runs[0]
+    assert (a["probs"] == b["probs"]).all()
+    assert all(torch.equal(a["weights"][key], b["weights"][key]) for key in b["weights"])
+
+
 def test_a_run_stopped_with_a_trial_paused_leaves_it_waiting_and_the_next_run_continues_it(
         tmp_path, data_dir, capsys):
     from search.commands.study import status
