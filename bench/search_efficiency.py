@@ -83,6 +83,9 @@ STRATEGIES = (
      "budget"),
     ("one-epoch baseline (random, keep 3)", "random", "none", "cycle_end", 0, "one_epoch"),
     ("one-epoch baseline (tpe, keep 3)", "tpe", "none", "cycle_end", 0, "one_epoch"),
+    # [study] scheduler = "promote" (docs/promotion.md): pause at every cycle end, promote by the rule
+    ("tpe, promote (asha), nested", "tpe", "none", "cycle_end", 0, "promote:asha"),
+    ("tpe, promote (curve), nested", "tpe", "none", "cycle_end", 0, "promote:curve"),
 )
 TODAY, CYCLE_END, NO_PRUNING = STRATEGIES[2][0], STRATEGIES[4][0], STRATEGIES[1][0]
 TARGET = 1.02        # within 2% of the grid's best final loss
@@ -242,6 +245,8 @@ def replay_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: floa
     (`sampled`) and did finish (`covers`)."""
     if mode_of(strategy) == "one_epoch":
         return one_epoch_baseline(curves, grid, strategy, seed, cap, head_epochs)
+    if mode_of(strategy).startswith("promote:"):
+        return promote_study(curves, grid, strategy, seed, cap, head_epochs)
     _, sampler, pruner, prune_at, warmup = strategy[:5]
     if mode_of(strategy) == "budget":
         grid, curves = nested_curves(curves, grid, head_epochs)
@@ -302,6 +307,48 @@ def one_epoch_baseline(curves: dict, grid: dict, strategy: tuple, seed: int, cap
             rows.append({"key": k, "state": "COMPLETE", "value": min(finished)[0],
                          "epochs": len(curve["val_loss"]) - spent, "covers": set(curve["covers"].values()),
                          "sampled": curve["sampled"]})
+    return rows
+
+
+def promote_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: float, head_epochs: int) -> list[dict]:
+    """`scheduler = "promote"` over nested curves, with the live code: search.running.promotion
+    decides each turn (new configurations always allowed: the cap ends the study), and
+    objectives.pausing pauses a trial at each cycle end and takes it back when promoted. A row per
+    turn, in order; a trial's finished schedules count from the turn that reached them."""
+    from objectives.judging import best_finished, report_epoch
+    from objectives.optuna_compat import order_queue
+    from objectives.pausing import TrialPaused, continuing, pause
+    from objectives.trial_attrs import set_attr
+    from search.running.promotion import next_turn, queue_for
+
+    grid, curves = nested_curves(curves, grid, head_epochs)
+    study = optuna.create_study(study_name=f"{strategy[0]} {seed}", sampler=make_sampler(strategy[1], seed))
+    space = {name: Choices(tuple(values)) for name, values in grid.items()}
+    rule = mode_of(strategy).split(":")[1]
+    rows: list[dict] = []
+    last_row: dict[int, int] = {}   # trial number -> its latest row
+    while sum(row["epochs"] for row in rows) < cap:
+        order_queue(study, queue_for(next_turn(study.get_trials(deepcopy=False), DEFAULTS.promotion_eta, rule, True)))
+        trial = study.ask()
+        continuing(trial)
+        k = key({name: suggest(trial, name, spec) for name, spec in space.items()}, grid)
+        curve, done = curves[k], attrs_of(trial).get("epochs", 0)
+        end = next(e for e in range(done, len(curve["val_loss"])) if curve["cycle_end"][e] or e == len(curve["val_loss"]) - 1)
+        for e in range(done, end + 1):
+            set_attr(trial, "epochs", e + 1)
+            report_epoch(trial, e, curve["val_loss"][e], curve["cycle_end"][e], "cycle_end", ask=False,
+                         planned=len(curve["val_loss"]), finishes=curve["finishes"][e])
+        best = best_finished(curve["val_loss"][:end + 1], curve["finishes"][:end + 1])
+        if end + 1 < len(curve["val_loss"]):
+            pause(trial, TrialPaused(sum(curve["cycle_end"][:end + 1]), end + 1))
+        else:
+            study.tell(trial, best[2] if best else curve["val_loss"][-1])
+        last_row[trial.number] = len(rows)
+        rows.append({"key": k, "trial": trial.number, "state": "COMPLETE" if best else "PRUNED",
+                     "value": best[2] if best else None, "epochs": end + 1 - done, "covers": set(), "sampled": set(),
+                     "_covers": {g for e, g in curve["covers"].items() if e <= end}, "_sampled": curve["sampled"]})
+    for index in last_row.values():   # each configuration counted once, with all it finished
+        rows[index].update(covers=rows[index].pop("_covers"), sampled=rows[index].pop("_sampled"))
     return rows
 
 

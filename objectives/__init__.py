@@ -6,5 +6,5 @@ every use of Optuna's private API. Imports only swipr_core/ below it.
 """
 
 # The public surface: the modules other packages use; the rest are this package's own.
-__all__ = ["judging", "lr_finder", "lr_record", "oom", "optuna_compat", "record", "resume", "space", "trial",
+__all__ = ["judging", "lr_finder", "lr_record", "oom", "optuna_compat", "pausing", "record", "resume", "space", "trial",
            "trial_attrs"]

@@ -19,6 +19,7 @@ import torch
 from objectives.judging import STAGE2_FIRST_EPOCH_ATTR, ScheduleCut, best_finished, report_epoch
 from objectives.lr_finder import StudyFinder
 from objectives.lr_record import FINDER_LR_ATTR, FINDING_ATTR, LR_ATTR
+from objectives.pausing import TrialPaused, continuing
 from objectives.record import (
     BUDGET_ATTR,
     FINISH_AT_ATTR,
@@ -112,7 +113,8 @@ class FinetuneObjective:
     def __init__(self, dataset: Dataset, space: dict, model_spec: ModelSpec, *, head_epochs: int = 1,
                  seed: int = 0, device: str = "auto", precision: str = "auto", checkpoint_dir_for=None,
                  on_result=None, hooks=(), seed_number_for=None, compile: str = "auto",
-                 prune_at: str = "cycle_end", n_cycles_mode: str = DEFAULT_N_CYCLES_MODE):
+                 prune_at: str = "cycle_end", n_cycles_mode: str = DEFAULT_N_CYCLES_MODE,
+                 pause_at_cycle_ends: bool = False):
         self.dataset = dataset
         self.space = space
         self.model_spec = model_spec
@@ -123,6 +125,8 @@ class FinetuneObjective:
         self.compile = compile
         self.prune_at = prune_at   # objectives.judging.PRUNE_AT
         self.n_cycles_mode = n_cycles_mode   # objectives.space.N_CYCLES_MODES
+        # [study] scheduler = "promote": stop at every cycle end short of the plan's (objectives.pausing)
+        self.pause_at_cycle_ends = pause_at_cycle_ends
         # trial -> folder for its per-epoch checkpoints (or None): how a retried trial resumes
         self.checkpoint_dir_for = checkpoint_dir_for or (lambda trial: None)
         # trial -> the number its seed comes from: a retry must shuffle as the trial it
@@ -221,17 +225,23 @@ class FinetuneObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.config = config = self._start(trial)
+        promoted = self.pause_at_cycle_ends and continuing(trial)
         folder = self.checkpoint_dir_for(trial)
         seen: list[EpochRecord] = self._resumed(trial, folder) if folder is not None else []
-        resumed = len(seen)   # a retry's saved epochs: its original ran (and timed) them
+        # a retry's saved epochs: its original ran (and timed) them; a promoted trial's are its own
+        # (but for those its original ran, where it retries one)
+        resumed = attrs_of(trial).get("resumed_from_epoch", 0) if promoted else len(seen)
 
         def report(record: EpochRecord) -> None:
             seen.append(record)
             self._record_result(trial, seen, record)   # before the pruner may stop it: a cut keeps it
             self._call("on_epoch", trial, record)
             set_attr(trial, "epochs", record.epoch + 1)
+            planned = (self.config or config).epochs
             report_epoch(trial, record.epoch, record.valid_loss, record.cycle_end, self.prune_at,
-                         planned=(self.config or config).epochs, finishes=record.finishes)
+                         planned=planned, finishes=record.finishes)
+            if self.pause_at_cycle_ends and record.cycle_end and record.epoch + 1 < planned:
+                raise TrialPaused(sum(1 for r in seen if r.cycle_end), record.epoch + 1)
 
         late = self._stage2(trial, config, seen) if config.stage2 is not None else None
         try:

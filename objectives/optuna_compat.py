@@ -8,14 +8,15 @@ the tested major range; docs/development.md says how to check a new release.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
-from typing import Callable
+from typing import Callable, Iterator
 
 import optuna
 import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
 from optuna.study import _optimize
 from optuna.trial import TrialState
 
@@ -84,19 +85,39 @@ def take_queued_first(study: optuna.Study, first: Callable[[optuna.trial.FrozenT
     """Make `study.ask` take the WAITING trials for which `first(trial)` holds before the rest
     (Optuna takes them in the order they were queued). Taking one stays atomic: a trial goes to
     the worker whose WAITING -> RUNNING update succeeds, exactly as in Optuna's own queue."""
+    order_queue(study, lambda waiting: sorted(waiting, key=lambda t: not first(t)))   # stable: queue order within each
+
+
+def order_queue(study: optuna.Study,
+                order: Callable[[list[optuna.trial.FrozenTrial]], list[optuna.trial.FrozenTrial]]) -> None:
+    """Make `study.ask` take WAITING trials in the order `order(waiting)` gives (queue order in,
+    those it leaves out are not taken); where it takes none, `ask` makes a new trial. Taking one
+    stays atomic, as in Optuna's own queue, and beats its heartbeat at once: a trial paused
+    long ago (objectives.pausing) carries an old one, and another worker must not fail it as stale."""
     storage, study_id = study._storage, study._study_id
+    beat = storage.record_heartbeat if isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() else None
 
     def pop_waiting_trial_id() -> int | None:
         waiting = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))
-        for trial in sorted(waiting, key=lambda t: not first(t)):   # stable: queue order within each
+        for trial in order(list(waiting)):
             try:
                 if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                    if beat is not None:
+                        beat(trial._trial_id)
                     return trial._trial_id
             except UpdateFinishedTrialError:
                 continue
         return None
 
     study._pop_waiting_trial_id = pop_waiting_trial_id   # type: ignore[method-assign]  # Optuna's queue, reordered
+
+
+@contextlib.contextmanager
+def heartbeat(trial: optuna.Trial) -> Iterator[None]:
+    """The trial's heartbeat while the block runs, as Study.optimize beats one (none where the
+    storage has none): a worker loop of its own (search.running.promotion) needs it too."""
+    with get_heartbeat_thread(trial._trial_id, trial.study._storage):
+        yield
 
 
 def stale_trial_numbers(study: optuna.Study) -> set[int]:

@@ -20,6 +20,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback as _Retry
 
 from objectives.judging import INTERRUPTED_ATTR, report_epoch
 from objectives.optuna_compat import guard_ask, put_back, stored_trial, take_queued_first
+from objectives.pausing import TrialPaused, pause, paused_before
 from objectives.space import STAGE2, stage2_name
 from objectives.trial_attrs import RETRY_OF_ATTR, set_attr
 from swipr_core.train.checkpoints import load_checkpoint
@@ -139,7 +140,8 @@ class ResumableObjective:
     """Wraps an objective: resume notes before the run, checkpoint clean-up after it.
 
     `stop` is the worker's stop flag (search.running.stop.StopFlag): from `stop.in_trial(True)`
-    on, a stop request interrupts the trial with KeyboardInterrupt and its retry is queued.
+    on, a stop request interrupts the trial with KeyboardInterrupt and its retry is queued. A
+    trial that pauses (objectives.pausing) keeps its folder and goes back to the queue, WAITING.
     """
 
     def __init__(self, objective, checkpoints: Checkpoints, stop, prune_at: str = "cycle_end"):
@@ -156,9 +158,15 @@ class ResumableObjective:
             self.stop.in_trial(True)
             if self.stop.requested:   # asked to stop between the guarded ask and this call
                 raise KeyboardInterrupt
-            self.checkpoints.note_resume(trial, self.prune_at)
+            if not paused_before(trial):   # a promotion's epochs were reported on the trial as they ran
+                self.checkpoints.note_resume(trial, self.prune_at)
             value = self.objective(trial)
             self.stop.in_trial(False)
+        except TrialPaused as paused:   # its checkpoint is where its next cycle starts
+            self.stop.in_trial(False)
+            keep = True
+            pause(trial, paused)
+            raise
         except KeyboardInterrupt:
             self.stop.in_trial(False)
             keep = self.checkpoints.retry_later(trial)

@@ -30,6 +30,7 @@ class TrainSettings:
     compile: str = "auto"
     prune_at: str = "cycle_end"   # where a trial is judged: objectives.judging.PRUNE_AT
     n_cycles_mode: str = "budget"   # how a trial gets its cycles: objectives.space.N_CYCLES_MODES
+    pause_at_cycle_ends: bool = False   # [study] scheduler = "promote": objectives.pausing
 
 
 def guarded_finetune(dataset: Dataset, space: dict, model: ModelSpec, settings: TrainSettings,
@@ -40,7 +41,7 @@ def guarded_finetune(dataset: Dataset, space: dict, model: ModelSpec, settings: 
         dataset, space, model, head_epochs=settings.head_epochs, seed=settings.seed, device=settings.device,
         precision=settings.precision, compile=settings.compile, checkpoint_dir_for=checkpoints.dir_for,
         seed_number_for=checkpoints.seed_number_for, hooks=hooks, prune_at=settings.prune_at,
-        n_cycles_mode=settings.n_cycles_mode)
+        n_cycles_mode=settings.n_cycles_mode, pause_at_cycle_ends=settings.pause_at_cycle_ends)
     return OutOfMemoryGuard(finetune, space, settings.n_cycles_mode)
 
 

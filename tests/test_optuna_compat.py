@@ -2,6 +2,8 @@
 an upgrade that changes one of them fails here, not in the middle of a study."""
 from __future__ import annotations
 
+import time
+
 import optuna
 import pytest
 import sqlalchemy
@@ -74,6 +76,32 @@ def test_queued_trials_chosen_first_are_taken_first(study):
     dist = {"x": optuna.distributions.FloatDistribution(0, 4)}
     assert [study.ask(dist).params["x"] for _ in range(3)] == [3.0, 1.0, 2.0]
     assert study.ask(dist).number == 3   # an empty queue: a new trial, as Optuna makes it
+
+
+def test_the_queue_is_taken_in_the_given_order_and_what_it_leaves_out_stays(study):
+    for x in (1.0, 2.0, 3.0):
+        study.enqueue_trial({"x": x})
+    optuna_compat.order_queue(study, lambda waiting: [t for t in reversed(waiting) if t.number != 1])
+    dist = {"x": optuna.distributions.FloatDistribution(0, 4)}
+    assert [study.ask(dist).number for _ in range(3)] == [2, 0, 3]   # then a new trial: 1 is left out
+    assert study.trials[1].state == TrialState.WAITING
+
+
+def test_a_trial_taken_from_the_queue_beats_at_once_and_while_it_runs(tmp_path):
+    # A paused trial comes back with the heartbeat of its last turn, long past the grace period.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'h.db'}", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage)
+    study.enqueue_trial({"x": 1.0})
+    optuna_compat.order_queue(study, lambda waiting: waiting)
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        trial = study.ask()
+    with optuna_compat.heartbeat(trial):
+        pass
+    optuna_compat.put_back(trial)
+    time.sleep(1.5)
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        again = study.ask()
+    assert again.number == trial.number and optuna_compat.stale_trial_numbers(study) == set()
 
 
 def test_a_trial_finished_under_the_loop_is_skipped_and_the_loop_goes_on(study):

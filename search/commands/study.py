@@ -7,6 +7,7 @@ from pathlib import Path
 
 from objectives.judging import interrupted
 from objectives.optuna_compat import stale_trial_numbers
+from objectives.pausing import paused_after
 from objectives.record import record_of
 from objectives.trial_attrs import attrs_of
 from search.study.data_record import majority_baseline
@@ -74,6 +75,8 @@ def _trial_row(trial, stale: bool = False) -> dict:
         "state": "STALE" if stale else trial.state.name,
         # FAIL in Optuna (its retries need that) though nothing failed: stopped by Ctrl-C or SIGTERM
         "interrupted": interrupted(trial),
+        # WAITING in Optuna: paused at a cycle end under scheduler = "promote" (objectives.pausing)
+        "paused_after_cycle": paused_after(trial),
         "value": trial.value,
         "params": trial.params,
         "epochs": attrs.get("epochs"),
@@ -122,7 +125,9 @@ def status(args: argparse.Namespace) -> int:
 
 
 def _shown_state(row: dict) -> str:
-    """The state a person reads: an interrupted trial's FAIL as INTERRUPTED."""
+    """The state a person reads: an interrupted trial's FAIL as INTERRUPTED, a paused one's WAITING as PAUSED."""
+    if row.get("paused_after_cycle") is not None:
+        return "PAUSED"
     return "INTERRUPTED" if row["interrupted"] and row["state"] == "FAIL" else row["state"]
 
 
@@ -135,7 +140,12 @@ def _status_line(row: dict, baseline: float | None) -> str:
     params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
     at = row["value_epoch"] if row["value_epoch"] is not None else "-"
     return (f"{row['number']:>4}  {_shown_state(row):<11} {value:>8}  {acc:>7}  {margin:>7}  {at:>3}  "
-            f"{row['epochs'] or '-':>6}  {params}{_where(row)}")
+            f"{row['epochs'] or '-':>6}  {params}{_where(row)}{_paused(row)}")
+
+
+def _paused(row: dict) -> str:
+    cycle = row.get("paused_after_cycle")
+    return f"  (paused after cycle {cycle})" if cycle is not None else ""
 
 
 def best(args: argparse.Namespace) -> int:

@@ -77,6 +77,9 @@ def _run_study(args: argparse.Namespace) -> int:
     address = args.dask or study_file.cluster.dask
     if address and parallel:
         raise SwiprError("give --dask (or [cluster] dask, $SWIPR_DASK) or --workers/--gpus, not both")
+    if address and study_file.study.scheduler == "promote":   # docs/promotion.md, "Not done yet"
+        raise SwiprError(f'{study_file.where("study")} scheduler = "promote" does not run on Dask yet; '
+                         f'use --workers/--gpus, or scheduler = "pruner"')
     # On Dask the workers' GPUs count, not this machine's; a wrong address fails here, in seconds.
     cluster = open_cluster(address, device_name) if address else None
     device = cluster.device if cluster else _device(device_name, device_where, slots)

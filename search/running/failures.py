@@ -17,6 +17,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from objectives.optuna_compat import OPTIMIZE_LOGGER
+from objectives.pausing import TrialPaused
 from objectives.trial_attrs import attrs_of, set_attr
 from search.study.guarded import StorageFailed
 from search.studyfile import StudyFile
@@ -100,7 +101,7 @@ class FailureGuard:
             with contextlib.suppress(StorageFailed):
                 set_attr(trial, "fail_reason", str(error))
             raise
-        except (optuna.TrialPruned, SwiprError, KeyboardInterrupt):
+        except (optuna.TrialPruned, TrialPaused, SwiprError, KeyboardInterrupt):
             raise
         except UpdateFinishedTrialError:   # nothing more may be written to the trial
             print(f"trial {trial.number}: another worker failed it as stale while it ran (its heartbeat was "

@@ -20,14 +20,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
+import optuna
 import torch
 
+from search.running.promotion import Turn, next_turn
 from search.running.stop import StopFlag
 
 # A trial process's exit status: its trial finished (complete or pruned), it failed, the
 # process met bad input (a SwiprError: the next would too), or it was stopped by a signal.
 from search.running.worker import BAD_INPUT, DONE, FAILED, STOPPED, STORAGE_FAILED, run_trial_process
 from search.study.guarded import RUN_ENV, failure_in
+from search.study.open import open_study
 from search.studyfile import StudyFile
 from swipr_core.data.dataset import Dataset
 from swipr_core.errors import SwiprError
@@ -60,6 +63,7 @@ class Task:
     env: dict = field(default_factory=dict)
     cpu_threads: int = 1   # the machine's cores shared by the slots, so workers don't thrash
     dataset: Dataset | None = None   # the data the driver prepared and checked: not again per trial
+    turn: Turn | None = None   # scheduler = "promote": the turn the supervisor gave it (search.running.promotion)
 
 
 def parse_gpus(text: str) -> list[int]:
@@ -107,7 +111,8 @@ def _trial_process(task: Task) -> None:
     os.environ.update(task.env)   # before anything touches CUDA
     torch.set_num_threads(task.cpu_threads)
     try:
-        code = run_trial_process(task.study_file, task.slot.label, task.slot.index, task.device, stop, task.dataset)
+        code = run_trial_process(task.study_file, task.slot.label, task.slot.index, task.device, stop, task.dataset,
+                                 task.turn)
     except Exception as error:
         # A failed storage reaches here through Optuna's loop as another error (see failure_in).
         failure = failure_in(error)
@@ -155,30 +160,51 @@ class _Supervisor:
         self.threads = cpu_threads(len(slots))   # the machine's cores shared by the slots
         self.dataset = dataset
         self.status, self.crashes, self.failures = 0, 0, 0
+        self.study: optuna.Study | None = None   # opened for the promote scheduler's turns only
+        self.turns: dict = {}   # sentinel -> the Turn its process was given
 
     def until_done(self, budget: int, deadline: float | None) -> int:
+        """Under `scheduler = "promote"` `budget` counts configurations, each turn decided here
+        when a slot is free; otherwise it counts trial processes."""
+        promote = self.study_file.study.scheduler == "promote"
         while True:
-            while self.free and budget > 0 and self.status == 0 and not (deadline and time.monotonic() >= deadline):
+            while self.free and self.status == 0 and not (deadline and time.monotonic() >= deadline):
+                turn = self.next_turn(budget > 0) if promote else None
+                if (promote and turn is None) or (not promote and budget <= 0):
+                    break
                 with stop_held():
-                    self.start(self.free.pop(0))
-                budget -= 1
+                    self.start(self.free.pop(0), turn)
+                budget -= 1 if turn is None or turn.starts_one else 0
             if not self.running:
                 return self.status
             for sentinel in wait(list(self.running), timeout=1.0):
                 process, slot = self.running.pop(sentinel)
+                self.turns.pop(sentinel, None)
                 process.join()
                 self.free.append(slot)
                 self.ended(slot, process.exitcode)
 
-    def start(self, slot: Slot) -> None:
+    def next_turn(self, may_start_new: bool) -> Turn | None:
+        """The next turn under the promote scheduler, none of the running turns' trials again."""
+        if self.study is None:
+            self.study = open_study(self.study_file, create=False)
+        busy = frozenset(turn.number for turn in self.turns.values() if turn.number is not None)
+        settings = self.study_file.study
+        return next_turn(self.study.get_trials(deepcopy=False), settings.promotion_eta, settings.promotion,
+                         may_start_new, busy)
+
+    def start(self, slot: Slot, turn: Turn | None = None) -> None:
         # The run's token too: a forkserver started by an earlier run would hand out that one.
         env = {"SWIPR_STORAGE": self.storage_url, RUN_ENV: os.environ.get(RUN_ENV, "")}
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = visible_device(slot.gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
         process = self.context.Process(target=_trial_process, name=f"swipr-{slot.index}",
-                                       args=(Task(self.study_file, slot, self.device, env, self.threads, self.dataset),))
+                                       args=(Task(self.study_file, slot, self.device, env, self.threads, self.dataset,
+                                                  turn),))
         process.start()
         self.running[process.sentinel] = (process, slot)
+        if turn is not None:
+            self.turns[process.sentinel] = turn
 
     def ended(self, slot: Slot, code: int) -> None:
         if code in (DONE, FAILED):

@@ -15,6 +15,7 @@ from objectives.oom import free_memory
 from objectives.optuna_compat import skip_telling_finished_trials
 from objectives.resume import Checkpoints, retries_first, take_no_trial_when_stopping
 from objectives.trial import TrainSettings, trial_objective
+from search.running.promotion import Turn, run_turns
 from search.running.failures import FailureGuard, FailureStreak, TrialFailed, error_log, route_tracebacks
 from search.running.stop import StopFlag
 from search.study.data_record import check_fingerprint, prepare_study_data
@@ -52,15 +53,18 @@ def train_settings(study_file: StudyFile, device: str | None, study: optuna.Stud
     mode = n_cycles_mode(study, study_file) if study is not None else study_file.study.n_cycles or None
     return TrainSettings(head_epochs=train.head_epochs, seed=study_file.study.seed, device=device or train.device,
                          precision=train.precision, compile=train.compile, prune_at=study_file.study.prune_at,
-                         **({"n_cycles_mode": mode} if mode else {}))
+                         n_cycles_mode=mode or TrainSettings.n_cycles_mode,
+                         pause_at_cycle_ends=study_file.study.scheduler == "promote")
 
 
 def run_worker(study_file: StudyFile, dataset: Dataset, *, n_trials: int, timeout: float | None = None,
                device: str | None = None, slot: str = "0", hooks=(), callbacks=(),
-               stop: StopFlag | None = None, streak: FailureStreak | None = None) -> optuna.Study:
+               stop: StopFlag | None = None, streak: FailureStreak | None = None,
+               turn: Turn | None = None) -> optuna.Study:
     """`n_trials` trials on the study, with heartbeats, resumable retries and OOM handling;
     the data fingerprint is checked before anything trains. A trial's ordinary error fails that
-    trial only; `streak` (default: [study] max_failures_in_a_row) stops the run. Returns the study."""
+    trial only; `streak` (default: [study] max_failures_in_a_row) stops the run. Under `scheduler =
+    "promote"`, `turn` is the one turn to take (search.running.promotion). Returns the study."""
     stop = stop or StopFlag()   # only a trial process's SIGTERM sets it
     streak = streak or FailureStreak(study_file.study.max_failures_in_a_row)
     log = error_log(study_file)
@@ -79,8 +83,13 @@ def run_worker(study_file: StudyFile, dataset: Dataset, *, n_trials: int, timeou
     def tidy(study, trial) -> None:
         free_memory()   # what the trial left behind goes before the next one allocates
 
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, tidy, streak],
-                   catch=(TrialFailed,))
+    if study_file.study.scheduler == "promote":   # trials pause at cycle ends: search.running.promotion
+        run_turns(study, objective, n_trials=n_trials, eta=study_file.study.promotion_eta,
+                  rule=study_file.study.promotion, timeout=timeout, callbacks=[*callbacks, tidy, streak],
+                  catch=(TrialFailed,), stopped=lambda: streak.tripped or stop.requested, only=turn)
+    else:
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, tidy, streak],
+                       catch=(TrialFailed,))
     if streak.tripped:
         raise RunStopped(streak.message(log))
     return study
@@ -96,7 +105,7 @@ def trial_process_data(study_file: StudyFile, verified: Dataset | None) -> Datas
 
 
 def run_trial_process(study_file: StudyFile, label: str, slot_index: int, device: str | None, stop: StopFlag,
-                      verified: Dataset | None = None) -> int:
+                      verified: Dataset | None = None, turn: Turn | None = None) -> int:
     """A trial process under `--workers`/`--gpus`: one trial, then exit (status as the CLI's).
     `study_file` is the one the run parsed when it started, never the file read again: an edit
     made during the run must not change the study under it."""
@@ -114,7 +123,7 @@ def run_trial_process(study_file: StudyFile, label: str, slot_index: int, device
         hooks = [trial_lines(), *make_objective_hooks(study_file, open_study(study_file, create=False), dataset)]
         streak = FailureStreak(limit=2)   # one trial here: the supervisor counts failures in a row
         run_worker(study_file, dataset, n_trials=1, device=device, slot=str(slot_index), hooks=hooks,
-                   callbacks=[announce], stop=stop, streak=streak)
+                   callbacks=[announce], stop=stop, streak=streak, turn=turn)
     except SwiprError as error:
         print(f"swipr: error: {label}: {error}", file=sys.stderr, flush=True)
         return BAD_INPUT if error.exit_code == BAD_INPUT else STORAGE_FAILED

@@ -20,6 +20,10 @@ from search.studyfile.space import longest_run
 
 
 def pruner_for(study_file: StudyFile) -> optuna.pruners.BasePruner:
+    """The study's pruner; none under `scheduler = "promote"`, whose promotions do its work
+    (search.running.promotion): a trial not promoted stays paused, never pruned."""
+    if study_file.study.scheduler == "promote":
+        return optuna.pruners.NopPruner()
     return make_pruner(study_file.study, longest_run(study_file.space, study_file.train.head_epochs))
 
 

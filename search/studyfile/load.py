@@ -14,9 +14,11 @@ from search.studyfile.fields import keyed, one_of, parse_table, resolve, table_a
 from search.studyfile.learn_from import check_learn_from, parse_learn_from
 from search.studyfile.sections import (
     PRECISIONS,
+    PROMOTIONS,
     PRUNE_AT_CHOICES,
     PRUNERS,
     SAMPLERS,
+    SCHEDULERS,
     ClusterSection,
     StudyFile,
     StudySection,
@@ -78,6 +80,10 @@ def _study(path: Path, raw: dict) -> StudySection:
     one_of(f"{where} sampler", study.sampler, SAMPLERS)
     one_of(f"{where} pruner", study.pruner, PRUNERS)
     one_of(f"{where} prune_at", study.prune_at, PRUNE_AT_CHOICES)
+    one_of(f"{where} scheduler", study.scheduler, SCHEDULERS)
+    one_of(f"{where} promotion", study.promotion, PROMOTIONS)
+    if study.promotion_eta < 2:
+        raise SwiprError(f"{where} promotion_eta must be 2 or more, got {study.promotion_eta}")
     if study.n_cycles:
         one_of(f"{where} n_cycles", study.n_cycles, N_CYCLES_MODES)
     for key in ("pruner_startup_trials", "pruner_warmup_epochs", "max_retry", "learn_from_top"):

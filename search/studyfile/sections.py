@@ -16,6 +16,8 @@ SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "none")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 PRUNE_AT_CHOICES = PRUNE_AT       # cycle_end | epoch (objectives.judging)
+SCHEDULERS = ("pruner", "promote")   # docs/promotion.md
+PROMOTIONS = ("asha", "curve")       # how `promote` ranks a rung (search.running.promotion)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class StudySection:
     pruner_startup_trials: int = 3    # median/percentile: trials finished before pruning
     pruner_warmup_epochs: int = 2     # epochs every trial runs before it can be pruned (bench/search_efficiency.py)
     prune_at: str = "cycle_end"       # judge trials at SGDR cycle ends, or at every "epoch"
+    scheduler: str = "pruner"         # one of SCHEDULERS: "pruner" = each trial runs its plan until the pruner
+                                      # stops it; "promote" = trials pause at cycle ends and earn the next one
+    promotion: str = "asha"           # one of PROMOTIONS: the rung's ranking under scheduler = "promote"
+    promotion_eta: int = 3            # a paused trial is promoted from the top 1/eta of its rung
     n_cycles: str = ""                # "budget" | "sampled" (objectives.space); "" = budget for a new
                                       # study, the way it started for one already run
     seed: int = 0

@@ -35,6 +35,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from objectives.judging import AGAINST_ATTR, JUDGED_ATTR, ScheduleCut, judge  # noqa: E402
 from objectives.optuna_compat import stored_trial, study_id  # noqa: E402
 from objectives.optuna_compat import trial_id as id_of
+from objectives.pausing import TrialPaused  # noqa: E402
 from objectives.record import best_finished_record, record_of  # noqa: E402
 from objectives.trial_attrs import attrs_of, set_attr  # noqa: E402
 from search.study.data_record import data_summary, majority_baseline  # noqa: E402
@@ -369,6 +370,8 @@ class TrialArtifacts:
         state = "PRUNED" if isinstance(error, optuna.TrialPruned) else f"FAILED ({type(error).__name__})"
         if isinstance(error, ScheduleCut):   # stopped after a finished schedule: its value is that one's
             state = "COMPLETE (stopped by the pruner after a finished schedule, which it keeps)"
+        if isinstance(error, TrialPaused):   # scheduler = "promote": it may be given its next cycle
+            state = f"PAUSED after cycle {error.cycles}"
         self._store(trial, state, history)
 
     def _store(self, trial, state: str, history) -> None:

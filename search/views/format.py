@@ -6,6 +6,7 @@ import math
 import optuna
 
 from objectives.judging import DIVERGED_ATTR
+from objectives.pausing import paused_after
 from objectives.trial_attrs import attrs_of
 
 
@@ -36,7 +37,9 @@ def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
     epochs = attrs.get("epochs")
     steps = f" after {epochs} epoch{'s' if epochs != 1 else ''}" if epochs else ""
     diverged = " (diverged: val_loss nan)" if DIVERGED_ATTR in attrs else ""
-    return f"trial {trial.number} {trial.state.name}{value}{steps}{diverged}  {params_text(trial.params)}"
+    cycle = paused_after(trial)
+    state = f"PAUSED after cycle {cycle}" if cycle is not None else trial.state.name
+    return f"trial {trial.number} {state}{value}{steps}{diverged}  {params_text(trial.params)}"
 
 
 def accuracy_text(accuracy: float | None, baseline: float | None, majority_class: str = "") -> str:

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm  # not tqdm.auto: this is a terminal, never a notebook widget
 
 from objectives.judging import interrupted
+from objectives.pausing import paused_after
 from objectives.record import record_of
 from search.study.data_record import majority_baseline
 from search.study.open import best_or_none
@@ -245,7 +246,9 @@ def summary_table(study, device: str, this_run=(), budget: Budget | None = None)
         return sum(t.duration.total_seconds() for t in ts if t.duration is not None) / 3600
 
     this_run = [t for t in trials if t.number in set(this_run)]
-    waiting = f", {counts[TrialState.WAITING]} waiting" if counts[TrialState.WAITING] else ""
+    paused = sum(1 for t in trials if paused_after(t) is not None)   # WAITING in Optuna: scheduler = "promote"
+    queued = counts[TrialState.WAITING] - paused
+    waiting = (f", {queued} waiting" if queued else "") + (f", {paused} paused" if paused else "")
     stopped = sum(1 for t in trials if t.state == TrialState.FAIL and interrupted(t))   # FAIL in Optuna, not failed
     stopped_text = f", {stopped} interrupted" if stopped else ""
     rows = _best_rows(study) + gains_rows(study, search_gains(study))
