@@ -27,6 +27,7 @@ from objectives.space import conditional, distribution, drawn, param_name, skipp
 from objectives.trial_attrs import set_attr
 from search.running.dask_trial import STARTED_ATTR, STOP_EVENT, DaskTask, run_dask_trial
 from search.running.failures import error_log
+from search.running.stop import STOP_WAIT_S
 from search.running.worker import checkpoint_root
 from search.study.orphans import DASK_TOKEN_ATTR
 from search.study.schedule_record import n_cycles_mode
@@ -34,7 +35,6 @@ from search.studyfile import StudyFile
 from search.views.format import describe_trial
 
 WAIT_FOR_SLOTS_S = 60      # every worker gone: how long the driver waits for one before it stops
-STOP_WAIT_S = 60           # after Ctrl-C: how long trials get to reach their next epoch and record themselves
 MAX_LOST_IN_A_ROW = 3      # tasks lost one after another before the run gives up
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 import signal
 from contextlib import contextmanager
 
+# After a stop request (Ctrl-C, SIGTERM): how long a running trial gets to reach its next epoch and
+# record itself before it is killed (a local process) or left to its retry (a Dask task).
+STOP_WAIT_S = 60
+
 
 class StopFlag:
     def __init__(self):

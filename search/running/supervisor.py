@@ -24,7 +24,7 @@ import optuna
 import torch
 
 from search.running.promotion import Turn, next_turn
-from search.running.stop import StopFlag
+from search.running.stop import STOP_WAIT_S, StopFlag
 
 # A trial process's exit status: its trial finished (complete or pruned), it failed, the
 # process met bad input (a SwiprError: the next would too), or it was stopped by a signal.
@@ -36,7 +36,6 @@ from swipr_core.data.dataset import Dataset
 from swipr_core.errors import SwiprError
 from swipr_core.train.threads import cpu_threads
 
-STOP_WAIT_S = 60         # how long a stopping trial may take to record itself before SIGKILL
 MAX_CRASHES_IN_A_ROW = 3  # trial processes that die one after another before the run gives up
 # Imported once by the forkserver; search.cli first, so its warning filter applies there too.
 PRELOAD = ["search.cli", "torch", "fastai.learner", "timm", "search.running.supervisor"]
