@@ -340,3 +340,19 @@ def test_a_diverged_run_is_pruned_at_its_first_nan_whatever_the_pruner(prune_at,
     assert len(attrs_of(diverged)[LOSSES_ATTR]) == first_nan + 1   # stopped there
     assert "(diverged: val_loss nan)" in describe_trial(diverged)
     assert "diverged" not in describe_trial(study.trials[0])
+
+
+def test_the_summary_says_what_trials_left_paused_have_not_spent():
+    from search.views.progress import summary_table
+
+    study = gains_study()
+    # scheduler = "promote": a trial paused after its first cycle end (epoch 0) of a 7-epoch plan
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params={"lr": 0.02},
+        distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1)},
+        user_attrs={"epochs": 1, "planned_epochs": 7, "paused_after_cycle": 1}))
+    table = " ".join(summary_table(study, "cpu").split())
+    assert ("left paused 1 trial at a cycle end, not promoted: 6 epochs of their plans unspent "
+            "(20% of 30 planned in all); the next `swipr study run` may promote them") in table
+    assert "pruning saved 10 epochs (42% of 24): 2 trials pruned, 14 epochs run" in table   # its epoch counts as run
+    assert "left paused" not in " ".join(summary_table(gains_study(), "cpu").split())

@@ -7,6 +7,7 @@ import optuna
 from optuna.trial import TrialState
 
 from objectives.judging import BEST_STAGE_ATTR, CUT_ATTR, STAGE2_FIRST_EPOCH_ATTR, best_schedule, nesting_saved
+from objectives.pausing import paused_after
 from objectives.trial_attrs import attrs_of
 from search.study.data_record import majority_baseline
 from search.study.learn_from import learned_from_rows
@@ -28,8 +29,11 @@ def epochs_saved(trials) -> dict:
     saved = sum(attrs_of(t)["planned_epochs"] - attrs_of(t).get("epochs", 0)
                 for t in ran if t.state == TrialState.PRUNED or t in cut)
     nested = sum(nesting_saved(attrs_of(t)) for t in ran if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+    # scheduler = "promote": a trial paused at a cycle end and not promoted (yet) has its plan's rest unspent
+    paused = [t for t in ran if t.state == TrialState.WAITING and paused_after(t) is not None]
     return {"epochs_run": run, "epochs_saved": saved, "pruned": sum(t.state == TrialState.PRUNED for t in ran),
-            "cut": len(cut), "nesting_saved": nested}
+            "cut": len(cut), "nesting_saved": nested, "paused": len(paused),
+            "paused_unspent": sum(attrs_of(t)["planned_epochs"] - attrs_of(t).get("epochs", 0) for t in paused)}
 
 
 def _notebook_trials(trials) -> dict[str, optuna.trial.FrozenTrial]:
@@ -126,6 +130,12 @@ def gains_rows(study: optuna.Study, gains: dict) -> list[tuple[str, str]]:
     cut = f", {gains['cut']} stopped after a finished shorter schedule" if gains.get("cut") else ""
     rows.append(("pruning saved", f"{count(gains['epochs_saved'], 'epoch')}{share}: "
                                   f"{count(gains['pruned'], 'trial')} pruned{cut}, {count(gains['epochs_run'], 'epoch')} run"))
+    if gains.get("paused"):   # scheduler = "promote": what the trials left paused have not spent
+        planned = gains["epochs_run"] + gains["epochs_saved"] + gains["paused_unspent"]
+        rows.append(("left paused", f"{count(gains['paused'], 'trial')} at a cycle end, not promoted: "
+                                    f"{count(gains['paused_unspent'], 'epoch')} of their plans unspent "
+                                    f"({100 * gains['paused_unspent'] / planned:.0f}% of {planned} planned in all); "
+                                    f"the next `swipr study run` may promote them"))
     if gains.get("nesting_saved"):
         rows.append(("nesting saved", f"{count(gains['nesting_saved'], 'epoch')}: shorter schedules finished inside longer "
                                       f"runs, which n_cycles sampled would have trained as trials of their own"))
