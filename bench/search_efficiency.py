@@ -322,13 +322,16 @@ def promote_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: flo
     from search.running.promotion import next_turn, queue_for
 
     grid, curves = nested_curves(curves, grid, head_epochs)
-    study = optuna.create_study(study_name=f"{strategy[0]} {seed}", sampler=make_sampler(strategy[1], seed))
+    study = optuna.create_study(study_name=f"{strategy[0]} {seed}", sampler=make_sampler(strategy[1], seed, distinct=True))
     space = {name: Choices(tuple(values)) for name, values in grid.items()}
     rule = mode_of(strategy).split(":")[1]
     rows: list[dict] = []
     last_row: dict[int, int] = {}   # trial number -> its latest row
     while sum(row["epochs"] for row in rows) < cap:
-        order_queue(study, queue_for(next_turn(study.get_trials(deepcopy=False), DEFAULTS.promotion_eta, rule, True)))
+        turn = next_turn(study.get_trials(deepcopy=False), DEFAULTS.promotion_eta, rule, True)
+        if turn is None:   # every configuration finished: the study ends below the cap
+            break
+        order_queue(study, queue_for(turn))
         trial = study.ask()
         continuing(trial)
         k = key({name: suggest(trial, name, spec) for name, spec in space.items()}, grid)
