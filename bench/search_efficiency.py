@@ -83,7 +83,7 @@ STRATEGIES = (
      "budget"),
     # the default's pruner with promote's draws ("/distinct": make_sampler's distinct, a configuration
     # no trial holds): how much of promote's gain the draws alone give
-    ("tpe + successive halving, nested, distinct", "tpe/distinct", "successive_halving", "cycle_end",
+    ("tpe + succ. halving, nested, distinct", "tpe/distinct", "successive_halving", "cycle_end",
      DEFAULTS.pruner_warmup_epochs, "budget"),
     ("one-epoch baseline (random, keep 3)", "random", "none", "cycle_end", 0, "one_epoch"),
     ("one-epoch baseline (tpe, keep 3)", "tpe", "none", "cycle_end", 0, "one_epoch"),
