@@ -280,7 +280,7 @@ def _new(study: optuna.Study) -> optuna.Trial:
     order_queue(study, queue_for(Turn("new")))
     trial = study.ask()
     for name, distribution in GRID.items():
-        trial._suggest(name, distribution)
+        trial.suggest_categorical(name, distribution.choices)
     return trial
 
 
@@ -300,7 +300,7 @@ def test_tpe_sees_a_paused_trial_as_pruned_at_its_cycle_end_and_the_study_stays_
         {"study": "old", "trial": i, "params": {"a": 3}, "q": i / 2} for i in range(3)]})
     stored = study.get_trials()
     drawn = _new(study)
-    view = study.sampler._view(study, _frozen(drawn), "a", GRID["a"])
+    view = study.sampler.view(study, _frozen(drawn), "a", GRID["a"])
     seen = view.get_trials()
     # the earlier study's observation first (COMPLETE), then the paused trials, PRUNED, values kept
     assert [t.state for t in seen] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
@@ -320,7 +320,7 @@ def test_without_paused_trials_or_observations_tpe_draws_on_the_study_itself():
     study = optuna.create_study(sampler=make_sampler("tpe", 3))
     study.add_trial(optuna.trial.create_trial(params={"a": 1}, distributions={"a": GRID["a"]}, value=0.5))
     drawn = study.ask()
-    assert study.sampler._view(study, _frozen(drawn), "a", GRID["a"]) is None
+    assert study.sampler.view(study, _frozen(drawn), "a", GRID["a"]) is None
 
 
 def test_a_promote_study_draws_each_configuration_of_a_discrete_space_once_then_starts_none():

@@ -139,6 +139,8 @@ class LearningSeededByTrial(SeededByTrial):
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         if not self._distinct or not search_space:
             return super().sample_relative(study, trial, search_space)
+        if trial.params:   # a promotion: its params are stored, nothing to draw
+            return {}
         held = {_config(t.params, search_space) for t in _held(study, trial)}
         for _ in range(REDRAWS):
             draw = {name: self.sample_independent(study, trial, name, d) for name, d in search_space.items()}
@@ -157,7 +159,7 @@ class LearningSeededByTrial(SeededByTrial):
                            param_distribution: BaseDistribution) -> Any:
         if (trial.number, param_name) not in self._views:   # drawn again by sample_relative: built once
             self._views = {k: v for k, v in self._views.items() if k[0] == trial.number}
-            self._views[trial.number, param_name] = self._view(study, trial, param_name, param_distribution)
+            self._views[trial.number, param_name] = self.view(study, trial, param_name, param_distribution)
         view = self._views[trial.number, param_name]
         if view is None:
             return super().sample_independent(study, trial, param_name, param_distribution)
@@ -166,7 +168,7 @@ class LearningSeededByTrial(SeededByTrial):
         drawn.number = len(view.get_trials(deepcopy=False))
         return self._for(trial).sample_independent(view, drawn, param_name, param_distribution)
 
-    def _view(self, study: optuna.Study, trial: FrozenTrial, name: str,
+    def view(self, study: optuna.Study, trial: FrozenTrial, name: str,
               distribution: BaseDistribution) -> optuna.Study | None:
         """The in-memory study TPE draws `name` on; None when it would hold only the study's own
         trials as Optuna shows them (no earlier trial left to show, no paused trial)."""
