@@ -205,7 +205,7 @@ def as_seen(trial: FrozenTrial) -> FrozenTrial:
 
 
 REDRAWS = 8   # `distinct`: TPE's draws of a held configuration before one no trial holds is picked
-ENUMERATED = 100_000   # `distinct`: a discrete space of more configurations than this is never listed
+ENUMERATED = 100_000   # `distinct`: a larger discrete space is drawn as a float one is (no distinct draws)
 
 
 def _held(study: optuna.Study, trial: FrozenTrial) -> list[FrozenTrial]:
