@@ -81,6 +81,10 @@ STRATEGIES = (
     ("tpe + hyperband, cycle ends, nested", "tpe", "hyperband", "cycle_end", DEFAULTS.pruner_warmup_epochs, "budget"),
     ("tpe + successive halving, nested", "tpe", "successive_halving", "cycle_end", DEFAULTS.pruner_warmup_epochs,
      "budget"),
+    # the default's pruner with promote's draws ("/distinct": make_sampler's distinct, a configuration
+    # no trial holds): how much of promote's gain the draws alone give
+    ("tpe + succ. halving, nested, distinct", "tpe/distinct", "successive_halving", "cycle_end",
+     DEFAULTS.pruner_warmup_epochs, "budget"),
     ("one-epoch baseline (random, keep 3)", "random", "none", "cycle_end", 0, "one_epoch"),
     ("one-epoch baseline (tpe, keep 3)", "tpe", "none", "cycle_end", 0, "one_epoch"),
     # [study] scheduler = "promote" (docs/promotion.md): pause at every cycle end, promote by the rule
@@ -251,7 +255,8 @@ def replay_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: floa
     if mode_of(strategy) == "budget":
         grid, curves = nested_curves(curves, grid, head_epochs)
     section = StudySection(pruner=pruner, prune_at=prune_at, pruner_warmup_epochs=warmup)
-    study = optuna.create_study(study_name=f"{strategy[0]} {seed}", sampler=make_sampler(sampler, seed),
+    name, _, draws = sampler.partition("/")
+    study = optuna.create_study(study_name=f"{strategy[0]} {seed}", sampler=make_sampler(name, seed, draws == "distinct"),
                                 pruner=make_pruner(section, max(len(c["val_loss"]) for c in curves.values())))
     space = {name: Choices(tuple(values)) for name, values in grid.items()}
     spent = [0]
@@ -322,13 +327,16 @@ def promote_study(curves: dict, grid: dict, strategy: tuple, seed: int, cap: flo
     from search.running.promotion import next_turn, queue_for
 
     grid, curves = nested_curves(curves, grid, head_epochs)
-    study = optuna.create_study(study_name=f"{strategy[0]} {seed}", sampler=make_sampler(strategy[1], seed))
+    study = optuna.create_study(study_name=f"{strategy[0]} {seed}", sampler=make_sampler(strategy[1], seed, distinct=True))
     space = {name: Choices(tuple(values)) for name, values in grid.items()}
     rule = mode_of(strategy).split(":")[1]
     rows: list[dict] = []
     last_row: dict[int, int] = {}   # trial number -> its latest row
     while sum(row["epochs"] for row in rows) < cap:
-        order_queue(study, queue_for(next_turn(study.get_trials(deepcopy=False), DEFAULTS.promotion_eta, rule, True)))
+        turn = next_turn(study.get_trials(deepcopy=False), DEFAULTS.promotion_eta, rule, True)
+        if turn is None:   # every configuration finished: the study ends below the cap
+            break
+        order_queue(study, queue_for(turn))
         trial = study.ask()
         continuing(trial)
         k = key({name: suggest(trial, name, spec) for name, spec in space.items()}, grid)

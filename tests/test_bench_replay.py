@@ -91,16 +91,13 @@ def test_the_one_epoch_baseline_screens_at_the_first_cycle_end_and_finishes_the_
     assert all(row["key"][0] == 0.01 and row["value"] == 0.45 and row["epochs"] == 1 for row in kept)
 
 
-def test_promote_pauses_at_each_cycle_end_and_promotes_the_top_third_of_a_rung(bench):
-    rows = bench.replay_study(nested_table(), NESTED_GRID, ("t", "random", "none", "cycle_end", 0, "promote:asha"),
+def test_promote_pauses_at_each_cycle_end_draws_each_configuration_once_and_drains(bench):
+    rows = bench.replay_study(nested_table(), NESTED_GRID, ("t", "tpe", "none", "cycle_end", 0, "promote:asha"),
                               seed=0, cap=12)
-    assert all(row["epochs"] == 1 for row in rows) and sum(row["epochs"] for row in rows) == 12
-    seen, promoted = set(), []
-    for index, row in enumerate(rows):
-        (promoted.append((index, row)) if row["trial"] in seen else seen.add(row["trial"]))
-    # No promotion before three trials reached rung 1; the first is of the better lr, whose value
-    # is then its best finished schedule (2 cycles: 0.45); a worse one goes on only once the rung
-    # is big enough for its top third to reach it.
-    first, row = promoted[0]
-    assert first == 3 and row["key"][0] == 0.01 and row["value"] == 0.45
-    assert all(row["value"] == (0.45 if row["key"][0] == 0.01 else 0.6) for _, row in promoted)
+    # Each of the two configurations is drawn once (TPE's distinct draws) and pauses at its first cycle end. With none
+    # left to draw, the rung's best (ceil(2/3) = 1: the better lr) goes on to its end, with its
+    # best finished schedule (2 cycles: 0.45) as its value; the other stays paused, and the
+    # study ends there, below the cap.
+    assert [row["epochs"] for row in rows] == [1, 1, 1]
+    assert sorted(row["key"][0] for row in rows[:2]) == [0.001, 0.01] and rows[0]["trial"] != rows[1]["trial"]
+    assert rows[2]["key"][0] == 0.01 and rows[2]["state"] == "COMPLETE" and rows[2]["value"] == 0.45

@@ -248,3 +248,88 @@ def test_promote_on_dask_is_refused_in_one_line_for_now(tmp_path, data_dir):
     path = write_study(tmp_path, data_dir, extra=PROMOTE)
     line = one_line_error(run_cli("study", "run", path, "--dask", "tcp://127.0.0.1:1"))
     assert 'scheduler = "promote" does not run on Dask yet' in line
+
+
+# --- the sampler under promote: paused trials seen as stopped at a cycle end ----------------
+
+GRID = {"a": optuna.distributions.CategoricalDistribution([1, 2, 3]),
+        "b": optuna.distributions.CategoricalDistribution(["x", "y"])}
+
+
+def _paused_study(losses: list[float], distinct: bool = False) -> optuna.Study:
+    """A study of one trial per loss, each paused after its first cycle end (epoch 0) with that loss."""
+    from objectives.pausing import TrialPaused, pause
+    from objectives.trial_attrs import set_attr
+    from search.study.samplers import make_sampler
+
+    study = optuna.create_study(sampler=make_sampler("tpe", 3, distinct))
+    for loss in losses:
+        trial = _new(study)
+        trial.report(loss, 0)
+        set_attr(trial, LOSSES_ATTR, [loss])
+        set_attr(trial, CYCLE_ENDS_ATTR, [0])
+        pause(trial, TrialPaused(1, 1))
+    return study
+
+
+def _new(study: optuna.Study) -> optuna.Trial:
+    """A new configuration's trial (a "new" turn: Optuna samples, the queue's paused trials stay)."""
+    from objectives.optuna_compat import order_queue
+    from search.running.promotion import queue_for
+
+    order_queue(study, queue_for(Turn("new")))
+    trial = study.ask()
+    for name, distribution in GRID.items():
+        trial.suggest_categorical(name, distribution.choices)
+    return trial
+
+
+def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    from objectives.optuna_compat import stored_trial
+
+    return stored_trial(trial)
+
+
+def test_tpe_sees_a_paused_trial_as_pruned_at_its_cycle_end_and_the_study_stays_as_stored():
+    from objectives.optuna_compat import set_study_system_attr
+    from search.study.samplers import LEARNED_SYSTEM_ATTR
+
+    study = _paused_study([0.4, 0.2])
+    # [study] learn_from's three: one fades for each trial of the study's own seen (paused ones too)
+    set_study_system_attr(study, LEARNED_SYSTEM_ATTR, {"observations": [
+        {"study": "old", "trial": i, "params": {"a": 3}, "q": i / 2} for i in range(3)]})
+    stored = study.get_trials()
+    drawn = _new(study)
+    view = study.sampler.view(study, _frozen(drawn), "a", GRID["a"])
+    seen = view.get_trials()
+    # the earlier study's observation first (COMPLETE), then the paused trials, PRUNED, values kept
+    assert [t.state for t in seen] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    assert seen[0].params == {"a": 3}
+    assert [(t.params, t.intermediate_values) for t in seen[1:]] == [(t.params, {0: v}) for t, v in
+                                                                     zip(stored, [0.4, 0.2], strict=True)]
+    # nothing written to the stored study: its trials are still WAITING, paused, as they were
+    after = study.get_trials()[:2]
+    assert [(t.state, t.intermediate_values, paused_after(t)) for t in after] == \
+        [(TrialState.WAITING, {0: 0.4}, 1), (TrialState.WAITING, {0: 0.2}, 1)]
+    assert len(study.get_trials()) == 3
+
+
+def test_without_paused_trials_or_observations_tpe_draws_on_the_study_itself():
+    from search.study.samplers import make_sampler
+
+    study = optuna.create_study(sampler=make_sampler("tpe", 3))
+    study.add_trial(optuna.trial.create_trial(params={"a": 1}, distributions={"a": GRID["a"]}, value=0.5))
+    drawn = study.ask()
+    assert study.sampler.view(study, _frozen(drawn), "a", GRID["a"]) is None
+
+
+def test_a_promote_study_draws_each_configuration_of_a_discrete_space_once_then_starts_none():
+    from search.study.samplers import configurations_left
+
+    study = _paused_study([0.5, 0.1, 0.3, 0.2, 0.4, 0.6], distinct=True)   # 6 = every configuration of GRID
+    held = [(t.params["a"], t.params["b"]) for t in study.get_trials()]
+    assert sorted(held) == sorted((a, b) for a in (1, 2, 3) for b in ("x", "y")), held
+    assert not configurations_left(study.get_trials())
+    # the scheduler starts no new configuration: it promotes (budget left or not) and ends
+    assert next_turn(study.get_trials(), 3, "asha", may_start_new=True) == Turn("promote", 1)
+    assert configurations_left(study.get_trials()[:5])

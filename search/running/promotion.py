@@ -8,11 +8,12 @@ when it ranks in the top 1/eta of every trial that reached rung k (ASHA: Li et a
   - "curve": by that loss extrapolated along its last two cycle ends to the deepest rung any
     trial has reached (a trial still falling fast ranks above one that has levelled off).
 `next_turn` decides: a queued trial first (a retry, the warm start), then the promotable paused
-trial highest up, then a new configuration while the run has configurations left; once it has
-none left, the top ceil(n/eta) of a rung may go on (so every rung's best is run to its end and
-the run ends); nothing left to do ends the run. `run_turns` is the worker loop that carries it
-out, one Optuna trial per configuration: asked (a promotion takes the paused trial back from the
-queue), run, and told once, when it finishes; a pause tells Optuna nothing.
+trial highest up, then a new configuration while the run has configurations left (and the
+space one no trial holds); once it has none left, the top ceil(n/eta) of a rung may go on (so
+every rung's best is run to its end and the run ends); nothing left to do ends the run.
+`run_turns` is the worker loop that carries it out, one Optuna trial per configuration: asked (a
+promotion takes the paused trial back from the queue), run, and told once, when it finishes; a
+pause tells Optuna nothing.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from objectives.judging import CYCLE_ENDS_ATTR, LOSSES_ATTR
 from objectives.optuna_compat import OPTIMIZE_LOGGER, heartbeat, order_queue, stored_trial
 from objectives.pausing import TrialPaused, paused_after
 from objectives.trial_attrs import attrs_of
+from search.study.samplers import configurations_left
 
 RANKED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -88,7 +90,9 @@ def promotable(trials: list[FrozenTrial], eta: int, rule: str, draining: bool = 
 
 def next_turn(trials: list[FrozenTrial], eta: int, rule: str, may_start_new: bool,
               busy: frozenset[int] = frozenset()) -> Turn | None:
-    """The next turn of a free worker (see the module's docstring); None: nothing to do now."""
+    """The next turn of a free worker (see the module's docstring); None: nothing to do now. No
+    new configuration is started once every one of a discrete space is held (samplers.configurations_left)."""
+    may_start_new = may_start_new and configurations_left(trials)
     queued = [t for t in trials if t.state == TrialState.WAITING and paused_after(t) is None]
     if any("failed_trial" in t.system_attrs for t in queued):
         return Turn("retry")

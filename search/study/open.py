@@ -42,7 +42,7 @@ def open_study(study_file: StudyFile, create: bool = True, heartbeat_aware: bool
     refuse_long_name(study_file)
     storage = open_storage(study_file.study.storage, create=create, read_only=read_only, reader=reader,
                            heartbeat=heartbeat(study_file) if heartbeat_aware else None)
-    sampler = make_sampler(study_file.study.sampler, study_file.study.seed)
+    sampler = make_sampler(study_file.study.sampler, study_file.study.seed, study_file.study.scheduler == "promote")
     pruner = pruner_for(study_file)
     name = study_file.study.name
     if create:
@@ -77,7 +77,7 @@ def open_worker_study(study_file: StudyFile, on_stale, slot: str = "0") -> optun
     storage = open_storage(s.storage, create=False, heartbeat=heartbeat(study_file), on_stale=on_stale)
     try:
         study = optuna.load_study(study_name=s.name, storage=storage, pruner=pruner_for(study_file),
-                                  sampler=make_sampler(s.sampler, s.seed))
+                                  sampler=make_sampler(s.sampler, s.seed, s.scheduler == "promote"))
     except KeyError:
         raise SwiprError(f"no study named '{s.name}' in {redact(s.storage)}") from None
     fail_unbeaten_trials(study, s.grace_period, on_stale)
