@@ -1,51 +1,61 @@
-"""Swipr search side by side with the script a user would write instead (issue 21, part 3).
+"""Swipr search side by side with the script a user would write instead (issues 21 §3, 28, 32).
 
 The contender is a plain Optuna + fastai script written as optuna-integration documents it:
 `FastAIPruningCallback` (fastai v2) reporting `valid_loss` every epoch to a `MedianPruner`
-(`n_startup_trials=2`, as optuna-examples' fastai example), TPE with the same seed, fastai's own
+(`n_startup_trials=2`, as optuna-examples' fastai example), TPE with the same seed (Optuna's
+default 10 start-up trials; `--plain-startup 5` adds a row with swipr's 5), fastai's own
 `ImageDataLoaders` reading the photos from disk with the same fixed split, a timm network
 through `vision_learner`, and `fit_sgdr` for the schedule (`frozen_then_unfrozen` as
 `freeze()` + one head cycle, then `unfreeze()` + the SGDR cycles; fastai's `fit_sgdr` divides
 by `cycle_mult - 1`, so equal cycles are one `fit_sgdr` each. Each fit restarts the callback's
-step at 0, as it does for any user of it).
+step at 0, as it does for any user of it). Both search studies/demo.toml's space as shipped,
+[space.stage2] included (the plain script: new loaders at stage 2's size on the same learner);
+stage 1's lr is the demo's range test times a factor for swipr, the plain range 1e-4..0.05 for
+the plain script. `--one-stage` leaves [space.stage2] out on both sides; `--pretrained` starts
+both from WEIGHTS.
 
-Both run the same number of trials on the same demo data, one after the other, with the same
-torch thread count (swipr's trials get it through SWIPR_CPU_THREADS). For each contender the
-script prints its best-so-far validation loss at fixed budgets of epochs trained, counted the
-same way on both sides (every epoch trained, the head epoch and a pruned trial's partial run
-included; swipr's lr range tests as their epochs-equivalent, charged to the trial that ran them): 25%, 50% and 100% of the plain script's total epochs. Per seed it prints that
-seed's anytime, and the last line is
+Swipr runs `--trials` trials; the plain script then runs until it has spent as many epochs
+(it stops after the trial that reaches them), one after the other, with the same torch
+thread count (swipr's trials get it through SWIPR_CPU_THREADS). Epochs are counted the same
+way on both sides: every epoch trained, the head epoch and a pruned trial's partial run
+included; swipr's lr range tests as their epochs-equivalent, charged to the trial that ran
+them. For each contender the script prints its best-so-far validation loss at 25%, 50%, 75%
+and 100% of the larger of the two totals. Per seed it prints that seed's anytime: the worst
+(largest), over those budgets, of swipr's best-so-far divided by the plain script's. The last
+lines are
 
-    anytime: X
+    anytime: X (min A, median X, max B) over N seeds [row]
+    anytime_max: B
 
-the worst (largest), over those budgets, of swipr's best-so-far divided by the plain
-script's — the median over the seeds run. A budget at which neither has finished a trial is
-left out; one at which only swipr has counts 0, only the plain script inf. X <= 1.0 means
-swipr was at least as good at every budget. A trial counts once it has ended and finished a
-schedule: a COMPLETE trial's value, or a pruned trial's best finished SGDR schedule where
-swipr records one (`best_cycle_end_loss`); the plain script's pruned trials finished nothing.
-Beside it, "on the way" also counts a schedule a nested swipr trial finished inside its
-longer run as soon as its epochs are spent (`finished_schedules`: a 2-cycle run inside a
+X is the median over the seeds, B the worst seed. A budget at which neither has finished a
+trial is left out; one at which only swipr has counts 0, only the plain script inf. X <= 1.0
+means swipr was at least as good at every budget. A trial counts once it has ended and
+finished a schedule: a COMPLETE trial's value, or a pruned trial's best finished SGDR schedule
+where swipr records one (`best_cycle_end_loss`); the plain script's pruned trials finished
+nothing. Beside it, "on the way" also counts a schedule a nested swipr trial finished inside
+its longer run as soon as its epochs are spent (`finished_schedules`: a 2-cycle run inside a
 3-cycle budget, which `swipr fit` can replay); the plain script records nothing finished
 before its trial ends, so its figures are the same either way.
 
     .venv/bin/python bench/peers.py [--seeds 0,1,2,3,4] [--trials 12] [--images 600] [--threads 2]
+        [--plain-startup 10[,5]] [--pretrained] [--one-stage]
         [--variant "pruner_warmup_epochs = 1; warm_start = false" ...] [--cache DIR [--only swipr|plain|cached]]
         [--accept-unversioned]
 
 `--variant` runs swipr with [study] lines other than the shipped ones (repeatable; "default"
-is the study file as shipped; the last line is the first variant's). `--cache` keeps each
+is the study file as shipped; the last lines are the first variant's). `--cache` keeps each
 contender's trials per seed as JSON with what made them (bench/provenance.py: commit, code,
 versions, space, data, split, threads, settings), so another run (another variant, or `--only`
 one contender in a second process) reuses them instead of training again; each reused file is
 named with when and at which commit it was made, and one that this run would not make the same
-way stops the run with one line saying what differs. `--only cached` re-prints what the cache
-holds, each file named that way. Files recorded before provenance are read only with
+way stops the run with one line saying what differs. A cached plain run that spent fewer epochs
+than the comparison needs is made again; one that spent more is cut at the trial that reaches
+swipr's total. `--only plain` needs swipr's trials in the cache first; `--only cached`
+re-prints what the cache holds. Files recorded before provenance are read only with
 --accept-unversioned.
 
-About 5-10 minutes per seed and contender on a loaded 2-core machine: the times are only
-comparable within one run of this script (the machines are shared and noisy); the epochs and
-losses don't depend on the load.
+The times are only comparable within one run of this script (the machines are shared and
+noisy); the epochs and losses don't depend on the load.
 """
 from __future__ import annotations
 
