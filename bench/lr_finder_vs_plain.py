@@ -19,12 +19,17 @@ to reach the worse of the two bests, which both reach; the same again with the r
 free (what they cost on a dataset whose epoch is far longer than 100 batches: the demo's epoch
 is 26 batches at batch size 16, so a test costs ~4 epochs there). Trials count in the order
 they finished.
-The last line is
+Per seed and in the summary it also prints each study's best at equal compute: within the
+smaller of the two studies' costs (epochs trained plus range tests in epochs-equivalent), the
+trials counted in the order they finished. The last two lines are
 
     finder_vs_plain: best X (median ratio of best losses), wins N/M
+    finder_vs_plain_equal_compute: best Y (median ratio of the bests within the smaller total, ...), wins K/M
 
-X = median over seeds of finder best / plain best (below 1: the finder is better); N: seeds
-where the finder's best is lower.
+X = median over seeds of finder best / plain best after the same number of trials (below 1: the
+finder is better); N: seeds where the finder's best is lower. Y and K: the same at equal
+compute, the range tests counted (a study with no trial finished within it: ratio inf, or 0 for
+the plain one).
 
     PYTHONPATH=. .venv/bin/python bench/lr_finder_vs_plain.py [--seeds 0-9] [--trials 12]
         [--factor 0.3,3] [--finder valley] [--jobs 2] [--keep DIR [--accept-unversioned]]
@@ -258,6 +263,30 @@ def cost_to_reach(outcome: Outcome, target: float, range_tests: bool = True) -> 
     return math.inf
 
 
+def best_within(outcome: Outcome, budget: float) -> float:
+    """The best loss of the trials finished within `budget` epochs, range tests included (in the
+    order they finished); inf if none had."""
+    spent, best = 0.0, math.inf
+    for trial in outcome.trials:
+        spent += trial.epochs + trial.range_epochs
+        if spent > budget:
+            break
+        if trial.loss is not None:
+            best = min(best, trial.loss)
+    return best
+
+
+def equal_compute(plain: Outcome, finder: Outcome) -> tuple[float, float, float]:
+    """(budget, plain's best, finder's best) within the smaller of the two studies' costs, range
+    tests counted: the two at the same compute."""
+    budget = min(plain.cost, finder.cost)
+    return budget, best_within(plain, budget), best_within(finder, budget)
+
+
+def _ratio(finder: float, plain: float) -> float:
+    return math.inf if math.isinf(finder) else 0.0 if math.isinf(plain) else finder / plain
+
+
 def _reach(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:.1f}"
 
@@ -272,12 +301,17 @@ def summarize(rows: list[tuple[int, Outcome, Outcome]]) -> list[str]:
 
     ratios = [f.best / p.best for _, p, f in rows]
     wins = sum(f.best < p.best for _, p, f in rows)
+    equal = [equal_compute(p, f) for _, p, f in rows]
     common = [(cost_to_reach(p, max(p.best, f.best)), cost_to_reach(f, max(p.best, f.best)),
                cost_to_reach(f, max(p.best, f.best), range_tests=False)) for _, p, f in rows]
     return [
         f"summary over {len(rows)} seeds (medians):",
         f"  best val_loss    plain {median([p.best for _, p, _ in rows])}  finder {median([f.best for _, _, f in rows])}"
         f"  (finder/plain {statistics.median(ratios):.3f}; finder lower in {wins} of {len(rows)})",
+        f"  at equal compute (the smaller total, range tests counted: {median([e[0] for e in equal])} epochs) "
+        f"plain {median([e[1] for e in equal])}  finder {median([e[2] for e in equal])}  (finder/plain "
+        f"{statistics.median(_ratio(e[2], e[1]) for e in equal):.3f}; finder lower in "
+        f"{sum(e[2] < e[1] for e in equal)} of {len(rows)})",
         f"  epochs trained   plain {median([p.train_epochs for _, p, _ in rows])}  finder "
         f"{median([f.train_epochs for _, _, f in rows])} + range tests {median([f.range_epochs for _, _, f in rows])} "
         f"epochs-equivalent ({median([f.range_tests for _, _, f in rows])} tests)",
@@ -294,8 +328,11 @@ def summarize(rows: list[tuple[int, Outcome, Outcome]]) -> list[str]:
 
 def seed_lines(seed: int, plain: Outcome, finder: Outcome) -> list[str]:
     target = max(plain.best, finder.best)
+    budget, plain_equal, finder_equal = equal_compute(plain, finder)
     lines = [
         f"seed {seed}: best plain {plain.best:.4f}  finder {finder.best:.4f}  (ratio {finder.best / plain.best:.3f})",
+        f"  at equal compute ({budget:.1f} epochs, range tests counted): plain {plain_equal:.4f}  finder "
+        f"{finder_equal:.4f}  (ratio {_ratio(finder_equal, plain_equal):.3f})",
         f"  epochs: plain {plain.train_epochs}; finder {finder.train_epochs} + {finder.range_epochs:.1f} in "
         f"{finder.range_tests} range tests = {finder.cost:.1f}; wall plain {plain.wall_s:.0f} s, finder {finder.wall_s:.0f} s",
         f"  finder to reach plain's best: {_reach(cost_to_reach(finder, plain.best))}; plain to reach finder's best: "
@@ -350,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [f.best / p.best for _, p, f in rows]
     print(f"finder_vs_plain: best {statistics.median(ratios):.3f} (median ratio of best losses), "
           f"wins {sum(f.best < p.best for _, p, f in rows)}/{len(rows)}")
+    equal = [equal_compute(p, f) for _, p, f in rows]
+    print(f"finder_vs_plain_equal_compute: best {statistics.median(_ratio(e[2], e[1]) for e in equal):.3f} "
+          f"(median ratio of the bests within the smaller total, range tests counted), "
+          f"wins {sum(e[2] < e[1] for e in equal)}/{len(rows)}")
     return 0
 
 

@@ -88,6 +88,16 @@ def test_every_committed_result_has_a_provenance_block(provenance):
     assert all(b and b["commit"] and set(provenance.COMPARED) <= set(b) for b in blocks)
 
 
+def test_the_fresh_peers_runs_say_what_made_them(provenance):
+    fresh = sorted(RESULTS.glob("peers-28*/*.json"))
+    assert fresh
+    blocks = [json.loads(p.read_text())["provenance"] for p in fresh]
+    assert not any(b.get("recorded_before_provenance") for b in blocks)
+    # made from a committed tree (no "+changes"), with every field known
+    assert all(len(b["commit"]) == 40 and all(b[name] != provenance.UNKNOWN for name in provenance.COMPARED)
+               for b in blocks)
+
+
 def test_a_peers_cache_is_written_with_its_provenance_and_refused_once_stale(peers, provenance, tmp_path, capsys):
     made = {"now": block(provenance)}
     trials = [peers.Finished(3, 0.5, [(3, 0.5)])]
