@@ -1,4 +1,4 @@
-"""The [space] lr finder against a plainly searched lr range, on the demo study (issue 17).
+"""The [space] lr finder against a plainly searched lr range, on the demo study.
 
 Two studies per seed, both studies/demo.toml as shipped (its data, model, split, sampler,
 pruner, warm start and n_trials) with only [study] seed, name, storage and [space] lr set:
@@ -65,8 +65,8 @@ from bench import provenance  # noqa: E402
 from objectives.trial_attrs import attrs_of  # noqa: E402
 
 LR_LINE = re.compile(r"^lr = .*$", re.MULTILINE)
-# The demo's plainly searched range (its lr line before issue 17's measurement), whatever
-# studies/demo.toml's lr line is now.
+# A plainly searched range, fixed here so the comparison doesn't move with studies/demo.toml's
+# own lr line.
 PLAIN_LR = "lr = { low = 1e-4, high = 0.05, log = true }"
 
 

@@ -1,4 +1,4 @@
-"""Swipr search side by side with the script a user would write instead (issues 21 §3, 28, 32).
+"""Swipr search side by side with the script a user would write instead.
 
 The contender is a plain Optuna + fastai script written as optuna-integration documents it:
 `FastAIPruningCallback` (fastai v2) reporting `valid_loss` every epoch to a `MedianPruner`

@@ -1,4 +1,4 @@
-"""How many epochs each search strategy spends to find a good configuration (issue 10).
+"""How many epochs each search strategy spends to find a good configuration.
 
 A tabular learning-curve benchmark, as HPO research measures searchers:
 
@@ -6,7 +6,7 @@ A tabular learning-curve benchmark, as HPO research measures searchers:
     nice python bench/search_efficiency.py --record   # train the whole grid once (minutes, 1 CPU thread)
     nice python bench/search_efficiency.py --record --pretrained   # the pretrained table's grid
 
-Two tables (issue 21): "demo", random weights as studies/demo.toml trains; "pretrained", the
+Two tables: "demo", random weights as studies/demo.toml trains; "pretrained", the
 same network fine-tuned from bench/make_pretrained.py's weights (`[model] pretrained = true,
 weights = FILE`), the real job, over PRETRAINED_GRID. --record trains every configuration of
 a table's grid to its end, unpruned, with the project's trainer on the demo data of
@@ -16,7 +16,7 @@ samplers and pruners) over GRID as a categorical space; each trial reports its r
 through objectives.judging.replay_curve, the code a live trial runs, and stops where the pruner
 says so. Each study runs until it has spent CAP_FACTOR x the grid's epochs.
 
-Three ways to treat n_cycles (issue 21): "sampled", one more param (each trial one length);
+Three ways to treat n_cycles: "sampled", one more param (each trial one length);
 "budget", nested schedules (a trial plans the largest n_cycles and each smaller one in the grid
 is a finished schedule on the way: the table's 3-cycle curves hold the 2-cycle runs exactly,
 epoch for epoch); and the one-epoch baseline of Egele et al. (2023), "Is one epoch all you need
@@ -66,7 +66,7 @@ PRETRAINED_GRID = {**GRID, "lr": (5e-4, 2e-3, 8e-3)}
 TABLES = {"demo": (TABLE, GRID), "pretrained": (PRETRAINED_TABLE, PRETRAINED_GRID)}   # name: (file, grid)
 DEFAULTS = StudySection()   # the study file's defaults: pruner, warm-up, start-up trials
 # (name, sampler, pruner, prune_at, pruner_warmup_epochs[, n_cycles: sampled | budget | one_epoch]).
-# "today": the defaults before issue 10.
+# "today": the study file defaults the first table was measured against (median pruner, every epoch).
 STRATEGIES = (
     ("random, no pruning", "random", "none", "epoch", 1),
     ("tpe, no pruning", "tpe", "none", "epoch", 1),
