@@ -283,7 +283,8 @@ def equal_compute(plain: Outcome, finder: Outcome) -> tuple[float, float, float]
     return budget, best_within(plain, budget), best_within(finder, budget)
 
 
-def _ratio(finder: float, plain: float) -> float:
+def loss_ratio(finder: float, plain: float) -> float:
+    """finder / plain best val_loss; inf when the finder side has none yet, 0 when only it has one."""
     return math.inf if math.isinf(finder) else 0.0 if math.isinf(plain) else finder / plain
 
 
@@ -310,7 +311,7 @@ def summarize(rows: list[tuple[int, Outcome, Outcome]]) -> list[str]:
         f"  (finder/plain {statistics.median(ratios):.3f}; finder lower in {wins} of {len(rows)})",
         f"  at equal compute (the smaller total, range tests counted: {median([e[0] for e in equal])} epochs) "
         f"plain {median([e[1] for e in equal])}  finder {median([e[2] for e in equal])}  (finder/plain "
-        f"{statistics.median(_ratio(e[2], e[1]) for e in equal):.3f}; finder lower in "
+        f"{statistics.median(loss_ratio(e[2], e[1]) for e in equal):.3f}; finder lower in "
         f"{sum(e[2] < e[1] for e in equal)} of {len(rows)})",
         f"  epochs trained   plain {median([p.train_epochs for _, p, _ in rows])}  finder "
         f"{median([f.train_epochs for _, _, f in rows])} + range tests {median([f.range_epochs for _, _, f in rows])} "
@@ -332,7 +333,7 @@ def seed_lines(seed: int, plain: Outcome, finder: Outcome) -> list[str]:
     lines = [
         f"seed {seed}: best plain {plain.best:.4f}  finder {finder.best:.4f}  (ratio {finder.best / plain.best:.3f})",
         f"  at equal compute ({budget:.1f} epochs, range tests counted): plain {plain_equal:.4f}  finder "
-        f"{finder_equal:.4f}  (ratio {_ratio(finder_equal, plain_equal):.3f})",
+        f"{finder_equal:.4f}  (ratio {loss_ratio(finder_equal, plain_equal):.3f})",
         f"  epochs: plain {plain.train_epochs}; finder {finder.train_epochs} + {finder.range_epochs:.1f} in "
         f"{finder.range_tests} range tests = {finder.cost:.1f}; wall plain {plain.wall_s:.0f} s, finder {finder.wall_s:.0f} s",
         f"  finder to reach plain's best: {_reach(cost_to_reach(finder, plain.best))}; plain to reach finder's best: "
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"finder_vs_plain: best {statistics.median(ratios):.3f} (median ratio of best losses), "
           f"wins {sum(f.best < p.best for _, p, f in rows)}/{len(rows)}")
     equal = [equal_compute(p, f) for _, p, f in rows]
-    print(f"finder_vs_plain_equal_compute: best {statistics.median(_ratio(e[2], e[1]) for e in equal):.3f} "
+    print(f"finder_vs_plain_equal_compute: best {statistics.median(loss_ratio(e[2], e[1]) for e in equal):.3f} "
           f"(median ratio of the bests within the smaller total, range tests counted), "
           f"wins {sum(e[2] < e[1] for e in equal)}/{len(rows)}")
     return 0

@@ -27,4 +27,4 @@ def test_equal_compute_counts_the_range_tests_and_stops_at_the_smaller_total(ben
     assert bench.equal_compute(finder, plain)[0] == 12.0
     short = O(trials=[T(2, 6.0, 0.4)], train_epochs=2, range_epochs=6.0)                             # 8 epochs
     assert bench.equal_compute(plain, short) == (8.0, 0.5, 0.4)
-    assert bench.best_within(short, 7.9) == math.inf and bench._ratio(math.inf, 0.5) == math.inf
+    assert bench.best_within(short, 7.9) == math.inf and bench.loss_ratio(math.inf, 0.5) == math.inf

@@ -43,8 +43,8 @@ def test_best_prints_number_value_params(finished):
     study, *_ = finished
     best = json.loads(run_cli("study", "best", study, "--json").stdout)
     assert set(best) == {"number", "value", "params", "val_accuracy", "val_roc_auc", "result", "value_is",
-                         "vs_notebook", "epochs_run", "epochs_saved", "pruned", "cut", "nesting_saved",
-                         "majority_accuracy"}
+                         "vs_notebook", "epochs_run", "epochs_saved", "pruned", "cut", "nesting_saved", "paused",
+                         "paused_unspent", "majority_accuracy"}
     assert 0.5 <= best["majority_accuracy"] <= 1
     rows = json.loads(run_cli("study", "status", study, "--json").stdout)["trials"]
     assert best["value"] == min(row["value"] for row in rows)
