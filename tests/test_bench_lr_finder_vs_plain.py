@@ -1,22 +1,15 @@
 """bench/lr_finder_vs_plain.py's equal-compute figures: each study's best within the smaller total."""
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchkit import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("lr_finder_vs_plain", ROOT / "bench" / "lr_finder_vs_plain.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with bench_module("lr_finder_vs_plain") as module:
+        yield module
 
 
 def test_equal_compute_counts_the_range_tests_and_stops_at_the_smaller_total(bench):

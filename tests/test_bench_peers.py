@@ -1,22 +1,15 @@
 """bench/peers.py's accounting: best-so-far within a budget of epochs, and the study-file variants."""
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchkit import bench_module
 
 
 @pytest.fixture(scope="module")
 def peers():
-    spec = importlib.util.spec_from_file_location("peers", ROOT / "bench" / "peers.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with bench_module("peers") as module:
+        yield module
 
 
 def test_a_trial_counts_only_once_its_epochs_are_spent(peers):

@@ -1,7 +1,5 @@
 """bench/make_pretrained.py's committed weights: what bench/search_efficiency.py's pretrained
 table fine-tunes from, loaded the way a study loads `[model] pretrained = true, weights = FILE`."""
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,15 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from swipr_core.train.model import ModelSpec, create_model
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_bench(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchkit import load_bench
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """bench/provenance.py: every cache and result file says what made it, and one that this run
 would not make the same way is refused in one line, never silently reused."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,16 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.benchkit import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-
-
-def load_bench(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,14 @@
 """bench/search_efficiency.py's replay: real Optuna studies over recorded curves, pruned as live trials are."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchkit import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("search_efficiency", ROOT / "bench" / "search_efficiency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with bench_module("search_efficiency") as module:
+        yield module
 
 
 GRID = {"lr": (0.001, 0.01), "cycle_len": (1, 2)}
