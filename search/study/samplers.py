@@ -172,11 +172,13 @@ class LearningSeededByTrial(SeededByTrial):
               distribution: BaseDistribution) -> optuna.Study | None:
         """The in-memory study TPE draws `name` on; None when it would hold only the study's own
         trials as Optuna shows them (no earlier trial left to show, no paused trial)."""
+        observations = self._observations(study, trial)
+        if not observations and not self._distinct:
+            return None   # neither learn_from nor promote (the only one that pauses): no trials to read
         own = [t for t in study.get_trials(deepcopy=False, states=SEEN) if t.number != trial.number
                and (t.state != TrialState.WAITING or paused_after(t) is not None)]
         paused = any(t.state == TrialState.WAITING for t in own)
         finished = sum(t.state != TrialState.RUNNING for t in own)
-        observations = self._observations(study, trial)
         left = [o for o in observations[:max(0, len(observations) - finished)] if name in o["params"]
                 and _holds(distribution, o["params"][name])]
         if not left and not paused:
