@@ -129,10 +129,11 @@ def run_turns(study: optuna.Study, objective, *, n_trials: int, eta: int, rule: 
     as it finishes (as Study.optimize's). Returns the new configurations started."""
     started, since = 0, time.monotonic()
     while not stopped():
-        turn = only or next_turn(study.get_trials(deepcopy=False), eta, rule, started < n_trials)
+        trials = study.get_trials(deepcopy=False)   # one read a turn: the decision and what was paused
+        turn = only or next_turn(trials, eta, rule, started < n_trials)
         if turn is None:
             break
-        paused_before = {t.number for t in study.get_trials(deepcopy=False) if paused_after(t) is not None}
+        paused_before = {t.number for t in trials if paused_after(t) is not None}
         order_queue(study, queue_for(turn))
         trial, paused = _one_turn(study, objective, catch)
         started += trial.number not in paused_before and "failed_trial" not in trial.system_attrs
